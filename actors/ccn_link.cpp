@@ -1,0 +1,210 @@
+#include "actors/ccn_link.hpp"
+
+#include <chrono>
+#include <functional>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/ccn_peer.hpp"
+
+namespace alephd {
+
+namespace {
+
+using self_ptr = ccn_link_actor::stateful_pointer<ccn_link_state>;
+using std::chrono::milliseconds;
+
+double wall_now() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+size_t endpoint_count(const ccn_link_config& cfg) {
+  return cfg.direct.empty() ? cfg.endpoints.size() : cfg.direct.size();
+}
+
+std::string endpoint_name(const ccn_link_config& cfg, size_t i) {
+  return cfg.direct.empty() ? cfg.endpoints[i] : "in-process:" + std::to_string(i);
+}
+
+// The CCN is unreachable or gone: try the next one after a jittered back-off.
+void fail(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  if (st.phase == link_phase::disconnected)
+    return;
+  if (st.registry)
+    self->demonitor(st.registry.address());
+  st.registry = nullptr;
+  st.phase = link_phase::disconnected;
+  st.info.connected = false;
+  st.info.state = link_state::unlinked;
+  ++st.info.reconnects;
+  ++st.generation;
+  if (endpoint_count(st.cfg) > 0)
+    st.endpoint_index = (st.endpoint_index + 1) % endpoint_count(st.cfg);
+  st.backoff = st.backoff.count() == 0 ? st.cfg.backoff_initial
+                                       : std::min(st.backoff * 2, st.cfg.backoff_max);
+  std::uniform_real_distribution<double> jitter{0.5, 1.5};
+  auto delay = milliseconds{static_cast<int64_t>(static_cast<double>(st.backoff.count()) * jitter(st.rng))};
+  delay = std::min(delay, st.cfg.backoff_max);
+  spdlog::warn("ccn_link {}: {}; next try {} in {} ms", st.cfg.info.id, why,
+               endpoint_name(st.cfg, st.endpoint_index), delay.count());
+  self->delayed_send(self, delay, atom::connect_v);
+}
+
+void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
+  auto gen = self->state.generation;
+  auto timeout = self->state.cfg.failure_timeout;
+  self->request(node, timeout, atom::hello_v)
+    .then(
+      [=](crn_registry_actor& registry, const caf::actor&, const std::string& ccn_id) {
+        if (gen != self->state.generation)
+          return;
+        self->state.registry = registry;
+        self->monitor(registry);
+        self->request(registry, timeout, atom::enroll_v, self->state.cfg.info,
+                      caf::actor_cast<ccn_link_actor>(self))
+          .then(
+            [=](const registration& reg) {
+              auto& st = self->state;
+              if (gen != st.generation)
+                return;
+              st.phase = link_phase::registered;
+              st.backoff = milliseconds{0};
+              st.last_ack = self->clock().now();
+              st.info.connected = true;
+              st.info.state = reg.state;
+              st.info.ccn_id = ccn_id;
+              st.info.ccn_endpoint = endpoint;
+              st.info.last_ack = wall_now();
+              if (reg.heartbeat_ms > 0)
+                st.cfg.heartbeat = milliseconds{reg.heartbeat_ms};
+              spdlog::info("ccn_link {}: registered with CCN {} at {} as {}", st.cfg.info.id,
+                           ccn_id, endpoint, to_string(reg.state));
+            },
+            [=](caf::error& err) {
+              if (gen == self->state.generation)
+                fail(self, "registration failed: " + describe(err));
+            });
+      },
+      [=](caf::error& err) {
+        if (gen == self->state.generation)
+          fail(self, "CCN " + endpoint + " did not answer: " + describe(err));
+      });
+}
+
+void connect(self_ptr self) {
+  auto& st = self->state;
+  if (st.phase != link_phase::disconnected || endpoint_count(st.cfg) == 0)
+    return;
+  st.phase = link_phase::connecting;
+  auto i = st.endpoint_index;
+  auto name = endpoint_name(st.cfg, i);
+  if (!st.cfg.direct.empty()) {
+    enroll(self, st.cfg.direct[i], name);
+    return;
+  }
+  std::string host;
+  uint16_t port = 0;
+  if (!split_endpoint(name, host, port)) {
+    fail(self, "malformed CCN endpoint " + name);
+    return;
+  }
+  auto gen = st.generation;
+  auto mm = self->home_system().middleman().actor_handle();
+  self->request(mm, st.cfg.failure_timeout, caf::connect_atom::value, host, port)
+    .then(
+      [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
+        if (gen != self->state.generation)
+          return;
+        if (!ptr) {
+          fail(self, "nothing published at " + name);
+          return;
+        }
+        enroll(self, caf::actor_cast<ccn_node_actor>(ptr), name);
+      },
+      [=](caf::error& err) {
+        if (gen == self->state.generation)
+          fail(self, "cannot connect to CCN " + name + ": " + describe(err));
+      });
+}
+
+void beat(self_ptr self) {
+  auto& st = self->state;
+  if (st.phase != link_phase::registered)
+    return;
+  if (self->clock().now() - st.last_ack > st.cfg.failure_timeout) {
+    fail(self, "CCN missed heartbeats for " + std::to_string(st.cfg.failure_timeout.count()) + " ms");
+    return;
+  }
+  auto gen = st.generation;
+  heartbeat hb{st.cfg.info.id, ++st.seq, 0};
+  ++st.info.heartbeats_sent;
+  self->request(st.registry, st.cfg.heartbeat, atom::beat_v, hb)
+    .then(
+      [=](const heartbeat_ack& ack) {
+        auto& st = self->state;
+        if (gen != st.generation)
+          return;
+        st.last_ack = self->clock().now();
+        st.info.last_ack = wall_now();
+        st.info.state = ack.state;
+      },
+      [=](caf::error& err) {
+        auto& st = self->state;
+        if (gen != st.generation)
+          return;
+        ++st.info.heartbeats_missed;
+        if (is(err, ec::not_found)) {
+          // The CCN forgot us (it restarted): register again with the same CCN.
+          if (st.registry)
+            self->demonitor(st.registry.address());
+          st.phase = link_phase::disconnected;
+          ++st.generation;
+          connect(self);
+        }
+      });
+}
+
+} // namespace
+
+ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link_state> self,
+                                       ccn_link_config cfg, job_broker_actor broker) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.broker = std::move(broker);
+  st.rng.seed(std::hash<std::string>{}(st.cfg.info.id));
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (self->state.registry && dm.source == self->state.registry.address())
+      fail(self, "CCN is gone (" + caf::to_string(dm.reason) + ")");
+  });
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    auto& st = self->state;
+    if (st.phase == link_phase::registered && st.registry)
+      self->send(st.registry, atom::unlink_v, st.cfg.info.id);
+    self->quit(em.reason);
+  });
+  self->send(self, atom::connect_v);
+  self->send(self, atom::tick_v);
+  return {
+    [=](atom::connect) { connect(self); },
+    [=](atom::tick) {
+      beat(self);
+      self->delayed_send(self, self->state.cfg.heartbeat, atom::tick_v);
+    },
+    [=](atom::status, link_state s) {
+      if (self->state.phase == link_phase::registered) {
+        spdlog::info("ccn_link {}: CCN says {}", self->state.cfg.info.id, to_string(s));
+        self->state.info.state = s;
+      }
+    },
+    [=](atom::allocate, allocation& a) {
+      return self->delegate(self->state.broker, atom::allocate_v, std::move(a));
+    },
+    [=](atom::get) { return self->state.info; },
+  };
+}
+
+} // namespace alephd

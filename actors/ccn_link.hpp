@@ -1,0 +1,43 @@
+// CRN: the link to a CCN. Connects, registers, sends heartbeats, and when the
+// CCN is gone (process killed: its registry's down_msg; frozen: no heartbeat
+// answer for `failure_timeout`) reconnects with jittered exponential back-off,
+// moving on to the next CCN of its list.
+#pragma once
+
+#include <random>
+
+#include "actors/interfaces.hpp"
+
+namespace alephd {
+
+struct ccn_link_config {
+  crn_info info;
+  std::vector<std::string> endpoints;  ///< "host:port" node ports of CCNs, in order of preference
+  std::vector<ccn_node_actor> direct;  ///< in-process CCNs (dev, tests)
+  std::chrono::milliseconds heartbeat{1000};
+  std::chrono::milliseconds failure_timeout{5000};
+  std::chrono::milliseconds backoff_initial{200};
+  std::chrono::milliseconds backoff_max{30000};
+};
+
+enum class link_phase { disconnected, connecting, registered };
+
+struct ccn_link_state {
+  static inline const char* name = "ccn_link";
+  ccn_link_config cfg;
+  job_broker_actor broker;
+  link_phase phase = link_phase::disconnected;
+  size_t endpoint_index = 0;
+  crn_registry_actor registry;
+  link_info info;
+  std::chrono::milliseconds backoff{0};
+  caf::actor_clock::time_point last_ack;
+  uint64_t seq = 0;
+  uint64_t generation = 0; ///< bumps on every (re)connect; stale callbacks compare it
+  std::mt19937_64 rng;
+};
+
+ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link_state> self,
+                                       ccn_link_config cfg, job_broker_actor broker);
+
+} // namespace alephd

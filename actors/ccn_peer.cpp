@@ -1,0 +1,224 @@
+#include "actors/ccn_peer.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <spdlog/spdlog.h>
+
+namespace alephd {
+
+namespace {
+
+using self_ptr = ccn_peer_actor::stateful_pointer<ccn_peer_state>;
+constexpr auto request_timeout = std::chrono::seconds(30);
+
+double wall_now() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+ccn_peer_actor as_peer(const caf::actor& a) {
+  return caf::actor_cast<ccn_peer_actor>(a);
+}
+
+void push_message(self_ptr self, const caf::actor& to, const std::string& hash) {
+  self->request(self->state.messages, request_timeout, atom::get_v, hash)
+    .then([=](const stored_message& m) { self->send(as_peer(to), atom::replicate_v, m); },
+          [=](caf::error& err) {
+            spdlog::warn("ccn_peer: cannot read message {}: {}", hash, describe(err));
+          });
+}
+
+void push_file(self_ptr self, const caf::actor& to, const std::string& hash) {
+  self->request(self->state.files, request_timeout, atom::read_v, hash)
+    .then([=](const file_blob& b) { self->send(as_peer(to), atom::replicate_v, b); },
+          [=](caf::error& err) {
+            spdlog::warn("ccn_peer: cannot read file {}: {}", hash, describe(err));
+          });
+}
+
+// Pushes to `to` everything we hold that its inventory lacks.
+void sync_with(self_ptr self, const caf::actor& to, const peer_inventory& theirs) {
+  std::set<std::string> their_msgs(theirs.messages.begin(), theirs.messages.end());
+  std::set<std::string> their_files(theirs.files.begin(), theirs.files.end());
+  self->request(self->state.messages, request_timeout, atom::inventory_v)
+    .then([=](const std::vector<std::string>& ours) {
+      for (auto& h : ours)
+        if (their_msgs.count(h) == 0)
+          push_message(self, to, h);
+    });
+  self->request(self->state.files, request_timeout, atom::inventory_v)
+    .then([=](const std::vector<std::string>& ours) {
+      for (auto& h : ours)
+        if (their_files.count(h) == 0)
+          push_file(self, to, h);
+    });
+}
+
+void add_peer(self_ptr self, const std::string& id, const caf::actor& handle,
+              const std::string& endpoint) {
+  auto& p = self->state.peers[id];
+  if (p.handle && p.handle != handle)
+    self->demonitor(p.handle);
+  p.handle = handle;
+  p.since = wall_now();
+  p.up = true;
+  if (!endpoint.empty())
+    p.endpoint = endpoint;
+  self->monitor(handle);
+  spdlog::info("ccn_peer: {} linked with peer CCN {}", self->state.cfg.ccn_id, id);
+}
+
+// Introduces ourselves to a peer's ccn_node and syncs both ways.
+void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
+  self->request(node, request_timeout, atom::hello_v)
+    .then(
+      [=](const crn_registry_actor&, const caf::actor& peer, const std::string& peer_id) {
+        self->state.connecting.erase(endpoint);
+        if (peer_id == self->state.cfg.ccn_id)
+          return; // ourselves
+        self->state.endpoint_peer[endpoint] = peer_id;
+        add_peer(self, peer_id, peer, endpoint);
+        self->request(as_peer(peer), request_timeout, atom::hello_v, self->state.cfg.ccn_id,
+                      caf::actor_cast<caf::actor>(self))
+          .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
+                [=](caf::error& err) {
+                  spdlog::warn("ccn_peer: hello to {} failed: {}", peer_id, describe(err));
+                });
+      },
+      [=](caf::error& err) {
+        self->state.connecting.erase(endpoint);
+        spdlog::debug("ccn_peer: peer {} not reachable: {}", endpoint, describe(err));
+      });
+}
+
+bool connected(self_ptr self, const std::string& endpoint) {
+  auto i = self->state.endpoint_peer.find(endpoint);
+  if (i == self->state.endpoint_peer.end())
+    return false;
+  auto p = self->state.peers.find(i->second);
+  return p != self->state.peers.end() && p->second.up;
+}
+
+void connect_all(self_ptr self) {
+  auto& st = self->state;
+  for (auto& ep : st.cfg.endpoints) {
+    if (connected(self, ep) || st.connecting.count(ep) > 0)
+      continue;
+    std::string host;
+    uint16_t port = 0;
+    if (!split_endpoint(ep, host, port))
+      continue;
+    st.connecting.insert(ep);
+    auto mm = self->home_system().middleman().actor_handle();
+    self->request(mm, request_timeout, caf::connect_atom::value, host, port)
+      .then(
+        [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
+          if (!ptr) {
+            self->state.connecting.erase(ep);
+            return;
+          }
+          meet(self, caf::actor_cast<ccn_node_actor>(ptr), ep);
+        },
+        [=](caf::error&) { self->state.connecting.erase(ep); });
+  }
+}
+
+} // namespace
+
+ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer_state> self,
+                                       ccn_peer_config cfg, message_store_actor messages,
+                                       content_store_actor files) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.messages = std::move(messages);
+  st.files = std::move(files);
+  self->send(st.messages, atom::subscribe_v, caf::actor_cast<message_listener_actor>(self));
+  self->send(st.files, atom::subscribe_v, caf::actor_cast<file_listener_actor>(self));
+  for (size_t i = 0; i < st.cfg.direct.size(); ++i)
+    meet(self, st.cfg.direct[i], "direct:" + std::to_string(i));
+  self->set_down_handler([=](caf::down_msg& dm) {
+    for (auto& [id, p] : self->state.peers)
+      if (p.handle && p.handle.address() == dm.source && p.up) {
+        p.up = false;
+        spdlog::warn("ccn_peer: peer CCN {} is down", id);
+      }
+  });
+  if (!st.cfg.endpoints.empty())
+    self->send(self, atom::tick_v);
+  return {
+    [=](atom::published, const stored_message& msg) {
+      for (auto& [id, p] : self->state.peers)
+        if (p.up)
+          self->send(as_peer(p.handle), atom::replicate_v, msg);
+    },
+    [=](atom::stored, const file_info& info) {
+      for (auto& [id, p] : self->state.peers)
+        if (p.up)
+          push_file(self, p.handle, info.hash);
+    },
+    [=](atom::hello, const std::string& peer_id, const caf::actor& peer)
+      -> caf::result<peer_inventory> {
+      auto& st = self->state;
+      auto known = st.peers.find(peer_id);
+      if (known == st.peers.end() || !known->second.up || known->second.handle != peer) {
+        add_peer(self, peer_id, peer, {});
+        // Introduce ourselves back, so that the peer pushes what we lack.
+        self->request(as_peer(peer), request_timeout, atom::hello_v, st.cfg.ccn_id,
+                      caf::actor_cast<caf::actor>(self))
+          .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
+                [=](caf::error&) {});
+      }
+      auto rp = self->make_response_promise<peer_inventory>();
+      auto inv = std::make_shared<peer_inventory>();
+      inv->ccn_id = st.cfg.ccn_id;
+      self->request(st.messages, request_timeout, atom::inventory_v)
+        .then([=](std::vector<std::string>& msgs) mutable {
+          inv->messages = std::move(msgs);
+          self->request(self->state.files, request_timeout, atom::inventory_v)
+            .then([=](std::vector<std::string>& fs) mutable {
+              inv->files = std::move(fs);
+              rp.deliver(*inv);
+            },
+                  [=](caf::error& err) mutable { rp.deliver(err); });
+        },
+              [=](caf::error& err) mutable { rp.deliver(err); });
+      return rp;
+    },
+    [=](atom::replicate, stored_message& msg) {
+      self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
+        .then([](const append_result&) {},
+              [=](caf::error& err) {
+                spdlog::error("ccn_peer: cannot store replicated message: {}", describe(err));
+              });
+    },
+    [=](atom::replicate, file_blob& blob) {
+      self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
+        .then([](const file_info&) {},
+              [=](caf::error& err) {
+                spdlog::error("ccn_peer: cannot store replicated file: {}", describe(err));
+              });
+    },
+    [=](atom::list) {
+      std::vector<node_view> out;
+      for (auto& [id, p] : self->state.peers) {
+        node_view v;
+        v.id = id;
+        v.role = "ccn";
+        v.address = p.endpoint;
+        v.status = p.up ? "active" : "down";
+        v.registered = p.since;
+        out.push_back(std::move(v));
+      }
+      return out;
+    },
+    [=](atom::tick) {
+      connect_all(self);
+      self->delayed_send(self, self->state.cfg.retry, atom::tick_v);
+    },
+  };
+}
+
+} // namespace alephd

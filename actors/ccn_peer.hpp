@@ -1,0 +1,48 @@
+// CCN: replication with peer CCNs (full mesh). New local messages and files are
+// pushed to every peer; when two peers meet they swap inventories and each
+// pushes what the other lacks, so a peer that was down catches up.
+#pragma once
+
+#include <map>
+#include <set>
+
+#include "actors/interfaces.hpp"
+
+namespace alephd {
+
+struct ccn_peer_config {
+  std::string ccn_id;
+  std::vector<std::string> endpoints;     ///< "host:port" node ports of peer CCNs
+  std::vector<ccn_node_actor> direct;     ///< in-process peers (tests, dev)
+  std::chrono::milliseconds retry{1000};
+};
+
+struct peer_entry {
+  caf::actor handle;
+  std::string endpoint;
+  double since = 0;
+  bool up = true;
+};
+
+struct ccn_peer_state {
+  static inline const char* name = "ccn_peer";
+  ccn_peer_config cfg;
+  message_store_actor messages;
+  content_store_actor files;
+  std::map<std::string, peer_entry> peers; ///< by CCN id
+  std::set<std::string> connecting;        ///< endpoints with a connect under way
+  std::map<std::string, std::string> endpoint_peer; ///< endpoint -> CCN id once connected
+};
+
+ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer_state> self,
+                                       ccn_peer_config cfg, message_store_actor messages,
+                                       content_store_actor files);
+
+/// The actor a CCN publishes on its node port.
+ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string ccn_id,
+                                       crn_registry_actor registry, ccn_peer_actor peer);
+
+/// Splits "host:port"; false when malformed.
+bool split_endpoint(const std::string& s, std::string& host, uint16_t& port);
+
+} // namespace alephd

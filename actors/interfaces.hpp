@@ -1,0 +1,155 @@
+// Every typed actor interface of alephd: the whole protocol on one screen.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <caf/typed_actor.hpp>
+#include <caf/replies_to.hpp>
+
+#include "messages/types.hpp"
+
+namespace alephd {
+
+using caf::reacts_to;
+using caf::replies_to;
+
+/// Anything that wants to hear about newly stored messages.
+using message_listener_actor = caf::typed_actor<
+  /// A message was appended (locally or from a peer).
+  reacts_to<atom::published, stored_message>>;
+
+/// Anything that wants to hear about newly stored files.
+using file_listener_actor = caf::typed_actor<
+  /// A file was stored (locally or from a peer).
+  reacts_to<atom::stored, file_info>>;
+
+/// CCN: the durable message log (LMDB, group commit).
+using message_store_actor = caf::typed_actor<
+  /// Appends a message; answers once it is durable. A known hash is a duplicate, not an error.
+  replies_to<atom::append, stored_message>::with<append_result>,
+  /// One message by item_hash; ec::not_found when unknown.
+  replies_to<atom::get, std::string>::with<stored_message>,
+  /// A page of messages, newest first, filtered by type and senders.
+  replies_to<atom::list, message_query>::with<message_page>,
+  /// Every item_hash held, for anti-entropy between CCN peers.
+  replies_to<atom::inventory>::with<std::vector<std::string>>,
+  /// Adds a listener for new messages.
+  reacts_to<atom::subscribe, message_listener_actor>,
+  /// Internal: commit the pending appends as one transaction.
+  reacts_to<atom::flush>>;
+
+/// CCN: the first content store (sha256-named blobs + LMDB index).
+using content_store_actor = caf::typed_actor<
+  /// Stores bytes; answers after blob and index entry are durable.
+  replies_to<atom::put, std::string>::with<file_info>,
+  /// Stores bytes that must hash to the given sha256 (replication); ec::invalid otherwise.
+  replies_to<atom::put, file_blob>::with<file_info>,
+  /// Where a file is; ec::not_found when unknown.
+  replies_to<atom::get, std::string>::with<file_info>,
+  /// A file's bytes, for a peer.
+  replies_to<atom::read, std::string>::with<file_blob>,
+  /// Every hash held.
+  replies_to<atom::inventory>::with<std::vector<std::string>>,
+  /// Adds a listener for new files.
+  reacts_to<atom::subscribe, file_listener_actor>>;
+
+/// CRN: its link to a CCN, as the CCN sees it.
+using ccn_link_actor = caf::typed_actor<
+  /// The CCN changed this CRN's state (promotion to linked, demotion).
+  reacts_to<atom::status, link_state>,
+  /// An allocation from the CCN's scheduler, passed to the job_broker.
+  replies_to<atom::allocate, allocation>::with<allocation_ack>,
+  /// The link's state for HTTP and metrics.
+  replies_to<atom::get>::with<link_info>,
+  /// Internal: heartbeat and reconnect timer.
+  reacts_to<atom::tick>,
+  /// Internal: try the next CCN endpoint.
+  reacts_to<atom::connect>>;
+
+/// Anything that wants to hear when a CRN's state changes at the CCN.
+using node_listener_actor = caf::typed_actor<
+  /// A CRN changed state; the handle reaches its ccn_link.
+  reacts_to<atom::node, crn_info, link_state, ccn_link_actor>>;
+
+/// CCN: the CRN registry (links, the limit, heartbeats, failure detection).
+using crn_registry_actor = caf::typed_actor<
+  /// A CRN registers or re-registers; answers its state (linked or waiting).
+  replies_to<atom::enroll, crn_info, ccn_link_actor>::with<registration>,
+  /// A CRN's heartbeat; answers with the CCN's view of it.
+  replies_to<atom::beat, heartbeat>::with<heartbeat_ack>,
+  /// A CRN leaves on purpose; the longest-waiting CRN takes its slot.
+  reacts_to<atom::unlink, std::string>,
+  /// The corechannel view of every known CRN.
+  replies_to<atom::list>::with<std::vector<node_view>>,
+  /// Adds a listener for CRN state changes (it first gets every known CRN).
+  reacts_to<atom::subscribe, node_listener_actor>,
+  /// Internal: failure detection.
+  reacts_to<atom::tick>>;
+
+/// CCN: places persistent workloads on linked CRNs.
+using scheduler_actor = caf::typed_actor<
+  /// A new message; PROGRAM (persistent) and INSTANCE messages accepted here get placed.
+  reacts_to<atom::published, stored_message>,
+  /// A CRN changed state: re-place its workloads when down, retry pending ones when linked.
+  reacts_to<atom::node, crn_info, link_state, ccn_link_actor>,
+  /// Where every workload is.
+  replies_to<atom::list>::with<std::vector<placement>>,
+  /// Internal: retry pending placements.
+  reacts_to<atom::tick>>;
+
+/// CCN: replication of messages and files with peer CCNs.
+using ccn_peer_actor = caf::typed_actor<
+  /// A local message to forward to every peer.
+  reacts_to<atom::published, stored_message>,
+  /// A local file to forward to every peer.
+  reacts_to<atom::stored, file_info>,
+  /// A peer introduces itself (its ccn_peer as a plain handle); answers with our inventory,
+  /// and each side then pushes what the other lacks.
+  replies_to<atom::hello, std::string, caf::actor>::with<peer_inventory>,
+  /// A message or file pushed by a peer.
+  reacts_to<atom::replicate, stored_message>,
+  reacts_to<atom::replicate, file_blob>,
+  /// Known peer CCNs, for the corechannel view.
+  replies_to<atom::list>::with<std::vector<node_view>>,
+  /// Internal: (re)connect to configured peers.
+  reacts_to<atom::tick>>;
+
+/// CCN: the actor published on the node port; CRNs and peers start here.
+using ccn_node_actor = caf::typed_actor<
+  /// Answers the registry, the peer endpoint (as a plain handle) and the CCN's id.
+  replies_to<atom::hello>::with<crn_registry_actor, caf::actor, std::string>>;
+
+/// CRN: one execution's life (phases preparing → booting → running → stopping → stopped/failed).
+using vm_supervisor_actor = caf::typed_actor<
+  /// The execution as it is now.
+  replies_to<atom::get>::with<execution_info>,
+  /// A newer allocation of the same workload (higher epoch).
+  replies_to<atom::allocate, allocation>::with<execution_info>,
+  /// Stops the execution; answers once it is stopped. Safe in any phase.
+  replies_to<atom::stop>::with<execution_info>>;
+
+/// CRN: admission, the table of executions, one vm_supervisor each.
+using job_broker_actor = caf::typed_actor<
+  /// Admits an allocation and starts its vm_supervisor; refusal is an ack with a reason.
+  replies_to<atom::allocate, allocation>::with<allocation_ack>,
+  /// Every known execution.
+  replies_to<atom::list>::with<std::vector<execution_info>>,
+  /// Stops one execution; ec::not_found when unknown.
+  replies_to<atom::stop, std::string>::with<execution_info>>;
+
+} // namespace alephd
+
+namespace caf {
+class actor_system_config;
+} // namespace caf
+
+namespace alephd {
+
+/// Adds every alephd message type and actor handle to a config (before the actor system starts).
+void add_message_types(caf::actor_system_config& cfg);
+
+/// Is `err` the alephd error `code`?
+bool is(const caf::error& err, ec code);
+
+} // namespace alephd

@@ -1,0 +1,149 @@
+#include "actors/message_store.hpp"
+
+#include <algorithm>
+
+#include <caf/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include "messages/codec.hpp"
+
+namespace alephd {
+
+namespace {
+
+using self_ptr = message_store_actor::stateful_pointer<message_store_state>;
+
+void commit_pending(self_ptr self) {
+  auto& st = self->state;
+  st.flush_scheduled = false;
+  if (st.pending.empty())
+    return;
+  auto batch = std::move(st.pending);
+  st.pending.clear();
+  st.pending_hashes.clear();
+  lmdb::txn t{*st.env, true};
+  int rc = t.status();
+  auto seq = st.next_seq;
+  for (auto& [msg, rp] : batch) {
+    if (rc != 0)
+      break;
+    rc = t.put(st.by_hash, msg.item_hash, codec::encode(msg));
+    if (rc == 0)
+      rc = t.put(st.by_seq, lmdb::be64(seq++), msg.item_hash);
+  }
+  if (rc == 0)
+    rc = t.commit();
+  if (rc != 0) {
+    spdlog::error("message_store: commit of {} messages failed: {}", batch.size(),
+                  lmdb::error_text(rc));
+    for (auto& [msg, rp] : batch)
+      rp.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
+    return;
+  }
+  st.next_seq = seq;
+  ++st.commits;
+  for (auto& [msg, rp] : batch) {
+    rp.deliver(append_result{msg.item_hash, "processed", false});
+    for (auto& l : st.listeners)
+      self->send(l, atom::published_v, msg);
+  }
+}
+
+} // namespace
+
+message_store_actor::behavior_type
+message_store(message_store_actor::stateful_pointer<message_store_state> self,
+              std::shared_ptr<lmdb::env> env, bool group_commit) {
+  auto& st = self->state;
+  st.env = std::move(env);
+  st.group_commit = group_commit;
+  std::string err;
+  if (!st.env->open_db("messages", st.by_hash, err) || !st.env->open_db("messages_seq", st.by_seq, err)) {
+    spdlog::error("message_store: {}", err);
+    self->quit(make_error(ec::storage_failure, err));
+    return message_store_actor::behavior_type::make_empty_behavior();
+  }
+  {
+    lmdb::txn t{*st.env, false};
+    t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
+      st.next_seq = lmdb::from_be64(k) + 1;
+      return false;
+    });
+  }
+  return {
+    [=](atom::append, stored_message& msg) -> caf::result<append_result> {
+      auto& st = self->state;
+      if (st.pending_hashes.count(msg.item_hash) > 0)
+        return append_result{msg.item_hash, "processed", true};
+      {
+        lmdb::txn t{*st.env, false};
+        if (t.get(st.by_hash, msg.item_hash))
+          return append_result{msg.item_hash, "processed", true};
+      }
+      auto rp = self->make_response_promise<append_result>();
+      st.pending_hashes.insert(msg.item_hash);
+      st.pending.emplace_back(std::move(msg), rp);
+      if (!st.group_commit) {
+        commit_pending(self);
+      } else if (!st.flush_scheduled) {
+        // Appends already in the mailbox land before this flush: one commit for all.
+        st.flush_scheduled = true;
+        self->send(self, atom::flush_v);
+      }
+      return rp;
+    },
+    [=](atom::flush) { commit_pending(self); },
+    [=](atom::get, const std::string& hash) -> caf::result<stored_message> {
+      auto& st = self->state;
+      lmdb::txn t{*st.env, false};
+      auto v = t.get(st.by_hash, hash);
+      if (!v)
+        return make_error(ec::not_found, "message " + hash + " not found");
+      stored_message m;
+      if (!codec::decode(*v, m))
+        return make_error(ec::storage_failure, "message " + hash + " is unreadable");
+      return m;
+    },
+    [=](atom::list, const message_query& q) -> caf::result<message_page> {
+      auto& st = self->state;
+      message_page page;
+      page.page = q.page == 0 ? 1 : q.page;
+      page.per_page = q.per_page == 0 ? 20 : q.per_page;
+      uint64_t skip = uint64_t{page.page - 1} * page.per_page;
+      lmdb::txn t{*st.env, false};
+      int rc = t.for_each(st.by_seq, true, [&](std::string_view, std::string_view hash) {
+        auto v = t.get(st.by_hash, hash);
+        stored_message m;
+        if (!v || !codec::decode(*v, m))
+          return true;
+        if (!q.type.empty() && m.type != q.type)
+          return true;
+        if (!q.addresses.empty()
+            && std::find(q.addresses.begin(), q.addresses.end(), m.sender) == q.addresses.end())
+          return true;
+        if (page.total >= skip && page.messages.size() < page.per_page)
+          page.messages.push_back(std::move(m));
+        ++page.total;
+        return true;
+      });
+      if (rc != 0)
+        return make_error(ec::storage_failure, lmdb::error_text(rc));
+      return page;
+    },
+    [=](atom::inventory) -> std::vector<std::string> {
+      auto& st = self->state;
+      std::vector<std::string> out;
+      lmdb::txn t{*st.env, false};
+      t.for_each(st.by_hash, false, [&](std::string_view k, std::string_view) {
+        out.emplace_back(k);
+        return true;
+      });
+      return out;
+    },
+    [=](atom::subscribe, message_listener_actor& l) {
+      self->state.listeners.push_back(std::move(l));
+    },
+  };
+}
+
+} // namespace alephd

@@ -1,0 +1,35 @@
+// CCN: the durable message log. Appends are committed in groups: every append
+// that arrives while a commit runs shares the next transaction (and its fsync).
+#pragma once
+
+#include <memory>
+#include <unordered_set>
+#include <vector>
+
+#include <caf/typed_response_promise.hpp>
+
+#include "actors/interfaces.hpp"
+#include "runtime/lmdb.hpp"
+
+namespace alephd {
+
+struct message_store_state {
+  static inline const char* name = "message_store";
+  std::shared_ptr<lmdb::env> env;
+  MDB_dbi by_hash = 0; ///< item_hash -> record
+  MDB_dbi by_seq = 0;  ///< big-endian sequence -> item_hash
+  uint64_t next_seq = 1;
+  bool group_commit = true;
+  bool flush_scheduled = false;
+  std::vector<std::pair<stored_message, caf::typed_response_promise<append_result>>> pending;
+  std::unordered_set<std::string> pending_hashes;
+  std::vector<message_listener_actor> listeners;
+  uint64_t commits = 0; ///< transactions committed (for tests and metrics)
+};
+
+/// `group_commit = false` commits every append on its own (the benchmark's baseline).
+message_store_actor::behavior_type
+message_store(message_store_actor::stateful_pointer<message_store_state> self,
+              std::shared_ptr<lmdb::env> env, bool group_commit);
+
+} // namespace alephd

@@ -1,0 +1,98 @@
+#include "messages/codec.hpp"
+
+#include <map>
+
+#include <msgpack.hpp>
+
+namespace alephd::codec {
+
+namespace {
+
+constexpr uint32_t current_version = 1;
+
+// Reads the map entries of a record into name -> object; false if not a map.
+bool fields(const msgpack::object& o, std::map<std::string, msgpack::object>& out) {
+  if (o.type != msgpack::type::MAP)
+    return false;
+  for (uint32_t i = 0; i < o.via.map.size; ++i) {
+    const auto& kv = o.via.map.ptr[i];
+    if (kv.key.type != msgpack::type::STR)
+      return false;
+    out.emplace(kv.key.as<std::string>(), kv.val);
+  }
+  auto v = out.find("v");
+  return v != out.end() && v->second.type == msgpack::type::POSITIVE_INTEGER
+         && v->second.as<uint32_t>() <= current_version;
+}
+
+template <class T>
+void take(std::map<std::string, msgpack::object>& m, const char* key, T& out) {
+  if (auto i = m.find(key); i != m.end())
+    out = i->second.as<T>();
+}
+
+template <class Fn>
+bool unpack_record(std::string_view bytes, Fn fn) {
+  try {
+    auto oh = msgpack::unpack(bytes.data(), bytes.size());
+    std::map<std::string, msgpack::object> m;
+    if (!fields(oh.get(), m))
+      return false;
+    fn(m);
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+} // namespace
+
+std::string encode(const stored_message& x) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(9);
+  pk.pack("v"), pk.pack(current_version);
+  pk.pack("item_hash"), pk.pack(x.item_hash);
+  pk.pack("type"), pk.pack(x.type);
+  pk.pack("sender"), pk.pack(x.sender);
+  pk.pack("channel"), pk.pack(x.channel);
+  pk.pack("time"), pk.pack(x.time);
+  pk.pack("received"), pk.pack(x.received);
+  pk.pack("origin"), pk.pack(x.origin);
+  pk.pack("json"), pk.pack(x.json);
+  return {buf.data(), buf.size()};
+}
+
+std::string encode(const file_info& x) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(4);
+  pk.pack("v"), pk.pack(current_version);
+  pk.pack("hash"), pk.pack(x.hash);
+  pk.pack("size"), pk.pack(x.size);
+  pk.pack("created"), pk.pack(x.created);
+  return {buf.data(), buf.size()};
+}
+
+bool decode(std::string_view bytes, stored_message& x) {
+  return unpack_record(bytes, [&](auto& m) {
+    take(m, "item_hash", x.item_hash);
+    take(m, "type", x.type);
+    take(m, "sender", x.sender);
+    take(m, "channel", x.channel);
+    take(m, "time", x.time);
+    take(m, "received", x.received);
+    take(m, "origin", x.origin);
+    take(m, "json", x.json);
+  });
+}
+
+bool decode(std::string_view bytes, file_info& x) {
+  return unpack_record(bytes, [&](auto& m) {
+    take(m, "hash", x.hash);
+    take(m, "size", x.size);
+    take(m, "created", x.created);
+  });
+}
+
+} // namespace alephd::codec

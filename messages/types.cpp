@@ -1,0 +1,58 @@
+#include "messages/types.hpp"
+
+#include <caf/message.hpp>
+#include <caf/sec.hpp>
+
+namespace alephd {
+
+namespace {
+
+constexpr auto category = caf::atom("alephd");
+
+} // namespace
+
+std::string to_string(ec x) {
+  switch (x) {
+    case ec::none: return "none";
+    case ec::not_found: return "not_found";
+    case ec::invalid: return "invalid";
+    case ec::too_large: return "too_large";
+    case ec::no_capacity: return "no_capacity";
+    case ec::wrong_phase: return "wrong_phase";
+    case ec::storage_failure: return "storage_failure";
+    case ec::unavailable: return "unavailable";
+    case ec::refused: return "refused";
+  }
+  return "unknown";
+}
+
+caf::error make_error(ec x, std::string context) {
+  return caf::error{static_cast<uint8_t>(x), category, caf::make_message(std::move(context))};
+}
+
+std::string describe(const caf::error& err) {
+  if (!err)
+    return "no error";
+  if (err.category() == category) {
+    auto code = static_cast<ec>(err.code());
+    const auto& ctx = err.context();
+    if (ctx.size() == 1 && ctx.match_element<std::string>(0) && !ctx.get_as<std::string>(0).empty())
+      return ctx.get_as<std::string>(0);
+    return to_string(code);
+  }
+  if (err.category() == caf::atom("system"))
+    return caf::to_string(static_cast<caf::sec>(err.code()));
+  return caf::to_string(err);
+}
+
+std::string to_string(link_state x) {
+  switch (x) {
+    case link_state::unlinked: return "unlinked";
+    case link_state::linked: return "linked";
+    case link_state::waiting: return "waiting";
+    case link_state::down: return "down";
+  }
+  return "unknown";
+}
+
+} // namespace alephd

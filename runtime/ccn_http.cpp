@@ -1,0 +1,343 @@
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "messages/aleph_message.hpp"
+#include "runtime/blob_store.hpp"
+#include "runtime/gateway.hpp"
+#include "runtime/routes.hpp"
+
+namespace alephd {
+
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+using gateway::ask;
+constexpr auto timeout = std::chrono::milliseconds{30s};
+
+bool starts_with(std::string_view s, std::string_view p) {
+  return s.substr(0, p.size()) == p;
+}
+
+// Strict decimal parse of a query parameter within [lo, hi].
+bool parse_uint(const std::string& s, uint32_t lo, uint32_t hi, uint32_t& out) {
+  if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  auto v = std::stoul(s);
+  if (v < lo || v > hi)
+    return false;
+  out = static_cast<uint32_t>(v);
+  return true;
+}
+
+json message_json(const stored_message& m) {
+  auto j = json::parse(m.json, nullptr, false);
+  return j.is_discarded() ? json(nullptr) : j;
+}
+
+// Extracts the uploaded file from a multipart/form-data body: the part named
+// "file", else the first part. Empty optional when the body is malformed.
+std::optional<std::string> multipart_file(const std::string& content_type, const std::string& body) {
+  auto b = content_type.find("boundary=");
+  if (b == std::string::npos)
+    return std::nullopt;
+  auto boundary = content_type.substr(b + 9);
+  if (auto semi = boundary.find(';'); semi != std::string::npos)
+    boundary.resize(semi);
+  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"')
+    boundary = boundary.substr(1, boundary.size() - 2);
+  if (boundary.empty() || boundary.size() > 200)
+    return std::nullopt;
+  auto delim = "--" + boundary;
+  std::optional<std::string> first;
+  size_t pos = body.find(delim);
+  while (pos != std::string::npos) {
+    pos += delim.size();
+    if (body.compare(pos, 2, "--") == 0)
+      break; // closing delimiter
+    auto headers_end = body.find("\r\n\r\n", pos);
+    if (headers_end == std::string::npos)
+      return std::nullopt;
+    auto headers = body.substr(pos, headers_end - pos);
+    auto data_start = headers_end + 4;
+    auto next = body.find("\r\n" + delim, data_start);
+    if (next == std::string::npos)
+      return std::nullopt;
+    auto data = body.substr(data_start, next - data_start);
+    if (headers.find("name=\"file\"") != std::string::npos)
+      return data;
+    if (!first)
+      first = std::move(data);
+    pos = next + 2;
+  }
+  return first;
+}
+
+void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
+                  const http::responder& respond) {
+  auto doc = json::parse(req.body, nullptr, false);
+  // pyaleph's envelope {"sync": …, "message": {…}} is accepted as well as a bare message.
+  std::string_view text = req.body;
+  std::string inner;
+  if (!doc.is_discarded() && doc.is_object() && doc.contains("message") && doc["message"].is_object()
+      && !doc.contains("type")) {
+    inner = doc["message"].dump();
+    text = inner;
+  }
+  auto parsed = aleph::parse_message(text);
+  if (!parsed.ok()) {
+    if (parsed.error.field.empty()) {
+      respond(http::json_error(400, parsed.error.reason));
+      return;
+    }
+    respond(gateway::json(422, json{{"error", parsed.error.reason}, {"field", parsed.error.field}}));
+    return;
+  }
+  auto& m = *parsed.msg;
+  stored_message sm;
+  sm.item_hash = m.item_hash;
+  sm.type = std::string{aleph::to_string(m.type)};
+  sm.sender = m.sender;
+  sm.channel = m.channel;
+  sm.time = m.time;
+  sm.received = gateway::now_seconds();
+  sm.origin = ctx->id;
+  sm.json = aleph::to_json(m).dump(-1, ' ', false, json::error_handler_t::replace);
+  ask(*ctx->sys, ctx->messages, timeout, respond,
+      [respond](const append_result& r) {
+        respond(gateway::json(200, json{{"item_hash", r.item_hash},
+                                        {"status", r.status},
+                                        {"message_status", r.status},
+                                        {"duplicate", r.duplicate},
+                                        {"publication_status", {{"status", "success"}, {"failed", json::array()}}}}));
+      },
+      atom::append_v, std::move(sm));
+}
+
+void list_messages(const std::shared_ptr<const ccn_context>& ctx, const http::request& req,
+                   const http::responder& respond) {
+  message_query q;
+  auto param = [&](const char* a, const char* b = nullptr) -> const std::string* {
+    if (auto i = req.query.find(a); i != req.query.end())
+      return &i->second;
+    if (b != nullptr)
+      if (auto i = req.query.find(b); i != req.query.end())
+        return &i->second;
+    return nullptr;
+  };
+  if (auto t = param("msgType", "msgTypes"); t && !t->empty()) {
+    if (!aleph::parse_message_type(*t)) {
+      respond(http::json_error(400, "msgType must be one of POST, AGGREGATE, STORE, PROGRAM, INSTANCE, FORGET"));
+      return;
+    }
+    q.type = *t;
+  }
+  if (auto a = param("addresses"); a && !a->empty()) {
+    size_t start = 0;
+    while (start <= a->size()) {
+      auto comma = a->find(',', start);
+      auto part = a->substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      if (!part.empty())
+        q.addresses.push_back(part);
+      if (comma == std::string::npos)
+        break;
+      start = comma + 1;
+    }
+  }
+  if (auto p = param("page"); p && !parse_uint(*p, 1, 1000000, q.page)) {
+    respond(http::json_error(400, "page must be an integer between 1 and 1000000"));
+    return;
+  }
+  if (auto p = param("pagination"); p && !parse_uint(*p, 1, 500, q.per_page)) {
+    respond(http::json_error(400, "pagination must be an integer between 1 and 500"));
+    return;
+  }
+  ask(*ctx->sys, ctx->messages, timeout, respond,
+      [respond](const message_page& page) {
+        json msgs = json::array();
+        for (auto& m : page.messages)
+          msgs.push_back(message_json(m));
+        respond(gateway::json(200, json{{"messages", std::move(msgs)},
+                                        {"pagination_page", page.page},
+                                        {"pagination_per_page", page.per_page},
+                                        {"pagination_total", page.total},
+                                        {"pagination_item", "messages"}}));
+      },
+      atom::list_v, q);
+}
+
+void add_file(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
+              const http::responder& respond) {
+  std::string data;
+  auto ct = req.headers.count("content-type") ? req.headers.at("content-type") : std::string{};
+  if (starts_with(ct, "multipart/form-data")) {
+    auto file = multipart_file(ct, req.body);
+    if (!file) {
+      respond(http::json_error(400, "malformed multipart body: expected a part named \"file\""));
+      return;
+    }
+    data = std::move(*file);
+  } else {
+    data = std::move(req.body);
+  }
+  if (data.empty()) {
+    respond(http::json_error(400, "empty file"));
+    return;
+  }
+  if (data.size() > ctx->max_file_bytes) {
+    respond(http::json_error(413, "file too large (limit " + std::to_string(ctx->max_file_bytes) + " bytes)"));
+    return;
+  }
+  ask(*ctx->sys, ctx->files, timeout, respond,
+      [respond](const file_info& f) {
+        respond(gateway::json(200, json{{"status", "success"}, {"hash", f.hash}, {"size", f.size}}));
+      },
+      atom::put_v, std::move(data));
+}
+
+json node_json(const node_view& v) {
+  json j{{"id", v.id},           {"role", v.role},   {"name", v.name},
+         {"address", v.address}, {"status", v.status}, {"software_version", v.software_version}};
+  if (v.role == "crn") {
+    j["ccn"] = v.ccn_id;
+    j["capacity"] = {{"vcpus", v.vcpus}, {"memory_mib", v.memory_mib}, {"disk_mib", v.disk_mib}};
+    j["registered"] = v.registered > 0 ? json(gateway::iso_time(v.registered)) : json(nullptr);
+    j["last_heartbeat"] =
+      v.last_heartbeat > 0 ? json(gateway::iso_time(v.last_heartbeat)) : json(nullptr);
+  } else {
+    j["since"] = v.registered > 0 ? json(gateway::iso_time(v.registered)) : json(nullptr);
+  }
+  return j;
+}
+
+void nodes(const std::shared_ptr<const ccn_context>& ctx, const http::responder& respond) {
+  ask(*ctx->sys, ctx->registry, timeout, respond,
+      [ctx, respond](const std::vector<node_view>& crns) {
+        ask(*ctx->sys, ctx->peer, timeout, respond,
+            [ctx, respond, crns](const std::vector<node_view>& peers) {
+              json ccns = json::array();
+              ccns.push_back(json{{"id", ctx->id},
+                                  {"role", "ccn"},
+                                  {"name", ctx->name},
+                                  {"address", ctx->http_endpoint},
+                                  {"node_endpoint", ctx->node_endpoint},
+                                  {"status", "active"},
+                                  {"self", true},
+                                  {"software_version", ALEPHD_VERSION}});
+              for (auto& p : peers)
+                ccns.push_back(node_json(p));
+              json out_crns = json::array();
+              for (auto& c : crns)
+                out_crns.push_back(node_json(c));
+              respond(gateway::json(200, json{{"ccns", std::move(ccns)}, {"crns", std::move(out_crns)}}));
+            },
+            atom::list_v);
+      },
+      atom::list_v);
+}
+
+void metrics(const std::shared_ptr<const ccn_context>& ctx, const http::responder& respond) {
+  ask(*ctx->sys, ctx->registry, timeout, respond,
+      [ctx, respond](const std::vector<node_view>& crns) {
+        std::map<std::string, int> by_state{{"linked", 0}, {"waiting", 0}, {"down", 0}, {"unlinked", 0}};
+        for (auto& c : crns)
+          ++by_state[c.status];
+        std::string out;
+        out += "# HELP alephd_uptime_seconds Seconds since this node started.\n";
+        out += "# TYPE alephd_uptime_seconds gauge\n";
+        out += "alephd_uptime_seconds{role=\"ccn\"} " + std::to_string(gateway::now_seconds() - ctx->started) + "\n";
+        out += "# HELP alephd_crns CRNs known to this CCN by state.\n";
+        out += "# TYPE alephd_crns gauge\n";
+        for (auto& [state, n] : by_state)
+          out += "alephd_crns{state=\"" + state + "\"} " + std::to_string(n) + "\n";
+        http::response r;
+        r.content_type = "text/plain; version=0.0.4";
+        r.body = std::move(out);
+        respond(std::move(r));
+      },
+      atom::list_v);
+}
+
+} // namespace
+
+http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
+  return [ctx](http::request&& req, http::responder respond) {
+    const auto& path = req.path;
+    const bool get = req.method == "GET";
+    const bool post = req.method == "POST";
+    auto wrong_method = [&] { respond(http::json_error(405, "method " + req.method + " not allowed on " + path)); };
+    if (path == "/api/v0/messages" || path == "/api/v0/messages.json") {
+      if (post)
+        return post_message(ctx, req, respond);
+      if (get)
+        return list_messages(ctx, req, respond);
+      return wrong_method();
+    }
+    if (starts_with(path, "/api/v0/messages/")) {
+      if (!get)
+        return wrong_method();
+      auto hash = path.substr(17);
+      if (!aleph::is_item_hash(hash))
+        return respond(http::json_error(400, "not an item hash: " + hash.substr(0, 80)));
+      return ask(*ctx->sys, ctx->messages, timeout, respond,
+                 [respond](const stored_message& m) {
+                   respond(gateway::json(200, json{{"status", "processed"},
+                                                   {"item_hash", m.item_hash},
+                                                   {"message", message_json(m)}}));
+                 },
+                 atom::get_v, hash);
+    }
+    if (path == "/api/v0/storage/add_file") {
+      if (!post)
+        return wrong_method();
+      return add_file(ctx, req, respond);
+    }
+    if (starts_with(path, "/api/v0/storage/raw/")) {
+      if (!get)
+        return wrong_method();
+      auto hash = path.substr(20);
+      if (!is_sha256_hex(hash))
+        return respond(http::json_error(400, "not a sha256 hash: " + hash.substr(0, 80)));
+      return ask(*ctx->sys, ctx->files, timeout, respond,
+                 [respond](const file_info& f) {
+                   http::response r;
+                   r.content_type = "application/octet-stream";
+                   r.file_path = f.path;
+                   respond(std::move(r));
+                 },
+                 atom::get_v, hash);
+    }
+    if (path == "/api/v0/nodes") {
+      if (!get)
+        return wrong_method();
+      return nodes(ctx, respond);
+    }
+    if (path == "/api/v0/allocations") {
+      if (!get)
+        return wrong_method();
+      return ask(*ctx->sys, ctx->scheduler, timeout, respond,
+                 [respond](const std::vector<placement>& ps) {
+                   json out = json::array();
+                   for (auto& p : ps)
+                     out.push_back(json{{"item_hash", p.item_hash}, {"kind", p.kind},
+                                        {"crn", p.crn_id.empty() ? json(nullptr) : json(p.crn_id)},
+                                        {"epoch", p.epoch}, {"state", p.state}, {"detail", p.detail}});
+                   respond(gateway::json(200, json{{"allocations", std::move(out)}}));
+                 },
+                 atom::list_v);
+    }
+    if (path == "/metrics") {
+      if (!get)
+        return wrong_method();
+      return metrics(ctx, respond);
+    }
+    if (path == "/" || path == "/api/v0/info") {
+      return respond(gateway::json(200, json{{"role", "ccn"}, {"id", ctx->id}, {"name", ctx->name},
+                                             {"version", ALEPHD_VERSION},
+                                             {"node_endpoint", ctx->node_endpoint}}));
+    }
+    respond(http::json_error(404, "no route for " + req.method + " " + path.substr(0, 200)));
+  };
+}
+
+} // namespace alephd

@@ -1,0 +1,280 @@
+#include "runtime/config.hpp"
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+namespace alephd {
+
+namespace {
+
+struct option {
+  std::string key;   ///< group.name
+  std::string help;
+  std::string shorthand; ///< optional top-level flag, e.g. "data-dir"
+  std::function<std::string(settings&, const std::string&)> set; ///< returns an error reason
+  bool repeatable = false;
+};
+
+std::string trim(const std::string& s) {
+  auto b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos)
+    return {};
+  auto e = s.find_last_not_of(" \t\r");
+  auto t = s.substr(b, e - b + 1);
+  if (t.size() >= 2 && ((t.front() == '"' && t.back() == '"') || (t.front() == '\'' && t.back() == '\'')))
+    t = t.substr(1, t.size() - 2);
+  return t;
+}
+
+template <class T>
+std::function<std::string(settings&, const std::string&)> integer(T settings::*field, int64_t lo, int64_t hi) {
+  return [=](settings& s, const std::string& v) -> std::string {
+    auto range = "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
+    if (v.empty() || v.size() > 18 || v.find_first_not_of("-0123456789") != std::string::npos
+        || v.find('-', 1) != std::string::npos)
+      return range;
+    auto x = std::stoll(v);
+    if (x < lo || x > hi)
+      return range;
+    s.*field = static_cast<T>(x);
+    return {};
+  };
+}
+
+std::function<std::string(settings&, const std::string&)> text(std::string settings::*field, bool nonempty = false) {
+  return [=](settings& s, const std::string& v) -> std::string {
+    if (nonempty && v.empty())
+      return "must not be empty";
+    s.*field = v;
+    return {};
+  };
+}
+
+std::function<std::string(settings&, const std::string&)> boolean(bool settings::*field) {
+  return [=](settings& s, const std::string& v) -> std::string {
+    if (v == "true" || v == "yes" || v == "on" || v == "1")
+      s.*field = true;
+    else if (v == "false" || v == "no" || v == "off" || v == "0")
+      s.*field = false;
+    else
+      return "must be true or false";
+    return {};
+  };
+}
+
+std::function<std::string(settings&, const std::string&)> duration(std::chrono::milliseconds settings::*field) {
+  return [=](settings& s, const std::string& v) -> std::string {
+    std::chrono::milliseconds d;
+    if (!parse_duration(v, d) || d.count() <= 0)
+      return "must be a positive duration such as 500ms or 5s";
+    s.*field = d;
+    return {};
+  };
+}
+
+bool valid_endpoint(const std::string& e) {
+  auto colon = e.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return false;
+  auto p = e.substr(colon + 1);
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  auto n = std::stoul(p);
+  return n > 0 && n <= 65535;
+}
+
+// A comma-separated list of host:port endpoints; repeating the flag appends.
+std::function<std::string(settings&, const std::string&)> endpoints(std::vector<std::string> settings::*field) {
+  return [=](settings& s, const std::string& v) -> std::string {
+    std::stringstream in{v};
+    std::string item;
+    std::vector<std::string> out;
+    while (std::getline(in, item, ',')) {
+      item = trim(item);
+      if (item.empty())
+        continue;
+      if (!valid_endpoint(item))
+        return "'" + item + "' is not host:port";
+      out.push_back(item);
+    }
+    for (auto& e : out)
+      (s.*field).push_back(e);
+    return {};
+  };
+}
+
+const std::vector<option>& table() {
+  static const std::vector<option> opts = {
+    {"global.data-dir", "data directory (LMDB, blobs, node id); default ./.alephd-<role>", "data-dir", text(&settings::data_dir, true)},
+    {"global.name", "display name of this node", "name", text(&settings::name)},
+    {"global.log-level", "trace, debug, info, warn, error", "log-level",
+     [](settings& s, const std::string& v) -> std::string {
+       if (v != "trace" && v != "debug" && v != "info" && v != "warn" && v != "error")
+         return "must be one of trace, debug, info, warn, error";
+       s.log_level = v;
+       return {};
+     }},
+    {"global.threads", "actor scheduler threads (default 2)", "threads", integer(&settings::threads, 1, 64)},
+    {"http.host", "address the HTTP API listens on (default 127.0.0.1)", "", text(&settings::http_host, true)},
+    {"http.port", "HTTP port (CRN 4020, CCN 4024; 0 = any free port)", "port", integer(&settings::http_port, 0, 65535)},
+    {"http.threads", "HTTP io threads (default 1)", "", integer(&settings::http_threads, 1, 64)},
+    {"node.host", "address the node port listens on (CCN; default 127.0.0.1)", "", text(&settings::node_host, true)},
+    {"node.port", "node port where CRNs and peer CCNs connect (CCN default 4025; 0 = any free port)", "node-port", integer(&settings::node_port, 0, 65535)},
+    {"ccn.max-linked-crns", "CRNs linked at most; the rest wait (default 3)", "", integer(&settings::max_linked_crns, 1, 1000)},
+    {"ccn.heartbeat-interval", "how often CRNs send heartbeats (default 1s)", "", duration(&settings::heartbeat_interval)},
+    {"ccn.failure-timeout", "a CRN silent this long is down (default 5s)", "", duration(&settings::failure_timeout)},
+    {"ccn.peers", "peer CCNs, host:port of their node ports, comma-separated", "peer", endpoints(&settings::peers), true},
+    {"ccn.max-file-size", "largest file accepted by add_file, in bytes (default 104857600)", "", integer(&settings::max_file_size, 1, int64_t{1} << 40)},
+    {"ccn.group-commit", "share one LMDB commit between concurrent messages (default true)", "", boolean(&settings::group_commit)},
+    {"crn.ccn", "CCNs to link to, host:port of their node ports, in order of preference", "ccn", endpoints(&settings::ccn), true},
+    {"crn.vcpus", "vCPUs offered (default: the host's cores)", "", integer(&settings::vcpus, 0, 4096)},
+    {"crn.memory-mib", "memory offered in MiB (default: the host's memory)", "", integer(&settings::memory_mib, 0, int64_t{1} << 32)},
+    {"crn.public-address", "the URL clients use to reach this CRN (default http://host:port)", "", text(&settings::public_address)},
+    {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
+    {"dev.crns", "dev: number of CRNs (default 3)", "crns", integer(&settings::dev_crns, 1, 16)},
+  };
+  return opts;
+}
+
+const option* find_option(const std::string& key) {
+  for (auto& o : table())
+    if (o.key == key || (!o.shorthand.empty() && o.shorthand == key))
+      return &o;
+  return nullptr;
+}
+
+std::string apply(settings& s, const option& o, const std::string& value, const std::string& where) {
+  if (auto err = o.set(s, value); !err.empty())
+    return where + o.key + ": " + err + " (got '" + value.substr(0, 100) + "')";
+  return {};
+}
+
+std::string read_ini(const std::string& path, settings& s) {
+  std::ifstream in{path};
+  if (!in)
+    return "cannot read config file " + path;
+  std::string line, group = "global";
+  int n = 0;
+  std::map<std::string, bool> reset; // list options from a file replace defaults once
+  while (std::getline(in, line)) {
+    ++n;
+    auto where = path + ":" + std::to_string(n) + ": ";
+    auto t = trim(line);
+    if (t.empty() || t[0] == ';' || t[0] == '#')
+      continue;
+    if (t.front() == '[') {
+      if (t.back() != ']' || t.size() < 3)
+        return where + "malformed section header " + t;
+      group = trim(t.substr(1, t.size() - 2));
+      continue;
+    }
+    auto eq = t.find('=');
+    if (eq == std::string::npos)
+      return where + "expected 'name = value', got '" + t.substr(0, 80) + "'";
+    auto key = group + "." + trim(t.substr(0, eq));
+    auto value = t.substr(eq + 1);
+    if (auto c = value.find(" ;"); c != std::string::npos)
+      value.resize(c);
+    value = trim(value);
+    const option* o = nullptr;
+    for (auto& x : table())
+      if (x.key == key)
+        o = &x;
+    if (o == nullptr)
+      return where + "unknown option " + key;
+    if (auto err = apply(s, *o, value, where); !err.empty())
+      return err;
+  }
+  return {};
+}
+
+} // namespace
+
+bool parse_duration(const std::string& text, std::chrono::milliseconds& out) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i])))
+    ++i;
+  if (i == 0 || i > 12)
+    return false;
+  auto n = std::stoll(text.substr(0, i));
+  auto unit = text.substr(i);
+  if (unit.empty() || unit == "ms")
+    out = std::chrono::milliseconds{n};
+  else if (unit == "s")
+    out = std::chrono::milliseconds{n * 1000};
+  else if (unit == "m" || unit == "min")
+    out = std::chrono::milliseconds{n * 60000};
+  else
+    return false;
+  return true;
+}
+
+std::string parse_settings(const std::vector<std::string>& args, settings& out, bool& help) {
+  help = false;
+  // Pass 1: the config file, so that the command line overrides it.
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto& a = args[i];
+    std::string path;
+    if (a == "--config" || a == "--config-file") {
+      if (i + 1 >= args.size())
+        return a + ": needs a file name";
+      path = args[i + 1];
+    } else if (a.rfind("--config=", 0) == 0) {
+      path = a.substr(9);
+    } else if (a.rfind("--config-file=", 0) == 0) {
+      path = a.substr(14);
+    } else {
+      continue;
+    }
+    if (auto err = read_ini(path, out); !err.empty())
+      return err;
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto& a = args[i];
+    if (a == "--help" || a == "-h") {
+      help = true;
+      return {};
+    }
+    if (a == "--config" || a == "--config-file") {
+      ++i;
+      continue;
+    }
+    if (a.rfind("--config=", 0) == 0 || a.rfind("--config-file=", 0) == 0)
+      continue;
+    if (a.rfind("--", 0) != 0)
+      return "unexpected argument '" + a.substr(0, 100) + "' (options look like --group.name=value)";
+    auto body = a.substr(2);
+    std::string key = body, value;
+    bool has_value = false;
+    if (auto eq = body.find('='); eq != std::string::npos) {
+      key = body.substr(0, eq);
+      value = body.substr(eq + 1);
+      has_value = true;
+    }
+    auto o = find_option(key);
+    if (o == nullptr)
+      return "unknown option --" + key.substr(0, 100) + " (see alephd --help)";
+    if (!has_value) {
+      if (i + 1 >= args.size())
+        return "--" + key + ": needs a value";
+      value = args[++i];
+    }
+    if (auto err = apply(out, *o, value, "--"); !err.empty())
+      return err;
+  }
+  return {};
+}
+
+std::string settings_help() {
+  std::string out = "Options (INI: `name = value` under `[group]`; command line: --group.name=value):\n";
+  for (auto& o : table()) {
+    auto flag = "--" + o.key + (o.shorthand.empty() ? "" : ", --" + o.shorthand);
+    out += "  " + flag;
+    out += std::string(flag.size() < 40 ? 40 - flag.size() : 1, ' ') + o.help + "\n";
+  }
+  return out;
+}
+
+} // namespace alephd

@@ -1,0 +1,54 @@
+// alephd's settings: defaults, INI files and command-line overrides.
+// Every option is `group.name`; in an INI file it is `name = value` under
+// `[group]`, on the command line `--group.name=value` (or `--group.name value`).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace alephd {
+
+struct settings {
+  // [global]
+  std::string data_dir;   ///< empty = role default
+  std::string name;       ///< display name; empty = role and id
+  std::string log_level = "info";
+  uint32_t threads = 2;   ///< CAF scheduler threads
+  // [http]
+  std::string http_host = "127.0.0.1";
+  int32_t http_port = -1; ///< -1 = role default (CRN 4020, CCN 4024); 0 = OS chooses
+  uint32_t http_threads = 1;
+  // [node]: the CAF middleman port where CRNs and peer CCNs connect
+  std::string node_host = "127.0.0.1";
+  int32_t node_port = -1; ///< -1 = role default (4025); 0 = OS chooses
+  // [ccn]
+  uint32_t max_linked_crns = 3;
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::chrono::milliseconds failure_timeout{5000};
+  std::vector<std::string> peers;
+  uint64_t max_file_size = 100ull << 20;
+  bool group_commit = true;
+  // [crn]
+  std::vector<std::string> ccn;
+  uint32_t vcpus = 0;      ///< 0 = detect
+  uint64_t memory_mib = 0; ///< 0 = detect
+  std::string public_address; ///< empty = http://host:port
+  // [dev]
+  uint32_t port_base = 4020;
+  uint32_t dev_crns = 3;
+};
+
+/// Parses `args` (after the command word) into `out`. `--config FILE` is read first,
+/// then every other argument overrides it. On error returns a one-line message that
+/// names the option; `help` is set for --help.
+std::string parse_settings(const std::vector<std::string>& args, settings& out, bool& help);
+
+/// The option reference printed by --help.
+std::string settings_help();
+
+/// Parses a duration: "250ms", "5s", "2m", or a plain number of milliseconds.
+bool parse_duration(const std::string& text, std::chrono::milliseconds& out);
+
+} // namespace alephd

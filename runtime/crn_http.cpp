@@ -1,0 +1,199 @@
+#include <set>
+
+#include <caf/all.hpp>
+#include <nlohmann/json.hpp>
+
+#include "runtime/gateway.hpp"
+#include "runtime/routes.hpp"
+#include "runtime/sysinfo.hpp"
+
+namespace alephd {
+
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+using gateway::ask;
+constexpr auto timeout = std::chrono::milliseconds{10s};
+
+json time_or_null(double t) {
+  return t > 0 ? json(gateway::iso_time(t)) : json(nullptr);
+}
+
+std::string vm_type(const execution_info& e) {
+  return e.kind == "instance" ? "instance" : (e.persistent ? "persistent_program" : "microvm");
+}
+
+json networking_v1() {
+  return json{{"ipv4", nullptr}, {"ipv6", nullptr}};
+}
+
+json networking_v2() {
+  return json{{"ipv4_network", nullptr}, {"host_ipv4", nullptr}, {"ipv6_network", nullptr},
+              {"ipv6_ip", nullptr},      {"ipv4_ip", nullptr},   {"mapped_ports", json::object()}};
+}
+
+void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
+  auto u = read_system_usage(ctx->data_dir);
+  auto now = gateway::now_seconds();
+  json body{
+    {"cpu",
+     {{"count", u.cpu_count},
+      {"load_average", {{"load1", u.load1}, {"load5", u.load5}, {"load15", u.load15}}},
+      {"core_frequencies", {{"min", u.cpu_mhz_min}, {"max", u.cpu_mhz_max}}}}},
+    {"mem", {{"total_kB", u.mem_total_kb}, {"available_kB", u.mem_available_kb}}},
+    {"disk", {{"total_kB", u.disk_total_kb}, {"available_kB", u.disk_available_kb}}},
+    {"period", {{"start_timestamp", gateway::iso_time(now - std::fmod(now, 60.0))}, {"duration_seconds", 60}}},
+    {"properties", {{"cpu", {{"architecture", u.architecture}, {"vendor", u.vendor}, {"features", json::array()}}}}},
+    {"gpu", {{"devices", json::array()}, {"available_devices", json::array()}}},
+    {"active", true},
+  };
+  respond(gateway::json(200, body));
+}
+
+void executions(const std::shared_ptr<const crn_context>& ctx, bool v2, const http::responder& respond) {
+  ask(*ctx->sys, ctx->broker, timeout, respond,
+      [respond, v2](const std::vector<execution_info>& xs) {
+        json out = json::object();
+        for (auto& e : xs) {
+          bool running = e.phase == "running";
+          if (!v2) {
+            // v1 lists running executions only, as aleph-vm does.
+            if (running)
+              out[e.item_hash] = json{{"networking", networking_v1()}, {"vm_type", vm_type(e)},
+                                      {"awaiting_confidential_init", false}};
+            continue;
+          }
+          out[e.item_hash] = json{
+            {"networking", networking_v2()},
+            {"status",
+             {{"defined_at", time_or_null(e.defined_at)}, {"preparing_at", time_or_null(e.preparing_at)},
+              {"prepared_at", nullptr}, {"starting_at", nullptr}, {"started_at", time_or_null(e.started_at)},
+              {"stopping_at", time_or_null(e.stopping_at)}, {"stopped_at", time_or_null(e.stopped_at)}}},
+            {"running", running},
+            {"phase", e.phase},
+            {"epoch", e.epoch},
+            {"detail", e.detail},
+            {"resources", {{"vcpus", e.vcpus}, {"memory", e.memory_mib}, {"disk_mib", e.disk_mib}}},
+            {"awaiting_confidential_init", false},
+            {"vm_type", vm_type(e)},
+          };
+        }
+        respond(gateway::json(200, out));
+      },
+      atom::list_v);
+}
+
+void status_config(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
+  ask(*ctx->sys, ctx->link, timeout, respond,
+      [ctx, respond](const link_info& li) {
+        respond(gateway::json(200, json{{"DOMAIN_NAME", ctx->http_endpoint},
+                                        {"version", ALEPHD_VERSION},
+                                        {"node_hash", ctx->id},
+                                        {"name", ctx->name},
+                                        {"CCN_ENDPOINTS", ctx->ccn_endpoints},
+                                        {"ccn", {{"id", li.ccn_id.empty() ? json(nullptr) : json(li.ccn_id)},
+                                                 {"endpoint", li.ccn_endpoint},
+                                                 {"connected", li.connected},
+                                                 {"state", to_string(li.state)}}},
+                                        {"ENABLE_QEMU_SUPPORT", false},
+                                        {"ENABLE_CONFIDENTIAL_COMPUTING", false},
+                                        {"ENABLE_GPU_SUPPORT", false}}));
+      },
+      atom::get_v);
+}
+
+void metrics(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
+  ask(*ctx->sys, ctx->link, timeout, respond,
+      [ctx, respond](const link_info& li) {
+        std::string out;
+        auto gauge = [&](const char* name, const char* help, const std::string& value, const char* type = "gauge") {
+          out += std::string{"# HELP "} + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+          out += std::string{name} + " " + value + "\n";
+        };
+        gauge("alephd_uptime_seconds", "Seconds since this node started.",
+              std::to_string(gateway::now_seconds() - ctx->started));
+        out += "# HELP alephd_ccn_link_state The CRN's state at its CCN (1 for the current state).\n";
+        out += "# TYPE alephd_ccn_link_state gauge\n";
+        for (auto s : {link_state::unlinked, link_state::linked, link_state::waiting, link_state::down})
+          out += "alephd_ccn_link_state{state=\"" + to_string(s) + "\"} " + (li.state == s ? "1" : "0") + "\n";
+        gauge("alephd_ccn_connected", "1 when connected to a CCN.", li.connected ? "1" : "0");
+        gauge("alephd_heartbeats_sent_total", "Heartbeats sent to the CCN.", std::to_string(li.heartbeats_sent), "counter");
+        gauge("alephd_heartbeats_missed_total", "Heartbeats the CCN did not answer.", std::to_string(li.heartbeats_missed), "counter");
+        gauge("alephd_ccn_reconnects_total", "Times the link to a CCN was lost.", std::to_string(li.reconnects), "counter");
+        http::response r;
+        r.content_type = "text/plain; version=0.0.4";
+        r.body = std::move(out);
+        respond(std::move(r));
+      },
+      atom::get_v);
+}
+
+std::string cookie_token(const http::request& req) {
+  auto i = req.headers.find("cookie");
+  if (i == req.headers.end())
+    return {};
+  const auto& c = i->second;
+  for (size_t pos = 0; pos < c.size();) {
+    auto end = c.find(';', pos);
+    auto part = c.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    auto start = part.find_first_not_of(' ');
+    if (start != std::string::npos && part.compare(start, 6, "token=") == 0)
+      return part.substr(start + 6);
+    if (end == std::string::npos)
+      break;
+    pos = end + 1;
+  }
+  return {};
+}
+
+// Compares secrets in time independent of where they differ.
+bool same_secret(const std::string& a, const std::string& b) {
+  if (a.size() != b.size() || a.empty())
+    return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+} // namespace
+
+http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
+  return [ctx](http::request&& req, http::responder respond) {
+    const auto& path = req.path;
+    static const std::set<std::string> known{"/",
+                                             "/about/login",
+                                             "/about/usage/system",
+                                             "/about/executions/list",
+                                             "/v2/about/executions/list",
+                                             "/status/config",
+                                             "/metrics"};
+    if (known.count(path) == 0)
+      return respond(http::json_error(404, "no route for " + req.method + " " + path.substr(0, 200)));
+    if (req.method != "GET")
+      return respond(http::json_error(405, "method " + req.method + " not allowed on " + path));
+    if (path == "/about/login") {
+      auto t = req.query.count("token") ? req.query.at("token") : cookie_token(req);
+      if (!same_secret(t, ctx->login_token))
+        return respond(http::json_error(401, "Invalid token"));
+      auto r = gateway::json(200, json{{"status", "logged in"}});
+      r.headers.emplace_back("Set-Cookie", "token=" + ctx->login_token + "; HttpOnly; SameSite=Strict; Path=/");
+      return respond(std::move(r));
+    }
+    if (path == "/about/usage/system")
+      return usage_system(ctx, respond);
+    if (path == "/about/executions/list")
+      return executions(ctx, false, respond);
+    if (path == "/v2/about/executions/list")
+      return executions(ctx, true, respond);
+    if (path == "/status/config")
+      return status_config(ctx, respond);
+    if (path == "/metrics")
+      return metrics(ctx, respond);
+    respond(gateway::json(200, json{{"role", "crn"}, {"id", ctx->id}, {"name", ctx->name},
+                                    {"version", ALEPHD_VERSION}}));
+  };
+}
+
+} // namespace alephd

@@ -1,0 +1,57 @@
+#include "runtime/gateway.hpp"
+
+#include <cmath>
+#include <ctime>
+
+#include <caf/sec.hpp>
+
+namespace alephd::gateway {
+
+http::response error_response(const caf::error& err) {
+  unsigned status = 500;
+  auto text = describe(err);
+  if (err.category() == caf::atom("alephd")) {
+    switch (static_cast<ec>(err.code())) {
+      case ec::not_found: status = 404; break;
+      case ec::invalid: status = 400; break;
+      case ec::too_large: status = 413; break;
+      case ec::no_capacity: status = 503; break;
+      case ec::wrong_phase: status = 409; break;
+      case ec::unavailable: status = 503; break;
+      case ec::refused: status = 403; break;
+      default: status = 500;
+    }
+  } else if (err.category() == caf::atom("system")) {
+    auto code = static_cast<caf::sec>(err.code());
+    if (code == caf::sec::request_timeout) {
+      status = 504;
+      text = "timed out waiting for the node";
+    } else if (code == caf::sec::request_receiver_down) {
+      status = 503;
+      text = "the node is shutting down";
+    }
+  }
+  return http::json_error(status, text);
+}
+
+http::response json(unsigned status, const nlohmann::json& body) {
+  return http::json(status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+double now_seconds() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+std::string iso_time(double t) {
+  auto secs = static_cast<std::time_t>(std::floor(t));
+  auto micros = static_cast<long>((t - std::floor(t)) * 1e6);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ld+00:00", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
+  return buf;
+}
+
+} // namespace alephd::gateway

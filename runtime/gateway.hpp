@@ -1,0 +1,41 @@
+// The bridge from HTTP handlers (io threads) to actors: each request spawns a
+// short-lived actor that asks the target actor and answers through the
+// responder when the reply (or an error) arrives. No business logic here.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <nlohmann/json.hpp>
+
+#include "messages/types.hpp"
+#include "runtime/http_server.hpp"
+
+namespace alephd::gateway {
+
+/// The HTTP status and JSON body for an actor error.
+http::response error_response(const caf::error& err);
+
+/// A JSON response from a nlohmann document.
+http::response json(unsigned status, const nlohmann::json& body);
+
+/// Asks `dst` with `xs...` and calls `on_ok` (a lambda with the reply's types) with the reply;
+/// an error or a timeout answers through `respond` as error_response().
+template <class Handle, class OnOk, class... Ts>
+void ask(caf::actor_system& sys, const Handle& dst, std::chrono::milliseconds timeout,
+         const http::responder& respond, OnOk on_ok, Ts... xs) {
+  sys.spawn([=](caf::event_based_actor* self) {
+    self->request(dst, timeout, xs...)
+      .then(on_ok, [respond](caf::error& err) { respond(error_response(err)); });
+  });
+}
+
+/// Wall-clock seconds since the epoch.
+double now_seconds();
+
+/// ISO-8601 UTC with microseconds for a unix time.
+std::string iso_time(double unix_seconds);
+
+} // namespace alephd::gateway

@@ -1,0 +1,775 @@
+#include "runtime/http_server.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <exception>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+
+namespace alephd::http {
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+
+// A peer that keeps sending after we decided to close gets this long and
+// this many bytes to read our answer before the socket is closed outright.
+constexpr auto linger_time = std::chrono::milliseconds{1000};
+constexpr std::size_t linger_bytes = 1 << 20;
+
+constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+
+std::string_view sv(beast::string_view s) {
+  return {s.data(), s.size()};
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+bool percent_decode(std::string_view in, bool plus_is_space, std::string& out) {
+  out.clear();
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '%') {
+      if (i + 2 >= in.size())
+        return false;
+      int hi = hex_value(in[i + 1]);
+      int lo = hex_value(in[i + 2]);
+      if (hi < 0 || lo < 0)
+        return false;
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else if (c == '+' && plus_is_space) {
+      out.push_back(' ');
+    } else {
+      out.push_back(c);
+    }
+  }
+  return true;
+}
+
+std::string to_lower(std::string_view s) {
+  std::string out{s};
+  for (auto& c : out)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size()
+         && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+              return std::tolower(static_cast<unsigned char>(x))
+                     == std::tolower(static_cast<unsigned char>(y));
+            });
+}
+
+// Fills path and query from the target; returns an error text or "".
+std::string parse_target(std::string_view target, request& req) {
+  std::string origin;
+  if (auto scheme = target.find("://");
+      scheme != std::string_view::npos
+      && (iequals(target.substr(0, scheme), "http")
+          || iequals(target.substr(0, scheme), "https"))) {
+    auto rest = target.substr(scheme + 3);
+    auto cut = rest.find_first_of("/?");
+    if (cut == std::string_view::npos)
+      origin = "/";
+    else if (rest[cut] == '?')
+      origin = "/" + std::string{rest.substr(cut)};
+    else
+      origin = std::string{rest.substr(cut)};
+  } else {
+    origin = std::string{target};
+  }
+  if (auto hash = origin.find('#'); hash != std::string::npos)
+    origin.resize(hash);
+  if (origin.empty() || origin.front() != '/')
+    return "invalid request target";
+  std::string_view view = origin;
+  auto qmark = view.find('?');
+  auto raw_path = view.substr(0, qmark);
+  if (!percent_decode(raw_path, false, req.path))
+    return "invalid percent-encoding in path";
+  if (req.path.find('\0') != std::string::npos)
+    return "invalid NUL byte in path";
+  if (qmark == std::string_view::npos)
+    return {};
+  auto raw_query = view.substr(qmark + 1);
+  std::string key;
+  std::string value;
+  while (!raw_query.empty()) {
+    auto amp = raw_query.find('&');
+    auto pair = raw_query.substr(0, amp);
+    raw_query = amp == std::string_view::npos ? std::string_view{}
+                                              : raw_query.substr(amp + 1);
+    if (pair.empty())
+      continue;
+    auto eq = pair.find('=');
+    auto raw_key = pair.substr(0, eq);
+    auto raw_value = eq == std::string_view::npos ? std::string_view{}
+                                                  : pair.substr(eq + 1);
+    if (!percent_decode(raw_key, true, key)
+        || !percent_decode(raw_value, true, value))
+      return "invalid percent-encoding in query";
+    req.query[key] = value;
+  }
+  return {};
+}
+
+bool is_token_char(char c) {
+  auto u = static_cast<unsigned char>(c);
+  if (std::isalnum(u))
+    return true;
+  return std::string_view{"!#$%&'*+-.^_`|~"}.find(c) != std::string_view::npos;
+}
+
+bool valid_field(std::string_view name, std::string_view value) {
+  if (name.empty() || !std::all_of(name.begin(), name.end(), is_token_char))
+    return false;
+  return value.find_first_of(std::string_view{"\r\n\0", 3})
+         == std::string_view::npos;
+}
+
+// Fields that frame the message; a handler setting them would corrupt the
+// connection, so they are ours alone.
+bool reserved_field(std::string_view name) {
+  return iequals(name, "content-length") || iequals(name, "transfer-encoding")
+         || iequals(name, "connection");
+}
+
+class connection;
+
+// State shared by the server, its connections and outstanding responders, so
+// that the io_context outlives every socket that still refers to it.
+struct core {
+  core(server_options o, handler h)
+    : ioc(static_cast<int>(std::max(1u, o.threads))),
+      opts(std::move(o)),
+      on_request(std::move(h)),
+      acceptor(asio::make_strand(ioc)),
+      accept_retry(acceptor.get_executor()) {
+    if (!valid_field("server", opts.server_name))
+      opts.server_name = "alephd";
+  }
+
+  asio::io_context ioc;
+  server_options opts;
+  handler on_request;
+  tcp::acceptor acceptor;
+  asio::steady_timer accept_retry;
+  std::atomic<uint16_t> port{0};
+  std::atomic<bool> stopping{false};
+  std::mutex mutex;
+  bool started = false;  // guarded by mutex
+  bool stopped = false;  // guarded by mutex
+  std::unordered_map<const connection*, std::weak_ptr<connection>>
+    connections; // guarded by mutex
+};
+
+template <class Body>
+struct outgoing {
+  explicit outgoing(bhttp::response<Body>&& m) : msg(std::move(m)), sr(msg) {
+  }
+  bhttp::response<Body> msg;
+  bhttp::response_serializer<Body> sr;
+};
+
+class connection : public std::enable_shared_from_this<connection> {
+public:
+  connection(std::shared_ptr<core> c, tcp::socket&& socket, std::string remote)
+    : core_(std::move(c)), stream_(std::move(socket)), remote_(std::move(remote)) {
+  }
+
+  ~connection() {
+    std::lock_guard lock{core_->mutex};
+    core_->connections.erase(this);
+  }
+
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  asio::any_io_executor executor() {
+    return stream_.get_executor();
+  }
+
+  void start() {
+    asio::post(executor(), [self = shared_from_this()] { self->read_header(); });
+  }
+
+  /// Hands a response to the connection's strand unless the server stopped.
+  static void submit(const std::shared_ptr<connection>& self, response r) {
+    std::lock_guard lock{self->core_->mutex};
+    if (self->core_->stopped)
+      return;
+    asio::post(self->executor(), [self, r = std::move(r)]() mutable {
+      self->deliver(std::move(r));
+    });
+  }
+
+  void close_now() {
+    if (closed_)
+      return;
+    closed_ = true;
+    waiting_ = false;
+    error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+private:
+  const server_options& opts() const {
+    return core_->opts;
+  }
+
+  bool done() const {
+    return closed_ || core_->stopping.load(std::memory_order_relaxed);
+  }
+
+  // Body and response transfers may idle for read_timeout at most, and after
+  // the first read_timeout they must keep up an average of 1 byte per ms.
+  void arm_transfer_deadline() {
+    auto now = clock_type::now();
+    auto idle = now + opts().read_timeout;
+    auto budget = transfer_start_ + opts().read_timeout
+                  + std::chrono::milliseconds{
+                    static_cast<int64_t>(std::min<uint64_t>(transfer_bytes_, INT64_MAX / 2))};
+    stream_.expires_at(std::min(idle, budget));
+  }
+
+  void begin_transfer() {
+    transfer_start_ = clock_type::now();
+    transfer_bytes_ = 0;
+  }
+
+  void read_header() {
+    if (done()) {
+      close_now();
+      return;
+    }
+    parser_.emplace();
+    parser_->header_limit(opts().max_header_bytes);
+    parser_->body_limit(opts().max_body_bytes);
+    // The whole header must arrive within the timeout, which stops clients
+    // that trickle header bytes (slowloris).
+    stream_.expires_after(opts().read_timeout);
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self = shared_from_this()](error_code ec, std::size_t) {
+                               self->on_header(ec);
+                             });
+  }
+
+  void on_header(error_code ec) {
+    if (done()) {
+      close_now();
+      return;
+    }
+    if (ec) {
+      on_read_error(ec);
+      return;
+    }
+    auto& msg = parser_->get();
+    auto expect = msg[bhttp::field::expect];
+    if (!parser_->is_done() && msg.version() >= 11 && iequals(sv(expect), "100-continue")) {
+      stream_.expires_after(opts().read_timeout);
+      asio::async_write(stream_, asio::buffer(continue_line.data(), continue_line.size()),
+                        [self = shared_from_this()](error_code ec, std::size_t) {
+                          if (self->done() || ec) {
+                            self->close_now();
+                            return;
+                          }
+                          self->begin_transfer();
+                          self->read_body();
+                        });
+      return;
+    }
+    begin_transfer();
+    read_body();
+  }
+
+  void read_body() {
+    if (parser_->is_done()) {
+      dispatch();
+      return;
+    }
+    arm_transfer_deadline();
+    bhttp::async_read_some(stream_, buffer_, *parser_,
+                           [self = shared_from_this()](error_code ec, std::size_t n) {
+                             self->on_body(ec, n);
+                           });
+  }
+
+  void on_body(error_code ec, std::size_t n) {
+    if (done()) {
+      close_now();
+      return;
+    }
+    if (ec) {
+      on_read_error(ec);
+      return;
+    }
+    transfer_bytes_ += n;
+    read_body();
+  }
+
+  void on_read_error(error_code ec) {
+    if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message) {
+      // The client went away (maybe mid-body): nobody is left to answer.
+      close_now();
+    } else if (ec == bhttp::error::body_limit) {
+      fail(413, "request body too large (limit " + std::to_string(opts().max_body_bytes)
+                  + " bytes)");
+    } else if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
+      fail(431, "request header too large (limit " + std::to_string(opts().max_header_bytes)
+                  + " bytes)");
+    } else if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category()) {
+      fail(400, "malformed request: " + ec.message());
+    } else {
+      // Timeouts, resets, aborts.
+      close_now();
+    }
+  }
+
+  // Answers a request that cannot be parsed, then closes: the rest of the
+  // byte stream cannot be trusted to frame further requests.
+  void fail(unsigned status, std::string_view message) {
+    keep_alive_ = false;
+    head_ = false;
+    send(json_error(status, message));
+  }
+
+  void dispatch() {
+    stream_.expires_never();
+    auto& msg = parser_->get();
+    keep_alive_ = msg.keep_alive();
+    request req;
+    req.method = std::string{sv(msg.method_string())};
+    req.target = std::string{sv(msg.target())};
+    head_ = req.method == "HEAD";
+    if (auto err = parse_target(req.target, req); !err.empty()) {
+      send(json_error(400, err));
+      return;
+    }
+    for (const auto& field : msg) {
+      auto name = to_lower(sv(field.name_string()));
+      auto value = std::string{sv(field.value())};
+      auto [it, inserted] = req.headers.emplace(std::move(name), value);
+      if (!inserted)
+        it->second += ", " + value;
+    }
+    req.body = std::move(msg.body());
+    req.remote = remote_;
+    parser_.reset();
+    waiting_ = true;
+    auto state = std::make_shared<responder_state>(shared_from_this());
+    responder respond = [state](response r) { state->answer(std::move(r)); };
+    try {
+      core_->on_request(std::move(req), respond);
+    } catch (...) {
+      state->answer(json_error(500, "internal error"));
+    }
+  }
+
+  // Shared by all copies of one responder: answers at most once, and answers
+  // 500 if the last copy is dropped unanswered.
+  struct responder_state {
+    explicit responder_state(std::shared_ptr<connection> c) : conn(std::move(c)) {
+    }
+    responder_state(const responder_state&) = delete;
+    responder_state& operator=(const responder_state&) = delete;
+    ~responder_state() {
+      try {
+        answer(json_error(500, "internal error"));
+      } catch (...) {
+        // Nothing sensible is left to do with a failure while unwinding.
+      }
+    }
+    void answer(response r) {
+      if (answered.exchange(true))
+        return;
+      submit(conn, std::move(r));
+    }
+    std::shared_ptr<connection> conn;
+    std::atomic<bool> answered{false};
+  };
+
+  void deliver(response r) {
+    if (done()) {
+      close_now();
+      return;
+    }
+    if (!waiting_)
+      return;
+    waiting_ = false;
+    send(std::move(r));
+  }
+
+  template <class Body>
+  void fill(bhttp::response<Body>& msg, const response& r) {
+    msg.version(11);
+    msg.result(r.status);
+    msg.set(bhttp::field::server, opts().server_name);
+    if (!r.content_type.empty() && valid_field("content-type", r.content_type))
+      msg.set(bhttp::field::content_type, r.content_type);
+    else
+      msg.set(bhttp::field::content_type, "application/octet-stream");
+    for (const auto& [name, value] : r.headers) {
+      if (!valid_field(name, value) || reserved_field(name))
+        continue;
+      if (iequals(name, "server") || iequals(name, "content-type"))
+        msg.set(name, value);
+      else
+        msg.insert(name, value);
+    }
+    msg.keep_alive(keep_alive_);
+  }
+
+  void send(response r) {
+    try {
+      compose(std::move(r));
+    } catch (const std::exception&) {
+      keep_alive_ = false;
+      head_ = false;
+      response fallback = json_error(500, "internal error");
+      bhttp::response<bhttp::string_body> msg;
+      fill(msg, fallback);
+      msg.body() = std::move(fallback.body);
+      msg.prepare_payload();
+      write(std::make_shared<outgoing<bhttp::string_body>>(std::move(msg)));
+    }
+  }
+
+  void compose(response r) {
+    if (r.status < 200 || r.status > 999)
+      r = json_error(500, "internal error");
+    if (!r.file_path.empty()) {
+      bhttp::file_body::value_type file;
+      error_code ec;
+      std::error_code fs_ec;
+      if (std::filesystem::is_regular_file(r.file_path, fs_ec))
+        file.open(r.file_path.c_str(), beast::file_mode::scan, ec);
+      else
+        ec = asio::error::not_found;
+      if (!ec) {
+        bhttp::response<bhttp::file_body> msg;
+        fill(msg, r);
+        msg.body() = std::move(file);
+        msg.prepare_payload();
+        if (head_)
+          write_head(std::move(msg));
+        else
+          write(std::make_shared<outgoing<bhttp::file_body>>(std::move(msg)));
+        return;
+      }
+      r = json_error(404, "file not found");
+    }
+    bool no_body = r.status == 204 || r.status == 304;
+    if (no_body)
+      r.body.clear();
+    bhttp::response<bhttp::string_body> msg;
+    fill(msg, r);
+    msg.body() = std::move(r.body);
+    msg.prepare_payload();
+    if (r.status == 204)
+      msg.erase(bhttp::field::content_length);
+    if (head_)
+      write_head(std::move(msg));
+    else
+      write(std::make_shared<outgoing<bhttp::string_body>>(std::move(msg)));
+  }
+
+  // A HEAD answer keeps the header (including Content-Length) of the full
+  // answer but sends no body.
+  template <class Body>
+  void write_head(bhttp::response<Body>&& msg) {
+    bhttp::response<bhttp::empty_body> head{std::move(msg.base())};
+    write(std::make_shared<outgoing<bhttp::empty_body>>(std::move(head)));
+  }
+
+  template <class Body>
+  void write(std::shared_ptr<outgoing<Body>> out) {
+    begin_transfer();
+    write_some(std::move(out));
+  }
+
+  template <class Body>
+  void write_some(std::shared_ptr<outgoing<Body>> out) {
+    arm_transfer_deadline();
+    auto& sr = out->sr;
+    bhttp::async_write_some(stream_, sr,
+                            [self = shared_from_this(), out = std::move(out)](
+                              error_code ec, std::size_t n) mutable {
+                              self->on_write(std::move(out), ec, n);
+                            });
+  }
+
+  template <class Body>
+  void on_write(std::shared_ptr<outgoing<Body>> out, error_code ec, std::size_t n) {
+    if (done() || ec) {
+      close_now();
+      return;
+    }
+    transfer_bytes_ += n;
+    if (!out->sr.is_done()) {
+      write_some(std::move(out));
+      return;
+    }
+    if (keep_alive_)
+      read_header();
+    else
+      linger();
+  }
+
+  // Half-closes and reads whatever the peer still sends for a short while,
+  // so that closing with unread input (which makes the kernel send a reset)
+  // does not destroy the answer before the peer has read it.
+  void linger() {
+    error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) {
+      close_now();
+      return;
+    }
+    buffer_.consume(buffer_.size());
+    drained_ = 0;
+    stream_.expires_after(std::min<std::chrono::milliseconds>(opts().read_timeout, linger_time));
+    drain();
+  }
+
+  void drain() {
+    stream_.async_read_some(buffer_.prepare(4096),
+                            [self = shared_from_this()](error_code ec, std::size_t n) {
+                              self->drained_ += n;
+                              if (ec || self->done() || self->drained_ > linger_bytes) {
+                                self->close_now();
+                                return;
+                              }
+                              self->drain();
+                            });
+  }
+
+  std::shared_ptr<core> core_; // declared first: the stream needs its io_context
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::string remote_;
+  bool closed_ = false;
+  bool waiting_ = false;
+  bool keep_alive_ = false;
+  bool head_ = false;
+  clock_type::time_point transfer_start_{};
+  uint64_t transfer_bytes_ = 0;
+  std::size_t drained_ = 0;
+};
+
+std::string format_endpoint(const tcp::endpoint& ep) {
+  auto addr = ep.address().to_string();
+  if (ep.address().is_v6())
+    addr = "[" + addr + "]";
+  return addr + ":" + std::to_string(ep.port());
+}
+
+void accept_next(const std::shared_ptr<core>& c);
+
+void on_accept(const std::shared_ptr<core>& c, error_code ec, tcp::socket socket) {
+  if (c->stopping.load())
+    return;
+  if (ec) {
+    if (ec == asio::error::operation_aborted)
+      return;
+    // Typically EMFILE: retrying at once would spin on the same error.
+    c->accept_retry.expires_after(std::chrono::milliseconds{50});
+    c->accept_retry.async_wait([c](error_code wait_ec) {
+      if (!wait_ec && !c->stopping.load())
+        accept_next(c);
+    });
+    return;
+  }
+  error_code ep_ec;
+  auto ep = socket.remote_endpoint(ep_ec);
+  std::shared_ptr<connection> conn;
+  if (!ep_ec) {
+    socket.set_option(tcp::no_delay{true}, ep_ec);
+    std::lock_guard lock{c->mutex};
+    if (!c->stopped && c->connections.size() < c->opts.max_connections) {
+      conn = std::make_shared<connection>(c, std::move(socket), format_endpoint(ep));
+      c->connections.emplace(conn.get(), conn);
+    }
+  }
+  if (conn) {
+    conn->start();
+  } else {
+    error_code close_ec;
+    socket.close(close_ec);
+  }
+  accept_next(c);
+}
+
+void accept_next(const std::shared_ptr<core>& c) {
+  c->acceptor.async_accept(asio::make_strand(c->ioc),
+                           [c](error_code ec, tcp::socket socket) {
+                             on_accept(c, ec, std::move(socket));
+                           });
+}
+
+void run_io(const std::shared_ptr<core>& c) {
+  for (;;) {
+    try {
+      c->ioc.run();
+      return;
+    } catch (...) {
+      // One failed completion handler must not take the io thread down.
+    }
+  }
+}
+
+} // namespace
+
+response json(unsigned status, std::string body) {
+  response r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+response json_error(unsigned status, std::string_view message) {
+  nlohmann::json j = {{"error", std::string{message}}};
+  return json(status, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+struct server::impl {
+  std::shared_ptr<core> c;
+  std::vector<std::thread> threads;
+};
+
+server::server(server_options opts, handler h) : impl_(std::make_unique<impl>()) {
+  impl_->c = std::make_shared<core>(std::move(opts), std::move(h));
+}
+
+server::~server() {
+  stop();
+}
+
+std::string server::start() {
+  auto& c = impl_->c;
+  {
+    std::lock_guard lock{c->mutex};
+    if (c->stopped)
+      return "server already stopped";
+    if (c->started)
+      return "server already started";
+  }
+  const auto& opts = c->opts;
+  auto where = "cannot listen on " + opts.host + ":" + std::to_string(opts.port) + ": ";
+  error_code ec;
+  tcp::endpoint ep;
+  auto addr = asio::ip::make_address(opts.host, ec);
+  if (!ec) {
+    ep = tcp::endpoint{addr, opts.port};
+  } else {
+    tcp::resolver resolver{c->ioc};
+    auto results = resolver.resolve(opts.host, std::to_string(opts.port),
+                                    tcp::resolver::passive, ec);
+    if (ec || results.empty())
+      return where + (ec ? ec.message() : std::string{"host not found"});
+    ep = results.begin()->endpoint();
+  }
+  auto& acc = c->acceptor;
+  acc.open(ep.protocol(), ec);
+  if (!ec)
+    acc.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec)
+    acc.bind(ep, ec);
+  if (!ec)
+    acc.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    error_code ignored;
+    acc.close(ignored);
+    return where + ec.message();
+  }
+  c->port = acc.local_endpoint(ec).port();
+  {
+    std::lock_guard lock{c->mutex};
+    c->started = true;
+  }
+  asio::post(acc.get_executor(), [c] { accept_next(c); });
+  auto n = std::max(1u, opts.threads);
+  for (unsigned i = 0; i < n; ++i)
+    impl_->threads.emplace_back([c] { run_io(c); });
+  return {};
+}
+
+uint16_t server::port() const {
+  return impl_->c->port.load();
+}
+
+void server::stop() {
+  auto& c = impl_->c;
+  std::vector<std::weak_ptr<connection>> conns;
+  bool first = false;
+  bool started = false;
+  {
+    std::lock_guard lock{c->mutex};
+    if (!c->stopped) {
+      first = true;
+      c->stopped = true;
+      c->stopping.store(true);
+      for (const auto& [ptr, weak] : c->connections)
+        conns.push_back(weak);
+    }
+    started = c->started;
+  }
+  // Only the first call posts: handlers posted after the threads are gone
+  // would stay queued in the core's own io_context, keeping the core alive.
+  if (first && !started) {
+    error_code ignored;
+    c->acceptor.close(ignored);
+  } else if (first) {
+    asio::post(c->acceptor.get_executor(), [c] {
+      error_code ignored;
+      c->acceptor.close(ignored);
+      c->accept_retry.cancel();
+    });
+    for (auto& weak : conns)
+      if (auto conn = weak.lock())
+        asio::post(conn->executor(), [conn] { conn->close_now(); });
+  }
+  // Once every socket is closed the io_context runs out of work and the
+  // threads return on their own; nothing is left queued to leak.
+  auto self = std::this_thread::get_id();
+  for (auto& t : impl_->threads) {
+    if (t.get_id() == self)
+      t.detach(); // stop() called from a handler: that thread ends after it
+    else if (t.joinable())
+      t.join();
+  }
+  impl_->threads.clear();
+}
+
+} // namespace alephd::http

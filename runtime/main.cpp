@@ -1,0 +1,177 @@
+// alephd: one binary, several roles.
+#include <csignal>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "actors/interfaces.hpp"
+#include "runtime/config.hpp"
+#include "runtime/node.hpp"
+
+namespace {
+
+using namespace alephd;
+
+constexpr const char* usage = R"(alephd — Aleph Cloud node runtime (CRN and CCN)
+
+Usage:
+  alephd ccn [--config FILE] [options]   run a Core Channel Node
+  alephd crn [--config FILE] [options]   run a Compute Resource Node (--ccn host:port[,host:port…])
+  alephd dev [options]                   one CCN and three CRNs in one process, on 127.0.0.1
+  alephd --help | --version
+
+)";
+
+int fail_usage(const std::string& msg) {
+  std::cerr << "alephd: " << msg << '\n';
+  return 2;
+}
+
+void setup_logging(const settings& s) {
+  auto logger = spdlog::stderr_color_mt("alephd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(spdlog::level::from_str(s.log_level));
+}
+
+// Signals are blocked before any thread starts, so that sigwait() in main gets them.
+sigset_t block_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int wait_for_signal(const sigset_t& set) {
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
+}
+
+void configure_actor_system(caf::actor_system_config& cfg, const settings& s) {
+  add_message_types(cfg);
+  cfg.load<caf::io::middleman>();
+  cfg.set("scheduler.max-threads", static_cast<size_t>(s.threads));
+  // 'sharing' halves remote latency and idles at ~0 % CPU (stack guide §4).
+  cfg.set("scheduler.policy", caf::atom("sharing"));
+  cfg.set("middleman.workers", size_t{0});
+}
+
+int run(const std::string& role, const settings& s_in) {
+  auto s = s_in;
+  if (role == "crn" && s.ccn.empty())
+    return fail_usage("--crn.ccn: a CRN needs at least one CCN (--ccn host:port)");
+  setup_logging(s);
+  auto sigs = block_signals();
+  caf::actor_system_config cfg;
+  configure_actor_system(cfg, s);
+  caf::actor_system sys{cfg};
+  std::unique_ptr<ccn_node_runtime> ccn;
+  std::vector<std::unique_ptr<crn_node_runtime>> crns;
+  std::string err;
+  if (role == "ccn") {
+    ccn = std::make_unique<ccn_node_runtime>();
+    err = ccn->start(sys, s, true);
+    if (err.empty())
+      std::cout << "READY role=ccn id=" << ccn->id() << " http=" << s.http_host << ':'
+                << ccn->http_port() << " node=" << s.node_host << ':' << ccn->node_port()
+                << std::endl;
+  } else if (role == "crn") {
+    crns.push_back(std::make_unique<crn_node_runtime>());
+    err = crns[0]->start(sys, s);
+    if (err.empty())
+      std::cout << "READY role=crn id=" << crns[0]->id() << " http=" << s.http_host << ':'
+                << crns[0]->http_port() << std::endl;
+  } else { // dev
+    auto base = s.data_dir.empty() ? std::string{"./.alephd-dev"} : s.data_dir;
+    auto cs = s;
+    cs.data_dir = base + "/ccn";
+    cs.http_port = static_cast<int32_t>(s.port_base + 4);
+    cs.node_port = static_cast<int32_t>(s.port_base + 5);
+    if (cs.name.empty())
+      cs.name = "dev-ccn";
+    ccn = std::make_unique<ccn_node_runtime>();
+    err = ccn->start(sys, cs, true);
+    std::string table;
+    if (err.empty()) {
+      table += "alephd dev: a local network on 127.0.0.1 (Ctrl-C stops it)\n";
+      table += "  CCN  " + ccn->id() + "  http://" + s.http_host + ":" + std::to_string(ccn->http_port())
+               + "  node port " + std::to_string(ccn->node_port()) + "\n";
+    }
+    for (uint32_t i = 0; err.empty() && i < s.dev_crns; ++i) {
+      auto rs = s;
+      rs.data_dir = base + "/crn-" + std::to_string(i);
+      rs.http_port = static_cast<int32_t>(s.port_base + i);
+      rs.name = "dev-crn-" + std::to_string(i);
+      crns.push_back(std::make_unique<crn_node_runtime>());
+      err = crns.back()->start(sys, rs, {ccn->node()});
+      if (err.empty())
+        table += "  CRN  " + crns.back()->id() + "  http://" + s.http_host + ":"
+                 + std::to_string(crns.back()->http_port()) + "  token " + crns.back()->login_token()
+                 + "\n";
+    }
+    if (err.empty()) {
+      std::cout << table << "Try: curl http://" << s.http_host << ':' << ccn->http_port()
+                << "/api/v0/nodes\n";
+      std::cout << "READY role=dev ccn=" << s.http_host << ':' << ccn->http_port() << std::endl;
+    }
+  }
+  int rc = 0;
+  if (!err.empty()) {
+    std::cerr << "alephd: " << err << '\n';
+    rc = 1;
+  } else {
+    auto sig = wait_for_signal(sigs);
+    spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  }
+  for (auto& c : crns)
+    c->stop();
+  if (ccn)
+    ccn->stop();
+  return rc;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cerr << usage;
+    return 2;
+  }
+  auto cmd = args[0];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::cout << usage << settings_help();
+    return 0;
+  }
+  if (cmd == "--version" || cmd == "version") {
+    std::cout << "alephd " << ALEPHD_VERSION << '\n';
+    return 0;
+  }
+  if (cmd != "ccn" && cmd != "crn" && cmd != "dev")
+    return fail_usage("unknown command '" + cmd.substr(0, 60) + "' (expected ccn, crn or dev; see alephd --help)");
+  args.erase(args.begin());
+  settings s;
+  bool help = false;
+  if (auto err = parse_settings(args, s, help); !err.empty())
+    return fail_usage(err);
+  if (help) {
+    std::cout << usage << settings_help();
+    return 0;
+  }
+  try {
+    return run(cmd, s);
+  } catch (const std::exception& e) {
+    std::cerr << "alephd: " << e.what() << '\n';
+    return 1;
+  }
+}

@@ -1,0 +1,288 @@
+#include "runtime/node.hpp"
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include "actors/ccn_link.hpp"
+#include "actors/ccn_peer.hpp"
+#include "actors/content_store.hpp"
+#include "actors/crn_registry.hpp"
+#include "actors/job_broker.hpp"
+#include "actors/message_store.hpp"
+#include "actors/scheduler.hpp"
+#include "runtime/gateway.hpp"
+#include "runtime/http_server.hpp"
+#include "runtime/lmdb.hpp"
+#include "runtime/routes.hpp"
+#include "runtime/sysinfo.hpp"
+
+namespace alephd {
+
+namespace {
+
+std::string random_hex(size_t bytes) {
+  std::random_device rd;
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < bytes; ++i) {
+    auto b = rd() & 0xff;
+    s += digits[b >> 4];
+    s += digits[b & 0xf];
+  }
+  return s;
+}
+
+// Writes a small file atomically with the given mode.
+bool write_file(const std::string& path, const std::string& content, mode_t mode) {
+  auto tmp = path + ".tmp";
+  {
+    std::ofstream out{tmp, std::ios::trunc};
+    if (!out)
+      return false;
+    out << content;
+    if (!out.flush())
+      return false;
+  }
+  ::chmod(tmp.c_str(), mode);
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+std::string default_data_dir(const settings& s, const char* role) {
+  return s.data_dir.empty() ? std::string{"./.alephd-"} + role : s.data_dir;
+}
+
+// Until `ready` is set, the node's context is still being filled in: answer 503.
+http::handler gated(std::shared_ptr<std::atomic<bool>> ready, http::handler h) {
+  return [ready, h](http::request&& req, http::responder respond) {
+    if (!ready->load(std::memory_order_acquire))
+      return respond(http::json_error(503, "the node is starting"));
+    h(std::move(req), std::move(respond));
+  };
+}
+
+std::unique_ptr<http::server> start_http(const settings& s, uint16_t port, http::handler h,
+                                         std::string& err) {
+  http::server_options o;
+  o.host = s.http_host;
+  o.port = port;
+  o.threads = s.http_threads;
+  o.max_body_bytes = s.max_file_size + (1 << 20); // room for multipart framing
+  o.server_name = std::string{"alephd/"} + ALEPHD_VERSION;
+  auto srv = std::make_unique<http::server>(o, std::move(h));
+  err = srv->start();
+  return err.empty() ? std::move(srv) : nullptr;
+}
+
+} // namespace
+
+std::string load_or_create_node_id(const std::string& dir, std::string& err) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    err = "cannot create data dir " + dir + ": " + ec.message();
+    return {};
+  }
+  auto path = dir + "/node-id";
+  if (std::ifstream in{path}; in) {
+    std::string id;
+    in >> id;
+    if (id.size() >= 8)
+      return id;
+  }
+  auto id = random_hex(16);
+  if (!write_file(path, id + "\n", 0644)) {
+    err = "cannot write " + path;
+    return {};
+  }
+  return id;
+}
+
+// ---- CCN ---------------------------------------------------------------------------------------
+
+ccn_node_runtime::ccn_node_runtime() = default;
+
+ccn_node_runtime::~ccn_node_runtime() {
+  stop();
+}
+
+uint16_t ccn_node_runtime::http_port() const {
+  return http_ ? http_->port() : 0;
+}
+
+std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, bool publish,
+                                    std::vector<ccn_node_actor> direct_peers) {
+  sys_ = &sys;
+  auto dir = default_data_dir(s, "ccn");
+  std::string err;
+  id_ = load_or_create_node_id(dir, err);
+  if (!err.empty())
+    return err;
+  env_ = lmdb::env::open(dir + "/lmdb", err);
+  if (!env_)
+    return err;
+  messages_ = sys.spawn(message_store, env_, s.group_commit);
+  files_ = sys.spawn(content_store, env_, dir + "/blobs", s.max_file_size);
+  registry_ = sys.spawn(crn_registry, crn_registry_config{id_, s.max_linked_crns,
+                                                          s.heartbeat_interval, s.failure_timeout});
+  scheduler_ = sys.spawn(scheduler, scheduler_config{id_});
+  caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(scheduler_));
+  caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
+  peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
+  node_ = sys.spawn(ccn_node, id_, registry_, peer_);
+  std::string node_endpoint = "in-process";
+  if (publish) {
+    auto port = s.node_port < 0 ? 4025 : s.node_port;
+    auto p = sys.middleman().publish(node_, static_cast<uint16_t>(port), s.node_host.c_str(), true);
+    if (!p) {
+      stop();
+      return "cannot listen on node port " + s.node_host + ":" + std::to_string(port) + ": "
+             + sys.render(p.error());
+    }
+    node_port_ = *p;
+    node_endpoint = s.node_host + ":" + std::to_string(node_port_);
+  }
+  auto ctx = std::make_shared<ccn_context>();
+  ctx->sys = &sys;
+  ctx->messages = messages_;
+  ctx->files = files_;
+  ctx->registry = registry_;
+  ctx->scheduler = scheduler_;
+  ctx->peer = peer_;
+  ctx->id = id_;
+  ctx->name = s.name.empty() ? "ccn-" + id_.substr(0, 8) : s.name;
+  ctx->node_endpoint = node_endpoint;
+  ctx->max_file_bytes = s.max_file_size;
+  ctx->started = gateway::now_seconds();
+  auto port = s.http_port < 0 ? 4024 : s.http_port;
+  auto ready = std::make_shared<std::atomic<bool>>(false);
+  http_ = start_http(s, static_cast<uint16_t>(port), gated(ready, ccn_routes(ctx)), err);
+  if (!http_) {
+    stop();
+    return err;
+  }
+  ctx->http_endpoint = "http://" + s.http_host + ":" + std::to_string(http_->port());
+  ready->store(true, std::memory_order_release);
+  spdlog::info("ccn {}: http {}:{}, node {}, data {}", id_, s.http_host, http_->port(),
+               node_endpoint, dir);
+  return {};
+}
+
+void ccn_node_runtime::stop() {
+  if (sys_ == nullptr)
+    return;
+  if (http_)
+    http_->stop();
+  if (node_port_ != 0) {
+    sys_->middleman().unpublish(node_, node_port_);
+    node_port_ = 0;
+  }
+  // Reverse order of dependencies.
+  for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(peer_),
+                 caf::actor_cast<caf::actor>(scheduler_), caf::actor_cast<caf::actor>(registry_),
+                 caf::actor_cast<caf::actor>(files_), caf::actor_cast<caf::actor>(messages_)})
+    if (a)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  node_ = nullptr;
+  peer_ = nullptr;
+  scheduler_ = nullptr;
+  registry_ = nullptr;
+  files_ = nullptr;
+  messages_ = nullptr;
+  sys_ = nullptr;
+}
+
+// ---- CRN ---------------------------------------------------------------------------------------
+
+crn_node_runtime::crn_node_runtime() = default;
+
+crn_node_runtime::~crn_node_runtime() {
+  stop();
+}
+
+uint16_t crn_node_runtime::http_port() const {
+  return http_ ? http_->port() : 0;
+}
+
+std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
+                                    std::vector<ccn_node_actor> direct) {
+  sys_ = &sys;
+  auto dir = default_data_dir(s, "crn");
+  std::string err;
+  id_ = load_or_create_node_id(dir, err);
+  if (!err.empty())
+    return err;
+  token_ = random_hex(32);
+  if (!write_file(dir + "/login_token", token_ + "\n", 0400))
+    return "cannot write " + dir + "/login_token";
+  auto usage = read_system_usage(dir);
+  crn_info info;
+  info.id = id_;
+  info.name = s.name.empty() ? "crn-" + id_.substr(0, 8) : s.name;
+  info.vcpus = s.vcpus > 0 ? s.vcpus : std::max(1u, usage.cpu_count);
+  info.memory_mib = s.memory_mib > 0 ? s.memory_mib : usage.mem_total_kb / 1024;
+  info.disk_mib = usage.disk_available_kb / 1024;
+  info.software_version = ALEPHD_VERSION;
+  job_broker_config jb;
+  jb.crn_id = id_;
+  jb.cores = info.vcpus;
+  jb.memory_mib = info.memory_mib;
+  jb.disk_mib = info.disk_mib;
+  broker_ = sys.spawn(job_broker, jb);
+  auto port = s.http_port < 0 ? 4020 : s.http_port;
+  auto ctx = std::make_shared<crn_context>();
+  auto ready = std::make_shared<std::atomic<bool>>(false);
+  http_ = start_http(s, static_cast<uint16_t>(port), gated(ready, crn_routes(ctx)), err);
+  if (!http_) {
+    stop();
+    return err;
+  }
+  auto http_endpoint = "http://" + s.http_host + ":" + std::to_string(http_->port());
+  info.address = s.public_address.empty() ? http_endpoint : s.public_address;
+  ccn_link_config lc;
+  lc.info = info;
+  lc.endpoints = s.ccn;
+  lc.direct = std::move(direct);
+  lc.heartbeat = s.heartbeat_interval;
+  lc.failure_timeout = s.failure_timeout;
+  link_ = sys.spawn(ccn_link, lc, broker_);
+  ctx->sys = &sys;
+  ctx->link = link_;
+  ctx->broker = broker_;
+  ctx->id = id_;
+  ctx->name = info.name;
+  ctx->data_dir = dir;
+  ctx->login_token = token_;
+  for (auto& e : s.ccn)
+    ctx->ccn_endpoints += (ctx->ccn_endpoints.empty() ? "" : ",") + e;
+  ctx->http_endpoint = http_endpoint;
+  ctx->started = gateway::now_seconds();
+  ready->store(true, std::memory_order_release);
+  spdlog::info("crn {}: http {}, {} vCPUs, {} MiB, CCNs {}", id_, http_endpoint, info.vcpus,
+               info.memory_mib, lc.direct.empty() ? ctx->ccn_endpoints : "in-process");
+  return {};
+}
+
+void crn_node_runtime::stop() {
+  if (sys_ == nullptr)
+    return;
+  if (http_)
+    http_->stop();
+  // The link first: it unlinks from its CCN on exit.
+  if (link_)
+    caf::anon_send_exit(link_, caf::exit_reason::user_shutdown);
+  if (broker_)
+    caf::anon_send_exit(broker_, caf::exit_reason::user_shutdown);
+  link_ = nullptr;
+  broker_ = nullptr;
+  sys_ = nullptr;
+}
+
+} // namespace alephd

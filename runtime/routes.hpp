@@ -1,0 +1,47 @@
+// The HTTP APIs of a CCN and a CRN: thin handlers that parse, ask an actor and answer JSON.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "actors/interfaces.hpp"
+#include "runtime/http_server.hpp"
+
+namespace caf {
+class actor_system;
+} // namespace caf
+
+namespace alephd {
+
+struct ccn_context {
+  caf::actor_system* sys = nullptr;
+  message_store_actor messages;
+  content_store_actor files;
+  crn_registry_actor registry;
+  scheduler_actor scheduler;
+  ccn_peer_actor peer;
+  std::string id;
+  std::string name;
+  std::string node_endpoint; ///< where CRNs and peers connect
+  std::string http_endpoint;
+  uint64_t max_file_bytes = 100ull << 20;
+  double started = 0;
+};
+
+struct crn_context {
+  caf::actor_system* sys = nullptr;
+  ccn_link_actor link;
+  job_broker_actor broker;
+  std::string id;
+  std::string name;
+  std::string data_dir;
+  std::string login_token;
+  std::string ccn_endpoints; ///< as configured, for /status/config
+  std::string http_endpoint;
+  double started = 0;
+};
+
+http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx);
+http::handler crn_routes(std::shared_ptr<const crn_context> ctx);
+
+} // namespace alephd
