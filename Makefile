@@ -1,0 +1,40 @@
+# alephd — the two commands: `make run` and `make test`.
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= 2
+CMAKE_ARGS ?=
+ARGS ?=
+
+.PHONY: all deps build run test asan-test bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+build: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS) > /dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# Starts a local network: one CCN and three CRNs on 127.0.0.1 (Ctrl-C stops it).
+run: build
+	$(BUILD)/alephd dev $(ARGS)
+
+# Builds and runs every test; each test has its own timeout.
+test: build
+	cd $(BUILD) && ctest --output-on-failure
+
+# The unit suites under AddressSanitizer and UndefinedBehaviorSanitizer.
+asan-test: deps
+	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DALEPHD_SANITIZE=ON $(CMAKE_ARGS) > /dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0 \
+	  UBSAN_OPTIONS=suppressions=$(CURDIR)/ubsan_suppressions.txt:halt_on_error=1:print_stacktrace=1 \
+	  ctest --output-on-failure -L unit
+
+bench: build
+	@cmake --build $(BUILD) -j $(JOBS) --target benchmarks
+	$(BUILD)/bench/intake_bench
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,141 @@
+#include "actors/message_store.hpp"
+
+#include "tests/caf_fixture.hpp"
+
+using namespace alephd;
+using namespace alephd::test;
+
+namespace {
+
+stored_message msg(std::string hash, std::string type = "POST", std::string sender = "0xA") {
+  stored_message m;
+  m.item_hash = std::move(hash);
+  m.type = std::move(type);
+  m.sender = std::move(sender);
+  m.origin = "ccn-1";
+  m.json = R"({"item_hash":")" + m.item_hash + R"("})";
+  return m;
+}
+
+// Records every message a store publishes.
+struct recorder_state {
+  std::vector<stored_message> seen;
+};
+
+message_listener_actor::behavior_type
+recorder(message_listener_actor::stateful_pointer<recorder_state> self) {
+  return {[=](atom::published, const stored_message& m) { self->state.seen.push_back(m); }};
+}
+
+struct message_store_test : caf_fixture {
+  temp_dir dir;
+  std::shared_ptr<lmdb::env> env = open_env();
+
+  std::shared_ptr<lmdb::env> open_env() {
+    std::string err;
+    auto e = lmdb::env::open(dir.str() + "/lmdb", err);
+    EXPECT_TRUE(e) << err;
+    return std::shared_ptr<lmdb::env>(std::move(e));
+  }
+};
+
+TEST_F(message_store_test, append_then_get_returns_the_message) {
+  auto store = spawn(message_store, env, true);
+  auto r = ask<append_result>(store, atom::append_v, msg("h1"));
+  ASSERT_TRUE(r.value) << describe(r.error);
+  EXPECT_EQ(r.value->item_hash, "h1");
+  EXPECT_FALSE(r.value->duplicate);
+  auto g = ask<stored_message>(store, atom::get_v, std::string{"h1"});
+  ASSERT_TRUE(g.value);
+  EXPECT_EQ(*g.value, msg("h1"));
+}
+
+TEST_F(message_store_test, unknown_hash_is_not_found) {
+  auto store = spawn(message_store, env, true);
+  auto g = ask<stored_message>(store, atom::get_v, std::string{"nope"});
+  EXPECT_FALSE(g.value);
+  EXPECT_TRUE(is(g.error, ec::not_found));
+}
+
+TEST_F(message_store_test, concurrent_appends_share_one_commit) {
+  auto store = spawn(message_store, env, true);
+  std::vector<std::shared_ptr<reply<append_result>>> replies;
+  for (int i = 0; i < 8; ++i)
+    replies.push_back(ask_later<append_result>(store, atom::append_v, msg("g" + std::to_string(i))));
+  sched.run();
+  for (auto& r : replies)
+    ASSERT_TRUE(r->value) << describe(r->error);
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 1u);
+}
+
+TEST_F(message_store_test, without_group_commit_every_append_commits) {
+  auto store = spawn(message_store, env, false);
+  std::vector<std::shared_ptr<reply<append_result>>> replies;
+  for (int i = 0; i < 5; ++i)
+    replies.push_back(ask_later<append_result>(store, atom::append_v, msg("s" + std::to_string(i))));
+  sched.run();
+  for (auto& r : replies)
+    ASSERT_TRUE(r->value);
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 5u);
+}
+
+TEST_F(message_store_test, duplicate_is_acknowledged_and_not_published_twice) {
+  auto store = spawn(message_store, env, true);
+  auto rec = spawn(recorder);
+  caf::anon_send(store, atom::subscribe_v, caf::actor_cast<message_listener_actor>(rec));
+  sched.run();
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("d")).value);
+  auto again = ask<append_result>(store, atom::append_v, msg("d"));
+  ASSERT_TRUE(again.value);
+  EXPECT_TRUE(again.value->duplicate);
+  EXPECT_EQ(state_of<recorder_state>(rec).seen.size(), 1u);
+}
+
+TEST_F(message_store_test, list_filters_by_type_and_sender_newest_first_with_pages) {
+  auto store = spawn(message_store, env, true);
+  for (int i = 0; i < 5; ++i)
+    ask<append_result>(store, atom::append_v, msg("p" + std::to_string(i), "PROGRAM", "0xA"));
+  ask<append_result>(store, atom::append_v, msg("x", "POST", "0xB"));
+  message_query q;
+  q.type = "PROGRAM";
+  q.per_page = 2;
+  q.page = 1;
+  auto page1 = ask<message_page>(store, atom::list_v, q);
+  ASSERT_TRUE(page1.value);
+  EXPECT_EQ(page1.value->total, 5u);
+  ASSERT_EQ(page1.value->messages.size(), 2u);
+  EXPECT_EQ(page1.value->messages[0].item_hash, "p4");
+  EXPECT_EQ(page1.value->messages[1].item_hash, "p3");
+  q.page = 3;
+  auto page3 = ask<message_page>(store, atom::list_v, q);
+  ASSERT_EQ(page3.value->messages.size(), 1u);
+  EXPECT_EQ(page3.value->messages[0].item_hash, "p0");
+  message_query by_sender;
+  by_sender.addresses = {"0xB"};
+  auto b = ask<message_page>(store, atom::list_v, by_sender);
+  ASSERT_EQ(b.value->messages.size(), 1u);
+  EXPECT_EQ(b.value->messages[0].item_hash, "x");
+}
+
+TEST_F(message_store_test, messages_survive_reopening_the_store) {
+  {
+    auto store = spawn(message_store, env, true);
+    ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("keep1")).value);
+    ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("keep2")).value);
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+  owned.clear();
+  env.reset();
+  env = open_env();
+  auto store = spawn(message_store, env, true);
+  EXPECT_TRUE(ask<stored_message>(store, atom::get_v, std::string{"keep1"}).value);
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("keep3")).value);
+  auto page = ask<message_page>(store, atom::list_v, message_query{});
+  ASSERT_EQ(page.value->messages.size(), 3u);
+  EXPECT_EQ(page.value->messages[0].item_hash, "keep3"); // sequence continues after reopen
+  auto inv = ask<std::vector<std::string>>(store, atom::inventory_v);
+  EXPECT_EQ(inv.value->size(), 3u);
+}
+
+} // namespace
