@@ -1,0 +1,389 @@
+// Real alephd processes on loopback ports the OS chooses: topology, failure
+// detection, durability across kill -9, CCN replication, CRN fail-over, dev.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/http_client.hpp"
+#include "tests/process.hpp"
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using alephd::test::eventually;
+using alephd::test::http_request;
+using alephd::test::process;
+
+namespace {
+
+const std::string localhost = "127.0.0.1";
+
+struct cluster : ::testing::Test {
+  std::filesystem::path dir;
+  std::vector<std::unique_ptr<process>> procs;
+
+  cluster() {
+    std::random_device rd;
+    dir = std::filesystem::temp_directory_path()
+          / ("alephd-it-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
+    std::filesystem::create_directories(dir);
+  }
+
+  ~cluster() override {
+    for (auto& p : procs)
+      p->kill9();
+    if (HasFailure())
+      for (auto& p : procs)
+        std::cerr << "---- log of pid " << p->pid() << " ----\n" << p->log() << '\n';
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+
+  process& start(const std::string& name, std::vector<std::string> args) {
+    args.push_back("--data-dir=" + (dir / name).string());
+    args.push_back("--name=" + name);
+    procs.push_back(std::make_unique<process>(args, (dir / (name + ".log")).string()));
+    auto& p = *procs.back();
+    EXPECT_TRUE(p.wait_ready()) << name << " did not start:\n" << p.log();
+    return p;
+  }
+
+  // Fast failure detection so that the suite stays short.
+  static std::vector<std::string> timing() {
+    return {"--ccn.heartbeat-interval=200ms", "--ccn.failure-timeout=1s"};
+  }
+
+  process& start_ccn(const std::string& name, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args{"ccn", "--port=0", "--node-port=0"};
+    for (auto& a : timing())
+      args.push_back(a);
+    for (auto& a : extra)
+      args.push_back(a);
+    return start(name, args);
+  }
+
+  process& start_crn(const std::string& name, const std::string& ccns) {
+    std::vector<std::string> args{"crn", "--port=0", "--ccn=" + ccns};
+    for (auto& a : timing())
+      args.push_back(a);
+    return start(name, args);
+  }
+
+  static std::string node_endpoint(const process& ccn) {
+    return ccn.ready.at("node");
+  }
+
+  static json get_json(uint16_t port, const std::string& target) {
+    auto r = http_request(localhost, port, "GET", target, {}, {}, 5s);
+    if (r.status != 200)
+      return json{};
+    return json::parse(r.body, nullptr, false);
+  }
+
+  // CRN name -> status at this CCN.
+  static std::map<std::string, std::string> crn_states(uint16_t ccn_http) {
+    std::map<std::string, std::string> out;
+    auto j = get_json(ccn_http, "/api/v0/nodes");
+    if (j.is_object() && j.contains("crns"))
+      for (auto& c : j["crns"])
+        out[c["name"].get<std::string>()] = c["status"].get<std::string>();
+    return out;
+  }
+
+  static size_t count_state(const std::map<std::string, std::string>& m, const std::string& s) {
+    size_t n = 0;
+    for (auto& [k, v] : m)
+      n += v == s ? 1 : 0;
+    return n;
+  }
+};
+
+std::string message_json(const std::string& text) {
+  json m{{"chain", "ETH"},
+         {"sender", "0x9319Ad3B7A8E0eE24f2E639c40D8eD124C5520Ba"},
+         {"type", "POST"},
+         {"channel", "TEST"},
+         {"item_type", "inline"},
+         {"time", 1700000000.5},
+         {"content", {{"address", "0x9319Ad3B7A8E0eE24f2E639c40D8eD124C5520Ba"},
+                      {"time", 1700000000.5},
+                      {"type", "test"},
+                      {"content", {{"text", text}}}}}};
+  return m.dump();
+}
+
+std::string post_message(uint16_t port, const std::string& body) {
+  auto r = http_request(localhost, port, "POST", "/api/v0/messages", body,
+                        {{"Content-Type", "application/json"}}, 10s);
+  if (r.status != 200)
+    return {};
+  return json::parse(r.body)["item_hash"].get<std::string>();
+}
+
+TEST_F(cluster, four_crns_make_three_linked_one_waiting_and_kill_promotes) {
+  auto& ccn = start_ccn("ccn");
+  auto ep = node_endpoint(ccn);
+  auto http = ccn.port("http");
+  for (int i = 0; i < 3; ++i) {
+    start_crn("crn" + std::to_string(i), ep);
+    // Register in order so that crn3 is the one left waiting.
+    ASSERT_TRUE(eventually([&] { return count_state(crn_states(http), "linked") == size_t(i + 1); }, 10s));
+  }
+  start_crn("crn3", ep);
+  ASSERT_TRUE(eventually([&] {
+    auto s = crn_states(http);
+    return count_state(s, "linked") == 3 && s["crn3"] == "waiting";
+  }, 10s)) << json(crn_states(http)).dump();
+
+  auto t0 = std::chrono::steady_clock::now();
+  procs[1]->kill9(); // crn0
+  ASSERT_TRUE(eventually([&] {
+    auto s = crn_states(http);
+    return s["crn0"] == "down" && s["crn3"] == "linked";
+  }, 2s)) << "after SIGKILL: " << json(crn_states(http)).dump();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  std::cerr << "SIGKILLed CRN seen down and waiting CRN linked after " << took.count() << " ms\n";
+  // The promoted CRN knows it is linked.
+  auto crn3_http = procs[4]->port("http");
+  EXPECT_TRUE(eventually([&] {
+    auto j = get_json(crn3_http, "/status/config");
+    return j.is_object() && j["ccn"]["state"] == "linked";
+  }, 3s));
+}
+
+TEST_F(cluster, frozen_crn_is_down_within_failure_timeout_and_returns) {
+  auto& ccn = start_ccn("ccn");
+  auto http = ccn.port("http");
+  auto& crn = start_crn("frozen", node_endpoint(ccn));
+  start_crn("other", node_endpoint(ccn));
+  ASSERT_TRUE(eventually([&] { return count_state(crn_states(http), "linked") == 2; }, 10s));
+  auto t0 = std::chrono::steady_clock::now();
+  crn.signal(SIGSTOP);
+  // failure-timeout (1 s) + one heartbeat (200 ms) + the detector's half-heartbeat tick.
+  ASSERT_TRUE(eventually([&] { return crn_states(http)["frozen"] == "down"; }, 2500ms));
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  std::cerr << "SIGSTOPped CRN seen down after " << took.count() << " ms\n";
+  EXPECT_GE(took.count(), 900) << "declared down before failure-timeout";
+  EXPECT_EQ(crn_states(http)["other"], "linked");
+  crn.signal(SIGCONT);
+  EXPECT_TRUE(eventually([&] { return crn_states(http)["frozen"] == "linked"; }, 10s));
+}
+
+TEST_F(cluster, acknowledged_messages_and_files_survive_kill9_of_the_ccn) {
+  auto* ccn = &start_ccn("ccn");
+  auto http = ccn->port("http");
+  // 8 concurrent clients, 25 messages each.
+  std::vector<std::string> acked;
+  std::mutex mtx;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c)
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < 25; ++i) {
+        auto h = post_message(http, message_json("m-" + std::to_string(c) + "-" + std::to_string(i)));
+        if (!h.empty()) {
+          std::lock_guard<std::mutex> g{mtx};
+          acked.push_back(h);
+        }
+      }
+    });
+  for (auto& t : clients)
+    t.join();
+  ASSERT_EQ(acked.size(), 200u);
+  std::string blob(300000, '\0');
+  std::mt19937 rng{42};
+  for (auto& ch : blob)
+    ch = static_cast<char>(rng());
+  auto up = http_request(localhost, http, "POST", "/api/v0/storage/add_file", blob, {}, 10s);
+  ASSERT_EQ(up.status, 200) << up.body;
+  auto file_hash = json::parse(up.body)["hash"].get<std::string>();
+
+  ccn->kill9();
+  ccn = &start_ccn("ccn");
+  http = ccn->port("http");
+  for (auto& h : acked) {
+    auto r = http_request(localhost, http, "GET", "/api/v0/messages/" + h, {}, {}, 5s);
+    ASSERT_EQ(r.status, 200) << "lost acknowledged message " << h;
+    EXPECT_EQ(json::parse(r.body)["item_hash"], h);
+  }
+  auto list = get_json(http, "/api/v0/messages?pagination=500");
+  EXPECT_EQ(list["pagination_total"], 200);
+  auto raw = http_request(localhost, http, "GET", "/api/v0/storage/raw/" + file_hash, {}, {}, 10s);
+  ASSERT_EQ(raw.status, 200);
+  EXPECT_TRUE(raw.body == blob) << "file content changed across kill -9";
+}
+
+TEST_F(cluster, peer_ccns_replicate_messages_and_files_both_ways) {
+  auto& a = start_ccn("ccn-a");
+  auto& b = start_ccn("ccn-b", {"--peer=" + node_endpoint(a)});
+  auto ha = a.port("http"), hb = b.port("http");
+  auto h1 = post_message(ha, message_json("from a"));
+  ASSERT_FALSE(h1.empty());
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(eventually([&] {
+    return http_request(localhost, hb, "GET", "/api/v0/messages/" + h1, {}, {}, 2s).status == 200;
+  }, 2s)) << "a message posted on A is not readable on B within 2 s";
+  std::cerr << "replicated A->B in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
+            << " ms\n";
+  auto h2 = post_message(hb, message_json("from b"));
+  EXPECT_TRUE(eventually([&] {
+    return http_request(localhost, ha, "GET", "/api/v0/messages/" + h2, {}, {}, 2s).status == 200;
+  }, 2s)) << "a message posted on B is not readable on A within 2 s";
+  auto up = http_request(localhost, ha, "POST", "/api/v0/storage/add_file", "replicated file body", {}, 5s);
+  ASSERT_EQ(up.status, 200);
+  auto fh = json::parse(up.body)["hash"].get<std::string>();
+  EXPECT_TRUE(eventually([&] {
+    auto r = http_request(localhost, hb, "GET", "/api/v0/storage/raw/" + fh, {}, {}, 2s);
+    return r.status == 200 && r.body == "replicated file body";
+  }, 2s));
+  // B lists A as an active peer.
+  auto nodes = get_json(hb, "/api/v0/nodes");
+  ASSERT_TRUE(nodes.is_object());
+  EXPECT_EQ(nodes["ccns"].size(), 2u);
+}
+
+TEST_F(cluster, a_peer_that_was_down_catches_up_when_it_returns) {
+  auto& a = start_ccn("ccn-a");
+  auto a_node = node_endpoint(a);
+  auto* b = &start_ccn("ccn-b", {"--peer=" + a_node});
+  auto ha = a.port("http");
+  auto b_node_port = std::to_string(b->port("node"));
+  b->kill9();
+  auto h = post_message(ha, message_json("while b was down"));
+  ASSERT_FALSE(h.empty());
+  b = &start_ccn("ccn-b", {"--peer=" + a_node, "--node-port=" + b_node_port});
+  auto hb = b->port("http");
+  EXPECT_TRUE(eventually([&] {
+    return http_request(localhost, hb, "GET", "/api/v0/messages/" + h, {}, {}, 2s).status == 200;
+  }, 5s));
+}
+
+TEST_F(cluster, crn_fails_over_to_its_second_ccn) {
+  auto& a = start_ccn("ccn-a");
+  auto& b = start_ccn("ccn-b");
+  auto& crn = start_crn("crn", node_endpoint(a) + "," + node_endpoint(b));
+  auto crn_http = crn.port("http");
+  ASSERT_TRUE(eventually([&] { return crn_states(a.port("http"))["crn"] == "linked"; }, 10s));
+  a.kill9();
+  EXPECT_TRUE(eventually([&] { return crn_states(b.port("http"))["crn"] == "linked"; }, 10s))
+    << "the CRN did not link to its second CCN";
+  // While it moved, and after, the CRN kept serving and shows its link.
+  auto cfg = get_json(crn_http, "/status/config");
+  ASSERT_TRUE(cfg.is_object());
+  EXPECT_EQ(cfg["ccn"]["endpoint"], node_endpoint(b));
+  auto metrics = http_request(localhost, crn_http, "GET", "/metrics", {}, {}, 5s);
+  EXPECT_NE(metrics.body.find("alephd_ccn_reconnects_total 1"), std::string::npos) << metrics.body;
+}
+
+TEST_F(cluster, crn_serves_while_no_ccn_is_reachable) {
+  auto& crn = start_crn("lonely", "127.0.0.1:1");
+  auto http = crn.port("http");
+  auto cfg = get_json(http, "/status/config");
+  ASSERT_TRUE(cfg.is_object());
+  EXPECT_EQ(cfg["ccn"]["connected"], false);
+  EXPECT_EQ(http_request(localhost, http, "GET", "/about/usage/system").status, 200);
+}
+
+TEST_F(cluster, persistent_instance_is_placed_on_a_linked_crn) {
+  auto& ccn = start_ccn("ccn");
+  auto http = ccn.port("http");
+  start_crn("crn0", node_endpoint(ccn));
+  ASSERT_TRUE(eventually([&] { return count_state(crn_states(http), "linked") == 1; }, 10s));
+  std::ifstream in{std::string{ALEPHD_PEER_DATA_DIR} + "/instance_machine.json"};
+  std::string body{std::istreambuf_iterator<char>{in}, {}};
+  auto h = post_message(http, body);
+  ASSERT_FALSE(h.empty());
+  json alloc;
+  ASSERT_TRUE(eventually([&] {
+    auto j = get_json(http, "/api/v0/allocations");
+    if (!j.is_object() || j["allocations"].empty())
+      return false;
+    alloc = j["allocations"][0];
+    return alloc["state"] == "allocated";
+  }, 5s)) << alloc.dump();
+  EXPECT_EQ(alloc["item_hash"], h);
+  auto list = get_json(procs[1]->port("http"), "/v2/about/executions/list");
+  ASSERT_TRUE(list.contains(h)) << list.dump();
+  EXPECT_EQ(list[h]["vm_type"], "instance");
+}
+
+TEST_F(cluster, crn_http_api_has_aleph_vm_shapes) {
+  auto& ccn = start_ccn("ccn");
+  auto& crn = start_crn("crn", node_endpoint(ccn));
+  auto http = crn.port("http");
+  EXPECT_EQ(http_request(localhost, http, "GET", "/about/login").status, 401);
+  EXPECT_EQ(http_request(localhost, http, "GET", "/about/login?token=wrong").status, 401);
+  std::ifstream tok{(dir / "crn" / "login_token").string()};
+  std::string token;
+  tok >> token;
+  ASSERT_EQ(token.size(), 64u);
+  auto ok = http_request(localhost, http, "GET", "/about/login?token=" + token);
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_NE(ok.headers["set-cookie"].find("token="), std::string::npos);
+  EXPECT_EQ(http_request(localhost, http, "GET", "/about/login", {}, {{"Cookie", "token=" + token}}).status, 200);
+  auto usage = get_json(http, "/about/usage/system");
+  ASSERT_TRUE(usage.is_object());
+  EXPECT_GT(usage["cpu"]["count"].get<int>(), 0);
+  EXPECT_GT(usage["mem"]["total_kB"].get<uint64_t>(), usage["mem"]["available_kB"].get<uint64_t>() / 2);
+  EXPECT_GT(usage["disk"]["total_kB"].get<uint64_t>(), 0u);
+  EXPECT_TRUE(get_json(http, "/about/executions/list").is_object());
+  EXPECT_TRUE(get_json(http, "/v2/about/executions/list").is_object());
+  auto cfg = get_json(http, "/status/config");
+  EXPECT_EQ(cfg["version"], ALEPHD_VERSION);
+  ASSERT_TRUE(eventually([&] {
+    auto m = http_request(localhost, http, "GET", "/metrics");
+    return m.status == 200 && m.body.find("alephd_ccn_link_state{state=\"linked\"} 1") != std::string::npos
+           && m.body.find("alephd_heartbeats_sent_total") != std::string::npos;
+  }, 5s));
+  auto nf = http_request(localhost, http, "GET", "/no/such/route");
+  EXPECT_EQ(nf.status, 404);
+  EXPECT_TRUE(json::parse(nf.body, nullptr, false).contains("error"));
+}
+
+TEST_F(cluster, dev_starts_answers_and_stops_on_sigterm) {
+  // Find six consecutive free ports for --port-base.
+  uint16_t base = 0;
+  std::mt19937 rng{std::random_device{}()};
+  for (int attempt = 0; attempt < 50 && base == 0; ++attempt) {
+    auto b = static_cast<uint16_t>(20000 + rng() % 30000);
+    bool free = true;
+    for (int i = 0; i < 6 && free; ++i)
+      free = alephd::test::port_free(static_cast<uint16_t>(b + i));
+    if (free)
+      base = b;
+  }
+  ASSERT_NE(base, 0);
+  procs.push_back(std::make_unique<process>(
+    std::vector<std::string>{"dev", "--port-base=" + std::to_string(base), "--data-dir=" + (dir / "dev").string()},
+    (dir / "dev.log").string()));
+  auto& dev = *procs.back();
+  ASSERT_TRUE(dev.wait_ready()) << dev.log();
+  uint16_t ccn_http = static_cast<uint16_t>(base + 4);
+  ASSERT_TRUE(eventually([&] { return count_state(crn_states(ccn_http), "linked") == 3; }, 10s));
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(http_request(localhost, static_cast<uint16_t>(base + i), "GET", "/about/usage/system").status, 200);
+  dev.signal(SIGTERM);
+  EXPECT_EQ(dev.wait_exit(10s), 0) << "alephd dev did not exit cleanly on SIGTERM";
+}
+
+TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
+  for (std::vector<std::string> args : {std::vector<std::string>{"ccn", "--http.port=99999"},
+                                        {"crn", "--ccn=not-an-endpoint"},
+                                        {"ccn", "--no-such-option=1"},
+                                        {"frobnicate"},
+                                        {"ccn", "--config=/nonexistent.ini"}}) {
+    process p{args, (dir / "bad.log").string()};
+    EXPECT_EQ(p.wait_exit(10s), 2);
+    auto log = p.log();
+    std::filesystem::remove(dir / "bad.log");
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+    EXPECT_EQ(log.rfind("alephd: ", 0), 0u) << log;
+  }
+}
+
+} // namespace
