@@ -1,0 +1,204 @@
+// Hostile inputs on every endpoint of a live CCN and CRN: each gets a clear
+// 4xx with a JSON error, and both nodes keep serving.
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/http_client.hpp"
+#include "tests/process.hpp"
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using alephd::test::http_request;
+using alephd::test::process;
+using alephd::test::raw_exchange;
+
+namespace {
+
+const std::string localhost = "127.0.0.1";
+
+struct hostile : ::testing::Test {
+  static inline std::filesystem::path dir;
+  static inline std::unique_ptr<process> ccn, crn;
+  static inline uint16_t ccn_http = 0, crn_http = 0;
+
+  static void SetUpTestSuite() {
+    std::random_device rd;
+    dir = std::filesystem::temp_directory_path()
+          / ("alephd-hostile-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
+    std::filesystem::create_directories(dir);
+    ccn = std::make_unique<process>(
+      std::vector<std::string>{"ccn", "--port=0", "--node-port=0", "--ccn.max-file-size=4096",
+                               "--data-dir=" + (dir / "ccn").string()},
+      (dir / "ccn.log").string());
+    ASSERT_TRUE(ccn->wait_ready()) << ccn->log();
+    ccn_http = ccn->port("http");
+    crn = std::make_unique<process>(
+      std::vector<std::string>{"crn", "--port=0", "--ccn=" + ccn->ready.at("node"),
+                               "--data-dir=" + (dir / "crn").string()},
+      (dir / "crn.log").string());
+    ASSERT_TRUE(crn->wait_ready()) << crn->log();
+    crn_http = crn->port("http");
+  }
+
+  static void TearDownTestSuite() {
+    crn.reset();
+    ccn.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+
+  void TearDown() override {
+    // Whatever the test sent, both nodes still answer.
+    EXPECT_EQ(http_request(localhost, ccn_http, "GET", "/api/v0/nodes", {}, {}, 5s).status, 200)
+      << ccn->log();
+    EXPECT_EQ(http_request(localhost, crn_http, "GET", "/about/usage/system", {}, {}, 5s).status, 200)
+      << crn->log();
+  }
+
+  // Asserts a 4xx JSON error with the expected status.
+  static void expect_error(uint16_t port, const std::string& method, const std::string& target,
+                           const std::string& body, int status,
+                           std::map<std::string, std::string> headers = {}) {
+    auto r = http_request(localhost, port, method, target, body, headers, 10s);
+    EXPECT_EQ(r.status, status) << method << " " << target.substr(0, 100) << " -> " << r.body.substr(0, 300);
+    auto j = json::parse(r.body, nullptr, false);
+    EXPECT_TRUE(j.is_object() && j.contains("error") && j["error"].is_string())
+      << method << " " << target.substr(0, 100) << " -> " << r.body.substr(0, 300);
+  }
+
+  static std::string real_message() {
+    std::ifstream in{std::string{ALEPHD_PEER_DATA_DIR} + "/machine.json"};
+    return {std::istreambuf_iterator<char>{in}, {}};
+  }
+};
+
+TEST_F(hostile, malformed_and_truncated_message_json_is_400) {
+  for (std::string body : {"", "{", "[]", "null", "\"str\"", "{\"type\": \"POST\",", "{}}", "\x01\x02\x03"})
+    expect_error(ccn_http, "POST", "/api/v0/messages", body, 400);
+  auto m = real_message();
+  expect_error(ccn_http, "POST", "/api/v0/messages", m.substr(0, m.size() / 2), 400);
+}
+
+TEST_F(hostile, invalid_utf8_and_deep_nesting_are_400) {
+  auto m = real_message();
+  auto pos = m.find("Fun-dApps");
+  ASSERT_NE(pos, std::string::npos);
+  m.replace(pos, 3, "\xff\xfe\xc0");
+  expect_error(ccn_http, "POST", "/api/v0/messages", m, 400);
+  std::string deep(100000, '[');
+  deep += std::string(100000, ']');
+  expect_error(ccn_http, "POST", "/api/v0/messages", deep, 400);
+  std::string deep_obj;
+  for (int i = 0; i < 5000; ++i)
+    deep_obj += "{\"a\":";
+  deep_obj += "1" + std::string(5000, '}');
+  expect_error(ccn_http, "POST", "/api/v0/messages", deep_obj, 400);
+}
+
+TEST_F(hostile, wrong_types_and_huge_numbers_are_422_with_the_field) {
+  auto doc = json::parse(real_message());
+  auto set_and_post = [&](const json& value, const std::string& field) {
+    auto d = doc;
+    d["content"]["resources"]["vcpus"] = value;
+    auto r = http_request(localhost, ccn_http, "POST", "/api/v0/messages", d.dump(), {}, 10s);
+    EXPECT_EQ(r.status, 422) << value.dump() << " -> " << r.body;
+    auto j = json::parse(r.body, nullptr, false);
+    EXPECT_EQ(j.value("field", ""), field) << r.body;
+    EXPECT_FALSE(j.value("error", "").empty());
+  };
+  set_and_post("two", "content.resources.vcpus");
+  set_and_post(300, "content.resources.vcpus");
+  set_and_post(0, "content.resources.vcpus");
+  set_and_post(-1, "content.resources.vcpus");
+  set_and_post(1.5, "content.resources.vcpus");
+  set_and_post(1e308, "content.resources.vcpus");
+  auto r = http_request(localhost, ccn_http, "POST", "/api/v0/messages",
+                        [&] {
+                          auto s = doc.dump();
+                          auto p = s.find("\"vcpus\":1");
+                          return s.replace(p, 9, "\"vcpus\":99999999999999999999999999");
+                        }(),
+                        {}, 10s);
+  EXPECT_EQ(r.status, 422) << r.body;
+  // The example of the issue, exactly.
+  auto d = doc;
+  d["content"]["resources"]["vcpus"] = 257;
+  r = http_request(localhost, ccn_http, "POST", "/api/v0/messages", d.dump(), {}, 10s);
+  EXPECT_EQ(json::parse(r.body), (json{{"error", "must be between 1 and 256"}, {"field", "content.resources.vcpus"}}));
+  // A forged item_hash is refused.
+  d = doc;
+  d["item_hash"] = std::string(64, 'a');
+  expect_error(ccn_http, "POST", "/api/v0/messages", d.dump(), 422);
+}
+
+TEST_F(hostile, oversize_and_truncated_bodies) {
+  // The CCN accepts files up to 4096 bytes; HTTP bodies up to that plus 1 MiB of framing.
+  expect_error(ccn_http, "POST", "/api/v0/storage/add_file", std::string(5000, 'x'), 413);
+  expect_error(ccn_http, "POST", "/api/v0/messages", std::string(3u << 20, ' '), 413);
+  // Content-Length promises more than is sent, then the client hangs up.
+  raw_exchange(localhost, ccn_http,
+               "POST /api/v0/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"type\"", 2s);
+  raw_exchange(localhost, ccn_http,
+               "POST /api/v0/storage/add_file HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\nabc", 2s);
+  // No partial file became visible.
+  auto r = http_request(localhost, ccn_http, "GET", "/api/v0/storage/raw/" + std::string(64, '0'));
+  EXPECT_EQ(r.status, 404);
+}
+
+TEST_F(hostile, storage_inputs) {
+  expect_error(ccn_http, "POST", "/api/v0/storage/add_file", "", 400);
+  expect_error(ccn_http, "POST", "/api/v0/storage/add_file", "--x\r\nno headers end",
+               400, {{"Content-Type", "multipart/form-data; boundary=x"}});
+  expect_error(ccn_http, "POST", "/api/v0/storage/add_file", "data", 400,
+               {{"Content-Type", "multipart/form-data"}});
+  expect_error(ccn_http, "GET", "/api/v0/storage/raw/xyz", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/storage/raw/" + std::string(64, 'A'), "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/storage/raw/" + std::string(64, 'f'), "", 404);
+  expect_error(ccn_http, "GET", "/api/v0/storage/raw/" + std::string(5000, 'f'), "", 400);
+  // A well-formed multipart upload works and round-trips.
+  auto body = std::string{"--B0und\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n"
+                          "Content-Type: text/plain\r\n\r\nhello multipart\r\n--B0und--\r\n"};
+  auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", body,
+                         {{"Content-Type", "multipart/form-data; boundary=B0und"}}, 5s);
+  ASSERT_EQ(up.status, 200) << up.body;
+  auto hash = json::parse(up.body)["hash"].get<std::string>();
+  EXPECT_EQ(http_request(localhost, ccn_http, "GET", "/api/v0/storage/raw/" + hash).body, "hello multipart");
+}
+
+TEST_F(hostile, message_lookups_and_queries) {
+  expect_error(ccn_http, "GET", "/api/v0/messages/zzz", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/messages/" + std::string(64, 'e'), "", 404);
+  expect_error(ccn_http, "GET", "/api/v0/messages/%00%ff", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/messages?page=abc", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/messages?page=0", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/messages?page=99999999999999999999", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/messages?pagination=100000", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/messages?msgType=FOO", "", 400);
+  expect_error(ccn_http, "DELETE", "/api/v0/messages", "", 405);
+  expect_error(ccn_http, "GET", "/api/v0/nope", "", 404);
+  expect_error(ccn_http, "GET", "/" + std::string(8000, 'a'), "", 404);
+}
+
+TEST_F(hostile, crn_endpoints) {
+  expect_error(crn_http, "GET", "/about/login?token=" + std::string(10000, 'a'), "", 401);
+  expect_error(crn_http, "GET", "/about/login", "", 401, {{"Cookie", "token=; token"}});
+  expect_error(crn_http, "POST", "/about/usage/system", "{}", 405);
+  expect_error(crn_http, "GET", "/vm/" + std::string(64, 'a') + "/x", "", 404);
+  expect_error(crn_http, "GET", "/control/machine/abc/stop", "", 404);
+}
+
+TEST_F(hostile, garbage_at_the_http_layer_is_400_or_431) {
+  for (uint16_t port : {ccn_http, crn_http}) {
+    auto r = raw_exchange(localhost, port, std::string("\x00\xff GARBAGE\r\n\r\n", 14), 2s);
+    EXPECT_NE(r.find(" 400 "), std::string::npos) << r;
+    auto big = "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 * 1024, 'a') + "\r\n\r\n";
+    r = raw_exchange(localhost, port, big, 2s);
+    EXPECT_NE(r.find(" 431 "), std::string::npos) << r.substr(0, 200);
+  }
+}
+
+} // namespace
