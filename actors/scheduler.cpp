@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/aleph_message.hpp"
+#include "messages/codec.hpp"
 
 namespace alephd {
 
@@ -13,13 +14,32 @@ using self_ptr = scheduler_actor::stateful_pointer<scheduler_state>;
 
 void place(self_ptr self, const std::string& hash);
 
-void release(self_ptr self, scheduled_workload& w) {
+bool holds_resources(const scheduled_workload& w) {
+  return !w.crn_id.empty() && (w.state == "allocating" || w.state == "allocated");
+}
+
+// What the workloads placed on `crn_id` use.
+std::pair<uint64_t, uint64_t> used_by(const scheduler_state& st, const std::string& crn_id) {
+  uint64_t vcpus = 0, memory = 0;
+  for (auto& [hash, w] : st.workloads)
+    if (w.crn_id == crn_id && holds_resources(w)) {
+      vcpus += w.alloc.vcpus;
+      memory += w.alloc.memory_mib;
+    }
+  return {vcpus, memory};
+}
+
+void persist(self_ptr self, const scheduled_workload& w) {
   auto& st = self->state;
-  if (auto i = st.crns.find(w.crn_id); i != st.crns.end()) {
-    i->second.used_vcpus -= std::min<uint64_t>(i->second.used_vcpus, w.alloc.vcpus);
-    i->second.used_memory_mib -= std::min(i->second.used_memory_mib, w.alloc.memory_mib);
-  }
-  w.crn_id.clear();
+  if (!st.cfg.env)
+    return;
+  lmdb::txn t{*st.cfg.env, true};
+  int rc = t.put(st.db, w.alloc.item_hash, codec::encode(w.alloc, w.crn_id, w.state));
+  if (rc == 0)
+    rc = t.commit();
+  if (rc != 0)
+    spdlog::error("scheduler: cannot persist placement of {}: {}", w.alloc.item_hash,
+                  lmdb::error_text(rc));
 }
 
 void arm_retry(self_ptr self) {
@@ -29,6 +49,49 @@ void arm_retry(self_ptr self) {
   self->delayed_send(self, self->state.cfg.retry, atom::tick_v);
 }
 
+void make_pending(self_ptr self, scheduled_workload& w, std::string why) {
+  w.crn_id.clear();
+  w.state = "pending";
+  w.detail = std::move(why);
+  w.orphaned_since.reset();
+  persist(self, w);
+}
+
+// Sends (or re-sends) the workload's allocation to the CRN it is placed on.
+void send_allocation(self_ptr self, const std::string& hash, const ccn_link_actor& link) {
+  auto& w = self->state.workloads.at(hash);
+  auto epoch = w.alloc.epoch;
+  auto crn_id = w.crn_id;
+  self->request(link, self->state.cfg.allocate_timeout, atom::allocate_v, w.alloc)
+    .then(
+      [=](const allocation_ack& ack) {
+        auto i = self->state.workloads.find(hash);
+        if (i == self->state.workloads.end() || i->second.alloc.epoch != epoch
+            || i->second.crn_id != crn_id)
+          return; // superseded
+        auto& w = i->second;
+        if (ack.accepted) {
+          w.state = "allocated";
+          w.detail.clear();
+          persist(self, w);
+          return;
+        }
+        spdlog::warn("scheduler: CRN {} refused {}: {}", crn_id, hash, ack.reason);
+        w.refused_by.insert(crn_id);
+        make_pending(self, w, ack.reason);
+        place(self, hash);
+      },
+      [=](caf::error& err) {
+        auto i = self->state.workloads.find(hash);
+        if (i == self->state.workloads.end() || i->second.alloc.epoch != epoch
+            || i->second.crn_id != crn_id)
+          return;
+        spdlog::warn("scheduler: allocating {} on CRN {} failed: {}", hash, crn_id, describe(err));
+        make_pending(self, i->second, "allocation failed: " + describe(err));
+        arm_retry(self);
+      });
+}
+
 void place(self_ptr self, const std::string& hash) {
   auto& st = self->state;
   auto wi = st.workloads.find(hash);
@@ -36,16 +99,19 @@ void place(self_ptr self, const std::string& hash) {
     return;
   auto& w = wi->second;
   crn_slot* best = nullptr;
+  uint64_t best_free = 0;
   for (auto& [id, c] : st.crns) {
     if (c.state != link_state::linked || w.refused_by.count(id) > 0)
       continue;
+    auto [vcpus, memory] = used_by(st, id);
     auto vcpu_cap = static_cast<uint64_t>(c.info.vcpus * st.cfg.vcpu_overcommit);
-    if (c.used_vcpus + w.alloc.vcpus > vcpu_cap
-        || c.used_memory_mib + w.alloc.memory_mib > c.info.memory_mib)
+    if (vcpus + w.alloc.vcpus > vcpu_cap || memory + w.alloc.memory_mib > c.info.memory_mib)
       continue;
-    if (best == nullptr
-        || c.info.memory_mib - c.used_memory_mib > best->info.memory_mib - best->used_memory_mib)
+    auto free = c.info.memory_mib - memory;
+    if (best == nullptr || free > best_free) {
       best = &c;
+      best_free = free;
+    }
   }
   if (best == nullptr) {
     w.detail = "no linked CRN has enough free memory and vCPUs";
@@ -56,39 +122,36 @@ void place(self_ptr self, const std::string& hash) {
   w.crn_id = best->info.id;
   w.state = "allocating";
   w.detail.clear();
-  best->used_vcpus += w.alloc.vcpus;
-  best->used_memory_mib += w.alloc.memory_mib;
-  auto epoch = w.alloc.epoch;
-  auto crn_id = w.crn_id;
-  spdlog::info("scheduler: placing {} on CRN {} (epoch {})", hash, crn_id, epoch);
-  self->request(best->link, st.cfg.allocate_timeout, atom::allocate_v, w.alloc)
-    .then(
-      [=](const allocation_ack& ack) {
-        auto i = self->state.workloads.find(hash);
-        if (i == self->state.workloads.end() || i->second.alloc.epoch != epoch)
-          return; // superseded
-        auto& w = i->second;
-        if (ack.accepted) {
-          w.state = "allocated";
-          return;
-        }
-        spdlog::warn("scheduler: CRN {} refused {}: {}", crn_id, hash, ack.reason);
-        release(self, w);
-        w.refused_by.insert(crn_id);
-        w.state = "pending";
-        w.detail = ack.reason;
-        place(self, hash);
-      },
-      [=](caf::error& err) {
-        auto i = self->state.workloads.find(hash);
-        if (i == self->state.workloads.end() || i->second.alloc.epoch != epoch)
-          return;
-        spdlog::warn("scheduler: allocating {} on CRN {} failed: {}", hash, crn_id, describe(err));
-        release(self, i->second);
-        i->second.state = "pending";
-        i->second.detail = "allocation failed: " + describe(err);
-        arm_retry(self);
-      });
+  persist(self, w);
+  spdlog::info("scheduler: placing {} on CRN {} (epoch {})", hash, w.crn_id, w.alloc.epoch);
+  send_allocation(self, hash, best->link);
+}
+
+void restore(self_ptr self) {
+  auto& st = self->state;
+  std::string err;
+  if (!st.cfg.env->open_db("placements", st.db, err)) {
+    spdlog::error("scheduler: {}; placements will not survive a restart", err);
+    st.cfg.env.reset();
+    return;
+  }
+  lmdb::txn t{*st.cfg.env, false};
+  auto now = self->clock().now();
+  t.for_each(st.db, false, [&](std::string_view, std::string_view v) {
+    scheduled_workload w;
+    if (!codec::decode(v, w.alloc, w.crn_id, w.state))
+      return true;
+    if (w.state == "allocating")
+      w.state = "allocated"; // unknown outcome: confirm with the CRN when it is back
+    if (!w.crn_id.empty())
+      w.orphaned_since = now;
+    st.workloads.emplace(w.alloc.item_hash, std::move(w));
+    return true;
+  });
+  if (!st.workloads.empty()) {
+    spdlog::info("scheduler: restored {} placements", st.workloads.size());
+    arm_retry(self);
+  }
 }
 
 } // namespace
@@ -96,6 +159,8 @@ void place(self_ptr self, const std::string& hash) {
 scheduler_actor::behavior_type
 scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_config cfg) {
   self->state.cfg = std::move(cfg);
+  if (self->state.cfg.env)
+    restore(self);
   return {
     [=](atom::published, const stored_message& msg) {
       auto& st = self->state;
@@ -117,6 +182,7 @@ scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_con
       w.alloc.disk_mib = spec->disk_mib;
       w.alloc.message_json = msg.json;
       st.workloads.emplace(msg.item_hash, std::move(w));
+      persist(self, st.workloads.at(msg.item_hash));
       place(self, msg.item_hash);
     },
     [=](atom::node, const crn_info& info, link_state state, const ccn_link_actor& link) {
@@ -127,6 +193,12 @@ scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_con
       c.link = link;
       if (state == link_state::linked) {
         for (auto& [hash, w] : st.workloads)
+          if (w.crn_id == info.id && w.orphaned_since) {
+            // A placement from before our restart: confirm it (same epoch).
+            w.orphaned_since.reset();
+            send_allocation(self, hash, link);
+          }
+        for (auto& [hash, w] : st.workloads)
           if (w.state == "pending")
             place(self, hash);
         return;
@@ -135,10 +207,8 @@ scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_con
         std::vector<std::string> moved;
         for (auto& [hash, w] : st.workloads)
           if (w.crn_id == info.id) {
-            release(self, w);
-            w.state = "pending";
-            w.detail = "its CRN " + info.id + " is " + to_string(state);
             w.refused_by.clear();
+            make_pending(self, w, "its CRN " + info.id + " is " + to_string(state));
             moved.push_back(hash);
           }
         for (auto& hash : moved)
@@ -154,7 +224,15 @@ scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_con
     [=](atom::tick) {
       auto& st = self->state;
       st.retry_armed = false;
+      auto now = self->clock().now();
       for (auto& [hash, w] : st.workloads) {
+        if (w.orphaned_since) {
+          if (now - *w.orphaned_since < st.cfg.orphan_grace) {
+            arm_retry(self);
+            continue;
+          }
+          make_pending(self, w, "its CRN did not come back after the CCN restarted");
+        }
         if (w.state == "pending") {
           w.refused_by.clear();
           place(self, hash);

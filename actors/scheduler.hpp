@@ -1,12 +1,18 @@
 // CCN: places persistent PROGRAMs and INSTANCEs accepted by this CCN on its
 // linked CRNs (enough free memory and vCPUs; most free memory first), and
 // places them again, with a higher epoch, when their CRN goes down.
+// Placements are durable: after a restart the scheduler re-confirms each one
+// (same epoch) when its CRN registers again, and places it anew (higher epoch)
+// when the CRN has not come back within `orphan_grace`.
 #pragma once
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 
 #include "actors/interfaces.hpp"
+#include "runtime/lmdb.hpp"
 
 namespace alephd {
 
@@ -15,14 +21,14 @@ struct scheduler_config {
   double vcpu_overcommit = 4.0;
   std::chrono::milliseconds retry{2000};
   std::chrono::milliseconds allocate_timeout{10000};
+  std::chrono::milliseconds orphan_grace{10000};
+  std::shared_ptr<lmdb::env> env; ///< where placements persist; none = in memory only
 };
 
 struct crn_slot {
   crn_info info;
   link_state state = link_state::unlinked;
   ccn_link_actor link;
-  uint64_t used_vcpus = 0;
-  uint64_t used_memory_mib = 0;
 };
 
 struct scheduled_workload {
@@ -31,6 +37,8 @@ struct scheduled_workload {
   std::string state = "pending"; ///< pending, allocating, allocated
   std::string detail;
   std::set<std::string> refused_by;
+  /// Since when its CRN is not linked (restored placements wait `orphan_grace` for it).
+  std::optional<caf::actor_clock::time_point> orphaned_since;
 };
 
 struct scheduler_state {
@@ -39,6 +47,7 @@ struct scheduler_state {
   std::map<std::string, crn_slot> crns;
   std::map<std::string, scheduled_workload> workloads;
   bool retry_armed = false;
+  MDB_dbi db = 0;
 };
 
 scheduler_actor::behavior_type

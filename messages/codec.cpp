@@ -74,6 +74,39 @@ std::string encode(const file_info& x) {
   return {buf.data(), buf.size()};
 }
 
+std::string encode(const allocation& a, const std::string& crn_id, const std::string& state) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(11);
+  pk.pack("v"), pk.pack(current_version);
+  pk.pack("item_hash"), pk.pack(a.item_hash);
+  pk.pack("kind"), pk.pack(a.kind);
+  pk.pack("epoch"), pk.pack(a.epoch);
+  pk.pack("vcpus"), pk.pack(a.vcpus);
+  pk.pack("memory_mib"), pk.pack(a.memory_mib);
+  pk.pack("disk_mib"), pk.pack(a.disk_mib);
+  pk.pack("message_json"), pk.pack(a.message_json);
+  pk.pack("alloc_version"), pk.pack(a.version);
+  pk.pack("crn_id"), pk.pack(crn_id);
+  pk.pack("state"), pk.pack(state);
+  return {buf.data(), buf.size()};
+}
+
+bool decode(std::string_view bytes, allocation& a, std::string& crn_id, std::string& state) {
+  return unpack_record(bytes, [&](auto& m) {
+    take(m, "item_hash", a.item_hash);
+    take(m, "kind", a.kind);
+    take(m, "epoch", a.epoch);
+    take(m, "vcpus", a.vcpus);
+    take(m, "memory_mib", a.memory_mib);
+    take(m, "disk_mib", a.disk_mib);
+    take(m, "message_json", a.message_json);
+    take(m, "alloc_version", a.version);
+    take(m, "crn_id", crn_id);
+    take(m, "state", state);
+  });
+}
+
 bool decode(std::string_view bytes, stored_message& x) {
   return unpack_record(bytes, [&](auto& m) {
     take(m, "item_hash", x.item_hash);

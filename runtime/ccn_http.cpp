@@ -75,16 +75,13 @@ std::optional<std::string> multipart_file(const std::string& content_type, const
 
 void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
                   const http::responder& respond) {
-  auto doc = json::parse(req.body, nullptr, false);
-  // pyaleph's envelope {"sync": …, "message": {…}} is accepted as well as a bare message.
-  std::string_view text = req.body;
-  std::string inner;
-  if (!doc.is_discarded() && doc.is_object() && doc.contains("message") && doc["message"].is_object()
-      && !doc.contains("type")) {
-    inner = doc["message"].dump();
-    text = inner;
+  auto parsed = aleph::parse_message(std::string_view{req.body});
+  if (!parsed.ok() && parsed.error.field == "type") {
+    // pyaleph's envelope {"sync": …, "message": {…}} is accepted as well as a bare message.
+    auto doc = json::parse(req.body, nullptr, false);
+    if (doc.is_object() && doc.contains("message") && doc["message"].is_object())
+      parsed = aleph::parse_message(std::string_view{doc["message"].dump()});
   }
-  auto parsed = aleph::parse_message(text);
   if (!parsed.ok()) {
     if (parsed.error.field.empty()) {
       respond(http::json_error(400, parsed.error.reason));

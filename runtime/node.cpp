@@ -132,7 +132,12 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   files_ = sys.spawn(content_store, env_, dir + "/blobs", s.max_file_size);
   registry_ = sys.spawn(crn_registry, crn_registry_config{id_, s.max_linked_crns,
                                                           s.heartbeat_interval, s.failure_timeout});
-  scheduler_ = sys.spawn(scheduler, scheduler_config{id_});
+  scheduler_config sc;
+  sc.ccn_id = id_;
+  sc.env = env_;
+  // Long enough for a CRN at the back-off cap (30 s) to find us again.
+  sc.orphan_grace = s.failure_timeout + std::chrono::seconds(30);
+  scheduler_ = sys.spawn(scheduler, sc);
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(scheduler_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);

@@ -135,6 +135,19 @@ TEST_F(hostile, wrong_types_and_huge_numbers_are_422_with_the_field) {
   expect_error(ccn_http, "POST", "/api/v0/messages", d.dump(), 422);
 }
 
+TEST_F(hostile, pyaleph_envelope_is_accepted_like_a_bare_message) {
+  auto doc = json::parse(real_message());
+  doc["channel"] = "ENVELOPE";
+  auto r = http_request(localhost, ccn_http, "POST", "/api/v0/messages",
+                        json{{"sync", true}, {"message", doc}}.dump(), {}, 10s);
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto hash = json::parse(r.body)["item_hash"].get<std::string>();
+  auto got = http_request(localhost, ccn_http, "GET", "/api/v0/messages/" + hash);
+  ASSERT_EQ(got.status, 200);
+  EXPECT_EQ(json::parse(got.body)["message"]["channel"], "ENVELOPE");
+  expect_error(ccn_http, "POST", "/api/v0/messages", json{{"sync", true}, {"message", 5}}.dump(), 422);
+}
+
 TEST_F(hostile, oversize_and_truncated_bodies) {
   // The CCN accepts files up to 4096 bytes; HTTP bodies up to that plus 1 MiB of framing.
   expect_error(ccn_http, "POST", "/api/v0/storage/add_file", std::string(5000, 'x'), 413);

@@ -312,6 +312,34 @@ TEST_F(cluster, persistent_instance_is_placed_on_a_linked_crn) {
   EXPECT_EQ(list[h]["vm_type"], "instance");
 }
 
+TEST_F(cluster, placements_survive_a_ccn_restart_and_are_confirmed_by_their_crn) {
+  auto* ccn = &start_ccn("ccn");
+  auto http = ccn->port("http");
+  auto node_port = std::to_string(ccn->port("node"));
+  start_crn("crn0", node_endpoint(*ccn));
+  ASSERT_TRUE(eventually([&] { return count_state(crn_states(http), "linked") == 1; }, 10s));
+  std::ifstream in{std::string{ALEPHD_PEER_DATA_DIR} + "/instance_machine.json"};
+  auto h = post_message(http, std::string{std::istreambuf_iterator<char>{in}, {}});
+  ASSERT_FALSE(h.empty());
+  auto allocation_of = [&](uint16_t port) {
+    auto j = get_json(port, "/api/v0/allocations");
+    return j.is_object() && !j["allocations"].empty() ? j["allocations"][0] : json{};
+  };
+  ASSERT_TRUE(eventually([&] { return allocation_of(http).value("state", "") == "allocated"; }, 5s));
+  auto crn_id = allocation_of(http)["crn"];
+  ccn->kill9();
+  ccn = &start_ccn("ccn", {"--node-port=" + node_port});
+  http = ccn->port("http");
+  // Known at once from LMDB, then confirmed by the same CRN when it registers again.
+  EXPECT_EQ(allocation_of(http).value("item_hash", ""), h);
+  ASSERT_TRUE(eventually([&] { return crn_states(http)["crn0"] == "linked"; }, 10s));
+  ASSERT_TRUE(eventually([&] {
+    auto a = allocation_of(http);
+    return a.value("state", "") == "allocated" && a["crn"] == crn_id;
+  }, 5s)) << allocation_of(http).dump();
+  EXPECT_EQ(allocation_of(http)["epoch"], 1) << "a confirmed placement keeps its epoch";
+}
+
 TEST_F(cluster, crn_http_api_has_aleph_vm_shapes) {
   auto& ccn = start_ccn("ccn");
   auto& crn = start_crn("crn", node_endpoint(ccn));
