@@ -3,6 +3,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "messages/codec.hpp"
+
 namespace alephd {
 
 namespace {
@@ -14,11 +16,49 @@ double wall_now() {
   return duration<double>(system_clock::now().time_since_epoch()).count();
 }
 
-size_t linked_count(const crn_registry_state& st) {
+// Slots taken: linked CRNs plus the slots kept for CRNs that were linked before a restart.
+size_t taken_slots(const crn_registry_state& st) {
   size_t n = 0;
   for (auto& [id, e] : st.crns)
-    n += e.state == link_state::linked ? 1 : 0;
+    n += e.state == link_state::linked || e.reserved ? 1 : 0;
   return n;
+}
+
+void persist(self_ptr self, const crn_entry& e) {
+  auto& st = self->state;
+  if (!st.cfg.env)
+    return;
+  lmdb::txn t{*st.cfg.env, true};
+  int rc = t.put(st.db, e.info.id, codec::encode(e.info, e.state, e.registered, e.wait_order));
+  if (rc == 0)
+    rc = t.commit();
+  if (rc != 0)
+    spdlog::error("crn_registry: cannot persist CRN {}: {}", e.info.id, lmdb::error_text(rc));
+}
+
+void restore(self_ptr self) {
+  auto& st = self->state;
+  std::string err;
+  if (!st.cfg.env->open_db("registry", st.db, err)) {
+    spdlog::error("crn_registry: {}; the registry will not survive a restart", err);
+    st.cfg.env.reset();
+    return;
+  }
+  lmdb::txn t{*st.cfg.env, false};
+  t.for_each(st.db, false, [&](std::string_view, std::string_view v) {
+    crn_entry e;
+    link_state was = link_state::unlinked;
+    if (!codec::decode(v, e.info, was, e.registered, e.wait_order))
+      return true;
+    // Nobody is connected yet: known CRNs are down until they register again.
+    e.state = was == link_state::unlinked ? link_state::unlinked : link_state::down;
+    e.reserved = was == link_state::linked;
+    st.next_order = std::max(st.next_order, e.wait_order + 1);
+    st.crns.emplace(e.info.id, std::move(e));
+    return true;
+  });
+  if (!st.crns.empty())
+    spdlog::info("crn_registry: restored {} CRNs", st.crns.size());
 }
 
 void set_state(self_ptr self, crn_entry& e, link_state s) {
@@ -29,6 +69,7 @@ void set_state(self_ptr self, crn_entry& e, link_state s) {
   e.state = s;
   if (s == link_state::waiting)
     e.wait_order = self->state.next_order++;
+  persist(self, e);
   if (e.link && (s == link_state::linked || s == link_state::waiting))
     self->send(e.link, atom::status_v, s);
   for (auto& l : self->state.listeners)
@@ -38,7 +79,7 @@ void set_state(self_ptr self, crn_entry& e, link_state s) {
 // Fills free slots with the CRNs that have waited longest.
 void promote(self_ptr self) {
   auto& st = self->state;
-  while (linked_count(st) < st.cfg.max_linked) {
+  while (taken_slots(st) < st.cfg.max_linked) {
     crn_entry* best = nullptr;
     for (auto& [id, e] : st.crns)
       if (e.state == link_state::waiting && (best == nullptr || e.wait_order < best->wait_order))
@@ -59,12 +100,17 @@ void mark_down(self_ptr self, crn_entry& e, link_state to, const char* why) {
     promote(self);
 }
 
-// Linked when a slot is free, else waiting.
+// Linked when its slot was kept for it or a slot is free, else waiting.
 void admit(self_ptr self, crn_entry& e) {
   if (e.state == link_state::linked)
     return;
-  auto to = linked_count(self->state) < self->state.cfg.max_linked ? link_state::linked
-                                                                    : link_state::waiting;
+  auto to = link_state::waiting;
+  if (e.reserved) {
+    e.reserved = false;
+    to = link_state::linked;
+  } else if (taken_slots(self->state) < self->state.cfg.max_linked) {
+    to = link_state::linked;
+  }
   if (e.state == link_state::waiting && to == link_state::waiting)
     return;
   set_state(self, e, to);
@@ -93,6 +139,9 @@ crn_registry_actor::behavior_type
 crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
              crn_registry_config cfg) {
   self->state.cfg = std::move(cfg);
+  self->state.started = self->clock().now();
+  if (self->state.cfg.env)
+    restore(self);
   self->set_down_handler([=](caf::down_msg& dm) {
     for (auto& [id, e] : self->state.crns)
       if (e.link && e.link.address() == dm.source)
@@ -112,6 +161,7 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
       e.link = std::move(link);
       if (fresh)
         e.registered = wall_now();
+      persist(self, e);
       e.last_heartbeat = wall_now();
       e.last_seen = self->clock().now();
       self->monitor(e.link);
@@ -149,8 +199,10 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
       return out;
     },
     [=](atom::subscribe, node_listener_actor& l) {
+      // Only CRNs seen since this start: the rest have no link to reach them.
       for (auto& [id, e] : self->state.crns)
-        self->send(l, atom::node_v, e.info, e.state, e.link);
+        if (e.link)
+          self->send(l, atom::node_v, e.info, e.state, e.link);
       self->state.listeners.push_back(std::move(l));
     },
     [=](atom::tick) {
@@ -160,6 +212,17 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
         if ((e.state == link_state::linked || e.state == link_state::waiting)
             && now - e.last_seen > st.cfg.failure_timeout)
           mark_down(self, e, link_state::down, "missed heartbeats");
+      if (now - st.started >= st.cfg.reserve_grace) {
+        bool freed = false;
+        for (auto& [id, e] : st.crns)
+          if (e.reserved) {
+            spdlog::info("crn_registry: CRN {} did not come back; its slot is free", id);
+            e.reserved = false;
+            freed = true;
+          }
+        if (freed)
+          promote(self);
+      }
       self->delayed_send(self, st.cfg.heartbeat / 2, atom::tick_v);
     },
   };

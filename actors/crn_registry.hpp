@@ -2,13 +2,19 @@
 // the longest-waiting is promoted when a slot frees. A CRN is down when its
 // link actor dies (process killed) or when it misses heartbeats for
 // `failure_timeout` (process frozen).
+// Entries are durable: after a CCN restart every known CRN shows as `down`
+// until it registers again, and the slots of the CRNs that were linked are
+// kept for them for `reserve_grace`, so that a restart does not reshuffle
+// which CRNs are linked.
 #pragma once
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "actors/interfaces.hpp"
+#include "runtime/lmdb.hpp"
 
 namespace alephd {
 
@@ -17,6 +23,8 @@ struct crn_registry_config {
   uint32_t max_linked = 3;
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds failure_timeout{5000};
+  std::chrono::milliseconds reserve_grace{35000};
+  std::shared_ptr<lmdb::env> env; ///< where entries persist; none = in memory only
 };
 
 struct crn_entry {
@@ -27,6 +35,7 @@ struct crn_entry {
   double last_heartbeat = 0; ///< wall clock, for display
   caf::actor_clock::time_point last_seen; ///< actor clock, for failure detection
   uint64_t wait_order = 0;   ///< smaller = waiting longer
+  bool reserved = false;     ///< was linked before a CCN restart; its slot waits for it
 };
 
 struct crn_registry_state {
@@ -35,6 +44,8 @@ struct crn_registry_state {
   std::map<std::string, crn_entry> crns;
   uint64_t next_order = 0;
   std::vector<node_listener_actor> listeners;
+  caf::actor_clock::time_point started;
+  MDB_dbi db = 0;
 };
 
 crn_registry_actor::behavior_type

@@ -74,6 +74,47 @@ std::string encode(const file_info& x) {
   return {buf.data(), buf.size()};
 }
 
+std::string encode(const crn_info& info, link_state state, double registered, uint64_t wait_order) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(12);
+  pk.pack("v"), pk.pack(current_version);
+  pk.pack("id"), pk.pack(info.id);
+  pk.pack("name"), pk.pack(info.name);
+  pk.pack("address"), pk.pack(info.address);
+  pk.pack("vcpus"), pk.pack(info.vcpus);
+  pk.pack("memory_mib"), pk.pack(info.memory_mib);
+  pk.pack("disk_mib"), pk.pack(info.disk_mib);
+  pk.pack("software_version"), pk.pack(info.software_version);
+  pk.pack("info_version"), pk.pack(info.version);
+  pk.pack("state"), pk.pack(static_cast<uint8_t>(state));
+  pk.pack("registered"), pk.pack(registered);
+  pk.pack("wait_order"), pk.pack(wait_order);
+  return {buf.data(), buf.size()};
+}
+
+bool decode(std::string_view bytes, crn_info& info, link_state& state, double& registered,
+            uint64_t& wait_order) {
+  uint8_t s = 0;
+  bool ok = unpack_record(bytes, [&](auto& m) {
+    take(m, "id", info.id);
+    take(m, "name", info.name);
+    take(m, "address", info.address);
+    take(m, "vcpus", info.vcpus);
+    take(m, "memory_mib", info.memory_mib);
+    take(m, "disk_mib", info.disk_mib);
+    take(m, "software_version", info.software_version);
+    take(m, "info_version", info.version);
+    take(m, "state", s);
+    take(m, "registered", registered);
+    take(m, "wait_order", wait_order);
+  });
+  if (!ok || s > static_cast<uint8_t>(link_state::down))
+    return false;
+  state = static_cast<link_state>(s);
+  return true;
+}
+
 std::string encode(const allocation& a, const std::string& crn_id, const std::string& state) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk{buf};

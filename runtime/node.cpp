@@ -130,8 +130,15 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
     return err;
   messages_ = sys.spawn(message_store, env_, s.group_commit);
   files_ = sys.spawn(content_store, env_, dir + "/blobs", s.max_file_size);
-  registry_ = sys.spawn(crn_registry, crn_registry_config{id_, s.max_linked_crns,
-                                                          s.heartbeat_interval, s.failure_timeout});
+  crn_registry_config rc;
+  rc.ccn_id = id_;
+  rc.max_linked = s.max_linked_crns;
+  rc.heartbeat = s.heartbeat_interval;
+  rc.failure_timeout = s.failure_timeout;
+  // Long enough for a CRN at the back-off cap (30 s) to find us again.
+  rc.reserve_grace = s.failure_timeout + std::chrono::seconds(30);
+  rc.env = env_;
+  registry_ = sys.spawn(crn_registry, rc);
   scheduler_config sc;
   sc.ccn_id = id_;
   sc.env = env_;
