@@ -1,0 +1,122 @@
+#include "actors/ccn_peer.hpp"
+#include "actors/content_store.hpp"
+#include "actors/crn_registry.hpp"
+#include "actors/message_store.hpp"
+
+#include "tests/caf_fixture.hpp"
+
+using namespace alephd;
+using namespace alephd::test;
+
+namespace {
+
+stored_message msg(std::string hash, std::string origin) {
+  stored_message m;
+  m.item_hash = std::move(hash);
+  m.type = "POST";
+  m.sender = "0xA";
+  m.origin = std::move(origin);
+  m.json = "{}";
+  return m;
+}
+
+// One CCN's stores, peer actor and entry actor in the shared deterministic system.
+struct ccn_parts {
+  temp_dir dir;
+  std::shared_ptr<lmdb::env> env;
+  message_store_actor messages;
+  content_store_actor files;
+  crn_registry_actor registry;
+  ccn_peer_actor peer;
+  ccn_node_actor node;
+};
+
+struct ccn_peer_test : caf_fixture {
+  std::unique_ptr<ccn_parts> make(const std::string& id, std::vector<ccn_node_actor> direct = {}) {
+    auto p = std::make_unique<ccn_parts>();
+    std::string err;
+    p->env = lmdb::env::open(p->dir.str() + "/lmdb", err);
+    EXPECT_TRUE(p->env) << err;
+    p->messages = spawn(message_store, p->env, true);
+    p->files = spawn(content_store, p->env, p->dir.str() + "/blobs", uint64_t{1} << 20);
+    crn_registry_config rc;
+    rc.ccn_id = id;
+    p->registry = spawn(crn_registry, rc);
+    p->peer = spawn(ccn_peer, ccn_peer_config{id, {}, std::move(direct)}, p->messages, p->files);
+    p->node = spawn(ccn_node, id, p->registry, p->peer);
+    return p;
+  }
+
+  bool has_message(const ccn_parts& p, const std::string& hash) {
+    return ask<stored_message>(p.messages, atom::get_v, hash).value.has_value();
+  }
+};
+
+TEST_F(ccn_peer_test, ccn_node_answers_hello_with_registry_peer_and_id) {
+  auto a = make("ccn-a");
+  auto out = std::make_shared<std::string>();
+  sys.spawn([node = a->node, out](caf::event_based_actor* self) {
+    self->request(node, caf::infinite, atom::hello_v)
+      .then([out](const crn_registry_actor& r, const caf::actor& p, const std::string& id) {
+        *out = id + (r ? ":registry" : "") + (p ? ":peer" : "");
+      });
+  });
+  sched.run();
+  EXPECT_EQ(*out, "ccn-a:registry:peer");
+}
+
+TEST_F(ccn_peer_test, new_messages_and_files_are_pushed_to_the_peer) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node});
+  sched.run();
+  ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("m1", "ccn-a")).value);
+  sched.run();
+  EXPECT_TRUE(has_message(*b, "m1"));
+  ASSERT_TRUE(ask<append_result>(b->messages, atom::append_v, msg("m2", "ccn-b")).value);
+  sched.run();
+  EXPECT_TRUE(has_message(*a, "m2")) << "replication must work in both directions";
+  auto f = ask<file_info>(a->files, atom::put_v, std::string{"file body"});
+  ASSERT_TRUE(f.value);
+  sched.run();
+  auto got = ask<file_blob>(b->files, atom::read_v, f.value->hash);
+  ASSERT_TRUE(got.value);
+  EXPECT_EQ(got.value->data, "file body");
+  // The origin is kept, so only the accepting CCN schedules a workload.
+  EXPECT_EQ(ask<stored_message>(b->messages, atom::get_v, std::string{"m1"}).value->origin, "ccn-a");
+}
+
+TEST_F(ccn_peer_test, peers_swap_what_the_other_lacks_when_they_meet) {
+  auto a = make("ccn-a");
+  ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("old-a", "ccn-a")).value);
+  ASSERT_TRUE(ask<file_info>(a->files, atom::put_v, std::string{"old file"}).value);
+  auto b_only = make("ccn-b");
+  ASSERT_TRUE(ask<append_result>(b_only->messages, atom::append_v, msg("old-b", "ccn-b")).value);
+  // A third CCN meets A: it gets A's history. A and B then meet through a fresh peer actor.
+  auto c = make("ccn-c", {a->node});
+  sched.run();
+  EXPECT_TRUE(has_message(*c, "old-a"));
+  EXPECT_EQ(ask<std::vector<std::string>>(c->files, atom::inventory_v).value->size(), 1u);
+  auto b_peer = spawn(ccn_peer, ccn_peer_config{"ccn-b", {}, {a->node}}, b_only->messages, b_only->files);
+  sched.run();
+  EXPECT_TRUE(has_message(*b_only, "old-a"));
+  EXPECT_TRUE(has_message(*a, "old-b"));
+}
+
+TEST_F(ccn_peer_test, list_shows_peers_and_marks_a_dead_one_down) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node});
+  sched.run();
+  auto peers = ask<std::vector<node_view>>(a->peer, atom::list_v);
+  ASSERT_TRUE(peers.value);
+  ASSERT_EQ(peers.value->size(), 1u);
+  EXPECT_EQ(peers.value->at(0).id, "ccn-b");
+  EXPECT_EQ(peers.value->at(0).status, "active");
+  caf::anon_send_exit(b->peer, caf::exit_reason::kill);
+  sched.run();
+  peers = ask<std::vector<node_view>>(a->peer, atom::list_v);
+  EXPECT_EQ(peers.value->at(0).status, "down");
+  // Nothing is pushed to a dead peer, and local appends still work.
+  EXPECT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("after", "ccn-a")).value);
+}
+
+} // namespace
