@@ -24,10 +24,16 @@ void commit_pending(self_ptr self) {
   lmdb::txn t{*st.env, true};
   int rc = t.status();
   auto seq = st.next_seq;
-  for (auto& [msg, rp] : batch) {
-    if (rc != 0)
-      break;
-    rc = t.put(st.by_hash, msg.item_hash, codec::encode(msg));
+  // Known hashes are found here (MDB_NOOVERWRITE) rather than by a read per append.
+  std::vector<bool> duplicate(batch.size(), false);
+  for (size_t i = 0; i < batch.size() && rc == 0; ++i) {
+    auto& msg = batch[i].first;
+    rc = t.put(st.by_hash, msg.item_hash, codec::encode(msg), MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+      duplicate[i] = true;
+      rc = 0;
+      continue;
+    }
     if (rc == 0)
       rc = t.put(st.by_seq, lmdb::be64(seq++), msg.item_hash);
   }
@@ -42,10 +48,12 @@ void commit_pending(self_ptr self) {
   }
   st.next_seq = seq;
   ++st.commits;
-  for (auto& [msg, rp] : batch) {
-    rp.deliver(append_result{msg.item_hash, "processed", false});
-    for (auto& l : st.listeners)
-      self->send(l, atom::published_v, msg);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    auto& [msg, rp] = batch[i];
+    rp.deliver(append_result{msg.item_hash, "processed", duplicate[i]});
+    if (!duplicate[i])
+      for (auto& l : st.listeners)
+        self->send(l, atom::published_v, msg);
   }
 }
 
@@ -75,11 +83,6 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
       auto& st = self->state;
       if (st.pending_hashes.count(msg.item_hash) > 0)
         return append_result{msg.item_hash, "processed", true};
-      {
-        lmdb::txn t{*st.env, false};
-        if (t.get(st.by_hash, msg.item_hash))
-          return append_result{msg.item_hash, "processed", true};
-      }
       auto rp = self->make_response_promise<append_result>();
       st.pending_hashes.insert(msg.item_hash);
       st.pending.emplace_back(std::move(msg), rp);
