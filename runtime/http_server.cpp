@@ -1,5 +1,6 @@
 #include "runtime/http_server.hpp"
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -170,7 +171,7 @@ class connection;
 // that the io_context outlives every socket that still refers to it.
 struct core {
   core(server_options o, handler h)
-    : ioc(static_cast<int>(std::max(1u, o.threads))),
+    : ioc(static_cast<int>(std::clamp(o.threads, 1u, 256u))),
       opts(std::move(o)),
       on_request(std::move(h)),
       acceptor(asio::make_strand(ioc)),
@@ -191,6 +192,10 @@ struct core {
   bool stopped = false;  // guarded by mutex
   std::unordered_map<const connection*, std::weak_ptr<connection>>
     connections; // guarded by mutex
+  // Keeps the io threads running between start() and stop(): without it the
+  // io_context could run out of work while stop() is still posting the
+  // closes of idle connections, and those closes would never run.
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
 };
 
 template <class Body>
@@ -351,7 +356,7 @@ private:
     } else if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category()) {
       fail(400, "malformed request: " + ec.message());
     } else {
-      // Timeouts, resets, aborts.
+      // Timeouts, resets and aborts leave nobody to answer.
       close_now();
     }
   }
@@ -718,6 +723,7 @@ std::string server::start() {
     std::lock_guard lock{c->mutex};
     c->started = true;
   }
+  c->work.emplace(c->ioc.get_executor());
   asio::post(acc.get_executor(), [c] { accept_next(c); });
   auto n = std::max(1u, opts.threads);
   for (unsigned i = 0; i < n; ++i)
@@ -759,9 +765,10 @@ void server::stop() {
     for (auto& weak : conns)
       if (auto conn = weak.lock())
         asio::post(conn->executor(), [conn] { conn->close_now(); });
+    c->work.reset();
   }
   // Once every socket is closed the io_context runs out of work and the
-  // threads return on their own; nothing is left queued to leak.
+  // threads return on their own, leaving nothing queued.
   auto self = std::this_thread::get_id();
   for (auto& t : impl_->threads) {
     if (t.get_id() == self)

@@ -334,6 +334,24 @@ TEST_F(http_server, chunked_body_is_decoded_and_limited) {
   EXPECT_NE(out.find("request body too large (limit 1024 bytes)"), std::string::npos);
 }
 
+TEST_F(http_server, expect_100_continue_is_answered) {
+  server_options opts;
+  opts.max_body_bytes = 1024;
+  ASSERT_NO_FATAL_FAILURE(start(echo_handler(), opts));
+  auto out = raw_exchange(localhost, port_,
+                          "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                          "Expect: 100-continue\r\nConnection: close\r\n\r\nhello",
+                          3s);
+  EXPECT_EQ(out.rfind("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", 0), 0u) << out;
+  EXPECT_NE(out.find("\"hello\""), std::string::npos) << out;
+  // A body that is too large is refused before the client sends it.
+  out = raw_exchange(localhost, port_,
+                     "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                     "Expect: 100-continue\r\n\r\n",
+                     3s);
+  EXPECT_EQ(out.rfind("HTTP/1.1 413", 0), 0u) << out;
+}
+
 TEST_F(http_server, huge_header_is_431) {
   ASSERT_NO_FATAL_FAILURE(start(echo_handler()));
   auto r = http_request(localhost, port_, "GET", "/", {}, {{"X-Big", std::string(32 * 1024, 'h')}},
@@ -384,7 +402,7 @@ TEST_F(http_server, silent_and_slow_clients_are_disconnected) {
   opts.read_timeout = 300ms;
   ASSERT_NO_FATAL_FAILURE(start(echo_handler(), opts));
   auto t0 = std::chrono::steady_clock::now();
-  auto out = raw_exchange(localhost, port_, "", 5s, false);
+  auto out = raw_exchange(localhost, port_, "", 2500ms, false);
   auto silent = seconds_since(t0);
   EXPECT_EQ(out, "");
   EXPECT_GE(silent, 0.25);
@@ -392,7 +410,15 @@ TEST_F(http_server, silent_and_slow_clients_are_disconnected) {
 
   // A header that never completes (slowloris) meets the same deadline.
   t0 = std::chrono::steady_clock::now();
-  out = raw_exchange(localhost, port_, "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n", 5s, false);
+  out = raw_exchange(localhost, port_, "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n", 2500ms, false);
+  EXPECT_LT(seconds_since(t0), 2.0);
+
+  // So does a body that stops arriving.
+  t0 = std::chrono::steady_clock::now();
+  out = raw_exchange(localhost, port_,
+                     "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789", 2500ms,
+                     false);
+  EXPECT_EQ(out, "");
   EXPECT_LT(seconds_since(t0), 2.0);
 
   // An idle keep-alive connection is closed as well; the client reconnects.
