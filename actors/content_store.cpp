@@ -31,8 +31,11 @@ caf::result<file_info> store(self_ptr self, std::string_view data, std::string_v
   }
   file_info info{hash, data.size(), st.blobs->path_of(hash), now_seconds()};
   lmdb::txn t{*st.env, true};
-  bool known = t.get(st.files, hash).has_value();
-  if (!known) {
+  file_info first;
+  if (auto known = t.get(st.files, hash); known && codec::decode(*known, first)) {
+    first.path = info.path; // a known file keeps its first record
+    info = std::move(first);
+  } else {
     int rc = t.put(st.files, hash, codec::encode(info));
     if (rc == 0)
       rc = t.commit();

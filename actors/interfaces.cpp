@@ -29,6 +29,8 @@ void add_message_types(caf::actor_system_config& cfg) {
 }
 
 bool is(const caf::error& err, ec code) {
+  if (!err)
+    return false;
   return err.category() == caf::atom("alephd") && err.code() == static_cast<uint8_t>(code);
 }
 

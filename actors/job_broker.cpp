@@ -12,6 +12,8 @@ std::string admission_refusal(const job_broker_config& cfg,
                               const allocation& a) {
   uint64_t vcpus = a.vcpus, program_mem = 0, instance_mem = 0, disk = a.disk_mib;
   for (auto& [hash, e] : running) {
+    if (e.stopped || hash == a.item_hash)
+      continue;
     vcpus += e.alloc.vcpus;
     disk += e.alloc.disk_mib;
     (e.alloc.kind == "instance" ? instance_mem : program_mem) += e.alloc.memory_mib;
@@ -51,13 +53,14 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
     [=](atom::allocate, const allocation& a) -> caf::result<allocation_ack> {
       auto& st = self->state;
       allocation_ack ack{a.item_hash, a.epoch, st.cfg.crn_id, true, {}};
-      if (auto i = st.executions.find(a.item_hash); i != st.executions.end()) {
-        // Already here: a newer epoch updates it, an older one is stale.
-        if (a.epoch < i->second.alloc.epoch) {
-          ack.accepted = false;
-          ack.reason = "stale allocation epoch";
-          return ack;
-        }
+      auto i = st.executions.find(a.item_hash);
+      if (i != st.executions.end() && a.epoch < i->second.alloc.epoch) {
+        ack.accepted = false;
+        ack.reason = "stale allocation epoch";
+        return ack;
+      }
+      if (i != st.executions.end() && !i->second.stopped) {
+        // Already here and alive: a newer epoch just updates it.
         i->second.alloc.epoch = a.epoch;
         caf::anon_send(i->second.supervisor, atom::allocate_v, a);
         return ack;
@@ -68,8 +71,14 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         ack.reason = why;
         return ack;
       }
+      if (i != st.executions.end()) {
+        // A stopped execution allocated again: a fresh supervisor takes its place.
+        self->demonitor(i->second.supervisor.address());
+        caf::anon_send_exit(i->second.supervisor, caf::exit_reason::user_shutdown);
+        st.executions.erase(i);
+      }
       auto sup = self->spawn<caf::monitored>(vm_supervisor, a);
-      st.executions.emplace(a.item_hash, execution_entry{a, sup});
+      st.executions.emplace(a.item_hash, execution_entry{a, sup, false});
       return ack;
     },
     [=](atom::list) -> caf::result<std::vector<execution_info>> {
@@ -100,7 +109,18 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
       auto i = ex.find(hash);
       if (i == ex.end())
         return make_error(ec::not_found, "no execution " + hash);
-      return self->delegate(i->second.supervisor, atom::stop_v);
+      auto rp = self->make_response_promise<execution_info>();
+      auto sup = i->second.supervisor;
+      self->request(sup, std::chrono::seconds(60), atom::stop_v)
+        .then(
+          [=](const execution_info& info) mutable {
+            auto j = self->state.executions.find(hash);
+            if (j != self->state.executions.end() && j->second.supervisor == sup)
+              j->second.stopped = true;
+            rp.deliver(info);
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
     },
   };
 }

@@ -23,6 +23,7 @@ struct job_broker_config {
 struct execution_entry {
   allocation alloc;
   vm_supervisor_actor supervisor;
+  bool stopped = false; ///< kept for listing; holds no capacity
 };
 
 struct job_broker_state {
@@ -31,7 +32,8 @@ struct job_broker_state {
   std::map<std::string, execution_entry> executions;
 };
 
-/// Why `a` does not fit next to `running`, or an empty string when it does.
+/// Why `a` does not fit next to the executions in `running` that are not stopped (the entry
+/// for `a` itself is ignored), or an empty string when it does.
 std::string admission_refusal(const job_broker_config& cfg,
                               const std::map<std::string, execution_entry>& running,
                               const allocation& a);

@@ -87,6 +87,8 @@ void send_allocation(self_ptr self, const std::string& hash, const ccn_link_acto
             || i->second.crn_id != crn_id)
           return;
         spdlog::warn("scheduler: allocating {} on CRN {} failed: {}", hash, crn_id, describe(err));
+        // Skip this CRN until the next retry round, as if it had refused.
+        i->second.refused_by.insert(crn_id);
         make_pending(self, i->second, "allocation failed: " + describe(err));
         arm_retry(self);
       });

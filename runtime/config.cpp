@@ -1,6 +1,9 @@
 #include "runtime/config.hpp"
 
+#include <charconv>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -14,8 +17,18 @@ struct option {
   std::string help;
   std::string shorthand; ///< optional top-level flag, e.g. "data-dir"
   std::function<std::string(settings&, const std::string&)> set; ///< returns an error reason
-  bool repeatable = false;
+  /// For list options: empties the list, so that the command line replaces the file's list.
+  std::function<void(settings&)> clear = nullptr;
 };
+
+// A value as it may appear in a one-line error: short, without control characters.
+std::string printable(const std::string& v) {
+  auto out = v.substr(0, 100);
+  for (auto& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+      c = '?';
+  return out;
+}
 
 std::string trim(const std::string& s) {
   auto b = s.find_first_not_of(" \t\r");
@@ -31,13 +44,10 @@ std::string trim(const std::string& s) {
 template <class T>
 std::function<std::string(settings&, const std::string&)> integer(T settings::*field, int64_t lo, int64_t hi) {
   return [=](settings& s, const std::string& v) -> std::string {
-    auto range = "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
-    if (v.empty() || v.size() > 18 || v.find_first_not_of("-0123456789") != std::string::npos
-        || v.find('-', 1) != std::string::npos)
-      return range;
-    auto x = std::stoll(v);
-    if (x < lo || x > hi)
-      return range;
+    int64_t x = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || x < lo || x > hi)
+      return "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
     s.*field = static_cast<T>(x);
     return {};
   };
@@ -96,7 +106,7 @@ std::function<std::string(settings&, const std::string&)> endpoints(std::vector<
       if (item.empty())
         continue;
       if (!valid_endpoint(item))
-        return "'" + item + "' is not host:port";
+        return "'" + printable(item) + "' is not host:port";
       out.push_back(item);
     }
     for (auto& e : out)
@@ -125,10 +135,12 @@ const std::vector<option>& table() {
     {"ccn.max-linked-crns", "CRNs linked at most; the rest wait (default 3)", "", integer(&settings::max_linked_crns, 1, 1000)},
     {"ccn.heartbeat-interval", "how often CRNs send heartbeats (default 1s)", "", duration(&settings::heartbeat_interval)},
     {"ccn.failure-timeout", "a CRN silent this long is down (default 5s)", "", duration(&settings::failure_timeout)},
-    {"ccn.peers", "peer CCNs, host:port of their node ports, comma-separated", "peer", endpoints(&settings::peers), true},
+    {"ccn.peers", "peer CCNs, host:port of their node ports, comma-separated", "peer", endpoints(&settings::peers),
+     [](settings& s) { s.peers.clear(); }},
     {"ccn.max-file-size", "largest file accepted by add_file, in bytes (default 104857600)", "", integer(&settings::max_file_size, 1, int64_t{1} << 40)},
     {"ccn.group-commit", "share one LMDB commit between concurrent messages (default true)", "", boolean(&settings::group_commit)},
-    {"crn.ccn", "CCNs to link to, host:port of their node ports, in order of preference", "ccn", endpoints(&settings::ccn), true},
+    {"crn.ccn", "CCNs to link to, host:port of their node ports, in order of preference", "ccn", endpoints(&settings::ccn),
+     [](settings& s) { s.ccn.clear(); }},
     {"crn.vcpus", "vCPUs offered (default: the host's cores)", "", integer(&settings::vcpus, 0, 4096)},
     {"crn.memory-mib", "memory offered in MiB (default: the host's memory)", "", integer(&settings::memory_mib, 0, int64_t{1} << 32)},
     {"crn.public-address", "the URL clients use to reach this CRN (default http://host:port)", "", text(&settings::public_address)},
@@ -147,17 +159,19 @@ const option* find_option(const std::string& key) {
 
 std::string apply(settings& s, const option& o, const std::string& value, const std::string& where) {
   if (auto err = o.set(s, value); !err.empty())
-    return where + o.key + ": " + err + " (got '" + value.substr(0, 100) + "')";
+    return where + o.key + ": " + err + " (got '" + printable(value) + "')";
   return {};
 }
 
 std::string read_ini(const std::string& path, settings& s) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    return "cannot read config file " + printable(path) + ": not a regular file";
   std::ifstream in{path};
   if (!in)
-    return "cannot read config file " + path;
+    return "cannot read config file " + printable(path);
   std::string line, group = "global";
   int n = 0;
-  std::map<std::string, bool> reset; // list options from a file replace defaults once
   while (std::getline(in, line)) {
     ++n;
     auto where = path + ":" + std::to_string(n) + ": ";
@@ -172,7 +186,7 @@ std::string read_ini(const std::string& path, settings& s) {
     }
     auto eq = t.find('=');
     if (eq == std::string::npos)
-      return where + "expected 'name = value', got '" + t.substr(0, 80) + "'";
+      return where + "expected 'name = value', got '" + printable(t) + "'";
     auto key = group + "." + trim(t.substr(0, eq));
     auto value = t.substr(eq + 1);
     if (auto c = value.find(" ;"); c != std::string::npos)
@@ -183,7 +197,7 @@ std::string read_ini(const std::string& path, settings& s) {
       if (x.key == key)
         o = &x;
     if (o == nullptr)
-      return where + "unknown option " + key;
+      return where + "unknown option " + printable(key);
     if (auto err = apply(s, *o, value, where); !err.empty())
       return err;
   }
@@ -231,6 +245,7 @@ std::string parse_settings(const std::vector<std::string>& args, settings& out, 
     if (auto err = read_ini(path, out); !err.empty())
       return err;
   }
+  std::set<std::string> cli_lists; // list options given on the command line so far
   for (size_t i = 0; i < args.size(); ++i) {
     const auto& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -244,7 +259,7 @@ std::string parse_settings(const std::vector<std::string>& args, settings& out, 
     if (a.rfind("--config=", 0) == 0 || a.rfind("--config-file=", 0) == 0)
       continue;
     if (a.rfind("--", 0) != 0)
-      return "unexpected argument '" + a.substr(0, 100) + "' (options look like --group.name=value)";
+      return "unexpected argument '" + printable(a) + "' (options look like --group.name=value)";
     auto body = a.substr(2);
     std::string key = body, value;
     bool has_value = false;
@@ -255,12 +270,14 @@ std::string parse_settings(const std::vector<std::string>& args, settings& out, 
     }
     auto o = find_option(key);
     if (o == nullptr)
-      return "unknown option --" + key.substr(0, 100) + " (see alephd --help)";
+      return "unknown option --" + printable(key) + " (see alephd --help)";
     if (!has_value) {
       if (i + 1 >= args.size())
         return "--" + key + ": needs a value";
       value = args[++i];
     }
+    if (o->clear && cli_lists.insert(o->key).second)
+      o->clear(out);
     if (auto err = apply(out, *o, value, "--"); !err.empty())
       return err;
   }

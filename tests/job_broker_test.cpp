@@ -262,12 +262,6 @@ TEST_F(job_broker_test, a_killed_supervisor_leaves_the_table) {
 }
 
 TEST_F(job_broker_test, a_stopped_execution_frees_its_capacity) {
-  // BUG actors/job_broker.cpp:14-18 (admission_refusal) counts every entry of the
-  // executions table, and a stopped execution stays in the table (its vm_supervisor
-  // lives on in `stopped`), so stopping a VM never frees its memory, vCPUs or disk:
-  // after stopping a 6144 MiB instance, another 6144 MiB instance is refused with
-  // "Insufficient capacity: instance memory 12288 MiB > 6144 MiB".
-  GTEST_SKIP() << "stopped executions keep their capacity (actors/job_broker.cpp:14)";
   ASSERT_TRUE(allocate(work("h1", "instance", 6144)).value->accepted);
   ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, std::string{"h1"}).value);
   auto ack = allocate(work("h2", "instance", 6144));
@@ -276,12 +270,6 @@ TEST_F(job_broker_test, a_stopped_execution_frees_its_capacity) {
 }
 
 TEST_F(job_broker_test, a_stopped_execution_allocated_again_is_not_silently_dropped) {
-  // BUG actors/job_broker.cpp:54-63: an allocation for a known item_hash with an epoch
-  // >= the recorded one is acknowledged as accepted and forwarded with anon_send to its
-  // vm_supervisor; a stopped supervisor answers ec::wrong_phase to nobody, so the CCN is
-  // told the workload runs while it stays stopped (the scheduler then never re-places it).
-  GTEST_SKIP() << "re-allocating a stopped execution is acked but stays stopped "
-                  "(actors/job_broker.cpp:62)";
   ASSERT_TRUE(allocate(work("h1", "instance", 1024, 1, 0, 1)).value->accepted);
   ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, std::string{"h1"}).value);
   auto ack = allocate(work("h1", "instance", 1024, 1, 0, 2));
