@@ -36,8 +36,8 @@ using message_store_actor = caf::typed_actor<
   replies_to<atom::inventory>::with<std::vector<std::string>>,
   /// Adds a listener for new messages.
   reacts_to<atom::subscribe, message_listener_actor>,
-  /// Internal: commit the pending appends as one transaction.
-  reacts_to<atom::flush>>;
+  /// Internal: commit the pending appends as one transaction (if the round still matches).
+  reacts_to<atom::flush, uint64_t>>;
 
 /// CCN: the first content store (sha256-named blobs + LMDB index).
 using content_store_actor = caf::typed_actor<

@@ -1,6 +1,7 @@
 #include "actors/message_store.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -16,8 +17,11 @@ using self_ptr = message_store_actor::stateful_pointer<message_store_state>;
 void commit_pending(self_ptr self) {
   auto& st = self->state;
   st.flush_scheduled = false;
+  st.linger_armed = false;
+  ++st.round;
   if (st.pending.empty())
     return;
+  auto started = std::chrono::steady_clock::now();
   auto batch = std::move(st.pending);
   st.pending.clear();
   st.pending_hashes.clear();
@@ -48,6 +52,8 @@ void commit_pending(self_ptr self) {
   }
   st.next_seq = seq;
   ++st.commits;
+  st.last_batch = batch.size();
+  st.last_commit = std::chrono::steady_clock::now() - started;
   for (size_t i = 0; i < batch.size(); ++i) {
     auto& [msg, rp] = batch[i];
     rp.deliver(append_result{msg.item_hash, "processed", duplicate[i]});
@@ -88,14 +94,25 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
       st.pending.emplace_back(std::move(msg), rp);
       if (!st.group_commit) {
         commit_pending(self);
-      } else if (!st.flush_scheduled) {
-        // Appends already in the mailbox land before this flush: one commit for all.
-        st.flush_scheduled = true;
-        self->send(self, atom::flush_v);
+      } else if (st.pending.size() >= std::max<size_t>(st.last_batch, 1)) {
+        // As many as last time: commit now. Appends already in the mailbox land before
+        // this flush, so they join the same transaction.
+        if (!st.flush_scheduled) {
+          st.flush_scheduled = true;
+          self->send(self, atom::flush_v, st.round);
+        }
+      } else if (!st.linger_armed && !st.flush_scheduled) {
+        st.linger_armed = true;
+        auto wait = std::clamp<caf::timespan>(st.last_commit, std::chrono::microseconds{50},
+                                              std::chrono::milliseconds{2});
+        self->delayed_send(self, wait, atom::flush_v, st.round);
       }
       return rp;
     },
-    [=](atom::flush) { commit_pending(self); },
+    [=](atom::flush, uint64_t round) {
+      if (round == self->state.round)
+        commit_pending(self);
+    },
     [=](atom::get, const std::string& hash) -> caf::result<stored_message> {
       auto& st = self->state;
       lmdb::txn t{*st.env, false};

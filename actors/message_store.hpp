@@ -1,5 +1,9 @@
 // CCN: the durable message log. Appends are committed in groups: every append
 // that arrives while a commit runs shares the next transaction (and its fsync).
+// After a commit of N appends the next commit waits until N are pending again,
+// but never longer than the last commit took: concurrent clients that were
+// just answered get into the same transaction instead of splitting into two.
+// A lone writer (N = 1) never waits.
 #pragma once
 
 #include <memory>
@@ -20,7 +24,11 @@ struct message_store_state {
   MDB_dbi by_seq = 0;  ///< big-endian sequence -> item_hash
   uint64_t next_seq = 1;
   bool group_commit = true;
-  bool flush_scheduled = false;
+  bool flush_scheduled = false; ///< an immediate flush is in the mailbox
+  bool linger_armed = false;    ///< a delayed flush is on the clock
+  uint64_t round = 0;           ///< bumps at every commit; stale flushes are ignored
+  size_t last_batch = 0;        ///< appends in the previous commit
+  caf::timespan last_commit{0}; ///< how long the previous commit took
   std::vector<std::pair<stored_message, caf::typed_response_promise<append_result>>> pending;
   std::unordered_set<std::string> pending_hashes;
   std::vector<message_listener_actor> listeners;

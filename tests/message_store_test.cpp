@@ -68,6 +68,45 @@ TEST_F(message_store_test, concurrent_appends_share_one_commit) {
   EXPECT_EQ(state_of<message_store_state>(store).commits, 1u);
 }
 
+TEST_F(message_store_test, after_a_busy_commit_the_next_waits_briefly_for_company) {
+  auto store = spawn(message_store, env, true);
+  std::vector<std::shared_ptr<reply<append_result>>> first;
+  for (int i = 0; i < 4; ++i)
+    first.push_back(ask_later<append_result>(store, atom::append_v, msg("b" + std::to_string(i))));
+  sched.run();
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 1u);
+  // One append alone after a commit of four: it waits (at most one commit's time).
+  auto lone = ask_later<append_result>(store, atom::append_v, msg("lone"));
+  sched.run();
+  EXPECT_FALSE(lone->done);
+  // Company arrives: with four pending again the commit goes at once.
+  std::vector<std::shared_ptr<reply<append_result>>> more;
+  for (int i = 0; i < 3; ++i)
+    more.push_back(ask_later<append_result>(store, atom::append_v, msg("c" + std::to_string(i))));
+  sched.run();
+  EXPECT_TRUE(lone->done);
+  for (auto& r : more)
+    EXPECT_TRUE(r->done);
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 2u);
+  // A lone append with nobody else coming is committed when the short wait ends.
+  auto last = ask_later<append_result>(store, atom::append_v, msg("last"));
+  sched.run();
+  EXPECT_FALSE(last->done);
+  advance(std::chrono::milliseconds(2));
+  ASSERT_TRUE(last->done);
+  EXPECT_TRUE(last->value) << describe(last->error);
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 3u);
+}
+
+TEST_F(message_store_test, a_lone_writer_never_waits) {
+  auto store = spawn(message_store, env, true);
+  for (int i = 0; i < 3; ++i) {
+    auto r = ask<append_result>(store, atom::append_v, msg("w" + std::to_string(i)));
+    EXPECT_TRUE(r.done) << "append " << i << " waited without concurrency";
+  }
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 3u);
+}
+
 TEST_F(message_store_test, without_group_commit_every_append_commits) {
   auto store = spawn(message_store, env, false);
   std::vector<std::shared_ptr<reply<append_result>>> replies;
