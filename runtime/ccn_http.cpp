@@ -75,6 +75,10 @@ std::optional<std::string> multipart_file(const std::string& content_type, const
 
 void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
                   const http::responder& respond) {
+  if (req.body.size() > ctx->max_message_bytes) {
+    respond(http::json_error(413, "message too large (limit " + std::to_string(ctx->max_message_bytes) + " bytes)"));
+    return;
+  }
   auto parsed = aleph::parse_message(std::string_view{req.body});
   if (!parsed.ok() && parsed.error.field == "type") {
     // pyaleph's envelope {"sync": …, "message": {…}} is accepted as well as a bare message.

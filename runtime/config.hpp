@@ -29,6 +29,7 @@ struct settings {
   std::chrono::milliseconds failure_timeout{5000};
   std::vector<std::string> peers;
   uint64_t max_file_size = 100ull << 20;
+  uint64_t max_message_size = 1ull << 20;
   bool group_commit = true;
   // [crn]
   std::vector<std::string> ccn;

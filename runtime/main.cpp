@@ -1,5 +1,7 @@
 // alephd: one binary, several roles.
 #include <csignal>
+
+#include <unistd.h>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -47,6 +49,7 @@ sigset_t block_signals() {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1); // raised by the watchdog when a node actor failed
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return set;
 }
@@ -75,18 +78,20 @@ int run(const std::string& role, const settings& s_in) {
   caf::actor_system_config cfg;
   configure_actor_system(cfg, s);
   caf::actor_system sys{cfg};
+  // A failed actor breaks the node: wake main, which stops everything and exits 1.
+  auto on_fatal = [](const std::string&) { ::kill(::getpid(), SIGUSR1); };
   std::unique_ptr<ccn_node_runtime> ccn;
   std::vector<std::unique_ptr<crn_node_runtime>> crns;
   std::string err;
   if (role == "ccn") {
-    ccn = std::make_unique<ccn_node_runtime>();
+    ccn = std::make_unique<ccn_node_runtime>(on_fatal);
     err = ccn->start(sys, s, true);
     if (err.empty())
       std::cout << "READY role=ccn id=" << ccn->id() << " http=" << s.http_host << ':'
                 << ccn->http_port() << " node=" << s.node_host << ':' << ccn->node_port()
                 << std::endl;
   } else if (role == "crn") {
-    crns.push_back(std::make_unique<crn_node_runtime>());
+    crns.push_back(std::make_unique<crn_node_runtime>(on_fatal));
     err = crns[0]->start(sys, s);
     if (err.empty())
       std::cout << "READY role=crn id=" << crns[0]->id() << " http=" << s.http_host << ':'
@@ -99,7 +104,7 @@ int run(const std::string& role, const settings& s_in) {
     cs.node_port = static_cast<int32_t>(s.port_base + 5);
     if (cs.name.empty())
       cs.name = "dev-ccn";
-    ccn = std::make_unique<ccn_node_runtime>();
+    ccn = std::make_unique<ccn_node_runtime>(on_fatal);
     err = ccn->start(sys, cs, true);
     std::string table;
     if (err.empty()) {
@@ -112,7 +117,7 @@ int run(const std::string& role, const settings& s_in) {
       rs.data_dir = base + "/crn-" + std::to_string(i);
       rs.http_port = static_cast<int32_t>(s.port_base + i);
       rs.name = "dev-crn-" + std::to_string(i);
-      crns.push_back(std::make_unique<crn_node_runtime>());
+      crns.push_back(std::make_unique<crn_node_runtime>(on_fatal));
       err = crns.back()->start(sys, rs, {ccn->node()});
       if (err.empty())
         table += "  CRN  " + crns.back()->id() + "  http://" + s.http_host + ":"
@@ -131,7 +136,12 @@ int run(const std::string& role, const settings& s_in) {
     rc = 1;
   } else {
     auto sig = wait_for_signal(sigs);
-    spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (sig == SIGUSR1) {
+      std::cerr << "alephd: a node actor failed; exiting (see the log above)\n";
+      rc = 1;
+    } else {
+      spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    }
   }
   for (auto& c : crns)
     c->stop();

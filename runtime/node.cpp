@@ -74,7 +74,8 @@ std::unique_ptr<http::server> start_http(const settings& s, uint16_t port, http:
   o.host = s.http_host;
   o.port = port;
   o.threads = s.http_threads;
-  o.max_body_bytes = s.max_file_size + (1 << 20); // room for multipart framing
+  // Room for multipart framing around the largest file.
+  o.max_body_bytes = std::max(s.max_file_size, s.max_message_size) + (1 << 20);
   o.server_name = std::string{"alephd/"} + ALEPHD_VERSION;
   auto srv = std::make_unique<http::server>(o, std::move(h));
   err = srv->start();
@@ -82,6 +83,31 @@ std::unique_ptr<http::server> start_http(const settings& s, uint16_t port, http:
 }
 
 } // namespace
+
+namespace {
+
+// Monitors a node's actors: one that ends for any reason but a shutdown breaks the node.
+caf::behavior watchdog(caf::event_based_actor* self, std::string node, std::vector<caf::actor> watched,
+                       fatal_handler on_fatal) {
+  for (auto& a : watched)
+    self->monitor(a);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (dm.reason == caf::exit_reason::user_shutdown || dm.reason == caf::exit_reason::normal)
+      return;
+    auto what = node + ": an actor failed (" + describe(dm.reason) + ")";
+    spdlog::critical("{}; stopping the node", what);
+    if (on_fatal)
+      on_fatal(what);
+  });
+  return {[](caf::unit_t) {}};
+}
+
+} // namespace
+
+caf::actor spawn_watchdog(caf::actor_system& sys, std::string node, std::vector<caf::actor> watched,
+                          fatal_handler on_fatal) {
+  return sys.spawn(watchdog, std::move(node), std::move(watched), std::move(on_fatal));
+}
 
 std::string load_or_create_node_id(const std::string& dir, std::string& err) {
   std::error_code ec;
@@ -107,7 +133,8 @@ std::string load_or_create_node_id(const std::string& dir, std::string& err) {
 
 // ---- CCN ---------------------------------------------------------------------------------------
 
-ccn_node_runtime::ccn_node_runtime() = default;
+ccn_node_runtime::ccn_node_runtime(fatal_handler on_fatal) : on_fatal_(std::move(on_fatal)) {
+}
 
 ccn_node_runtime::~ccn_node_runtime() {
   stop();
@@ -149,6 +176,11 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
   node_ = sys.spawn(ccn_node, id_, registry_, peer_);
+  watchdog_ = spawn_watchdog(sys, "ccn " + id_,
+                             {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
+                              caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),
+                              caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(node_)},
+                             on_fatal_);
   std::string node_endpoint = "in-process";
   if (publish) {
     auto port = s.node_port < 0 ? 4025 : s.node_port;
@@ -172,6 +204,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->name = s.name.empty() ? "ccn-" + id_.substr(0, 8) : s.name;
   ctx->node_endpoint = node_endpoint;
   ctx->max_file_bytes = s.max_file_size;
+  ctx->max_message_bytes = s.max_message_size;
   ctx->started = gateway::now_seconds();
   auto port = s.http_port < 0 ? 4024 : s.http_port;
   auto ready = std::make_shared<std::atomic<bool>>(false);
@@ -190,6 +223,9 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
 void ccn_node_runtime::stop() {
   if (sys_ == nullptr)
     return;
+  if (watchdog_)
+    caf::anon_send_exit(watchdog_, caf::exit_reason::user_shutdown);
+  watchdog_ = nullptr;
   if (http_)
     http_->stop();
   if (node_port_ != 0) {
@@ -213,7 +249,8 @@ void ccn_node_runtime::stop() {
 
 // ---- CRN ---------------------------------------------------------------------------------------
 
-crn_node_runtime::crn_node_runtime() = default;
+crn_node_runtime::crn_node_runtime(fatal_handler on_fatal) : on_fatal_(std::move(on_fatal)) {
+}
 
 crn_node_runtime::~crn_node_runtime() {
   stop();
@@ -265,6 +302,9 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   lc.heartbeat = s.heartbeat_interval;
   lc.failure_timeout = s.failure_timeout;
   link_ = sys.spawn(ccn_link, lc, broker_);
+  watchdog_ = spawn_watchdog(sys, "crn " + id_,
+                             {caf::actor_cast<caf::actor>(broker_), caf::actor_cast<caf::actor>(link_)},
+                             on_fatal_);
   ctx->sys = &sys;
   ctx->link = link_;
   ctx->broker = broker_;
@@ -285,6 +325,9 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
 void crn_node_runtime::stop() {
   if (sys_ == nullptr)
     return;
+  if (watchdog_)
+    caf::anon_send_exit(watchdog_, caf::exit_reason::user_shutdown);
+  watchdog_ = nullptr;
   if (http_)
     http_->stop();
   // The link first: it unlinks from its CCN on exit.

@@ -3,12 +3,15 @@
 // build nodes from these two classes.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "actors/interfaces.hpp"
 #include "runtime/config.hpp"
+
+#include <caf/actor.hpp>
 
 namespace caf {
 class actor_system;
@@ -24,12 +27,21 @@ namespace lmdb {
 class env;
 } // namespace lmdb
 
+/// Called when one of a node's actors ends for any reason but a shutdown; the node is then
+/// broken and the process should exit (and be restarted by its supervisor, e.g. systemd).
+using fatal_handler = std::function<void(const std::string&)>;
+
+/// Spawns an actor that monitors `watched` and calls `on_fatal` when one of them ends for any
+/// reason but a shutdown. Stop it (exit user_shutdown) before stopping the watched actors.
+caf::actor spawn_watchdog(caf::actor_system& sys, std::string node, std::vector<caf::actor> watched,
+                          fatal_handler on_fatal);
+
 /// Reads `dir/node-id`, creating it with a fresh random id on first start.
 std::string load_or_create_node_id(const std::string& dir, std::string& err);
 
 class ccn_node_runtime {
 public:
-  ccn_node_runtime();
+  explicit ccn_node_runtime(fatal_handler on_fatal = {});
   ~ccn_node_runtime();
   /// Starts every CCN actor, publishes the node port (when `publish`), starts HTTP.
   /// Returns an empty string or a one-line error.
@@ -54,11 +66,13 @@ private:
   ccn_node_actor node_;
   uint16_t node_port_ = 0;
   std::unique_ptr<http::server> http_;
+  fatal_handler on_fatal_;
+  caf::actor watchdog_;
 };
 
 class crn_node_runtime {
 public:
-  crn_node_runtime();
+  explicit crn_node_runtime(fatal_handler on_fatal = {});
   ~crn_node_runtime();
   /// Starts the CRN actors and HTTP. With `direct` the CRN links to in-process CCNs,
   /// else to `s.ccn` over the network.
@@ -76,6 +90,8 @@ private:
   job_broker_actor broker_;
   ccn_link_actor link_;
   std::unique_ptr<http::server> http_;
+  fatal_handler on_fatal_;
+  caf::actor watchdog_;
 };
 
 } // namespace alephd

@@ -25,6 +25,7 @@ struct ccn_context {
   std::string node_endpoint; ///< where CRNs and peers connect
   std::string http_endpoint;
   uint64_t max_file_bytes = 100ull << 20;
+  uint64_t max_message_bytes = 1ull << 20;
   double started = 0;
 };
 

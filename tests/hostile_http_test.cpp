@@ -152,6 +152,8 @@ TEST_F(hostile, oversize_and_truncated_bodies) {
   // The CCN accepts files up to 4096 bytes; HTTP bodies up to that plus 1 MiB of framing.
   expect_error(ccn_http, "POST", "/api/v0/storage/add_file", std::string(5000, 'x'), 413);
   expect_error(ccn_http, "POST", "/api/v0/messages", std::string(3u << 20, ' '), 413);
+  // Over ccn.max-message-size (1 MiB) but within the HTTP body limit.
+  expect_error(ccn_http, "POST", "/api/v0/messages", std::string((1u << 20) + 10, ' '), 413);
   // Content-Length promises more than is sent, then the client hangs up.
   raw_exchange(localhost, ccn_http,
                "POST /api/v0/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"type\"", 2s);
