@@ -24,7 +24,6 @@ void commit_pending(self_ptr self) {
   auto started = std::chrono::steady_clock::now();
   auto batch = std::move(st.pending);
   st.pending.clear();
-  st.pending_hashes.clear();
   lmdb::txn t{*st.env, true};
   int rc = t.status();
   auto seq = st.next_seq;
@@ -77,6 +76,11 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
     self->quit(make_error(ec::storage_failure, err));
     return message_store_actor::behavior_type::make_empty_behavior();
   }
+  // Appends already answered "pending" must not be dropped at shutdown: commit them first.
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    commit_pending(self);
+    self->quit(em.reason);
+  });
   {
     lmdb::txn t{*st.env, false};
     t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
@@ -87,10 +91,9 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
   return {
     [=](atom::append, stored_message& msg) -> caf::result<append_result> {
       auto& st = self->state;
-      if (st.pending_hashes.count(msg.item_hash) > 0)
-        return append_result{msg.item_hash, "processed", true};
+      // A duplicate, even of a pending append, is answered only after the commit that makes the
+      // first copy durable (MDB_NOOVERWRITE finds it within the same transaction).
       auto rp = self->make_response_promise<append_result>();
-      st.pending_hashes.insert(msg.item_hash);
       st.pending.emplace_back(std::move(msg), rp);
       if (!st.group_commit) {
         commit_pending(self);

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <memory>
-#include <unordered_set>
 #include <vector>
 
 #include <caf/typed_response_promise.hpp>
@@ -30,7 +29,6 @@ struct message_store_state {
   size_t last_batch = 0;        ///< appends in the previous commit
   caf::timespan last_commit{0}; ///< how long the previous commit took
   std::vector<std::pair<stored_message, caf::typed_response_promise<append_result>>> pending;
-  std::unordered_set<std::string> pending_hashes;
   std::vector<message_listener_actor> listeners;
   uint64_t commits = 0; ///< transactions committed (for tests and metrics)
 };

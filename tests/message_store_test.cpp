@@ -130,6 +130,37 @@ TEST_F(message_store_test, duplicate_is_acknowledged_and_not_published_twice) {
   EXPECT_EQ(state_of<recorder_state>(rec).seen.size(), 1u);
 }
 
+TEST_F(message_store_test, a_duplicate_of_a_pending_append_waits_for_its_commit) {
+  auto store = spawn(message_store, env, true);
+  auto first = ask_later<append_result>(store, atom::append_v, msg("same"));
+  auto second = ask_later<append_result>(store, atom::append_v, msg("same"));
+  sched.run();
+  ASSERT_TRUE(first->value && second->value);
+  EXPECT_FALSE(first->value->duplicate);
+  EXPECT_TRUE(second->value->duplicate);
+  EXPECT_EQ(state_of<message_store_state>(store).commits, 1u);
+  auto page = ask<message_page>(store, atom::list_v, message_query{});
+  EXPECT_EQ(page.value->total, 1u) << "a duplicate must not get a second sequence entry";
+}
+
+TEST_F(message_store_test, pending_appends_are_committed_when_the_store_stops) {
+  auto store = spawn(message_store, env, true);
+  for (int i = 0; i < 4; ++i)
+    ask_later<append_result>(store, atom::append_v, msg("warm" + std::to_string(i)));
+  sched.run();
+  // The next lone append waits for company; a shutdown must commit it, not drop it.
+  auto lone = ask_later<append_result>(store, atom::append_v, msg("at-exit"));
+  sched.run();
+  ASSERT_FALSE(lone->done);
+  caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+  sched.run();
+  ASSERT_TRUE(lone->done);
+  EXPECT_TRUE(lone->value) << describe(lone->error);
+  owned.clear();
+  auto reopened = spawn(message_store, env, true);
+  EXPECT_TRUE(ask<stored_message>(reopened, atom::get_v, std::string{"at-exit"}).value);
+}
+
 TEST_F(message_store_test, list_filters_by_type_and_sender_newest_first_with_pages) {
   auto store = spawn(message_store, env, true);
   for (int i = 0; i < 5; ++i)
