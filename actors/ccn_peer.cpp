@@ -7,6 +7,8 @@
 #include <caf/io/middleman.hpp>
 #include <spdlog/spdlog.h>
 
+#include "messages/aleph_message.hpp"
+
 namespace alephd {
 
 namespace {
@@ -43,18 +45,25 @@ void push_file(self_ptr self, const caf::actor& to, const std::string& hash) {
 void sync_with(self_ptr self, const caf::actor& to, const peer_inventory& theirs) {
   std::set<std::string> their_msgs(theirs.messages.begin(), theirs.messages.end());
   std::set<std::string> their_files(theirs.files.begin(), theirs.files.end());
+  auto log_error = [](caf::error& err) {
+    spdlog::warn("ccn_peer: cannot list what to send a peer: {}", describe(err));
+  };
   self->request(self->state.messages, request_timeout, atom::inventory_v)
-    .then([=](const std::vector<std::string>& ours) {
-      for (auto& h : ours)
-        if (their_msgs.count(h) == 0)
-          push_message(self, to, h);
-    });
+    .then(
+      [=](const std::vector<std::string>& ours) {
+        for (auto& h : ours)
+          if (their_msgs.count(h) == 0)
+            push_message(self, to, h);
+      },
+      log_error);
   self->request(self->state.files, request_timeout, atom::inventory_v)
-    .then([=](const std::vector<std::string>& ours) {
-      for (auto& h : ours)
-        if (their_files.count(h) == 0)
-          push_file(self, to, h);
-    });
+    .then(
+      [=](const std::vector<std::string>& ours) {
+        for (auto& h : ours)
+          if (their_files.count(h) == 0)
+            push_file(self, to, h);
+      },
+      log_error);
 }
 
 void add_peer(self_ptr self, const std::string& id, const caf::actor& handle,
@@ -150,6 +159,9 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
     self->send(self, atom::tick_v);
   return {
     [=](atom::published, const stored_message& msg) {
+      // Peers form a full mesh: forward only what this CCN accepted, never echo.
+      if (msg.origin != self->state.cfg.ccn_id)
+        return;
       for (auto& [id, p] : self->state.peers)
         if (p.up)
           self->send(as_peer(p.handle), atom::replicate_v, msg);
@@ -169,7 +181,9 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         self->request(as_peer(peer), request_timeout, atom::hello_v, st.cfg.ccn_id,
                       caf::actor_cast<caf::actor>(self))
           .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
-                [=](caf::error&) {});
+                [=](caf::error& err) {
+                  spdlog::warn("ccn_peer: hello back to {} failed: {}", peer_id, describe(err));
+                });
       }
       auto rp = self->make_response_promise<peer_inventory>();
       auto inv = std::make_shared<peer_inventory>();
@@ -188,6 +202,14 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
       return rp;
     },
     [=](atom::replicate, stored_message& msg) {
+      // A peer's message is checked like a client's: schema and item hash.
+      auto parsed = aleph::parse_message(std::string_view{msg.json});
+      if (!parsed.ok() || parsed.msg->item_hash != msg.item_hash
+          || aleph::to_string(parsed.msg->type) != msg.type) {
+        spdlog::warn("ccn_peer: refused an invalid replicated message {}: {} {}",
+                     msg.item_hash.substr(0, 80), parsed.error.field, parsed.error.reason);
+        return;
+      }
       self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
         .then([](const append_result&) {},
               [=](caf::error& err) {

@@ -18,6 +18,8 @@ double now_seconds() {
   return duration<double>(system_clock::now().time_since_epoch()).count();
 }
 
+// `expected` is the hash a replicated blob must have; replicated files are not announced to
+// listeners again (peers form a full mesh, so nobody needs an echo).
 caf::result<file_info> store(self_ptr self, std::string_view data, std::string_view expected) {
   auto& st = self->state;
   if (st.max_bytes > 0 && data.size() > st.max_bytes)
@@ -41,8 +43,9 @@ caf::result<file_info> store(self_ptr self, std::string_view data, std::string_v
       rc = t.commit();
     if (rc != 0)
       return make_error(ec::storage_failure, "cannot index file: " + lmdb::error_text(rc));
-    for (auto& l : st.listeners)
-      self->send(l, atom::stored_v, info);
+    if (expected.empty())
+      for (auto& l : st.listeners)
+        self->send(l, atom::stored_v, info);
   }
   return info;
 }

@@ -21,7 +21,7 @@ using message_listener_actor = caf::typed_actor<
 
 /// Anything that wants to hear about newly stored files.
 using file_listener_actor = caf::typed_actor<
-  /// A file was stored (locally or from a peer).
+  /// A file was uploaded to this node (not one replicated from a peer).
   reacts_to<atom::stored, file_info>>;
 
 /// CCN: the durable message log (LMDB, group commit).

@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/job_broker.hpp"
 #include "messages/aleph_message.hpp"
 #include "messages/codec.hpp"
 
@@ -18,15 +19,20 @@ bool holds_resources(const scheduled_workload& w) {
   return !w.crn_id.empty() && (w.state == "allocating" || w.state == "allocated");
 }
 
-// What the workloads placed on `crn_id` use.
-std::pair<uint64_t, uint64_t> used_by(const scheduler_state& st, const std::string& crn_id) {
-  uint64_t vcpus = 0, memory = 0;
+// The workloads placed on `crn_id`, as the CRN's job_broker would count them.
+std::map<std::string, execution_entry> placed_on(const scheduler_state& st, const std::string& crn_id) {
+  std::map<std::string, execution_entry> out;
   for (auto& [hash, w] : st.workloads)
-    if (w.crn_id == crn_id && holds_resources(w)) {
-      vcpus += w.alloc.vcpus;
-      memory += w.alloc.memory_mib;
-    }
-  return {vcpus, memory};
+    if (w.crn_id == crn_id && holds_resources(w))
+      out.emplace(hash, execution_entry{w.alloc, vm_supervisor_actor{}, false});
+  return out;
+}
+
+uint64_t used_memory(const std::map<std::string, execution_entry>& placed) {
+  uint64_t n = 0;
+  for (auto& [hash, e] : placed)
+    n += e.alloc.memory_mib;
+  return n;
 }
 
 void persist(self_ptr self, const scheduled_workload& w) {
@@ -102,21 +108,30 @@ void place(self_ptr self, const std::string& hash) {
   auto& w = wi->second;
   crn_slot* best = nullptr;
   uint64_t best_free = 0;
+  std::string refusal;
   for (auto& [id, c] : st.crns) {
     if (c.state != link_state::linked || w.refused_by.count(id) > 0)
       continue;
-    auto [vcpus, memory] = used_by(st, id);
-    auto vcpu_cap = static_cast<uint64_t>(c.info.vcpus * st.cfg.vcpu_overcommit);
-    if (vcpus + w.alloc.vcpus > vcpu_cap || memory + w.alloc.memory_mib > c.info.memory_mib)
+    // The same admission rule as the CRN's job_broker, so that a placement is not refused.
+    job_broker_config capacity;
+    capacity.cores = c.info.vcpus;
+    capacity.memory_mib = c.info.memory_mib;
+    capacity.disk_mib = c.info.disk_mib;
+    capacity.vcpu_overcommit = st.cfg.vcpu_overcommit;
+    auto placed = placed_on(st, id);
+    if (auto why = admission_refusal(capacity, placed, w.alloc); !why.empty()) {
+      refusal = why;
       continue;
-    auto free = c.info.memory_mib - memory;
+    }
+    auto used = used_memory(placed);
+    auto free = c.info.memory_mib > used ? c.info.memory_mib - used : 0;
     if (best == nullptr || free > best_free) {
       best = &c;
       best_free = free;
     }
   }
   if (best == nullptr) {
-    w.detail = "no linked CRN has enough free memory and vCPUs";
+    w.detail = refusal.empty() ? "no linked CRN" : refusal + " (on every linked CRN)";
     arm_retry(self);
     return;
   }

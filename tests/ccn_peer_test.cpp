@@ -3,6 +3,9 @@
 #include "actors/crn_registry.hpp"
 #include "actors/message_store.hpp"
 
+#include <nlohmann/json.hpp>
+
+#include "messages/aleph_message.hpp"
 #include "tests/caf_fixture.hpp"
 
 using namespace alephd;
@@ -10,14 +13,27 @@ using namespace alephd::test;
 
 namespace {
 
-stored_message msg(std::string hash, std::string origin) {
+// A valid POST message whose content carries `text`; its item_hash is derived from it.
+stored_message msg(const std::string& text, std::string origin) {
+  nlohmann::ordered_json j{{"chain", "ETH"},
+                           {"sender", "0xA"},
+                           {"type", "POST"},
+                           {"item_type", "inline"},
+                           {"time", 1700000000},
+                           {"content", {{"address", "0xA"}, {"time", 1700000000}, {"text", text}}}};
+  auto parsed = aleph::parse_message(j);
+  EXPECT_TRUE(parsed.ok()) << parsed.error.field << ": " << parsed.error.reason;
   stored_message m;
-  m.item_hash = std::move(hash);
+  m.item_hash = parsed.msg->item_hash;
   m.type = "POST";
   m.sender = "0xA";
   m.origin = std::move(origin);
-  m.json = "{}";
+  m.json = aleph::to_json(*parsed.msg).dump();
   return m;
+}
+
+std::string hash_of(const std::string& text) {
+  return msg(text, "").item_hash;
 }
 
 // One CCN's stores, peer actor and entry actor in the shared deterministic system.
@@ -71,10 +87,10 @@ TEST_F(ccn_peer_test, new_messages_and_files_are_pushed_to_the_peer) {
   sched.run();
   ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("m1", "ccn-a")).value);
   sched.run();
-  EXPECT_TRUE(has_message(*b, "m1"));
+  EXPECT_TRUE(has_message(*b, hash_of("m1")));
   ASSERT_TRUE(ask<append_result>(b->messages, atom::append_v, msg("m2", "ccn-b")).value);
   sched.run();
-  EXPECT_TRUE(has_message(*a, "m2")) << "replication must work in both directions";
+  EXPECT_TRUE(has_message(*a, hash_of("m2"))) << "replication must work in both directions";
   auto f = ask<file_info>(a->files, atom::put_v, std::string{"file body"});
   ASSERT_TRUE(f.value);
   sched.run();
@@ -82,7 +98,7 @@ TEST_F(ccn_peer_test, new_messages_and_files_are_pushed_to_the_peer) {
   ASSERT_TRUE(got.value);
   EXPECT_EQ(got.value->data, "file body");
   // The origin is kept, so only the accepting CCN schedules a workload.
-  EXPECT_EQ(ask<stored_message>(b->messages, atom::get_v, std::string{"m1"}).value->origin, "ccn-a");
+  EXPECT_EQ(ask<stored_message>(b->messages, atom::get_v, hash_of("m1")).value->origin, "ccn-a");
 }
 
 TEST_F(ccn_peer_test, peers_swap_what_the_other_lacks_when_they_meet) {
@@ -94,12 +110,43 @@ TEST_F(ccn_peer_test, peers_swap_what_the_other_lacks_when_they_meet) {
   // A third CCN meets A: it gets A's history. A and B then meet through a fresh peer actor.
   auto c = make("ccn-c", {a->node});
   sched.run();
-  EXPECT_TRUE(has_message(*c, "old-a"));
+  EXPECT_TRUE(has_message(*c, hash_of("old-a")));
   EXPECT_EQ(ask<std::vector<std::string>>(c->files, atom::inventory_v).value->size(), 1u);
   auto b_peer = spawn(ccn_peer, ccn_peer_config{"ccn-b", {}, {a->node}}, b_only->messages, b_only->files);
   sched.run();
-  EXPECT_TRUE(has_message(*b_only, "old-a"));
-  EXPECT_TRUE(has_message(*a, "old-b"));
+  EXPECT_TRUE(has_message(*b_only, hash_of("old-a")));
+  EXPECT_TRUE(has_message(*a, hash_of("old-b")));
+}
+
+TEST_F(ccn_peer_test, replicated_items_are_not_echoed_back) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node});
+  sched.run();
+  ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("once", "ccn-a")).value);
+  ASSERT_TRUE(ask<file_info>(a->files, atom::put_v, std::string{"once"}).value);
+  sched.run();
+  ASSERT_TRUE(has_message(*b, hash_of("once")));
+  // A committed exactly once: B did not send the message back.
+  EXPECT_EQ(state_of<message_store_state>(a->messages).commits, 1u);
+  EXPECT_EQ(ask<std::vector<std::string>>(b->files, atom::inventory_v).value->size(), 1u);
+}
+
+TEST_F(ccn_peer_test, a_forged_replicated_message_is_refused) {
+  auto a = make("ccn-a");
+  auto forged = msg("real", "ccn-x");
+  forged.item_hash = std::string(64, 'a'); // does not match the content
+  caf::anon_send(a->peer, atom::replicate_v, forged);
+  auto garbage = msg("x", "ccn-x");
+  garbage.json = "{\"not\": \"a message\"}";
+  garbage.item_hash = hash_of("garbage");
+  caf::anon_send(a->peer, atom::replicate_v, garbage);
+  sched.run();
+  EXPECT_FALSE(has_message(*a, forged.item_hash));
+  EXPECT_FALSE(has_message(*a, garbage.item_hash));
+  // A valid one from the same peer is stored.
+  caf::anon_send(a->peer, atom::replicate_v, msg("valid", "ccn-x"));
+  sched.run();
+  EXPECT_TRUE(has_message(*a, hash_of("valid")));
 }
 
 TEST_F(ccn_peer_test, list_shows_peers_and_marks_a_dead_one_down) {

@@ -99,13 +99,17 @@ stored_message persistent_program() {
   return stored(std::move(doc));
 }
 
-crn_info crn(const std::string& id, uint64_t memory_mib, uint32_t vcpus = 8) {
+// Host memory reserved by aleph-vm's admission rule (host 2048 + programs 8192 MiB).
+constexpr uint64_t reserved_mib = 2048 + 8192;
+
+// A CRN whose instance bucket holds `instance_mib` (its host has that plus the reserve).
+crn_info crn(const std::string& id, uint64_t instance_mib, uint32_t vcpus = 8) {
   crn_info info;
   info.id = id;
   info.name = id;
   info.address = "http://" + id;
   info.vcpus = vcpus;
-  info.memory_mib = memory_mib;
+  info.memory_mib = instance_mib + reserved_mib;
   info.disk_mib = 1000000;
   return info;
 }
@@ -556,6 +560,23 @@ TEST_F(scheduler_restart_test, a_restored_placement_holds_its_memory_on_the_retu
   publish(other);
   EXPECT_EQ(placement_of(other.item_hash)->state, "pending")
     << "the restored workload's memory must be counted on its CRN";
+}
+
+} // namespace
+
+namespace {
+
+TEST_F(scheduler_test, a_host_too_small_for_instances_gets_no_allocation_it_would_refuse) {
+  add_crn("small", 0);
+  infos["small"].memory_mib = 8192; // below the 10 GiB reserve: no instance bucket at all
+  node_event("small", link_state::linked);
+  auto m = instance();
+  publish(m);
+  auto ps = placements();
+  ASSERT_EQ(ps.size(), 1u);
+  EXPECT_EQ(ps[0].state, "pending");
+  EXPECT_NE(ps[0].detail.find("Insufficient capacity"), std::string::npos) << ps[0].detail;
+  EXPECT_TRUE(allocations_at("small").empty());
 }
 
 } // namespace
