@@ -4,7 +4,9 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
+#include <tuple>
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
@@ -22,13 +24,25 @@ http::response error_response(const caf::error& err);
 http::response json(unsigned status, const nlohmann::json& body);
 
 /// Asks `dst` with `xs...` and calls `on_ok` (a lambda with the reply's types) with the reply;
-/// an error or a timeout answers through `respond` as error_response().
+/// an error or a timeout answers through `respond` as error_response(), and so does `dst`
+/// ending before it replied (503 at once, so that a shutdown never waits for the timeout).
+/// The arguments are moved into the request, never copied (uploads can be large).
 template <class Handle, class OnOk, class... Ts>
 void ask(caf::actor_system& sys, const Handle& dst, std::chrono::milliseconds timeout,
-         const http::responder& respond, OnOk on_ok, Ts... xs) {
+         const http::responder& respond, OnOk on_ok, Ts&&... xs) {
+  auto args = std::make_shared<std::tuple<std::decay_t<Ts>...>>(std::forward<Ts>(xs)...);
   sys.spawn([=](caf::event_based_actor* self) {
-    self->request(dst, timeout, xs...)
-      .then(on_ok, [respond](caf::error& err) { respond(error_response(err)); });
+    self->monitor(dst);
+    self->set_down_handler([=](caf::down_msg&) {
+      respond(http::json_error(503, "the node is shutting down"));
+      self->quit();
+    });
+    std::apply(
+      [&](auto&... ys) {
+        self->request(dst, timeout, std::move(ys)...)
+          .then(on_ok, [respond](caf::error& err) { respond(error_response(err)); });
+      },
+      *args);
   });
 }
 

@@ -1,6 +1,8 @@
 // Real alephd processes on loopback ports the OS chooses: topology, failure
 // detection, durability across kill -9, CCN replication, CRN fail-over, dev.
+#include <atomic>
 #include <csignal>
+#include <mutex>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -187,36 +189,54 @@ TEST_F(cluster, frozen_crn_is_down_within_failure_timeout_and_returns) {
   auto t0 = std::chrono::steady_clock::now();
   crn.signal(SIGSTOP);
   // failure-timeout (1 s) + one heartbeat (200 ms) + the detector's half-heartbeat tick.
-  ASSERT_TRUE(eventually([&] { return crn_states(http)["frozen"] == "down"; }, 2500ms));
+  ASSERT_TRUE(eventually([&] { return crn_states(http)["frozen"] == "down"; }, 3000ms));
   auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
   std::cerr << "SIGSTOPped CRN seen down after " << took.count() << " ms\n";
-  // Its last heartbeat may precede SIGSTOP by up to one interval (200 ms).
-  EXPECT_GE(took.count(), 1000 - 200 - 50) << "declared down before failure-timeout";
+  // Its last heartbeat may precede SIGSTOP by an interval or more on a loaded machine.
+  EXPECT_GE(took.count(), 500) << "declared down long before failure-timeout";
   EXPECT_EQ(crn_states(http)["other"], "linked");
   crn.signal(SIGCONT);
   EXPECT_TRUE(eventually([&] { return crn_states(http)["frozen"] == "linked"; }, 10s));
 }
 
-TEST_F(cluster, acknowledged_messages_and_files_survive_kill9_of_the_ccn) {
-  auto* ccn = &start_ccn("ccn");
-  auto http = ccn->port("http");
-  // 8 concurrent clients, 25 messages each.
-  std::vector<std::string> acked;
+// 8 clients post until `stop` is set or each has sent `limit`; returns every acknowledged hash.
+struct posting_clients {
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> acked_count{0};
   std::mutex mtx;
-  std::vector<std::thread> clients;
-  for (int c = 0; c < 8; ++c)
-    clients.emplace_back([&, c] {
-      for (int i = 0; i < 25; ++i) {
-        auto h = post_message(http, message_json("m-" + std::to_string(c) + "-" + std::to_string(i)));
-        if (!h.empty()) {
+  std::vector<std::string> acked;
+  std::vector<std::thread> threads;
+
+  posting_clients(uint16_t port, const std::string& tag, int limit = 400) {
+    for (int c = 0; c < 8; ++c)
+      threads.emplace_back([this, port, tag, c, limit] {
+        for (int i = 0; i < limit && !stop; ++i) {
+          auto h = post_message(port, message_json(tag + "-" + std::to_string(c) + "-" + std::to_string(i)));
+          if (h.empty())
+            return; // the node is gone
           std::lock_guard<std::mutex> g{mtx};
           acked.push_back(h);
+          ++acked_count;
         }
-      }
-    });
-  for (auto& t : clients)
-    t.join();
-  ASSERT_EQ(acked.size(), 200u);
+      });
+  }
+
+  std::vector<std::string> join() {
+    stop = true;
+    for (auto& t : threads)
+      t.join();
+    threads.clear();
+    return acked;
+  }
+
+  ~posting_clients() {
+    join();
+  }
+};
+
+TEST_F(cluster, messages_acknowledged_before_a_kill9_survive_it) {
+  auto* ccn = &start_ccn("ccn");
+  auto http = ccn->port("http");
   std::string blob(300000, '\0');
   std::mt19937 rng{42};
   for (auto& ch : blob)
@@ -224,20 +244,40 @@ TEST_F(cluster, acknowledged_messages_and_files_survive_kill9_of_the_ccn) {
   auto up = http_request(localhost, http, "POST", "/api/v0/storage/add_file", blob, {}, 10s);
   ASSERT_EQ(up.status, 200) << up.body;
   auto file_hash = json::parse(up.body)["hash"].get<std::string>();
-
+  posting_clients clients{http, "kill"};
+  // Kill the CCN in the middle of the traffic, with requests in flight.
+  ASSERT_TRUE(eventually([&] { return clients.acked_count >= 150; }, 20s));
   ccn->kill9();
+  auto acked = clients.join();
   ccn = &start_ccn("ccn");
   http = ccn->port("http");
   for (auto& h : acked) {
     auto r = http_request(localhost, http, "GET", "/api/v0/messages/" + h, {}, {}, 5s);
     ASSERT_EQ(r.status, 200) << "lost acknowledged message " << h;
-    EXPECT_EQ(json::parse(r.body)["item_hash"], h);
   }
-  auto list = get_json(http, "/api/v0/messages?pagination=500");
-  EXPECT_EQ(list["pagination_total"], 200);
+  auto list = get_json(http, "/api/v0/messages?pagination=1");
+  EXPECT_GE(list["pagination_total"].get<size_t>(), acked.size());
   auto raw = http_request(localhost, http, "GET", "/api/v0/storage/raw/" + file_hash, {}, {}, 10s);
   ASSERT_EQ(raw.status, 200);
   EXPECT_TRUE(raw.body == blob) << "file content changed across kill -9";
+}
+
+TEST_F(cluster, sigterm_under_load_stops_promptly_and_keeps_what_was_acknowledged) {
+  auto* ccn = &start_ccn("ccn");
+  auto http = ccn->port("http");
+  posting_clients clients{http, "term"};
+  ASSERT_TRUE(eventually([&] { return clients.acked_count >= 150; }, 20s));
+  auto t0 = std::chrono::steady_clock::now();
+  ccn->signal(SIGTERM);
+  EXPECT_EQ(ccn->wait_exit(10s), 0) << ccn->log();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  EXPECT_LT(took.count(), 5000) << "SIGTERM under load took " << took.count() << " ms";
+  auto acked = clients.join();
+  ccn = &start_ccn("ccn");
+  http = ccn->port("http");
+  for (auto& h : acked)
+    ASSERT_EQ(http_request(localhost, http, "GET", "/api/v0/messages/" + h, {}, {}, 5s).status, 200)
+      << "lost acknowledged message " << h;
 }
 
 TEST_F(cluster, peer_ccns_replicate_messages_and_files_both_ways) {
@@ -300,7 +340,10 @@ TEST_F(cluster, crn_fails_over_to_its_second_ccn) {
   ASSERT_TRUE(cfg.is_object());
   EXPECT_EQ(cfg["ccn"]["endpoint"], node_endpoint(b));
   auto metrics = http_request(localhost, crn_http, "GET", "/metrics", {}, {}, 5s);
-  EXPECT_NE(metrics.body.find("alephd_ccn_reconnects_total 1"), std::string::npos) << metrics.body;
+  const std::string key = "\nalephd_ccn_reconnects_total ";
+  auto at = metrics.body.find(key);
+  ASSERT_NE(at, std::string::npos) << metrics.body;
+  EXPECT_GE(std::stoi(metrics.body.substr(at + key.size())), 1) << metrics.body;
 }
 
 TEST_F(cluster, crn_serves_while_no_ccn_is_reachable) {
