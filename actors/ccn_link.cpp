@@ -4,10 +4,11 @@
 #include <functional>
 
 #include <caf/all.hpp>
-#include <caf/io/middleman.hpp>
 #include <spdlog/spdlog.h>
 
-#include "actors/ccn_peer.hpp"
+#include "runtime/wall_clock.hpp"
+
+#include "actors/ccn_node.hpp"
 
 namespace alephd {
 
@@ -15,11 +16,6 @@ namespace {
 
 using self_ptr = ccn_link_actor::stateful_pointer<ccn_link_state>;
 using std::chrono::milliseconds;
-
-double wall_now() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
 
 size_t endpoint_count(const ccn_link_config& cfg) {
   return cfg.direct.empty() ? cfg.endpoints.size() : cfg.direct.size();
@@ -78,7 +74,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
               st.info.state = reg.state;
               st.info.ccn_id = ccn_id;
               st.info.ccn_endpoint = endpoint;
-              st.info.last_ack = wall_now();
+              st.info.last_ack = unix_seconds();
               if (reg.heartbeat_ms > 0)
                 st.cfg.heartbeat = milliseconds{reg.heartbeat_ms};
               spdlog::info("ccn_link {}: registered with CCN {} at {} as {}", st.cfg.info.id,
@@ -106,29 +102,17 @@ void connect(self_ptr self) {
     enroll(self, st.cfg.direct[i], name);
     return;
   }
-  std::string host;
-  uint16_t port = 0;
-  if (!split_endpoint(name, host, port)) {
-    fail(self, "malformed CCN endpoint " + name);
-    return;
-  }
   auto gen = st.generation;
-  auto mm = self->home_system().middleman().actor_handle();
-  self->request(mm, st.cfg.failure_timeout, caf::connect_atom::value, host, port)
-    .then(
-      [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
-        if (gen != self->state.generation)
-          return;
-        if (!ptr) {
-          fail(self, "nothing published at " + name);
-          return;
-        }
-        enroll(self, caf::actor_cast<ccn_node_actor>(ptr), name);
-      },
-      [=](caf::error& err) {
-        if (gen == self->state.generation)
-          fail(self, "cannot connect to CCN " + name + ": " + describe(err));
-      });
+  connect_ccn_node(
+    self, name, st.cfg.failure_timeout,
+    [=](const ccn_node_actor& node) {
+      if (gen == self->state.generation)
+        enroll(self, node, name);
+    },
+    [=](caf::error& err) {
+      if (gen == self->state.generation)
+        fail(self, "cannot connect to CCN " + name + ": " + describe(err));
+    });
 }
 
 void beat(self_ptr self) {
@@ -149,7 +133,7 @@ void beat(self_ptr self) {
         if (gen != st.generation)
           return;
         st.last_ack = self->clock().now();
-        st.info.last_ack = wall_now();
+        st.info.last_ack = unix_seconds();
         st.info.state = ack.state;
       },
       [=](caf::error& err) {

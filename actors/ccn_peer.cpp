@@ -1,11 +1,14 @@
 #include "actors/ccn_peer.hpp"
 
+#include "actors/ccn_node.hpp"
+
 #include <algorithm>
 #include <chrono>
 
 #include <caf/all.hpp>
-#include <caf/io/middleman.hpp>
 #include <spdlog/spdlog.h>
+
+#include "runtime/wall_clock.hpp"
 
 #include "messages/aleph_message.hpp"
 
@@ -15,11 +18,6 @@ namespace {
 
 using self_ptr = ccn_peer_actor::stateful_pointer<ccn_peer_state>;
 constexpr auto request_timeout = std::chrono::seconds(30);
-
-double wall_now() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
 
 ccn_peer_actor as_peer(const caf::actor& a) {
   return caf::actor_cast<ccn_peer_actor>(a);
@@ -72,7 +70,7 @@ void add_peer(self_ptr self, const std::string& id, const caf::actor& handle,
   if (p.handle && p.handle != handle)
     self->demonitor(p.handle);
   p.handle = handle;
-  p.since = wall_now();
+  p.since = unix_seconds();
   p.up = true;
   if (!endpoint.empty())
     p.endpoint = endpoint;
@@ -116,22 +114,10 @@ void connect_all(self_ptr self) {
   for (auto& ep : st.cfg.endpoints) {
     if (connected(self, ep) || st.connecting.count(ep) > 0)
       continue;
-    std::string host;
-    uint16_t port = 0;
-    if (!split_endpoint(ep, host, port))
-      continue;
     st.connecting.insert(ep);
-    auto mm = self->home_system().middleman().actor_handle();
-    self->request(mm, request_timeout, caf::connect_atom::value, host, port)
-      .then(
-        [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
-          if (!ptr) {
-            self->state.connecting.erase(ep);
-            return;
-          }
-          meet(self, caf::actor_cast<ccn_node_actor>(ptr), ep);
-        },
-        [=](caf::error&) { self->state.connecting.erase(ep); });
+    connect_ccn_node(
+      self, ep, request_timeout, [=](const ccn_node_actor& node) { meet(self, node, ep); },
+      [=](caf::error&) { self->state.connecting.erase(ep); });
   }
 }
 

@@ -38,11 +38,4 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
                                        ccn_peer_config cfg, message_store_actor messages,
                                        content_store_actor files);
 
-/// The actor a CCN publishes on its node port.
-ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string ccn_id,
-                                       crn_registry_actor registry, ccn_peer_actor peer);
-
-/// Splits "host:port"; false when malformed.
-bool split_endpoint(const std::string& s, std::string& host, uint16_t& port);
-
 } // namespace alephd

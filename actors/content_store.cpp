@@ -5,6 +5,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "runtime/wall_clock.hpp"
+
 #include "messages/codec.hpp"
 
 namespace alephd {
@@ -12,11 +14,6 @@ namespace alephd {
 namespace {
 
 using self_ptr = content_store_actor::stateful_pointer<content_store_state>;
-
-double now_seconds() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
 
 // `expected` is the hash a replicated blob must have; replicated files are not announced to
 // listeners again (peers form a full mesh, so nobody needs an echo).
@@ -31,7 +28,7 @@ caf::result<file_info> store(self_ptr self, std::string_view data, std::string_v
     return make_error(expected.empty() || hash == expected ? ec::storage_failure : ec::invalid,
                       err);
   }
-  file_info info{hash, data.size(), st.blobs->path_of(hash), now_seconds()};
+  file_info info{hash, data.size(), st.blobs->path_of(hash), unix_seconds()};
   lmdb::txn t{*st.env, true};
   file_info first;
   if (auto known = t.get(st.files, hash); known && codec::decode(*known, first)) {

@@ -3,6 +3,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "runtime/wall_clock.hpp"
+
 #include "messages/codec.hpp"
 
 namespace alephd {
@@ -10,11 +12,6 @@ namespace alephd {
 namespace {
 
 using self_ptr = crn_registry_actor::stateful_pointer<crn_registry_state>;
-
-double wall_now() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
 
 // Slots taken: linked CRNs plus the slots kept for CRNs that were linked before a restart.
 size_t taken_slots(const crn_registry_state& st) {
@@ -160,9 +157,9 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
       e.info = std::move(info);
       e.link = std::move(link);
       if (fresh)
-        e.registered = wall_now();
+        e.registered = unix_seconds();
       persist(self, e);
-      e.last_heartbeat = wall_now();
+      e.last_heartbeat = unix_seconds();
       e.last_seen = self->clock().now();
       self->monitor(e.link);
       if (e.state == link_state::unlinked || e.state == link_state::down)
@@ -180,7 +177,7 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
         return make_error(ec::not_found, "CRN " + hb.crn_id + " is not registered");
       auto& e = i->second;
       e.last_seen = self->clock().now();
-      e.last_heartbeat = wall_now();
+      e.last_heartbeat = unix_seconds();
       if (e.state == link_state::down)
         admit(self, e); // a frozen CRN that came back
       return heartbeat_ack{st.cfg.ccn_id, hb.seq, e.state};

@@ -5,16 +5,13 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "runtime/wall_clock.hpp"
+
 namespace alephd {
 
 namespace {
 
 using self_ptr = vm_supervisor_actor::stateful_pointer<vm_supervisor_state>;
-
-double wall_now() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
 
 // The behavior of a stopped execution: it can be read, stopping again is a
 // no-op, and a new allocation is a request in the wrong phase.
@@ -41,7 +38,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   info.vcpus = a.vcpus;
   info.memory_mib = a.memory_mib;
   info.disk_mib = a.disk_mib;
-  info.defined_at = wall_now();
+  info.defined_at = unix_seconds();
   info.phase = "preparing";
   info.preparing_at = info.defined_at;
   info.detail = "accepted; waiting for an executor (sandbox and microVM executors are not built yet)";
@@ -60,10 +57,10 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     [=](atom::stop) {
       auto& info = self->state.info;
       info.phase = "stopping";
-      info.stopping_at = wall_now();
+      info.stopping_at = unix_seconds();
       // Nothing was started yet, so stopping is immediate; cleanup is safe in any phase.
       info.phase = "stopped";
-      info.stopped_at = wall_now();
+      info.stopped_at = unix_seconds();
       info.detail = "stopped";
       self->become(stopped(self));
       return info;

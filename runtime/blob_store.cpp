@@ -88,14 +88,20 @@ std::string blob_store::write(std::string_view data, std::string& hash, std::str
   ::close(fd);
   auto dir = std::filesystem::path{final_path}.parent_path();
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  if (std::filesystem::create_directories(dir, ec))
+    fsync_path(root_, O_RDONLY | O_DIRECTORY); // the new shard directory's entry
+  if (ec) {
+    ::unlink(tmp.c_str());
+    return "cannot create " + dir.string() + ": " + ec.message();
+  }
   if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
     auto err = "cannot rename blob: " + errno_text();
     ::unlink(tmp.c_str());
     return err;
   }
   // The rename is durable only once the directory entry is.
-  fsync_path(dir.string(), O_RDONLY | O_DIRECTORY);
+  if (!fsync_path(dir.string(), O_RDONLY | O_DIRECTORY))
+    return "cannot fsync " + dir.string() + ": " + errno_text();
   return {};
 }
 

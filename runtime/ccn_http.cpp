@@ -4,6 +4,7 @@
 #include "messages/aleph_message.hpp"
 #include "runtime/blob_store.hpp"
 #include "runtime/gateway.hpp"
+#include "runtime/wall_clock.hpp"
 #include "runtime/routes.hpp"
 
 namespace alephd {
@@ -101,7 +102,7 @@ void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& 
   sm.sender = m.sender;
   sm.channel = m.channel;
   sm.time = m.time;
-  sm.received = gateway::now_seconds();
+  sm.received = unix_seconds();
   sm.origin = ctx->id;
   sm.json = aleph::to_json(m).dump(-1, ' ', false, json::error_handler_t::replace);
   ask(*ctx->sys, ctx->messages, timeout, respond,
@@ -246,7 +247,7 @@ void metrics(const std::shared_ptr<const ccn_context>& ctx, const http::responde
         std::string out;
         out += "# HELP alephd_uptime_seconds Seconds since this node started.\n";
         out += "# TYPE alephd_uptime_seconds gauge\n";
-        out += "alephd_uptime_seconds{role=\"ccn\"} " + std::to_string(gateway::now_seconds() - ctx->started) + "\n";
+        out += "alephd_uptime_seconds{role=\"ccn\"} " + std::to_string(unix_seconds() - ctx->started) + "\n";
         out += "# HELP alephd_crns CRNs known to this CCN by state.\n";
         out += "# TYPE alephd_crns gauge\n";
         for (auto& [state, n] : by_state)

@@ -1,5 +1,7 @@
 #include "runtime/config.hpp"
 
+#include "runtime/endpoint.hpp"
+
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -84,17 +86,6 @@ std::function<std::string(settings&, const std::string&)> duration(std::chrono::
   };
 }
 
-bool valid_endpoint(const std::string& e) {
-  auto colon = e.rfind(':');
-  if (colon == std::string::npos || colon == 0)
-    return false;
-  auto p = e.substr(colon + 1);
-  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos)
-    return false;
-  auto n = std::stoul(p);
-  return n > 0 && n <= 65535;
-}
-
 // A comma-separated list of host:port endpoints; repeating the flag appends.
 std::function<std::string(settings&, const std::string&)> endpoints(std::vector<std::string> settings::*field) {
   return [=](settings& s, const std::string& v) -> std::string {
@@ -105,7 +96,9 @@ std::function<std::string(settings&, const std::string&)> endpoints(std::vector<
       item = trim(item);
       if (item.empty())
         continue;
-      if (!valid_endpoint(item))
+      std::string host;
+      uint16_t port = 0;
+      if (!split_endpoint(item, host, port))
         return "'" + printable(item) + "' is not host:port";
       out.push_back(item);
     }
@@ -146,7 +139,7 @@ const std::vector<option>& table() {
     {"crn.memory-mib", "memory offered in MiB (default: the host's memory)", "", integer(&settings::memory_mib, 0, int64_t{1} << 32)},
     {"crn.public-address", "the URL clients use to reach this CRN (default http://host:port)", "", text(&settings::public_address)},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
-    {"dev.crns", "dev: number of CRNs (default 3)", "crns", integer(&settings::dev_crns, 1, 16)},
+    {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},
   };
   return opts;
 }

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/gateway.hpp"
+#include "runtime/wall_clock.hpp"
 #include "runtime/routes.hpp"
 #include "runtime/sysinfo.hpp"
 
@@ -35,7 +36,7 @@ json networking_v2() {
 
 void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
   auto u = read_system_usage(ctx->data_dir);
-  auto now = gateway::now_seconds();
+  auto now = unix_seconds();
   json body{
     {"cpu",
      {{"count", u.cpu_count},
@@ -112,7 +113,7 @@ void metrics(const std::shared_ptr<const crn_context>& ctx, const http::responde
           out += std::string{name} + " " + value + "\n";
         };
         gauge("alephd_uptime_seconds", "Seconds since this node started.",
-              std::to_string(gateway::now_seconds() - ctx->started));
+              std::to_string(unix_seconds() - ctx->started));
         out += "# HELP alephd_ccn_link_state The CRN's state at its CCN (1 for the current state).\n";
         out += "# TYPE alephd_ccn_link_state gauge\n";
         for (auto s : {link_state::unlinked, link_state::linked, link_state::waiting, link_state::down})

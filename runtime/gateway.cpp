@@ -38,11 +38,6 @@ http::response json(unsigned status, const nlohmann::json& body) {
   return http::json(status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
-double now_seconds() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
-
 std::string iso_time(double t) {
   auto secs = static_cast<std::time_t>(std::floor(t));
   auto micros = static_cast<long>((t - std::floor(t)) * 1e6);

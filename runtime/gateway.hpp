@@ -46,9 +46,6 @@ void ask(caf::actor_system& sys, const Handle& dst, std::chrono::milliseconds ti
   });
 }
 
-/// Wall-clock seconds since the epoch.
-double now_seconds();
-
 /// ISO-8601 UTC with microseconds for a unix time.
 std::string iso_time(double unix_seconds);
 

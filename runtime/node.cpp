@@ -9,9 +9,12 @@
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "actors/ccn_link.hpp"
+#include "actors/ccn_node.hpp"
 #include "actors/ccn_peer.hpp"
 #include "actors/content_store.hpp"
 #include "actors/crn_registry.hpp"
@@ -19,6 +22,7 @@
 #include "actors/message_store.hpp"
 #include "actors/scheduler.hpp"
 #include "runtime/gateway.hpp"
+#include "runtime/wall_clock.hpp"
 #include "runtime/http_server.hpp"
 #include "runtime/lmdb.hpp"
 #include "runtime/routes.hpp"
@@ -40,19 +44,27 @@ std::string random_hex(size_t bytes) {
   return s;
 }
 
-// Writes a small file atomically with the given mode.
+// Writes a small file durably and atomically, created with `mode` from the start (a secret is
+// never readable by others, not even briefly).
 bool write_file(const std::string& path, const std::string& content, mode_t mode) {
   auto tmp = path + ".tmp";
-  {
-    std::ofstream out{tmp, std::ios::trunc};
-    if (!out)
-      return false;
-    out << content;
-    if (!out.flush())
-      return false;
+  ::unlink(tmp.c_str()); // a leftover from a crash may be read-only
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0)
+    return false;
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size())
+            && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return false;
   }
-  ::chmod(tmp.c_str(), mode);
-  return std::rename(tmp.c_str(), path.c_str()) == 0;
+  auto dir = std::filesystem::path{path}.parent_path();
+  if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return true;
 }
 
 std::string default_data_dir(const settings& s, const char* role) {
@@ -163,14 +175,14 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   rc.heartbeat = s.heartbeat_interval;
   rc.failure_timeout = s.failure_timeout;
   // Long enough for a CRN at the back-off cap (30 s) to find us again.
-  rc.reserve_grace = s.failure_timeout + std::chrono::seconds(30);
+  const auto restart_grace = s.failure_timeout + std::chrono::seconds(30);
+  rc.reserve_grace = restart_grace;
   rc.env = env_;
   registry_ = sys.spawn(crn_registry, rc);
   scheduler_config sc;
   sc.ccn_id = id_;
   sc.env = env_;
-  // Long enough for a CRN at the back-off cap (30 s) to find us again.
-  sc.orphan_grace = s.failure_timeout + std::chrono::seconds(30);
+  sc.orphan_grace = restart_grace;
   scheduler_ = sys.spawn(scheduler, sc);
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(scheduler_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
@@ -205,7 +217,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->node_endpoint = node_endpoint;
   ctx->max_file_bytes = s.max_file_size;
   ctx->max_message_bytes = s.max_message_size;
-  ctx->started = gateway::now_seconds();
+  ctx->started = unix_seconds();
   auto port = s.http_port < 0 ? 4024 : s.http_port;
   auto ready = std::make_shared<std::atomic<bool>>(false);
   http_ = start_http(s, static_cast<uint16_t>(port), gated(ready, ccn_routes(ctx)), err);
@@ -315,7 +327,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   for (auto& e : s.ccn)
     ctx->ccn_endpoints += (ctx->ccn_endpoints.empty() ? "" : ",") + e;
   ctx->http_endpoint = http_endpoint;
-  ctx->started = gateway::now_seconds();
+  ctx->started = unix_seconds();
   ready->store(true, std::memory_order_release);
   spdlog::info("crn {}: http {}, {} vCPUs, {} MiB, CCNs {}", id_, http_endpoint, info.vcpus,
                info.memory_mib, lc.direct.empty() ? ctx->ccn_endpoints : "in-process");

@@ -62,27 +62,8 @@ struct caf_fixture : ::testing::Test {
     sched.run();
   }
 
-  /// Sends a request from a fresh actor, runs the scheduler, and returns the reply.
-  template <class T, class Handle, class... Ts>
-  reply<T> ask(const Handle& dst, Ts... xs) {
-    auto out = std::make_shared<reply<T>>();
-    sys.spawn([=](caf::event_based_actor* self) {
-      self->request(dst, caf::infinite, xs...)
-        .then(
-          [out](T& x) {
-            out->value = std::move(x);
-            out->done = true;
-          },
-          [out](caf::error& err) {
-            out->error = std::move(err);
-            out->done = true;
-          });
-    });
-    sched.run();
-    return *out;
-  }
-
-  /// Like ask(), but returns the reply holder without running the scheduler.
+  /// Sends a request from a fresh actor and returns the reply holder without running the
+  /// scheduler (to queue several requests before anything runs).
   template <class T, class Handle, class... Ts>
   std::shared_ptr<reply<T>> ask_later(const Handle& dst, Ts... xs) {
     auto out = std::make_shared<reply<T>>();
@@ -99,6 +80,14 @@ struct caf_fixture : ::testing::Test {
           });
     });
     return out;
+  }
+
+  /// Sends a request from a fresh actor, runs the scheduler, and returns the reply.
+  template <class T, class Handle, class... Ts>
+  reply<T> ask(const Handle& dst, Ts... xs) {
+    auto out = ask_later<T>(dst, xs...);
+    sched.run();
+    return *out;
   }
 
   /// The state of a stateful typed actor (for white-box checks).

@@ -1,3 +1,4 @@
+#include "actors/ccn_node.hpp"
 #include "actors/ccn_peer.hpp"
 #include "actors/content_store.hpp"
 #include "actors/crn_registry.hpp"

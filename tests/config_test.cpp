@@ -186,7 +186,7 @@ TEST_F(config_test, both_value_forms_work) {
 
 TEST_F(config_test, shorthands) {
   ASSERT_EQ(parse({"--data-dir", "/d", "--port=81", "--node-port", "82", "--name", "n",
-                   "--log-level=warn", "--threads", "3", "--port-base", "6000", "--crns=5"}),
+                   "--log-level=warn", "--threads", "3", "--port-base", "6000", "--crns=4"}),
             "");
   EXPECT_EQ(s.data_dir, "/d");
   EXPECT_EQ(s.http_port, 81);
@@ -195,7 +195,7 @@ TEST_F(config_test, shorthands) {
   EXPECT_EQ(s.log_level, "warn");
   EXPECT_EQ(s.threads, 3u);
   EXPECT_EQ(s.port_base, 6000u);
-  EXPECT_EQ(s.dev_crns, 5u);
+  EXPECT_EQ(s.dev_crns, 4u);
 }
 
 TEST_F(config_test, repeated_endpoint_flags_append_in_order) {
@@ -391,6 +391,17 @@ TEST_F(shipped_config, every_shipped_file_parses) {
     EXPECT_EQ(parse({"--config", e.path().string()}), "") << e.path();
   }
   EXPECT_GE(n, 3u);
+}
+
+} // namespace
+
+namespace {
+
+TEST(config_limits, dev_crns_above_four_would_collide_with_the_ccn_ports) {
+  alephd::settings s;
+  bool help = false;
+  auto err = alephd::parse_settings({"--crns=5"}, s, help);
+  EXPECT_NE(err.find("dev.crns"), std::string::npos) << err;
 }
 
 } // namespace

@@ -155,13 +155,24 @@ TEST_F(hostile, oversize_and_truncated_bodies) {
   // Over ccn.max-message-size (1 MiB) but within the HTTP body limit.
   expect_error(ccn_http, "POST", "/api/v0/messages", std::string((1u << 20) + 10, ' '), 413);
   // Content-Length promises more than is sent, then the client hangs up.
+  auto msg = real_message();
+  auto at = msg.find("Fun-dApps");
+  ASSERT_NE(at, std::string::npos);
+  msg.replace(at, 9, "TRUNCATED");
   raw_exchange(localhost, ccn_http,
-               "POST /api/v0/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"type\"", 2s);
+               "POST /api/v0/messages HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(msg.size() + 50)
+                 + "\r\n\r\n" + msg, 2s);
   raw_exchange(localhost, ccn_http,
                "POST /api/v0/storage/add_file HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\nabc", 2s);
-  // No partial file became visible.
-  auto r = http_request(localhost, ccn_http, "GET", "/api/v0/storage/raw/" + std::string(64, '0'));
+  // No partial file became visible: not the bytes that were sent ("abc")...
+  auto r = http_request(localhost, ccn_http, "GET",
+                        "/api/v0/storage/raw/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(r.status, 404);
+  // ...and no partial message either.
+  auto list = http_request(localhost, ccn_http, "GET", "/api/v0/messages?msgType=POST");
+  ASSERT_EQ(list.status, 200);
+  for (auto& m : json::parse(list.body)["messages"])
+    EXPECT_NE(m["message"]["channel"], "TRUNCATED");
 }
 
 TEST_F(hostile, storage_inputs) {

@@ -465,6 +465,18 @@ TEST_F(cluster, dev_starts_answers_and_stops_on_sigterm) {
   EXPECT_EQ(dev.wait_exit(10s), 0) << "alephd dev did not exit cleanly on SIGTERM";
 }
 
+TEST_F(cluster, help_and_version_exit_0) {
+  process help{{"--help"}, (dir / "help.log").string()};
+  EXPECT_EQ(help.wait_exit(10s), 0);
+  help.wait_ready(100ms); // drains stdout into output()
+  EXPECT_NE(help.output().find("alephd ccn"), std::string::npos) << help.output();
+  EXPECT_NE(help.output().find("--ccn.max-linked-crns"), std::string::npos);
+  process version{{"--version"}, (dir / "version.log").string()};
+  EXPECT_EQ(version.wait_exit(10s), 0);
+  version.wait_ready(100ms);
+  EXPECT_EQ(version.output(), std::string{"alephd "} + ALEPHD_VERSION + "\n");
+}
+
 TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
   for (std::vector<std::string> args : {std::vector<std::string>{"ccn", "--http.port=99999"},
                                         {"crn", "--ccn=not-an-endpoint"},
