@@ -133,8 +133,17 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
       page.page = q.page == 0 ? 1 : q.page;
       page.per_page = q.per_page == 0 ? 20 : q.per_page;
       uint64_t skip = uint64_t{page.page - 1} * page.per_page;
+      const bool filtered = !q.type.empty() || !q.addresses.empty();
       lmdb::txn t{*st.env, false};
+      if (!filtered)
+        page.total = t.count(st.by_seq); // no need to look at the records
+      uint64_t matched = 0;
       int rc = t.for_each(st.by_seq, true, [&](std::string_view, std::string_view hash) {
+        bool in_page = matched >= skip && page.messages.size() < page.per_page;
+        if (!filtered && !in_page) {
+          ++matched;
+          return matched < skip + page.per_page; // skip without decoding; stop after the page
+        }
         auto v = t.get(st.by_hash, hash);
         stored_message m;
         if (!v || !codec::decode(*v, m))
@@ -144,11 +153,13 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
         if (!q.addresses.empty()
             && std::find(q.addresses.begin(), q.addresses.end(), m.sender) == q.addresses.end())
           return true;
-        if (page.total >= skip && page.messages.size() < page.per_page)
+        if (in_page)
           page.messages.push_back(std::move(m));
-        ++page.total;
-        return true;
+        ++matched;
+        return filtered || matched < skip + page.per_page;
       });
+      if (filtered)
+        page.total = matched;
       if (rc != 0)
         return make_error(ec::storage_failure, lmdb::error_text(rc));
       return page;

@@ -180,6 +180,18 @@ TEST_F(message_store_test, list_filters_by_type_and_sender_newest_first_with_pag
   auto page3 = ask<message_page>(store, atom::list_v, q);
   ASSERT_EQ(page3.value->messages.size(), 1u);
   EXPECT_EQ(page3.value->messages[0].item_hash, "p0");
+  // Unfiltered pages: x, p4 | p3, p2 | p1, p0
+  message_query all;
+  all.per_page = 2;
+  all.page = 2;
+  auto unfiltered = ask<message_page>(store, atom::list_v, all);
+  ASSERT_TRUE(unfiltered.value);
+  EXPECT_EQ(unfiltered.value->total, 6u);
+  ASSERT_EQ(unfiltered.value->messages.size(), 2u);
+  EXPECT_EQ(unfiltered.value->messages[0].item_hash, "p3");
+  EXPECT_EQ(unfiltered.value->messages[1].item_hash, "p2");
+  all.page = 4;
+  EXPECT_TRUE(ask<message_page>(store, atom::list_v, all).value->messages.empty());
   message_query by_sender;
   by_sender.addresses = {"0xB"};
   auto b = ask<message_page>(store, atom::list_v, by_sender);
