@@ -25,10 +25,8 @@ void persist(self_ptr self, const crn_entry& e) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
-  lmdb::txn t{*st.cfg.env, true};
-  int rc = t.put(st.db, e.info.id, codec::encode(e.info, e.state, e.registered, e.wait_order));
-  if (rc == 0)
-    rc = t.commit();
+  int rc = lmdb::put_committed(*st.cfg.env, st.db, e.info.id,
+                               codec::encode(e.info, e.state, e.registered, e.wait_order));
   if (rc != 0)
     spdlog::error("crn_registry: cannot persist CRN {}: {}", e.info.id, lmdb::error_text(rc));
 }

@@ -39,10 +39,8 @@ void persist(self_ptr self, const scheduled_workload& w) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
-  lmdb::txn t{*st.cfg.env, true};
-  int rc = t.put(st.db, w.alloc.item_hash, codec::encode(w.alloc, w.crn_id, w.state));
-  if (rc == 0)
-    rc = t.commit();
+  int rc = lmdb::put_committed(*st.cfg.env, st.db, w.alloc.item_hash,
+                               codec::encode(w.alloc, w.crn_id, w.state));
   if (rc != 0)
     spdlog::error("scheduler: cannot persist placement of {}: {}", w.alloc.item_hash,
                   lmdb::error_text(rc));

@@ -134,6 +134,12 @@ int txn::commit() {
   return rc;
 }
 
+int put_committed(env& e, MDB_dbi db, std::string_view key, std::string_view value) {
+  txn t{e, true};
+  int rc = t.put(db, key, value);
+  return rc == 0 ? t.commit() : rc;
+}
+
 std::string be64(uint64_t x) {
   std::string s(8, '\0');
   for (int i = 7; i >= 0; --i) {
