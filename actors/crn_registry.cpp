@@ -184,7 +184,7 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
       auto& st = self->state;
       if (auto i = st.crns.find(id); i != st.crns.end()) {
         self->demonitor(i->second.link.address());
-        mark_down(self, i->second, link_state::unlinked, "it unlinked");
+        mark_down(self, i->second, link_state::unlinked, "it left on purpose");
       }
     },
     [=](atom::list) {
