@@ -124,7 +124,7 @@ void beat(self_ptr self) {
     return;
   }
   auto gen = st.generation;
-  heartbeat hb{st.cfg.info.id, ++st.seq, 0};
+  heartbeat hb{st.cfg.info.id, ++st.seq};
   ++st.info.heartbeats_sent;
   self->request(st.registry, st.cfg.heartbeat, atom::beat_v, hb)
     .then(

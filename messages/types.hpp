@@ -194,13 +194,12 @@ typename Inspector::result_type inspect(Inspector& f, registration& x) {
 struct heartbeat {
   std::string crn_id;
   uint64_t seq = 0;
-  uint32_t executions = 0;
   bool operator==(const heartbeat&) const = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, heartbeat& x) {
-  return f(caf::meta::type_name("alephd::heartbeat"), x.crn_id, x.seq, x.executions);
+  return f(caf::meta::type_name("alephd::heartbeat"), x.crn_id, x.seq);
 }
 
 /// The CCN's answer to a heartbeat: the other direction of the liveness check.

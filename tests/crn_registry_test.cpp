@@ -107,7 +107,7 @@ struct crn_registry_test : caf_fixture {
   }
 
   reply<heartbeat_ack> beat(const std::string& id) {
-    return ask<heartbeat_ack>(registry, atom::beat_v, heartbeat{id, ++seqs[id], 0});
+    return ask<heartbeat_ack>(registry, atom::beat_v, heartbeat{id, ++seqs[id]});
   }
 
   /// The registry's view of every CRN, by id -> status.

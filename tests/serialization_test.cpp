@@ -115,7 +115,7 @@ TEST_F(serialization_test, registration_roundtrip) {
 }
 
 TEST_F(serialization_test, heartbeat_roundtrip) {
-  heartbeat x{"crn-1", 9876543210ull, 12};
+  heartbeat x{"crn-1", 9876543210ull};
   EXPECT_EQ(roundtrip(x), x);
 }
 
