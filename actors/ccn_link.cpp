@@ -6,9 +6,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
-#include "runtime/wall_clock.hpp"
-
 #include "actors/ccn_node.hpp"
+#include "runtime/wall_clock.hpp"
 
 namespace alephd {
 

@@ -8,9 +8,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
-#include "runtime/wall_clock.hpp"
-
 #include "messages/aleph_message.hpp"
+#include "runtime/wall_clock.hpp"
 
 namespace alephd {
 

@@ -5,9 +5,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
-#include "runtime/wall_clock.hpp"
-
 #include "messages/codec.hpp"
+#include "runtime/wall_clock.hpp"
 
 namespace alephd {
 

@@ -3,9 +3,8 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
-#include "runtime/wall_clock.hpp"
-
 #include "messages/codec.hpp"
+#include "runtime/wall_clock.hpp"
 
 namespace alephd {
 
