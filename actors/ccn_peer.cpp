@@ -1,13 +1,12 @@
 #include "actors/ccn_peer.hpp"
 
-#include "actors/ccn_node.hpp"
-
 #include <algorithm>
 #include <chrono>
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/ccn_node.hpp"
 #include "messages/aleph_message.hpp"
 #include "runtime/wall_clock.hpp"
 
