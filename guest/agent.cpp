@@ -1,0 +1,577 @@
+// alephd-guest: the agent that runs as init inside a sandbox or microVM.
+//
+// It connects to the host over a stream socket, says `ready`, receives one
+// `configure`, writes the program and starts it, then forwards each
+// `http_request` to the program on 127.0.0.1:app_port and sends the answer
+// back. The program's stdout and stderr come back as `log` frames; its end as
+// `halted`. Plain POSIX only, so that it links statically.
+
+#include "guest/agent.hpp"
+#include "runtime/guest_protocol.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace gp = alephd::guest;
+namespace ag = alephd::guest::agent;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+constexpr const char* agent_version = "0.1.0";
+constexpr std::size_t max_log_line = 64 * 1024;
+constexpr int max_inflight = 256;
+constexpr auto connect_window = 5s;
+constexpr auto response_timeout = 600s;
+constexpr auto halt_grace = 5s;
+// Room left in a frame for the status, headers and msgpack overhead.
+constexpr std::size_t max_body = gp::max_frame_size - 2 * ag::max_head_size;
+
+void say(const std::string& what) {
+  std::string line = "alephd-guest: " + what + "\n";
+  [[maybe_unused]] auto n = ::write(2, line.data(), line.size());
+}
+
+bool write_all(int fd, const char* data, std::size_t size) {
+  while (size > 0) {
+    auto n = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return false;
+    }
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// --- the agent's shared state ---------------------------------------------
+
+struct agent_state {
+  int host_fd = -1;
+  std::mutex write_mu; // frames to the host must not interleave
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool exited = false; // the program has been reaped
+  int exit_code = 0;
+  int logs_open = 0; // log pipes not yet at EOF
+
+  std::atomic<pid_t> child{-1};
+  std::atomic<bool> configured{false};
+  std::atomic<bool> halting{false};
+  std::atomic<bool> finishing{false}; // wait_program() is reporting the end
+  std::atomic<int> inflight{0};
+  std::string work_dir = "/tmp/alephd-guest";
+};
+
+agent_state st;
+
+void send_frame(const gp::frame& f) {
+  std::string bytes;
+  try {
+    bytes = gp::encode(f);
+  } catch (const std::exception& e) {
+    say(std::string{"cannot encode frame: "} + e.what());
+    return;
+  }
+  std::lock_guard guard{st.write_mu};
+  if (!write_all(st.host_fd, bytes.data(), bytes.size()))
+    say("write to host failed: " + std::string{std::strerror(errno)});
+}
+
+void kill_program(int sig) {
+  {
+    // Once reaped, the pid may belong to someone else.
+    std::lock_guard guard{st.mu};
+    if (st.exited)
+      return;
+  }
+  pid_t pid = st.child.load();
+  if (pid > 0) {
+    ::kill(-pid, sig); // its process group
+    ::kill(pid, sig);
+  }
+}
+
+[[noreturn]] void die(int code, const std::string& why) {
+  // wait_program() owns the exit once it is reporting: let it finish.
+  while (st.finishing)
+    std::this_thread::sleep_for(1s);
+  say(why);
+  kill_program(SIGKILL);
+  ::_exit(code);
+}
+
+// --- program output ---------------------------------------------------------
+
+void read_log(int fd, std::string stream) {
+  std::string line;
+  char buf[16 * 1024];
+  for (;;) {
+    auto n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    for (ssize_t i = 0; i < n; ++i) {
+      if (buf[i] == '\n') {
+        send_frame(gp::log{stream, std::move(line)});
+        line.clear();
+      } else {
+        line.push_back(buf[i]);
+        if (line.size() >= max_log_line) {
+          send_frame(gp::log{stream, std::move(line)});
+          line.clear();
+        }
+      }
+    }
+  }
+  if (!line.empty())
+    send_frame(gp::log{stream, std::move(line)});
+  ::close(fd);
+  std::lock_guard guard{st.mu};
+  --st.logs_open;
+  st.cv.notify_all();
+}
+
+// Reaps the program, reports it, and ends the agent.
+void wait_program(pid_t pid) {
+  int status = 0;
+  for (;;) {
+    // As PID 1 we also reap orphans the program leaves behind.
+    pid_t r = ::waitpid(::getpid() == 1 ? -1 : pid, &status, 0);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      status = 0;
+      break;
+    }
+    if (r == pid)
+      break;
+  }
+  int code = WIFEXITED(status)     ? WEXITSTATUS(status)
+             : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                   : -1;
+  st.finishing = true;
+  std::unique_lock lock{st.mu};
+  st.exited = true;
+  st.exit_code = code;
+  st.cv.notify_all();
+  // Let the last output arrive before `halted` (bounded: a grandchild may
+  // keep the pipes open).
+  st.cv.wait_for(lock, 1s, [] { return st.logs_open == 0; });
+  lock.unlock();
+  if (!st.halting) {
+    std::string what = WIFSIGNALED(status)
+                         ? "program killed by signal "
+                             + std::to_string(WTERMSIG(status))
+                         : "program exited with code " + std::to_string(code);
+    send_frame(gp::log{"system", what});
+  }
+  send_frame(gp::halted{code});
+  ::_exit(0);
+}
+
+// --- configure ----------------------------------------------------------------
+
+bool safe_relative(const std::filesystem::path& p) {
+  if (p.empty() || p.is_absolute())
+    return false;
+  for (const auto& part : p)
+    if (part == ".." || part == ".")
+      return false;
+  return true;
+}
+
+// Starts the program; returns an error message or "" on success.
+std::string start_program(const std::string& path, const std::string& dir,
+                          const gp::configure& cfg) {
+  std::vector<std::string> env;
+  for (const auto& [k, v] : cfg.variables) {
+    if (k.empty() || k.find('=') != std::string::npos
+        || k.find('\0') != std::string::npos
+        || v.find('\0') != std::string::npos)
+      return "invalid environment variable name or value: " + k.substr(0, 64);
+    env.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp;
+  for (auto& e : env)
+    envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::string argv0 = path;
+  char* argv[] = {argv0.data(), nullptr};
+
+  int out[2];
+  int err[2];
+  int ex[2];
+  if (::pipe2(out, O_CLOEXEC) != 0)
+    return std::string{"pipe: "} + std::strerror(errno);
+  if (::pipe2(err, O_CLOEXEC) != 0) {
+    ::close(out[0]);
+    ::close(out[1]);
+    return std::string{"pipe: "} + std::strerror(errno);
+  }
+  if (::pipe2(ex, O_CLOEXEC) != 0) {
+    for (int fd : {out[0], out[1], err[0], err[1]})
+      ::close(fd);
+    return std::string{"pipe: "} + std::strerror(errno);
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    for (int fd : {out[0], out[1], err[0], err[1], ex[0], ex[1]})
+      ::close(fd);
+    return std::string{"fork: "} + std::strerror(errno);
+  }
+  if (pid == 0) {
+    // Child: async-signal-safe calls only.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::setpgid(0, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGPIPE, SIG_DFL);
+    int null_fd = ::open("/dev/null", O_RDONLY);
+    if (null_fd >= 0)
+      ::dup2(null_fd, 0);
+    ::dup2(out[1], 1);
+    ::dup2(err[1], 2);
+    int e = 0;
+    if (::chdir(dir.c_str()) != 0)
+      e = errno;
+    else {
+      ::execve(path.c_str(), argv, envp.data());
+      e = errno;
+    }
+    [[maybe_unused]] auto n = ::write(ex[1], &e, sizeof e);
+    ::_exit(127);
+  }
+  ::setpgid(pid, pid); // also done by the child; whoever runs first wins
+  ::close(out[1]);
+  ::close(err[1]);
+  ::close(ex[1]);
+  int e = 0;
+  ssize_t n;
+  do
+    n = ::read(ex[0], &e, sizeof e);
+  while (n < 0 && errno == EINTR);
+  ::close(ex[0]);
+  if (n == static_cast<ssize_t>(sizeof e)) {
+    ::waitpid(pid, nullptr, 0);
+    ::close(out[0]);
+    ::close(err[0]);
+    return "cannot execute " + cfg.entrypoint + ": " + std::strerror(e);
+  }
+  st.child = pid;
+  {
+    std::lock_guard guard{st.mu};
+    st.logs_open = 2;
+  }
+  std::thread{read_log, out[0], "stdout"}.detach();
+  std::thread{read_log, err[0], "stderr"}.detach();
+  std::thread{wait_program, pid}.detach();
+  return {};
+}
+
+std::string do_configure(const gp::configure& cfg) {
+  if (cfg.interface != "binary")
+    return "interface '" + cfg.interface + "' not supported";
+  if (cfg.encoding == "zip")
+    return "zip not supported yet";
+  if (cfg.encoding != "plain")
+    return "unknown encoding '" + cfg.encoding + "'";
+  if (cfg.entrypoint.empty())
+    return "missing entrypoint";
+  std::filesystem::path rel{cfg.entrypoint};
+  if (!safe_relative(rel))
+    return "entrypoint must be a relative path without '..': "
+           + cfg.entrypoint;
+  if (cfg.code.empty())
+    return "entrypoint file " + cfg.entrypoint + " is missing (empty code)";
+  if (cfg.app_port == 0)
+    return "app_port must not be 0";
+  std::filesystem::path dir = std::filesystem::path{st.work_dir} / "code";
+  auto file = dir / rel;
+  std::error_code ec;
+  std::filesystem::create_directories(file.parent_path(), ec);
+  if (ec)
+    return "cannot create " + file.parent_path().string() + ": "
+           + ec.message();
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                  0755);
+  if (fd < 0)
+    return "cannot write " + file.string() + ": " + std::strerror(errno);
+  const char* p = cfg.code.data();
+  std::size_t left = cfg.code.size();
+  while (left > 0) {
+    auto n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      int e = errno;
+      ::close(fd);
+      return "cannot write " + file.string() + ": " + std::strerror(e);
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  ::fchmod(fd, 0755);
+  ::close(fd);
+  return start_program(file.string(), dir.string(), cfg);
+}
+
+// --- HTTP forwarding ----------------------------------------------------------
+
+gp::http_response agent_error(uint64_t id, uint16_t status, std::string why) {
+  gp::http_response r;
+  r.id = id;
+  r.status = status;
+  r.headers = {{"Content-Type", "text/plain"}};
+  r.body = why + "\n";
+  r.error = std::move(why);
+  return r;
+}
+
+bool program_exited() {
+  std::lock_guard guard{st.mu};
+  return st.exited;
+}
+
+gp::http_response forward(const gp::http_request& req, uint16_t port) {
+  auto raw = ag::build_request(req.method, req.path, req.query_string,
+                               req.headers, req.body, port);
+  if (!raw)
+    return agent_error(req.id, 400, "invalid request");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int fd = -1;
+  auto deadline = clock_type::now() + connect_window;
+  auto backoff = 10ms;
+  for (;;) {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      return agent_error(req.id, 503, "socket: " + std::string{std::strerror(errno)});
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
+      break;
+    ::close(fd);
+    fd = -1;
+    if (program_exited())
+      return agent_error(req.id, 502, "program exited");
+    if (clock_type::now() + backoff > deadline)
+      return agent_error(req.id, 503,
+                         "program is not listening on port "
+                           + std::to_string(port));
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, 200ms);
+  }
+  timeval tv{60, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (!write_all(fd, raw->data(), raw->size())) {
+    ::close(fd);
+    return agent_error(req.id, 502, "program closed the connection");
+  }
+  ag::response_parser parser{ag::iequals(req.method, "HEAD"), max_body};
+  auto until = clock_type::now() + response_timeout;
+  char buf[64 * 1024];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      until - clock_type::now());
+    if (left.count() <= 0) {
+      ::close(fd);
+      return agent_error(req.id, 504, "program did not answer in time");
+    }
+    pollfd pfd{fd, POLLIN, 0};
+    int pr = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (pr < 0 && errno != EINTR) {
+      ::close(fd);
+      return agent_error(req.id, 502, "poll failed");
+    }
+    if (pr <= 0)
+      continue;
+    auto n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    auto s = n > 0 ? parser.feed({buf, static_cast<std::size_t>(n)})
+                   : parser.eof();
+    if (s == ag::response_parser::state::done)
+      break;
+    if (s == ag::response_parser::state::error) {
+      ::close(fd);
+      return agent_error(req.id, 502, "bad response from program: "
+                                        + parser.error());
+    }
+  }
+  ::close(fd);
+  gp::http_response r;
+  r.id = req.id;
+  r.status = static_cast<uint16_t>(parser.status());
+  r.headers = parser.headers();
+  r.body = std::move(parser.body());
+  return r;
+}
+
+uint16_t app_port = 8080;
+
+void handle_request(gp::http_request req) {
+  auto resp = forward(req, app_port);
+  send_frame(resp);
+  --st.inflight;
+}
+
+void do_halt() {
+  if (st.halting.exchange(true))
+    return;
+  if (st.child.load() <= 0) {
+    send_frame(gp::halted{0});
+    ::_exit(0);
+  }
+  kill_program(SIGTERM);
+  std::unique_lock lock{st.mu};
+  if (st.cv.wait_for(lock, halt_grace, [] { return st.exited; }))
+    return; // wait_program() reports and exits
+  lock.unlock();
+  kill_program(SIGKILL);
+  // wait_program() reports and exits; this is only a safety net.
+  std::this_thread::sleep_for(5s);
+  while (st.finishing)
+    std::this_thread::sleep_for(1s);
+  send_frame(gp::halted{128 + SIGKILL});
+  ::_exit(0);
+}
+
+void dispatch(gp::frame f) {
+  if (auto* cfg = std::get_if<gp::configure>(&f)) {
+    if (st.configured) {
+      send_frame(gp::configure_result{false, "already configured"});
+      return;
+    }
+    app_port = cfg->app_port;
+    auto error = do_configure(*cfg);
+    if (error.empty())
+      st.configured = true;
+    else
+      say("configure failed: " + error);
+    send_frame(gp::configure_result{error.empty(), error});
+    return;
+  }
+  if (auto* req = std::get_if<gp::http_request>(&f)) {
+    if (!st.configured) {
+      send_frame(agent_error(req->id, 503, "not configured"));
+      return;
+    }
+    if (st.inflight >= max_inflight) {
+      send_frame(agent_error(req->id, 503, "too many requests in flight"));
+      return;
+    }
+    ++st.inflight;
+    try {
+      std::thread{handle_request, *req}.detach();
+    } catch (const std::system_error&) {
+      --st.inflight;
+      send_frame(agent_error(req->id, 503, "cannot start a request thread"));
+    }
+    return;
+  }
+  if (std::holds_alternative<gp::event>(f)) {
+    send_frame(agent_error(0, 501, "events not supported yet"));
+    return;
+  }
+  if (std::holds_alternative<gp::halt>(f)) {
+    do_halt();
+    return;
+  }
+  say("ignoring unexpected frame '" + std::string{gp::type_name(f)} + "'");
+}
+
+int usage() {
+  say("usage: alephd-guest --socket PATH [--work-dir DIR]");
+  return 64;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::string socket_path;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a{argv[i]};
+    if (a == "--socket" && i + 1 < argc)
+      socket_path = argv[++i];
+    else if (a == "--work-dir" && i + 1 < argc)
+      st.work_dir = argv[++i];
+    else
+      return usage();
+  }
+  if (socket_path.empty())
+    return usage();
+  // As init we may start without stdin/stdout/stderr; keep 0-2 taken so that
+  // pipes never land there.
+  for (;;) {
+    int fd = ::open("/dev/null", O_RDWR);
+    if (fd < 0 || fd > 2) {
+      if (fd > 2)
+        ::close(fd);
+      break;
+    }
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    say("socket path too long");
+    return 1;
+  }
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  st.host_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (st.host_fd < 0
+      || ::connect(st.host_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr)
+           != 0) {
+    say("cannot connect to " + socket_path + ": " + std::strerror(errno));
+    return 1;
+  }
+  send_frame(gp::ready{agent_version});
+
+  gp::decoder dec;
+  std::vector<char> buf(64 * 1024);
+  for (;;) {
+    auto n = ::read(st.host_fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      die(1, "read from host failed: " + std::string{std::strerror(errno)});
+    if (n == 0)
+      die(1, "host closed the connection");
+    dec.feed(buf.data(), static_cast<std::size_t>(n));
+    std::string error;
+    while (auto f = dec.next(error))
+      dispatch(std::move(*f));
+    if (!error.empty())
+      die(2, "bad frame from host: " + error);
+  }
+}

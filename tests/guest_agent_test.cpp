@@ -1,0 +1,594 @@
+// Runs the real `alephd-guest` binary against a unix socket this test listens
+// on, with tests/guest_test_app.cpp as the program it starts.
+
+#include "guest/agent.hpp"
+#include "runtime/guest_protocol.hpp"
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef ALEPHD_GUEST_BINARY
+#  error "ALEPHD_GUEST_BINARY must name the alephd-guest binary"
+#endif
+#ifndef ALEPHD_GUEST_TEST_APP
+#  error "ALEPHD_GUEST_TEST_APP must name the guest_test_app binary"
+#endif
+
+namespace gp = alephd::guest;
+namespace ag = alephd::guest::agent;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+// A loopback port that was free a moment ago.
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return 0;
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string read_file(const char* path) {
+  std::ifstream in{path, std::ios::binary};
+  return {std::istreambuf_iterator<char>{in}, {}};
+}
+
+class guest_agent : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/guest_agent_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    auto sock = dir_ + "/host.sock";
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr),
+                     sizeof addr),
+              0);
+    ASSERT_EQ(::listen(listen_fd_, 1), 0);
+    app_port_ = free_port();
+    ASSERT_NE(app_port_, 0);
+
+    auto work = dir_ + "/work";
+    agent_ = ::fork();
+    ASSERT_GE(agent_, 0);
+    if (agent_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::execl(ALEPHD_GUEST_BINARY, ALEPHD_GUEST_BINARY, "--socket",
+              sock.c_str(), "--work-dir", work.c_str(), nullptr);
+      ::_exit(127);
+    }
+    pollfd pfd{listen_fd_, POLLIN, 0};
+    ASSERT_EQ(::poll(&pfd, 1, 5000), 1) << "agent did not connect";
+    conn_ = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(conn_, 0);
+  }
+
+  void TearDown() override {
+    if (agent_ > 0) {
+      ::kill(agent_, SIGKILL);
+      ::waitpid(agent_, nullptr, 0);
+    }
+    if (conn_ >= 0)
+      ::close(conn_);
+    if (listen_fd_ >= 0)
+      ::close(listen_fd_);
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  void send(const gp::frame& f) {
+    auto bytes = gp::encode(f);
+    std::size_t off = 0;
+    while (off < bytes.size()) {
+      auto n = ::send(conn_, bytes.data() + off, bytes.size() - off,
+                      MSG_NOSIGNAL);
+      ASSERT_GT(n, 0) << "send to agent failed";
+      off += static_cast<std::size_t>(n);
+    }
+  }
+
+  // Reads from the agent until `until`; logs go to logs_, others to pending_.
+  // Returns false at EOF or timeout.
+  bool pump(clock_type::time_point until) {
+    std::string error;
+    auto before = pending_.size() + logs_.size();
+    for (;;) {
+      while (auto f = dec_.next(error)) {
+        if (auto* l = std::get_if<gp::log>(&*f))
+          logs_.push_back(*l);
+        else
+          pending_.push_back(std::move(*f));
+      }
+      EXPECT_EQ(error, "") << "agent sent a bad frame";
+      if (!error.empty() || eof_)
+        return false;
+      if (pending_.size() + logs_.size() > before)
+        return true;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - clock_type::now());
+      if (left.count() <= 0)
+        return false;
+      pollfd pfd{conn_, POLLIN, 0};
+      if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0)
+        continue;
+      char buf[64 * 1024];
+      auto n = ::read(conn_, buf, sizeof buf);
+      if (n <= 0) {
+        eof_ = true;
+        continue;
+      }
+      dec_.feed(buf, static_cast<std::size_t>(n));
+    }
+  }
+
+  // The next non-log frame, within `timeout`.
+  std::optional<gp::frame> next(std::chrono::milliseconds timeout = 5000ms) {
+    auto until = clock_type::now() + timeout;
+    while (pending_.empty())
+      if (!pump(until) && pending_.empty())
+        return std::nullopt;
+    auto f = std::move(pending_.front());
+    pending_.pop_front();
+    return f;
+  }
+
+  template <class T>
+  std::optional<T> next_as(std::chrono::milliseconds timeout = 5000ms) {
+    auto f = next(timeout);
+    if (!f)
+      return std::nullopt;
+    if (auto* t = std::get_if<T>(&*f))
+      return *t;
+    ADD_FAILURE() << "unexpected frame " << gp::type_name(*f);
+    return std::nullopt;
+  }
+
+  bool has_log(const std::string& stream, const std::string& needle) const {
+    for (const auto& l : logs_)
+      if (l.stream == stream && l.line.find(needle) != std::string::npos)
+        return true;
+    return false;
+  }
+
+  bool wait_log(const std::string& stream, const std::string& needle,
+                std::chrono::milliseconds timeout = 5000ms) {
+    auto until = clock_type::now() + timeout;
+    while (!has_log(stream, needle))
+      if (!pump(until) && !has_log(stream, needle))
+        return false;
+    return true;
+  }
+
+  // Waits for the agent to exit; returns its wait status.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
+    auto until = clock_type::now() + timeout;
+    while (clock_type::now() < until) {
+      int status = 0;
+      if (::waitpid(agent_, &status, WNOHANG) == agent_) {
+        agent_ = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return std::nullopt;
+  }
+
+  gp::configure app_config() {
+    gp::configure cfg;
+    cfg.code = read_file(ALEPHD_GUEST_TEST_APP);
+    cfg.encoding = "plain";
+    cfg.entrypoint = "app";
+    cfg.interface = "binary";
+    cfg.variables = {{"APP_PORT", std::to_string(app_port_)},
+                     {"GREETING", "hello-from-variables"}};
+    cfg.app_port = app_port_;
+    return cfg;
+  }
+
+  // ready + configure, expecting success.
+  void start_app(gp::configure cfg) {
+    auto r = next_as<gp::ready>();
+    ASSERT_TRUE(r);
+    send(cfg);
+    auto res = next_as<gp::configure_result>();
+    ASSERT_TRUE(res);
+    ASSERT_TRUE(res->success) << res->error;
+  }
+
+  void start_app() {
+    start_app(app_config());
+  }
+
+  static gp::http_request get(uint64_t id, std::string path,
+                              std::string query = "") {
+    return {id, "GET", std::move(path), std::move(query), {}, ""};
+  }
+
+  std::string dir_;
+  int listen_fd_ = -1;
+  int conn_ = -1;
+  pid_t agent_ = -1;
+  uint16_t app_port_ = 0;
+  gp::decoder dec_;
+  bool eof_ = false;
+  std::deque<gp::frame> pending_;
+  std::vector<gp::log> logs_;
+};
+
+} // namespace
+
+TEST_F(guest_agent, ready_arrives_with_a_version) {
+  auto r = next_as<gp::ready>();
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->version.empty());
+}
+
+TEST_F(guest_agent, configure_succeeds_and_forwards_a_request) {
+  start_app();
+  send(get(1, "/echo", "x=42"));
+  auto resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 1u);
+  EXPECT_EQ(resp->status, 200);
+  EXPECT_EQ(resp->error, "");
+  EXPECT_EQ(resp->body, "x=42 hello-from-variables");
+  bool has_app_header = false;
+  for (const auto& [name, value] : resp->headers) {
+    EXPECT_FALSE(ag::iequals(name, "content-length"));
+    if (name == "X-App" && value == "guest-test")
+      has_app_header = true;
+  }
+  EXPECT_TRUE(has_app_header);
+}
+
+TEST_F(guest_agent, chunked_and_not_found_responses) {
+  start_app();
+  send(get(5, "/chunked", "c"));
+  auto resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->status, 200);
+  EXPECT_EQ(resp->body, "c hello-from-variables");
+  send(get(6, "/nothing"));
+  resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 6u);
+  EXPECT_EQ(resp->status, 404);
+}
+
+TEST_F(guest_agent, twenty_concurrent_requests_get_their_own_answers) {
+  start_app();
+  for (uint64_t id = 100; id < 120; ++id)
+    send(get(id, "/echo", "n=" + std::to_string(id)));
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 20; ++i) {
+    auto resp = next_as<gp::http_response>();
+    ASSERT_TRUE(resp) << "only " << i << " answers";
+    EXPECT_EQ(resp->status, 200);
+    EXPECT_EQ(resp->body,
+              "n=" + std::to_string(resp->id) + " hello-from-variables");
+    EXPECT_TRUE(seen.insert(resp->id).second) << "duplicate id " << resp->id;
+  }
+  EXPECT_EQ(seen.size(), 20u);
+  EXPECT_EQ(*seen.begin(), 100u);
+  EXPECT_EQ(*seen.rbegin(), 119u);
+}
+
+TEST_F(guest_agent, program_output_arrives_as_log_frames) {
+  start_app();
+  EXPECT_TRUE(wait_log("stdout", "listening on " + std::to_string(app_port_)));
+  EXPECT_TRUE(wait_log("stderr", "ready"));
+  send(get(2, "/echo", "logged"));
+  ASSERT_TRUE(next_as<gp::http_response>());
+  EXPECT_TRUE(wait_log("stdout", "request GET /echo?logged HTTP/1.1"));
+}
+
+TEST_F(guest_agent, request_before_the_program_listens_is_retried) {
+  auto cfg = app_config();
+  cfg.variables["START_DELAY_MS"] = "800";
+  auto t0 = clock_type::now();
+  start_app(cfg);
+  send(get(3, "/echo", "early"));
+  auto resp = next_as<gp::http_response>(8000ms);
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->status, 200) << resp->error;
+  EXPECT_EQ(resp->body, "early hello-from-variables");
+  EXPECT_GE(clock_type::now() - t0, 700ms);
+}
+
+TEST_F(guest_agent, crash_is_reported_as_halted_with_the_exit_code) {
+  start_app();
+  send(get(4, "/crash"));
+  std::optional<gp::halted> halted;
+  std::optional<gp::http_response> resp;
+  while (!halted) {
+    auto f = next(5000ms);
+    ASSERT_TRUE(f) << "no halted frame";
+    if (auto* h = std::get_if<gp::halted>(&*f))
+      halted = *h;
+    else if (auto* r = std::get_if<gp::http_response>(&*f))
+      resp = *r;
+  }
+  EXPECT_EQ(halted->exit_code, 3);
+  EXPECT_TRUE(has_log("system", "exited with code 3"));
+  if (resp) { // the answer may or may not beat the exit
+    EXPECT_EQ(resp->id, 4u);
+    EXPECT_EQ(resp->status, 502);
+  }
+  auto status = wait_exit(3000ms);
+  ASSERT_TRUE(status) << "agent still running";
+  EXPECT_TRUE(WIFEXITED(*status));
+}
+
+TEST_F(guest_agent, halt_stops_the_program_and_the_agent) {
+  start_app();
+  ASSERT_TRUE(wait_log("stdout", "listening on"));
+  auto t0 = clock_type::now();
+  send(gp::halt{});
+  auto halted = next_as<gp::halted>(6000ms);
+  ASSERT_TRUE(halted);
+  EXPECT_EQ(halted->exit_code, 128 + SIGTERM);
+  auto left = 6000ms - std::chrono::duration_cast<std::chrono::milliseconds>(
+                         clock_type::now() - t0);
+  auto status = wait_exit(std::max(left, 1ms));
+  ASSERT_TRUE(status) << "agent did not exit within 6 s";
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+}
+
+TEST_F(guest_agent, halt_kills_a_program_that_ignores_sigterm) {
+  auto cfg = app_config();
+  cfg.variables["IGNORE_SIGTERM"] = "1";
+  start_app(cfg);
+  ASSERT_TRUE(wait_log("stdout", "listening on"));
+  auto t0 = clock_type::now();
+  send(gp::halt{});
+  auto halted = next_as<gp::halted>(6000ms);
+  ASSERT_TRUE(halted);
+  EXPECT_EQ(halted->exit_code, 128 + SIGKILL);
+  EXPECT_GE(clock_type::now() - t0, 4900ms); // the grace period was given
+  auto status = wait_exit(1000ms);
+  ASSERT_TRUE(status);
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  EXPECT_LE(clock_type::now() - t0, 6000ms);
+}
+
+TEST_F(guest_agent, program_that_never_listens_gives_503) {
+  auto cfg = app_config();
+  cfg.variables["START_DELAY_MS"] = "30000";
+  start_app(cfg);
+  auto t0 = clock_type::now();
+  send(get(11, "/echo", "late"));
+  auto resp = next_as<gp::http_response>(8000ms);
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 11u);
+  EXPECT_EQ(resp->status, 503);
+  EXPECT_NE(resp->error, "");
+  auto waited = clock_type::now() - t0;
+  EXPECT_GE(waited, 4500ms);
+  EXPECT_LE(waited, 6500ms);
+}
+
+TEST_F(guest_agent, oversize_or_garbage_answers_give_502) {
+  start_app();
+  send(get(12, "/big", std::to_string(17 * 1024 * 1024)));
+  auto resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 12u);
+  EXPECT_EQ(resp->status, 502);
+  EXPECT_NE(resp->error.find("too large"), std::string::npos) << resp->error;
+  send(get(13, "/garbage"));
+  resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->status, 502);
+  // A large but acceptable body still goes through whole.
+  send(get(14, "/big", std::to_string(4 * 1024 * 1024)));
+  resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->status, 200);
+  EXPECT_EQ(resp->body, std::string(4 * 1024 * 1024, 'z'));
+}
+
+TEST_F(guest_agent, halt_before_configure_exits_cleanly) {
+  ASSERT_TRUE(next_as<gp::ready>());
+  send(gp::halt{});
+  ASSERT_TRUE(next_as<gp::halted>());
+  auto status = wait_exit(3000ms);
+  ASSERT_TRUE(status);
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
+}
+
+TEST_F(guest_agent, bad_configures_are_refused_with_a_reason) {
+  ASSERT_TRUE(next_as<gp::ready>());
+  // Not executable: text without a shebang.
+  auto cfg = app_config();
+  cfg.code = "this is not a program\n";
+  send(cfg);
+  auto res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->success);
+  EXPECT_NE(res->error.find("cannot execute app"), std::string::npos)
+    << res->error;
+  // No entrypoint named.
+  cfg = app_config();
+  cfg.entrypoint = "";
+  send(cfg);
+  res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->success);
+  EXPECT_NE(res->error.find("entrypoint"), std::string::npos) << res->error;
+  // No code, so no entrypoint file.
+  cfg = app_config();
+  cfg.code.clear();
+  send(cfg);
+  res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->success);
+  EXPECT_NE(res->error.find("missing"), std::string::npos) << res->error;
+  // Escaping the code directory.
+  cfg = app_config();
+  cfg.entrypoint = "../escape";
+  send(cfg);
+  res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->success);
+  // zip is not there yet.
+  cfg = app_config();
+  cfg.encoding = "zip";
+  send(cfg);
+  res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->success);
+  EXPECT_EQ(res->error, "zip not supported yet");
+  // Still usable after refusals.
+  send(app_config());
+  res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->success) << res->error;
+  send(app_config());
+  res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_FALSE(res->success);
+  EXPECT_EQ(res->error, "already configured");
+}
+
+TEST_F(guest_agent, requests_and_events_without_a_program) {
+  ASSERT_TRUE(next_as<gp::ready>());
+  send(get(9, "/echo"));
+  auto resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 9u);
+  EXPECT_EQ(resp->status, 503);
+  send(gp::event{"{}"});
+  resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->status, 501);
+}
+
+TEST_F(guest_agent, garbage_from_the_host_ends_the_agent) {
+  ASSERT_TRUE(next_as<gp::ready>());
+  std::string bad = "\xff\xff\xff\xff";
+  ASSERT_EQ(::send(conn_, bad.data(), bad.size(), MSG_NOSIGNAL), 4);
+  auto status = wait_exit(3000ms);
+  ASSERT_TRUE(status);
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 2);
+}
+
+// --- the agent's HTTP response parser ----------------------------------------
+
+namespace {
+
+ag::response_parser parse_all(std::string_view raw, std::size_t step,
+                              bool eof = true) {
+  ag::response_parser p;
+  for (std::size_t i = 0; i < raw.size(); i += step)
+    p.feed(raw.substr(i, step));
+  if (eof)
+    p.eof();
+  return p;
+}
+
+} // namespace
+
+TEST(guest_agent_parser, content_length_chunked_and_close) {
+  using state = ag::response_parser::state;
+  for (std::size_t step : {1u, 3u, 1000u}) {
+    auto a = parse_all("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello",
+                       step, false);
+    EXPECT_EQ(a.current(), state::done);
+    EXPECT_EQ(a.body(), "hello");
+    ASSERT_EQ(a.headers().size(), 1u);
+    auto c = parse_all("HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n",
+                       step, false);
+    EXPECT_EQ(c.current(), state::done) << c.error();
+    EXPECT_EQ(c.status(), 201);
+    EXPECT_EQ(c.body(), "hello world");
+    auto k = parse_all("HTTP/1.0 200 OK\r\n\r\nuntil close", step);
+    EXPECT_EQ(k.current(), state::done);
+    EXPECT_EQ(k.body(), "until close");
+    auto i = parse_all("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                       step, false);
+    EXPECT_EQ(i.current(), state::done);
+    EXPECT_EQ(i.status(), 204);
+  }
+}
+
+TEST(guest_agent_parser, hostile_responses_are_errors) {
+  using state = ag::response_parser::state;
+  for (std::string raw : {
+         "garbage\r\n\r\n",
+         "HTTP/1.1 2x0 OK\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+         "HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\n",
+         "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+       }) {
+    auto p = parse_all(raw, 7);
+    EXPECT_EQ(p.current(), state::error) << raw;
+  }
+  // An endless head or body is cut at the limit, not buffered forever.
+  ag::response_parser head;
+  std::string chunk(4096, 'a');
+  head.feed("HTTP/1.1 200 OK\r\nX: ");
+  for (int i = 0; i < 100 && head.current() != state::error; ++i)
+    head.feed(chunk);
+  EXPECT_EQ(head.current(), state::error);
+  ag::response_parser body{false, 1000};
+  body.feed("HTTP/1.1 200 OK\r\n\r\n");
+  for (int i = 0; i < 10; ++i)
+    body.feed(std::string(200, 'b'));
+  EXPECT_EQ(body.current(), state::error);
+}
+
+TEST(guest_agent_parser, request_builder_refuses_injection) {
+  EXPECT_FALSE(ag::build_request("GET", "/a\r\nX: y", "", {}, "", 80));
+  EXPECT_FALSE(ag::build_request("GE T", "/", "", {}, "", 80));
+  EXPECT_FALSE(ag::build_request("GET", "/", "", {{"X", "a\r\nb"}}, "", 80));
+  EXPECT_FALSE(ag::build_request("GET", "/", "", {{"X Y", "a"}}, "", 80));
+  auto ok = ag::build_request("POST", "/p", "q=1",
+                              {{"Content-Length", "999"}, {"X", "1"}}, "body", 81);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(*ok, "POST /p?q=1 HTTP/1.1\r\nX: 1\r\nHost: 127.0.0.1:81\r\n"
+                 "Content-Length: 4\r\nConnection: close\r\n\r\nbody");
+}

@@ -1,0 +1,121 @@
+// A tiny single-threaded HTTP server used as the guest agent's program in
+// guest_agent_test. Listens on 127.0.0.1:$APP_PORT (after $START_DELAY_MS).
+//   GET /echo?Q  -> 200 "Q GREETING" ($GREETING from the environment)
+//   GET /chunked -> 200, the same body sent with chunked encoding
+//   GET /crash   -> exits with code 3 without answering
+//   GET /big?N   -> 200 with a body of N bytes
+//   GET /garbage -> a response that is not HTTP
+// With IGNORE_SIGTERM=1 it ignores SIGTERM (to test the SIGKILL escalation).
+// Prints "listening on PORT" and one line per request to stdout, and dies with
+// its parent (so a killed test leaves nothing behind).
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+void write_all(int fd, const std::string& s) {
+  std::size_t off = 0;
+  while (off < s.size()) {
+    auto n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0)
+      return;
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+} // namespace
+
+int main() {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  const char* port_env = std::getenv("APP_PORT");
+  if (port_env == nullptr) {
+    std::fprintf(stderr, "APP_PORT not set\n");
+    return 2;
+  }
+  if (const char* delay = std::getenv("START_DELAY_MS"))
+    ::usleep(static_cast<useconds_t>(std::atoi(delay)) * 1000);
+  if (const char* ignore = std::getenv("IGNORE_SIGTERM");
+      ignore != nullptr && std::string{ignore} == "1")
+    ::signal(SIGTERM, SIG_IGN);
+  const char* greeting_env = std::getenv("GREETING");
+  std::string greeting = greeting_env ? greeting_env : "";
+
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::atoi(port_env)));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
+      || ::listen(fd, 128) != 0) {
+    std::fprintf(stderr, "cannot listen: %s\n", std::strerror(errno));
+    return 2;
+  }
+  std::printf("listening on %s\n", port_env);
+  std::fflush(stdout);
+  std::fprintf(stderr, "ready\n");
+  for (;;) {
+    int c = ::accept(fd, nullptr, nullptr);
+    if (c < 0)
+      continue;
+    std::string req;
+    char buf[4096];
+    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
+      auto n = ::read(c, buf, sizeof buf);
+      if (n <= 0)
+        break;
+      req.append(buf, static_cast<std::size_t>(n));
+    }
+    auto line_end = req.find("\r\n");
+    std::string line = req.substr(0, line_end);
+    std::printf("request %s\n", line.c_str());
+    std::fflush(stdout);
+    auto sp1 = line.find(' ');
+    auto sp2 = line.find(' ', sp1 + 1);
+    std::string target = sp1 == std::string::npos || sp2 == std::string::npos
+                           ? ""
+                           : line.substr(sp1 + 1, sp2 - sp1 - 1);
+    auto q = target.find('?');
+    std::string path = target.substr(0, q);
+    std::string query = q == std::string::npos ? "" : target.substr(q + 1);
+    if (path == "/crash")
+      std::exit(3);
+    if (path == "/echo") {
+      std::string body = query + " " + greeting;
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                   "X-App: guest-test\r\nContent-Length: "
+                     + std::to_string(body.size()) + "\r\n\r\n" + body);
+    } else if (path == "/chunked") {
+      std::string body = query + " " + greeting;
+      char size[32];
+      std::snprintf(size, sizeof size, "%zx", body.size());
+      write_all(c, std::string{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}
+                     + size + "\r\n" + body + "\r\n0\r\n\r\n");
+    } else if (path == "/big") {
+      std::size_t n = std::strtoull(query.c_str(), nullptr, 10);
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(n)
+                     + "\r\n\r\n");
+      std::string block(64 * 1024, 'z');
+      for (std::size_t sent = 0; sent < n; sent += block.size())
+        write_all(c, block.substr(0, std::min(block.size(), n - sent)));
+    } else if (path == "/garbage") {
+      write_all(c, "this is not HTTP at all\r\n\r\n");
+    } else {
+      write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
+    }
+    ::close(c);
+  }
+}
