@@ -1,0 +1,582 @@
+#include "runtime/sandbox.hpp"
+
+#include <boost/process.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+namespace alephd {
+
+namespace bp = boost::process;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto send_timeout = 5s;
+constexpr auto destructor_grace = 2s;
+constexpr auto accept_slice = 50ms;
+constexpr auto namespace_exit_timeout = 2s;
+
+// First line of a regular file, at most 200 characters ("" if there is none).
+// The guest can write to run_dir, so a symlink there is not followed.
+std::string first_line(const std::filesystem::path& p) {
+  int fd = ::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
+    return "";
+  struct stat st{};
+  char buf[200];
+  ssize_t n = 0;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+    n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  std::string line{buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))};
+  return line.substr(0, line.find('\n'));
+}
+
+// State letter and start time (fields 3 and 22) of /proc/PID/stat, or
+// nullopt if the process is gone.
+std::optional<std::pair<char, std::string>> proc_state(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string stat{std::istreambuf_iterator<char>{in}, {}};
+  auto paren = stat.rfind(')'); // the command name may hold spaces
+  if (paren == std::string::npos || paren + 2 >= stat.size())
+    return std::nullopt;
+  std::istringstream rest{stat.substr(paren + 2)};
+  std::string field, start;
+  char state = '?';
+  rest >> state;
+  for (int i = 4; i <= 22 && rest >> field; ++i)
+    if (i == 22)
+      start = field;
+  return std::make_pair(state, start);
+}
+
+// The first child of `pid` (bwrap's init in the new pid namespace), or 0.
+pid_t first_child(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/task/"
+                   + std::to_string(pid) + "/children"};
+  pid_t c = 0;
+  in >> c;
+  return c;
+}
+
+guest::http_response failure(uint64_t id, uint16_t status, std::string error) {
+  guest::http_response r;
+  r.id = id;
+  r.status = status;
+  r.error = std::move(error);
+  return r;
+}
+
+} // namespace
+
+struct sandbox::impl {
+  explicit impl(sandbox_options o) : opts(std::move(o)) {
+  }
+
+  sandbox_options opts;
+
+  // Protocol state, guarded by mu.
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool started = false;    // start() was called
+  bool connected = false;  // the guest connected and teardown() did not run
+  bool gone = false;       // EOF, bad frame, failed write or stopped
+  std::string gone_reason; // why, for 502 answers
+  bool ready_seen = false;
+  std::optional<guest::configure_result> cfg_result;
+  bool halted_seen = false;
+  int halted_code = -1;
+  std::map<uint64_t, std::optional<guest::http_response>> waiters;
+  std::deque<guest::log> logs;
+  uint64_t next_id = 1;
+
+  // The connection; conn_fd is only closed under write_mu after the reader
+  // thread has been joined.
+  std::mutex write_mu;
+  int conn_fd = -1;
+  std::thread reader;
+
+  // The bwrap process; pid is never signalled once reaped (pid reuse).
+  std::mutex proc_mu;
+  pid_t child = 0;
+  bool reaped = false;
+  // bwrap's init inside the namespace: once it has exited, the kernel has
+  // killed everything else in the namespace. It is not our child (nothing to
+  // reap), so it is only watched; start time guards against pid reuse.
+  pid_t ns_init = 0;
+  std::string ns_init_start;
+
+  std::mutex stop_mu; // serializes stop() and the destructor
+  bool stopped = false;
+  int stop_code = -1;
+
+  void signal_child(int sig) {
+    std::lock_guard lock{proc_mu};
+    if (child > 0 && !reaped)
+      ::kill(child, sig);
+  }
+
+  bool try_reap() {
+    std::lock_guard lock{proc_mu};
+    if (child <= 0 || reaped)
+      return true;
+    auto r = ::waitpid(child, nullptr, WNOHANG);
+    if (r == child || (r < 0 && errno == ECHILD))
+      reaped = true;
+    return reaped;
+  }
+
+  void kill_and_reap() {
+    std::lock_guard lock{proc_mu};
+    if (child <= 0 || reaped)
+      return;
+    ::kill(child, SIGKILL);
+    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    reaped = true;
+  }
+
+  // After bwrap is reaped: waits (bounded) until the namespace's init has
+  // exited too, i.e. no process of the sandbox runs any more. Its parent
+  // died with SIGKILL, and --die-with-parent sends it SIGKILL in turn.
+  void wait_namespace_empty() {
+    pid_t init;
+    std::string start;
+    {
+      std::lock_guard lock{proc_mu};
+      init = ns_init;
+      start = ns_init_start;
+    }
+    if (init <= 0)
+      return;
+    auto until = clock_type::now() + namespace_exit_timeout;
+    for (;;) {
+      auto st = proc_state(init);
+      if (!st || st->first == 'Z' || st->first == 'X' || st->second != start)
+        return;
+      if (clock_type::now() >= until) {
+        ::kill(init, SIGKILL); // last resort (start time checked just above)
+        return;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+
+  // The guest can no longer answer: fail every waiter.
+  void mark_gone(const std::string& reason) {
+    std::lock_guard lock{mu};
+    if (!gone) {
+      gone = true;
+      gone_reason = reason;
+    }
+    for (auto& [id, slot] : waiters)
+      if (!slot)
+        slot = failure(id, 502, "guest is gone: " + gone_reason);
+    cv.notify_all();
+  }
+
+  bool send_frame(const guest::frame& f, std::string& error) {
+    std::string bytes;
+    try {
+      bytes = guest::encode(f);
+    } catch (const std::exception& e) {
+      error = e.what();
+      return false;
+    }
+    std::lock_guard lock{write_mu};
+    if (conn_fd < 0) {
+      error = "not connected";
+      return false;
+    }
+    std::size_t off = 0;
+    while (off < bytes.size()) {
+      auto n = ::send(conn_fd, bytes.data() + off, bytes.size() - off,
+                      MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        error = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+                  ? "write to the guest timed out"
+                  : "write to the guest failed: "
+                      + std::string{std::strerror(errno)};
+        return false;
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  // Sends or, on failure, gives the guest up (a half-written frame leaves
+  // the stream unusable).
+  bool send_or_drop(const guest::frame& f) {
+    std::string error;
+    if (send_frame(f, error))
+      return true;
+    mark_gone(error);
+    signal_child(SIGKILL);
+    return false;
+  }
+
+  // Returns false when the guest broke the protocol.
+  bool handle(guest::frame f) {
+    std::lock_guard lock{mu};
+    if (std::holds_alternative<guest::ready>(f)) {
+      ready_seen = true;
+    } else if (auto* res = std::get_if<guest::configure_result>(&f)) {
+      cfg_result = std::move(*res);
+    } else if (auto* resp = std::get_if<guest::http_response>(&f)) {
+      // Unknown, answered or timed-out ids are dropped.
+      if (auto it = waiters.find(resp->id); it != waiters.end() && !it->second)
+        it->second = std::move(*resp);
+    } else if (auto* l = std::get_if<guest::log>(&f)) {
+      logs.push_back(std::move(*l));
+      if (logs.size() > max_logs)
+        logs.pop_front();
+    } else if (auto* h = std::get_if<guest::halted>(&f)) {
+      halted_seen = true;
+      halted_code = h->exit_code;
+    } else {
+      return false; // a host → guest frame coming back
+    }
+    cv.notify_all();
+    return true;
+  }
+
+  void read_loop() {
+    guest::decoder dec;
+    std::vector<char> buf(64 * 1024);
+    for (;;) {
+      auto n = ::read(conn_fd, buf.data(), buf.size());
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        bool expected;
+        {
+          std::lock_guard lock{mu};
+          expected = halted_seen || gone;
+        }
+        mark_gone("guest closed the connection");
+        if (!expected)
+          signal_child(SIGKILL);
+        return;
+      }
+      dec.feed(buf.data(), static_cast<std::size_t>(n));
+      std::string error;
+      while (auto f = dec.next(error)) {
+        auto name = std::string{guest::type_name(*f)};
+        if (!handle(std::move(*f))) {
+          error = "unexpected frame '" + name + "'";
+          break;
+        }
+      }
+      if (!error.empty()) {
+        mark_gone("bad frame from the guest: " + error);
+        signal_child(SIGKILL);
+        return;
+      }
+    }
+  }
+
+  // Kills what is left, closes the connection and joins the reader. Safe to
+  // call more than once, and before start().
+  void teardown() {
+    kill_and_reap();
+    wait_namespace_empty();
+    {
+      std::lock_guard lock{write_mu};
+      if (conn_fd >= 0)
+        ::shutdown(conn_fd, SHUT_RDWR);
+    }
+    if (reader.joinable())
+      reader.join();
+    {
+      std::lock_guard lock{write_mu};
+      if (conn_fd >= 0)
+        ::close(conn_fd);
+      conn_fd = -1;
+    }
+    mark_gone("sandbox stopped");
+    std::lock_guard lock{mu};
+    connected = false;
+  }
+
+  // Waits on cv for `pred` until `deadline`; returns pred().
+  template <class Pred>
+  bool wait_until(clock_type::time_point deadline, Pred pred) {
+    std::unique_lock lock{mu};
+    return cv.wait_until(lock, deadline, pred);
+  }
+
+  std::string fail_start(std::string error) {
+    teardown();
+    auto err = first_line(std::filesystem::path{opts.run_dir} / "bwrap.err");
+    if (!err.empty())
+      error += " (bwrap: " + err + ")";
+    return error;
+  }
+
+  std::string start(const guest::configure& cfg) {
+    {
+      std::lock_guard lock{mu};
+      if (started)
+        return "already started";
+      started = true;
+    }
+    auto deadline = clock_type::now() + opts.ready_timeout;
+    if (opts.guest_binary.empty() || opts.run_dir.empty())
+      return fail_start("guest_binary and run_dir must be set");
+    std::error_code ec;
+    std::filesystem::path dir{opts.run_dir};
+    std::filesystem::create_directories(dir, ec);
+    if (ec)
+      return fail_start("cannot create " + opts.run_dir + ": " + ec.message());
+    // Stale files of an earlier run would be read as this run's errors.
+    for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err"})
+      std::filesystem::remove(dir / name, ec);
+    auto sock_path = (dir / "guest.sock").string();
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (sock_path.size() >= sizeof addr.sun_path)
+      return fail_start("run_dir path too long for a unix socket");
+    std::memcpy(addr.sun_path, sock_path.data(), sock_path.size());
+
+    int listen_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listen_fd < 0)
+      return fail_start("socket: " + std::string{std::strerror(errno)});
+    if (::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
+        || ::listen(listen_fd, 1) != 0) {
+      auto e = std::string{std::strerror(errno)};
+      ::close(listen_fd);
+      return fail_start("cannot listen on " + sock_path + ": " + e);
+    }
+
+    std::vector<std::string> args{
+      "--ro-bind", "/usr", "/usr",
+      "--symlink", "usr/lib", "/lib",
+      "--symlink", "usr/lib64", "/lib64",
+      "--symlink", "usr/bin", "/bin",
+      "--symlink", "usr/sbin", "/sbin",
+      "--proc", "/proc",
+      "--dev", "/dev",
+      "--tmpfs", "/tmp",
+      "--ro-bind", opts.guest_binary, "/opt/alephd/guest",
+      "--bind", opts.run_dir, "/run/alephd",
+      "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+    };
+    if (!opts.network)
+      args.emplace_back("--unshare-net");
+    for (const char* a : {"--hostname", opts.hostname.c_str(),
+                          "--die-with-parent", "--new-session", "--clearenv",
+                          "--chdir", "/tmp", "/opt/alephd/guest", "--socket",
+                          "/run/alephd/guest.sock", "--work-dir", "/tmp/work"})
+      args.emplace_back(a);
+
+    try {
+      std::error_code spawn_ec;
+      bp::child c{bp::exe = opts.bwrap, bp::args = args,
+                  bp::std_in < bp::null,
+                  bp::std_out > (dir / "bwrap.out").string(),
+                  bp::std_err > (dir / "bwrap.err").string(), spawn_ec};
+      if (spawn_ec) {
+        ::close(listen_fd);
+        return fail_start("cannot spawn " + opts.bwrap + ": "
+                          + spawn_ec.message());
+      }
+      // We reap it ourselves (see kill_and_reap), so boost must not.
+      std::lock_guard lock{proc_mu};
+      child = c.id();
+      c.detach();
+    } catch (const std::exception& e) {
+      ::close(listen_fd);
+      return fail_start("cannot spawn " + opts.bwrap + ": " + e.what());
+    }
+
+    // Accept in slices so that a bwrap that exits early fails at once.
+    int fd = -1;
+    while (fd < 0) {
+      if (try_reap()) {
+        ::close(listen_fd);
+        return fail_start("the sandbox exited before the guest connected");
+      }
+      if (clock_type::now() >= deadline) {
+        ::close(listen_fd);
+        return fail_start("the guest did not connect in time");
+      }
+      pollfd pfd{listen_fd, POLLIN, 0};
+      if (::poll(&pfd, 1, static_cast<int>(accept_slice.count())) == 1)
+        fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    ::close(listen_fd);
+    std::filesystem::remove(sock_path, ec); // nobody else may connect
+    {
+      // The guest connected, so bwrap has forked its init by now.
+      std::lock_guard lock{proc_mu};
+      if (!reaped) {
+        ns_init = first_child(child);
+        if (ns_init > 0) {
+          if (auto st = proc_state(ns_init))
+            ns_init_start = st->second;
+          else
+            ns_init = 0;
+        }
+      }
+    }
+    timeval tv{std::chrono::duration_cast<std::chrono::seconds>(send_timeout)
+                 .count(),
+               0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    {
+      std::lock_guard lock{write_mu};
+      conn_fd = fd;
+    }
+    {
+      std::lock_guard lock{mu};
+      connected = true;
+    }
+    reader = std::thread{[this] { read_loop(); }};
+
+    if (!wait_until(deadline, [this] { return ready_seen || gone; }))
+      return fail_start("no 'ready' from the guest in time");
+    {
+      std::lock_guard lock{mu};
+      if (!ready_seen)
+        return fail_start("the guest failed before 'ready': " + gone_reason);
+    }
+    if (!send_or_drop(cfg))
+      return fail_start("cannot send 'configure'");
+    if (!wait_until(deadline, [this] { return cfg_result || gone; }))
+      return fail_start("no 'configure_result' from the guest in time");
+    std::string error;
+    {
+      std::lock_guard lock{mu};
+      if (!cfg_result)
+        error = "the guest failed during configure: " + gone_reason;
+      else if (!cfg_result->success)
+        error = "configure failed: " + cfg_result->error;
+    }
+    if (!error.empty())
+      teardown();
+    return error;
+  }
+
+  guest::http_response request(guest::http_request req,
+                               std::chrono::milliseconds timeout) {
+    auto deadline = clock_type::now() + timeout;
+    auto caller_id = req.id;
+    uint64_t id;
+    {
+      std::lock_guard lock{mu};
+      if (!connected || gone || halted_seen)
+        return failure(caller_id, 502,
+                       gone_reason.empty() ? "guest is not running"
+                                           : "guest is gone: " + gone_reason);
+      id = next_id++;
+      waiters.emplace(id, std::nullopt);
+    }
+    req.id = id;
+    send_or_drop(req); // on failure mark_gone() fills our slot with a 502
+    std::unique_lock lock{mu};
+    cv.wait_until(lock, deadline, [&] { return waiters[id].has_value(); });
+    auto node = waiters.extract(id);
+    guest::http_response resp
+      = node.mapped() ? std::move(*node.mapped())
+                      : failure(id, 504, "no answer from the guest in time");
+    resp.id = caller_id;
+    return resp;
+  }
+
+  int stop(std::chrono::milliseconds grace) {
+    std::lock_guard stop_lock{stop_mu};
+    if (stopped)
+      return stop_code;
+    stopped = true;
+    auto deadline = clock_type::now() + grace;
+    bool live;
+    {
+      std::lock_guard lock{mu};
+      live = connected && !gone && !halted_seen;
+    }
+    if (live && send_or_drop(guest::halt{}))
+      wait_until(deadline, [this] { return halted_seen || gone; });
+    while (!try_reap() && clock_type::now() < deadline)
+      std::this_thread::sleep_for(10ms);
+    teardown();
+    std::lock_guard lock{mu};
+    stop_code = halted_seen ? halted_code : -1;
+    return stop_code;
+  }
+};
+
+sandbox::sandbox(sandbox_options o)
+  : impl_{std::make_unique<impl>(std::move(o))} {
+}
+
+sandbox::~sandbox() {
+  try {
+    impl_->stop(destructor_grace);
+  } catch (...) {
+    // stop() only throws on resource exhaustion; make sure nothing is left.
+    impl_->kill_and_reap();
+    if (impl_->reader.joinable()) {
+      std::lock_guard lock{impl_->write_mu};
+      if (impl_->conn_fd >= 0)
+        ::shutdown(impl_->conn_fd, SHUT_RDWR);
+    }
+    if (impl_->reader.joinable())
+      impl_->reader.join();
+  }
+}
+
+std::string sandbox::start(const guest::configure& cfg) {
+  return impl_->start(cfg);
+}
+
+guest::http_response sandbox::request(guest::http_request req,
+                                      std::chrono::milliseconds timeout) {
+  return impl_->request(std::move(req), timeout);
+}
+
+int sandbox::stop(std::chrono::milliseconds grace) {
+  return impl_->stop(grace);
+}
+
+bool sandbox::running() const {
+  std::lock_guard lock{impl_->mu};
+  return impl_->connected && !impl_->gone && !impl_->halted_seen;
+}
+
+int sandbox::pid() const {
+  std::lock_guard lock{impl_->proc_mu};
+  return impl_->child;
+}
+
+std::vector<guest::log> sandbox::logs() const {
+  std::lock_guard lock{impl_->mu};
+  return {impl_->logs.begin(), impl_->logs.end()};
+}
+
+} // namespace alephd

@@ -1,0 +1,72 @@
+#pragma once
+
+// The `sandbox` executor: runs the guest agent (`alephd-guest`) as the first
+// process of a bubblewrap container (own pid, ipc, uts and, by default, net
+// namespaces; /usr read-only, an empty /tmp, no host files) and speaks the
+// guest protocol to it over a unix socket in a per-execution run directory.
+// No CAF here: an actor owns one `sandbox` and calls it from a blocking
+// context. Every wait is bounded, and the destructor never leaves a process
+// behind.
+
+#include "runtime/guest_protocol.hpp"
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace alephd {
+
+/// How to build the sandbox of one execution.
+struct sandbox_options {
+  std::string bwrap = "/usr/bin/bwrap";
+  std::string guest_binary; ///< path of the static alephd-guest
+  std::string run_dir;      ///< per-execution host dir (created): guest.sock, logs
+  std::string hostname = "alephd";
+  bool network = false; ///< false: own empty net namespace (only lo)
+  std::chrono::milliseconds ready_timeout{10000};
+};
+
+/// One guest agent in a bubblewrap sandbox. All members are thread-safe.
+class sandbox {
+public:
+  explicit sandbox(sandbox_options o);
+  /// Halts (2 s grace) or kills, and reaps; never leaves a process behind.
+  ~sandbox();
+
+  sandbox(const sandbox&) = delete;
+  sandbox& operator=(const sandbox&) = delete;
+
+  /// Spawns bwrap with the guest agent as the sandbox's first process, waits
+  /// for `ready`, sends `configure`, waits for `configure_result` (all within
+  /// ready_timeout). Returns "" or a one-line error; call it once.
+  std::string start(const guest::configure& cfg);
+
+  /// Sends one request and waits for its response (concurrent calls allowed;
+  /// the caller's id is kept, the wire uses its own). On timeout returns
+  /// status 504; if the guest is gone, status 502 with `error` set.
+  guest::http_response request(guest::http_request req,
+                               std::chrono::milliseconds timeout);
+
+  /// Sends halt, waits up to `grace` for `halted` and the process to exit,
+  /// then SIGKILLs and reaps. Returns the exit code from `halted`, or -1.
+  int stop(std::chrono::milliseconds grace = std::chrono::seconds(6));
+
+  /// False once the guest halted, died or broke the protocol.
+  bool running() const;
+
+  /// Host pid of the bwrap process (0 before start).
+  int pid() const;
+
+  /// Log frames received so far (the last 1000).
+  std::vector<guest::log> logs() const;
+
+  /// Largest number of log frames kept.
+  static constexpr std::size_t max_logs = 1000;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace alephd

@@ -1,0 +1,193 @@
+// A tiny HTTP program for sandbox_test that reports what it sees from inside
+// the sandbox. Listens on 127.0.0.1:$APP_PORT;
+//   GET /probe -> 200 {"work":B,"etc_hostname":B,"root":B,"pid":N,
+//                      "hostname":"H","host_port_reachable":B}
+// where host_port_reachable says whether a TCP connect to
+// 127.0.0.1:$PROBE_PORT succeeded within 1 s. Dies with its parent.
+//
+// Started as `sandbox_probe --socket PATH ...` it is instead a hostile guest
+// agent, whose misbehaviour is named by the file hostile-mode next to PATH:
+//   silent  - connects and never says anything
+//   garbage - sends `ready`, then an impossible frame length
+//   stuck   - accepts `configure`, then ignores everything (and SIGTERM)
+//   later   - accepts `configure`, answers the first request with garbage
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+namespace {
+
+bool exists(const char* path) {
+  struct stat st{};
+  return ::lstat(path, &st) == 0;
+}
+
+bool can_connect(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = false;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    ok = true;
+  } else if (errno == EINPROGRESS) {
+    pollfd pfd{fd, POLLOUT, 0};
+    if (::poll(&pfd, 1, 1000) == 1) {
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      ok = err == 0;
+    }
+  }
+  ::close(fd);
+  return ok;
+}
+
+const char* b(bool v) {
+  return v ? "true" : "false";
+}
+
+void write_all(int fd, const std::string& s) {
+  std::size_t off = 0;
+  while (off < s.size()) {
+    auto n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0)
+      return;
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+// Frames hand-encoded in msgpack, each with its 4-byte length prefix.
+std::string frame(std::string_view payload) {
+  auto n = static_cast<uint32_t>(payload.size());
+  std::string out{static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                  static_cast<char>(n >> 8), static_cast<char>(n)};
+  return out.append(payload);
+}
+
+// {"type":"ready","v":1,"version":"x"}
+constexpr char ready_payload[] = "\x83\xa4type\xa5ready\xa1v\x01\xa7version\xa1x";
+// {"type":"configure_result","v":1,"success":true,"error":""}
+constexpr char configured_payload[] = "\x84\xa4type\xb0" "configure_result"
+                                      "\xa1v\x01\xa7success\xc3\xa5" "error\xa0";
+
+// Reads at least one byte (or sleeps forever at EOF, staying hostile).
+void read_some(int fd) {
+  char buf[65536];
+  if (::read(fd, buf, sizeof buf) <= 0)
+    for (;;)
+      ::pause();
+}
+
+int hostile(const std::string& socket_path) {
+  ::signal(SIGTERM, SIG_IGN);
+  ::signal(SIGPIPE, SIG_IGN);
+  auto slash = socket_path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
+  std::string mode;
+  if (FILE* f = std::fopen((dir + "/hostile-mode").c_str(), "r")) {
+    char buf[64] = {};
+    if (std::fgets(buf, sizeof buf, f) != nullptr)
+      mode = buf;
+    std::fclose(f);
+  }
+  while (!mode.empty() && (mode.back() == '\n' || mode.back() == ' '))
+    mode.pop_back();
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  socket_path.copy(addr.sun_path, sizeof addr.sun_path - 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    return 1;
+  if (mode != "silent") {
+    write_all(fd, frame({ready_payload, sizeof ready_payload - 1}));
+    read_some(fd); // configure
+    if (mode == "garbage") {
+      write_all(fd, "\xff\xff\xff\xff");
+    } else {
+      write_all(fd, frame({configured_payload, sizeof configured_payload - 1}));
+      if (mode == "later") {
+        read_some(fd); // the first request
+        write_all(fd, frame("\xc1 not msgpack"));
+      }
+    }
+  }
+  for (;;)
+    read_some(fd); // never answers, never exits
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 3 && std::string_view{argv[1]} == "--socket")
+    return hostile(argv[2]);
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  const char* port_env = std::getenv("APP_PORT");
+  const char* probe_env = std::getenv("PROBE_PORT");
+  if (port_env == nullptr) {
+    std::fprintf(stderr, "APP_PORT not set\n");
+    return 2;
+  }
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::atoi(port_env)));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
+      || ::listen(fd, 16) != 0) {
+    std::perror("cannot listen");
+    return 2;
+  }
+  std::printf("probe listening on %s\n", port_env);
+  std::fflush(stdout);
+  for (;;) {
+    int c = ::accept(fd, nullptr, nullptr);
+    if (c < 0)
+      continue;
+    std::string req;
+    char buf[4096];
+    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
+      auto n = ::read(c, buf, sizeof buf);
+      if (n <= 0)
+        break;
+      req.append(buf, static_cast<std::size_t>(n));
+    }
+    if (req.rfind("GET /probe", 0) == 0) {
+      char host[256] = {};
+      ::gethostname(host, sizeof host - 1);
+      bool reachable = probe_env != nullptr
+                       && can_connect(static_cast<uint16_t>(std::atoi(probe_env)));
+      std::string body = std::string{"{\"work\":"} + b(exists("/work"))
+                         + ",\"etc_hostname\":" + b(exists("/etc/hostname"))
+                         + ",\"root\":" + b(exists("/root"))
+                         + ",\"pid\":" + std::to_string(::getpid())
+                         + ",\"hostname\":\"" + host + "\""
+                         + ",\"host_port_reachable\":" + b(reachable) + "}";
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   "Content-Length: "
+                     + std::to_string(body.size()) + "\r\n\r\n" + body);
+    } else {
+      write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
+    }
+    ::close(c);
+  }
+}

@@ -1,0 +1,370 @@
+// Runs the real `alephd-guest` in a bubblewrap sandbox through alephd::sandbox,
+// with tests/guest_test_app.cpp (and tests/sandbox_probe.cpp) as the program.
+// Needs bwrap and the permission to create namespaces (root here).
+
+#include "runtime/sandbox.hpp"
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef ALEPHD_GUEST_BINARY
+#  error "ALEPHD_GUEST_BINARY must name the static alephd-guest binary"
+#endif
+#ifndef ALEPHD_GUEST_TEST_APP
+#  error "ALEPHD_GUEST_TEST_APP must name the guest_test_app binary"
+#endif
+
+namespace gp = alephd::guest;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  return {std::istreambuf_iterator<char>{in}, {}};
+}
+
+bool alive(int pid) {
+  return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH);
+}
+
+// Whether `pid` exists and is not a zombie. Sandbox processes other than bwrap
+// itself are reparented to the host's init, which reaps them in its own time.
+bool running_process(int pid) {
+  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  auto paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size())
+    return false;
+  char state = stat[paren + 2];
+  return state != 'Z' && state != 'X';
+}
+
+// `pid` and all its descendants, from /proc/PID/task/TID/children.
+std::set<int> process_tree(int pid) {
+  std::set<int> out;
+  std::vector<int> todo{pid};
+  while (!todo.empty()) {
+    int p = todo.back();
+    todo.pop_back();
+    if (!out.insert(p).second)
+      continue;
+    std::error_code ec;
+    auto tasks = "/proc/" + std::to_string(p) + "/task";
+    for (const auto& t : std::filesystem::directory_iterator{tasks, ec}) {
+      std::istringstream in{read_file(t.path().string() + "/children")};
+      for (int c; in >> c;)
+        todo.push_back(c);
+    }
+  }
+  return out;
+}
+
+bool wait_for(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto until = clock_type::now() + timeout;
+  while (!pred()) {
+    if (clock_type::now() >= until)
+      return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+gp::http_request get(uint64_t id, std::string path, std::string query = "") {
+  return {id, "GET", std::move(path), std::move(query), {}, ""};
+}
+
+class sandbox : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/sandbox_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  alephd::sandbox_options options() {
+    alephd::sandbox_options o;
+    o.guest_binary = ALEPHD_GUEST_BINARY;
+    o.run_dir = dir_ + "/run";
+    o.hostname = "sandbox-test";
+    o.ready_timeout = 5000ms;
+    return o;
+  }
+
+  // Port 8080 in every test: each sandbox has its own network namespace.
+  static gp::configure config(const std::string& program) {
+    gp::configure cfg;
+    cfg.code = read_file(program);
+    cfg.encoding = "plain";
+    cfg.entrypoint = "app";
+    cfg.variables = {{"GREETING", "hello-from-sandbox"}, {"APP_PORT", "8080"}};
+    cfg.app_port = 8080;
+    return cfg;
+  }
+
+#ifdef ALEPHD_SANDBOX_PROBE
+  // The probe as the agent, misbehaving as `mode` says (see sandbox_probe.cpp).
+  alephd::sandbox_options hostile(const std::string& mode) {
+    auto o = options();
+    o.guest_binary = ALEPHD_SANDBOX_PROBE;
+    o.ready_timeout = 1000ms;
+    std::filesystem::create_directories(o.run_dir);
+    std::ofstream{o.run_dir + "/hostile-mode"} << mode << "\n";
+    return o;
+  }
+#endif
+
+  std::string dir_;
+};
+
+} // namespace
+
+TEST_F(sandbox, serves_a_request) {
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  EXPECT_TRUE(sb.running());
+  EXPECT_GT(sb.pid(), 0);
+  auto resp = sb.request(get(42, "/echo", "hello"), 5000ms);
+  EXPECT_EQ(resp.id, 42u);
+  EXPECT_EQ(resp.status, 200) << resp.error;
+  EXPECT_EQ(resp.error, "");
+  EXPECT_EQ(resp.body, "hello hello-from-sandbox");
+  EXPECT_TRUE(wait_for(
+    [&] {
+      for (const auto& l : sb.logs())
+        if (l.stream == "stdout" && l.line.find("listening on 8080") != std::string::npos)
+          return true;
+      return false;
+    },
+    3000ms));
+}
+
+TEST_F(sandbox, ten_concurrent_requests_are_all_answered) {
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  std::vector<gp::http_response> answers(10);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < answers.size(); ++i)
+    threads.emplace_back([&, i] {
+      // The same caller id everywhere: the sandbox must not mix them up.
+      answers[i] = sb.request(get(7, "/echo", "n=" + std::to_string(i)), 8000ms);
+    });
+  for (auto& t : threads)
+    t.join();
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    EXPECT_EQ(answers[i].status, 200) << i << ": " << answers[i].error;
+    EXPECT_EQ(answers[i].id, 7u);
+    EXPECT_EQ(answers[i].body, "n=" + std::to_string(i) + " hello-from-sandbox");
+  }
+}
+
+TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
+#ifndef ALEPHD_SANDBOX_PROBE
+  GTEST_SKIP() << "ALEPHD_SANDBOX_PROBE (tests/sandbox_probe.cpp) not defined";
+#else
+  // A host port the guest must not reach.
+  int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+  auto host_port = std::to_string(ntohs(addr.sin_port));
+
+  alephd::sandbox sb{options()};
+  auto cfg = config(ALEPHD_SANDBOX_PROBE);
+  cfg.variables["PROBE_PORT"] = host_port;
+  ASSERT_EQ(sb.start(cfg), "");
+  auto resp = sb.request(get(1, "/probe"), 5000ms);
+  ASSERT_EQ(resp.status, 200) << resp.error;
+  const auto& j = resp.body;
+  EXPECT_NE(j.find("\"work\":false"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"etc_hostname\":false"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"root\":false"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"hostname\":\"sandbox-test\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"host_port_reachable\":false"), std::string::npos) << j;
+  // bwrap's init is pid 1, the agent 2, the program 3: its own pid namespace.
+  auto pos = j.find("\"pid\":");
+  ASSERT_NE(pos, std::string::npos) << j;
+  int pid = std::atoi(j.c_str() + pos + 6);
+  EXPECT_GE(pid, 1) << j;
+  EXPECT_LE(pid, 3) << j;
+  pollfd pfd{lfd, POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 0), 0) << "the guest reached a host port";
+  ::close(lfd);
+#endif
+}
+
+TEST_F(sandbox, a_crash_ends_the_guest_and_is_logged) {
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto resp = sb.request(get(3, "/crash"), 5000ms);
+  EXPECT_EQ(resp.status, 502);
+  EXPECT_NE(resp.error, "");
+  EXPECT_TRUE(wait_for([&] { return !sb.running(); }, 5000ms));
+  bool logged = false;
+  for (const auto& l : sb.logs())
+    logged = logged
+             || (l.stream == "system"
+                 && l.line.find("exited with code 3") != std::string::npos);
+  EXPECT_TRUE(logged);
+  auto after = sb.request(get(4, "/echo", "x"), 1000ms);
+  EXPECT_EQ(after.status, 502);
+  EXPECT_NE(after.error, "");
+  auto t0 = clock_type::now();
+  EXPECT_EQ(sb.stop(), 3);
+  EXPECT_LT(clock_type::now() - t0, 2s);
+  EXPECT_FALSE(alive(sb.pid())); // bwrap itself is reaped
+}
+
+TEST_F(sandbox, stop_halts_promptly_and_leaves_no_process) {
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  ASSERT_EQ(sb.request(get(1, "/echo", "x"), 5000ms).status, 200);
+  auto tree = process_tree(sb.pid());
+  EXPECT_GE(tree.size(), 4u) << "bwrap, its init, the agent and the program";
+  auto t0 = clock_type::now();
+  EXPECT_EQ(sb.stop(), 128 + SIGTERM);
+  EXPECT_LT(clock_type::now() - t0, 3s);
+  EXPECT_FALSE(sb.running());
+  EXPECT_FALSE(alive(sb.pid())); // bwrap itself is reaped
+  for (int p : tree)
+    EXPECT_FALSE(running_process(p)) << "pid " << p << " survived stop()";
+  EXPECT_EQ(sb.stop(), 128 + SIGTERM); // idempotent
+  auto resp = sb.request(get(2, "/echo", "x"), 1000ms);
+  EXPECT_EQ(resp.status, 502);
+}
+
+TEST_F(sandbox, a_slow_answer_times_out_with_504) {
+  alephd::sandbox sb{options()};
+  auto cfg = config(ALEPHD_GUEST_TEST_APP);
+  cfg.variables["START_DELAY_MS"] = "30000"; // never listens during the test
+  ASSERT_EQ(sb.start(cfg), "");
+  auto t0 = clock_type::now();
+  auto resp = sb.request(get(9, "/echo", "x"), 300ms);
+  EXPECT_EQ(resp.id, 9u);
+  EXPECT_EQ(resp.status, 504);
+  EXPECT_LT(clock_type::now() - t0, 1s);
+  EXPECT_TRUE(sb.running());
+}
+
+TEST_F(sandbox, a_binary_that_is_not_the_agent_fails_start_in_time) {
+  auto o = options();
+  o.guest_binary = "/usr/bin/true";
+  o.ready_timeout = 3000ms;
+  alephd::sandbox sb{o};
+  auto t0 = clock_type::now();
+  auto error = sb.start(config(ALEPHD_GUEST_TEST_APP));
+  EXPECT_NE(error, "");
+  EXPECT_EQ(error.find('\n'), std::string::npos) << error;
+  EXPECT_LT(clock_type::now() - t0, 3500ms);
+  EXPECT_FALSE(sb.running());
+  EXPECT_FALSE(alive(sb.pid()));
+  EXPECT_EQ(sb.request(get(1, "/echo"), 500ms).status, 502);
+}
+
+TEST_F(sandbox, a_refused_configure_fails_start) {
+  alephd::sandbox sb{options()};
+  auto cfg = config(ALEPHD_GUEST_TEST_APP);
+  cfg.entrypoint = "";
+  auto error = sb.start(cfg);
+  EXPECT_NE(error.find("entrypoint"), std::string::npos) << error;
+  EXPECT_FALSE(sb.running());
+  EXPECT_FALSE(alive(sb.pid()));
+}
+
+TEST_F(sandbox, the_destructor_leaves_no_process) {
+  std::set<int> tree;
+  {
+    alephd::sandbox sb{options()};
+    ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    ASSERT_EQ(sb.request(get(1, "/echo", "x"), 5000ms).status, 200);
+    tree = process_tree(sb.pid());
+    EXPECT_GE(tree.size(), 4u);
+  }
+  for (int p : tree)
+    EXPECT_FALSE(running_process(p)) << "pid " << p << " survived the destructor";
+}
+
+// --- hostile guests (tests/sandbox_probe.cpp started as the agent) -----------
+
+#ifdef ALEPHD_SANDBOX_PROBE
+
+TEST_F(sandbox, hostile_a_silent_guest_fails_start_at_the_ready_timeout) {
+  alephd::sandbox sb{hostile("silent")};
+  auto t0 = clock_type::now();
+  auto error = sb.start(config(ALEPHD_GUEST_TEST_APP));
+  auto took = clock_type::now() - t0;
+  EXPECT_NE(error.find("ready"), std::string::npos) << error;
+  EXPECT_GE(took, 900ms);
+  EXPECT_LT(took, 3s);
+  EXPECT_FALSE(sb.running());
+  EXPECT_FALSE(alive(sb.pid()));
+}
+
+TEST_F(sandbox, hostile_garbage_before_configure_result_fails_start_at_once) {
+  alephd::sandbox sb{hostile("garbage")};
+  auto t0 = clock_type::now();
+  auto error = sb.start(config(ALEPHD_GUEST_TEST_APP));
+  EXPECT_NE(error.find("bad frame"), std::string::npos) << error;
+  EXPECT_LT(clock_type::now() - t0, 900ms);
+  EXPECT_FALSE(alive(sb.pid()));
+}
+
+TEST_F(sandbox, hostile_a_stuck_guest_times_out_and_is_killed) {
+  alephd::sandbox sb{hostile("stuck")};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto tree = process_tree(sb.pid());
+  EXPECT_EQ(sb.request(get(1, "/echo"), 300ms).status, 504);
+  auto t0 = clock_type::now();
+  EXPECT_EQ(sb.stop(500ms), -1);
+  EXPECT_LT(clock_type::now() - t0, 2s);
+  EXPECT_FALSE(alive(sb.pid()));
+  for (int p : tree)
+    EXPECT_FALSE(running_process(p)) << "pid " << p << " survived stop()";
+}
+
+TEST_F(sandbox, hostile_garbage_instead_of_an_answer_gives_502_and_ends_it) {
+  alephd::sandbox sb{hostile("later")};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto t0 = clock_type::now();
+  auto resp = sb.request(get(5, "/echo"), 5000ms);
+  EXPECT_EQ(resp.id, 5u);
+  EXPECT_EQ(resp.status, 502);
+  EXPECT_NE(resp.error.find("bad frame"), std::string::npos) << resp.error;
+  EXPECT_LT(clock_type::now() - t0, 2s);
+  EXPECT_FALSE(sb.running());
+  EXPECT_EQ(sb.stop(), -1);
+  EXPECT_FALSE(alive(sb.pid()));
+}
+
+#endif
