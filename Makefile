@@ -35,6 +35,7 @@ asan-test: deps
 bench: build
 	@cmake --build $(BUILD) -j $(JOBS) --target benchmarks
 	$(BUILD)/bench/intake_bench
+	$(BUILD)/bench/sandbox_bench
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
