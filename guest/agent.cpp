@@ -372,7 +372,9 @@ gp::http_response forward(const gp::http_request& req, uint16_t port) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   int fd = -1;
   auto deadline = clock_type::now() + connect_window;
-  auto backoff = 10ms;
+  // A cold start's first request usually arrives while the program is still starting: poll
+  // fast at first (a refused loopback connect costs microseconds), then back off.
+  std::chrono::microseconds backoff{250};
   for (;;) {
     fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -388,7 +390,7 @@ gp::http_response forward(const gp::http_request& req, uint16_t port) {
                          "program is not listening on port "
                            + std::to_string(port));
     std::this_thread::sleep_for(backoff);
-    backoff = std::min<std::chrono::milliseconds>(backoff * 2, 200ms);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, 200ms);
   }
   timeval tv{60, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
