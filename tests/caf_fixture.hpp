@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "actors/interfaces.hpp"
+#include "runtime/lmdb.hpp"
 
 namespace alephd::test {
 
@@ -113,5 +114,13 @@ struct temp_dir {
   }
   std::string str() const { return path.string(); }
 };
+
+/// Opens (creating) an LMDB environment in `dir`/lmdb; a failure fails the test.
+inline std::shared_ptr<lmdb::env> open_test_env(const temp_dir& dir) {
+  std::string err;
+  auto e = lmdb::env::open(dir.str() + "/lmdb", err);
+  EXPECT_TRUE(e) << err;
+  return std::shared_ptr<lmdb::env>(std::move(e));
+}
 
 } // namespace alephd::test

@@ -51,9 +51,7 @@ struct ccn_parts {
 struct ccn_peer_test : caf_fixture {
   std::unique_ptr<ccn_parts> make(const std::string& id, std::vector<ccn_node_actor> direct = {}) {
     auto p = std::make_unique<ccn_parts>();
-    std::string err;
-    p->env = lmdb::env::open(p->dir.str() + "/lmdb", err);
-    EXPECT_TRUE(p->env) << err;
+    p->env = open_test_env(p->dir);
     p->messages = spawn(message_store, p->env, true);
     p->files = spawn(content_store, p->env, p->dir.str() + "/blobs", uint64_t{1} << 20);
     crn_registry_config rc;

@@ -57,10 +57,7 @@ struct content_store_test : caf_fixture {
   std::shared_ptr<lmdb::env> env = open_env();
 
   std::shared_ptr<lmdb::env> open_env() {
-    std::string err;
-    auto e = lmdb::env::open(dir.str() + "/lmdb", err);
-    EXPECT_TRUE(e) << err;
-    return std::shared_ptr<lmdb::env>(std::move(e));
+    return open_test_env(dir);
   }
 
   content_store_actor make_store(uint64_t max_bytes = 0) {

@@ -400,12 +400,7 @@ TEST_F(crn_registry_test, enroll_without_an_id_is_invalid) {
 
 struct crn_registry_restart_test : crn_registry_test {
   temp_dir dir;
-  std::shared_ptr<lmdb::env> env = [this] {
-    std::string err;
-    auto e = lmdb::env::open(dir.str() + "/lmdb", err);
-    EXPECT_TRUE(e) << err;
-    return std::shared_ptr<lmdb::env>(std::move(e));
-  }();
+  std::shared_ptr<lmdb::env> env = open_test_env(dir);
 
   void start_durable(uint32_t max_linked, std::chrono::milliseconds reserve_grace = 3000ms) {
     cfg.env = env;

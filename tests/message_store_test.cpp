@@ -32,10 +32,7 @@ struct message_store_test : caf_fixture {
   std::shared_ptr<lmdb::env> env = open_env();
 
   std::shared_ptr<lmdb::env> open_env() {
-    std::string err;
-    auto e = lmdb::env::open(dir.str() + "/lmdb", err);
-    EXPECT_TRUE(e) << err;
-    return std::shared_ptr<lmdb::env>(std::move(e));
+    return open_test_env(dir);
   }
 };
 

@@ -446,12 +446,7 @@ TEST_F(scheduler_test, an_unanswered_allocation_goes_back_to_pending_after_the_t
 
 struct scheduler_restart_test : scheduler_test {
   temp_dir dir;
-  std::shared_ptr<lmdb::env> env = [this] {
-    std::string err;
-    auto e = lmdb::env::open(dir.str() + "/lmdb", err);
-    EXPECT_TRUE(e) << err;
-    return std::shared_ptr<lmdb::env>(std::move(e));
-  }();
+  std::shared_ptr<lmdb::env> env = open_test_env(dir);
 
   scheduler_config durable_config() {
     scheduler_config c;
