@@ -1,6 +1,7 @@
 #include "runtime/sandbox.hpp"
 
 #include <boost/process.hpp>
+#include <boost/process/extend.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -39,6 +40,7 @@ constexpr auto send_timeout = 5s;
 constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
+constexpr auto timeout_slice = 100ms;
 
 // First line of a regular file, at most 200 characters ("" if there is none).
 // The guest can write to run_dir, so a symlink there is not followed.
@@ -110,8 +112,18 @@ struct sandbox::impl {
   std::optional<guest::configure_result> cfg_result;
   bool halted_seen = false;
   int halted_code = -1;
-  std::map<uint64_t, std::optional<guest::http_response>> waiters;
-  std::deque<guest::log> logs;
+  // A request in flight: sync callers wait on cv for `result`; async ones
+  // get `done` called (outside the lock) by whoever completes it.
+  struct waiter {
+    std::optional<guest::http_response> result;
+    executor::reply_handler done;
+    clock_type::time_point deadline;
+    uint64_t caller_id = 0;
+  };
+  std::map<uint64_t, waiter> waiters;
+  std::deque<timed_log> logs;
+  executor::exit_handler on_exit;
+  bool stop_requested = false; // stop() or the destructor: no exit report
   uint64_t next_id = 1;
 
   // The connection; conn_fd is only closed under write_mu after the reader
@@ -186,17 +198,72 @@ struct sandbox::impl {
     }
   }
 
-  // The guest can no longer answer: fail every waiter.
-  void mark_gone(const std::string& reason) {
-    std::lock_guard lock{mu};
-    if (!gone) {
-      gone = true;
-      gone_reason = reason;
+  using completion = std::pair<executor::reply_handler, guest::http_response>;
+
+  // Finishes waiter `it` with `resp` (under mu); an async one is moved to
+  // `out` to be called once the lock is released.
+  void complete(std::map<uint64_t, waiter>::iterator it, guest::http_response resp,
+                std::vector<completion>& out) {
+    if (it->second.done) {
+      resp.id = it->second.caller_id;
+      out.emplace_back(std::move(it->second.done), std::move(resp));
+      waiters.erase(it);
+    } else if (!it->second.result) {
+      it->second.result = std::move(resp);
     }
-    for (auto& [id, slot] : waiters)
-      if (!slot)
-        slot = failure(id, 502, "guest is gone: " + gone_reason);
-    cv.notify_all();
+  }
+
+  static void run(std::vector<completion>& done) {
+    for (auto& [cb, resp] : done)
+      cb(std::move(resp));
+    done.clear();
+  }
+
+  // The guest can no longer answer: fail every waiter, and report the end
+  // once (unless we asked for it).
+  void mark_gone(const std::string& reason) {
+    std::vector<completion> done;
+    executor::exit_handler report;
+    int code = -1;
+    std::string why;
+    {
+      std::lock_guard lock{mu};
+      if (!gone) {
+        gone = true;
+        gone_reason = reason;
+        if (!stop_requested && on_exit) {
+          report = std::move(on_exit);
+          on_exit = nullptr;
+          code = halted_seen ? halted_code : -1;
+          why = halted_seen ? "program exited with code " + std::to_string(halted_code) : reason;
+        }
+      }
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        auto next = std::next(it);
+        if (it->second.done || !it->second.result)
+          complete(it, failure(it->first, 502, "guest is gone: " + gone_reason), done);
+        it = next;
+      }
+      cv.notify_all();
+    }
+    run(done);
+    if (report)
+      report(code, why);
+  }
+
+  // Answers 504 to async waiters whose deadline passed.
+  void expire(clock_type::time_point now) {
+    std::vector<completion> done;
+    {
+      std::lock_guard lock{mu};
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        auto next = std::next(it);
+        if (it->second.done && it->second.deadline <= now)
+          complete(it, failure(it->first, 504, "no answer from the guest in time"), done);
+        it = next;
+      }
+    }
+    run(done);
   }
 
   bool send_frame(const guest::frame& f, std::string& error) {
@@ -242,7 +309,7 @@ struct sandbox::impl {
   }
 
   // Returns false when the guest broke the protocol.
-  bool handle(guest::frame f) {
+  bool handle(guest::frame f, std::vector<completion>& done) {
     std::lock_guard lock{mu};
     if (std::holds_alternative<guest::ready>(f)) {
       ready_seen = true;
@@ -250,10 +317,13 @@ struct sandbox::impl {
       cfg_result = std::move(*res);
     } else if (auto* resp = std::get_if<guest::http_response>(&f)) {
       // Unknown, answered or timed-out ids are dropped.
-      if (auto it = waiters.find(resp->id); it != waiters.end() && !it->second)
-        it->second = std::move(*resp);
+      if (auto it = waiters.find(resp->id); it != waiters.end() && !it->second.result)
+        complete(it, std::move(*resp), done);
     } else if (auto* l = std::get_if<guest::log>(&f)) {
-      logs.push_back(std::move(*l));
+      auto now = std::chrono::duration<double>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+      logs.push_back(timed_log{now, std::move(l->stream), std::move(l->line)});
       if (logs.size() > max_logs)
         logs.pop_front();
     } else if (auto* h = std::get_if<guest::halted>(&f)) {
@@ -269,7 +339,14 @@ struct sandbox::impl {
   void read_loop() {
     guest::decoder dec;
     std::vector<char> buf(64 * 1024);
+    std::vector<completion> done;
     for (;;) {
+      // Wake up now and then to time out async requests.
+      pollfd pfd{conn_fd, POLLIN, 0};
+      auto p = ::poll(&pfd, 1, static_cast<int>(timeout_slice.count()));
+      expire(clock_type::now());
+      if (p == 0 || (p < 0 && errno == EINTR))
+        continue;
       auto n = ::read(conn_fd, buf.data(), buf.size());
       if (n < 0 && errno == EINTR)
         continue;
@@ -288,11 +365,12 @@ struct sandbox::impl {
       std::string error;
       while (auto f = dec.next(error)) {
         auto name = std::string{guest::type_name(*f)};
-        if (!handle(std::move(*f))) {
+        if (!handle(std::move(*f), done)) {
           error = "unexpected frame '" + name + "'";
           break;
         }
       }
+      run(done);
       if (!error.empty()) {
         mark_gone("bad frame from the guest: " + error);
         signal_child(SIGKILL);
@@ -332,6 +410,10 @@ struct sandbox::impl {
   }
 
   std::string fail_start(std::string error) {
+    {
+      std::lock_guard lock{mu};
+      stop_requested = true; // start() reports this failure itself
+    }
     teardown();
     auto err = first_line(std::filesystem::path{opts.run_dir} / "bwrap.err");
     if (!err.empty())
@@ -389,6 +471,7 @@ struct sandbox::impl {
     };
     if (!opts.network)
       args.emplace_back("--unshare-net");
+    args.insert(args.end(), opts.extra_args.begin(), opts.extra_args.end());
     for (const char* a : {"--hostname", opts.hostname.c_str(),
                           "--die-with-parent", "--new-session", "--clearenv",
                           "--chdir", "/tmp", "/opt/alephd/guest", "--socket",
@@ -397,10 +480,16 @@ struct sandbox::impl {
 
     try {
       std::error_code spawn_ec;
+      auto setup = opts.child_setup;
       bp::child c{bp::exe = opts.bwrap, bp::args = args,
                   bp::std_in < bp::null,
                   bp::std_out > (dir / "bwrap.out").string(),
-                  bp::std_err > (dir / "bwrap.err").string(), spawn_ec};
+                  bp::std_err > (dir / "bwrap.err").string(),
+                  bp::extend::on_exec_setup = [setup](auto&) {
+                    if (setup)
+                      setup();
+                  },
+                  spawn_ec};
       if (spawn_ec) {
         ::close(listen_fd);
         return fail_start("cannot spawn " + opts.bwrap + ": "
@@ -479,7 +568,7 @@ struct sandbox::impl {
         error = "configure failed: " + cfg_result->error;
     }
     if (!error.empty())
-      teardown();
+      return fail_start(error);
     return error;
   }
 
@@ -495,18 +584,36 @@ struct sandbox::impl {
                        gone_reason.empty() ? "guest is not running"
                                            : "guest is gone: " + gone_reason);
       id = next_id++;
-      waiters.emplace(id, std::nullopt);
+      waiters.emplace(id, waiter{});
     }
     req.id = id;
     send_or_drop(req); // on failure mark_gone() fills our slot with a 502
     std::unique_lock lock{mu};
-    cv.wait_until(lock, deadline, [&] { return waiters[id].has_value(); });
+    cv.wait_until(lock, deadline, [&] { return waiters[id].result.has_value(); });
     auto node = waiters.extract(id);
     guest::http_response resp
-      = node.mapped() ? std::move(*node.mapped())
-                      : failure(id, 504, "no answer from the guest in time");
+      = node.mapped().result ? std::move(*node.mapped().result)
+                             : failure(id, 504, "no answer from the guest in time");
     resp.id = caller_id;
     return resp;
+  }
+
+  void request_async(guest::http_request req, std::chrono::milliseconds timeout,
+                     executor::reply_handler done) {
+    auto caller_id = req.id;
+    {
+      std::unique_lock lock{mu};
+      if (!connected || gone || halted_seen) {
+        auto why = gone_reason.empty() ? "guest is not running" : "guest is gone: " + gone_reason;
+        lock.unlock();
+        done(failure(caller_id, 502, why));
+        return;
+      }
+      req.id = next_id++;
+      waiters.emplace(req.id, waiter{std::nullopt, std::move(done),
+                                     clock_type::now() + timeout, caller_id});
+    }
+    send_or_drop(req); // on failure mark_gone() answers 502
   }
 
   int stop(std::chrono::milliseconds grace) {
@@ -514,6 +621,10 @@ struct sandbox::impl {
     if (stopped)
       return stop_code;
     stopped = true;
+    {
+      std::lock_guard lock{mu};
+      stop_requested = true;
+    }
     auto deadline = clock_type::now() + grace;
     bool live;
     {
@@ -574,9 +685,19 @@ int sandbox::pid() const {
   return impl_->child;
 }
 
-std::vector<guest::log> sandbox::logs() const {
+void sandbox::request_async(guest::http_request req, std::chrono::milliseconds timeout,
+                            reply_handler done) {
+  impl_->request_async(std::move(req), timeout, std::move(done));
+}
+
+std::vector<timed_log> sandbox::logs() const {
   std::lock_guard lock{impl_->mu};
   return {impl_->logs.begin(), impl_->logs.end()};
+}
+
+void sandbox::on_exit(exit_handler h) {
+  std::lock_guard lock{impl_->mu};
+  impl_->on_exit = std::move(h);
 }
 
 } // namespace alephd

@@ -8,8 +8,10 @@
 // context. Every wait is bounded, and the destructor never leaves a process
 // behind.
 
+#include "runtime/executor.hpp"
 #include "runtime/guest_protocol.hpp"
 
+#include <functional>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -25,14 +27,19 @@ struct sandbox_options {
   std::string hostname = "alephd";
   bool network = false; ///< false: own empty net namespace (only lo)
   std::chrono::milliseconds ready_timeout{10000};
+  /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
+  std::vector<std::string> extra_args;
+  /// Runs in the child between fork and exec (e.g. joining a cgroup); must
+  /// only make async-signal-safe calls.
+  std::function<void()> child_setup;
 };
 
 /// One guest agent in a bubblewrap sandbox. All members are thread-safe.
-class sandbox {
+class sandbox final : public executor {
 public:
   explicit sandbox(sandbox_options o);
   /// Halts (2 s grace) or kills, and reaps; never leaves a process behind.
-  ~sandbox();
+  ~sandbox() override;
 
   sandbox(const sandbox&) = delete;
   sandbox& operator=(const sandbox&) = delete;
@@ -40,7 +47,7 @@ public:
   /// Spawns bwrap with the guest agent as the sandbox's first process, waits
   /// for `ready`, sends `configure`, waits for `configure_result` (all within
   /// ready_timeout). Returns "" or a one-line error; call it once.
-  std::string start(const guest::configure& cfg);
+  std::string start(const guest::configure& cfg) override;
 
   /// Sends one request and waits for its response (concurrent calls allowed;
   /// the caller's id is kept, the wire uses its own). On timeout returns
@@ -48,18 +55,28 @@ public:
   guest::http_response request(guest::http_request req,
                                std::chrono::milliseconds timeout);
 
+  /// The same without blocking: `done` runs on the sandbox's reader thread
+  /// (or the caller's, if the guest is already gone). Timeouts are checked
+  /// about every 100 ms.
+  void request_async(guest::http_request req, std::chrono::milliseconds timeout,
+                     reply_handler done) override;
+
   /// Sends halt, waits up to `grace` for `halted` and the process to exit,
   /// then SIGKILLs and reaps. Returns the exit code from `halted`, or -1.
-  int stop(std::chrono::milliseconds grace = std::chrono::seconds(6));
+  int stop(std::chrono::milliseconds grace = std::chrono::seconds(6)) override;
 
   /// False once the guest halted, died or broke the protocol.
-  bool running() const;
+  bool running() const override;
 
   /// Host pid of the bwrap process (0 before start).
-  int pid() const;
+  int pid() const override;
 
   /// Log frames received so far (the last 1000).
-  std::vector<guest::log> logs() const;
+  std::vector<timed_log> logs() const override;
+
+  /// Called once when the guest halts, dies or breaks the protocol, unless
+  /// stop() or the destructor ended it.
+  void on_exit(exit_handler h) override;
 
   /// Largest number of log frames kept.
   static constexpr std::size_t max_logs = 1000;

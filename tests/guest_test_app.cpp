@@ -111,6 +111,17 @@ int main() {
       std::string block(64 * 1024, 'z');
       for (std::size_t sent = 0; sent < n; sent += block.size())
         write_all(c, block.substr(0, std::min(block.size(), n - sent)));
+    } else if (path == "/sleep") {
+      // ?ms=N: answers after N milliseconds (the app serves one request at a time).
+      auto ms = query.rfind("ms=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
+      ::usleep(static_cast<useconds_t>(ms) * 1000);
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslept");
+    } else if (path == "/env") {
+      // ?NAME: the value of an environment variable.
+      const char* v = std::getenv(query.c_str());
+      std::string body = v ? v : "";
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                     + "\r\n\r\n" + body);
     } else if (path == "/garbage") {
       write_all(c, "this is not HTTP at all\r\n\r\n");
     } else {

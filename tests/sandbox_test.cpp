@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -368,3 +370,68 @@ TEST_F(sandbox, hostile_garbage_instead_of_an_answer_gives_502_and_ends_it) {
 }
 
 #endif
+
+TEST_F(sandbox, async_requests_are_answered_concurrently_and_time_out) {
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  constexpr int n = 16;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<gp::http_response> answers;
+  for (int i = 0; i < n; ++i)
+    sb.request_async(get(100 + i, "/echo", "n=" + std::to_string(i)), 5000ms,
+                     [&](gp::http_response r) {
+                       std::lock_guard lock{mu};
+                       answers.push_back(std::move(r));
+                       cv.notify_all();
+                     });
+  {
+    std::unique_lock lock{mu};
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return answers.size() == n; }));
+  }
+  std::set<uint64_t> ids;
+  for (auto& a : answers) {
+    EXPECT_EQ(a.status, 200) << a.error;
+    // Each answer carries the caller's id and the body of its own request.
+    EXPECT_NE(a.body.find("n=" + std::to_string(a.id - 100)), std::string::npos) << a.body;
+    ids.insert(a.id);
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(n));
+  // A request the program never answers in time gets a 504 from the timeout.
+  std::optional<gp::http_response> slow;
+  auto t0 = clock_type::now();
+  sb.request_async(get(7, "/sleep", "ms=3000"), 300ms, [&](gp::http_response r) {
+    std::lock_guard lock{mu};
+    slow = std::move(r);
+    cv.notify_all();
+  });
+  std::unique_lock lock{mu};
+  ASSERT_TRUE(cv.wait_for(lock, 5s, [&] { return slow.has_value(); }));
+  EXPECT_EQ(slow->status, 504);
+  EXPECT_EQ(slow->id, 7u);
+  EXPECT_LT(clock_type::now() - t0, 1500ms);
+}
+
+TEST_F(sandbox, the_exit_handler_reports_a_crash_but_not_a_stop) {
+  std::atomic<int> reports{0};
+  std::atomic<int> code{-2};
+  {
+    alephd::sandbox sb{options()};
+    sb.on_exit([&](int c, const std::string&) {
+      code = c;
+      ++reports;
+    });
+    ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    std::optional<gp::http_response> resp;
+    sb.request_async(get(3, "/crash"), 5000ms, [&](gp::http_response r) { resp = r; });
+    EXPECT_TRUE(wait_for([&] { return reports.load() == 1; }, 5000ms));
+    EXPECT_EQ(code.load(), 3);
+  }
+  EXPECT_EQ(reports.load(), 1);
+  std::atomic<int> stopped_reports{0};
+  alephd::sandbox sb{options()};
+  sb.on_exit([&](int, const std::string&) { ++stopped_reports; });
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  sb.stop();
+  EXPECT_EQ(stopped_reports.load(), 0);
+}
