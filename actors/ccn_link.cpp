@@ -32,6 +32,7 @@ void fail(self_ptr self, const std::string& why) {
   if (st.registry)
     self->demonitor(st.registry.address());
   st.registry = nullptr;
+  st.node = nullptr;
   st.phase = link_phase::disconnected;
   st.info.connected = false;
   st.info.state = link_state::unlinked;
@@ -67,6 +68,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
               if (gen != st.generation)
                 return;
               st.phase = link_phase::registered;
+              st.node = node;
               st.backoff = milliseconds{0};
               st.last_ack = self->clock().now();
               st.info.connected = true;
@@ -187,6 +189,18 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       return self->delegate(self->state.broker, atom::allocate_v, std::move(a));
     },
     [=](atom::get) { return self->state.info; },
+    [=](atom::get, std::string& hash) -> caf::result<stored_message> {
+      auto& st = self->state;
+      if (st.phase != link_phase::registered || !st.node)
+        return make_error(ec::unavailable, "not connected to a CCN");
+      return self->delegate(st.node, atom::get_v, std::move(hash));
+    },
+    [=](atom::read, std::string& hash) -> caf::result<file_blob> {
+      auto& st = self->state;
+      if (st.phase != link_phase::registered || !st.node)
+        return make_error(ec::unavailable, "not connected to a CCN");
+      return self->delegate(st.node, atom::read_v, std::move(hash));
+    },
   };
 }
 

@@ -29,6 +29,7 @@ struct ccn_link_state {
   link_phase phase = link_phase::disconnected;
   size_t endpoint_index = 0;
   crn_registry_actor registry;
+  ccn_node_actor node; ///< the CCN's entry actor while registered (for fetches)
   link_info info;
   std::chrono::milliseconds backoff{0};
   caf::actor_clock::time_point last_ack;

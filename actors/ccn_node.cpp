@@ -4,11 +4,18 @@
 
 namespace alephd {
 
-ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer, std::string ccn_id,
-                                       crn_registry_actor registry, ccn_peer_actor peer) {
+ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string ccn_id,
+                                       crn_registry_actor registry, ccn_peer_actor peer,
+                                       message_store_actor messages, content_store_actor files) {
   return {
     [=](atom::hello) {
       return caf::make_result(registry, caf::actor_cast<caf::actor>(peer), ccn_id);
+    },
+    [=](atom::get, std::string& hash) {
+      return self->delegate(messages, atom::get_v, std::move(hash));
+    },
+    [=](atom::read, std::string& hash) {
+      return self->delegate(files, atom::read_v, std::move(hash));
     },
   };
 }

@@ -62,6 +62,11 @@ using ccn_link_actor = caf::typed_actor<
   replies_to<atom::allocate, allocation>::with<allocation_ack>,
   /// The link's state for HTTP and metrics.
   replies_to<atom::get>::with<link_info>,
+  /// A message from the CCN's log (the code and volumes of a workload); ec::unavailable while
+  /// the link is down.
+  replies_to<atom::get, std::string>::with<stored_message>,
+  /// A file's bytes from the CCN's content store; ec::unavailable while the link is down.
+  replies_to<atom::read, std::string>::with<file_blob>,
   /// Internal: heartbeat and reconnect timer.
   reacts_to<atom::tick>,
   /// Internal: try the next CCN endpoint.
@@ -118,7 +123,11 @@ using ccn_peer_actor = caf::typed_actor<
 /// CCN: the actor published on the node port; CRNs and peers start here.
 using ccn_node_actor = caf::typed_actor<
   /// Answers the registry, the peer endpoint (as a plain handle) and the CCN's id.
-  replies_to<atom::hello>::with<crn_registry_actor, caf::actor, std::string>>;
+  replies_to<atom::hello>::with<crn_registry_actor, caf::actor, std::string>,
+  /// One message of the log, for a CRN preparing a workload; ec::not_found when unknown.
+  replies_to<atom::get, std::string>::with<stored_message>,
+  /// A file's bytes, for a CRN preparing a workload; ec::not_found when unknown.
+  replies_to<atom::read, std::string>::with<file_blob>>;
 
 /// CRN: one execution's life (phases preparing → booting → running → stopping → stopped/failed).
 using vm_supervisor_actor = caf::typed_actor<
@@ -126,17 +135,50 @@ using vm_supervisor_actor = caf::typed_actor<
   replies_to<atom::get>::with<execution_info>,
   /// A newer allocation of the same workload (higher epoch).
   replies_to<atom::allocate, allocation>::with<execution_info>,
+  /// Answers once the execution runs (at once if it does); an error if it cannot start.
+  replies_to<atom::run>::with<execution_info>,
   /// Stops the execution; answers once it is stopped. Safe in any phase.
-  replies_to<atom::stop>::with<execution_info>>;
+  replies_to<atom::stop>::with<execution_info>,
+  /// Stops and starts it again (persistent workloads); answers once it runs.
+  replies_to<atom::reboot>::with<execution_info>,
+  /// Stops it and deletes its persistent volumes; answers once done.
+  replies_to<atom::erase>::with<execution_info>,
+  /// Its output so far (kept after it stopped).
+  replies_to<atom::logs>::with<std::vector<log_line>>,
+  /// Internal: restart after back-off (if the run counter still matches).
+  reacts_to<atom::started, uint64_t, std::string>,
+  /// Internal: the guest ended on its own (exit code or -1, why).
+  reacts_to<atom::exited, uint64_t, int32_t, std::string>,
+  /// Internal: idle and restart timer.
+  reacts_to<atom::tick>>;
 
 /// CRN: admission, the table of executions, one vm_supervisor each.
 using job_broker_actor = caf::typed_actor<
   /// Admits an allocation and starts its vm_supervisor; refusal is an ack with a reason.
   replies_to<atom::allocate, allocation>::with<allocation_ack>,
+  /// An on-demand call for a program (its item_hash): answers once an execution of it runs,
+  /// starting one when needed (concurrent calls share one start). Errors: ec::not_found
+  /// (unknown program), ec::invalid (not a program to run on demand), ec::no_capacity,
+  /// ec::unavailable (no CCN to fetch it from, or draining), ec::workload_failed (it failed to
+  /// start).
+  replies_to<atom::run, std::string>::with<execution_info>,
   /// Every known execution.
   replies_to<atom::list>::with<std::vector<execution_info>>,
   /// Stops one execution; ec::not_found when unknown.
-  replies_to<atom::stop, std::string>::with<execution_info>>;
+  replies_to<atom::stop, std::string>::with<execution_info>,
+  /// Restarts one execution; ec::not_found when unknown.
+  replies_to<atom::reboot, std::string>::with<execution_info>,
+  /// Stops one execution and deletes its volumes; ec::not_found when unknown.
+  replies_to<atom::erase, std::string>::with<execution_info>,
+  /// One execution's output; ec::not_found when unknown.
+  replies_to<atom::logs, std::string>::with<std::vector<log_line>>,
+  /// Refuses new calls from now on and stops the executions (persistent ones only when `bool`
+  /// is true); answers the number stopped once they are.
+  replies_to<atom::drain, bool>::with<uint32_t>,
+  /// The link to fetch programs and code through (set once the link exists).
+  reacts_to<atom::connect, ccn_link_actor>,
+  /// Internal: a supervisor's final state and logs, sent just before it quits.
+  reacts_to<atom::exited, execution_info, std::vector<log_line>>>;
 
 } // namespace alephd
 

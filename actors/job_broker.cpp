@@ -4,8 +4,132 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/vm_supervisor.hpp"
+#include "messages/aleph_message.hpp"
 
 namespace alephd {
+
+namespace {
+
+using self_ptr = job_broker_actor::stateful_pointer<job_broker_state>;
+using promise = caf::typed_response_promise<execution_info>;
+
+std::shared_ptr<const execution_env> env_of(const job_broker_config& cfg) {
+  return cfg.env ? cfg.env : std::make_shared<const execution_env>();
+}
+
+void keep_finished(self_ptr self, finished_execution f) {
+  auto& fin = self->state.finished;
+  // One entry per workload: the latest run.
+  for (auto i = fin.begin(); i != fin.end(); ++i)
+    if (i->info.item_hash == f.info.item_hash) {
+      fin.erase(i);
+      break;
+    }
+  fin.push_back(std::move(f));
+  while (fin.size() > self->state.cfg.max_finished)
+    fin.pop_front();
+}
+
+const finished_execution* finished_of(self_ptr self, const std::string& hash) {
+  for (auto& f : self->state.finished)
+    if (f.info.item_hash == hash)
+      return &f;
+  return nullptr;
+}
+
+vm_supervisor_actor start_supervisor(self_ptr self, const allocation& a, bool persistent) {
+  auto& st = self->state;
+  auto sup = self->spawn<caf::monitored>(vm_supervisor, a, persistent, env_of(st.cfg), st.link,
+                                         caf::actor_cast<job_broker_actor>(self));
+  st.executions.insert_or_assign(a.item_hash, execution_entry{a, sup, false, persistent});
+  return sup;
+}
+
+// Answers `waiters` once `sup` runs (or cannot).
+void when_running(self_ptr self, const vm_supervisor_actor& sup, std::vector<promise> waiters) {
+  for (auto& w : waiters)
+    self->request(sup, caf::infinite, atom::run_v)
+      .then([w](const execution_info& info) mutable { w.deliver(info); },
+            [w](caf::error& err) mutable { w.deliver(std::move(err)); });
+}
+
+void fail_pending(self_ptr self, const std::string& hash, const caf::error& err) {
+  auto i = self->state.pending.find(hash);
+  if (i == self->state.pending.end())
+    return;
+  auto waiters = std::move(i->second.waiters);
+  self->state.pending.erase(i);
+  for (auto& w : waiters)
+    w.deliver(err);
+}
+
+// The program message arrived for an on-demand start: admit it and start a supervisor.
+void start_on_demand(self_ptr self, const std::string& hash, const stored_message& m) {
+  auto& st = self->state;
+  auto parsed = aleph::parse_message(m.json);
+  if (!parsed.msg) {
+    fail_pending(self, hash, make_error(ec::invalid, "the message is invalid: " + (parsed.error.field + ": " + parsed.error.reason)));
+    return;
+  }
+  auto w = aleph::workload_of(*parsed.msg);
+  if (!w || w->type != aleph::message_type::program) {
+    fail_pending(self, hash, make_error(ec::invalid, hash + " is not a PROGRAM message"));
+    return;
+  }
+  if (st.draining) {
+    fail_pending(self, hash, make_error(ec::unavailable, "Server is draining"));
+    return;
+  }
+  if (auto i = st.executions.find(hash); i != st.executions.end() && !i->second.stopped) {
+    // Allocated meanwhile: join it.
+    auto waiters = std::move(st.pending[hash].waiters);
+    st.pending.erase(hash);
+    when_running(self, i->second.supervisor, std::move(waiters));
+    return;
+  }
+  allocation a;
+  a.item_hash = hash;
+  a.kind = "program";
+  a.vcpus = w->vcpus;
+  a.memory_mib = w->memory_mib;
+  a.disk_mib = w->disk_mib;
+  a.message_json = m.json;
+  if (auto why = admission_refusal(st.cfg, st.executions, a); !why.empty()) {
+    spdlog::warn("job_broker: refused on-demand {}: {}", hash, why);
+    fail_pending(self, hash, make_error(ec::no_capacity, why));
+    return;
+  }
+  auto sup = start_supervisor(self, a, false);
+  auto waiters = std::move(st.pending[hash].waiters);
+  st.pending.erase(hash);
+  when_running(self, sup, std::move(waiters));
+}
+
+// Asks `sup` to stop (or erase), then marks the entry.
+caf::result<execution_info> stop_entry(self_ptr self, const std::string& hash, bool erase) {
+  auto& ex = self->state.executions;
+  auto i = ex.find(hash);
+  if (i == ex.end()) {
+    if (auto f = finished_of(self, hash))
+      return f->info;
+    return make_error(ec::not_found, "no execution " + hash);
+  }
+  auto rp = self->make_response_promise<execution_info>();
+  auto sup = i->second.supervisor;
+  i->second.stopped = true; // holds no capacity from now on
+  auto req = erase ? self->request(sup, std::chrono::seconds(60), atom::erase_v)
+                   : self->request(sup, std::chrono::seconds(60), atom::stop_v);
+  req.then([=](const execution_info& info) mutable { rp.deliver(info); },
+           [=](caf::error& err) mutable {
+             if (auto f = finished_of(self, hash))
+               rp.deliver(f->info); // it ended on its own just before
+             else
+               rp.deliver(std::move(err));
+           });
+  return rp;
+}
+
+} // namespace
 
 std::string admission_refusal(const job_broker_config& cfg,
                               const std::map<std::string, execution_entry>& running,
@@ -40,11 +164,26 @@ std::string admission_refusal(const job_broker_config& cfg,
 job_broker_actor::behavior_type
 job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker_config cfg) {
   self->state.cfg = std::move(cfg);
+  // When the broker goes, its supervisors go too (and stop their executors).
+  self->set_exit_handler([=](caf::exit_msg& em) {
+    for (auto& [hash, e] : self->state.executions)
+      self->send_exit(e.supervisor, em.reason);
+    self->quit(em.reason);
+  });
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& ex = self->state.executions;
     for (auto i = ex.begin(); i != ex.end(); ++i)
       if (i->second.supervisor.address() == dm.source) {
-        spdlog::warn("job_broker: supervisor of {} ended: {}", i->first, caf::to_string(dm.reason));
+        if (dm.reason != caf::exit_reason::normal) {
+          spdlog::warn("job_broker: supervisor of {} ended: {}", i->first, describe(dm.reason));
+          execution_info info;
+          info.item_hash = i->first;
+          info.kind = i->second.alloc.kind;
+          info.epoch = i->second.alloc.epoch;
+          info.phase = "failed";
+          info.detail = "supervisor ended: " + describe(dm.reason);
+          keep_finished(self, finished_execution{info, {}});
+        }
         ex.erase(i);
         return;
       }
@@ -65,6 +204,11 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         caf::anon_send(i->second.supervisor, atom::allocate_v, a);
         return ack;
       }
+      if (st.draining) {
+        ack.accepted = false;
+        ack.reason = "Server is draining";
+        return ack;
+      }
       if (auto why = admission_refusal(st.cfg, st.executions, a); !why.empty()) {
         spdlog::warn("job_broker: refused {}: {}", a.item_hash, why);
         ack.accepted = false;
@@ -72,23 +216,52 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         return ack;
       }
       if (i != st.executions.end()) {
-        // A stopped execution allocated again: a fresh supervisor takes its place.
+        // A stopping execution allocated again: a fresh supervisor takes its place.
         self->demonitor(i->second.supervisor.address());
         caf::anon_send_exit(i->second.supervisor, caf::exit_reason::user_shutdown);
         st.executions.erase(i);
       }
-      auto sup = self->spawn<caf::monitored>(vm_supervisor, a);
-      st.executions.emplace(a.item_hash, execution_entry{a, sup, false});
+      start_supervisor(self, a, true);
       return ack;
+    },
+    [=](atom::run, const std::string& hash) -> caf::result<execution_info> {
+      auto& st = self->state;
+      if (st.draining)
+        return make_error(ec::unavailable, "Server is draining");
+      if (auto i = st.executions.find(hash); i != st.executions.end() && !i->second.stopped)
+        return self->delegate(i->second.supervisor, atom::run_v);
+      auto rp = self->make_response_promise<execution_info>();
+      auto [pos, fresh] = st.pending.try_emplace(hash);
+      pos->second.waiters.push_back(rp);
+      if (!fresh)
+        return rp; // a start of the same program is on its way: share it
+      if (!st.link) {
+        fail_pending(self, hash, make_error(ec::unavailable, "not connected to a CCN"));
+        return rp;
+      }
+      self->request(st.link, env_of(st.cfg)->fetch_timeout, atom::get_v, hash)
+        .then([=](const stored_message& m) { start_on_demand(self, hash, m); },
+              [=](caf::error& err) {
+                if (is(err, ec::not_found))
+                  fail_pending(self, hash, make_error(ec::not_found, "no program " + hash));
+                else
+                  fail_pending(self, hash,
+                               make_error(ec::unavailable,
+                                          "cannot fetch program " + hash + ": " + describe(err)));
+              });
+      return rp;
     },
     [=](atom::list) -> caf::result<std::vector<execution_info>> {
       auto rp = self->make_response_promise<std::vector<execution_info>>();
+      auto out = std::make_shared<std::vector<execution_info>>();
       auto& ex = self->state.executions;
+      for (auto& f : self->state.finished)
+        if (!ex.count(f.info.item_hash))
+          out->push_back(f.info);
       if (ex.empty()) {
-        rp.deliver(std::vector<execution_info>{});
+        rp.deliver(*out);
         return rp;
       }
-      auto out = std::make_shared<std::vector<execution_info>>();
       auto left = std::make_shared<size_t>(ex.size());
       for (auto& [hash, e] : ex)
         self->request(e.supervisor, std::chrono::seconds(5), atom::get_v)
@@ -104,23 +277,63 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
             });
       return rp;
     },
-    [=](atom::stop, const std::string& hash) -> caf::result<execution_info> {
+    [=](atom::stop, const std::string& hash) { return stop_entry(self, hash, false); },
+    [=](atom::erase, const std::string& hash) { return stop_entry(self, hash, true); },
+    [=](atom::reboot, const std::string& hash) -> caf::result<execution_info> {
       auto& ex = self->state.executions;
       auto i = ex.find(hash);
-      if (i == ex.end())
-        return make_error(ec::not_found, "no execution " + hash);
-      auto rp = self->make_response_promise<execution_info>();
-      auto sup = i->second.supervisor;
-      self->request(sup, std::chrono::seconds(60), atom::stop_v)
-        .then(
-          [=](const execution_info& info) mutable {
-            auto j = self->state.executions.find(hash);
-            if (j != self->state.executions.end() && j->second.supervisor == sup)
-              j->second.stopped = true;
-            rp.deliver(info);
-          },
-          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      if (i == ex.end() || i->second.stopped)
+        return make_error(ec::not_found, "no running execution " + hash);
+      return self->delegate(i->second.supervisor, atom::reboot_v);
+    },
+    [=](atom::logs, const std::string& hash) -> caf::result<std::vector<log_line>> {
+      auto& ex = self->state.executions;
+      if (auto i = ex.find(hash); i != ex.end())
+        return self->delegate(i->second.supervisor, atom::logs_v);
+      if (auto f = finished_of(self, hash))
+        return f->logs;
+      return make_error(ec::not_found, "no execution " + hash);
+    },
+    [=](atom::drain, bool stop_persistent) -> caf::result<uint32_t> {
+      auto& st = self->state;
+      st.draining = true;
+      for (auto& [hash, p] : std::map<std::string, pending_run>{st.pending})
+        fail_pending(self, hash, make_error(ec::unavailable, "Server is draining"));
+      auto rp = self->make_response_promise<uint32_t>();
+      std::vector<std::string> victims;
+      for (auto& [hash, e] : st.executions)
+        if (!e.stopped && (stop_persistent || !e.persistent))
+          victims.push_back(hash);
+      if (victims.empty()) {
+        rp.deliver(uint32_t{0});
+        return rp;
+      }
+      auto left = std::make_shared<size_t>(victims.size());
+      auto n = static_cast<uint32_t>(victims.size());
+      for (auto& hash : victims) {
+        auto& e = st.executions[hash];
+        e.stopped = true;
+        self->request(e.supervisor, std::chrono::seconds(60), atom::stop_v)
+          .then([=](const execution_info&) mutable {
+                  if (--*left == 0)
+                    rp.deliver(n);
+                },
+                [=](caf::error&) mutable {
+                  if (--*left == 0)
+                    rp.deliver(n);
+                });
+      }
       return rp;
+    },
+    [=](atom::connect, ccn_link_actor& link) { self->state.link = std::move(link); },
+    [=](atom::exited, execution_info& info, std::vector<log_line>& logs) {
+      auto& ex = self->state.executions;
+      auto i = ex.find(info.item_hash);
+      if (i != ex.end() && i->second.supervisor.address() == self->current_sender()) {
+        self->demonitor(i->second.supervisor.address());
+        ex.erase(i);
+      }
+      keep_finished(self, finished_execution{std::move(info), std::move(logs)});
     },
   };
 }

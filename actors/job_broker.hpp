@@ -1,14 +1,20 @@
 // CRN: admission control and the table of executions. Admission follows
 // aleph-vm PR #928: two memory buckets without overcommit (programs get
 // `program_reserved_mib`; instances get the rest minus `host_reserved_mib`),
-// vCPUs up to cores × `vcpu_overcommit`, and disk.
+// vCPUs up to cores × `vcpu_overcommit`, and disk. Each admitted execution
+// gets a vm_supervisor; executions that ended are kept (bounded) for the
+// executions list and their logs.
 #pragma once
 
+#include <deque>
 #include <map>
+#include <memory>
 
 #include "actors/interfaces.hpp"
 
 namespace alephd {
+
+struct execution_env;
 
 struct job_broker_config {
   std::string crn_id;
@@ -18,18 +24,35 @@ struct job_broker_config {
   uint64_t host_reserved_mib = 2048;
   uint64_t program_reserved_mib = 8192;
   double vcpu_overcommit = 4.0;
+  size_t max_finished = 200; ///< ended executions kept for the list and logs
+  std::shared_ptr<const execution_env> env;
 };
 
 struct execution_entry {
   allocation alloc;
   vm_supervisor_actor supervisor;
-  bool stopped = false; ///< kept for listing; holds no capacity
+  bool stopped = false; ///< stopping or gone; holds no capacity
+  bool persistent = false; ///< allocated by a CCN (else started by an on-demand call)
+};
+
+struct finished_execution {
+  execution_info info;
+  std::vector<log_line> logs;
+};
+
+/// An on-demand start waiting for its program message.
+struct pending_run {
+  std::vector<caf::typed_response_promise<execution_info>> waiters;
 };
 
 struct job_broker_state {
   static inline const char* name = "job_broker";
   job_broker_config cfg;
+  ccn_link_actor link;
+  bool draining = false;
   std::map<std::string, execution_entry> executions;
+  std::map<std::string, pending_run> pending;
+  std::deque<finished_execution> finished;
 };
 
 /// Why `a` does not fit next to the executions in `running` that are not stopped (the entry

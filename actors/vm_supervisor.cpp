@@ -1,10 +1,17 @@
 #include "actors/vm_supervisor.hpp"
 
-#include <chrono>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include "messages/aleph_message.hpp"
+#include "runtime/sandbox.hpp"
 #include "runtime/wall_clock.hpp"
 
 namespace alephd {
@@ -12,38 +19,434 @@ namespace alephd {
 namespace {
 
 using self_ptr = vm_supervisor_actor::stateful_pointer<vm_supervisor_state>;
+using std::chrono::milliseconds;
+namespace fs = std::filesystem;
 
-// The behavior of a stopped execution: it can be read, stopping again is a
-// no-op, and a new allocation is a request in the wrong phase.
-vm_supervisor_actor::behavior_type stopped(self_ptr self) {
+constexpr size_t max_kept_logs = 1000;
+
+void note(self_ptr self, const std::string& line) {
+  auto& logs = self->state.logs;
+  logs.push_back(log_line{unix_seconds(), "system", line});
+  if (logs.size() > max_kept_logs)
+    logs.pop_front();
+}
+
+std::string exec_dir(const execution_env& env, const std::string& hash) {
+  return env.data_dir + "/executions/" + hash;
+}
+
+// ---- the code cache ------------------------------------------------------------------------
+
+std::string read_all(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  return {std::istreambuf_iterator<char>{in}, {}};
+}
+
+// A cached blob, or nullopt when missing or altered on disk (then it is removed).
+std::optional<std::string> cached(const execution_env& env, const std::string& hash) {
+  auto path = env.data_dir + "/cache/" + hash;
+  std::error_code ec;
+  if (!fs::exists(path, ec))
+    return std::nullopt;
+  auto bytes = read_all(path);
+  if (aleph::sha256_hex(bytes) != hash) {
+    spdlog::warn("vm_supervisor: cached {} is corrupt; fetching it again", hash);
+    fs::remove(path, ec);
+    return std::nullopt;
+  }
+  return bytes;
+}
+
+// Writes a verified blob to the cache: temp file, fsync, rename.
+bool cache_put(const execution_env& env, const std::string& hash, const std::string& bytes) {
+  auto dir = env.data_dir + "/cache";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  auto tmp = dir + "/." + hash + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return false;
+  size_t off = 0;
+  while (off < bytes.size()) {
+    auto n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n <= 0)
+      break;
+    off += static_cast<size_t>(n);
+  }
+  bool ok = off == bytes.size() && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || std::rename(tmp.c_str(), (dir + "/" + hash).c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  return true;
+}
+
+// ---- the executor's thread -------------------------------------------------------------------
+
+// Blocking executor calls run here, on a thread of their own, one at a time.
+caf::behavior exec_host(caf::event_based_actor*, std::shared_ptr<executor> exec,
+                        guest::configure cfg) {
   return {
-    [=](atom::get) { return self->state.info; },
-    [=](atom::allocate, const allocation&) -> caf::result<execution_info> {
-      return make_error(ec::wrong_phase, "execution " + self->state.info.item_hash + " is "
-                                           + self->state.info.phase);
-    },
-    [=](atom::stop) { return self->state.info; },
+    [=](atom::run) -> std::string { return exec->start(cfg); },
+    [=](atom::stop, int64_t grace_ms) -> int32_t { return exec->stop(milliseconds{grace_ms}); },
   };
+}
+
+// ---- phases ----------------------------------------------------------------------------------
+
+void set_phase(self_ptr self, const std::string& phase, const std::string& detail) {
+  auto& info = self->state.info;
+  if (info.phase == phase && info.detail == detail)
+    return;
+  info.phase = phase;
+  info.detail = detail;
+  auto now = unix_seconds();
+  if (phase == "preparing")
+    info.preparing_at = now;
+  else if (phase == "running")
+    info.started_at = now;
+  else if (phase == "stopping")
+    info.stopping_at = now;
+  else if (phase == "stopped" || phase == "failed")
+    info.stopped_at = now;
+  spdlog::info("vm_supervisor: {} {} is {}{}{}", info.kind, info.item_hash, phase,
+               detail.empty() ? "" : ": ", detail);
+}
+
+void answer_waiters(self_ptr self, const caf::error& err) {
+  auto waiters = std::move(self->state.waiters);
+  self->state.waiters.clear();
+  for (auto& w : waiters) {
+    if (err)
+      w.deliver(err);
+    else
+      w.deliver(self->state.info);
+  }
+}
+
+// Moves the executor's output into the kept logs.
+void collect_logs(self_ptr self) {
+  auto& st = self->state;
+  if (!st.exec)
+    return;
+  for (auto& l : st.exec->logs()) {
+    st.logs.push_back(log_line{l.time, l.stream, l.line});
+    if (st.logs.size() > max_kept_logs)
+      st.logs.pop_front();
+  }
+}
+
+// Takes the execution out of the HTTP table, keeps its logs and lets its executor go (the host
+// thread stops it; `then` runs once it is stopped).
+void release_executor(self_ptr self, std::function<void()> then) {
+  auto& st = self->state;
+  if (st.live && st.env->table)
+    st.env->table->remove(st.info.item_hash, st.live.get());
+  st.live = nullptr;
+  auto host = st.host;
+  collect_logs(self);
+  st.exec = nullptr;
+  st.host = nullptr;
+  if (!host) {
+    then();
+    return;
+  }
+  // Unlinked first: a host that ends (even as unreachable) must not take us along.
+  self->unlink_from(host);
+  self->request(host, caf::infinite, atom::stop_v, int64_t{st.env->stop_grace.count()})
+    .then(
+      [=](int32_t) {
+        caf::anon_send_exit(host, caf::exit_reason::user_shutdown);
+        then();
+      },
+      [=](caf::error&) {
+        caf::anon_send_exit(host, caf::exit_reason::kill);
+        then();
+      });
+}
+
+// The execution is over for good: tell the broker and quit.
+void finish(self_ptr self, const std::string& phase, const std::string& detail) {
+  set_phase(self, phase, detail);
+  note(self, "execution " + phase + (detail.empty() ? "" : ": " + detail));
+  answer_waiters(self, make_error(ec::workload_failed, "execution " + phase + ": " + detail));
+  auto& st = self->state;
+  if (st.broker)
+    self->send(st.broker, atom::exited_v, st.info,
+                   std::vector<log_line>{st.logs.begin(), st.logs.end()});
+  self->quit();
+}
+
+void boot(self_ptr self);
+
+// A persistent execution failed: restart after back-off, or give up in a crash loop.
+void schedule_restart(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  auto now = self->clock().now();
+  st.failures.push_back(now);
+  while (!st.failures.empty() && now - st.failures.front() > st.env->crash_loop_window)
+    st.failures.pop_front();
+  if (st.failures.size() >= st.env->crash_loop_failures) {
+    finish(self, "failed",
+           "crash loop: " + std::to_string(st.failures.size()) + " failures within "
+             + std::to_string(st.env->crash_loop_window.count() / 1000) + " s; last: " + why);
+    return;
+  }
+  st.backoff = st.backoff.count() == 0 ? st.env->restart_initial
+                                       : std::min(st.backoff * 2, st.env->restart_max);
+  std::uniform_real_distribution<double> jitter{0.5, 1.5};
+  auto delay = milliseconds{
+    static_cast<int64_t>(static_cast<double>(st.backoff.count()) * jitter(st.rng))};
+  set_phase(self, "preparing",
+            "restart in " + std::to_string(delay.count()) + " ms after: " + why);
+  note(self, why + "; restarting in " + std::to_string(delay.count()) + " ms");
+  auto run = st.run;
+  self->delayed_send(self, delay, atom::started_v, run, std::string{"restart"});
+}
+
+void boot(self_ptr self) {
+  auto& st = self->state;
+  auto run = ++st.run;
+  set_phase(self, "booting", "starting the sandbox");
+  executor_request req;
+  req.item_hash = st.info.item_hash;
+  req.run_dir = exec_dir(*st.env, st.info.item_hash) + "/run";
+  req.memory_mib = st.info.memory_mib;
+  req.vcpus = st.info.vcpus;
+  req.internet = st.internet;
+  std::shared_ptr<executor> exec;
+  if (st.env->make_executor) {
+    exec = st.env->make_executor(req);
+  } else {
+    sandbox_options o;
+    o.bwrap = st.env->bwrap;
+    o.guest_binary = st.env->guest_binary;
+    o.run_dir = req.run_dir;
+    o.hostname = st.info.item_hash.substr(0, 12);
+    if (st.env->cgroups) {
+      o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
+                               static_cast<double>(st.info.vcpus)};
+      o.cgroup_root = st.env->cgroup_root;
+      o.cgroup_name = st.info.item_hash.substr(0, 16) + "-" + std::to_string(run);
+    }
+    exec = std::make_shared<sandbox>(std::move(o));
+  }
+  // The handler holds a weak reference: the executor lives in this actor's state.
+  caf::weak_actor_ptr weak = self->ctrl();
+  exec->on_exit([weak, run](int code, const std::string& why) {
+    if (auto strong = weak.lock())
+      caf::anon_send(caf::actor_cast<vm_supervisor_actor>(strong), atom::exited_v, run,
+                     int32_t{code}, why);
+  });
+  st.exec = exec;
+  st.host = st.env->threaded_host
+              ? self->home_system().spawn<caf::detached>(exec_host, exec, *st.cfg)
+              : self->home_system().spawn(exec_host, exec, *st.cfg);
+  self->link_to(st.host);
+  self->request(st.host, caf::infinite, atom::run_v)
+    .then(
+      [=](std::string& err) {
+        auto& st = self->state;
+        if (run != st.run || st.info.phase != "booting")
+          return;
+        if (!err.empty()) {
+          release_executor(self, [=] {
+            if (self->state.info.persistent)
+              schedule_restart(self, "start failed: " + err);
+            else
+              finish(self, "failed", "start failed: " + err);
+          });
+          return;
+        }
+        auto live = std::make_shared<live_execution>();
+        live->item_hash = st.info.item_hash;
+        live->exec = st.exec;
+        live->timeout = st.request_timeout;
+        live->last_used_ms = live_execution::now_ms();
+        st.live = live;
+        if (st.env->table)
+          st.env->table->put(live);
+        set_phase(self, "running", "");
+        answer_waiters(self, caf::error{});
+      },
+      [=](caf::error& err) {
+        if (run == self->state.run)
+          finish(self, "failed", "executor thread failed: " + describe(err));
+      });
+}
+
+// Fetches what the execution needs (message, code) through the CCN link, then boots.
+void prepare(self_ptr self) {
+  auto& st = self->state;
+  if (st.info.kind == "instance") {
+    set_phase(self, "preparing", "waiting for an executor: instances need the microVM executor");
+    return;
+  }
+  set_phase(self, "preparing", "fetching the program");
+  auto with_message = [=](const std::string& json) {
+    auto parsed = aleph::parse_message(json);
+    if (!parsed.msg) {
+      finish(self, "failed", "invalid message: " + (parsed.error.field + ": " + parsed.error.reason));
+      return;
+    }
+    auto* program = std::get_if<aleph::program_content>(&parsed.msg->content);
+    if (program == nullptr) {
+      // Instances need the microVM executor, which is not wired in yet.
+      set_phase(self, "preparing", "waiting for an executor: instances need the microVM executor");
+      return;
+    }
+    self->state.internet = program->environment.internet;
+    auto code_ref = program->code.ref;
+    auto with_code = [=](const std::string& file_hash, std::string bytes) {
+      auto& st = self->state;
+      guest::configure cfg;
+      milliseconds timeout{1000};
+      if (auto err = program_configure(json, std::move(bytes), cfg, timeout); !err.empty()) {
+        finish(self, "failed", err);
+        return;
+      }
+      st.cfg = std::move(cfg);
+      st.request_timeout = timeout;
+      note(self, "code " + file_hash + " ready");
+      boot(self);
+    };
+    auto fetch_file = [=](const std::string& file_hash) {
+      auto& st = self->state;
+      if (auto bytes = cached(*st.env, file_hash)) {
+        with_code(file_hash, std::move(*bytes));
+        return;
+      }
+      set_phase(self, "preparing", "downloading code " + file_hash);
+      self->request(st.link, st.env->fetch_timeout, atom::read_v, file_hash)
+        .then(
+          [=](file_blob& blob) {
+            if (aleph::sha256_hex(blob.data) != file_hash) {
+              finish(self, "failed", "code " + file_hash + " does not match its hash");
+              return;
+            }
+            if (!cache_put(*self->state.env, file_hash, blob.data))
+              spdlog::warn("vm_supervisor: cannot cache {}", file_hash);
+            with_code(file_hash, std::move(blob.data));
+          },
+          [=](caf::error& err) {
+            finish(self, "failed", "cannot fetch code " + file_hash + ": " + describe(err));
+          });
+    };
+    // code.ref names a STORE message; a bare file hash is accepted too.
+    self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, code_ref)
+      .then(
+        [=](stored_message& store) {
+          auto m = aleph::parse_message(store.json);
+          auto* sc = m.msg ? std::get_if<aleph::store_content>(&m.msg->content) : nullptr;
+          if (sc == nullptr) {
+            finish(self, "failed", "code.ref " + code_ref + " is not a STORE message");
+            return;
+          }
+          fetch_file(sc->item_hash);
+        },
+        [=](caf::error& err) {
+          if (is(err, ec::not_found))
+            fetch_file(code_ref);
+          else
+            finish(self, "failed", "cannot fetch code.ref " + code_ref + ": " + describe(err));
+        });
+  };
+  if (!st.alloc.message_json.empty()) {
+    with_message(st.alloc.message_json);
+    return;
+  }
+  if (!st.link) {
+    finish(self, "failed", "no CCN link to fetch the program from");
+    return;
+  }
+  self->request(st.link, st.env->fetch_timeout, atom::get_v, st.info.item_hash)
+    .then([=](stored_message& m) { with_message(m.json); },
+          [=](caf::error& err) {
+            finish(self, "failed", "cannot fetch the program message: " + describe(err));
+          });
+}
+
+void stop_now(self_ptr self, const std::string& why, bool erase,
+              caf::typed_response_promise<execution_info> rp) {
+  auto& st = self->state;
+  if (st.info.phase == "stopping") {
+    // Already on its way out: answer with the final state when it is there.
+    st.waiters.push_back(rp);
+    return;
+  }
+  set_phase(self, "stopping", why);
+  auto hash = st.info.item_hash;
+  release_executor(self, [=]() mutable {
+    if (erase) {
+      std::error_code ec;
+      fs::remove_all(exec_dir(*self->state.env, hash), ec);
+      note(self, "execution data erased");
+    }
+    set_phase(self, "stopped", why);
+    rp.deliver(self->state.info);
+    finish(self, "stopped", why);
+  });
 }
 
 } // namespace
 
+std::string program_configure(const std::string& message_json, std::string code,
+                              guest::configure& out, std::chrono::milliseconds& timeout) {
+  auto parsed = aleph::parse_message(message_json);
+  if (!parsed.msg)
+    return "invalid message: " + (parsed.error.field + ": " + parsed.error.reason);
+  auto* p = std::get_if<aleph::program_content>(&parsed.msg->content);
+  if (p == nullptr)
+    return "not a PROGRAM message";
+  auto interface = p->code.interface.value_or("asgi");
+  if (interface != "binary")
+    return "interface '" + interface
+           + "' is not supported by this CRN (it runs 'binary' programs: an HTTP server on port "
+             "8080)";
+  if (p->code.encoding != "plain")
+    return "code encoding '" + p->code.encoding + "' is not supported yet (use 'plain')";
+  if (p->code.entrypoint.empty())
+    return "code.entrypoint is empty";
+  out = guest::configure{};
+  out.code = std::move(code);
+  out.encoding = p->code.encoding;
+  out.entrypoint = p->code.entrypoint;
+  out.interface = interface;
+  out.variables = p->variables;
+  out.authorized_keys = p->authorized_keys;
+  out.app_port = 8080;
+  timeout = std::chrono::seconds{std::max<uint64_t>(1, p->resources.seconds)};
+  return {};
+}
+
 vm_supervisor_actor::behavior_type
-vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, allocation a) {
-  auto& info = self->state.info;
+vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, allocation a,
+              bool persistent, std::shared_ptr<const execution_env> env, ccn_link_actor link,
+              job_broker_actor broker) {
+  auto& st = self->state;
+  st.alloc = a;
+  st.env = std::move(env);
+  st.link = std::move(link);
+  st.broker = std::move(broker);
+  st.rng.seed(std::hash<std::string>{}(a.item_hash) ^ a.epoch);
+  auto& info = st.info;
   info.item_hash = a.item_hash;
   info.kind = a.kind;
   info.epoch = a.epoch;
-  info.persistent = true;
+  info.persistent = persistent;
   info.vcpus = a.vcpus;
   info.memory_mib = a.memory_mib;
   info.disk_mib = a.disk_mib;
   info.defined_at = unix_seconds();
-  info.phase = "preparing";
-  info.preparing_at = info.defined_at;
-  info.detail = "accepted; waiting for an executor (sandbox and microVM executors are not built yet)";
-  spdlog::info("vm_supervisor: {} {} epoch {} is {}", info.kind, info.item_hash, info.epoch,
-               info.phase);
+  // A supervisor that ends for any other reason still lets its executor go.
+  self->attach_functor([=] {
+    auto& st = self->state;
+    if (st.live && st.env->table)
+      st.env->table->remove(st.info.item_hash, st.live.get());
+  });
+  prepare(self);
+  self->delayed_send(self, st.env->tick, atom::tick_v);
   return {
     [=](atom::get) { return self->state.info; },
     [=](atom::allocate, const allocation& next) -> caf::result<execution_info> {
@@ -52,18 +455,79 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
         return make_error(ec::wrong_phase, "allocation epoch " + std::to_string(next.epoch)
                                              + " is older than " + std::to_string(info.epoch));
       info.epoch = next.epoch;
+      info.persistent = true;
       return info;
     },
-    [=](atom::stop) {
-      auto& info = self->state.info;
-      info.phase = "stopping";
-      info.stopping_at = unix_seconds();
-      // Nothing was started yet, so stopping is immediate; cleanup is safe in any phase.
-      info.phase = "stopped";
-      info.stopped_at = unix_seconds();
-      info.detail = "stopped";
-      self->become(stopped(self));
-      return info;
+    [=](atom::run) -> caf::result<execution_info> {
+      auto& st = self->state;
+      if (st.info.phase == "running")
+        return st.info;
+      auto rp = self->make_response_promise<execution_info>();
+      st.waiters.push_back(rp);
+      return rp;
+    },
+    [=](atom::stop) -> caf::result<execution_info> {
+      auto rp = self->make_response_promise<execution_info>();
+      stop_now(self, "stopped on request", false, rp);
+      return rp;
+    },
+    [=](atom::erase) -> caf::result<execution_info> {
+      auto rp = self->make_response_promise<execution_info>();
+      stop_now(self, "erased on request", true, rp);
+      return rp;
+    },
+    [=](atom::reboot) -> caf::result<execution_info> {
+      auto& st = self->state;
+      if (!st.cfg || (st.info.phase != "running" && st.info.phase != "booting"))
+        return make_error(ec::wrong_phase,
+                          "execution " + st.info.item_hash + " is " + st.info.phase);
+      auto rp = self->make_response_promise<execution_info>();
+      st.waiters.push_back(rp);
+      note(self, "reboot requested");
+      set_phase(self, "stopping", "rebooting");
+      ++st.run; // the old executor's callbacks are stale from now on
+      release_executor(self, [=] { boot(self); });
+      return rp;
+    },
+    [=](atom::logs) {
+      auto& st = self->state;
+      std::vector<log_line> out{st.logs.begin(), st.logs.end()};
+      if (st.exec)
+        for (auto& l : st.exec->logs())
+          out.push_back(log_line{l.time, l.stream, l.line});
+      return out;
+    },
+    [=](atom::started, uint64_t run, const std::string&) {
+      // A restart after back-off (unless something else happened meanwhile).
+      auto& st = self->state;
+      if (run == st.run && st.info.phase == "preparing" && st.cfg)
+        boot(self);
+    },
+    [=](atom::exited, uint64_t run, int32_t code, const std::string& why) {
+      auto& st = self->state;
+      if (run != st.run || st.info.phase != "running")
+        return;
+      spdlog::warn("vm_supervisor: {} ended: {} (code {})", st.info.item_hash, why, code);
+      release_executor(self, [=] {
+        if (self->state.info.persistent)
+          schedule_restart(self, why);
+        else
+          finish(self, "stopped", why);
+      });
+    },
+    [=](atom::tick) {
+      auto& st = self->state;
+      self->delayed_send(self, st.env->tick, atom::tick_v);
+      if (st.info.persistent || st.info.phase != "running" || !st.live)
+        return;
+      auto idle = live_execution::now_ms() - st.live->last_used_ms.load();
+      if (st.live->in_flight.load() == 0 && idle >= st.env->reuse_timeout.count()) {
+        auto rp = self->make_response_promise<execution_info>();
+        stop_now(self,
+                 "idle for " + std::to_string(idle / 1000) + " s (reuse-timeout "
+                   + std::to_string(st.env->reuse_timeout.count() / 1000) + " s)",
+                 false, rp);
+      }
     },
   };
 }

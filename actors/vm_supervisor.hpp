@@ -1,19 +1,92 @@
 // CRN: one execution's life, in explicit phases:
 //   preparing → booting → running → stopping → stopped | failed.
-// Executors (bubblewrap sandbox, QEMU microVM) come with the execution issue;
-// until then an execution waits in `preparing` and says so in its detail.
+// Preparing fetches the program's code through the CCN link into the CRN's
+// code cache (sha256-checked); booting starts an executor (the bubblewrap
+// sandbox) on a thread of its own; running publishes the execution in the
+// execution table, where `/vm/{ref}` calls reach it without an actor hop.
+// An on-demand execution stops after `reuse_timeout` without calls or when its
+// program exits; a persistent one is restarted with jittered exponential
+// back-off until it fails `crash_loop_failures` times within
+// `crash_loop_window`, and is then `failed`. When an execution ends for good,
+// the supervisor sends its final state and logs to the job_broker and quits.
 #pragma once
 
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+
 #include "actors/interfaces.hpp"
+#include "runtime/execution_table.hpp"
+#include "runtime/guest_protocol.hpp"
 
 namespace alephd {
+
+/// What an executor needs to know to start one execution.
+struct executor_request {
+  std::string item_hash;
+  std::string run_dir; ///< per-execution host directory (socket, logs)
+  uint64_t memory_mib = 128;
+  uint32_t vcpus = 1;
+  bool internet = false;
+};
+
+/// Settings shared by every supervisor of a CRN.
+struct execution_env {
+  std::string data_dir;     ///< the CRN's data dir: cache/ and executions/ live here
+  std::string guest_binary; ///< the static alephd-guest
+  std::string bwrap = "/usr/bin/bwrap";
+  std::chrono::milliseconds reuse_timeout{3600 * 1000};
+  std::chrono::milliseconds tick{1000};
+  std::chrono::milliseconds stop_grace{6000};
+  std::chrono::milliseconds fetch_timeout{60000};
+  std::chrono::milliseconds restart_initial{1000};
+  std::chrono::milliseconds restart_max{60000};
+  uint32_t crash_loop_failures = 5;
+  std::chrono::milliseconds crash_loop_window{600 * 1000};
+  uint32_t pids_max = 512;
+  bool cgroups = true;
+  std::string cgroup_root = "alephd"; ///< parent group name for this CRN's executions
+  std::shared_ptr<execution_table> table;
+  /// Makes the executor; empty = a bubblewrap sandbox (tests plug in others).
+  std::function<std::shared_ptr<executor>(const executor_request&)> make_executor;
+  /// Blocking executor calls run on a thread of their own; tests on the deterministic
+  /// scheduler turn this off (with an executor that never blocks).
+  bool threaded_host = true;
+};
+
+/// The configure frame for a PROGRAM message whose code bytes are `code`; empty error or why
+/// the program cannot run here.
+std::string program_configure(const std::string& message_json, std::string code,
+                              guest::configure& out, std::chrono::milliseconds& timeout);
 
 struct vm_supervisor_state {
   static inline const char* name = "vm_supervisor";
   execution_info info;
+  allocation alloc;
+  std::shared_ptr<const execution_env> env;
+  ccn_link_actor link;
+  job_broker_actor broker; ///< gets the final report
+  std::optional<guest::configure> cfg;
+  std::chrono::milliseconds request_timeout{1000};
+  bool internet = false;
+  uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it
+  std::shared_ptr<executor> exec;
+  caf::actor host; ///< the detached actor that makes the executor's blocking calls
+  std::shared_ptr<live_execution> live;
+  std::vector<caf::typed_response_promise<execution_info>> waiters; ///< run and reboot
+  std::deque<log_line> logs; ///< earlier runs and the CRN's own notes
+  std::deque<caf::actor_clock::time_point> failures;
+  std::chrono::milliseconds backoff{0};
+  std::mt19937_64 rng;
 };
 
+/// `broker` receives {atom::exited, execution_info, std::vector<log_line>} when it ends.
 vm_supervisor_actor::behavior_type
-vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, allocation a);
+vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, allocation a,
+              bool persistent, std::shared_ptr<const execution_env> env, ccn_link_actor link,
+              job_broker_actor broker);
 
 } // namespace alephd

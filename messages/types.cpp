@@ -22,6 +22,7 @@ std::string to_string(ec x) {
     case ec::storage_failure: return "storage_failure";
     case ec::unavailable: return "unavailable";
     case ec::refused: return "refused";
+    case ec::workload_failed: return "workload_failed";
   }
   return "unknown";
 }

@@ -33,6 +33,8 @@ enum class ec : uint8_t {
   unavailable,
   /// The request was understood and refused.
   refused,
+  /// A workload failed (it did not start, or it ended while the request waited).
+  workload_failed,
 };
 
 std::string to_string(ec x);
@@ -336,6 +338,19 @@ typename Inspector::result_type inspect(Inspector& f, link_info& x) {
            x.connected, x.heartbeats_sent, x.heartbeats_missed, x.reconnects, x.last_ack);
 }
 
+/// One line of a program's output, kept by the CRN (also after the execution ended).
+struct log_line {
+  double time = 0;    ///< unix seconds, when the CRN received it
+  std::string stream; ///< stdout, stderr, or system (the agent's and the CRN's own notes)
+  std::string line;
+  bool operator==(const log_line&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, log_line& x) {
+  return f(caf::meta::type_name("alephd::log_line"), x.time, x.stream, x.line);
+}
+
 } // namespace alephd
 
 CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
@@ -361,6 +376,8 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::node_view>))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::placement>))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::execution_info>))
+  CAF_ADD_TYPE_ID(alephd, (alephd::log_line))
+  CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::log_line>))
   CAF_ADD_ATOM(alephd, alephd::atom, append, "append")
   CAF_ADD_ATOM(alephd, alephd::atom, get, "get")
   CAF_ADD_ATOM(alephd, alephd::atom, list, "list")
@@ -382,4 +399,11 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_ATOM(alephd, alephd::atom, replicate, "replicate")
   CAF_ADD_ATOM(alephd, alephd::atom, node, "node")
   CAF_ADD_ATOM(alephd, alephd::atom, connect, "connectccn")
+  CAF_ADD_ATOM(alephd, alephd::atom, run, "run")
+  CAF_ADD_ATOM(alephd, alephd::atom, logs, "logs")
+  CAF_ADD_ATOM(alephd, alephd::atom, erase, "erase")
+  CAF_ADD_ATOM(alephd, alephd::atom, reboot, "reboot")
+  CAF_ADD_ATOM(alephd, alephd::atom, drain, "drain")
+  CAF_ADD_ATOM(alephd, alephd::atom, started, "started")
+  CAF_ADD_ATOM(alephd, alephd::atom, exited, "exited")
 CAF_END_TYPE_ID_BLOCK(alephd)

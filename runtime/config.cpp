@@ -138,6 +138,13 @@ const std::vector<option>& table() {
     {"crn.vcpus", "vCPUs offered (default: the host's cores)", "", integer(&settings::vcpus, 0, 4096)},
     {"crn.memory-mib", "memory offered in MiB (default: the host's memory)", "", integer(&settings::memory_mib, 0, int64_t{1} << 32)},
     {"crn.public-address", "the URL clients use to reach this CRN (default http://host:port)", "", text(&settings::public_address)},
+    {"execution.reuse-timeout", "an on-demand program idle this long is stopped (default 3600s)", "", duration(&settings::reuse_timeout)},
+    {"execution.drain-timeout", "on SIGTERM, calls in flight get this long to finish (default 30s)", "", duration(&settings::drain_timeout)},
+    {"execution.keep-on-shutdown", "leave persistent workloads running when the CRN stops (default false)", "", boolean(&settings::keep_on_shutdown)},
+    {"execution.pids-max", "processes per execution, cgroup pids.max (default 512)", "", integer(&settings::pids_max, 8, 1 << 22)},
+    {"execution.cgroups", "give each execution a cgroup with memory, pids and CPU limits (default true)", "", boolean(&settings::cgroups)},
+    {"execution.guest-binary", "the static guest agent (default: alephd-guest next to alephd)", "", text(&settings::guest_binary)},
+    {"execution.bwrap", "the bubblewrap binary (default /usr/bin/bwrap)", "", text(&settings::bwrap, true)},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
     {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},
   };

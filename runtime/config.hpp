@@ -36,6 +36,14 @@ struct settings {
   uint32_t vcpus = 0;      ///< 0 = detect
   uint64_t memory_mib = 0; ///< 0 = detect
   std::string public_address; ///< empty = http://host:port
+  // [execution]
+  std::chrono::milliseconds reuse_timeout{3600 * 1000}; ///< an idle on-demand program stops after this
+  std::chrono::milliseconds drain_timeout{30000};       ///< SIGTERM waits this long for calls in flight
+  bool keep_on_shutdown = false; ///< leave persistent workloads running when the CRN stops
+  uint32_t pids_max = 512;       ///< processes per execution (cgroup pids.max)
+  bool cgroups = true;           ///< put each execution in its own cgroup with limits
+  std::string guest_binary;      ///< empty = alephd-guest next to the alephd executable
+  std::string bwrap = "/usr/bin/bwrap";
   // [dev]
   uint32_t port_base = 4020;
   uint32_t dev_crns = 3;

@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
+#include "runtime/execution_table.hpp"
 #include "runtime/gateway.hpp"
 #include "runtime/wall_clock.hpp"
 #include "runtime/routes.hpp"
@@ -158,11 +159,163 @@ bool same_secret(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+bool is_item_hash(const std::string& s) {
+  if (s.size() != 64)
+    return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+      return false;
+  return true;
+}
+
+// The node's own operator: the login token as X-Auth-Token, a Bearer token, or the cookie
+// set by /about/login.
+bool is_admin(const crn_context& ctx, const http::request& req) {
+  auto header = [&](const char* name) {
+    auto i = req.headers.find(name);
+    return i == req.headers.end() ? std::string{} : i->second;
+  };
+  auto bearer = header("authorization");
+  if (bearer.rfind("Bearer ", 0) == 0)
+    bearer = bearer.substr(7);
+  else
+    bearer.clear();
+  return same_secret(header("x-auth-token"), ctx.login_token)
+         || same_secret(bearer, ctx.login_token) || same_secret(cookie_token(req), ctx.login_token);
+}
+
+bool hop_by_hop(const std::string& lower_name) {
+  static const std::set<std::string> names{"connection", "keep-alive", "transfer-encoding", "te",
+                                           "upgrade", "proxy-connection", "content-length",
+                                           "trailer", "host"};
+  return names.count(lower_name) > 0;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Passes one call to a running execution, straight from the HTTP thread.
+void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
+             const std::string& suffix, const http::responder& respond) {
+  guest::http_request g;
+  g.method = req.method;
+  auto q = suffix.find('?');
+  g.path = q == std::string::npos ? suffix : suffix.substr(0, q);
+  g.query_string = q == std::string::npos ? "" : suffix.substr(q + 1);
+  if (g.path.empty())
+    g.path = "/";
+  for (auto& [name, value] : req.headers)
+    if (!hop_by_hop(name))
+      g.headers.emplace_back(name, value);
+  g.body = std::move(req.body);
+  live->in_flight.fetch_add(1);
+  live->requests.fetch_add(1);
+  auto hash = live->item_hash;
+  live->exec->request_async(std::move(g), live->timeout,
+                            [live, hash, respond](guest::http_response r) {
+                              live->last_used_ms = live_execution::now_ms();
+                              live->in_flight.fetch_sub(1);
+                              http::response out;
+                              if (!r.error.empty()) {
+                                out = http::json_error(r.status >= 400 ? r.status : 502, r.error);
+                              } else {
+                                out.status = r.status;
+                                out.content_type.clear();
+                                for (auto& [name, value] : r.headers) {
+                                  auto n = lower(name);
+                                  if (n == "content-type")
+                                    out.content_type = value;
+                                  else if (!hop_by_hop(n) && n != "server" && n != "date")
+                                    out.headers.emplace_back(name, value);
+                                }
+                                out.body = std::move(r.body);
+                              }
+                              out.headers.emplace_back("Aleph-Program-ItemHash", hash);
+                              respond(std::move(out));
+                            });
+}
+
+// ANY /vm/{ref}/{path}: the call goes to a running execution of the program, started first
+// when there is none (concurrent first calls share one start).
+void vm_call(const std::shared_ptr<const crn_context>& ctx, http::request&& req,
+             const http::responder& respond) {
+  // The raw target keeps the program's own percent-encoding.
+  auto rest = req.target.substr(4); // after "/vm/"
+  auto slash = rest.find_first_of("/?");
+  auto ref = rest.substr(0, slash);
+  auto suffix = slash == std::string::npos ? std::string{"/"} : rest.substr(slash);
+  if (suffix[0] == '?')
+    suffix = "/" + suffix;
+  if (!is_item_hash(ref))
+    return respond(http::json_error(400, "malformed program reference '" + ref.substr(0, 80)
+                                           + "': expected a 64-digit lowercase hex item_hash"));
+  if (ctx->table->draining.load())
+    return respond(http::json_error(503, "Server is draining"));
+  if (auto live = ctx->table->find(ref); live && live->exec->running())
+    return forward(live, std::move(req), suffix, respond);
+  auto shared_req = std::make_shared<http::request>(std::move(req));
+  gateway::ask(
+    *ctx->sys, ctx->broker, std::chrono::milliseconds{120000}, respond,
+    [ctx, ref, suffix, shared_req, respond](const execution_info&) {
+      auto live = ctx->table->find(ref);
+      if (!live)
+        return respond(http::json_error(502, "the program stopped before the call reached it"));
+      forward(live, std::move(*shared_req), suffix, respond);
+    },
+    atom::run_v, ref);
+}
+
+void operator_action(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
+                     const std::string& action, const http::responder& respond) {
+  auto done = [respond](const execution_info& e) {
+    respond(gateway::json(200, json{{"item_hash", e.item_hash}, {"phase", e.phase},
+                                    {"detail", e.detail}}));
+  };
+  if (action == "stop")
+    return ask(*ctx->sys, ctx->broker, std::chrono::milliseconds{70000}, respond, done, atom::stop_v, ref);
+  if (action == "erase")
+    return ask(*ctx->sys, ctx->broker, std::chrono::milliseconds{70000}, respond, done, atom::erase_v, ref);
+  if (action == "reboot")
+    return ask(*ctx->sys, ctx->broker, std::chrono::milliseconds{70000}, respond, done, atom::reboot_v, ref);
+  ask(*ctx->sys, ctx->broker, timeout, respond,
+      [respond](const std::vector<log_line>& lines) {
+        json out = json::array();
+        for (auto& l : lines)
+          out.push_back(json{{"time", gateway::iso_time(l.time)}, {"type", l.stream},
+                             {"message", l.line}});
+        respond(gateway::json(200, out));
+      },
+      atom::logs_v, ref);
+}
+
 } // namespace
 
 http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
   return [ctx](http::request&& req, http::responder respond) {
     const auto& path = req.path;
+    if (path.rfind("/vm/", 0) == 0)
+      return vm_call(ctx, std::move(req), respond);
+    if (path.rfind("/control/machine/", 0) == 0) {
+      // /control/machine/{ref}/{stop|reboot|erase|logs}
+      auto rest = path.substr(17);
+      auto slash = rest.find('/');
+      auto ref = rest.substr(0, slash);
+      auto action = slash == std::string::npos ? "" : rest.substr(slash + 1);
+      static const std::set<std::string> actions{"stop", "reboot", "erase", "logs"};
+      if (!actions.count(action))
+        return respond(http::json_error(404, "no route for " + req.method + " " + path.substr(0, 200)));
+      bool get = action == "logs";
+      if ((get && req.method != "GET") || (!get && req.method != "POST"))
+        return respond(http::json_error(405, "method " + req.method + " not allowed on " + path.substr(0, 200)));
+      if (!is_admin(*ctx, req))
+        return respond(http::json_error(401, "Authentication required: send the node's login token as X-Auth-Token"));
+      if (!is_item_hash(ref))
+        return respond(http::json_error(400, "malformed item_hash '" + ref.substr(0, 80) + "'"));
+      return operator_action(ctx, ref, action, respond);
+    }
     static const std::set<std::string> known{"/",
                                              "/about/login",
                                              "/about/usage/system",

@@ -19,6 +19,7 @@ http::response error_response(const caf::error& err) {
       case ec::wrong_phase: status = 409; break;
       case ec::unavailable: status = 503; break;
       case ec::refused: status = 403; break;
+      case ec::workload_failed: status = 502; break;
       default: status = 500;
     }
   } else if (err.category() == caf::atom("system")) {

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <caf/actor_system.hpp>
@@ -140,7 +141,13 @@ int run(const std::string& role, const settings& s_in) {
       std::cerr << "alephd: a node actor failed; exiting (see the log above)\n";
       rc = 1;
     } else {
-      spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      spdlog::info("{}: draining, then stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      // Every CRN drains at once: calls in flight finish, new calls get 503.
+      std::vector<std::thread> drains;
+      for (auto& c : crns)
+        drains.emplace_back([&c] { c->drain(); });
+      for (auto& t : drains)
+        t.join();
     }
   }
   for (auto& c : crns)

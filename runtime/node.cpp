@@ -21,6 +21,9 @@
 #include "actors/job_broker.hpp"
 #include "actors/message_store.hpp"
 #include "actors/scheduler.hpp"
+#include "actors/vm_supervisor.hpp"
+#include "runtime/cgroup.hpp"
+#include "runtime/execution_table.hpp"
 #include "runtime/gateway.hpp"
 #include "runtime/wall_clock.hpp"
 #include "runtime/http_server.hpp"
@@ -65,6 +68,13 @@ bool write_file(const std::string& path, const std::string& content, mode_t mode
     ::close(dfd);
   }
   return true;
+}
+
+// alephd-guest next to the running alephd binary.
+std::string default_guest_binary() {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return (ec ? std::filesystem::path{"."} : self.parent_path()).string() + "/alephd-guest";
 }
 
 std::string default_data_dir(const settings& s, const char* role) {
@@ -187,7 +197,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(scheduler_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
-  node_ = sys.spawn(ccn_node, id_, registry_, peer_);
+  node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_);
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
                              {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
                               caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),
@@ -291,11 +301,36 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   info.memory_mib = s.memory_mib > 0 ? s.memory_mib : usage.mem_total_kb / 1024;
   info.disk_mib = usage.disk_available_kb / 1024;
   info.software_version = ALEPHD_VERSION;
+  settings_ = s;
+  table_ = std::make_shared<execution_table>();
+  auto env = std::make_shared<execution_env>();
+  env->data_dir = dir;
+  env->guest_binary = s.guest_binary.empty() ? default_guest_binary() : s.guest_binary;
+  env->bwrap = s.bwrap;
+  env->reuse_timeout = s.reuse_timeout;
+  env->pids_max = s.pids_max;
+  env->cgroups = s.cgroups && cgroup::version() != 0 && ::geteuid() == 0;
+  env->cgroup_root = "alephd-" + id_.substr(0, 12);
+  env->table = table_;
+  if (::access(env->guest_binary.c_str(), X_OK) != 0)
+    spdlog::warn("crn {}: guest agent {} is missing: programs cannot run (set execution.guest-binary)",
+                 id_, env->guest_binary);
+  if (s.cgroups) {
+    // Sandboxes die with the CRN (bwrap --die-with-parent); their groups may be left over.
+    if (auto n = cgroup::remove_orphans(env->cgroup_root, nullptr); n > 0)
+      spdlog::info("crn {}: removed {} cgroups left by an earlier run", id_, n);
+    if (!env->cgroups)
+      spdlog::warn("crn {}: {}: executions run without memory, pids and CPU limits", id_,
+                   cgroup::version() == 0 ? "no usable cgroup hierarchy" : "not root");
+  }
+  if (::access(env->bwrap.c_str(), X_OK) != 0)
+    spdlog::warn("crn {}: {} is missing: programs cannot run (install bubblewrap)", id_, env->bwrap);
   job_broker_config jb;
   jb.crn_id = id_;
   jb.cores = info.vcpus;
   jb.memory_mib = info.memory_mib;
   jb.disk_mib = info.disk_mib;
+  jb.env = env;
   broker_ = sys.spawn(job_broker, jb);
   auto port = s.http_port < 0 ? 4020 : s.http_port;
   auto ctx = std::make_shared<crn_context>();
@@ -314,10 +349,12 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   lc.heartbeat = s.heartbeat_interval;
   lc.failure_timeout = s.failure_timeout;
   link_ = sys.spawn(ccn_link, lc, broker_);
+  caf::anon_send(broker_, atom::connect_v, link_);
   watchdog_ = spawn_watchdog(sys, "crn " + id_,
                              {caf::actor_cast<caf::actor>(broker_), caf::actor_cast<caf::actor>(link_)},
                              on_fatal_);
   ctx->sys = &sys;
+  ctx->table = table_;
   ctx->link = link_;
   ctx->broker = broker_;
   ctx->id = id_;
@@ -332,6 +369,21 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   spdlog::info("crn {}: http {}, {} vCPUs, {} MiB, CCNs {}", id_, http_endpoint, info.vcpus,
                info.memory_mib, lc.direct.empty() ? ctx->ccn_endpoints : "in-process");
   return {};
+}
+
+void crn_node_runtime::drain() {
+  if (sys_ == nullptr || !table_)
+    return;
+  table_->draining = true;
+  auto until = std::chrono::steady_clock::now() + settings_.drain_timeout;
+  while (table_->in_flight() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (auto left = table_->in_flight(); left > 0)
+    spdlog::warn("crn {}: {} calls still in flight after the drain timeout", id_, left);
+  caf::scoped_actor self{*sys_};
+  self->request(broker_, std::chrono::seconds(90), atom::drain_v, !settings_.keep_on_shutdown)
+    .receive([&](uint32_t n) { spdlog::info("crn {}: drained, {} executions stopped", id_, n); },
+             [&](caf::error& err) { spdlog::warn("crn {}: drain: {}", id_, describe(err)); });
 }
 
 void crn_node_runtime::stop() {

@@ -27,6 +27,8 @@ namespace lmdb {
 class env;
 } // namespace lmdb
 
+class execution_table;
+
 /// Called when one of a node's actors ends for any reason but a shutdown; the node is then
 /// broken and the process should exit (and be restarted by its supervisor, e.g. systemd).
 using fatal_handler = std::function<void(const std::string&)>;
@@ -78,15 +80,22 @@ public:
   /// else to `s.ccn` over the network.
   std::string start(caf::actor_system& sys, const settings& s,
                     std::vector<ccn_node_actor> direct = {});
+  /// SIGTERM: new calls get 503 "Server is draining", calls in flight get `drain_timeout` to
+  /// finish, then executions are stopped (persistent ones unless `keep_on_shutdown`).
+  /// Blocking; call before stop().
+  void drain();
   void stop();
   const std::string& id() const { return id_; }
   uint16_t http_port() const;
   const std::string& login_token() const { return token_; }
+  job_broker_actor broker() const { return broker_; }
 
 private:
   caf::actor_system* sys_ = nullptr;
+  settings settings_;
   std::string id_;
   std::string token_;
+  std::shared_ptr<execution_table> table_;
   job_broker_actor broker_;
   ccn_link_actor link_;
   std::unique_ptr<http::server> http_;

@@ -13,6 +13,8 @@ class actor_system;
 
 namespace alephd {
 
+class execution_table;
+
 struct ccn_context {
   caf::actor_system* sys = nullptr;
   message_store_actor messages;
@@ -31,6 +33,7 @@ struct ccn_context {
 
 struct crn_context {
   caf::actor_system* sys = nullptr;
+  std::shared_ptr<execution_table> table;
   ccn_link_actor link;
   job_broker_actor broker;
   std::string id;

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -142,6 +143,16 @@ struct sandbox::impl {
   pid_t ns_init = 0;
   std::string ns_init_start;
 
+  std::optional<alephd::cgroup> group; // set by start() when opts.limits
+
+  // " (out of memory: ...)" when the group saw an OOM kill.
+  std::string oom_note() const {
+    if (group && group->oom_killed())
+      return " (out of memory: killed at the limit of "
+             + std::to_string(opts.limits->memory_bytes >> 20) + " MiB)";
+    return "";
+  }
+
   std::mutex stop_mu; // serializes stop() and the destructor
   bool stopped = false;
   int stop_code = -1;
@@ -235,7 +246,8 @@ struct sandbox::impl {
           report = std::move(on_exit);
           on_exit = nullptr;
           code = halted_seen ? halted_code : -1;
-          why = halted_seen ? "program exited with code " + std::to_string(halted_code) : reason;
+          why = (halted_seen ? "program exited with code " + std::to_string(halted_code) : reason)
+                + oom_note();
         }
       }
       for (auto it = waiters.begin(); it != waiters.end();) {
@@ -398,6 +410,12 @@ struct sandbox::impl {
       conn_fd = -1;
     }
     mark_gone("sandbox stopped");
+    if (group) {
+      std::string err;
+      if (!group->destroy(err))
+        std::fprintf(stderr, "sandbox: cannot remove cgroup %s: %s\n", group->path().c_str(),
+                     err.c_str());
+    }
     std::lock_guard lock{mu};
     connected = false;
   }
@@ -440,18 +458,34 @@ struct sandbox::impl {
     for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err"})
       std::filesystem::remove(dir / name, ec);
     auto sock_path = (dir / "guest.sock").string();
+    // A unix socket path holds at most 107 bytes; a long run_dir is reached
+    // through /proc/self/fd/N instead, which bind() resolves like any path.
+    int dir_fd = -1;
+    auto bind_path = sock_path;
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    if (sock_path.size() >= sizeof addr.sun_path)
-      return fail_start("run_dir path too long for a unix socket");
-    std::memcpy(addr.sun_path, sock_path.data(), sock_path.size());
+    if (bind_path.size() >= sizeof addr.sun_path) {
+      dir_fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (dir_fd < 0)
+        return fail_start("cannot open " + opts.run_dir + ": " + std::strerror(errno));
+      bind_path = "/proc/self/fd/" + std::to_string(dir_fd) + "/guest.sock";
+    }
+    std::memcpy(addr.sun_path, bind_path.data(), bind_path.size());
 
     int listen_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (listen_fd < 0)
-      return fail_start("socket: " + std::string{std::strerror(errno)});
-    if (::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
-        || ::listen(listen_fd, 1) != 0) {
+    if (listen_fd < 0) {
       auto e = std::string{std::strerror(errno)};
+      if (dir_fd >= 0)
+        ::close(dir_fd);
+      return fail_start("socket: " + e);
+    }
+    bool bound = ::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0
+                 && ::listen(listen_fd, 1) == 0;
+    auto bind_errno = errno;
+    if (dir_fd >= 0)
+      ::close(dir_fd);
+    if (!bound) {
+      auto e = std::string{std::strerror(bind_errno)};
       ::close(listen_fd);
       return fail_start("cannot listen on " + sock_path + ": " + e);
     }
@@ -480,12 +514,26 @@ struct sandbox::impl {
 
     try {
       std::error_code spawn_ec;
+      if (opts.limits) {
+        std::string err;
+        auto name = opts.cgroup_name.empty() ? "sandbox-" + std::to_string(::getpid())
+                                             : opts.cgroup_name;
+        group = alephd::cgroup::create(opts.cgroup_root, name, *opts.limits, err);
+        if (!group || !group->prepare_attach(err)) {
+          ::close(listen_fd);
+          return fail_start("cannot set up the cgroup: " + err);
+        }
+      }
       auto setup = opts.child_setup;
+      const alephd::cgroup* cg = group ? &*group : nullptr;
       bp::child c{bp::exe = opts.bwrap, bp::args = args,
                   bp::std_in < bp::null,
                   bp::std_out > (dir / "bwrap.out").string(),
                   bp::std_err > (dir / "bwrap.err").string(),
-                  bp::extend::on_exec_setup = [setup](auto&) {
+                  bp::extend::on_exec_setup = [setup, cg](auto&) {
+                    // Join the cgroup before bwrap forks anything.
+                    if (cg != nullptr && !cg->attach_self_in_child())
+                      ::_exit(127);
                     if (setup)
                       setup();
                   },

@@ -8,12 +8,14 @@
 // context. Every wait is bounded, and the destructor never leaves a process
 // behind.
 
+#include "runtime/cgroup.hpp"
 #include "runtime/executor.hpp"
 #include "runtime/guest_protocol.hpp"
 
 #include <functional>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,9 +31,15 @@ struct sandbox_options {
   std::chrono::milliseconds ready_timeout{10000};
   /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
   std::vector<std::string> extra_args;
-  /// Runs in the child between fork and exec (e.g. joining a cgroup); must
-  /// only make async-signal-safe calls.
+  /// Runs in the child between fork and exec; must only make
+  /// async-signal-safe calls.
   std::function<void()> child_setup;
+  /// When set, the sandbox runs in its own cgroup `cgroup_root/cgroup_name`
+  /// with these limits (created by start(), removed when it stops); an OOM
+  /// kill is named in the exit report.
+  std::optional<cgroup_limits> limits;
+  std::string cgroup_root = "alephd";
+  std::string cgroup_name;
 };
 
 /// One guest agent in a bubblewrap sandbox. All members are thread-safe.

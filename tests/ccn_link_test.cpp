@@ -1,5 +1,6 @@
 #include "actors/ccn_link.hpp"
 
+#include <map>
 #include <chrono>
 
 #include "tests/caf_fixture.hpp"
@@ -61,6 +62,7 @@ struct node_double_state {
   crn_registry_actor registry;
   bool refuse = false;
   std::vector<caf::actor_clock::time_point> hellos;
+  std::map<std::string, stored_message> messages;
 };
 
 using hello_result = caf::result<crn_registry_actor, caf::actor, std::string>;
@@ -76,6 +78,15 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
       if (st.refuse)
         return make_error(ec::unavailable, "CCN " + st.ccn_id + " is starting");
       return hello_result(st.registry, caf::actor{}, st.ccn_id);
+    },
+    [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      auto& st = self->state;
+      if (auto i = st.messages.find(h); i != st.messages.end())
+        return i->second;
+      return make_error(ec::not_found, "no message " + h);
+    },
+    [=](atom::read, const std::string& h) -> caf::result<file_blob> {
+      return make_error(ec::not_found, "no file " + h + " at " + self->state.ccn_id);
     },
   };
 }
@@ -99,6 +110,21 @@ broker_double(job_broker_actor::stateful_pointer<broker_double_state> self) {
     [=](atom::stop, const std::string& hash) -> caf::result<execution_info> {
       return make_error(ec::not_found, "no execution " + hash);
     },
+    [=](atom::run, const std::string& hash) -> caf::result<execution_info> {
+      return make_error(ec::not_found, "no program " + hash);
+    },
+    [=](atom::reboot, const std::string& hash) -> caf::result<execution_info> {
+      return make_error(ec::not_found, "no execution " + hash);
+    },
+    [=](atom::erase, const std::string& hash) -> caf::result<execution_info> {
+      return make_error(ec::not_found, "no execution " + hash);
+    },
+    [=](atom::logs, const std::string& hash) -> caf::result<std::vector<log_line>> {
+      return make_error(ec::not_found, "no execution " + hash);
+    },
+    [=](atom::drain, bool) { return uint32_t{0}; },
+    [=](atom::connect, const ccn_link_actor&) {},
+    [=](atom::exited, const execution_info&, const std::vector<log_line>&) {},
   };
 }
 
@@ -271,6 +297,29 @@ TEST_F(ccn_link_test, an_allocation_reaches_the_job_broker_and_its_ack_comes_bac
   auto& got = state_of<broker_double_state>(broker).allocations;
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0], a);
+}
+
+TEST_F(ccn_link_test, fetches_go_to_the_registered_ccn_and_fail_clearly_while_down) {
+  stored_message m;
+  m.item_hash = "prog-1";
+  m.type = "PROGRAM";
+  m.json = R"({"type":"PROGRAM"})";
+  node(node_a).messages[m.item_hash] = m;
+  start();
+  auto got = ask<stored_message>(link, atom::get_v, std::string{"prog-1"});
+  ASSERT_TRUE(got.value) << describe(got.error);
+  EXPECT_EQ(*got.value, m);
+  auto missing = ask<stored_message>(link, atom::get_v, std::string{"nope"});
+  EXPECT_TRUE(missing.error && is(missing.error, ec::not_found)) << describe(missing.error);
+  auto file = ask<file_blob>(link, atom::read_v, std::string{"f1"});
+  ASSERT_FALSE(file.value);
+  EXPECT_NE(describe(file.error).find("at ccn-A"), std::string::npos) << describe(file.error);
+  // The CCN dies; until the link found the next one, a fetch fails at once, it does not hang.
+  caf::anon_send_exit(reg_a, caf::exit_reason::kill);
+  sched.run();
+  auto down = ask<stored_message>(link, atom::get_v, std::string{"prog-1"});
+  EXPECT_FALSE(down.value);
+  EXPECT_TRUE(down.error && is(down.error, ec::unavailable)) << describe(down.error);
 }
 
 TEST_F(ccn_link_test, a_refusal_from_the_job_broker_comes_back_unchanged) {

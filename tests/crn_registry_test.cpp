@@ -42,6 +42,12 @@ link_double(ccn_link_actor::stateful_pointer<link_double_state> self, std::strin
     },
     [=](atom::tick) {},
     [=](atom::connect) {},
+    [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      return make_error(ec::not_found, "no message " + h);
+    },
+    [=](atom::read, const std::string& h) -> caf::result<file_blob> {
+      return make_error(ec::not_found, "no file " + h);
+    },
   };
 }
 

@@ -21,7 +21,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -122,6 +124,49 @@ int main() {
       std::string body = v ? v : "";
       write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
                      + "\r\n\r\n" + body);
+    } else if (path == "/alloc") {
+      // ?mb=N: touches N MiB (a memory limit below that kills the app).
+      auto mb = query.rfind("mb=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
+      std::vector<char*> blocks;
+      for (int i = 0; i < mb; ++i) {
+        auto* b = static_cast<char*>(std::malloc(1 << 20));
+        if (b == nullptr)
+          break;
+        std::memset(b, 1, 1 << 20);
+        blocks.push_back(b);
+      }
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(std::to_string(blocks.size()).size())
+                     + "\r\n\r\n" + std::to_string(blocks.size()));
+      for (auto* b : blocks)
+        std::free(b);
+    } else if (path == "/fork") {
+      // ?n=N: tries to start N sleeping children; answers how many started.
+      auto n = query.rfind("n=", 0) == 0 ? std::atoi(query.c_str() + 2) : 0;
+      ::signal(SIGCHLD, SIG_IGN); // children are reaped by the kernel
+      int started = 0;
+      for (int i = 0; i < n; ++i) {
+        pid_t p = ::fork();
+        if (p == 0) {
+          ::sleep(5);
+          ::_exit(0);
+        }
+        if (p > 0)
+          ++started;
+      }
+      auto body = std::to_string(started);
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                     + "\r\n\r\n" + body);
+    } else if (path == "/read") {
+      // ?PATH: the first bytes of a file, or 404 if it cannot be read.
+      std::ifstream in{"/" + query, std::ios::binary};
+      std::string data(256, '\0');
+      in.read(data.data(), 256);
+      data.resize(static_cast<std::size_t>(in.gcount()));
+      if (!in && data.empty())
+        write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+      else
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(data.size())
+                       + "\r\n\r\n" + data);
     } else if (path == "/garbage") {
       write_all(c, "this is not HTTP at all\r\n\r\n");
     } else {

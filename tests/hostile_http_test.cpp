@@ -214,7 +214,17 @@ TEST_F(hostile, crn_endpoints) {
   expect_error(crn_http, "GET", "/about/login", "", 401, {{"Cookie", "token=; token"}});
   expect_error(crn_http, "POST", "/about/usage/system", "{}", 405);
   expect_error(crn_http, "GET", "/vm/" + std::string(64, 'a') + "/x", "", 404);
-  expect_error(crn_http, "GET", "/control/machine/abc/stop", "", 404);
+  expect_error(crn_http, "GET", "/control/machine/abc/stop", "", 405);
+  expect_error(crn_http, "POST", "/control/machine/abc/stop", "", 401);
+  expect_error(crn_http, "POST", "/control/machine/" + std::string(64, 'a') + "/erase", "", 401,
+               {{"X-Auth-Token", "not-the-token"}});
+  expect_error(crn_http, "GET", "/control/machine/abc/logs", "", 401);
+  expect_error(crn_http, "GET", "/control/machine/abc/explode", "", 404);
+  expect_error(crn_http, "GET", "/control/machine/", "", 404);
+  expect_error(crn_http, "GET", "/vm/not-a-hash/x", "", 400);
+  expect_error(crn_http, "GET", "/vm/", "", 400);
+  expect_error(crn_http, "POST", "/vm/" + std::string(64, 'G') + "?x=1", "{", 400);
+  expect_error(crn_http, "GET", "/vm/" + std::string(4000, 'a'), "", 400);
 }
 
 TEST_F(hostile, garbage_at_the_http_layer_is_400_or_431) {

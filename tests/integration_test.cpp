@@ -389,7 +389,7 @@ TEST_F(cluster, placements_survive_a_ccn_restart_and_are_confirmed_by_their_crn)
   ASSERT_FALSE(h.empty());
   auto allocation_of = [&](uint16_t port) {
     auto j = get_json(port, "/api/v0/allocations");
-    return j.is_object() && !j["allocations"].empty() ? j["allocations"][0] : json{};
+    return j.is_object() && !j["allocations"].empty() ? j["allocations"][0] : json::object();
   };
   ASSERT_TRUE(eventually([&] { return allocation_of(http).value("state", "") == "allocated"; }, 5s));
   auto crn_id = allocation_of(http)["crn"];

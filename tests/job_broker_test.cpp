@@ -1,7 +1,13 @@
 #include "actors/job_broker.hpp"
 
 #include "actors/vm_supervisor.hpp"
+#include "messages/aleph_message.hpp"
 #include "tests/caf_fixture.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 using namespace alephd;
 using namespace alephd::test;
@@ -120,13 +126,169 @@ TEST(admission_refusal, disk_counts_every_execution) {
   EXPECT_TRUE(insufficient(admission_refusal(host(), t, work("c", "program", 128, 1, 1001))));
 }
 
+// -- doubles -------------------------------------------------------------------------
+
+// An executor that never blocks: start() answers at once (or fails as told), requests are
+// echoed, and the test ends the guest with crash().
+struct fake_executor : executor {
+  std::string start_error;
+  int starts = 0;
+  int stops = 0;
+  bool up = false;
+  exit_handler on_exit_;
+  guest::configure cfg;
+
+  std::string start(const guest::configure& c) override {
+    ++starts;
+    cfg = c;
+    up = start_error.empty();
+    return start_error;
+  }
+  void request_async(guest::http_request req, std::chrono::milliseconds,
+                     reply_handler done) override {
+    guest::http_response r;
+    r.id = req.id;
+    r.status = up ? 200 : 502;
+    r.body = req.path;
+    done(std::move(r));
+  }
+  int stop(std::chrono::milliseconds) override {
+    ++stops;
+    up = false;
+    return 0;
+  }
+  bool running() const override { return up; }
+  int pid() const override { return 0; }
+  std::vector<timed_log> logs() const override {
+    return {timed_log{1.0, "stdout", "fake program output"}};
+  }
+  void on_exit(exit_handler h) override { on_exit_ = std::move(h); }
+  void crash(int code) {
+    up = false;
+    if (auto h = std::move(on_exit_))
+      h(code, "program exited with code " + std::to_string(code));
+  }
+};
+
+// The CCN as the CRN's link shows it: messages and files by hash.
+struct link_double_state {
+  std::map<std::string, stored_message> messages;
+  std::map<std::string, std::string> files;
+  int message_fetches = 0;
+  int file_fetches = 0;
+};
+
+ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_double_state> self) {
+  return {
+    [=](atom::status, link_state) {},
+    [=](atom::allocate, const allocation& a) { return allocation_ack{a.item_hash, a.epoch, "", false, "double"}; },
+    [=](atom::get) { return link_info{}; },
+    [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      ++self->state.message_fetches;
+      if (auto i = self->state.messages.find(h); i != self->state.messages.end())
+        return i->second;
+      return make_error(ec::not_found, "no message " + h);
+    },
+    [=](atom::read, const std::string& h) -> caf::result<file_blob> {
+      ++self->state.file_fetches;
+      if (auto i = self->state.files.find(h); i != self->state.files.end())
+        return file_blob{h, i->second};
+      return make_error(ec::not_found, "no file " + h);
+    },
+    [=](atom::tick) {},
+    [=](atom::connect) {},
+  };
+}
+
+stored_message as_stored(const nlohmann::ordered_json& doc) {
+  auto parsed = aleph::parse_message(doc.dump());
+  EXPECT_TRUE(parsed.msg) << parsed.error.field << ": " << parsed.error.reason;
+  stored_message m;
+  m.item_hash = parsed.msg->item_hash;
+  m.type = doc["type"];
+  m.json = doc.dump();
+  return m;
+}
+
+nlohmann::ordered_json store_doc(const std::string& file_hash) {
+  return {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+          {"time", 1700000000.0},
+          {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+                       {"item_hash", file_hash}}}};
+}
+
+nlohmann::ordered_json program_doc(const std::string& code_ref, uint64_t memory = 128,
+                                   bool persistent = false) {
+  return {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "PROGRAM"}, {"item_type", "inline"},
+          {"time", 1700000000.0},
+          {"content",
+           {{"type", "vm-function"}, {"address", "0xabc"}, {"time", 1700000000.0},
+            {"allow_amend", false},
+            {"code", {{"encoding", "plain"}, {"entrypoint", "app"}, {"ref", code_ref},
+                      {"interface", "binary"}, {"use_latest", false}}},
+            {"variables", {{"GREETING", "hi"}}},
+            {"on", {{"http", true}, {"persistent", persistent}}},
+            {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                             {"shared_cache", false}}},
+            {"resources", {{"vcpus", 1}, {"memory", memory}, {"seconds", 3}}},
+            {"volumes", nlohmann::ordered_json::array()}}}};
+}
+
 // -- the actor ----------------------------------------------------------------------
 
 struct job_broker_test : caf_fixture {
-  job_broker_actor broker = spawn(job_broker, host());
+  temp_dir dir;
+  std::vector<std::shared_ptr<fake_executor>> executors;
+  std::string next_start_error;
+  std::shared_ptr<execution_table> table = std::make_shared<execution_table>();
+  std::shared_ptr<execution_env> env = make_env();
+  job_broker_actor broker = spawn(job_broker, [this] {
+    auto c = host();
+    c.env = env;
+    return c;
+  }());
+  ccn_link_actor link = spawn(link_double);
+
+  std::shared_ptr<execution_env> make_env() {
+    auto e = std::make_shared<execution_env>();
+    e->data_dir = dir.str();
+    e->table = table;
+    e->threaded_host = false;
+    e->reuse_timeout = std::chrono::seconds(60);
+    e->make_executor = [this](const executor_request&) {
+      auto x = std::make_shared<fake_executor>();
+      x->start_error = next_start_error;
+      executors.push_back(x);
+      return std::static_pointer_cast<executor>(x);
+    };
+    return e;
+  }
+
+  void connect() {
+    caf::anon_send(broker, atom::connect_v, link);
+    sched.run();
+  }
+
+  link_double_state& ccn() { return state_of<link_double_state>(link); }
+
+  // Publishes code, its STORE and a PROGRAM at the double CCN; returns the program's hash.
+  std::string publish_program(const std::string& code = "#!/bin/true\n", uint64_t memory = 128,
+                              bool persistent = false) {
+    auto file = aleph::sha256_hex(code);
+    ccn().files[file] = code;
+    auto store = as_stored(store_doc(file));
+    ccn().messages[store.item_hash] = store;
+    auto prog = as_stored(program_doc(store.item_hash, memory, persistent));
+    ccn().messages[prog.item_hash] = prog;
+    return prog.item_hash;
+  }
 
   reply<allocation_ack> allocate(const allocation& a) {
     return ask<allocation_ack>(broker, atom::allocate_v, a);
+  }
+
+  reply<execution_info> run(const std::string& hash) {
+    return ask<execution_info>(broker, atom::run_v, hash);
   }
 
   std::vector<execution_info> list() {
@@ -146,6 +308,19 @@ struct job_broker_test : caf_fixture {
     auto& ex = state_of<job_broker_state>(broker).executions;
     auto i = ex.find(hash);
     return i == ex.end() ? vm_supervisor_actor{} : i->second.supervisor;
+  }
+
+  std::vector<log_line> logs(const std::string& hash) {
+    auto r = ask<std::vector<log_line>>(broker, atom::logs_v, hash);
+    EXPECT_TRUE(r.value) << describe(r.error);
+    return r.value.value_or(std::vector<log_line>{});
+  }
+
+  static bool mentions(const std::vector<log_line>& lines, const std::string& text) {
+    for (auto& l : lines)
+      if (l.line.find(text) != std::string::npos)
+        return true;
+    return false;
   }
 };
 
@@ -192,14 +367,18 @@ TEST_F(job_broker_test, a_lower_epoch_is_stale) {
   EXPECT_EQ(find("h1")->epoch, 5u);
 }
 
-TEST_F(job_broker_test, stop_stops_the_execution) {
-  ASSERT_TRUE(allocate(work("h1", "program", 256)).value);
+TEST_F(job_broker_test, stop_stops_the_execution_and_keeps_its_final_state) {
+  ASSERT_TRUE(allocate(work("h1", "instance", 256)).value);
+  auto sup = supervisor_of("h1");
+  ASSERT_TRUE(sup);
   auto stopped = ask<execution_info>(broker, atom::stop_v, std::string{"h1"});
   ASSERT_TRUE(stopped.value) << describe(stopped.error);
   EXPECT_EQ(stopped.value->phase, "stopped");
   EXPECT_GT(stopped.value->stopped_at, 0.0);
   EXPECT_GE(stopped.value->stopped_at, stopped.value->stopping_at);
   EXPECT_GT(stopped.value->stopping_at, 0.0);
+  // The supervisor is gone; the broker lists the final state.
+  EXPECT_FALSE(supervisor_of("h1"));
   auto x = find("h1");
   ASSERT_TRUE(x);
   EXPECT_EQ(x->phase, "stopped");
@@ -209,22 +388,9 @@ TEST_F(job_broker_test, stop_stops_the_execution) {
   EXPECT_EQ(again.value->stopped_at, stopped.value->stopped_at);
 }
 
-TEST_F(job_broker_test, a_stopped_supervisor_refuses_a_new_allocation) {
-  ASSERT_TRUE(allocate(work("h1", "program", 256, 1, 0, 1)).value);
-  auto sup = supervisor_of("h1");
-  ASSERT_TRUE(sup);
-  ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, std::string{"h1"}).value);
-  auto r = ask<execution_info>(sup, atom::allocate_v, work("h1", "program", 256, 1, 0, 2));
-  EXPECT_FALSE(r.value);
-  EXPECT_TRUE(failed_with(r.error, ec::wrong_phase)) << describe(r.error);
-  auto g = ask<execution_info>(sup, atom::get_v);
-  ASSERT_TRUE(g.value);
-  EXPECT_EQ(g.value->phase, "stopped");
-  EXPECT_EQ(g.value->epoch, 1u);
-}
-
 TEST_F(job_broker_test, a_supervisor_refuses_an_older_epoch) {
-  auto sup = spawn(vm_supervisor, work("h1", "instance", 128, 1, 0, 3));
+  auto sup = spawn(vm_supervisor, work("h1", "instance", 128, 1, 0, 3), true,
+                   std::shared_ptr<const execution_env>(env), ccn_link_actor{}, job_broker_actor{});
   auto older = ask<execution_info>(sup, atom::allocate_v, work("h1", "instance", 128, 1, 0, 2));
   EXPECT_TRUE(failed_with(older.error, ec::wrong_phase)) << describe(older.error);
   auto newer = ask<execution_info>(sup, atom::allocate_v, work("h1", "instance", 128, 1, 0, 7));
@@ -252,12 +418,13 @@ TEST_F(job_broker_test, over_capacity_the_allocation_is_refused_with_a_reason) {
   EXPECT_EQ(list().size(), 2u);
 }
 
-TEST_F(job_broker_test, a_killed_supervisor_leaves_the_table) {
+TEST_F(job_broker_test, a_killed_supervisor_is_listed_as_failed_and_frees_its_capacity) {
   ASSERT_TRUE(allocate(work("h1", "instance", 6144)).value->accepted);
   caf::anon_send_exit(supervisor_of("h1"), caf::exit_reason::kill);
   sched.run();
-  EXPECT_TRUE(list().empty());
-  // Its capacity is free again.
+  auto x = find("h1");
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->phase, "failed");
   EXPECT_TRUE(allocate(work("h2", "instance", 6144)).value->accepted);
 }
 
@@ -269,17 +436,235 @@ TEST_F(job_broker_test, a_stopped_execution_frees_its_capacity) {
   EXPECT_TRUE(ack.value->accepted) << ack.value->reason;
 }
 
-TEST_F(job_broker_test, a_stopped_execution_allocated_again_is_not_silently_dropped) {
+TEST_F(job_broker_test, a_stopped_execution_allocated_again_runs_again) {
   ASSERT_TRUE(allocate(work("h1", "instance", 1024, 1, 0, 1)).value->accepted);
   ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, std::string{"h1"}).value);
   auto ack = allocate(work("h1", "instance", 1024, 1, 0, 2));
   ASSERT_TRUE(ack.value);
+  EXPECT_TRUE(ack.value->accepted) << ack.value->reason;
   auto x = find("h1");
   ASSERT_TRUE(x);
-  // Either it runs again (a new execution at epoch 2) or the CCN is told it was refused.
-  EXPECT_TRUE((ack.value->accepted && x->phase != "stopped" && x->epoch == 2)
-              || !ack.value->accepted)
-    << "accepted=" << ack.value->accepted << " phase=" << x->phase << " epoch=" << x->epoch;
+  EXPECT_NE(x->phase, "stopped");
+  EXPECT_EQ(x->epoch, 2u);
+}
+
+// -- on-demand programs -------------------------------------------------------------
+
+TEST_F(job_broker_test, a_call_starts_the_program_with_its_code_and_publishes_it) {
+  connect();
+  auto hash = publish_program("#!/bin/sh\necho hi\n");
+  auto r = run(hash);
+  ASSERT_TRUE(r.value) << describe(r.error);
+  EXPECT_EQ(r.value->phase, "running");
+  EXPECT_FALSE(r.value->persistent);
+  ASSERT_EQ(executors.size(), 1u);
+  EXPECT_EQ(executors[0]->starts, 1);
+  EXPECT_EQ(executors[0]->cfg.code, "#!/bin/sh\necho hi\n");
+  EXPECT_EQ(executors[0]->cfg.entrypoint, "app");
+  EXPECT_EQ(executors[0]->cfg.variables.at("GREETING"), "hi");
+  auto live = table->find(hash);
+  ASSERT_TRUE(live);
+  EXPECT_EQ(live->timeout, std::chrono::seconds(3));
+  // A second call finds it running: no new start, no new fetch.
+  auto fetches = ccn().message_fetches;
+  ASSERT_TRUE(run(hash).value);
+  EXPECT_EQ(executors.size(), 1u);
+  EXPECT_EQ(ccn().message_fetches, fetches);
+}
+
+TEST_F(job_broker_test, concurrent_first_calls_share_one_start) {
+  connect();
+  auto hash = publish_program();
+  std::vector<std::shared_ptr<reply<execution_info>>> calls;
+  for (int i = 0; i < 10; ++i)
+    calls.push_back(ask_later<execution_info>(broker, atom::run_v, hash));
+  sched.run();
+  for (auto& c : calls) {
+    ASSERT_TRUE(c->value) << describe(c->error);
+    EXPECT_EQ(c->value->phase, "running");
+  }
+  EXPECT_EQ(executors.size(), 1u);
+  EXPECT_EQ(ccn().file_fetches, 1);
+}
+
+TEST_F(job_broker_test, code_comes_from_the_cache_the_second_time) {
+  connect();
+  auto hash = publish_program("cached code");
+  ASSERT_TRUE(run(hash).value);
+  ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, hash).value);
+  ASSERT_TRUE(run(hash).value);
+  EXPECT_EQ(ccn().file_fetches, 1);
+  EXPECT_EQ(executors.size(), 2u);
+}
+
+TEST_F(job_broker_test, a_corrupt_cache_entry_is_fetched_again) {
+  connect();
+  auto code = std::string{"good code"};
+  auto hash = publish_program(code);
+  ASSERT_TRUE(run(hash).value);
+  ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, hash).value);
+  std::ofstream{dir.str() + "/cache/" + aleph::sha256_hex(code), std::ios::trunc} << "tampered";
+  ASSERT_TRUE(run(hash).value);
+  EXPECT_EQ(ccn().file_fetches, 2);
+  EXPECT_EQ(executors.back()->cfg.code, code);
+}
+
+TEST_F(job_broker_test, code_that_does_not_match_its_hash_is_refused) {
+  connect();
+  auto hash = publish_program("original");
+  ccn().files[aleph::sha256_hex("original")] = "swapped by a bad CCN";
+  auto r = run(hash);
+  ASSERT_FALSE(r.value);
+  EXPECT_TRUE(failed_with(r.error, ec::workload_failed)) << describe(r.error);
+  EXPECT_NE(describe(r.error).find("does not match"), std::string::npos) << describe(r.error);
+  EXPECT_TRUE(executors.empty());
+}
+
+TEST_F(job_broker_test, calls_fail_clearly_for_unknown_wrong_or_too_big_programs) {
+  auto early = run("0000");
+  EXPECT_TRUE(failed_with(early.error, ec::unavailable)) << describe(early.error);
+  connect();
+  EXPECT_TRUE(failed_with(run("feed").error, ec::not_found));
+  auto store = as_stored(store_doc(aleph::sha256_hex("x")));
+  ccn().messages[store.item_hash] = store;
+  EXPECT_TRUE(failed_with(run(store.item_hash).error, ec::invalid));
+  auto big = publish_program("code", 9000); // the program bucket is 8192 MiB
+  auto r = run(big);
+  EXPECT_TRUE(failed_with(r.error, ec::no_capacity)) << describe(r.error);
+  EXPECT_TRUE(insufficient(describe(r.error))) << describe(r.error);
+  EXPECT_TRUE(executors.empty());
+}
+
+TEST_F(job_broker_test, a_program_that_fails_to_start_is_reported_with_the_reason) {
+  connect();
+  next_start_error = "configure failed: no such entrypoint";
+  auto hash = publish_program();
+  auto r = run(hash);
+  ASSERT_FALSE(r.value);
+  EXPECT_TRUE(failed_with(r.error, ec::workload_failed)) << describe(r.error);
+  EXPECT_NE(describe(r.error).find("no such entrypoint"), std::string::npos);
+  auto x = find(hash);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->phase, "failed");
+  EXPECT_TRUE(mentions(logs(hash), "no such entrypoint"));
+  EXPECT_FALSE(table->find(hash));
+}
+
+TEST_F(job_broker_test, a_crash_stops_the_execution_and_the_next_call_starts_a_new_one) {
+  connect();
+  auto hash = publish_program();
+  ASSERT_TRUE(run(hash).value);
+  executors[0]->crash(3);
+  sched.run();
+  EXPECT_FALSE(table->find(hash));
+  auto x = find(hash);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->phase, "stopped");
+  EXPECT_NE(x->detail.find("code 3"), std::string::npos) << x->detail;
+  auto kept = logs(hash);
+  EXPECT_TRUE(mentions(kept, "fake program output")) << "the program's output outlives it";
+  EXPECT_TRUE(mentions(kept, "code 3"));
+  ASSERT_TRUE(run(hash).value);
+  EXPECT_EQ(executors.size(), 2u);
+}
+
+TEST_F(job_broker_test, an_idle_program_stops_after_the_reuse_timeout) {
+  connect();
+  auto hash = publish_program();
+  ASSERT_TRUE(run(hash).value);
+  auto live = table->find(hash);
+  ASSERT_TRUE(live);
+  // The idle check compares the real clock with the last call; make the last call old.
+  live->last_used_ms = live_execution::now_ms() - 61000;
+  live->in_flight = 1; // a call in flight keeps it
+  advance(std::chrono::seconds(2));
+  EXPECT_EQ(find(hash)->phase, "running");
+  live->in_flight = 0;
+  advance(std::chrono::seconds(2));
+  auto x = find(hash);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->phase, "stopped");
+  EXPECT_NE(x->detail.find("reuse-timeout"), std::string::npos) << x->detail;
+  EXPECT_EQ(executors[0]->stops, 1);
+  EXPECT_FALSE(table->find(hash));
+}
+
+TEST_F(job_broker_test, a_persistent_program_restarts_with_back_off_and_fails_in_a_crash_loop) {
+  connect();
+  auto hash = publish_program("code", 128, true);
+  allocation a = work(hash, "program", 128);
+  a.message_json = ccn().messages[hash].json;
+  ASSERT_TRUE(allocate(a).value->accepted);
+  ASSERT_EQ(find(hash)->phase, "running");
+  executors.back()->crash(1);
+  sched.run();
+  auto x = find(hash);
+  EXPECT_EQ(x->phase, "preparing");
+  EXPECT_NE(x->detail.find("restart in"), std::string::npos) << x->detail;
+  advance(std::chrono::seconds(2)); // first back-off: 1 s ± 50 %
+  EXPECT_EQ(find(hash)->phase, "running");
+  EXPECT_EQ(executors.size(), 2u);
+  // Keep crashing: the fifth failure within the window ends it.
+  for (int i = 0; i < 3; ++i) {
+    executors.back()->crash(1);
+    sched.run();
+    advance(std::chrono::seconds(70));
+  }
+  EXPECT_EQ(find(hash)->phase, "running");
+  executors.back()->crash(1);
+  sched.run();
+  x = find(hash);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->phase, "failed");
+  EXPECT_NE(x->detail.find("crash loop"), std::string::npos) << x->detail;
+}
+
+TEST_F(job_broker_test, drain_refuses_new_calls_and_stops_on_demand_but_keeps_persistent) {
+  connect();
+  auto od = publish_program("on demand");
+  auto pp = publish_program("persistent", 128, true);
+  ASSERT_TRUE(run(od).value);
+  allocation a = work(pp, "program", 128);
+  a.message_json = ccn().messages[pp].json;
+  ASSERT_TRUE(allocate(a).value->accepted);
+  auto n = ask<uint32_t>(broker, atom::drain_v, false);
+  ASSERT_TRUE(n.value) << describe(n.error);
+  EXPECT_EQ(*n.value, 1u);
+  EXPECT_EQ(find(od)->phase, "stopped");
+  EXPECT_EQ(find(pp)->phase, "running");
+  auto r = run(od);
+  EXPECT_TRUE(failed_with(r.error, ec::unavailable));
+  EXPECT_EQ(describe(r.error), "Server is draining");
+  // Draining again with stop-persistent stops the rest.
+  EXPECT_EQ(*ask<uint32_t>(broker, atom::drain_v, true).value, 1u);
+  EXPECT_EQ(find(pp)->phase, "stopped");
+}
+
+TEST_F(job_broker_test, erase_removes_the_execution_data) {
+  connect();
+  auto hash = publish_program();
+  ASSERT_TRUE(run(hash).value);
+  auto data = dir.str() + "/executions/" + hash;
+  std::filesystem::create_directories(data + "/volumes");
+  std::ofstream{data + "/volumes/state"} << "kept across restarts until erased";
+  auto r = ask<execution_info>(broker, atom::erase_v, hash);
+  ASSERT_TRUE(r.value) << describe(r.error);
+  EXPECT_EQ(r.value->phase, "stopped");
+  EXPECT_FALSE(std::filesystem::exists(data));
+}
+
+TEST_F(job_broker_test, reboot_restarts_a_running_execution) {
+  connect();
+  auto hash = publish_program();
+  ASSERT_TRUE(run(hash).value);
+  auto r = ask<execution_info>(broker, atom::reboot_v, hash);
+  ASSERT_TRUE(r.value) << describe(r.error);
+  EXPECT_EQ(r.value->phase, "running");
+  EXPECT_EQ(executors.size(), 2u);
+  EXPECT_EQ(executors[0]->stops, 1);
+  EXPECT_TRUE(table->find(hash));
+  auto none = ask<execution_info>(broker, atom::reboot_v, std::string{"nope"});
+  EXPECT_TRUE(failed_with(none.error, ec::not_found));
 }
 
 } // namespace

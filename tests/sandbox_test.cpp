@@ -108,6 +108,8 @@ protected:
   void TearDown() override {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
+    // The tests' parent cgroup, once no test uses it.
+    alephd::cgroup::remove_orphans("alephd-sandbox-test", nullptr);
   }
 
   alephd::sandbox_options options() {
@@ -434,4 +436,58 @@ TEST_F(sandbox, the_exit_handler_reports_a_crash_but_not_a_stop) {
   ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
   sb.stop();
   EXPECT_EQ(stopped_reports.load(), 0);
+}
+
+TEST_F(sandbox, a_program_past_its_memory_limit_is_killed_and_reported_as_oom) {
+  auto o = options();
+  o.limits = alephd::cgroup_limits{64ull << 20, 512, 1.0};
+  o.cgroup_root = "alephd-sandbox-test";
+  o.cgroup_name = "oom-" + std::to_string(::getpid());
+  std::mutex mu;
+  std::string why;
+  alephd::sandbox sb{o};
+  sb.on_exit([&](int, const std::string& w) {
+    std::lock_guard lock{mu};
+    why = w;
+  });
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  // Well below the limit: fine.
+  auto small = sb.request(get(1, "/alloc", "mb=8"), 5000ms);
+  EXPECT_EQ(small.status, 200) << small.error;
+  EXPECT_EQ(small.body, "8");
+  auto big = sb.request(get(2, "/alloc", "mb=256"), 10000ms);
+  EXPECT_EQ(big.status, 502) << big.body;
+  ASSERT_TRUE(wait_for([&] {
+    std::lock_guard lock{mu};
+    return !why.empty();
+  }, 10000ms));
+  std::lock_guard lock{mu};
+  EXPECT_NE(why.find("out of memory"), std::string::npos) << why;
+}
+
+TEST_F(sandbox, a_fork_bomb_is_stopped_by_the_pids_limit) {
+  auto o = options();
+  o.limits = alephd::cgroup_limits{256ull << 20, 32, 0};
+  o.cgroup_root = "alephd-sandbox-test";
+  o.cgroup_name = "pids-" + std::to_string(::getpid());
+  alephd::sandbox sb{o};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto resp = sb.request(get(1, "/fork", "n=200"), 10000ms);
+  ASSERT_EQ(resp.status, 200) << resp.error;
+  auto started = std::stoi(resp.body);
+  EXPECT_LT(started, 32) << "the pids limit did not hold";
+  EXPECT_GT(started, 0);
+  // The sandbox answers again once the bomb's processes are gone (they sleep 5 s).
+  EXPECT_TRUE(wait_for([&] { return sb.request(get(2, "/echo", "x"), 2000ms).status == 200; },
+                       15000ms));
+}
+
+TEST_F(sandbox, a_program_cannot_read_host_files) {
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  // /etc is not in the sandbox; /usr is, read-only.
+  EXPECT_EQ(sb.request(get(1, "/read", "etc/shadow"), 5000ms).status, 404);
+  EXPECT_EQ(sb.request(get(2, "/read", "etc/hostname"), 5000ms).status, 404);
+  EXPECT_EQ(sb.request(get(3, "/read", "root/.bashrc"), 5000ms).status, 404);
+  EXPECT_EQ(sb.request(get(4, "/read", "usr/lib/os-release"), 5000ms).status, 200);
 }

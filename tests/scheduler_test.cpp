@@ -49,6 +49,12 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
     [=](atom::get) { return link_info{}; },
     [=](atom::tick) {},
     [=](atom::connect) {},
+    [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      return make_error(ec::not_found, "no message " + h);
+    },
+    [=](atom::read, const std::string& h) -> caf::result<file_blob> {
+      return make_error(ec::not_found, "no file " + h);
+    },
   };
 }
 

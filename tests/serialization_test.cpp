@@ -157,6 +157,12 @@ TEST_F(serialization_test, link_info_roundtrip) {
   EXPECT_EQ(roundtrip(x), x);
 }
 
+TEST_F(serialization_test, log_lines_roundtrip) {
+  std::vector<log_line> x{{1700000004.25, "stdout", "listening on 8080"},
+                          {1700000005.5, "system", "program exited with code 3"}};
+  EXPECT_EQ(roundtrip(x), x);
+}
+
 TEST_F(serialization_test, every_link_state_roundtrips) {
   for (auto s : {link_state::unlinked, link_state::linked, link_state::waiting, link_state::down})
     EXPECT_EQ(roundtrip(s), s) << to_string(s);
@@ -221,7 +227,7 @@ TEST(describe_test, is_on_no_error_is_false) {
 
 TEST(describe_test, every_code_has_a_name) {
   for (auto code : {ec::not_found, ec::invalid, ec::too_large, ec::no_capacity, ec::wrong_phase,
-                    ec::storage_failure, ec::unavailable, ec::refused})
+                    ec::storage_failure, ec::unavailable, ec::refused, ec::workload_failed})
     EXPECT_NE(to_string(code), "unknown");
   EXPECT_EQ(to_string(ec::storage_failure), "storage_failure");
   EXPECT_EQ(to_string(link_state::waiting), "waiting");

@@ -1,0 +1,73 @@
+#pragma once
+
+// The CRN's table of running executions that can take HTTP calls. A
+// vm_supervisor puts its execution here once it runs and takes it out before
+// it stops; the `/vm/{ref}` route reads it on every call, so a warm call goes
+// from the HTTP thread straight to the executor without an actor hop.
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "runtime/executor.hpp"
+
+namespace alephd {
+
+/// One running execution as the HTTP route sees it.
+struct live_execution {
+  std::string item_hash;
+  std::shared_ptr<executor> exec;
+  std::chrono::milliseconds timeout{1000}; ///< per request (`resources.seconds`)
+  std::atomic<uint32_t> in_flight{0};
+  std::atomic<uint64_t> requests{0};
+  /// steady_clock milliseconds of the last call's end (or of the start).
+  std::atomic<int64_t> last_used_ms{0};
+
+  static int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+  }
+};
+
+class execution_table {
+public:
+  std::shared_ptr<live_execution> find(const std::string& hash) const {
+    std::lock_guard lock{mu_};
+    auto i = map_.find(hash);
+    return i == map_.end() ? nullptr : i->second;
+  }
+
+  void put(std::shared_ptr<live_execution> e) {
+    std::lock_guard lock{mu_};
+    map_[e->item_hash] = std::move(e);
+  }
+
+  /// Removes `hash` if it is still `which` (a newer run may have replaced it).
+  void remove(const std::string& hash, const live_execution* which) {
+    std::lock_guard lock{mu_};
+    if (auto i = map_.find(hash); i != map_.end() && i->second.get() == which)
+      map_.erase(i);
+  }
+
+  /// Calls in flight over every execution.
+  uint32_t in_flight() const {
+    std::lock_guard lock{mu_};
+    uint32_t n = 0;
+    for (auto& [hash, e] : map_)
+      n += e->in_flight.load();
+    return n;
+  }
+
+  /// Once set, new calls are refused with 503 (SIGTERM).
+  std::atomic<bool> draining{false};
+
+private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<live_execution>> map_;
+};
+
+} // namespace alephd
