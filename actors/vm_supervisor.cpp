@@ -125,12 +125,12 @@ void answer_waiters(self_ptr self, const caf::error& err) {
   }
 }
 
-// Moves the executor's output into the kept logs.
-void collect_logs(self_ptr self) {
+// Moves an executor's output into the kept logs.
+void collect_logs(self_ptr self, const std::shared_ptr<executor>& exec) {
   auto& st = self->state;
-  if (!st.exec)
+  if (!exec)
     return;
-  for (auto& l : st.exec->logs()) {
+  for (auto& l : exec->logs()) {
     st.logs.push_back(log_line{l.time, l.stream, l.line});
     if (st.logs.size() > max_kept_logs)
       st.logs.pop_front();
@@ -145,10 +145,11 @@ void release_executor(self_ptr self, std::function<void()> then) {
     st.env->table->remove(st.info.item_hash, st.live.get());
   st.live = nullptr;
   auto host = st.host;
-  collect_logs(self);
+  auto exec = st.exec;
   st.exec = nullptr;
   st.host = nullptr;
   if (!host) {
+    collect_logs(self, exec);
     then();
     return;
   }
@@ -157,11 +158,14 @@ void release_executor(self_ptr self, std::function<void()> then) {
   self->request(host, caf::infinite, atom::stop_v, int64_t{st.env->stop_grace.count()})
     .then(
       [=](int32_t) {
+        // Stopped: its last output has arrived.
         caf::anon_send_exit(host, caf::exit_reason::user_shutdown);
+        collect_logs(self, exec);
         then();
       },
       [=](caf::error&) {
         caf::anon_send_exit(host, caf::exit_reason::kill);
+        collect_logs(self, exec);
         then();
       });
 }
@@ -460,7 +464,9 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     },
     [=](atom::run) -> caf::result<execution_info> {
       auto& st = self->state;
-      if (st.info.phase == "running")
+      // A guest that just died is still "running" until its exit report arrives; the call
+      // waits for the restart (or the end) instead of reaching a dead guest.
+      if (st.info.phase == "running" && st.exec && st.exec->running())
         return st.info;
       auto rp = self->make_response_promise<execution_info>();
       st.waiters.push_back(rp);
@@ -508,9 +514,13 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
       if (run != st.run || st.info.phase != "running")
         return;
       spdlog::warn("vm_supervisor: {} ended: {} (code {})", st.info.item_hash, why, code);
+      note(self, why);
       release_executor(self, [=] {
-        if (self->state.info.persistent)
+        auto& st = self->state;
+        if (st.info.persistent)
           schedule_restart(self, why);
+        else if (!st.waiters.empty())
+          boot(self); // calls are waiting for it: start it again at once
         else
           finish(self, "stopped", why);
       });

@@ -1,0 +1,338 @@
+// Programs run for real: a CCN and a CRN as separate alephd processes, the
+// test program (tests/guest_test_app.cpp) uploaded to the CCN, and calls
+// through the CRN's /vm/{ref} into a bubblewrap sandbox. Needs bwrap and root
+// (namespaces, cgroups), as CI has.
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/http_client.hpp"
+#include "tests/process.hpp"
+
+#ifndef ALEPHD_GUEST_TEST_APP
+#  error "ALEPHD_GUEST_TEST_APP must name the guest_test_app binary"
+#endif
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using alephd::test::eventually;
+using alephd::test::http_request;
+using alephd::test::process;
+
+namespace {
+
+const std::string localhost = "127.0.0.1";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  return {std::istreambuf_iterator<char>{in}, {}};
+}
+
+// Processes whose command line contains `needle` (bwrap sandboxes of a data dir).
+std::vector<int> processes_with(const std::string& needle) {
+  std::vector<int> out;
+  for (auto& e : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    auto cmd = read_file(e.path().string() + "/cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(needle) != std::string::npos && cmd.find("execution_test") == std::string::npos)
+      out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+struct execution : ::testing::Test {
+  std::filesystem::path dir;
+  std::vector<std::unique_ptr<process>> procs;
+  uint16_t ccn_http = 0;
+  std::string ccn_node;
+
+  execution() {
+    std::random_device rd;
+    dir = std::filesystem::temp_directory_path()
+          / ("alephd-ex-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
+    std::filesystem::create_directories(dir);
+  }
+
+  ~execution() override {
+    for (auto& p : procs)
+      p->kill9();
+    if (HasFailure())
+      for (auto& p : procs)
+        std::cerr << "---- log of pid " << p->pid() << " ----\n" << p->log() << '\n';
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+
+  process& start(const std::string& name, std::vector<std::string> args) {
+    args.push_back("--data-dir=" + (dir / name).string());
+    args.push_back("--name=" + name);
+    args.push_back("--ccn.heartbeat-interval=200ms");
+    args.push_back("--ccn.failure-timeout=1s");
+    procs.push_back(std::make_unique<process>(args, (dir / (name + ".log")).string()));
+    auto& p = *procs.back();
+    EXPECT_TRUE(p.wait_ready()) << name << " did not start:\n" << p.log();
+    return p;
+  }
+
+  void start_ccn() {
+    auto& ccn = start("ccn", {"ccn", "--port=0", "--node-port=0"});
+    ccn_http = ccn.port("http");
+    ccn_node = ccn.ready.at("node");
+  }
+
+  process& start_crn(const std::string& name = "crn", std::vector<std::string> extra = {}) {
+    std::vector<std::string> args{"crn", "--port=0", "--ccn=" + ccn_node};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto& p = start(name, args);
+    // Linked before the test goes on.
+    EXPECT_TRUE(eventually(
+      [&] {
+        auto r = http_request(localhost, p.port("http"), "GET", "/status/config", {}, {}, 2s);
+        return r.status == 200 && json::parse(r.body, nullptr, false)["ccn"]["state"] == "linked";
+      },
+      10s));
+    return p;
+  }
+
+  std::string token(const std::string& crn) {
+    auto t = read_file((dir / crn / "login_token").string());
+    return t.substr(0, t.find('\n'));
+  }
+
+  std::string post_message(const json& m) {
+    auto r = http_request(localhost, ccn_http, "POST", "/api/v0/messages", m.dump(),
+                          {{"Content-Type", "application/json"}});
+    EXPECT_EQ(r.status, 200) << r.body;
+    return json::parse(r.body, nullptr, false).value("item_hash", "");
+  }
+
+  // Uploads the test app, its STORE and a PROGRAM; returns the PROGRAM's item_hash.
+  std::string publish_program(bool persistent = false, uint64_t memory = 128,
+                              uint64_t seconds = 2, const std::string& greeting = "hi") {
+    auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file",
+                           read_file(ALEPHD_GUEST_TEST_APP), {}, 10s);
+    EXPECT_EQ(up.status, 200) << up.body;
+    auto file = json::parse(up.body, nullptr, false).value("hash", "");
+    auto store = post_message(
+      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+       {"time", 1700000000.0},
+       {"content",
+        {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+         {"item_hash", file}}}});
+    return post_message(
+      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "PROGRAM"}, {"item_type", "inline"},
+       {"time", 1700000000.0},
+       {"content",
+        {{"type", "vm-function"}, {"address", "0xabc"}, {"time", 1700000000.0},
+         {"allow_amend", false},
+         {"code", {{"encoding", "plain"}, {"entrypoint", "app"}, {"ref", store},
+                   {"interface", "binary"}, {"use_latest", false}}},
+         {"variables", {{"GREETING", greeting}, {"APP_PORT", "8080"}}},
+         {"on", {{"http", true}, {"persistent", persistent}}},
+         {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                          {"shared_cache", false}}},
+         {"resources", {{"vcpus", 1}, {"memory", memory}, {"seconds", seconds}}},
+         {"volumes", json::array()}}}});
+  }
+
+  static json executions(uint16_t crn_http) {
+    auto r = http_request(localhost, crn_http, "GET", "/v2/about/executions/list", {}, {}, 5s);
+    return r.status == 200 ? json::parse(r.body, nullptr, false) : json::object();
+  }
+
+  static std::string phase_of(uint16_t crn_http, const std::string& hash) {
+    auto all = executions(crn_http);
+    return all.contains(hash) ? all[hash].value("phase", "") : "";
+  }
+};
+
+TEST_F(execution, a_program_uploaded_to_the_ccn_is_served_from_a_crn) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto hash = publish_program();
+  ASSERT_EQ(hash.size(), 64u);
+  auto r = http_request(localhost, http, "GET", "/vm/" + hash + "/echo?first", {}, {}, 20s);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "first hi");
+  EXPECT_EQ(r.headers["aleph-program-itemhash"], hash);
+  EXPECT_EQ(r.headers["x-app"], "guest-test") << "the program's own headers pass through";
+  EXPECT_EQ(r.headers["content-type"], "text/plain");
+  // Variables reach the program as its environment.
+  auto env = http_request(localhost, http, "GET", "/vm/" + hash + "/env?GREETING");
+  EXPECT_EQ(env.body, "hi");
+  // A POST body and the path below the program's ref reach it.
+  auto post = http_request(localhost, http, "POST", "/vm/" + hash + "/echo?posted", "body");
+  EXPECT_EQ(post.status, 200);
+  EXPECT_EQ(post.body, "posted hi");
+  EXPECT_EQ(phase_of(http, hash), "running");
+  // It runs in a real bubblewrap sandbox of this CRN.
+  EXPECT_FALSE(processes_with((dir / "crn").string() + "/executions/" + hash).empty());
+}
+
+TEST_F(execution, concurrent_first_calls_share_one_cold_start) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto hash = publish_program();
+  std::vector<std::future<alephd::test::http_result>> calls;
+  for (int i = 0; i < 8; ++i)
+    calls.push_back(std::async(std::launch::async, [&, i] {
+      return http_request(localhost, http, "GET", "/vm/" + hash + "/echo?n" + std::to_string(i),
+                          {}, {}, 20s);
+    }));
+  for (int i = 0; i < 8; ++i) {
+    auto r = calls[i].get();
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.body, "n" + std::to_string(i) + " hi");
+  }
+  auto logs = http_request(localhost, http, "GET", "/control/machine/" + hash + "/logs", {},
+                           {{"X-Auth-Token", token("crn")}});
+  ASSERT_EQ(logs.status, 200) << logs.body;
+  int starts = 0;
+  for (auto& l : json::parse(logs.body))
+    starts += l["message"].get<std::string>() == "listening on 8080" ? 1 : 0;
+  EXPECT_EQ(starts, 1) << logs.body;
+}
+
+TEST_F(execution, timeouts_crashes_and_errors_get_clear_statuses) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto hash = publish_program(false, 128, 1);
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo", {}, {}, 20s).status, 200);
+  // resources.seconds is 1: a call that takes 3 s gets 504 after about 1 s.
+  auto t0 = std::chrono::steady_clock::now();
+  auto slow = http_request(localhost, http, "GET", "/vm/" + hash + "/sleep?ms=3000", {}, {}, 10s);
+  EXPECT_EQ(slow.status, 504) << slow.body;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2500ms);
+  EXPECT_NE(json::parse(slow.body, nullptr, false).value("error", ""), "");
+  std::this_thread::sleep_for(2500ms); // the test app serves one call at a time
+  // A crash answers 502 and stops the execution; the next call starts a new one.
+  auto crash = http_request(localhost, http, "GET", "/vm/" + hash + "/crash");
+  EXPECT_EQ(crash.status, 502) << crash.body;
+  EXPECT_TRUE(eventually([&] { return phase_of(http, hash) == "stopped"; }, 5s))
+    << executions(http).dump();
+  auto again = http_request(localhost, http, "GET", "/vm/" + hash + "/echo?again", {}, {}, 20s);
+  EXPECT_EQ(again.status, 200) << again.body;
+  // Unknown and malformed references.
+  EXPECT_EQ(http_request(localhost, http, "GET", "/vm/" + std::string(64, 'e') + "/").status, 404);
+  EXPECT_EQ(http_request(localhost, http, "GET", "/vm/xyz/").status, 400);
+  // Too big for this CRN's program memory: 503 with the reason.
+  auto big = publish_program(false, 1000000);
+  auto refused = http_request(localhost, http, "GET", "/vm/" + big + "/echo", {}, {}, 10s);
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_EQ(json::parse(refused.body, nullptr, false).value("error", "").rfind("Insufficient capacity", 0), 0u)
+    << refused.body;
+}
+
+TEST_F(execution, a_program_past_its_memory_is_killed_and_reported) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto hash = publish_program(false, 64);
+  auto small = http_request(localhost, http, "GET", "/vm/" + hash + "/alloc?mb=8", {}, {}, 20s);
+  ASSERT_EQ(small.status, 200) << small.body;
+  auto big = http_request(localhost, http, "GET", "/vm/" + hash + "/alloc?mb=512", {}, {}, 20s);
+  EXPECT_EQ(big.status, 502) << big.body;
+  ASSERT_TRUE(eventually([&] { return phase_of(http, hash) == "stopped"; }, 10s));
+  EXPECT_NE(executions(http)[hash].value("detail", "").find("out of memory"), std::string::npos)
+    << executions(http)[hash].dump();
+}
+
+TEST_F(execution, operator_endpoints_need_the_token_and_work_with_it) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto hash = publish_program();
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?x", {}, {}, 20s).status, 200);
+  auto base = "/control/machine/" + hash;
+  EXPECT_EQ(http_request(localhost, http, "POST", base + "/stop").status, 401);
+  EXPECT_EQ(http_request(localhost, http, "GET", base + "/logs").status, 401);
+  EXPECT_EQ(phase_of(http, hash), "running") << "a refused stop must not stop it";
+  std::map<std::string, std::string> auth{{"X-Auth-Token", token("crn")}};
+  auto logs = http_request(localhost, http, "GET", base + "/logs", {}, auth);
+  ASSERT_EQ(logs.status, 200);
+  EXPECT_NE(logs.body.find("request GET /echo?x"), std::string::npos) << logs.body;
+  auto reboot = http_request(localhost, http, "POST", base + "/reboot", {}, auth, 20s);
+  EXPECT_EQ(reboot.status, 200) << reboot.body;
+  EXPECT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?y").status, 200);
+  auto stop = http_request(localhost, http, "POST", base + "/stop", {}, auth, 20s);
+  EXPECT_EQ(stop.status, 200) << stop.body;
+  EXPECT_EQ(json::parse(stop.body).value("phase", ""), "stopped");
+  EXPECT_TRUE(processes_with((dir / "crn").string() + "/executions/" + hash).empty());
+  // Logs outlive the execution.
+  auto after = http_request(localhost, http, "GET", base + "/logs", {}, auth);
+  ASSERT_EQ(after.status, 200);
+  EXPECT_NE(after.body.find("request GET /echo?y"), std::string::npos) << after.body;
+  auto erase = http_request(localhost, http, "POST", base + "/erase", {}, {{"Authorization", "Bearer " + token("crn")}});
+  EXPECT_EQ(erase.status, 200) << erase.body;
+}
+
+TEST_F(execution, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
+  start_ccn();
+  auto& crn = start_crn("crn", {"--execution.drain-timeout=10s"});
+  auto http = crn.port("http");
+  auto hash = publish_program(false, 128, 10);
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo", {}, {}, 20s).status, 200);
+  auto slow = std::async(std::launch::async, [&] {
+    return http_request(localhost, http, "GET", "/vm/" + hash + "/sleep?ms=1500", {}, {}, 10s);
+  });
+  std::this_thread::sleep_for(300ms); // the slow call is in flight
+  crn.signal(SIGTERM);
+  std::this_thread::sleep_for(100ms); // a call racing the signal is still accepted
+  std::string last;
+  ASSERT_TRUE(eventually(
+    [&] {
+      auto r = http_request(localhost, http, "GET", "/vm/" + hash + "/echo", {}, {}, 2s);
+      last += std::to_string(r.status) + " " + r.body + r.error + "\n";
+      return r.status == 503 && r.body.find("Server is draining") != std::string::npos;
+    },
+    3s)) << last;
+  auto done = slow.get();
+  EXPECT_EQ(done.status, 200) << done.body;
+  EXPECT_EQ(done.body, "slept");
+  EXPECT_EQ(crn.wait_exit(20s), 0);
+  EXPECT_TRUE(processes_with((dir / "crn").string()).empty()) << "a sandbox outlived its CRN";
+}
+
+TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_comes_back) {
+  start_ccn();
+  auto* crn = &start_crn();
+  auto hash = publish_program(true);
+  ASSERT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 20s))
+    << executions(crn->port("http")).dump();
+  auto r = http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/echo?p");
+  EXPECT_EQ(r.status, 200) << r.body;
+  // Its program crashes: restarted after back-off, not dropped.
+  auto first_start = executions(crn->port("http"))[hash]["status"]["started_at"];
+  EXPECT_EQ(http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/crash").status, 502);
+  EXPECT_TRUE(eventually([&] {
+    auto x = executions(crn->port("http"));
+    return x.contains(hash) && x[hash]["phase"] == "running"
+           && x[hash]["status"]["started_at"] != first_start;
+  }, 10s)) << executions(crn->port("http")).dump();
+  EXPECT_EQ(http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/echo?q").status, 200);
+  // kill -9 of the CRN: nothing of the sandbox survives it, and once the CRN is back the CCN
+  // places the workload on it again.
+  crn->kill9();
+  EXPECT_TRUE(eventually([&] { return processes_with((dir / "crn").string()).empty(); }, 5s));
+  crn = &start_crn();
+  EXPECT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 30s))
+    << executions(crn->port("http")).dump();
+}
+
+} // namespace
