@@ -36,6 +36,8 @@ bench: build
 	@cmake --build $(BUILD) -j $(JOBS) --target benchmarks
 	$(BUILD)/bench/intake_bench
 	$(BUILD)/bench/sandbox_bench
+	$(BUILD)/bench/crn_bench
+	ALEPHD_MICROVM_ASSETS=$(BUILD)/microvm $(BUILD)/bench/microvm_bench
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

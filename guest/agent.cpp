@@ -1,6 +1,7 @@
 // alephd-guest: the agent that runs as init inside a sandbox or microVM.
 //
-// It connects to the host over a stream socket, says `ready`, receives one
+// It connects to the host over a stream socket (or, in a microVM, opens a
+// virtio-serial port), says `ready`, receives one
 // `configure`, writes the program and starts it, then forwards each
 // `http_request` to the program on 127.0.0.1:app_port and sends the answer
 // back. The program's stdout and stderr come back as `log` frames; its end as
@@ -58,6 +59,8 @@ void say(const std::string& what) {
 bool write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
     auto n = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (n < 0 && errno == ENOTSOCK) // a virtio-serial port
+      n = ::write(fd, data, size);
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -87,6 +90,7 @@ struct agent_state {
   std::atomic<bool> finishing{false}; // wait_program() is reporting the end
   std::atomic<int> inflight{0};
   std::string work_dir = "/tmp/alephd-guest";
+  std::string keys_file; // where configure's authorized_keys go ("": dropped)
 };
 
 agent_state st;
@@ -297,6 +301,28 @@ std::string start_program(const std::string& path, const std::string& dir,
   return {};
 }
 
+// Writes the keys one per line, mode 0600 in a 0700 directory (sshd's rules).
+std::string write_authorized_keys(const std::vector<std::string>& keys) {
+  std::string text;
+  for (const auto& k : keys) {
+    // A line break would smuggle in a second entry (with options).
+    if (k.find_first_of(std::string_view{"\r\n\0", 3}) != std::string::npos)
+      return "authorized key with a line break or NUL";
+    text.append(k).push_back('\n');
+  }
+  std::filesystem::path file{st.keys_file};
+  std::error_code ec;
+  std::filesystem::create_directories(file.parent_path(), ec);
+  ::chmod(file.parent_path().c_str(), 0700);
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                  0600);
+  if (fd < 0)
+    return "cannot write " + st.keys_file + ": " + std::strerror(errno);
+  bool ok = ::fchmod(fd, 0600) == 0 && write_all(fd, text.data(), text.size());
+  ::close(fd);
+  return ok ? "" : "cannot write " + st.keys_file;
+}
+
 std::string do_configure(const gp::configure& cfg) {
   if (cfg.interface != "binary")
     return "interface '" + cfg.interface + "' not supported";
@@ -314,6 +340,9 @@ std::string do_configure(const gp::configure& cfg) {
     return "entrypoint file " + cfg.entrypoint + " is missing (empty code)";
   if (cfg.app_port == 0)
     return "app_port must not be 0";
+  if (!st.keys_file.empty() && !cfg.authorized_keys.empty())
+    if (auto error = write_authorized_keys(cfg.authorized_keys); !error.empty())
+      return error;
   std::filesystem::path dir = std::filesystem::path{st.work_dir} / "code";
   auto file = dir / rel;
   std::error_code ec;
@@ -512,24 +541,60 @@ void dispatch(gp::frame f) {
 }
 
 int usage() {
-  say("usage: alephd-guest --socket PATH [--work-dir DIR]");
+  say("usage: alephd-guest (--socket PATH | --device PATH) [--work-dir DIR] "
+      "[--authorized-keys FILE]");
   return 64;
+}
+
+// A virtio-serial port has no connection of its own: read() returns 0 while
+// no host is attached to QEMU's end of it (and poll() reports POLLHUP), and
+// writes block until one is. Waits for a host (again), polling gently.
+void wait_for_host(int fd) {
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLHUP) == 0)
+      return;
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+bool connect_socket(const std::string& socket_path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    say("socket path too long");
+    return false;
+  }
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  st.host_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (st.host_fd < 0
+      || ::connect(st.host_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr)
+           != 0) {
+    say("cannot connect to " + socket_path + ": " + std::strerror(errno));
+    return false;
+  }
+  return true;
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
   std::string socket_path;
+  std::string device_path;
   for (int i = 1; i < argc; ++i) {
     std::string_view a{argv[i]};
     if (a == "--socket" && i + 1 < argc)
       socket_path = argv[++i];
+    else if (a == "--device" && i + 1 < argc)
+      device_path = argv[++i];
     else if (a == "--work-dir" && i + 1 < argc)
       st.work_dir = argv[++i];
+    else if (a == "--authorized-keys" && i + 1 < argc)
+      st.keys_file = argv[++i];
     else
       return usage();
   }
-  if (socket_path.empty())
+  if (socket_path.empty() == device_path.empty())
     return usage();
   // As init we may start without stdin/stdout/stderr; keep 0-2 taken so that
   // pipes never land there.
@@ -543,20 +608,14 @@ int main(int argc, char** argv) {
   }
   ::signal(SIGPIPE, SIG_IGN);
 
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof addr.sun_path) {
-    say("socket path too long");
+  if (!device_path.empty()) {
+    st.host_fd = ::open(device_path.c_str(), O_RDWR | O_CLOEXEC | O_NOCTTY);
+    if (st.host_fd < 0) {
+      say("cannot open " + device_path + ": " + std::strerror(errno));
+      return 1;
+    }
+  } else if (!connect_socket(socket_path))
     return 1;
-  }
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  st.host_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (st.host_fd < 0
-      || ::connect(st.host_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr)
-           != 0) {
-    say("cannot connect to " + socket_path + ": " + std::strerror(errno));
-    return 1;
-  }
   send_frame(gp::ready{agent_version});
 
   gp::decoder dec;
@@ -567,8 +626,18 @@ int main(int argc, char** argv) {
       continue;
     if (n < 0)
       die(1, "read from host failed: " + std::string{std::strerror(errno)});
-    if (n == 0)
+    if (n == 0 && device_path.empty())
       die(1, "host closed the connection");
+    if (n == 0) {
+      // The host left or is not there yet. Start afresh with the next one:
+      // drop a partial frame, and say `ready` again until configured (the
+      // host that left may have been the only one to hear it).
+      wait_for_host(st.host_fd);
+      dec = gp::decoder{};
+      if (!st.configured)
+        send_frame(gp::ready{agent_version});
+      continue;
+    }
     dec.feed(buf.data(), static_cast<std::size_t>(n));
     std::string error;
     while (auto f = dec.next(error))

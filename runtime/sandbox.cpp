@@ -598,11 +598,14 @@ struct sandbox::impl {
 
     if (!wait_until(deadline, [this] { return ready_seen || gone; }))
       return fail_start("no 'ready' from the guest in time");
+    std::string early_failure;
     {
       std::lock_guard lock{mu};
       if (!ready_seen)
-        return fail_start("the guest failed before 'ready': " + gone_reason);
+        early_failure = "the guest failed before 'ready': " + gone_reason;
     }
+    if (!early_failure.empty()) // fail_start() takes mu itself
+      return fail_start(early_failure);
     if (!send_or_drop(cfg))
       return fail_start("cannot send 'configure'");
     if (!wait_until(deadline, [this] { return cfg_result || gone; }))

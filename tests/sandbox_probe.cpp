@@ -11,6 +11,7 @@
 //   garbage - sends `ready`, then an impossible frame length
 //   stuck   - accepts `configure`, then ignores everything (and SIGTERM)
 //   later   - accepts `configure`, answers the first request with garbage
+//   hangup  - connects, closes the connection at once and stays alive
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -116,6 +117,11 @@ int hostile(const std::string& socket_path) {
   socket_path.copy(addr.sun_path, sizeof addr.sun_path - 1);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return 1;
+  if (mode == "hangup") {
+    ::close(fd);
+    for (;;)
+      ::pause(); // connected and hung up, but still alive
+  }
   if (mode != "silent") {
     write_all(fd, frame({ready_payload, sizeof ready_payload - 1}));
     read_some(fd); // configure

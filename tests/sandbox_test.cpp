@@ -491,3 +491,14 @@ TEST_F(sandbox, a_program_cannot_read_host_files) {
   EXPECT_EQ(sb.request(get(3, "/read", "root/.bashrc"), 5000ms).status, 404);
   EXPECT_EQ(sb.request(get(4, "/read", "usr/lib/os-release"), 5000ms).status, 200);
 }
+
+#ifdef ALEPHD_SANDBOX_PROBE
+TEST_F(sandbox, hostile_a_guest_that_hangs_up_before_ready_fails_start_at_once) {
+  auto t0 = clock_type::now();
+  alephd::sandbox sb{hostile("hangup")};
+  auto err = sb.start(config(ALEPHD_GUEST_TEST_APP));
+  EXPECT_NE(err.find("before 'ready'"), std::string::npos) << err;
+  EXPECT_LT(clock_type::now() - t0, 900ms) << "it waited for the ready timeout";
+  EXPECT_FALSE(sb.running());
+}
+#endif

@@ -1,0 +1,1037 @@
+#include "runtime/microvm.hpp"
+
+#include <boost/process.hpp>
+#include <boost/process/extend.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#  include <x86intrin.h>
+#endif
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+namespace alephd {
+
+namespace bp = boost::process;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto send_timeout = 5s;
+constexpr auto destructor_grace = 2s;
+constexpr auto accept_slice = 50ms;
+constexpr auto qemu_img_timeout = 10s;
+constexpr auto qmp_timeout = 1s;
+constexpr auto timeout_slice = 100ms;
+constexpr const char* port_name = "org.alephd.guest";
+
+// The last non-empty line (or the last kernel panic's line) of the guest's
+// serial console, at most 200 printable characters; "" if there is none.
+// Only the last 4 KiB are read.
+std::string last_line(const fs::path& p) {
+  int fd = ::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
+    return "";
+  struct stat st{};
+  std::string text;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    off_t from = std::max<off_t>(0, st.st_size - 4096);
+    text.resize(4096);
+    auto n = ::pread(fd, text.data(), text.size(), from);
+    text.resize(static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+  }
+  ::close(fd);
+  // A panic's register dump follows its reason: the reason says more.
+  std::size_t end = text.size();
+  if (auto panic = text.rfind("Kernel panic"); panic != std::string::npos)
+    end = std::min(end, text.find('\n', panic));
+  while (end > 0) {
+    auto nl = text.find_last_of("\r\n", end - 1);
+    std::size_t begin = nl == std::string::npos ? 0 : nl + 1;
+    std::string line;
+    for (std::size_t i = begin; i < end; ++i)
+      line.push_back(text[i] >= 32 && text[i] < 127 ? text[i] : '?');
+    if (line.find_first_not_of(' ') != std::string::npos)
+      return line.substr(0, 200);
+    if (nl == std::string::npos)
+      break;
+    end = nl;
+  }
+  return "";
+}
+
+// First line of a regular file, at most 200 characters ("" if there is none).
+std::string first_line(const fs::path& p) {
+  int fd = ::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
+    return "";
+  struct stat st{};
+  char buf[200];
+  ssize_t n = 0;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+    n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  std::string line{buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))};
+  return line.substr(0, line.find('\n'));
+}
+
+// QEMU splits option values at commas; a literal comma is written twice.
+std::string qemu_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    out.push_back(c);
+    if (c == ',')
+      out.push_back(',');
+  }
+  return out;
+}
+
+// The hostname goes onto the kernel command line, so it must not carry
+// spaces or quotes (they would add kernel or init options).
+bool valid_hostname(const std::string& h) {
+  if (h.empty() || h.size() > 63 || h.front() == '-' || h.front() == '.')
+    return false;
+  return std::all_of(h.begin(), h.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+           || (c >= '0' && c <= '9') || c == '-' || c == '.';
+  });
+}
+
+bool readable_file(const std::string& p) {
+  return !p.empty() && ::access(p.c_str(), R_OK) == 0 && fs::is_regular_file(p);
+}
+
+// A listening unix socket at `path` (replacing a stale one), or -1 with `error`.
+int listen_unix(const fs::path& path, std::string& error) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  auto s = path.string();
+  if (s.size() >= sizeof addr.sun_path) {
+    error = "run_dir path too long for a unix socket";
+    return -1;
+  }
+  std::memcpy(addr.sun_path, s.data(), s.size());
+  std::error_code ec;
+  fs::remove(path, ec);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = "socket: " + std::string{std::strerror(errno)};
+    return -1;
+  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
+      || ::listen(fd, 1) != 0) {
+    error = "cannot listen on " + s + ": " + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Under TCG the guest's TSC is the host's (QEMU's rdtsc reads the host's), but
+// the guest cannot measure its rate: its calibration against the emulated PIT
+// fails when the host is busy, the kernel marks the TSC unstable and, with no
+// HPET or PM timer on a microVM, hangs before it prints another line (one
+// boot in eight here on a loaded 2-core host). So the host measures the rate
+// once and hands it over with tsc_early_khz. 0 when unknown.
+unsigned long host_tsc_khz() {
+  static const unsigned long khz = [] {
+#if defined(__x86_64__)
+    // Only a constant-rate TSC has one frequency to hand over.
+    std::ifstream in{"/proc/cpuinfo"};
+    std::string line;
+    bool constant = false;
+    while (std::getline(in, line))
+      if (line.rfind("flags", 0) == 0) {
+        constant = line.find(" constant_tsc") != std::string::npos;
+        break;
+      }
+    if (!constant)
+      return 0ul;
+    auto t0 = clock_type::now();
+    auto c0 = __rdtsc();
+    std::this_thread::sleep_for(20ms);
+    auto c1 = __rdtsc();
+    std::chrono::duration<double, std::milli> ms = clock_type::now() - t0;
+    return static_cast<unsigned long>(static_cast<double>(c1 - c0) / ms.count());
+#else
+    return 0ul;
+#endif
+  }();
+  return khz;
+}
+
+guest::http_response failure(uint64_t id, uint16_t status, std::string error) {
+  guest::http_response r;
+  r.id = id;
+  r.status = status;
+  r.error = std::move(error);
+  return r;
+}
+
+// Runs a short helper (qemu-img) with a bounded wait; "" or a one-line error.
+std::string run_tool(const std::string& exe, const std::vector<std::string>& args,
+                     const fs::path& err_file, std::chrono::milliseconds timeout) {
+  pid_t pid = 0;
+  try {
+    std::error_code ec;
+    bp::child c{bp::exe = exe, bp::args = args, bp::std_in < bp::null,
+                bp::std_out > bp::null, bp::std_err > err_file.string(), ec};
+    if (ec)
+      return "cannot spawn " + exe + ": " + ec.message();
+    pid = c.id();
+    c.detach(); // reaped below, with a deadline
+  } catch (const std::exception& e) {
+    return "cannot spawn " + exe + ": " + e.what();
+  }
+  auto until = clock_type::now() + timeout;
+  int status = 0;
+  for (;;) {
+    auto r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid)
+      break;
+    if (r < 0 && errno != EINTR)
+      return "cannot wait for " + exe + ": " + std::strerror(errno);
+    if (clock_type::now() >= until) {
+      ::kill(pid, SIGKILL);
+      while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+      return exe + " did not finish in time";
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return "";
+  auto why = first_line(err_file);
+  return exe + " failed" + (why.empty() ? "" : ": " + why);
+}
+
+} // namespace
+
+bool microvm::kvm_usable(std::string* why) {
+  auto no = [&](std::string reason) {
+    if (why)
+      *why = std::move(reason);
+    return false;
+  };
+  int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  if (fd < 0)
+    return no("cannot open /dev/kvm: " + std::string{std::strerror(errno)});
+  ::close(fd);
+  // A built-in module shows up here too, through its parameters.
+  if (!fs::exists("/sys/module/kvm_intel") && !fs::exists("/sys/module/kvm_amd"))
+    return no(fs::exists("/sys/module/kvm_pvm")
+                ? "/dev/kvm is kvm_pvm, which boots only PVM guest kernels"
+                : "/dev/kvm has neither kvm_intel nor kvm_amd behind it");
+  return true;
+}
+
+struct microvm::impl {
+  explicit impl(microvm_options o) : opts(std::move(o)) {
+  }
+
+  microvm_options opts;
+
+  // Protocol state, guarded by mu.
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool started = false;    // start() was called
+  bool connected = false;  // QEMU connected the port and teardown() did not run
+  bool gone = false;       // EOF, bad frame, failed write or stopped
+  std::string gone_reason; // why, for 502 answers
+  bool ready_seen = false;
+  std::optional<guest::configure_result> cfg_result;
+  bool halted_seen = false;
+  int halted_code = -1;
+  // A request in flight: sync callers wait on cv for `result`; async ones
+  // get `done` called (outside the lock) by whoever completes it.
+  struct waiter {
+    std::optional<guest::http_response> result;
+    executor::reply_handler done;
+    clock_type::time_point deadline;
+    uint64_t caller_id = 0;
+  };
+  std::map<uint64_t, waiter> waiters;
+  std::deque<timed_log> logs;
+  executor::exit_handler on_exit;
+  bool stop_requested = false; // stop(), the destructor or a failed start()
+  uint64_t next_id = 1;
+  bool with_kvm = false;
+
+  // The guest port; conn_fd is only closed under write_mu after the reader
+  // thread has been joined.
+  std::mutex write_mu;
+  int conn_fd = -1;
+  std::thread reader;
+
+  // QMP, used only by stop() (under stop_mu) and teardown().
+  int qmp_fd = -1;
+
+  // The QEMU process; pid is never signalled once reaped (pid reuse).
+  std::mutex proc_mu;
+  pid_t child = 0;
+  bool reaped = false;
+
+  std::mutex stop_mu; // serializes stop() and the destructor
+  bool stopped = false;
+  int stop_code = -1;
+
+  fs::path dir() const {
+    return fs::path{opts.run_dir};
+  }
+
+  void signal_child(int sig) {
+    std::lock_guard lock{proc_mu};
+    if (child > 0 && !reaped)
+      ::kill(child, sig);
+  }
+
+  bool try_reap() {
+    std::lock_guard lock{proc_mu};
+    if (child <= 0 || reaped)
+      return true;
+    auto r = ::waitpid(child, nullptr, WNOHANG);
+    if (r == child || (r < 0 && errno == ECHILD))
+      reaped = true;
+    return reaped;
+  }
+
+  void kill_and_reap() {
+    std::lock_guard lock{proc_mu};
+    if (child <= 0 || reaped)
+      return;
+    ::kill(child, SIGKILL);
+    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    reaped = true;
+  }
+
+  // Polls until QEMU has exited and is reaped, or `deadline`.
+  bool wait_exit(clock_type::time_point deadline) {
+    while (!try_reap()) {
+      if (clock_type::now() >= deadline)
+        return false;
+      std::this_thread::sleep_for(10ms);
+    }
+    return true;
+  }
+
+  using completion = std::pair<executor::reply_handler, guest::http_response>;
+
+  // Finishes waiter `it` with `resp` (under mu); an async one is moved to
+  // `out` to be called once the lock is released.
+  void complete(std::map<uint64_t, waiter>::iterator it,
+                guest::http_response resp, std::vector<completion>& out) {
+    if (it->second.done) {
+      resp.id = it->second.caller_id;
+      out.emplace_back(std::move(it->second.done), std::move(resp));
+      waiters.erase(it);
+    } else if (!it->second.result) {
+      it->second.result = std::move(resp);
+    }
+  }
+
+  static void run(std::vector<completion>& done) {
+    for (auto& [cb, resp] : done)
+      cb(std::move(resp));
+    done.clear();
+  }
+
+  // The guest can no longer answer: fail every waiter, and report the end
+  // once (unless we asked for it).
+  void mark_gone(const std::string& reason) {
+    std::vector<completion> done;
+    executor::exit_handler report;
+    int code = -1;
+    std::string why;
+    {
+      std::lock_guard lock{mu};
+      if (!gone) {
+        gone = true;
+        gone_reason = reason;
+        if (!stop_requested && on_exit) {
+          report = std::move(on_exit);
+          on_exit = nullptr;
+          code = halted_seen ? halted_code : -1;
+          why = halted_seen
+                  ? "program exited with code " + std::to_string(halted_code)
+                  : reason;
+        }
+      }
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        auto next = std::next(it);
+        if (it->second.done || !it->second.result)
+          complete(it, failure(it->first, 502, "guest is gone: " + gone_reason),
+                   done);
+        it = next;
+      }
+      cv.notify_all();
+    }
+    run(done);
+    if (report)
+      report(code, why);
+  }
+
+  // Answers 504 to async waiters whose deadline passed.
+  void expire(clock_type::time_point now) {
+    std::vector<completion> done;
+    {
+      std::lock_guard lock{mu};
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        auto next = std::next(it);
+        if (it->second.done && it->second.deadline <= now)
+          complete(it, failure(it->first, 504, "no answer from the guest in time"),
+                   done);
+        it = next;
+      }
+    }
+    run(done);
+  }
+
+  bool send_frame(const guest::frame& f, std::string& error) {
+    std::string bytes;
+    try {
+      bytes = guest::encode(f);
+    } catch (const std::exception& e) {
+      error = e.what();
+      return false;
+    }
+    std::lock_guard lock{write_mu};
+    if (conn_fd < 0) {
+      error = "not connected";
+      return false;
+    }
+    std::size_t off = 0;
+    while (off < bytes.size()) {
+      auto n = ::send(conn_fd, bytes.data() + off, bytes.size() - off,
+                      MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        error = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+                  ? "write to the guest timed out"
+                  : "write to the guest failed: "
+                      + std::string{std::strerror(errno)};
+        return false;
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  // Sends or, on failure, gives the guest up (a half-written frame leaves
+  // the stream unusable).
+  bool send_or_drop(const guest::frame& f) {
+    std::string error;
+    if (send_frame(f, error))
+      return true;
+    mark_gone(error);
+    signal_child(SIGKILL);
+    return false;
+  }
+
+  // Returns false when the guest broke the protocol.
+  bool handle(guest::frame f, std::vector<completion>& done) {
+    std::lock_guard lock{mu};
+    if (std::holds_alternative<guest::ready>(f)) {
+      ready_seen = true; // again after a port reconnect: harmless
+    } else if (auto* res = std::get_if<guest::configure_result>(&f)) {
+      cfg_result = std::move(*res);
+    } else if (auto* resp = std::get_if<guest::http_response>(&f)) {
+      // Unknown, answered or timed-out ids are dropped.
+      if (auto it = waiters.find(resp->id);
+          it != waiters.end() && !it->second.result)
+        complete(it, std::move(*resp), done);
+    } else if (auto* l = std::get_if<guest::log>(&f)) {
+      auto now = std::chrono::duration<double>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+      logs.push_back(timed_log{now, std::move(l->stream), std::move(l->line)});
+      if (logs.size() > max_logs)
+        logs.pop_front();
+    } else if (auto* h = std::get_if<guest::halted>(&f)) {
+      halted_seen = true;
+      halted_code = h->exit_code;
+    } else {
+      return false; // a host → guest frame coming back
+    }
+    cv.notify_all();
+    return true;
+  }
+
+  void read_loop() {
+    guest::decoder dec;
+    std::vector<char> buf(64 * 1024);
+    std::vector<completion> done;
+    for (;;) {
+      // Wake up now and then to time out async requests.
+      pollfd pfd{conn_fd, POLLIN, 0};
+      auto p = ::poll(&pfd, 1, static_cast<int>(timeout_slice.count()));
+      expire(clock_type::now());
+      if (p == 0 || (p < 0 && errno == EINTR))
+        continue;
+      auto n = ::read(conn_fd, buf.data(), buf.size());
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        // QEMU closes its end of the port only when it exits.
+        bool expected;
+        {
+          std::lock_guard lock{mu};
+          expected = halted_seen || gone;
+        }
+        mark_gone("the microVM ended");
+        if (!expected)
+          signal_child(SIGKILL);
+        return;
+      }
+      dec.feed(buf.data(), static_cast<std::size_t>(n));
+      std::string error;
+      while (auto f = dec.next(error)) {
+        auto name = std::string{guest::type_name(*f)};
+        if (!handle(std::move(*f), done)) {
+          error = "unexpected frame '" + name + "'";
+          break;
+        }
+      }
+      run(done);
+      if (!error.empty()) {
+        mark_gone("bad frame from the guest: " + error);
+        signal_child(SIGKILL);
+        return;
+      }
+    }
+  }
+
+  // Kills what is left, closes the connections and joins the reader. Safe to
+  // call more than once, and before start().
+  void teardown() {
+    kill_and_reap();
+    {
+      std::lock_guard lock{write_mu};
+      if (conn_fd >= 0)
+        ::shutdown(conn_fd, SHUT_RDWR);
+    }
+    if (reader.joinable())
+      reader.join();
+    {
+      std::lock_guard lock{write_mu};
+      if (conn_fd >= 0)
+        ::close(conn_fd);
+      conn_fd = -1;
+      if (qmp_fd >= 0)
+        ::close(qmp_fd);
+      qmp_fd = -1;
+    }
+    mark_gone("microVM stopped");
+    std::lock_guard lock{mu};
+    connected = false;
+  }
+
+  // Waits on cv for `pred` until `deadline`; returns pred().
+  template <class Pred>
+  bool wait_until(clock_type::time_point deadline, Pred pred) {
+    std::unique_lock lock{mu};
+    return cv.wait_until(lock, deadline, pred);
+  }
+
+  // Tears down and returns `error`, with what QEMU or the console said last
+  // when `hint` (not for the guest's own answer to configure).
+  std::string fail_start(std::string error, bool hint = true) {
+    {
+      std::lock_guard lock{mu};
+      stop_requested = true; // start() reports this failure itself
+    }
+    teardown();
+    if (!hint)
+      return error;
+    auto err = first_line(dir() / "qemu.err");
+    if (!err.empty())
+      error += " (qemu: " + err + ")";
+    else if (auto con = last_line(dir() / "console.log"); !con.empty())
+      error += " (console: " + con + ")";
+    return error;
+  }
+
+  // Reads QMP lines until one is the answer to the command just sent.
+  bool qmp_answer(std::string& buf, clock_type::time_point deadline) {
+    for (;;) {
+      for (auto nl = buf.find('\n'); nl != std::string::npos;
+           nl = buf.find('\n')) {
+        auto line = buf.substr(0, nl);
+        buf.erase(0, nl + 1);
+        // Greeting and events ({"QMP": …}, {"event": …}) are skipped.
+        if (line.rfind("{\"return\"", 0) == 0)
+          return true;
+        if (line.rfind("{\"error\"", 0) == 0)
+          return false;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - clock_type::now());
+      if (left.count() <= 0)
+        return false;
+      pollfd pfd{qmp_fd, POLLIN, 0};
+      if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0)
+        continue;
+      char chunk[4096];
+      auto n = ::read(qmp_fd, chunk, sizeof chunk);
+      if (n <= 0)
+        return false;
+      buf.append(chunk, static_cast<std::size_t>(n));
+      if (buf.size() > 1 << 20)
+        return false; // nothing QEMU says before our answer is this long
+    }
+  }
+
+  bool qmp_send(const std::string& line) {
+    auto data = line + "\n";
+    return ::send(qmp_fd, data.data(), data.size(), MSG_NOSIGNAL)
+           == static_cast<ssize_t>(data.size());
+  }
+
+  // The ACPI power button, through QMP. False if QEMU did not take it.
+  bool powerdown(clock_type::time_point deadline) {
+    if (qmp_fd < 0)
+      return false;
+    deadline = std::min(deadline, clock_type::now() + qmp_timeout);
+    std::string buf;
+    // The greeting comes first; capabilities negotiation ends QMP's
+    // handshake mode, after which commands are accepted.
+    return qmp_send(R"({"execute":"qmp_capabilities"})")
+           && qmp_answer(buf, deadline)
+           && qmp_send(R"({"execute":"system_powerdown"})")
+           && qmp_answer(buf, deadline);
+  }
+
+  // Makes RUN_DIR/rootfs.qcow2 on top of the base image unless it exists.
+  std::string make_overlay(const fs::path& overlay) {
+    std::error_code ec;
+    if (fs::exists(overlay, ec))
+      return "";
+    auto base = fs::canonical(opts.rootfs, ec);
+    if (ec)
+      return "cannot resolve rootfs " + opts.rootfs + ": " + ec.message();
+    auto tmp = overlay;
+    tmp += ".tmp";
+    fs::remove(tmp, ec);
+    std::vector<std::string> args{"create", "-q", "-f", "qcow2",
+                                  "-b", base.string(), "-F", opts.rootfs_format,
+                                  tmp.string()};
+    if (!opts.overlay_size.empty())
+      args.push_back(opts.overlay_size);
+    auto error = run_tool(opts.qemu_img, args, dir() / "qemu-img.err",
+                          qemu_img_timeout);
+    if (!error.empty()) {
+      fs::remove(tmp, ec);
+      return "cannot create the rootfs overlay: " + error;
+    }
+    // Renamed only once complete, so that a half-made overlay is never reused.
+    fs::rename(tmp, overlay, ec);
+    return ec ? "cannot create the rootfs overlay: " + ec.message() : "";
+  }
+
+  std::string check_options() {
+    if (opts.kernel.empty() || opts.initrd.empty() || opts.run_dir.empty())
+      return "kernel, initrd and run_dir must be set";
+    for (const auto* p : {&opts.kernel, &opts.initrd})
+      if (!readable_file(*p))
+        return "cannot read " + *p;
+    if (::access(opts.qemu.c_str(), X_OK) != 0)
+      return "cannot execute " + opts.qemu;
+    if (!valid_hostname(opts.hostname))
+      return "invalid hostname '" + opts.hostname.substr(0, 64) + "'";
+    if (opts.memory_mib < 64 || opts.vcpus < 1 || opts.vcpus > 64)
+      return "memory_mib must be at least 64 and vcpus 1 to 64";
+    if (!opts.rootfs.empty()) {
+      if (!readable_file(opts.rootfs))
+        return "cannot read rootfs " + opts.rootfs;
+      if (opts.rootfs_format != "raw" && opts.rootfs_format != "qcow2")
+        return "rootfs_format must be raw or qcow2";
+      if (opts.rootfs_overlay && ::access(opts.qemu_img.c_str(), X_OK) != 0)
+        return "cannot execute " + opts.qemu_img;
+    }
+    return "";
+  }
+
+  std::vector<std::string> qemu_args() {
+    auto d = dir();
+    // panic=-1 with -no-reboot: the VM ends when its init (the agent) does;
+    // reboot=t (triple fault), because the default ACPI-then-keyboard reset
+    // left about one VM in five hanging after the panic here. The rest skips
+    // what a microVM lacks (PCI, i8042, more UARTs) and the crypto
+    // self-tests: about 0.3 s of a TCG boot.
+    std::string append
+      = "console=ttyS0 quiet panic=-1 reboot=t pci=off 8250.nr_uarts=1 i8042.noaux "
+        "i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests nowatchdog "
+        "alephd.hostname="
+        + opts.hostname;
+    if (!with_kvm)
+      if (auto khz = host_tsc_khz(); khz > 0)
+        append += " tsc_early_khz=" + std::to_string(khz) + " tsc=reliable";
+    std::vector<std::string> args{
+      "-M", "microvm,acpi=on",
+      "-nodefaults", "-no-user-config", "-nographic",
+      // Guest reboot (a panic after the agent exits) ends QEMU instead.
+      "-no-reboot",
+      // No exec, no privilege changes, no obsolete system calls.
+      "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+      "-chardev", "file,id=console,path=" + qemu_escape((d / "console.log").string()),
+      "-serial", "chardev:console",
+      "-kernel", opts.kernel,
+      "-initrd", opts.initrd,
+      "-m", std::to_string(opts.memory_mib),
+      "-smp", std::to_string(opts.vcpus),
+      // QEMU connects to our sockets (client mode) while it starts.
+      "-chardev", "socket,id=guest,path=" + qemu_escape((d / "guest.sock").string()),
+      "-device", "virtio-serial-device",
+      "-device", std::string{"virtserialport,chardev=guest,name="} + port_name,
+      "-chardev", "socket,id=qmp,path=" + qemu_escape((d / "qmp.sock").string()),
+      "-mon", "chardev=qmp,mode=control",
+    };
+    if (with_kvm) {
+      for (const char* a : {"-accel", "kvm", "-cpu", "host"})
+        args.emplace_back(a);
+    } else {
+      for (const char* a : {"-accel", "tcg"})
+        args.emplace_back(a);
+    }
+    if (!opts.rootfs.empty()) {
+      std::string drive;
+      if (opts.rootfs_overlay)
+        drive = "file=" + qemu_escape((d / "rootfs.qcow2").string())
+                + ",format=qcow2";
+      else
+        drive = "file=" + qemu_escape(opts.rootfs) + ",format="
+                + opts.rootfs_format + ",readonly=on";
+      args.insert(args.end(), {"-drive", drive + ",if=none,id=rootfs",
+                               "-device", "virtio-blk-device,drive=rootfs"});
+      append += opts.rootfs_overlay ? " alephd.rootfs=rw" : " alephd.rootfs=ro";
+    }
+    if (opts.network) {
+      args.insert(args.end(), {"-netdev", "user,id=net0", "-device",
+                               "virtio-net-device,netdev=net0"});
+      append += " alephd.net=user";
+    }
+    args.insert(args.end(), {"-append", append});
+    args.insert(args.end(), opts.extra_args.begin(), opts.extra_args.end());
+    return args;
+  }
+
+  std::string start(const guest::configure& cfg) {
+    {
+      std::lock_guard lock{mu};
+      if (started)
+        return "already started";
+      started = true;
+    }
+    auto deadline = clock_type::now() + opts.ready_timeout;
+    if (auto error = check_options(); !error.empty())
+      return fail_start(error);
+    std::error_code ec;
+    auto d = dir();
+    fs::create_directories(d, ec);
+    if (ec)
+      return fail_start("cannot create " + opts.run_dir + ": " + ec.message());
+    // Stale files of an earlier run would be read as this run's errors.
+    for (const char* name : {"console.log", "qemu.err", "qemu-img.err"})
+      fs::remove(d / name, ec);
+
+    if (opts.kvm == kvm_mode::on) {
+      std::string why;
+      if (!microvm::kvm_usable(&why))
+        return fail_start("KVM is not usable: " + why);
+    }
+    {
+      std::lock_guard lock{mu};
+      with_kvm = opts.kvm == kvm_mode::on
+                 || (opts.kvm == kvm_mode::auto_detect && microvm::kvm_usable());
+    }
+    if (!opts.rootfs.empty() && opts.rootfs_overlay)
+      if (auto error = make_overlay(d / "rootfs.qcow2"); !error.empty())
+        return fail_start(error);
+
+    std::string error;
+    int guest_listen = listen_unix(d / "guest.sock", error);
+    if (guest_listen < 0)
+      return fail_start(error);
+    int qmp_listen = listen_unix(d / "qmp.sock", error);
+    if (qmp_listen < 0) {
+      ::close(guest_listen);
+      return fail_start(error);
+    }
+    auto close_listeners = [&] {
+      ::close(guest_listen);
+      ::close(qmp_listen);
+      fs::remove(d / "guest.sock", ec); // nobody else may connect
+      fs::remove(d / "qmp.sock", ec);
+    };
+
+    try {
+      std::error_code spawn_ec;
+      bp::child c{
+        bp::exe = opts.qemu, bp::args = qemu_args(), bp::std_in < bp::null,
+        bp::std_out > (d / "qemu.out").string(),
+        bp::std_err > (d / "qemu.err").string(),
+        bp::extend::on_exec_setup =
+          [parent = ::getpid(), setup = opts.child_setup](auto&) {
+            // In the child, before exec: async-signal-safe calls only. Its
+            // own session keeps a terminal's Ctrl-C for us (we stop the VM);
+            // PDEATHSIG ends it if we die without stopping it.
+            ::setsid();
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (::getppid() != parent)
+              ::_exit(127);
+            if (setup)
+              setup();
+          },
+        spawn_ec};
+      if (spawn_ec) {
+        close_listeners();
+        return fail_start("cannot spawn " + opts.qemu + ": "
+                          + spawn_ec.message());
+      }
+      // We reap it ourselves (see kill_and_reap), so boost must not.
+      std::lock_guard lock{proc_mu};
+      child = c.id();
+      c.detach();
+    } catch (const std::exception& e) {
+      close_listeners();
+      return fail_start("cannot spawn " + opts.qemu + ": " + e.what());
+    }
+
+    // QEMU connects both sockets while it sets up its devices, before the
+    // guest runs. Accept in slices so that a QEMU that exits early (bad
+    // option, missing file) fails at once.
+    int fd = -1;
+    while (fd < 0 || qmp_fd < 0) {
+      if (try_reap()) {
+        close_listeners();
+        if (fd >= 0)
+          ::close(fd);
+        return fail_start("qemu exited before it connected");
+      }
+      if (clock_type::now() >= deadline) {
+        close_listeners();
+        if (fd >= 0)
+          ::close(fd);
+        return fail_start("qemu did not connect in time");
+      }
+      pollfd pfds[2] = {{guest_listen, POLLIN, 0}, {qmp_listen, POLLIN, 0}};
+      if (::poll(pfds, 2, static_cast<int>(accept_slice.count())) <= 0)
+        continue;
+      if (fd < 0 && (pfds[0].revents & POLLIN))
+        fd = ::accept4(guest_listen, nullptr, nullptr, SOCK_CLOEXEC);
+      if (qmp_fd < 0 && (pfds[1].revents & POLLIN))
+        qmp_fd = ::accept4(qmp_listen, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    close_listeners();
+    timeval tv{std::chrono::duration_cast<std::chrono::seconds>(send_timeout)
+                 .count(),
+               0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    ::setsockopt(qmp_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    {
+      std::lock_guard lock{write_mu};
+      conn_fd = fd;
+    }
+    {
+      std::lock_guard lock{mu};
+      connected = true;
+    }
+    reader = std::thread{[this] { read_loop(); }};
+
+    if (!wait_until(deadline, [this] { return ready_seen || gone; }))
+      return fail_start("no 'ready' from the guest in time");
+    {
+      // fail_start() takes mu itself (teardown → mark_gone).
+      std::unique_lock lock{mu};
+      if (!ready_seen) {
+        auto why = gone_reason;
+        lock.unlock();
+        return fail_start("the guest failed before 'ready': " + why);
+      }
+    }
+    if (!send_or_drop(cfg))
+      return fail_start("cannot send 'configure'");
+    if (!wait_until(deadline, [this] { return cfg_result || gone; }))
+      return fail_start("no 'configure_result' from the guest in time");
+    bool answered = false;
+    {
+      std::lock_guard lock{mu};
+      if (!cfg_result)
+        error = "the guest failed during configure: " + gone_reason;
+      else if (!cfg_result->success)
+        error = "configure failed: " + cfg_result->error;
+      answered = cfg_result.has_value();
+    }
+    if (!error.empty())
+      return fail_start(error, !answered);
+    return error;
+  }
+
+  guest::http_response request(guest::http_request req,
+                               std::chrono::milliseconds timeout) {
+    auto deadline = clock_type::now() + timeout;
+    auto caller_id = req.id;
+    uint64_t id;
+    {
+      std::lock_guard lock{mu};
+      if (!connected || gone || halted_seen)
+        return failure(caller_id, 502,
+                       gone_reason.empty() ? "guest is not running"
+                                           : "guest is gone: " + gone_reason);
+      id = next_id++;
+      waiters.emplace(id, waiter{});
+    }
+    req.id = id;
+    send_or_drop(req); // on failure mark_gone() fills our slot with a 502
+    std::unique_lock lock{mu};
+    cv.wait_until(lock, deadline,
+                  [&] { return waiters[id].result.has_value(); });
+    auto node = waiters.extract(id);
+    guest::http_response resp
+      = node.mapped().result
+          ? std::move(*node.mapped().result)
+          : failure(id, 504, "no answer from the guest in time");
+    resp.id = caller_id;
+    return resp;
+  }
+
+  void request_async(guest::http_request req, std::chrono::milliseconds timeout,
+                     executor::reply_handler done) {
+    auto caller_id = req.id;
+    {
+      std::unique_lock lock{mu};
+      if (!connected || gone || halted_seen) {
+        auto why = gone_reason.empty() ? "guest is not running"
+                                       : "guest is gone: " + gone_reason;
+        lock.unlock();
+        done(failure(caller_id, 502, why));
+        return;
+      }
+      req.id = next_id++;
+      waiters.emplace(req.id, waiter{std::nullopt, std::move(done),
+                                     clock_type::now() + timeout, caller_id});
+    }
+    send_or_drop(req); // on failure mark_gone() answers 502
+  }
+
+  int stop(std::chrono::milliseconds grace) {
+    std::lock_guard stop_lock{stop_mu};
+    if (stopped)
+      return stop_code;
+    stopped = true;
+    {
+      std::lock_guard lock{mu};
+      stop_requested = true;
+    }
+    auto now = clock_type::now();
+    auto deadline = now + grace;
+    bool live;
+    {
+      std::lock_guard lock{mu};
+      live = connected && !gone && !halted_seen;
+    }
+    // 1. The agent stops the program, says `halted` and exits; as the VM's
+    //    init that ends the VM (panic=-1, -no-reboot).
+    if (live && send_or_drop(guest::halt{}))
+      wait_exit(now + grace / 2);
+    // 2. The ACPI power button: acpid in the guest SIGTERMs everything and
+    //    powers off.
+    if (!try_reap() && powerdown(deadline))
+      wait_exit(deadline);
+    // 3. SIGKILL.
+    teardown();
+    std::lock_guard lock{mu};
+    stop_code = halted_seen ? halted_code : -1;
+    return stop_code;
+  }
+};
+
+microvm::microvm(microvm_options o)
+  : impl_{std::make_unique<impl>(std::move(o))} {
+}
+
+microvm::~microvm() {
+  try {
+    impl_->stop(destructor_grace);
+  } catch (...) {
+    // stop() only throws on resource exhaustion; make sure nothing is left.
+    impl_->kill_and_reap();
+    if (impl_->reader.joinable()) {
+      std::lock_guard lock{impl_->write_mu};
+      if (impl_->conn_fd >= 0)
+        ::shutdown(impl_->conn_fd, SHUT_RDWR);
+    }
+    if (impl_->reader.joinable())
+      impl_->reader.join();
+  }
+}
+
+std::string microvm::start(const guest::configure& cfg) {
+  return impl_->start(cfg);
+}
+
+guest::http_response microvm::request(guest::http_request req,
+                                      std::chrono::milliseconds timeout) {
+  return impl_->request(std::move(req), timeout);
+}
+
+int microvm::stop(std::chrono::milliseconds grace) {
+  return impl_->stop(grace);
+}
+
+bool microvm::running() const {
+  std::lock_guard lock{impl_->mu};
+  return impl_->connected && !impl_->gone && !impl_->halted_seen;
+}
+
+int microvm::pid() const {
+  std::lock_guard lock{impl_->proc_mu};
+  return impl_->child;
+}
+
+void microvm::request_async(guest::http_request req,
+                            std::chrono::milliseconds timeout,
+                            reply_handler done) {
+  impl_->request_async(std::move(req), timeout, std::move(done));
+}
+
+std::vector<timed_log> microvm::logs() const {
+  std::lock_guard lock{impl_->mu};
+  return {impl_->logs.begin(), impl_->logs.end()};
+}
+
+void microvm::on_exit(exit_handler h) {
+  std::lock_guard lock{impl_->mu};
+  impl_->on_exit = std::move(h);
+}
+
+bool microvm::kvm() const {
+  std::lock_guard lock{impl_->mu};
+  return impl_->with_kvm;
+}
+
+} // namespace alephd

@@ -1,0 +1,426 @@
+// Boots real QEMU microVMs through alephd::microvm with the assets of
+// scripts/build-microvm-assets (built once per suite into
+// $ALEPHD_MICROVM_ASSETS, default $TMPDIR/alephd-microvm-assets, and reused
+// while the guest binary and the script are unchanged). The guest program is
+// a shell script running busybox httpd with CGI scripts. Skipped only when
+// QEMU is not installed; TCG unless KVM is usable, so every test fits a
+// 2-core machine without KVM.
+
+#include "runtime/microvm.hpp"
+
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef ALEPHD_GUEST_BINARY
+#  error "ALEPHD_GUEST_BINARY must name the static alephd-guest binary"
+#endif
+#ifndef ALEPHD_MICROVM_SCRIPT
+#  error "ALEPHD_MICROVM_SCRIPT must name scripts/build-microvm-assets"
+#endif
+
+namespace gp = alephd::guest;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* qemu = "/usr/bin/qemu-system-x86_64";
+
+// The guest program. /cgi-bin/echo answers "QUERY GREETING HOSTNAME KEYS";
+// /cgi-bin/disk prints what the instance disk holds, then writes to it;
+// /cgi-bin/slow takes 5 s; /cgi-bin/crash SIGKILLs httpd (the program).
+constexpr const char* program = R"sh(#!/bin/sh
+mkdir -p /www/cgi-bin
+cat >/www/cgi-bin/echo <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+printf '%s %s %s %s' "$QUERY_STRING" "$GREETING" "$(hostname)" "$(cat /root/.ssh/authorized_keys)"
+EOF
+cat >/www/cgi-bin/disk <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+cat /mnt/rootfs/hello.txt /mnt/rootfs/written.txt 2>/dev/null
+echo "written by the guest" >/mnt/rootfs/written.txt && sync
+EOF
+printf '#!/bin/sh\nsleep 5\n' >/www/cgi-bin/slow
+printf '#!/bin/sh\nkill -KILL $(cat /run/app.pid)\n' >/www/cgi-bin/crash
+chmod +x /www/cgi-bin/echo /www/cgi-bin/disk /www/cgi-bin/slow /www/cgi-bin/crash
+echo $$ >/run/app.pid
+[ "$IGNORE_SIGTERM" = 1 ] && trap '' TERM
+echo "listening on 8080"
+# By path: an applet started by name may run inside the shell, with its
+# signal settings reset.
+exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www
+)sh";
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in{path, std::ios::binary};
+  return {std::istreambuf_iterator<char>{in}, {}};
+}
+
+bool alive(int pid) {
+  return pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH);
+}
+
+// Gone, or a zombie that only waits to be reaped.
+bool exited(int pid) {
+  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size()
+         || stat[paren + 2] == 'Z';
+}
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+gp::http_request get(uint64_t id, std::string path, std::string query = "") {
+  return {id, "GET", std::move(path), std::move(query), {}, ""};
+}
+
+// A newc cpio archive with one executable file (what the kernel appends
+// over the initramfs: a later entry replaces an earlier one).
+std::string cpio_with(const std::string& name, const std::string& data) {
+  auto entry = [](const std::string& n, const std::string& d, unsigned mode) {
+    char head[111];
+    std::snprintf(head, sizeof head,
+                  "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+                  0u, mode, 0u, 0u, 1u, 0u, static_cast<unsigned>(d.size()), 0u,
+                  0u, 0u, 0u, static_cast<unsigned>(n.size() + 1), 0u);
+    std::string out{head, 110};
+    out += n;
+    out.push_back('\0');
+    out.append((4 - out.size() % 4) % 4, '\0');
+    out += d;
+    out.append((4 - out.size() % 4) % 4, '\0');
+    return out;
+  };
+  return entry(name, data, 0100755) + entry("TRAILER!!!", "", 0);
+}
+
+class microvm : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    if (::access(qemu, X_OK) != 0)
+      return; // each test skips
+    const char* env = std::getenv("ALEPHD_MICROVM_ASSETS");
+    assets_ = env && *env ? fs::path{env}
+                          : fs::temp_directory_path() / "alephd-microvm-assets";
+    auto err = fs::temp_directory_path()
+               / ("microvm_test_assets_" + std::to_string(::getpid()) + ".err");
+    // Bounded: the first build downloads about 30 MB.
+    auto cmd = "timeout 900 '" + std::string{ALEPHD_MICROVM_SCRIPT} + "' '"
+               + assets_.string() + "' '" + ALEPHD_GUEST_BINARY + "' 2>'"
+               + err.string() + "'";
+    if (std::system(cmd.c_str()) != 0) {
+      auto why = read_file(err);
+      build_error_ = why.empty() ? "build-microvm-assets failed" : why;
+    }
+    std::error_code ec;
+    fs::remove(err, ec);
+  }
+
+  void SetUp() override {
+    if (::access(qemu, X_OK) != 0)
+      GTEST_SKIP() << qemu << " is not installed (Debian: qemu-system-x86)";
+    ASSERT_EQ(build_error_, "");
+    char tmpl[] = "/tmp/microvm_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty())
+      fs::remove_all(dir_, ec);
+  }
+
+  alephd::microvm_options options(const std::string& run = "run") {
+    alephd::microvm_options o;
+    o.kernel = (assets_ / "vmlinuz").string();
+    o.initrd = (assets_ / "initramfs.cpio.gz").string();
+    o.run_dir = dir_ + "/" + run;
+    o.hostname = "microvm-test";
+    // A TCG boot takes about 2 s here; room for a busy 2-core machine.
+    o.ready_timeout = 20s;
+    return o;
+  }
+
+  static gp::configure config(bool ignore_sigterm = false) {
+    gp::configure cfg;
+    cfg.code = program;
+    cfg.entrypoint = "app";
+    cfg.variables = {{"GREETING", "hello-from-vm"},
+                     {"PATH", "/usr/sbin:/usr/bin:/sbin:/bin"},
+                     {"IGNORE_SIGTERM", ignore_sigterm ? "1" : "0"}};
+    cfg.authorized_keys = {"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test@alephd"};
+    cfg.app_port = 8080;
+    return cfg;
+  }
+
+  static inline fs::path assets_;
+  static inline std::string build_error_;
+  std::string dir_;
+};
+
+} // namespace
+
+TEST_F(microvm, serves_requests_with_its_variables_hostname_and_keys) {
+  alephd::microvm vm{options()};
+  ASSERT_EQ(vm.start(config()), "");
+  EXPECT_TRUE(vm.running());
+  EXPECT_GT(vm.pid(), 0);
+  auto resp = vm.request(get(42, "/cgi-bin/echo", "hello"), 10s);
+  EXPECT_EQ(resp.id, 42u);
+  EXPECT_EQ(resp.status, 200) << resp.error;
+  EXPECT_EQ(resp.body, "hello hello-from-vm microvm-test "
+                       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test@alephd");
+  std::vector<gp::http_response> answers(8);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < answers.size(); ++i)
+    threads.emplace_back([&, i] {
+      answers[i] = vm.request(get(7, "/cgi-bin/echo", "n=" + std::to_string(i)), 20s);
+    });
+  for (auto& t : threads)
+    t.join();
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    EXPECT_EQ(answers[i].status, 200) << i << ": " << answers[i].error;
+    EXPECT_EQ(answers[i].body.rfind("n=" + std::to_string(i) + " hello-from-vm", 0), 0u)
+      << answers[i].body;
+  }
+  auto slow = vm.request(get(9, "/cgi-bin/slow"), 500ms);
+  EXPECT_EQ(slow.status, 504);
+  EXPECT_EQ(slow.id, 9u);
+
+  // The executor interface: answers by callback, each with its caller's id.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<gp::http_response> async;
+  std::optional<gp::http_response> async_slow;
+  for (int i = 0; i < 8; ++i)
+    vm.request_async(get(100 + i, "/cgi-bin/echo", "a=" + std::to_string(i)), 20s,
+                     [&](gp::http_response r) {
+                       std::lock_guard lock{mu};
+                       async.push_back(std::move(r));
+                       cv.notify_all();
+                     });
+  auto t0 = clock_type::now();
+  vm.request_async(get(7, "/cgi-bin/slow"), 300ms, [&](gp::http_response r) {
+    std::lock_guard lock{mu};
+    async_slow = std::move(r);
+    cv.notify_all();
+  });
+  {
+    std::unique_lock lock{mu};
+    ASSERT_TRUE(cv.wait_for(lock, 25s, [&] { return async.size() == 8 && async_slow; }));
+  }
+  std::set<uint64_t> ids;
+  for (const auto& a : async) {
+    EXPECT_EQ(a.status, 200) << a.error;
+    EXPECT_EQ(a.body.rfind("a=" + std::to_string(a.id - 100) + " ", 0), 0u) << a.body;
+    ids.insert(a.id);
+  }
+  EXPECT_EQ(ids.size(), 8u);
+  EXPECT_EQ(async_slow->status, 504);
+  EXPECT_EQ(async_slow->id, 7u);
+  EXPECT_LT(seconds_since(t0), 20.0);
+  bool listening = false;
+  for (const auto& l : vm.logs())
+    listening |= l.stream == "stdout" && l.line == "listening on 8080";
+  EXPECT_TRUE(listening);
+}
+
+TEST_F(microvm, stop_halts_the_program_and_leaves_no_qemu) {
+  alephd::microvm vm{options()};
+  std::atomic<int> reports{0};
+  vm.on_exit([&](int, const std::string&) { ++reports; });
+  ASSERT_EQ(vm.start(config()), "");
+  int pid = vm.pid();
+  ASSERT_TRUE(alive(pid));
+  auto t0 = clock_type::now();
+  // httpd ends on the agent's SIGTERM: 128 + 15.
+  EXPECT_EQ(vm.stop(6s), 143);
+  EXPECT_LT(seconds_since(t0), 2.0);
+  EXPECT_FALSE(alive(pid));
+  EXPECT_FALSE(vm.running());
+  auto resp = vm.request(get(1, "/cgi-bin/echo"), 1s);
+  EXPECT_EQ(resp.status, 502);
+  EXPECT_EQ(vm.stop(1s), 143); // a second stop() only repeats the result
+  EXPECT_EQ(reports.load(), 0) << "a stop is not an exit to report";
+}
+
+TEST_F(microvm, the_exit_handler_reports_a_crash_and_the_vm_ends) {
+  alephd::microvm vm{options()};
+  std::mutex mu;
+  std::condition_variable cv;
+  int reports = 0;
+  int code = 0;
+  std::string why;
+  vm.on_exit([&](int c, const std::string& w) {
+    std::lock_guard lock{mu};
+    ++reports;
+    code = c;
+    why = w;
+    cv.notify_all();
+  });
+  ASSERT_EQ(vm.start(config()), "");
+  int pid = vm.pid();
+  vm.request_async(get(3, "/cgi-bin/crash"), 10s, [](gp::http_response) {});
+  {
+    std::unique_lock lock{mu};
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return reports > 0; }));
+    EXPECT_EQ(code, 128 + SIGKILL);
+    EXPECT_EQ(why, "program exited with code 137");
+  }
+  // The agent exits after `halted`, and QEMU with it (a zombie until
+  // stop() reaps it).
+  auto t0 = clock_type::now();
+  while (!exited(pid) && seconds_since(t0) < 5.0)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_TRUE(exited(pid)) << "QEMU did not end with its guest";
+  EXPECT_FALSE(vm.running());
+  EXPECT_EQ(vm.stop(1s), 137);
+  EXPECT_FALSE(alive(pid));
+  std::lock_guard lock{mu};
+  EXPECT_EQ(reports, 1);
+}
+
+TEST_F(microvm, the_destructor_leaves_no_qemu) {
+  int pid = 0;
+  {
+    alephd::microvm vm{options()};
+    ASSERT_EQ(vm.start(config()), "");
+    pid = vm.pid();
+    ASSERT_TRUE(alive(pid));
+  }
+  EXPECT_FALSE(alive(pid));
+}
+
+TEST_F(microvm, the_acpi_power_button_stops_a_guest_that_ignores_halt) {
+  alephd::microvm vm{options()};
+  ASSERT_EQ(vm.start(config(/*ignore_sigterm=*/true)), "");
+  // Once httpd answers, the script has set its trap.
+  ASSERT_EQ(vm.request(get(1, "/cgi-bin/echo"), 10s).status, 200);
+  int pid = vm.pid();
+  auto t0 = clock_type::now();
+  // The agent's SIGTERM is ignored (its SIGKILL would come after 5 s): at
+  // 2 s stop() presses the power button and acpid powers the VM off.
+  EXPECT_EQ(vm.stop(5s), -1);
+  EXPECT_LT(seconds_since(t0), 4.5) << "QEMU was killed, not powered off";
+  EXPECT_FALSE(alive(pid));
+  EXPECT_NE(read_file(options().run_dir + "/console.log").find("reboot: Power down"),
+            std::string::npos);
+}
+
+TEST_F(microvm, a_guest_that_never_answers_fails_start_in_time) {
+  // The real initramfs with /init replaced by a sleep: the kernel boots, the
+  // agent never runs.
+  auto initrd = read_file(options().initrd);
+  ASSERT_FALSE(initrd.empty());
+  initrd.append((4 - initrd.size() % 4) % 4, '\0'); // archives start 4-aligned
+  initrd += cpio_with("init", "#!/bin/busybox sh\nexec /bin/busybox sleep 3600\n");
+  auto mute = dir_ + "/mute.cpio.gz";
+  std::ofstream{mute, std::ios::binary} << initrd;
+  auto o = options();
+  o.initrd = mute;
+  o.ready_timeout = 4s;
+  alephd::microvm vm{o};
+  auto t0 = clock_type::now();
+  auto error = vm.start(config());
+  auto took = seconds_since(t0);
+  EXPECT_EQ(error.rfind("no 'ready' from the guest in time", 0), 0u) << error;
+  EXPECT_GE(took, 3.9);
+  EXPECT_LT(took, 6.0);
+  EXPECT_FALSE(alive(vm.pid()));
+  EXPECT_FALSE(vm.running());
+}
+
+TEST_F(microvm, a_refused_configure_fails_start_and_leaves_no_qemu) {
+  alephd::microvm vm{options()};
+  auto cfg = config();
+  // A second line would be a second entry of authorized_keys.
+  cfg.authorized_keys = {"ssh-ed25519 AAAA a\ncommand=\"sh\" ssh-ed25519 AAAA b"};
+  EXPECT_EQ(vm.start(cfg), "configure failed: authorized key with a line break or NUL");
+  EXPECT_FALSE(alive(vm.pid()));
+  EXPECT_FALSE(vm.running());
+}
+
+TEST_F(microvm, bad_options_and_a_bad_kernel_fail_start_at_once) {
+  {
+    auto o = options();
+    o.kernel = dir_ + "/missing-vmlinuz";
+    alephd::microvm vm{o};
+    EXPECT_EQ(vm.start(config()), "cannot read " + o.kernel);
+    EXPECT_EQ(vm.pid(), 0);
+  }
+  {
+    auto o = options();
+    o.hostname = "x alephd.rootfs=rw init=/bin/sh"; // would extend the kernel command line
+    alephd::microvm vm{o};
+    EXPECT_EQ(vm.start(config()).rfind("invalid hostname", 0), 0u);
+  }
+  {
+    auto o = options();
+    o.kernel = dir_ + "/garbage";
+    std::ofstream{o.kernel} << "not a kernel\n";
+    alephd::microvm vm{o};
+    auto t0 = clock_type::now();
+    auto error = vm.start(config());
+    EXPECT_LT(seconds_since(t0), 5.0);
+    EXPECT_NE(error.find("(qemu: "), std::string::npos) << error;
+    EXPECT_FALSE(alive(vm.pid()));
+  }
+}
+
+TEST_F(microvm, an_instance_overlay_boots_keeps_its_writes_and_spares_the_base) {
+  if (::access("/sbin/mkfs.ext4", X_OK) != 0)
+    GTEST_SKIP() << "/sbin/mkfs.ext4 is not installed (Debian: e2fsprogs)";
+  if (::access("/usr/bin/qemu-img", X_OK) != 0)
+    GTEST_SKIP() << "/usr/bin/qemu-img is not installed (Debian: qemu-utils)";
+  auto content = dir_ + "/content";
+  fs::create_directories(content);
+  std::ofstream{content + "/hello.txt"} << "from the base image\n";
+  auto base = dir_ + "/base.raw";
+  auto mkfs = "/sbin/mkfs.ext4 -q -F -d '" + content + "' '" + base + "' 16M >/dev/null 2>&1";
+  ASSERT_EQ(std::system(mkfs.c_str()), 0);
+  auto before = read_file(base);
+
+  auto o = options("instance");
+  o.rootfs = base;
+  o.rootfs_format = "raw";
+  o.overlay_size = "32M";
+  {
+    alephd::microvm vm{o};
+    ASSERT_EQ(vm.start(config()), "");
+    auto resp = vm.request(get(1, "/cgi-bin/disk"), 10s);
+    EXPECT_EQ(resp.status, 200) << resp.error;
+    EXPECT_EQ(resp.body, "from the base image\n");
+    EXPECT_EQ(vm.stop(6s), 143);
+  }
+  EXPECT_TRUE(fs::exists(o.run_dir + "/rootfs.qcow2"));
+  EXPECT_TRUE(read_file(base) == before) << "the base image was written to";
+  // The same run_dir again: the overlay, and so the guest's write, is kept.
+  alephd::microvm again{o};
+  ASSERT_EQ(again.start(config()), "");
+  auto resp = again.request(get(2, "/cgi-bin/disk"), 10s);
+  EXPECT_EQ(resp.body, "from the base image\nwritten by the guest\n");
+}
