@@ -26,6 +26,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -475,6 +476,53 @@ void handle_request(gp::http_request req) {
   --st.inflight;
 }
 
+// Requests run on a pool of threads that grows to the number of requests in flight (at most
+// max_inflight) and is then reused: a thread per request costs more than the request itself
+// (stack mappings, TLB shootdowns).
+struct request_pool {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<gp::http_request> queue;
+  std::size_t threads = 0;
+  std::size_t idle = 0;
+
+  // False if no thread could take it.
+  bool submit(gp::http_request req) {
+    std::unique_lock lock{mu};
+    queue.push_back(std::move(req));
+    if (idle > 0) {
+      cv.notify_one();
+      return true;
+    }
+    try {
+      std::thread{[this] { work(); }}.detach();
+      ++threads;
+    } catch (const std::system_error&) {
+      if (threads == 0) {
+        queue.pop_back();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void work() {
+    std::unique_lock lock{mu};
+    for (;;) {
+      ++idle;
+      cv.wait(lock, [this] { return !queue.empty(); });
+      --idle;
+      auto req = std::move(queue.front());
+      queue.pop_front();
+      lock.unlock();
+      handle_request(std::move(req));
+      lock.lock();
+    }
+  }
+};
+
+request_pool pool;
+
 void do_halt() {
   if (st.halting.exchange(true))
     return;
@@ -521,9 +569,7 @@ void dispatch(gp::frame f) {
       return;
     }
     ++st.inflight;
-    try {
-      std::thread{handle_request, *req}.detach();
-    } catch (const std::system_error&) {
+    if (!pool.submit(*req)) {
       --st.inflight;
       send_frame(agent_error(req->id, 503, "cannot start a request thread"));
     }
