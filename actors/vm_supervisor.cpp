@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/aleph_message.hpp"
+#include "runtime/microvm.hpp"
 #include "runtime/sandbox.hpp"
 #include "runtime/wall_clock.hpp"
 
@@ -57,6 +58,11 @@ std::optional<std::string> cached(const execution_env& env, const std::string& h
   return bytes;
 }
 
+// Whether a verified copy of `hash` is in the cache (an altered one is removed).
+bool cached_path(const execution_env& env, const std::string& hash) {
+  return cached(env, hash).has_value();
+}
+
 // Writes a verified blob to the cache: temp file, fsync, rename.
 bool cache_put(const execution_env& env, const std::string& hash, const std::string& bytes) {
   auto dir = env.data_dir + "/cache";
@@ -80,6 +86,15 @@ bool cache_put(const execution_env& env, const std::string& hash, const std::str
     return false;
   }
   return true;
+}
+
+// A qcow2 image starts with "QFI\xfb".
+bool is_qcow2(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  char magic[4] = {};
+  in.read(magic, 4);
+  return in.gcount() == 4 && magic[0] == 'Q' && magic[1] == 'F' && magic[2] == 'I'
+         && static_cast<unsigned char>(magic[3]) == 0xfb;
 }
 
 // ---- the executor's thread -------------------------------------------------------------------
@@ -219,9 +234,28 @@ void boot(self_ptr self) {
   req.memory_mib = st.info.memory_mib;
   req.vcpus = st.info.vcpus;
   req.internet = st.internet;
+  req.kind = st.info.kind;
+  req.rootfs = st.rootfs;
+  req.overlay_mib = st.overlay_mib;
   std::shared_ptr<executor> exec;
   if (st.env->make_executor) {
     exec = st.env->make_executor(req);
+  } else if (st.info.kind == "instance") {
+    microvm_options o;
+    o.kernel = st.env->microvm_kernel;
+    o.initrd = st.env->microvm_initrd;
+    o.run_dir = req.run_dir;
+    o.hostname = "vm-" + st.info.item_hash.substr(0, 12);
+    o.memory_mib = static_cast<unsigned>(st.info.memory_mib);
+    o.vcpus = st.info.vcpus;
+    o.network = st.internet;
+    o.rootfs = st.rootfs;
+    o.rootfs_format = is_qcow2(st.rootfs) ? "qcow2" : "raw";
+    o.rootfs_overlay = true;
+    if (st.overlay_mib > 0)
+      o.overlay_size = std::to_string(st.overlay_mib) + "M";
+    o.ready_timeout = std::chrono::seconds(60); // TCG boots take seconds
+    exec = std::make_shared<microvm>(std::move(o));
   } else {
     sandbox_options o;
     o.bwrap = st.env->bwrap;
@@ -280,94 +314,143 @@ void boot(self_ptr self) {
       });
 }
 
-// Fetches what the execution needs (message, code) through the CCN link, then boots.
-void prepare(self_ptr self) {
-  auto& st = self->state;
-  if (st.info.kind == "instance") {
-    set_phase(self, "preparing", "waiting for an executor: instances need the microVM executor");
+// Makes sure the file named by `ref` (a STORE message's item_hash, or a bare file hash) is in
+// the code cache, verified, then calls `on_ok(file_hash)`; finishes the execution on failure.
+void resolve_file(self_ptr self, const std::string& what, const std::string& ref,
+                  std::function<void(const std::string&)> on_ok) {
+  if (!self->state.link) {
+    finish(self, "failed", "no CCN link to fetch the " + what + " from");
     return;
   }
-  set_phase(self, "preparing", "fetching the program");
+  auto fetch_file = [=](const std::string& file_hash) {
+    auto& st = self->state;
+    if (cached_path(*st.env, file_hash)) {
+      on_ok(file_hash);
+      return;
+    }
+    set_phase(self, "preparing", "downloading " + what + " " + file_hash);
+    self->request(st.link, st.env->fetch_timeout, atom::read_v, file_hash)
+      .then(
+        [=](file_blob& blob) {
+          if (aleph::sha256_hex(blob.data) != file_hash) {
+            finish(self, "failed", what + " " + file_hash + " does not match its hash");
+            return;
+          }
+          if (!cache_put(*self->state.env, file_hash, blob.data)) {
+            finish(self, "failed", "cannot write " + what + " " + file_hash + " to the cache");
+            return;
+          }
+          on_ok(file_hash);
+        },
+        [=](caf::error& err) {
+          finish(self, "failed", "cannot fetch " + what + " " + file_hash + ": " + describe(err));
+        });
+  };
+  self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, ref)
+    .then(
+      [=](stored_message& store) {
+        auto m = aleph::parse_message(store.json);
+        auto* sc = m.msg ? std::get_if<aleph::store_content>(&m.msg->content) : nullptr;
+        if (sc == nullptr) {
+          finish(self, "failed", what + " ref " + ref + " is not a STORE message");
+          return;
+        }
+        fetch_file(sc->item_hash);
+      },
+      [=](caf::error& err) {
+        if (is(err, ec::not_found))
+          fetch_file(ref);
+        else
+          finish(self, "failed", "cannot fetch " + what + " ref " + ref + ": " + describe(err));
+      });
+}
+
+// What an instance runs inside its microVM: its disk is mounted at /mnt/rootfs by the
+// initramfs; a small web server answers on port 8080 so that /vm/{ref} reaches it.
+constexpr const char* instance_script = R"sh(#!/bin/sh
+mkdir -p /tmp/www
+echo "instance $(hostname)" > /tmp/www/index.html
+[ -d /mnt/rootfs ] && ls /mnt/rootfs > /tmp/www/rootfs.txt
+exec /bin/busybox httpd -f -p 8080 -h /tmp/www
+)sh";
+
+void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
+  auto& st = self->state;
+  st.internet = ic.environment.internet;
+  auto keys = ic.authorized_keys;
+  auto variables = ic.variables;
+  auto size_mib = ic.rootfs.size_mib;
+  auto seconds = ic.resources.seconds;
+  resolve_file(self, "rootfs", ic.rootfs.parent.ref, [=](const std::string& file_hash) {
+    auto& st = self->state;
+    guest::configure cfg;
+    cfg.code = instance_script;
+    cfg.encoding = "plain";
+    cfg.entrypoint = "instance";
+    cfg.interface = "binary";
+    cfg.variables = variables;
+    cfg.authorized_keys = keys;
+    cfg.app_port = 8080;
+    st.cfg = std::move(cfg);
+    st.request_timeout = std::chrono::seconds{std::max<uint64_t>(seconds, 30)};
+    st.rootfs = st.env->data_dir + "/cache/" + file_hash;
+    st.overlay_mib = size_mib;
+    note(self, "rootfs " + file_hash + " ready");
+    boot(self);
+  });
+}
+
+void prepare_program(self_ptr self, const std::string& json, const aleph::program_content& p) {
+  self->state.internet = p.environment.internet;
+  resolve_file(self, "code", p.code.ref, [=](const std::string& file_hash) {
+    auto& st = self->state;
+    auto bytes = cached(*st.env, file_hash);
+    if (!bytes) {
+      finish(self, "failed", "code " + file_hash + " vanished from the cache");
+      return;
+    }
+    guest::configure cfg;
+    milliseconds timeout{1000};
+    if (auto err = program_configure(json, std::move(*bytes), cfg, timeout); !err.empty()) {
+      finish(self, "failed", err);
+      return;
+    }
+    st.cfg = std::move(cfg);
+    st.request_timeout = timeout;
+    note(self, "code " + file_hash + " ready");
+    boot(self);
+  });
+}
+
+// Fetches what the execution needs (message, code or rootfs) through the CCN link, then boots.
+void prepare(self_ptr self) {
+  auto& st = self->state;
+  set_phase(self, "preparing", "fetching the " + st.info.kind);
   auto with_message = [=](const std::string& json) {
     auto parsed = aleph::parse_message(json);
     if (!parsed.msg) {
       finish(self, "failed", "invalid message: " + (parsed.error.field + ": " + parsed.error.reason));
       return;
     }
-    auto* program = std::get_if<aleph::program_content>(&parsed.msg->content);
-    if (program == nullptr) {
-      // Instances need the microVM executor, which is not wired in yet.
-      set_phase(self, "preparing", "waiting for an executor: instances need the microVM executor");
-      return;
-    }
-    self->state.internet = program->environment.internet;
-    auto code_ref = program->code.ref;
-    auto with_code = [=](const std::string& file_hash, std::string bytes) {
-      auto& st = self->state;
-      guest::configure cfg;
-      milliseconds timeout{1000};
-      if (auto err = program_configure(json, std::move(bytes), cfg, timeout); !err.empty()) {
-        finish(self, "failed", err);
-        return;
-      }
-      st.cfg = std::move(cfg);
-      st.request_timeout = timeout;
-      note(self, "code " + file_hash + " ready");
-      boot(self);
-    };
-    auto fetch_file = [=](const std::string& file_hash) {
-      auto& st = self->state;
-      if (auto bytes = cached(*st.env, file_hash)) {
-        with_code(file_hash, std::move(*bytes));
-        return;
-      }
-      set_phase(self, "preparing", "downloading code " + file_hash);
-      self->request(st.link, st.env->fetch_timeout, atom::read_v, file_hash)
-        .then(
-          [=](file_blob& blob) {
-            if (aleph::sha256_hex(blob.data) != file_hash) {
-              finish(self, "failed", "code " + file_hash + " does not match its hash");
-              return;
-            }
-            if (!cache_put(*self->state.env, file_hash, blob.data))
-              spdlog::warn("vm_supervisor: cannot cache {}", file_hash);
-            with_code(file_hash, std::move(blob.data));
-          },
-          [=](caf::error& err) {
-            finish(self, "failed", "cannot fetch code " + file_hash + ": " + describe(err));
-          });
-    };
-    // code.ref names a STORE message; a bare file hash is accepted too.
-    self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, code_ref)
-      .then(
-        [=](stored_message& store) {
-          auto m = aleph::parse_message(store.json);
-          auto* sc = m.msg ? std::get_if<aleph::store_content>(&m.msg->content) : nullptr;
-          if (sc == nullptr) {
-            finish(self, "failed", "code.ref " + code_ref + " is not a STORE message");
-            return;
-          }
-          fetch_file(sc->item_hash);
-        },
-        [=](caf::error& err) {
-          if (is(err, ec::not_found))
-            fetch_file(code_ref);
-          else
-            finish(self, "failed", "cannot fetch code.ref " + code_ref + ": " + describe(err));
-        });
+    if (auto* program = std::get_if<aleph::program_content>(&parsed.msg->content))
+      prepare_program(self, json, *program);
+    else if (auto* instance = std::get_if<aleph::instance_content>(&parsed.msg->content))
+      prepare_instance(self, *instance);
+    else
+      finish(self, "failed", "neither a PROGRAM nor an INSTANCE message");
   };
   if (!st.alloc.message_json.empty()) {
     with_message(st.alloc.message_json);
     return;
   }
   if (!st.link) {
-    finish(self, "failed", "no CCN link to fetch the program from");
+    finish(self, "failed", "no CCN link to fetch the " + st.info.kind + " from");
     return;
   }
   self->request(st.link, st.env->fetch_timeout, atom::get_v, st.info.item_hash)
     .then([=](stored_message& m) { with_message(m.json); },
           [=](caf::error& err) {
-            finish(self, "failed", "cannot fetch the program message: " + describe(err));
+            finish(self, "failed", "cannot fetch the message: " + describe(err));
           });
 }
 

@@ -31,6 +31,9 @@ struct executor_request {
   uint64_t memory_mib = 128;
   uint32_t vcpus = 1;
   bool internet = false;
+  std::string kind;   ///< program or instance
+  std::string rootfs; ///< instances: the base image in the cache
+  uint64_t overlay_mib = 0;
 };
 
 /// Settings shared by every supervisor of a CRN.
@@ -38,6 +41,8 @@ struct execution_env {
   std::string data_dir;     ///< the CRN's data dir: cache/ and executions/ live here
   std::string guest_binary; ///< the static alephd-guest
   std::string bwrap = "/usr/bin/bwrap";
+  std::string microvm_kernel; ///< vmlinuz for instances (scripts/build-microvm-assets)
+  std::string microvm_initrd; ///< initramfs.cpio.gz with the guest agent
   std::chrono::milliseconds reuse_timeout{3600 * 1000};
   std::chrono::milliseconds tick{1000};
   std::chrono::milliseconds stop_grace{6000};
@@ -72,6 +77,8 @@ struct vm_supervisor_state {
   std::optional<guest::configure> cfg;
   std::chrono::milliseconds request_timeout{1000};
   bool internet = false;
+  std::string rootfs;       ///< instances: the cached base image
+  uint64_t overlay_mib = 0; ///< instances: rootfs.size_mib
   uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it
   std::shared_ptr<executor> exec;
   caf::actor host; ///< the detached actor that makes the executor's blocking calls

@@ -144,6 +144,7 @@ const std::vector<option>& table() {
     {"execution.pids-max", "processes per execution, cgroup pids.max (default 512)", "", integer(&settings::pids_max, 8, 1 << 22)},
     {"execution.cgroups", "give each execution a cgroup with memory, pids and CPU limits (default true)", "", boolean(&settings::cgroups)},
     {"execution.guest-binary", "the static guest agent (default: alephd-guest next to alephd)", "", text(&settings::guest_binary)},
+    {"execution.microvm-assets", "dir with vmlinuz and initramfs.cpio.gz for instances (default: microvm/ next to alephd)", "", text(&settings::microvm_assets)},
     {"execution.bwrap", "the bubblewrap binary (default /usr/bin/bwrap)", "", text(&settings::bwrap, true)},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
     {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},

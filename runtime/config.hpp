@@ -44,6 +44,7 @@ struct settings {
   bool cgroups = true;           ///< put each execution in its own cgroup with limits
   std::string guest_binary;      ///< empty = alephd-guest next to the alephd executable
   std::string bwrap = "/usr/bin/bwrap";
+  std::string microvm_assets; ///< empty = microvm/ next to the alephd executable
   // [dev]
   uint32_t port_base = 4020;
   uint32_t dev_crns = 3;

@@ -253,6 +253,8 @@ struct microvm::impl {
   }
 
   microvm_options opts;
+  fs::path sock_dir;           // where guest.sock and qmp.sock are (run_dir, or a /tmp dir)
+  bool temp_sock_dir = false;  // sock_dir is ours to remove
 
   // Protocol state, guarded by mu.
   mutable std::mutex mu;
@@ -529,6 +531,10 @@ struct microvm::impl {
   // call more than once, and before start().
   void teardown() {
     kill_and_reap();
+    if (temp_sock_dir) {
+      std::error_code ec;
+      fs::remove_all(sock_dir, ec);
+    }
     {
       std::lock_guard lock{write_mu};
       if (conn_fd >= 0)
@@ -704,10 +710,10 @@ struct microvm::impl {
       "-m", std::to_string(opts.memory_mib),
       "-smp", std::to_string(opts.vcpus),
       // QEMU connects to our sockets (client mode) while it starts.
-      "-chardev", "socket,id=guest,path=" + qemu_escape((d / "guest.sock").string()),
+      "-chardev", "socket,id=guest,path=" + qemu_escape((sock_dir / "guest.sock").string()),
       "-device", "virtio-serial-device",
       "-device", std::string{"virtserialport,chardev=guest,name="} + port_name,
-      "-chardev", "socket,id=qmp,path=" + qemu_escape((d / "qmp.sock").string()),
+      "-chardev", "socket,id=qmp,path=" + qemu_escape((sock_dir / "qmp.sock").string()),
       "-mon", "chardev=qmp,mode=control",
     };
     if (with_kvm) {
@@ -772,11 +778,21 @@ struct microvm::impl {
       if (auto error = make_overlay(d / "rootfs.qcow2"); !error.empty())
         return fail_start(error);
 
+    // A unix socket path holds at most 107 bytes, for us and for QEMU: a long
+    // run_dir gets its sockets in a private directory under /tmp instead.
+    sock_dir = d;
+    if ((d / "guest.sock").string().size() >= 100) {
+      char tmpl[] = "/tmp/alephd-vm-XXXXXX";
+      if (::mkdtemp(tmpl) == nullptr)
+        return fail_start("cannot create a socket directory: " + std::string{std::strerror(errno)});
+      sock_dir = tmpl;
+      temp_sock_dir = true;
+    }
     std::string error;
-    int guest_listen = listen_unix(d / "guest.sock", error);
+    int guest_listen = listen_unix(sock_dir / "guest.sock", error);
     if (guest_listen < 0)
       return fail_start(error);
-    int qmp_listen = listen_unix(d / "qmp.sock", error);
+    int qmp_listen = listen_unix(sock_dir / "qmp.sock", error);
     if (qmp_listen < 0) {
       ::close(guest_listen);
       return fail_start(error);
@@ -784,8 +800,10 @@ struct microvm::impl {
     auto close_listeners = [&] {
       ::close(guest_listen);
       ::close(qmp_listen);
-      fs::remove(d / "guest.sock", ec); // nobody else may connect
-      fs::remove(d / "qmp.sock", ec);
+      fs::remove(sock_dir / "guest.sock", ec); // nobody else may connect
+      fs::remove(sock_dir / "qmp.sock", ec);
+      if (temp_sock_dir)
+        fs::remove(sock_dir, ec);
     };
 
     try {

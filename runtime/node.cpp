@@ -307,6 +307,14 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   env->data_dir = dir;
   env->guest_binary = s.guest_binary.empty() ? default_guest_binary() : s.guest_binary;
   env->bwrap = s.bwrap;
+  auto assets = s.microvm_assets.empty()
+                  ? std::filesystem::path{default_guest_binary()}.parent_path().string() + "/microvm"
+                  : s.microvm_assets;
+  env->microvm_kernel = assets + "/vmlinuz";
+  env->microvm_initrd = assets + "/initramfs.cpio.gz";
+  if (::access(env->microvm_kernel.c_str(), R_OK) != 0)
+    spdlog::warn("crn {}: no microVM kernel in {}: instances cannot run (make builds it; or set "
+                 "execution.microvm-assets)", id_, assets);
   env->reuse_timeout = s.reuse_timeout;
   env->pids_max = s.pids_max;
   env->cgroups = s.cgroups && cgroup::version() != 0 && ::geteuid() == 0;

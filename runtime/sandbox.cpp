@@ -606,8 +606,14 @@ struct sandbox::impl {
     }
     if (!early_failure.empty()) // fail_start() takes mu itself
       return fail_start(early_failure);
-    if (!send_or_drop(cfg))
-      return fail_start("cannot send 'configure'");
+    if (!send_or_drop(cfg)) {
+      std::string why;
+      {
+        std::lock_guard lock{mu};
+        why = gone_reason; // e.g. the bad frame that made the reader drop the guest
+      }
+      return fail_start("cannot send 'configure': " + why);
+    }
     if (!wait_until(deadline, [this] { return cfg_result || gone; }))
       return fail_start("no 'configure_result' from the guest in time");
     std::string error;

@@ -13,6 +13,8 @@
 #include <set>
 #include <thread>
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -333,6 +335,63 @@ TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_come
   crn = &start_crn();
   EXPECT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 30s))
     << executions(crn->port("http")).dump();
+}
+
+TEST_F(execution, an_instance_boots_as_a_microvm_with_its_rootfs_and_stops_cleanly) {
+  if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0 || ::access("/sbin/mkfs.ext4", X_OK) != 0)
+    GTEST_SKIP() << "needs qemu-system-x86 and e2fsprogs (scripts/install-deps installs them)";
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  // A 16 MiB ext4 disk with one file on it, as the instance's rootfs.
+  auto image = (dir / "rootfs.ext4").string();
+  auto content = (dir / "rootfs-content").string();
+  std::filesystem::create_directories(content + "/etc");
+  std::ofstream{content + "/etc/motd"} << "hello from the rootfs\n";
+  auto mkfs = "truncate -s 16M '" + image + "' && /sbin/mkfs.ext4 -q -F -d '" + content + "' '"
+              + image + "' >/dev/null 2>&1";
+  ASSERT_EQ(std::system(mkfs.c_str()), 0);
+  auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", read_file(image),
+                         {}, 20s);
+  ASSERT_EQ(up.status, 200) << up.body;
+  auto file = json::parse(up.body).value("hash", "");
+  auto store = post_message(
+    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+     {"time", 1700000000.0},
+     {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+                  {"item_hash", file}}}});
+  auto hash = post_message(
+    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "INSTANCE"}, {"item_type", "inline"},
+     {"time", 1700000000.0},
+     {"content",
+      {{"address", "0xabc"}, {"time", 1700000000.0}, {"allow_amend", false},
+       {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                        {"shared_cache", false}}},
+       {"resources", {{"vcpus", 1}, {"memory", 256}, {"seconds", 30}}},
+       {"authorized_keys", {"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGULT6A41Msmw2KEu0R9MvUjhuWNAsbdeZ0DOwYbt4Qt test@alephd"}},
+       {"rootfs", {{"parent", {{"ref", store}, {"use_latest", false}}}, {"persistence", "host"},
+                   {"size_mib", 64}}},
+       {"volumes", json::array()}}}});
+  ASSERT_TRUE(eventually([&] {
+    auto p = phase_of(http, hash);
+    return p == "running" || p == "failed";
+  }, 90s)) << executions(http).dump();
+  ASSERT_EQ(phase_of(http, hash), "running") << executions(http).dump();
+  auto index = http_request(localhost, http, "GET", "/vm/" + hash + "/", {}, {}, 30s);
+  EXPECT_EQ(index.status, 200) << index.body;
+  EXPECT_EQ(index.body, "instance vm-" + hash.substr(0, 12) + "\n");
+  auto listing = http_request(localhost, http, "GET", "/vm/" + hash + "/rootfs.txt", {}, {}, 30s);
+  EXPECT_NE(listing.body.find("etc"), std::string::npos) << "the rootfs is mounted: " << listing.body;
+  EXPECT_FALSE(processes_with((dir / "crn").string() + "/executions/" + hash).empty())
+    << "no QEMU process for the instance";
+  auto stop = http_request(localhost, http, "POST", "/control/machine/" + hash + "/stop", {},
+                           {{"X-Auth-Token", token("crn")}}, 30s);
+  EXPECT_EQ(stop.status, 200) << stop.body;
+  EXPECT_TRUE(eventually(
+    [&] { return processes_with((dir / "crn").string() + "/executions/" + hash).empty(); }, 10s));
+  // The base image in the CRN's cache is never written: writes go to the overlay.
+  auto cached = read_file((dir / "crn" / "cache" / file).string());
+  EXPECT_EQ(cached, read_file(image));
 }
 
 } // namespace

@@ -48,7 +48,20 @@ allocation work(std::string hash, std::string kind, uint64_t memory_mib, uint32_
   a.vcpus = vcpus;
   a.disk_mib = disk_mib;
   a.epoch = epoch;
-  a.message_json = "{}";
+  // A valid message whose code or rootfs the link double never delivers: the execution
+  // stays in `preparing` (instances) until the test moves it on.
+  nlohmann::ordered_json content{
+    {"address", "0xabc"}, {"time", 1700000000.0}, {"allow_amend", false},
+    {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                     {"shared_cache", false}}},
+    {"resources", {{"vcpus", vcpus}, {"memory", memory_mib}, {"seconds", 30}}},
+    {"rootfs", {{"parent", {{"ref", "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"}, {"use_latest", false}}},
+                {"persistence", "host"}, {"size_mib", 1000}}},
+    {"volumes", nlohmann::ordered_json::array()}};
+  a.message_json = nlohmann::ordered_json{{"chain", "ETH"}, {"sender", "0xabc"},
+                                          {"type", "INSTANCE"}, {"item_type", "inline"},
+                                          {"time", 1700000000.0}, {"content", content}}
+                     .dump();
   return a;
 }
 
@@ -172,6 +185,7 @@ struct fake_executor : executor {
 
 // The CCN as the CRN's link shows it: messages and files by hash.
 struct link_double_state {
+  std::vector<caf::typed_response_promise<stored_message>> stalled; ///< never answered
   std::map<std::string, stored_message> messages;
   std::map<std::string, std::string> files;
   int message_fetches = 0;
@@ -184,6 +198,11 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
     [=](atom::allocate, const allocation& a) { return allocation_ack{a.item_hash, a.epoch, "", false, "double"}; },
     [=](atom::get) { return link_info{}; },
     [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      if (h == "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee") {
+        auto rp = self->make_response_promise<stored_message>();
+        self->state.stalled.push_back(rp);
+        return rp;
+      }
       ++self->state.message_fetches;
       if (auto i = self->state.messages.find(h); i != self->state.messages.end())
         return i->second;
@@ -248,6 +267,11 @@ struct job_broker_test : caf_fixture {
     return c;
   }());
   ccn_link_actor link = spawn(link_double);
+  bool linked = [this] {
+    caf::anon_send(broker, atom::connect_v, link);
+    sched.run();
+    return true;
+  }();
 
   std::shared_ptr<execution_env> make_env() {
     auto e = std::make_shared<execution_env>();
@@ -390,7 +414,7 @@ TEST_F(job_broker_test, stop_stops_the_execution_and_keeps_its_final_state) {
 
 TEST_F(job_broker_test, a_supervisor_refuses_an_older_epoch) {
   auto sup = spawn(vm_supervisor, work("h1", "instance", 128, 1, 0, 3), true,
-                   std::shared_ptr<const execution_env>(env), ccn_link_actor{}, job_broker_actor{});
+                   std::shared_ptr<const execution_env>(env), link, job_broker_actor{});
   auto older = ask<execution_info>(sup, atom::allocate_v, work("h1", "instance", 128, 1, 0, 2));
   EXPECT_TRUE(failed_with(older.error, ec::wrong_phase)) << describe(older.error);
   auto newer = ask<execution_info>(sup, atom::allocate_v, work("h1", "instance", 128, 1, 0, 7));
@@ -521,8 +545,6 @@ TEST_F(job_broker_test, code_that_does_not_match_its_hash_is_refused) {
 }
 
 TEST_F(job_broker_test, calls_fail_clearly_for_unknown_wrong_or_too_big_programs) {
-  auto early = run("0000");
-  EXPECT_TRUE(failed_with(early.error, ec::unavailable)) << describe(early.error);
   connect();
   EXPECT_TRUE(failed_with(run("feed").error, ec::not_found));
   auto store = as_stored(store_doc(aleph::sha256_hex("x")));
@@ -533,6 +555,20 @@ TEST_F(job_broker_test, calls_fail_clearly_for_unknown_wrong_or_too_big_programs
   EXPECT_TRUE(failed_with(r.error, ec::no_capacity)) << describe(r.error);
   EXPECT_TRUE(insufficient(describe(r.error))) << describe(r.error);
   EXPECT_TRUE(executors.empty());
+}
+
+TEST_F(job_broker_test, without_a_ccn_link_calls_are_unavailable_and_allocations_fail_clearly) {
+  auto c = host();
+  c.env = env;
+  auto lonely = spawn(job_broker, c);
+  auto r = ask<execution_info>(lonely, atom::run_v, std::string{"0000"});
+  EXPECT_TRUE(failed_with(r.error, ec::unavailable)) << describe(r.error);
+  ASSERT_TRUE(ask<allocation_ack>(lonely, atom::allocate_v, work("h9", "instance", 128)).value);
+  auto all = ask<std::vector<execution_info>>(lonely, atom::list_v);
+  ASSERT_TRUE(all.value);
+  ASSERT_EQ(all.value->size(), 1u);
+  EXPECT_EQ((*all.value)[0].phase, "failed");
+  EXPECT_NE((*all.value)[0].detail.find("no CCN link"), std::string::npos) << (*all.value)[0].detail;
 }
 
 TEST_F(job_broker_test, a_program_that_fails_to_start_is_reported_with_the_reason) {
