@@ -11,8 +11,10 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/aleph_message.hpp"
+#include "runtime/archive.hpp"
 #include "runtime/microvm.hpp"
 #include "runtime/sandbox.hpp"
+#include "runtime/sandbox_pool.hpp"
 #include "runtime/wall_clock.hpp"
 
 namespace alephd {
@@ -101,9 +103,9 @@ bool is_qcow2(const std::string& path) {
 
 // Blocking executor calls run here, on a thread of their own, one at a time.
 caf::behavior exec_host(caf::event_based_actor*, std::shared_ptr<executor> exec,
-                        guest::configure cfg) {
+                        std::function<std::string()> start) {
   return {
-    [=](atom::run) -> std::string { return exec->start(cfg); },
+    [=](atom::run) -> std::string { return start(); },
     [=](atom::stop, int64_t grace_ms) -> int32_t { return exec->stop(milliseconds{grace_ms}); },
   };
 }
@@ -238,8 +240,26 @@ void boot(self_ptr self) {
   req.rootfs = st.rootfs;
   req.overlay_mib = st.overlay_mib;
   std::shared_ptr<executor> exec;
+  std::function<std::string()> start;
+  auto limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
+                              static_cast<double>(st.info.vcpus)};
   if (st.env->make_executor) {
     exec = st.env->make_executor(req);
+  } else if (st.info.kind != "instance" && st.env->pool && !st.internet && st.code_dir.empty()) {
+    // A pre-started sandbox: only the program is left to send and start.
+    if (auto sb = st.env->pool->take()) {
+      std::string err;
+      if (!st.env->cgroups || sb->set_limits(limits, err)) {
+        auto cfg = *st.cfg;
+        start = [sb, cfg] { return sb->configure(cfg, std::chrono::seconds(10)); };
+        exec = sb;
+      } else {
+        spdlog::warn("vm_supervisor: cannot limit a pre-started sandbox: {}", err);
+      }
+    }
+  }
+  if (exec) {
+    // made above
   } else if (st.info.kind == "instance") {
     microvm_options o;
     o.kernel = st.env->microvm_kernel;
@@ -262,9 +282,10 @@ void boot(self_ptr self) {
     o.guest_binary = st.env->guest_binary;
     o.run_dir = req.run_dir;
     o.hostname = st.info.item_hash.substr(0, 12);
+    if (!st.code_dir.empty())
+      o.extra_args = {"--ro-bind", st.code_dir, "/opt/code"};
     if (st.env->cgroups) {
-      o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
-                               static_cast<double>(st.info.vcpus)};
+      o.limits = limits;
       o.cgroup_root = st.env->cgroup_root;
       o.cgroup_name = st.info.item_hash.substr(0, 16) + "-" + std::to_string(run);
     }
@@ -278,9 +299,11 @@ void boot(self_ptr self) {
                      int32_t{code}, why);
   });
   st.exec = exec;
+  if (!start)
+    start = [exec, cfg = *st.cfg] { return exec->start(cfg); };
   st.host = st.env->threaded_host
-              ? self->home_system().spawn<caf::detached>(exec_host, exec, *st.cfg)
-              : self->home_system().spawn(exec_host, exec, *st.cfg);
+              ? self->home_system().spawn<caf::detached>(exec_host, exec, start)
+              : self->home_system().spawn(exec_host, exec, start);
   self->link_to(st.host);
   self->request(st.host, caf::infinite, atom::run_v)
     .then(
@@ -400,11 +423,50 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
   });
 }
 
+// Unpacks a cached zip (bounded: size, file count, ratio, paths) into the execution's code
+// dir, once per code hash; "" or why not.
+std::string unpack_code(self_ptr self, const std::string& file_hash) {
+  auto& st = self->state;
+  auto base = exec_dir(*st.env, st.info.item_hash);
+  auto final_dir = base + "/code-" + file_hash.substr(0, 16);
+  std::error_code ec;
+  if (fs::is_directory(final_dir, ec)) {
+    st.code_dir = final_dir;
+    return {};
+  }
+  auto tmp = base + "/.code-" + std::to_string(::getpid()) + "-" + std::to_string(st.run);
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec)
+    return "cannot create " + tmp + ": " + ec.message();
+  extract_limits limits;
+  limits.max_total_bytes = std::max<uint64_t>(st.info.disk_mib, 1024) << 20;
+  auto err = extract_zip_file(st.env->data_dir + "/cache/" + file_hash, tmp, limits);
+  if (!err.empty()) {
+    fs::remove_all(tmp, ec);
+    return "cannot unpack the code: " + err;
+  }
+  fs::rename(tmp, final_dir, ec);
+  if (ec) {
+    fs::remove_all(tmp, ec);
+    return "cannot move the unpacked code: " + ec.message();
+  }
+  st.code_dir = final_dir;
+  return {};
+}
+
 void prepare_program(self_ptr self, const std::string& json, const aleph::program_content& p) {
   self->state.internet = p.environment.internet;
+  bool zip = p.code.encoding == "zip";
   resolve_file(self, "code", p.code.ref, [=](const std::string& file_hash) {
     auto& st = self->state;
-    auto bytes = cached(*st.env, file_hash);
+    if (zip) {
+      if (auto err = unpack_code(self, file_hash); !err.empty()) {
+        finish(self, "failed", err);
+        return;
+      }
+    }
+    auto bytes = zip ? std::optional<std::string>{std::string{}} : cached(*st.env, file_hash);
     if (!bytes) {
       finish(self, "failed", "code " + file_hash + " vanished from the cache");
       return;
@@ -491,13 +553,15 @@ std::string program_configure(const std::string& message_json, std::string code,
     return "interface '" + interface
            + "' is not supported by this CRN (it runs 'binary' programs: an HTTP server on port "
              "8080)";
-  if (p->code.encoding != "plain")
-    return "code encoding '" + p->code.encoding + "' is not supported yet (use 'plain')";
+  if (p->code.encoding != "plain" && p->code.encoding != "zip")
+    return "code encoding '" + p->code.encoding + "' is not supported (use 'plain' or 'zip')";
   if (p->code.entrypoint.empty())
     return "code.entrypoint is empty";
   out = guest::configure{};
-  out.code = std::move(code);
-  out.encoding = p->code.encoding;
+  // A zip is unpacked by the CRN and mounted read-only at /opt/code in the sandbox.
+  bool zip = p->code.encoding == "zip";
+  out.code = zip ? std::string{} : std::move(code);
+  out.encoding = zip ? "mounted" : "plain";
   out.entrypoint = p->code.entrypoint;
   out.interface = interface;
   out.variables = p->variables;

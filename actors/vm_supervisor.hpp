@@ -24,6 +24,8 @@
 
 namespace alephd {
 
+class sandbox_pool;
+
 /// What an executor needs to know to start one execution.
 struct executor_request {
   std::string item_hash;
@@ -55,6 +57,8 @@ struct execution_env {
   bool cgroups = true;
   std::string cgroup_root = "alephd"; ///< parent group name for this CRN's executions
   std::shared_ptr<execution_table> table;
+  /// Pre-started sandboxes for programs (execution.prealloc); null for none.
+  std::shared_ptr<sandbox_pool> pool;
   /// Makes the executor; empty = a bubblewrap sandbox (tests plug in others).
   std::function<std::shared_ptr<executor>(const executor_request&)> make_executor;
   /// Blocking executor calls run on a thread of their own; tests on the deterministic
@@ -77,6 +81,7 @@ struct vm_supervisor_state {
   std::optional<guest::configure> cfg;
   std::chrono::milliseconds request_timeout{1000};
   bool internet = false;
+  std::string code_dir;     ///< programs in a zip: the unpacked code, mounted at /opt/code
   std::string rootfs;       ///< instances: the cached base image
   uint64_t overlay_mib = 0; ///< instances: rootfs.size_mib
   uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it

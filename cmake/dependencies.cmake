@@ -21,6 +21,7 @@ find_package(spdlog CONFIG REQUIRED)
 find_package(nlohmann_json 3.11 CONFIG REQUIRED)
 find_package(OpenSSL REQUIRED)
 find_package(GTest CONFIG REQUIRED)
+find_package(LibArchive 3.6 REQUIRED)
 
 find_path(LMDB_INCLUDE_DIR lmdb.h REQUIRED)
 find_library(LMDB_LIBRARY NAMES lmdb REQUIRED)

@@ -328,8 +328,8 @@ std::string do_configure(const gp::configure& cfg) {
   if (cfg.interface != "binary")
     return "interface '" + cfg.interface + "' not supported";
   if (cfg.encoding == "zip")
-    return "zip not supported yet";
-  if (cfg.encoding != "plain")
+    return "zip archives are unpacked by the host (encoding 'mounted')";
+  if (cfg.encoding != "plain" && cfg.encoding != "mounted")
     return "unknown encoding '" + cfg.encoding + "'";
   if (cfg.entrypoint.empty())
     return "missing entrypoint";
@@ -337,6 +337,18 @@ std::string do_configure(const gp::configure& cfg) {
   if (!safe_relative(rel))
     return "entrypoint must be a relative path without '..': "
            + cfg.entrypoint;
+  if (cfg.encoding == "mounted") {
+    // The host mounted the unpacked code read-only at /opt/code.
+    if (cfg.app_port == 0)
+      return "app_port must not be 0";
+    if (!st.keys_file.empty() && !cfg.authorized_keys.empty())
+      if (auto error = write_authorized_keys(cfg.authorized_keys); !error.empty())
+        return error;
+    auto file = std::filesystem::path{"/opt/code"} / rel;
+    if (::access(file.c_str(), X_OK) != 0)
+      return "entrypoint " + cfg.entrypoint + " is not an executable file in the code";
+    return start_program(file.string(), "/opt/code", cfg);
+  }
   if (cfg.code.empty())
     return "entrypoint file " + cfg.entrypoint + " is missing (empty code)";
   if (cfg.app_port == 0)

@@ -553,6 +553,66 @@ std::optional<cgroup> cgroup::create(const cgroup_layout& layout, const std::str
               "nor a cgroup2 mount holds this process)");
 }
 
+bool cgroup::update(const cgroup_limits& limits, std::string& err) {
+  auto dir_of = [&](const char* controller) -> std::string {
+    auto i = controllers_.find(controller);
+    return i == controllers_.end() ? std::string{} : i->second;
+  };
+  if (limits.memory_bytes > 0) {
+    auto dir = dir_of("memory");
+    if (dir.empty()) {
+      err = "cgroup: no memory controller in this group";
+      return false;
+    }
+    auto bytes = std::to_string(limits.memory_bytes);
+    if (version_ == 1) {
+      // memory+swap may never be below memory: raise it first, lower it last.
+      bool memsw = exists(dir + "/memory.memsw.limit_in_bytes");
+      bool lowering = limits.memory_bytes < read_u64(dir + "/memory.limit_in_bytes");
+      if (memsw && !lowering && !write_file(dir + "/memory.memsw.limit_in_bytes", bytes, err))
+        return false;
+      if (!write_file(dir + "/memory.limit_in_bytes", bytes, err))
+        return false;
+      if (memsw && lowering && !write_file(dir + "/memory.memsw.limit_in_bytes", bytes, err))
+        return false;
+    } else if (!write_file(dir + "/memory.max", bytes, err)) {
+      return false;
+    }
+  }
+  if (limits.pids_max > 0) {
+    auto dir = dir_of("pids");
+    if (dir.empty() || !write_file(dir + "/pids.max", std::to_string(limits.pids_max), err)) {
+      if (dir.empty())
+        err = "cgroup: no pids controller in this group";
+      return false;
+    }
+  }
+  if (limits.cpus > 0) {
+    auto dir = dir_of("cpu");
+    if (dir.empty()) {
+      err = "cgroup: no cpu controller in this group";
+      return false;
+    }
+    if (version_ == 1) {
+      uint64_t period = read_u64(dir + "/cpu.cfs_period_us");
+      if (period == 0)
+        period = v2_cpu_period_us;
+      auto quota = std::max<uint64_t>(
+        min_cpu_quota_us, static_cast<uint64_t>(std::llround(limits.cpus * double(period))));
+      if (!write_file(dir + "/cpu.cfs_quota_us", std::to_string(quota), err))
+        return false;
+    } else {
+      auto quota = std::max<uint64_t>(
+        min_cpu_quota_us,
+        static_cast<uint64_t>(std::llround(limits.cpus * double(v2_cpu_period_us))));
+      if (!write_file(dir + "/cpu.max",
+                      std::to_string(quota) + " " + std::to_string(v2_cpu_period_us), err))
+        return false;
+    }
+  }
+  return true;
+}
+
 cgroup::cgroup(cgroup&& other) noexcept
   : version_(other.version_),
     dirs_(std::move(other.dirs_)),

@@ -101,6 +101,10 @@ public:
   /// the child must not exec the workload (e.g. `_exit(127)`).
   [[nodiscard]] bool attach_self_in_child() const noexcept;
 
+  /// Changes the limits of the group (0 leaves that limit as it is). A memory
+  /// limit below what the group uses now makes the kernel reclaim or OOM-kill.
+  bool update(const cgroup_limits& limits, std::string& err);
+
   /// Moves a running process (all its threads) into the group.
   bool attach(pid_t pid, std::string& err);
 

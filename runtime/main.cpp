@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/interfaces.hpp"
+#include "runtime/client.hpp"
 #include "runtime/config.hpp"
 #include "runtime/node.hpp"
 
@@ -28,6 +29,7 @@ Usage:
   alephd ccn [--config FILE] [options]   run a Core Channel Node
   alephd crn [--config FILE] [options]   run a Compute Resource Node (--ccn host:port[,host:port…])
   alephd dev [options]                   one CCN and three CRNs in one process, on 127.0.0.1
+  alephd call|ls|logs|stop|reboot|erase  talk to a CRN (see "Client commands" below)
   alephd --help | --version
 
 )";
@@ -167,15 +169,19 @@ int main(int argc, char** argv) {
   }
   auto cmd = args[0];
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-    std::cout << usage << settings_help();
+    std::cout << usage << client_help() << '\n' << settings_help();
     return 0;
   }
   if (cmd == "--version" || cmd == "version") {
     std::cout << "alephd " << ALEPHD_VERSION << '\n';
     return 0;
   }
+  // Before any signal is blocked: `logs --follow` stops on Ctrl-C.
+  if (is_client_verb(cmd))
+    return run_client(cmd, {args.begin() + 1, args.end()}, std::cout, std::cerr);
   if (cmd != "ccn" && cmd != "crn" && cmd != "dev")
-    return fail_usage("unknown command '" + cmd.substr(0, 60) + "' (expected ccn, crn or dev; see alephd --help)");
+    return fail_usage("unknown command '" + cmd.substr(0, 60)
+                      + "' (expected ccn, crn, dev or a client verb; see alephd --help)");
   args.erase(args.begin());
   settings s;
   bool help = false;

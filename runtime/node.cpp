@@ -24,6 +24,7 @@
 #include "actors/vm_supervisor.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/execution_table.hpp"
+#include "runtime/sandbox_pool.hpp"
 #include "runtime/gateway.hpp"
 #include "runtime/wall_clock.hpp"
 #include "runtime/http_server.hpp"
@@ -333,6 +334,20 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   }
   if (::access(env->bwrap.c_str(), X_OK) != 0)
     spdlog::warn("crn {}: {} is missing: programs cannot run (install bubblewrap)", id_, env->bwrap);
+  if (s.prealloc > 0 && ::access(env->bwrap.c_str(), X_OK) == 0
+      && ::access(env->guest_binary.c_str(), X_OK) == 0) {
+    sandbox_options base;
+    base.bwrap = env->bwrap;
+    base.guest_binary = env->guest_binary;
+    if (env->cgroups) {
+      // Until taken: the smallest program's limits; taking sets the execution's own.
+      base.limits = cgroup_limits{128ull << 20, env->pids_max, 1.0};
+      base.cgroup_root = env->cgroup_root;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir + "/pool", ec); // run dirs of an earlier run
+    env->pool = std::make_shared<sandbox_pool>(base, s.prealloc, dir + "/pool");
+  }
   job_broker_config jb;
   jb.crn_id = id_;
   jb.cores = info.vcpus;

@@ -110,6 +110,7 @@ struct sandbox::impl {
   bool gone = false;       // EOF, bad frame, failed write or stopped
   std::string gone_reason; // why, for 502 answers
   bool ready_seen = false;
+  bool configure_sent = false;
   std::optional<guest::configure_result> cfg_result;
   bool halted_seen = false;
   int halted_code = -1;
@@ -440,13 +441,20 @@ struct sandbox::impl {
   }
 
   std::string start(const guest::configure& cfg) {
+    auto deadline = clock_type::now() + opts.ready_timeout;
+    if (auto error = boot(deadline); !error.empty())
+      return error;
+    return configure(cfg, deadline);
+  }
+
+  // Spawns the sandbox and waits for the agent's `ready`.
+  std::string boot(clock_type::time_point deadline) {
     {
       std::lock_guard lock{mu};
       if (started)
         return "already started";
       started = true;
     }
-    auto deadline = clock_type::now() + opts.ready_timeout;
     if (opts.guest_binary.empty() || opts.run_dir.empty())
       return fail_start("guest_binary and run_dir must be set");
     std::error_code ec;
@@ -606,6 +614,19 @@ struct sandbox::impl {
     }
     if (!early_failure.empty()) // fail_start() takes mu itself
       return fail_start(early_failure);
+    return {};
+  }
+
+  // Sends `configure` to a booted agent and waits for its result.
+  std::string configure(const guest::configure& cfg, clock_type::time_point deadline) {
+    {
+      std::lock_guard lock{mu};
+      if (!ready_seen)
+        return "not booted";
+      if (configure_sent)
+        return "already configured";
+      configure_sent = true;
+    }
     if (!send_or_drop(cfg)) {
       std::string why;
       {
@@ -721,6 +742,22 @@ sandbox::~sandbox() {
 
 std::string sandbox::start(const guest::configure& cfg) {
   return impl_->start(cfg);
+}
+
+std::string sandbox::boot() {
+  return impl_->boot(clock_type::now() + impl_->opts.ready_timeout);
+}
+
+std::string sandbox::configure(const guest::configure& cfg, std::chrono::milliseconds timeout) {
+  return impl_->configure(cfg, clock_type::now() + timeout);
+}
+
+bool sandbox::set_limits(const cgroup_limits& limits, std::string& err) {
+  if (!impl_->group) {
+    err = "the sandbox has no cgroup";
+    return false;
+  }
+  return impl_->group->update(limits, err);
 }
 
 guest::http_response sandbox::request(guest::http_request req,

@@ -57,6 +57,17 @@ public:
   /// ready_timeout). Returns "" or a one-line error; call it once.
   std::string start(const guest::configure& cfg) override;
 
+  /// start() in two steps, for a pool of pre-started sandboxes: boot() spawns
+  /// the sandbox and waits for the agent's `ready` (within ready_timeout);
+  /// configure() later sends `configure` and waits for the result. Each
+  /// returns "" or a one-line error, and either may be called once.
+  std::string boot();
+  std::string configure(const guest::configure& cfg, std::chrono::milliseconds timeout);
+
+  /// Changes the limits of the sandbox's cgroup (a pooled sandbox gets the
+  /// execution's limits when it is taken). False with `err` without a cgroup.
+  bool set_limits(const cgroup_limits& limits, std::string& err);
+
   /// Sends one request and waits for its response (concurrent calls allowed;
   /// the caller's id is kept, the wire uses its own). On timeout returns
   /// status 504; if the guest is gone, status 502 with `error` set.

@@ -8,13 +8,17 @@
 #include <fstream>
 #include <future>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
 #include <thread>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <archive.h>
+#include <archive_entry.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -121,11 +125,14 @@ struct execution : ::testing::Test {
     return json::parse(r.body, nullptr, false).value("item_hash", "");
   }
 
-  // Uploads the test app, its STORE and a PROGRAM; returns the PROGRAM's item_hash.
+  // Uploads the test app (or `code`), its STORE and a PROGRAM; returns the PROGRAM's item_hash.
   std::string publish_program(bool persistent = false, uint64_t memory = 128,
-                              uint64_t seconds = 2, const std::string& greeting = "hi") {
-    auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file",
-                           read_file(ALEPHD_GUEST_TEST_APP), {}, 10s);
+                              uint64_t seconds = 2, const std::string& greeting = "hi",
+                              const std::string& encoding = "plain", std::string code = {},
+                              const std::string& entrypoint = "app") {
+    if (code.empty())
+      code = read_file(ALEPHD_GUEST_TEST_APP);
+    auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", code, {}, 10s);
     EXPECT_EQ(up.status, 200) << up.body;
     auto file = json::parse(up.body, nullptr, false).value("hash", "");
     auto store = post_message(
@@ -140,7 +147,7 @@ struct execution : ::testing::Test {
        {"content",
         {{"type", "vm-function"}, {"address", "0xabc"}, {"time", 1700000000.0},
          {"allow_amend", false},
-         {"code", {{"encoding", "plain"}, {"entrypoint", "app"}, {"ref", store},
+         {"code", {{"encoding", encoding}, {"entrypoint", entrypoint}, {"ref", store},
                    {"interface", "binary"}, {"use_latest", false}}},
          {"variables", {{"GREETING", greeting}, {"APP_PORT", "8080"}}},
          {"on", {{"http", true}, {"persistent", persistent}}},
@@ -335,6 +342,121 @@ TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_come
   crn = &start_crn();
   EXPECT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 30s))
     << executions(crn->port("http")).dump();
+}
+
+// A zip with `files` (name -> (bytes, mode)), made with libarchive.
+std::string make_zip(const std::map<std::string, std::pair<std::string, int>>& files) {
+  std::string out;
+  auto* a = archive_write_new();
+  archive_write_set_format_zip(a);
+  archive_write_open(
+    a, &out, nullptr,
+    [](archive*, void* ctx, const void* buf, size_t n) -> la_ssize_t {
+      static_cast<std::string*>(ctx)->append(static_cast<const char*>(buf), n);
+      return static_cast<la_ssize_t>(n);
+    },
+    nullptr);
+  for (auto& [name, file] : files) {
+    auto* e = archive_entry_new();
+    archive_entry_set_pathname(e, name.c_str());
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, static_cast<mode_t>(file.second));
+    archive_entry_set_size(e, static_cast<la_int64_t>(file.first.size()));
+    archive_write_header(a, e);
+    archive_write_data(a, file.first.data(), file.first.size());
+    archive_entry_free(e);
+  }
+  archive_write_close(a);
+  archive_write_free(a);
+  return out;
+}
+
+// Runs `alephd args` and returns its exit code and stdout (stderr goes to stdout too).
+std::pair<int, std::string> alephd_cli(const std::string& args) {
+  std::string out;
+  auto cmd = std::string{ALEPHD_BINARY} + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr)
+    return {-1, ""};
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+    out.append(buf, n);
+  int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST_F(execution, the_client_verbs_call_list_read_logs_and_stop) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto url = "--crn http://127.0.0.1:" + std::to_string(crn.port("http"));
+  auto token_file = "--token-file " + (dir / "crn" / "login_token").string();
+  auto hash = publish_program();
+  auto [rc, out] = alephd_cli("call " + hash + " '/echo?from-cli' " + url);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "from-cli hi");
+  std::tie(rc, out) = alephd_cli("ls " + url);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find(hash.substr(0, 16)), std::string::npos) << out;
+  EXPECT_NE(out.find("running"), std::string::npos) << out;
+  std::tie(rc, out) = alephd_cli("logs " + hash + " " + url + " " + token_file);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("request GET /echo?from-cli"), std::string::npos) << out;
+  std::tie(rc, out) = alephd_cli("logs " + hash + " " + url + " --token wrong");
+  EXPECT_EQ(rc, 1) << out;
+  std::tie(rc, out) = alephd_cli("stop " + hash + " " + url + " " + token_file);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("stopped"), std::string::npos) << out;
+  EXPECT_EQ(phase_of(crn.port("http"), hash), "stopped");
+  std::tie(rc, out) = alephd_cli("call not-a-hash " + url);
+  EXPECT_EQ(rc, 2) << out;
+}
+
+TEST_F(execution, prealloc_keeps_sandboxes_ready_and_gives_them_the_programs_limits) {
+  start_ccn();
+  auto& crn = start_crn("crn", {"--execution.prealloc=2"});
+  auto http = crn.port("http");
+  auto pool = (dir / "crn" / "pool").string();
+  ASSERT_TRUE(eventually([&] { return processes_with(pool).size() >= 2; }, 10s))
+    << "no pre-started sandboxes";
+  auto hash = publish_program(false, 64);
+  auto r = http_request(localhost, http, "GET", "/vm/" + hash + "/env?GREETING", {}, {}, 20s);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "hi") << "the pooled sandbox runs this program with its variables";
+  // The pool is refilled: two ready plus the one in use.
+  EXPECT_TRUE(eventually([&] { return processes_with(pool).size() >= 3; }, 10s));
+  // The program's memory limit (64 MiB), not the pool's default, applies.
+  auto big = http_request(localhost, http, "GET", "/vm/" + hash + "/alloc?mb=100", {}, {}, 20s);
+  EXPECT_EQ(big.status, 502) << big.body;
+  ASSERT_TRUE(eventually([&] { return phase_of(http, hash) == "stopped"; }, 10s));
+  EXPECT_NE(executions(http)[hash].value("detail", "").find("out of memory"), std::string::npos)
+    << executions(http)[hash].dump();
+  crn.signal(SIGTERM);
+  EXPECT_EQ(crn.wait_exit(30s), 0);
+  EXPECT_TRUE(processes_with(pool).empty()) << "a pre-started sandbox outlived its CRN";
+}
+
+TEST_F(execution, a_zipped_program_is_unpacked_and_mounted_read_only) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto zip = make_zip({{"bin/app", {read_file(ALEPHD_GUEST_TEST_APP), 0755}},
+                       {"data/motd.txt", {"shipped with the code\n", 0644}}});
+  auto hash = publish_program(false, 128, 2, "zipped", "zip", zip, "bin/app");
+  auto r = http_request(localhost, http, "GET", "/vm/" + hash + "/echo?z", {}, {}, 20s);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "z zipped");
+  // The program reads its own files from /opt/code.
+  auto motd = http_request(localhost, http, "GET", "/vm/" + hash + "/read?opt/code/data/motd.txt");
+  EXPECT_EQ(motd.status, 200);
+  EXPECT_EQ(motd.body, "shipped with the code\n");
+  // A hostile archive fails clearly, and nothing escapes the code dir.
+  auto evil = make_zip({{"../../escaped", {"x", 0755}}});
+  auto bad = publish_program(false, 128, 2, "evil", "zip", evil, "app");
+  auto e = http_request(localhost, http, "GET", "/vm/" + bad + "/", {}, {}, 20s);
+  EXPECT_EQ(e.status, 502) << e.body;
+  EXPECT_NE(e.body.find("unpack"), std::string::npos) << e.body;
+  EXPECT_FALSE(std::filesystem::exists(dir / "crn" / "executions" / "escaped"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "crn" / "escaped"));
 }
 
 TEST_F(execution, an_instance_boots_as_a_microvm_with_its_rootfs_and_stops_cleanly) {

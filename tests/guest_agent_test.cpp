@@ -474,7 +474,7 @@ TEST_F(guest_agent, bad_configures_are_refused_with_a_reason) {
   res = next_as<gp::configure_result>();
   ASSERT_TRUE(res);
   EXPECT_FALSE(res->success);
-  EXPECT_EQ(res->error, "zip not supported yet");
+  EXPECT_EQ(res->error, "zip archives are unpacked by the host (encoding 'mounted')");
   // Still usable after refusals.
   send(app_config());
   res = next_as<gp::configure_result>();
