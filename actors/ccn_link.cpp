@@ -189,6 +189,9 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       return self->delegate(self->state.broker, atom::allocate_v, std::move(a));
     },
     [=](atom::get) { return self->state.info; },
+    [=](atom::run, std::string& program, stored_message& event) {
+      return self->delegate(self->state.broker, atom::run_v, std::move(program), std::move(event));
+    },
     [=](atom::get, std::string& hash) -> caf::result<stored_message> {
       auto& st = self->state;
       if (st.phase != link_phase::registered || !st.node)

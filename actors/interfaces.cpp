@@ -17,6 +17,7 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<message_listener_actor>("alephd::message_listener_actor");
   cfg.add_message_type<file_listener_actor>("alephd::file_listener_actor");
   cfg.add_message_type<message_store_actor>("alephd::message_store_actor");
+  cfg.add_message_type<trigger_router_actor>("alephd::trigger_router_actor");
   cfg.add_message_type<content_store_actor>("alephd::content_store_actor");
   cfg.add_message_type<ccn_link_actor>("alephd::ccn_link_actor");
   cfg.add_message_type<node_listener_actor>("alephd::node_listener_actor");

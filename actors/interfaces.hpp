@@ -67,6 +67,9 @@ using ccn_link_actor = caf::typed_actor<
   replies_to<atom::get, std::string>::with<stored_message>,
   /// A file's bytes from the CCN's content store; ec::unavailable while the link is down.
   replies_to<atom::read, std::string>::with<file_blob>,
+  /// A message-triggered program (its item_hash) to run on this CRN with a message as its
+  /// event; answers the program's HTTP status (2xx = handled), or an error.
+  replies_to<atom::run, std::string, stored_message>::with<uint16_t>,
   /// Internal: heartbeat and reconnect timer.
   reacts_to<atom::tick>,
   /// Internal: try the next CCN endpoint.
@@ -101,6 +104,19 @@ using scheduler_actor = caf::typed_actor<
   /// Where every workload is.
   replies_to<atom::list>::with<std::vector<placement>>,
   /// Internal: retry pending placements.
+  reacts_to<atom::tick>>;
+
+/// CCN: message-triggered programs. Keeps the `on.message` subscriptions of PROGRAM messages
+/// durably (LMDB) and, for each new message that matches one, runs the program on a linked CRN
+/// with the message as its event (at least once: another CRN is tried on failure).
+using trigger_router_actor = caf::typed_actor<
+  /// A new message: a PROGRAM with on.message subscribes; any message may trigger programs.
+  reacts_to<atom::published, stored_message>,
+  /// A CRN changed state; linked CRNs run triggered programs.
+  reacts_to<atom::node, crn_info, link_state, ccn_link_actor>,
+  /// The subscribed programs (item hashes), for tests and the API.
+  replies_to<atom::list>::with<std::vector<std::string>>,
+  /// Internal: retry dispatches that failed.
   reacts_to<atom::tick>>;
 
 /// CCN: replication of messages and files with peer CCNs.
@@ -172,11 +188,16 @@ using job_broker_actor = caf::typed_actor<
   replies_to<atom::erase, std::string>::with<execution_info>,
   /// One execution's output; ec::not_found when unknown.
   replies_to<atom::logs, std::string>::with<std::vector<log_line>>,
+  /// A message-triggered program: runs it on demand and passes the message to it as an event
+  /// (`POST /aleph/event` with the message JSON); answers the program's HTTP status.
+  replies_to<atom::run, std::string, stored_message>::with<uint16_t>,
   /// Refuses new calls from now on and stops the executions (persistent ones only when `bool`
   /// is true); answers the number stopped once they are.
   replies_to<atom::drain, bool>::with<uint32_t>,
   /// The link to fetch programs and code through (set once the link exists).
   reacts_to<atom::connect, ccn_link_actor>,
+  /// Internal: the program's answer to event `uint64_t` arrived (from an executor thread).
+  reacts_to<atom::published, uint64_t, uint16_t>,
   /// Internal: a supervisor's final state and logs, sent just before it quits.
   reacts_to<atom::exited, execution_info, std::vector<log_line>>>;
 

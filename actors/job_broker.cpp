@@ -5,6 +5,7 @@
 
 #include "actors/vm_supervisor.hpp"
 #include "messages/aleph_message.hpp"
+#include "runtime/execution_table.hpp"
 
 namespace alephd {
 
@@ -251,6 +252,42 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
               });
       return rp;
     },
+    [=](atom::run, const std::string& hash, const stored_message& event) -> caf::result<uint16_t> {
+      // Start (or join) the execution, then pass the event straight to its guest.
+      auto rp = self->make_response_promise<uint16_t>();
+      auto table = env_of(self->state.cfg)->table;
+      self->request(caf::actor_cast<job_broker_actor>(self), caf::infinite, atom::run_v, hash)
+        .then(
+          [=](const execution_info&) mutable {
+            auto live = table ? table->find(hash) : nullptr;
+            if (!live) {
+              rp.deliver(make_error(ec::workload_failed, "the program stopped before its event"));
+              return;
+            }
+            guest::http_request req;
+            req.method = "POST";
+            req.path = "/aleph/event";
+            req.headers = {{"Content-Type", "application/json"},
+                           {"Aleph-Event", "message"},
+                           {"Aleph-Message-ItemHash", event.item_hash}};
+            req.body = event.json;
+            live->in_flight.fetch_add(1);
+            // The answer comes on an executor thread: it goes back through our mailbox.
+            auto id = ++self->state.next_event;
+            self->state.events.emplace(id, rp);
+            caf::weak_actor_ptr weak = self->ctrl();
+            live->exec->request_async(std::move(req), live->timeout,
+                                      [weak, id, live](guest::http_response r) {
+                                        live->last_used_ms = live_execution::now_ms();
+                                        live->in_flight.fetch_sub(1);
+                                        if (auto strong = weak.lock())
+                                          caf::anon_send(caf::actor_cast<job_broker_actor>(strong),
+                                                         atom::published_v, id, r.status);
+                                      });
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
+    },
     [=](atom::list) -> caf::result<std::vector<execution_info>> {
       auto rp = self->make_response_promise<std::vector<execution_info>>();
       auto out = std::make_shared<std::vector<execution_info>>();
@@ -326,6 +363,13 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
       return rp;
     },
     [=](atom::connect, ccn_link_actor& link) { self->state.link = std::move(link); },
+    [=](atom::published, uint64_t id, uint16_t status) {
+      auto i = self->state.events.find(id);
+      if (i == self->state.events.end())
+        return;
+      i->second.deliver(status);
+      self->state.events.erase(i);
+    },
     [=](atom::exited, execution_info& info, std::vector<log_line>& logs) {
       auto& ex = self->state.executions;
       auto i = ex.find(info.item_hash);

@@ -53,6 +53,8 @@ struct job_broker_state {
   std::map<std::string, execution_entry> executions;
   std::map<std::string, pending_run> pending;
   std::deque<finished_execution> finished;
+  uint64_t next_event = 0;
+  std::map<uint64_t, caf::typed_response_promise<uint16_t>> events; ///< events in flight
 };
 
 /// Why `a` does not fit next to the executions in `running` that are not stopped (the entry

@@ -123,6 +123,8 @@ broker_double(job_broker_actor::stateful_pointer<broker_double_state> self) {
       return make_error(ec::not_found, "no execution " + hash);
     },
     [=](atom::drain, bool) { return uint32_t{0}; },
+    [=](atom::run, const std::string&, const stored_message&) { return uint16_t{200}; },
+    [=](atom::published, uint64_t, uint16_t) {},
     [=](atom::connect, const ccn_link_actor&) {},
     [=](atom::exited, const execution_info&, const std::vector<log_line>&) {},
   };

@@ -216,6 +216,7 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
     },
     [=](atom::tick) {},
     [=](atom::connect) {},
+    [=](atom::run, const std::string&, const stored_message&) { return uint16_t{500}; },
   };
 }
 

@@ -55,6 +55,9 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, "no file " + h);
     },
+    [=](atom::run, const std::string& h, const stored_message&) -> caf::result<uint16_t> {
+      return make_error(ec::not_found, "no program " + h);
+    },
   };
 }
 
