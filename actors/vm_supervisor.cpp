@@ -245,7 +245,8 @@ void boot(self_ptr self) {
                               static_cast<double>(st.info.vcpus)};
   if (st.env->make_executor) {
     exec = st.env->make_executor(req);
-  } else if (st.info.kind != "instance" && st.env->pool && !st.internet && st.code_dir.empty()) {
+  } else if (st.info.kind != "instance" && st.env->pool && !st.internet && st.code_dir.empty()
+             && st.mount_args.empty()) {
     // A pre-started sandbox: only the program is left to send and start.
     if (auto sb = st.env->pool->take()) {
       std::string err;
@@ -284,6 +285,7 @@ void boot(self_ptr self) {
     o.hostname = st.info.item_hash.substr(0, 12);
     if (!st.code_dir.empty())
       o.extra_args = {"--ro-bind", st.code_dir, "/opt/code"};
+    o.extra_args.insert(o.extra_args.end(), st.mount_args.begin(), st.mount_args.end());
     if (st.env->cgroups) {
       o.limits = limits;
       o.cgroup_root = st.env->cgroup_root;
@@ -425,13 +427,14 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
 
 // Unpacks a cached zip (bounded: size, file count, ratio, paths) into the execution's code
 // dir, once per code hash; "" or why not.
-std::string unpack_code(self_ptr self, const std::string& file_hash) {
+std::string unpack_zip(self_ptr self, const std::string& file_hash, const std::string& prefix,
+                       std::string& dir_out) {
   auto& st = self->state;
   auto base = exec_dir(*st.env, st.info.item_hash);
-  auto final_dir = base + "/code-" + file_hash.substr(0, 16);
+  auto final_dir = base + "/" + prefix + "-" + file_hash.substr(0, 16);
   std::error_code ec;
   if (fs::is_directory(final_dir, ec)) {
-    st.code_dir = final_dir;
+    dir_out = final_dir;
     return {};
   }
   auto tmp = base + "/.code-" + std::to_string(::getpid()) + "-" + std::to_string(st.run);
@@ -444,24 +447,162 @@ std::string unpack_code(self_ptr self, const std::string& file_hash) {
   auto err = extract_zip_file(st.env->data_dir + "/cache/" + file_hash, tmp, limits);
   if (!err.empty()) {
     fs::remove_all(tmp, ec);
-    return "cannot unpack the code: " + err;
+    return "cannot unpack the " + prefix + ": " + err;
   }
   fs::rename(tmp, final_dir, ec);
   if (ec) {
     fs::remove_all(tmp, ec);
-    return "cannot move the unpacked code: " + ec.message();
+    return "cannot move the unpacked " + prefix + ": " + ec.message();
   }
-  st.code_dir = final_dir;
+  dir_out = final_dir;
+  return {};
+}
+
+bool is_zip(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  char magic[4] = {};
+  in.read(magic, 4);
+  return in.gcount() == 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4;
+}
+
+// A volume's mount point: absolute, normalized, and not over what the sandbox itself needs.
+std::string check_mount(const std::string& mount) {
+  if (mount.empty() || mount[0] != '/' || mount.size() > 255)
+    return "volume mount '" + mount.substr(0, 80) + "' must be an absolute path";
+  fs::path p{mount};
+  for (auto& part : p)
+    if (part == ".." || part == ".")
+      return "volume mount '" + mount + "' must not contain '.' or '..'";
+  auto norm = p.lexically_normal().string();
+  while (norm.size() > 1 && norm.back() == '/')
+    norm.pop_back();
+  for (const char* reserved : {"/usr", "/proc", "/dev", "/opt/alephd", "/run/alephd", "/opt/code",
+                               "/lib", "/lib64", "/bin", "/sbin"})
+    if (norm == reserved || norm.rfind(std::string{reserved} + "/", 0) == 0)
+      return "volume mount '" + mount + "' is reserved";
+  if (norm == "/" || norm == "/tmp")
+    return "volume mount '" + mount + "' is reserved";
+  return {};
+}
+
+// Persistent host volumes live here, outside the execution's own dir, until erased.
+std::string volumes_dir(const execution_env& env, const std::string& hash) {
+  return env.data_dir + "/volumes/" + hash;
+}
+
+// One volume to set up before boot.
+struct volume_plan {
+  enum class kind { immutable, ephemeral, persistent } what;
+  std::string ref;   ///< immutable: the STORE (or file) hash
+  std::string mount;
+  std::string name;  ///< persistent
+  uint64_t size_mib = 0;
+};
+
+// Sets up volumes[i..] in order (fetching immutable ones), adding bwrap mount arguments, then
+// calls `done`.
+void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> plan, size_t i,
+                     std::function<void()> done) {
+  auto& st = self->state;
+  if (i == plan->size()) {
+    done();
+    return;
+  }
+  auto& v = (*plan)[i];
+  auto next = [=] { prepare_volumes(self, plan, i + 1, done); };
+  switch (v.what) {
+    case volume_plan::kind::ephemeral:
+      st.mount_args.insert(st.mount_args.end(),
+                           {"--size", std::to_string(v.size_mib << 20), "--tmpfs", v.mount});
+      next();
+      return;
+    case volume_plan::kind::persistent: {
+      auto dir = volumes_dir(*st.env, st.info.item_hash) + "/" + v.name;
+      std::error_code ec;
+      fs::create_directories(dir, ec);
+      if (ec) {
+        finish(self, "failed", "cannot create volume " + v.name + ": " + ec.message());
+        return;
+      }
+      st.mount_args.insert(st.mount_args.end(), {"--bind", dir, v.mount});
+      next();
+      return;
+    }
+    case volume_plan::kind::immutable: {
+      auto mount = v.mount;
+      resolve_file(self, "volume", v.ref, [=](const std::string& file_hash) {
+        auto& st = self->state;
+        auto path = st.env->data_dir + "/cache/" + file_hash;
+        if (is_zip(path)) {
+          std::string dir;
+          if (auto err = unpack_zip(self, file_hash, "volume", dir); !err.empty()) {
+            finish(self, "failed", err);
+            return;
+          }
+          path = dir;
+        }
+        st.mount_args.insert(st.mount_args.end(), {"--ro-bind", path, mount});
+        note(self, "volume " + file_hash + " mounted read-only at " + mount);
+        next();
+      });
+      return;
+    }
+  }
+}
+
+// The volumes of a program as a plan, or why they cannot be set up.
+std::string plan_volumes(const aleph::program_content& p, std::vector<volume_plan>& out) {
+  size_t n = 0;
+  auto add = [&](volume_plan v) -> std::string {
+    if (auto err = check_mount(v.mount); !err.empty())
+      return err;
+    for (auto& other : out)
+      if (other.mount == v.mount)
+        return "two volumes are mounted at " + v.mount;
+    out.push_back(std::move(v));
+    return {};
+  };
+  if (p.data) {
+    volume_plan v{volume_plan::kind::immutable, p.data->ref, p.data->mount, {}, 0};
+    if (auto err = add(v); !err.empty())
+      return err;
+  }
+  for (auto& mv : p.volumes) {
+    ++n;
+    std::string err;
+    if (auto* im = std::get_if<aleph::immutable_volume>(&mv)) {
+      if (!im->mount)
+        continue; // not mounted: nothing to do in a sandbox
+      err = add({volume_plan::kind::immutable, im->ref, *im->mount, {}, 0});
+    } else if (auto* eph = std::get_if<aleph::ephemeral_volume>(&mv)) {
+      if (!eph->mount)
+        continue;
+      err = add({volume_plan::kind::ephemeral, {}, *eph->mount, {}, eph->size_mib});
+    } else if (auto* per = std::get_if<aleph::persistent_volume>(&mv)) {
+      if (!per->mount)
+        continue; // a raw drive: a sandbox has no block devices
+      auto name = per->name.value_or("volume-" + std::to_string(n));
+      for (char c : name)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+          return "volume name '" + name.substr(0, 64) + "' may only hold letters, digits, - _ .";
+      if (name.empty() || name[0] == '.')
+        return "volume name '" + name + "' is not allowed";
+      err = add({volume_plan::kind::persistent, {}, *per->mount, name, per->size_mib});
+    }
+    if (!err.empty())
+      return err;
+  }
   return {};
 }
 
 void prepare_program(self_ptr self, const std::string& json, const aleph::program_content& p) {
   self->state.internet = p.environment.internet;
   bool zip = p.code.encoding == "zip";
+  auto program = p;
   resolve_file(self, "code", p.code.ref, [=](const std::string& file_hash) {
     auto& st = self->state;
     if (zip) {
-      if (auto err = unpack_code(self, file_hash); !err.empty()) {
+      if (auto err = unpack_zip(self, file_hash, "code", st.code_dir); !err.empty()) {
         finish(self, "failed", err);
         return;
       }
@@ -480,7 +621,13 @@ void prepare_program(self_ptr self, const std::string& json, const aleph::progra
     st.cfg = std::move(cfg);
     st.request_timeout = timeout;
     note(self, "code " + file_hash + " ready");
-    boot(self);
+    auto plan = std::make_shared<std::vector<volume_plan>>();
+    if (auto err = plan_volumes(program, *plan); !err.empty()) {
+      finish(self, "failed", err);
+      return;
+    }
+    st.mount_args.clear();
+    prepare_volumes(self, plan, 0, [=] { boot(self); });
   });
 }
 
@@ -530,6 +677,7 @@ void stop_now(self_ptr self, const std::string& why, bool erase,
     if (erase) {
       std::error_code ec;
       fs::remove_all(exec_dir(*self->state.env, hash), ec);
+      fs::remove_all(volumes_dir(*self->state.env, hash), ec);
       note(self, "execution data erased");
     }
     set_phase(self, "stopped", why);

@@ -82,6 +82,7 @@ struct vm_supervisor_state {
   std::chrono::milliseconds request_timeout{1000};
   bool internet = false;
   std::string code_dir;     ///< programs in a zip: the unpacked code, mounted at /opt/code
+  std::vector<std::string> mount_args; ///< bwrap arguments for the volumes
   std::string rootfs;       ///< instances: the cached base image
   uint64_t overlay_mib = 0; ///< instances: rootfs.size_mib
   uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it

@@ -129,7 +129,8 @@ struct execution : ::testing::Test {
   std::string publish_program(bool persistent = false, uint64_t memory = 128,
                               uint64_t seconds = 2, const std::string& greeting = "hi",
                               const std::string& encoding = "plain", std::string code = {},
-                              const std::string& entrypoint = "app") {
+                              const std::string& entrypoint = "app",
+                              const json& volumes = json::array()) {
     if (code.empty())
       code = read_file(ALEPHD_GUEST_TEST_APP);
     auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", code, {}, 10s);
@@ -154,7 +155,19 @@ struct execution : ::testing::Test {
          {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
                           {"shared_cache", false}}},
          {"resources", {{"vcpus", 1}, {"memory", memory}, {"seconds", seconds}}},
-         {"volumes", json::array()}}}});
+         {"volumes", volumes}}}});
+  }
+
+  // A STORE for `bytes` (uploaded to the CCN); returns the STORE's item_hash.
+  std::string store_file(const std::string& bytes) {
+    auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", bytes, {}, 10s);
+    EXPECT_EQ(up.status, 200) << up.body;
+    auto file = json::parse(up.body, nullptr, false).value("hash", "");
+    return post_message(
+      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+       {"time", 1700000000.0},
+       {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+                    {"item_hash", file}}}});
   }
 
   static json executions(uint16_t crn_http) {
@@ -457,6 +470,48 @@ TEST_F(execution, a_zipped_program_is_unpacked_and_mounted_read_only) {
   EXPECT_NE(e.body.find("unpack"), std::string::npos) << e.body;
   EXPECT_FALSE(std::filesystem::exists(dir / "crn" / "executions" / "escaped"));
   EXPECT_FALSE(std::filesystem::exists(dir / "crn" / "escaped"));
+}
+
+TEST_F(execution, volumes_are_mounted_as_the_program_asks) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto token = std::map<std::string, std::string>{{"X-Auth-Token", this->token("crn")}};
+  auto lib = store_file(make_zip({{"lib/version.txt", {"v1\n", 0644}}}));
+  json volumes = json::array({
+    {{"mount", "/opt/lib"}, {"ref", lib}, {"use_latest", false}},
+    {{"mount", "/var/cache"}, {"ephemeral", true}, {"size_mib", 5}},
+    {{"mount", "/var/lib/state"}, {"name", "state"}, {"persistence", "host"}, {"size_mib", 10}},
+  });
+  auto hash = publish_program(false, 128, 5, "vol", "plain", {}, "app", volumes);
+  auto vm = [&](const std::string& target) {
+    return http_request(localhost, http, "GET", "/vm/" + hash + target, {}, {}, 20s);
+  };
+  // Immutable: readable, not writable.
+  auto v = vm("/read?opt/lib/lib/version.txt");
+  ASSERT_EQ(v.status, 200) << v.body;
+  EXPECT_EQ(v.body, "v1\n");
+  EXPECT_EQ(vm("/write?0:opt/lib/lib/version.txt").status, 507);
+  // Ephemeral: writable, size-limited.
+  EXPECT_EQ(vm("/write?0:var/cache/scratch").status, 200);
+  auto big = vm("/write?10:var/cache/big");
+  EXPECT_EQ(big.status, 507) << "a 10 MiB write fit in a 5 MiB volume";
+  // Persistent: writable.
+  EXPECT_EQ(vm("/write?0:var/lib/state/kept").status, 200);
+  // After a stop and a new start: the persistent file is there, the ephemeral one is not.
+  ASSERT_EQ(http_request(localhost, http, "POST", "/control/machine/" + hash + "/stop", {}, token, 20s).status, 200);
+  EXPECT_EQ(vm("/read?var/lib/state/kept").body, "data");
+  EXPECT_EQ(vm("/read?var/cache/scratch").status, 404);
+  // Erase deletes the persistent volume.
+  ASSERT_EQ(http_request(localhost, http, "POST", "/control/machine/" + hash + "/erase", {}, token, 20s).status, 200);
+  EXPECT_FALSE(std::filesystem::exists(dir / "crn" / "volumes" / hash));
+  EXPECT_EQ(vm("/read?var/lib/state/kept").status, 404);
+  // A mount over the sandbox's own directories is refused with the reason.
+  auto bad = publish_program(false, 128, 5, "bad", "plain", {}, "app",
+                             json::array({{{"mount", "/usr/bin"}, {"ephemeral", true}, {"size_mib", 1}}}));
+  auto r = http_request(localhost, http, "GET", "/vm/" + bad + "/", {}, {}, 20s);
+  EXPECT_EQ(r.status, 502);
+  EXPECT_NE(r.body.find("reserved"), std::string::npos) << r.body;
 }
 
 TEST_F(execution, an_instance_boots_as_a_microvm_with_its_rootfs_and_stops_cleanly) {

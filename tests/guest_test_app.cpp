@@ -156,6 +156,31 @@ int main() {
       auto body = std::to_string(started);
       write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
                      + "\r\n\r\n" + body);
+    } else if (path == "/write") {
+      // ?MB:PATH: writes "data" (MB = 0) or MB MiB to /PATH; 200 "ok", or 507 with the reason.
+      auto colon = query.find(':');
+      auto mb = std::atoi(query.substr(0, colon).c_str());
+      auto file = "/" + (colon == std::string::npos ? std::string{} : query.substr(colon + 1));
+      std::string body = "ok";
+      int status = 200;
+      if (FILE* f = std::fopen(file.c_str(), "w")) {
+        std::string block = mb > 0 ? std::string(1 << 20, 'w') : std::string{"data"};
+        for (int i = 0; i < std::max(mb, 1); ++i)
+          if (std::fwrite(block.data(), 1, block.size(), f) != block.size()) {
+            status = 507;
+            body = std::strerror(errno);
+            break;
+          }
+        if (std::fclose(f) != 0 && status == 200) {
+          status = 507;
+          body = std::strerror(errno);
+        }
+      } else {
+        status = 507;
+        body = std::strerror(errno);
+      }
+      write_all(c, "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Length: "
+                     + std::to_string(body.size()) + "\r\n\r\n" + body);
     } else if (path == "/read") {
       // ?PATH: the first bytes of a file, or 404 if it cannot be read.
       std::ifstream in{"/" + query, std::ios::binary};
