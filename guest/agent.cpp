@@ -491,29 +491,52 @@ void handle_request(gp::http_request req) {
 // Requests run on a pool of threads that grows to the number of requests in flight (at most
 // max_inflight) and is then reused: a thread per request costs more than the request itself
 // (stack mappings, TLB shootdowns).
+// Requests run on a pool of threads. Up to `soft_threads` are started as requests arrive; past
+// that, requests queue (more threads only add context switches on a small VM), unless the
+// oldest one has waited `queue_patience`: then a watcher adds a thread, up to max_inflight, so
+// that slow requests never starve the others.
+constexpr std::size_t soft_threads = 8;
+constexpr auto queue_patience = std::chrono::milliseconds(20);
+
 struct request_pool {
   std::mutex mu;
-  std::condition_variable cv;
-  std::deque<gp::http_request> queue;
+  std::condition_variable cv;       // workers: a request is queued
+  std::condition_variable watch_cv; // the watcher: the queue is not empty
+  std::deque<std::pair<clock_type::time_point, gp::http_request>> queue;
   std::size_t threads = 0;
   std::size_t idle = 0;
+  bool watcher = false;
+
+  // Starts a worker (under mu); false if none could be started.
+  bool add_thread() {
+    try {
+      std::thread{[this] { work(); }}.detach();
+      ++threads;
+      return true;
+    } catch (const std::system_error&) {
+      return false;
+    }
+  }
 
   // False if no thread could take it.
   bool submit(gp::http_request req) {
     std::unique_lock lock{mu};
-    queue.push_back(std::move(req));
-    if (idle > 0) {
+    queue.emplace_back(clock_type::now(), std::move(req));
+    if (idle > 0 || threads >= soft_threads) {
       cv.notify_one();
+      if (!watcher) {
+        try {
+          std::thread{[this] { watch(); }}.detach();
+          watcher = true;
+        } catch (const std::system_error&) {
+        }
+      }
+      watch_cv.notify_one();
       return true;
     }
-    try {
-      std::thread{[this] { work(); }}.detach();
-      ++threads;
-    } catch (const std::system_error&) {
-      if (threads == 0) {
-        queue.pop_back();
-        return false;
-      }
+    if (!add_thread() && threads == 0) {
+      queue.pop_back();
+      return false;
     }
     return true;
   }
@@ -524,11 +547,23 @@ struct request_pool {
       ++idle;
       cv.wait(lock, [this] { return !queue.empty(); });
       --idle;
-      auto req = std::move(queue.front());
+      auto req = std::move(queue.front().second);
       queue.pop_front();
       lock.unlock();
       handle_request(std::move(req));
       lock.lock();
+    }
+  }
+
+  void watch() {
+    std::unique_lock lock{mu};
+    for (;;) {
+      watch_cv.wait(lock, [this] { return !queue.empty(); });
+      auto waited = clock_type::now() - queue.front().first;
+      if (waited >= queue_patience && idle == 0
+          && threads < static_cast<std::size_t>(max_inflight))
+        add_thread();
+      watch_cv.wait_for(lock, queue_patience);
     }
   }
 };

@@ -308,6 +308,27 @@ TEST_F(guest_agent, twenty_concurrent_requests_get_their_own_answers) {
   EXPECT_EQ(*seen.rbegin(), 119u);
 }
 
+TEST_F(guest_agent, slow_requests_do_not_starve_a_concurrent_program) {
+  auto cfg = app_config();
+  cfg.variables["THREADED"] = "1";
+  start_app(cfg);
+  // More slow requests than the pool starts threads for at once, then a fast one.
+  for (uint64_t id = 1; id <= 12; ++id)
+    send(get(id, "/sleep", "ms=1500"));
+  auto t0 = clock_type::now();
+  send(get(99, "/echo", "fast"));
+  auto resp = next_as<gp::http_response>(1200ms);
+  ASSERT_TRUE(resp) << "the fast request waited behind the slow ones";
+  EXPECT_EQ(resp->id, 99u);
+  EXPECT_EQ(resp->body, "fast hello-from-variables");
+  EXPECT_LT(clock_type::now() - t0, 1000ms);
+  std::set<uint64_t> slow;
+  for (int i = 0; i < 12; ++i)
+    if (auto r = next_as<gp::http_response>(5000ms))
+      slow.insert(r->id);
+  EXPECT_EQ(slow.size(), 12u);
+}
+
 TEST_F(guest_agent, program_output_arrives_as_log_frames) {
   start_app();
   EXPECT_TRUE(wait_log("stdout", "listening on " + std::to_string(app_port_)));

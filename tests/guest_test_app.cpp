@@ -23,6 +23,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -69,134 +70,143 @@ int main() {
   std::printf("listening on %s\n", port_env);
   std::fflush(stdout);
   std::fprintf(stderr, "ready\n");
+  // THREADED=1: each connection on its own thread (a concurrent program); else one at a time.
+  const char* threaded_env = std::getenv("THREADED");
+  bool threaded = threaded_env != nullptr && std::string{threaded_env} == "1";
+  auto serve = [greeting](int c) {
+      std::string req;
+      char buf[4096];
+      while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
+        auto n = ::read(c, buf, sizeof buf);
+        if (n <= 0)
+          break;
+        req.append(buf, static_cast<std::size_t>(n));
+      }
+      auto line_end = req.find("\r\n");
+      std::string line = req.substr(0, line_end);
+      std::printf("request %s\n", line.c_str());
+      std::fflush(stdout);
+      auto sp1 = line.find(' ');
+      auto sp2 = line.find(' ', sp1 + 1);
+      std::string target = sp1 == std::string::npos || sp2 == std::string::npos
+                             ? ""
+                             : line.substr(sp1 + 1, sp2 - sp1 - 1);
+      auto q = target.find('?');
+      std::string path = target.substr(0, q);
+      std::string query = q == std::string::npos ? "" : target.substr(q + 1);
+      if (path == "/crash")
+        std::exit(3);
+      if (path == "/echo") {
+        std::string body = query + " " + greeting;
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                     "X-App: guest-test\r\nContent-Length: "
+                       + std::to_string(body.size()) + "\r\n\r\n" + body);
+      } else if (path == "/chunked") {
+        std::string body = query + " " + greeting;
+        char size[32];
+        std::snprintf(size, sizeof size, "%zx", body.size());
+        write_all(c, std::string{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}
+                       + size + "\r\n" + body + "\r\n0\r\n\r\n");
+      } else if (path == "/big") {
+        std::size_t n = std::strtoull(query.c_str(), nullptr, 10);
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(n)
+                       + "\r\n\r\n");
+        std::string block(64 * 1024, 'z');
+        for (std::size_t sent = 0; sent < n; sent += block.size())
+          write_all(c, block.substr(0, std::min(block.size(), n - sent)));
+      } else if (path == "/sleep") {
+        // ?ms=N: answers after N milliseconds (the app serves one request at a time).
+        auto ms = query.rfind("ms=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
+        ::usleep(static_cast<useconds_t>(ms) * 1000);
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslept");
+      } else if (path == "/env") {
+        // ?NAME: the value of an environment variable.
+        const char* v = std::getenv(query.c_str());
+        std::string body = v ? v : "";
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                       + "\r\n\r\n" + body);
+      } else if (path == "/alloc") {
+        // ?mb=N: touches N MiB (a memory limit below that kills the app).
+        auto mb = query.rfind("mb=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
+        std::vector<char*> blocks;
+        for (int i = 0; i < mb; ++i) {
+          auto* b = static_cast<char*>(std::malloc(1 << 20));
+          if (b == nullptr)
+            break;
+          std::memset(b, 1, 1 << 20);
+          blocks.push_back(b);
+        }
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(std::to_string(blocks.size()).size())
+                       + "\r\n\r\n" + std::to_string(blocks.size()));
+        for (auto* b : blocks)
+          std::free(b);
+      } else if (path == "/fork") {
+        // ?n=N: tries to start N sleeping children; answers how many started.
+        auto n = query.rfind("n=", 0) == 0 ? std::atoi(query.c_str() + 2) : 0;
+        ::signal(SIGCHLD, SIG_IGN); // children are reaped by the kernel
+        int started = 0;
+        for (int i = 0; i < n; ++i) {
+          pid_t p = ::fork();
+          if (p == 0) {
+            ::sleep(5);
+            ::_exit(0);
+          }
+          if (p > 0)
+            ++started;
+        }
+        auto body = std::to_string(started);
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                       + "\r\n\r\n" + body);
+      } else if (path == "/write") {
+        // ?MB:PATH: writes "data" (MB = 0) or MB MiB to /PATH; 200 "ok", or 507 with the reason.
+        auto colon = query.find(':');
+        auto mb = std::atoi(query.substr(0, colon).c_str());
+        auto file = "/" + (colon == std::string::npos ? std::string{} : query.substr(colon + 1));
+        std::string body = "ok";
+        int status = 200;
+        if (FILE* f = std::fopen(file.c_str(), "w")) {
+          std::string block = mb > 0 ? std::string(1 << 20, 'w') : std::string{"data"};
+          for (int i = 0; i < std::max(mb, 1); ++i)
+            if (std::fwrite(block.data(), 1, block.size(), f) != block.size()) {
+              status = 507;
+              body = std::strerror(errno);
+              break;
+            }
+          if (std::fclose(f) != 0 && status == 200) {
+            status = 507;
+            body = std::strerror(errno);
+          }
+        } else {
+          status = 507;
+          body = std::strerror(errno);
+        }
+        write_all(c, "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Length: "
+                       + std::to_string(body.size()) + "\r\n\r\n" + body);
+      } else if (path == "/read") {
+        // ?PATH: the first bytes of a file, or 404 if it cannot be read.
+        std::ifstream in{"/" + query, std::ios::binary};
+        std::string data(256, '\0');
+        in.read(data.data(), 256);
+        data.resize(static_cast<std::size_t>(in.gcount()));
+        if (!in && data.empty())
+          write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        else
+          write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(data.size())
+                         + "\r\n\r\n" + data);
+      } else if (path == "/garbage") {
+        write_all(c, "this is not HTTP at all\r\n\r\n");
+      } else {
+        write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
+      }
+      ::close(c);
+  };
   for (;;) {
     int c = ::accept(fd, nullptr, nullptr);
     if (c < 0)
       continue;
-    std::string req;
-    char buf[4096];
-    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
-      auto n = ::read(c, buf, sizeof buf);
-      if (n <= 0)
-        break;
-      req.append(buf, static_cast<std::size_t>(n));
-    }
-    auto line_end = req.find("\r\n");
-    std::string line = req.substr(0, line_end);
-    std::printf("request %s\n", line.c_str());
-    std::fflush(stdout);
-    auto sp1 = line.find(' ');
-    auto sp2 = line.find(' ', sp1 + 1);
-    std::string target = sp1 == std::string::npos || sp2 == std::string::npos
-                           ? ""
-                           : line.substr(sp1 + 1, sp2 - sp1 - 1);
-    auto q = target.find('?');
-    std::string path = target.substr(0, q);
-    std::string query = q == std::string::npos ? "" : target.substr(q + 1);
-    if (path == "/crash")
-      std::exit(3);
-    if (path == "/echo") {
-      std::string body = query + " " + greeting;
-      write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                   "X-App: guest-test\r\nContent-Length: "
-                     + std::to_string(body.size()) + "\r\n\r\n" + body);
-    } else if (path == "/chunked") {
-      std::string body = query + " " + greeting;
-      char size[32];
-      std::snprintf(size, sizeof size, "%zx", body.size());
-      write_all(c, std::string{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}
-                     + size + "\r\n" + body + "\r\n0\r\n\r\n");
-    } else if (path == "/big") {
-      std::size_t n = std::strtoull(query.c_str(), nullptr, 10);
-      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(n)
-                     + "\r\n\r\n");
-      std::string block(64 * 1024, 'z');
-      for (std::size_t sent = 0; sent < n; sent += block.size())
-        write_all(c, block.substr(0, std::min(block.size(), n - sent)));
-    } else if (path == "/sleep") {
-      // ?ms=N: answers after N milliseconds (the app serves one request at a time).
-      auto ms = query.rfind("ms=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
-      ::usleep(static_cast<useconds_t>(ms) * 1000);
-      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslept");
-    } else if (path == "/env") {
-      // ?NAME: the value of an environment variable.
-      const char* v = std::getenv(query.c_str());
-      std::string body = v ? v : "";
-      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
-                     + "\r\n\r\n" + body);
-    } else if (path == "/alloc") {
-      // ?mb=N: touches N MiB (a memory limit below that kills the app).
-      auto mb = query.rfind("mb=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
-      std::vector<char*> blocks;
-      for (int i = 0; i < mb; ++i) {
-        auto* b = static_cast<char*>(std::malloc(1 << 20));
-        if (b == nullptr)
-          break;
-        std::memset(b, 1, 1 << 20);
-        blocks.push_back(b);
-      }
-      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(std::to_string(blocks.size()).size())
-                     + "\r\n\r\n" + std::to_string(blocks.size()));
-      for (auto* b : blocks)
-        std::free(b);
-    } else if (path == "/fork") {
-      // ?n=N: tries to start N sleeping children; answers how many started.
-      auto n = query.rfind("n=", 0) == 0 ? std::atoi(query.c_str() + 2) : 0;
-      ::signal(SIGCHLD, SIG_IGN); // children are reaped by the kernel
-      int started = 0;
-      for (int i = 0; i < n; ++i) {
-        pid_t p = ::fork();
-        if (p == 0) {
-          ::sleep(5);
-          ::_exit(0);
-        }
-        if (p > 0)
-          ++started;
-      }
-      auto body = std::to_string(started);
-      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
-                     + "\r\n\r\n" + body);
-    } else if (path == "/write") {
-      // ?MB:PATH: writes "data" (MB = 0) or MB MiB to /PATH; 200 "ok", or 507 with the reason.
-      auto colon = query.find(':');
-      auto mb = std::atoi(query.substr(0, colon).c_str());
-      auto file = "/" + (colon == std::string::npos ? std::string{} : query.substr(colon + 1));
-      std::string body = "ok";
-      int status = 200;
-      if (FILE* f = std::fopen(file.c_str(), "w")) {
-        std::string block = mb > 0 ? std::string(1 << 20, 'w') : std::string{"data"};
-        for (int i = 0; i < std::max(mb, 1); ++i)
-          if (std::fwrite(block.data(), 1, block.size(), f) != block.size()) {
-            status = 507;
-            body = std::strerror(errno);
-            break;
-          }
-        if (std::fclose(f) != 0 && status == 200) {
-          status = 507;
-          body = std::strerror(errno);
-        }
-      } else {
-        status = 507;
-        body = std::strerror(errno);
-      }
-      write_all(c, "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Length: "
-                     + std::to_string(body.size()) + "\r\n\r\n" + body);
-    } else if (path == "/read") {
-      // ?PATH: the first bytes of a file, or 404 if it cannot be read.
-      std::ifstream in{"/" + query, std::ios::binary};
-      std::string data(256, '\0');
-      in.read(data.data(), 256);
-      data.resize(static_cast<std::size_t>(in.gcount()));
-      if (!in && data.empty())
-        write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-      else
-        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(data.size())
-                       + "\r\n\r\n" + data);
-    } else if (path == "/garbage") {
-      write_all(c, "this is not HTTP at all\r\n\r\n");
-    } else {
-      write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
-    }
-    ::close(c);
+    if (threaded)
+      std::thread{serve, c}.detach();
+    else
+      serve(c);
   }
 }
