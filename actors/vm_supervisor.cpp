@@ -283,6 +283,7 @@ void boot(self_ptr self) {
     o.guest_binary = st.env->guest_binary;
     o.run_dir = req.run_dir;
     o.hostname = st.info.item_hash.substr(0, 12);
+    o.network = st.internet;
     if (!st.code_dir.empty())
       o.extra_args = {"--ro-bind", st.code_dir, "/opt/code"};
     o.extra_args.insert(o.extra_args.end(), st.mount_args.begin(), st.mount_args.end());

@@ -4,6 +4,7 @@
 #include <boost/process/extend.hpp>
 
 #include <fcntl.h>
+#include <spawn.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -152,6 +153,92 @@ struct sandbox::impl {
       return " (out of memory: killed at the limit of "
              + std::to_string(opts.limits->memory_bytes >> 20) + " MiB)";
     return "";
+  }
+
+  // slirp4netns for a sandbox with network: it exits when slirp_exit_w closes.
+  pid_t slirp = 0;
+  int slirp_exit_w = -1;
+
+  // Attaches slirp4netns to the namespace of ns_init and waits until tap0 is up.
+  std::string start_slirp(clock_type::time_point deadline) {
+    pid_t target;
+    {
+      std::lock_guard lock{proc_mu};
+      target = ns_init;
+    }
+    if (target <= 0)
+      return "cannot find the sandbox's network namespace";
+    int ready[2], quit[2];
+    if (::pipe2(ready, O_CLOEXEC) != 0)
+      return "pipe: " + std::string{std::strerror(errno)};
+    if (::pipe2(quit, O_CLOEXEC) != 0) {
+      ::close(ready[0]);
+      ::close(ready[1]);
+      return "pipe: " + std::string{std::strerror(errno)};
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, ready[1], 3);
+    posix_spawn_file_actions_adddup2(&fa, quit[0], 4);
+    auto log = (std::filesystem::path{opts.run_dir} / "slirp4netns.log").string();
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+    auto pid_text = std::to_string(target);
+    std::vector<std::string> args{opts.slirp4netns, "--configure", "--mtu=65520",
+                                  "--disable-host-loopback", "--ready-fd=3", "--exit-fd=4",
+                                  pid_text, "tap0"};
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    char* envp[] = {nullptr};
+    pid_t pid = 0;
+    int rc = ::posix_spawn(&pid, opts.slirp4netns.c_str(), &fa, nullptr, argv.data(), envp);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(ready[1]);
+    ::close(quit[0]);
+    if (rc != 0) {
+      ::close(ready[0]);
+      ::close(quit[1]);
+      return "cannot start " + opts.slirp4netns + ": " + std::strerror(rc);
+    }
+    {
+      std::lock_guard lock{proc_mu};
+      slirp = pid;
+      slirp_exit_w = quit[1];
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+    pollfd pfd{ready[0], POLLIN, 0};
+    char c = 0;
+    bool ok = ::poll(&pfd, 1, static_cast<int>(std::max<int64_t>(left.count(), 1))) == 1
+              && ::read(ready[0], &c, 1) == 1;
+    ::close(ready[0]);
+    if (!ok)
+      return "slirp4netns did not set up the network: " + first_line(log);
+    return {};
+  }
+
+  void stop_slirp() {
+    pid_t pid;
+    {
+      std::lock_guard lock{proc_mu};
+      pid = slirp;
+      slirp = 0;
+      if (slirp_exit_w >= 0)
+        ::close(slirp_exit_w); // it exits on this
+      slirp_exit_w = -1;
+    }
+    if (pid <= 0)
+      return;
+    auto until = clock_type::now() + 1s;
+    while (::waitpid(pid, nullptr, WNOHANG) == 0) {
+      if (clock_type::now() >= until) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        break;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
   }
 
   std::mutex stop_mu; // serializes stop() and the destructor
@@ -397,6 +484,7 @@ struct sandbox::impl {
   void teardown() {
     kill_and_reap();
     wait_namespace_empty();
+    stop_slirp();
     {
       std::lock_guard lock{write_mu};
       if (conn_fd >= 0)
@@ -511,8 +599,12 @@ struct sandbox::impl {
       "--bind", opts.run_dir, "/run/alephd",
       "--unshare-pid", "--unshare-ipc", "--unshare-uts",
     };
-    if (!opts.network)
-      args.emplace_back("--unshare-net");
+    args.emplace_back("--unshare-net");
+    if (opts.network) {
+      // DNS through slirp's resolver (there is no other /etc in the sandbox).
+      std::ofstream{(dir / "resolv.conf").string()} << "nameserver 10.0.2.3\n";
+      args.insert(args.end(), {"--ro-bind", (dir / "resolv.conf").string(), "/etc/resolv.conf"});
+    }
     args.insert(args.end(), opts.extra_args.begin(), opts.extra_args.end());
     for (const char* a : {"--hostname", opts.hostname.c_str(),
                           "--die-with-parent", "--new-session", "--clearenv",
@@ -588,6 +680,12 @@ struct sandbox::impl {
           else
             ns_init = 0;
         }
+      }
+    }
+    if (opts.network) {
+      if (auto error = start_slirp(deadline); !error.empty()) {
+        ::close(fd);
+        return fail_start(error);
       }
     }
     timeval tv{std::chrono::duration_cast<std::chrono::seconds>(send_timeout)

@@ -27,7 +27,11 @@ struct sandbox_options {
   std::string guest_binary; ///< path of the static alephd-guest
   std::string run_dir;      ///< per-execution host dir (created): guest.sock, logs
   std::string hostname = "alephd";
-  bool network = false; ///< false: own empty net namespace (only lo)
+  /// The sandbox always has its own network namespace. false: only `lo`.
+  /// true: outbound access through slirp4netns (user-mode NAT on tap0,
+  /// 10.0.2.100/24, DNS 10.0.2.3), with the host's loopback unreachable.
+  bool network = false;
+  std::string slirp4netns = "/usr/bin/slirp4netns";
   std::chrono::milliseconds ready_timeout{10000};
   /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
   std::vector<std::string> extra_args;

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -157,7 +158,32 @@ int main() {
         auto body = std::to_string(started);
         write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
                        + "\r\n\r\n" + body);
-      } else if (path == "/write") {
+      } else if (path == "/connect") {
+      // ?A.B.C.D:PORT: "connected" if a TCP connect succeeds within 1 s, else the error.
+      auto colon = query.rfind(':');
+      sockaddr_in to{};
+      to.sin_family = AF_INET;
+      to.sin_port = htons(static_cast<uint16_t>(std::atoi(query.c_str() + colon + 1)));
+      std::string body = "bad address";
+      if (colon != std::string::npos
+          && ::inet_pton(AF_INET, query.substr(0, colon).c_str(), &to.sin_addr) == 1) {
+        int s = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        int rc = ::connect(s, reinterpret_cast<sockaddr*>(&to), sizeof to);
+        if (rc != 0 && errno == EINPROGRESS) {
+          pollfd p{s, POLLOUT, 0};
+          int err = ETIMEDOUT;
+          socklen_t len = sizeof err;
+          if (::poll(&p, 1, 1000) == 1)
+            ::getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len);
+          rc = err == 0 ? 0 : -1;
+          errno = err;
+        }
+        body = rc == 0 ? "connected" : std::strerror(errno);
+        ::close(s);
+      }
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                     + "\r\n\r\n" + body);
+    } else if (path == "/write") {
         // ?MB:PATH: writes "data" (MB = 0) or MB MiB to /PATH; 200 "ok", or 507 with the reason.
         auto colon = query.find(':');
         auto mb = std::atoi(query.substr(0, colon).c_str());

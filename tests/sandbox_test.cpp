@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -502,3 +504,69 @@ TEST_F(sandbox, hostile_a_guest_that_hangs_up_before_ready_fails_start_at_once) 
   EXPECT_FALSE(sb.running());
 }
 #endif
+
+namespace {
+
+// A non-loopback IPv4 address of this host, or "".
+std::string host_address() {
+  ifaddrs* all = nullptr;
+  if (::getifaddrs(&all) != 0)
+    return "";
+  std::string out;
+  for (auto* i = all; i != nullptr && out.empty(); i = i->ifa_next)
+    if (i->ifa_addr != nullptr && i->ifa_addr->sa_family == AF_INET
+        && !(i->ifa_flags & IFF_LOOPBACK) && (i->ifa_flags & IFF_UP)) {
+      char buf[INET_ADDRSTRLEN];
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+      out = buf;
+    }
+  ::freeifaddrs(all);
+  return out;
+}
+
+// A listening TCP socket on `address`, port chosen by the OS.
+std::pair<int, uint16_t> listen_on(const std::string& address) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  ::inet_pton(AF_INET, address.c_str(), &a.sin_addr);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::listen(fd, 16);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return {fd, ntohs(a.sin_port)};
+}
+
+} // namespace
+
+TEST_F(sandbox, internet_goes_out_through_slirp_but_never_to_the_hosts_loopback) {
+  if (::access("/usr/bin/slirp4netns", X_OK) != 0)
+    GTEST_SKIP() << "slirp4netns is not installed (scripts/install-deps installs it)";
+  auto addr = host_address();
+  if (addr.empty())
+    GTEST_SKIP() << "this host has no non-loopback IPv4 address to connect to";
+  // Both listeners stay on this machine: its own address, and its loopback.
+  auto [outside_fd, outside_port] = listen_on(addr);
+  auto [loop_fd, loop_port] = listen_on("127.0.0.1");
+  auto o = options();
+  o.network = true;
+  alephd::sandbox with{o};
+  ASSERT_EQ(with.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto out = with.request(get(1, "/connect", addr + ":" + std::to_string(outside_port)), 5000ms);
+  EXPECT_EQ(out.body, "connected");
+  // The host's loopback is not reachable: not as 127.0.0.1 (the sandbox's own lo), not through
+  // slirp's gateway 10.0.2.2.
+  EXPECT_NE(with.request(get(2, "/connect", "127.0.0.1:" + std::to_string(loop_port)), 5000ms).body,
+            "connected");
+  EXPECT_NE(with.request(get(3, "/connect", "10.0.2.2:" + std::to_string(loop_port)), 5000ms).body,
+            "connected");
+  with.stop();
+  // Without network, nothing outside is reachable.
+  alephd::sandbox without{options()};
+  ASSERT_EQ(without.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  EXPECT_NE(without.request(get(4, "/connect", addr + ":" + std::to_string(outside_port)), 5000ms).body,
+            "connected");
+  without.stop();
+  ::close(outside_fd);
+  ::close(loop_fd);
+}
