@@ -189,6 +189,14 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       return self->delegate(self->state.broker, atom::allocate_v, std::move(a));
     },
     [=](atom::get) { return self->state.info; },
+    [=](atom::exited, execution_info& info) {
+      auto& st = self->state;
+      if (st.phase == link_phase::registered && st.node)
+        self->send(st.node, atom::exited_v, st.cfg.info.id, std::move(info));
+      else
+        spdlog::warn("ccn_link {}: cannot report the failure of {}: not connected",
+                     st.cfg.info.id, info.item_hash);
+    },
     [=](atom::run, std::string& program, stored_message& event) {
       return self->delegate(self->state.broker, atom::run_v, std::move(program), std::move(event));
     },

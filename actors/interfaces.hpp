@@ -70,6 +70,8 @@ using ccn_link_actor = caf::typed_actor<
   /// A message-triggered program (its item_hash) to run on this CRN with a message as its
   /// event; answers the program's HTTP status (2xx = handled), or an error.
   replies_to<atom::run, std::string, stored_message>::with<uint16_t>,
+  /// A persistent workload of this CRN failed for good (crash loop): tell the CCN.
+  reacts_to<atom::exited, execution_info>,
   /// Internal: heartbeat and reconnect timer.
   reacts_to<atom::tick>,
   /// Internal: try the next CCN endpoint.
@@ -103,6 +105,9 @@ using scheduler_actor = caf::typed_actor<
   reacts_to<atom::node, crn_info, link_state, ccn_link_actor>,
   /// Where every workload is.
   replies_to<atom::list>::with<std::vector<placement>>,
+  /// A CRN reports that a workload placed on it failed for good (crash loop): it is marked
+  /// `failed` and not placed again.
+  reacts_to<atom::exited, std::string, execution_info>,
   /// Internal: retry pending placements.
   reacts_to<atom::tick>>;
 
@@ -143,7 +148,9 @@ using ccn_node_actor = caf::typed_actor<
   /// One message of the log, for a CRN preparing a workload; ec::not_found when unknown.
   replies_to<atom::get, std::string>::with<stored_message>,
   /// A file's bytes, for a CRN preparing a workload; ec::not_found when unknown.
-  replies_to<atom::read, std::string>::with<file_blob>>;
+  replies_to<atom::read, std::string>::with<file_blob>,
+  /// A CRN (its id) reports a workload that failed for good; passed to the scheduler.
+  reacts_to<atom::exited, std::string, execution_info>>;
 
 /// CRN: one execution's life (phases preparing → booting → running → stopping → stopped/failed).
 using vm_supervisor_actor = caf::typed_actor<

@@ -377,6 +377,9 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         self->demonitor(i->second.supervisor.address());
         ex.erase(i);
       }
+      // A persistent workload that failed for good: its CCN must know (it stops placing it).
+      if (info.persistent && info.phase == "failed" && self->state.link)
+        self->send(self->state.link, atom::exited_v, info);
       keep_finished(self, finished_execution{std::move(info), std::move(logs)});
     },
   };

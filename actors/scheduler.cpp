@@ -221,7 +221,7 @@ scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_con
       if (state == link_state::down || state == link_state::unlinked) {
         std::vector<std::string> moved;
         for (auto& [hash, w] : st.workloads)
-          if (w.crn_id == info.id) {
+          if (w.crn_id == info.id && w.state != "failed") {
             w.refused_by.clear();
             make_pending(self, w, "its CRN " + info.id + " is " + to_string(state));
             moved.push_back(hash);
@@ -229,6 +229,17 @@ scheduler(scheduler_actor::stateful_pointer<scheduler_state> self, scheduler_con
         for (auto& hash : moved)
           place(self, hash);
       }
+    },
+    [=](atom::exited, const std::string& crn_id, const execution_info& info) {
+      auto& st = self->state;
+      auto i = st.workloads.find(info.item_hash);
+      if (i == st.workloads.end() || i->second.crn_id != crn_id
+          || i->second.alloc.epoch != info.epoch || info.phase != "failed")
+        return; // stale: placed elsewhere or again since
+      i->second.state = "failed";
+      i->second.detail = "failed on CRN " + crn_id + ": " + info.detail;
+      spdlog::warn("scheduler: {} {}", info.item_hash, i->second.detail);
+      persist(self, i->second);
     },
     [=](atom::list) {
       std::vector<placement> out;

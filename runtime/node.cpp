@@ -198,7 +198,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(scheduler_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
-  node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_);
+  node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_);
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
                              {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
                               caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),

@@ -63,6 +63,7 @@ struct node_double_state {
   bool refuse = false;
   std::vector<caf::actor_clock::time_point> hellos;
   std::map<std::string, stored_message> messages;
+  std::vector<std::pair<std::string, std::string>> failures; ///< (crn, item_hash) reported
 };
 
 using hello_result = caf::result<crn_registry_actor, caf::actor, std::string>;
@@ -87,6 +88,9 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
     },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, "no file " + h + " at " + self->state.ccn_id);
+    },
+    [=](atom::exited, const std::string& crn, const execution_info& info) {
+      self->state.failures.emplace_back(crn, info.item_hash);
     },
   };
 }
@@ -322,6 +326,17 @@ TEST_F(ccn_link_test, fetches_go_to_the_registered_ccn_and_fail_clearly_while_do
   auto down = ask<stored_message>(link, atom::get_v, std::string{"prog-1"});
   EXPECT_FALSE(down.value);
   EXPECT_TRUE(down.error && is(down.error, ec::unavailable)) << describe(down.error);
+}
+
+TEST_F(ccn_link_test, a_failed_workload_is_reported_to_the_ccn_with_the_crn_id) {
+  start();
+  execution_info info;
+  info.item_hash = "prog-9";
+  info.phase = "failed";
+  caf::anon_send(link, atom::exited_v, info);
+  sched.run();
+  ASSERT_EQ(node(node_a).failures.size(), 1u);
+  EXPECT_EQ(node(node_a).failures[0], std::make_pair(std::string{"crn-1"}, std::string{"prog-9"}));
 }
 
 TEST_F(ccn_link_test, a_refusal_from_the_job_broker_comes_back_unchanged) {

@@ -58,7 +58,7 @@ struct ccn_peer_test : caf_fixture {
     rc.ccn_id = id;
     p->registry = spawn(crn_registry, rc);
     p->peer = spawn(ccn_peer, ccn_peer_config{id, {}, std::move(direct)}, p->messages, p->files);
-    p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files);
+    p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files, scheduler_actor{});
     return p;
   }
 

@@ -51,6 +51,7 @@ link_double(ccn_link_actor::stateful_pointer<link_double_state> self, std::strin
     [=](atom::run, const std::string& h, const stored_message&) -> caf::result<uint16_t> {
       return make_error(ec::not_found, "no program " + h);
     },
+    [=](atom::exited, const execution_info&) {},
   };
 }
 

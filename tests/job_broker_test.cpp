@@ -189,6 +189,7 @@ struct link_double_state {
   std::map<std::string, stored_message> messages;
   std::map<std::string, std::string> files;
   int message_fetches = 0;
+  std::vector<execution_info> failures; ///< reported to the CCN
   int file_fetches = 0;
 };
 
@@ -217,6 +218,7 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
     [=](atom::tick) {},
     [=](atom::connect) {},
     [=](atom::run, const std::string&, const stored_message&) { return uint16_t{500}; },
+    [=](atom::exited, const execution_info& info) { self->state.failures.push_back(info); },
   };
 }
 
@@ -654,6 +656,11 @@ TEST_F(job_broker_test, a_persistent_program_restarts_with_back_off_and_fails_in
   ASSERT_TRUE(x);
   EXPECT_EQ(x->phase, "failed");
   EXPECT_NE(x->detail.find("crash loop"), std::string::npos) << x->detail;
+  // The CCN is told, once.
+  auto& reported = ccn().failures;
+  ASSERT_EQ(reported.size(), 1u);
+  EXPECT_EQ(reported[0].item_hash, hash);
+  EXPECT_EQ(reported[0].phase, "failed");
 }
 
 TEST_F(job_broker_test, drain_refuses_new_calls_and_stops_on_demand_but_keeps_persistent) {

@@ -58,6 +58,7 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
     [=](atom::run, const std::string& h, const stored_message&) -> caf::result<uint16_t> {
       return make_error(ec::not_found, "no program " + h);
     },
+    [=](atom::exited, const execution_info&) {},
   };
 }
 
@@ -238,6 +239,33 @@ TEST_F(scheduler_test, a_persistent_program_is_placed) {
   EXPECT_EQ(p->state, "allocated");
   ASSERT_EQ(allocations_at("a").size(), 1u);
   EXPECT_EQ(allocations_at("a")[0].kind, "program");
+}
+
+TEST_F(scheduler_test, a_workload_its_crn_reports_failed_is_not_placed_again) {
+  add_crn("a", 8192);
+  add_crn("b", 4096);
+  auto m = persistent_program();
+  publish(m);
+  ASSERT_EQ(placement_of(m.item_hash)->crn_id, "a");
+  execution_info info;
+  info.item_hash = m.item_hash;
+  info.epoch = 1;
+  info.phase = "failed";
+  info.detail = "crash loop: 5 failures within 600 s";
+  // A stale report (other CRN, or older epoch) changes nothing.
+  caf::anon_send(sch, atom::exited_v, std::string{"b"}, info);
+  sched.run();
+  EXPECT_EQ(placement_of(m.item_hash)->state, "allocated");
+  caf::anon_send(sch, atom::exited_v, std::string{"a"}, info);
+  sched.run();
+  auto p = placement_of(m.item_hash);
+  EXPECT_EQ(p->state, "failed");
+  EXPECT_NE(p->detail.find("crash loop"), std::string::npos) << p->detail;
+  // Its CRN going down does not move a failed workload to another CRN.
+  node_event("a", link_state::down);
+  advance(4000ms);
+  EXPECT_EQ(placement_of(m.item_hash)->state, "failed");
+  EXPECT_TRUE(allocations_at("b").empty());
 }
 
 TEST_F(scheduler_test, a_workload_accepted_by_another_ccn_is_not_placed_here) {
