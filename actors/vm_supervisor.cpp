@@ -200,6 +200,26 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
 }
 
 void boot(self_ptr self);
+void prepare(self_ptr self);
+
+// Fetching what a workload needs failed. The CCN may have it later: a persistent workload tries
+// again with back-off (not counted as a crash); an on-demand call fails now.
+void fetch_failed(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  if (!st.info.persistent) {
+    finish(self, "failed", why);
+    return;
+  }
+  st.backoff = st.backoff.count() == 0 ? st.env->restart_initial
+                                       : std::min(st.backoff * 2, st.env->restart_max);
+  std::uniform_real_distribution<double> jitter{0.5, 1.5};
+  auto delay = milliseconds{
+    static_cast<int64_t>(static_cast<double>(st.backoff.count()) * jitter(st.rng))};
+  set_phase(self, "preparing", "retrying in " + std::to_string(delay.count()) + " ms: " + why);
+  note(self, why + "; retrying in " + std::to_string(delay.count()) + " ms");
+  st.cfg.reset(); // prepare again from the start
+  self->delayed_send(self, delay, atom::started_v, st.run, std::string{"prepare"});
+}
 
 // A persistent execution failed: restart after back-off, or give up in a crash loop.
 void schedule_restart(self_ptr self, const std::string& why) {
@@ -332,6 +352,7 @@ void boot(self_ptr self) {
         if (st.env->table)
           st.env->table->put(live);
         set_phase(self, "running", "");
+        st.backoff = milliseconds{0};
         answer_waiters(self, caf::error{});
       },
       [=](caf::error& err) {
@@ -359,7 +380,7 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
       .then(
         [=](file_blob& blob) {
           if (aleph::sha256_hex(blob.data) != file_hash) {
-            finish(self, "failed", what + " " + file_hash + " does not match its hash");
+            fetch_failed(self, what + " " + file_hash + " does not match its hash");
             return;
           }
           if (!cache_put(*self->state.env, file_hash, blob.data)) {
@@ -369,7 +390,7 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
           on_ok(file_hash);
         },
         [=](caf::error& err) {
-          finish(self, "failed", "cannot fetch " + what + " " + file_hash + ": " + describe(err));
+          fetch_failed(self, "cannot fetch " + what + " " + file_hash + ": " + describe(err));
         });
   };
   self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, ref)
@@ -387,7 +408,7 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
         if (is(err, ec::not_found))
           fetch_file(ref);
         else
-          finish(self, "failed", "cannot fetch " + what + " ref " + ref + ": " + describe(err));
+          fetch_failed(self, "cannot fetch " + what + " ref " + ref + ": " + describe(err));
       });
 }
 
@@ -660,7 +681,7 @@ void prepare(self_ptr self) {
   self->request(st.link, st.env->fetch_timeout, atom::get_v, st.info.item_hash)
     .then([=](stored_message& m) { with_message(m.json); },
           [=](caf::error& err) {
-            finish(self, "failed", "cannot fetch the message: " + describe(err));
+            fetch_failed(self, "cannot fetch the message: " + describe(err));
           });
 }
 
@@ -802,8 +823,12 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     [=](atom::started, uint64_t run, const std::string&) {
       // A restart after back-off (unless something else happened meanwhile).
       auto& st = self->state;
-      if (run == st.run && st.info.phase == "preparing" && st.cfg)
+      if (run != st.run || st.info.phase != "preparing")
+        return;
+      if (st.cfg)
         boot(self);
+      else
+        prepare(self);
     },
     [=](atom::exited, uint64_t run, int32_t code, const std::string& why) {
       auto& st = self->state;

@@ -21,6 +21,7 @@
 #include "actors/job_broker.hpp"
 #include "actors/message_store.hpp"
 #include "actors/scheduler.hpp"
+#include "actors/trigger_router.hpp"
 #include "actors/vm_supervisor.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/execution_table.hpp"
@@ -197,11 +198,18 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   scheduler_ = sys.spawn(scheduler, sc);
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(scheduler_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(scheduler_));
+  trigger_router_config tc;
+  tc.ccn_id = id_;
+  tc.env = env_;
+  triggers_ = sys.spawn(trigger_router, tc);
+  caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(triggers_));
+  caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(triggers_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
   node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_);
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
                              {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
                               caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),
+                              caf::actor_cast<caf::actor>(triggers_),
                               caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(node_)},
                              on_fatal_);
   std::string node_endpoint = "in-process";
@@ -257,6 +265,7 @@ void ccn_node_runtime::stop() {
   }
   // Reverse order of dependencies.
   for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(peer_),
+                 caf::actor_cast<caf::actor>(triggers_),
                  caf::actor_cast<caf::actor>(scheduler_), caf::actor_cast<caf::actor>(registry_),
                  caf::actor_cast<caf::actor>(files_), caf::actor_cast<caf::actor>(messages_)})
     if (a)
@@ -264,6 +273,7 @@ void ccn_node_runtime::stop() {
   node_ = nullptr;
   peer_ = nullptr;
   scheduler_ = nullptr;
+  triggers_ = nullptr;
   registry_ = nullptr;
   files_ = nullptr;
   messages_ = nullptr;

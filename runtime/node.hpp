@@ -64,6 +64,7 @@ private:
   content_store_actor files_;
   crn_registry_actor registry_;
   scheduler_actor scheduler_;
+  trigger_router_actor triggers_;
   ccn_peer_actor peer_;
   ccn_node_actor node_;
   uint16_t node_port_ = 0;

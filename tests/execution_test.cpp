@@ -514,6 +514,50 @@ TEST_F(execution, volumes_are_mounted_as_the_program_asks) {
   EXPECT_NE(r.body.find("reserved"), std::string::npos) << r.body;
 }
 
+TEST_F(execution, a_matching_message_runs_a_message_triggered_program_with_it) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  // A program subscribed to messages on channel TRIGGER from 0xfeed.
+  auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file",
+                         read_file(ALEPHD_GUEST_TEST_APP), {}, 10s);
+  auto store = post_message(
+    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+     {"time", 1700000000.0},
+     {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+                  {"item_hash", json::parse(up.body).value("hash", "")}}}});
+  auto program = post_message(
+    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "PROGRAM"}, {"item_type", "inline"},
+     {"time", 1700000000.0},
+     {"content",
+      {{"type", "vm-function"}, {"address", "0xabc"}, {"time", 1700000000.0},
+       {"allow_amend", false},
+       {"code", {{"encoding", "plain"}, {"entrypoint", "app"}, {"ref", store},
+                 {"interface", "binary"}, {"use_latest", false}}},
+       {"variables", {{"GREETING", "hi"}, {"APP_PORT", "8080"}}},
+       {"on", {{"http", true}, {"persistent", false},
+               {"message", json::array({{{"channel", "TRIGGER"}, {"sender", "0xfeed"}}})}}},
+       {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                        {"shared_cache", false}}},
+       {"resources", {{"vcpus", 1}, {"memory", 128}, {"seconds", 5}}},
+       {"volumes", json::array()}}}});
+  auto post_on = [&](const std::string& channel, const std::string& text) {
+    return post_message({{"chain", "ETH"}, {"sender", "0xfeed"}, {"type", "POST"},
+                         {"channel", channel}, {"item_type", "inline"}, {"time", 1700000001.0},
+                         {"content", {{"address", "0xfeed"}, {"time", 1700000001.0},
+                                      {"type", "note"}, {"content", {{"text", text}}}}}});
+  };
+  auto other = post_on("ELSEWHERE", "not for the program");
+  auto hit = post_on("TRIGGER", "for the program");
+  auto last_event = [&] {
+    return http_request(localhost, http, "GET", "/vm/" + program + "/last-event", {}, {}, 10s).body;
+  };
+  ASSERT_TRUE(eventually([&] { return last_event().find(hit) != std::string::npos; }, 20s))
+    << "the program never got the message: " << last_event();
+  EXPECT_EQ(last_event().find(other), std::string::npos);
+  EXPECT_NE(last_event().find("for the program"), std::string::npos);
+}
+
 TEST_F(execution, an_instance_boots_as_a_microvm_with_its_rootfs_and_stops_cleanly) {
   if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0 || ::access("/sbin/mkfs.ext4", X_OK) != 0)
     GTEST_SKIP() << "needs qemu-system-x86 and e2fsprogs (scripts/install-deps installs them)";

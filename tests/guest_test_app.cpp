@@ -18,16 +18,21 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace {
+
+std::mutex event_mu;
+std::string last_event; // the body of the last POST /aleph/event
 
 void write_all(int fd, const std::string& s) {
   std::size_t off = 0;
@@ -158,7 +163,37 @@ int main() {
         auto body = std::to_string(started);
         write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
                        + "\r\n\r\n" + body);
-      } else if (path == "/connect") {
+      } else if (path == "/aleph/event") {
+      // A message event (message-triggered programs): keep its body for /last-event.
+      std::string lower = req;
+      for (auto& ch : lower)
+        ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      std::size_t length = 0;
+      if (auto at = lower.find("\r\ncontent-length:"); at != std::string::npos)
+        length = std::strtoull(lower.c_str() + at + 17, nullptr, 10);
+      auto head_end = req.find("\r\n\r\n") + 4;
+      std::string body = req.substr(std::min(head_end, req.size()));
+      while (body.size() < length) {
+        char more[4096];
+        auto n = ::read(c, more, sizeof more);
+        if (n <= 0)
+          break;
+        body.append(more, static_cast<std::size_t>(n));
+      }
+      {
+        std::lock_guard lock{event_mu};
+        last_event = body;
+      }
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstored");
+    } else if (path == "/last-event") {
+      std::string body;
+      {
+        std::lock_guard lock{event_mu};
+        body = last_event;
+      }
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                     + "\r\n\r\n" + body);
+    } else if (path == "/connect") {
       // ?A.B.C.D:PORT: "connected" if a TCP connect succeeds within 1 s, else the error.
       auto colon = query.rfind(':');
       sockaddr_in to{};

@@ -663,6 +663,29 @@ TEST_F(job_broker_test, a_persistent_program_restarts_with_back_off_and_fails_in
   EXPECT_EQ(reported[0].phase, "failed");
 }
 
+TEST_F(job_broker_test, a_persistent_program_whose_code_is_missing_retries_until_it_appears) {
+  auto code = std::string{"late code"};
+  auto hash = publish_program(code, 128, true);
+  auto file = aleph::sha256_hex(code);
+  auto saved = ccn().files[file];
+  ccn().files.erase(file); // the CCN does not have it (yet)
+  allocation a = work(hash, "program", 128);
+  a.message_json = ccn().messages[hash].json;
+  ASSERT_TRUE(allocate(a).value->accepted);
+  auto x = find(hash);
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->phase, "preparing");
+  EXPECT_NE(x->detail.find("retrying in"), std::string::npos) << x->detail;
+  for (int i = 0; i < 6; ++i) // well past the crash-loop count: fetch failures are not crashes
+    advance(std::chrono::seconds(70));
+  EXPECT_EQ(find(hash)->phase, "preparing");
+  EXPECT_TRUE(ccn().failures.empty());
+  ccn().files[file] = saved;
+  advance(std::chrono::seconds(70));
+  EXPECT_EQ(find(hash)->phase, "running");
+  EXPECT_EQ(executors.back()->cfg.code, code);
+}
+
 TEST_F(job_broker_test, drain_refuses_new_calls_and_stops_on_demand_but_keeps_persistent) {
   connect();
   auto od = publish_program("on demand");
