@@ -197,6 +197,23 @@ std::string lower(std::string s) {
   return s;
 }
 
+// A Cookie header without the `token` cookie that /about/login sets.
+std::string without_token_cookie(const std::string& header) {
+  std::string out;
+  size_t pos = 0;
+  while (pos <= header.size()) {
+    auto end = header.find(';', pos);
+    auto part = header.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    auto start = part.find_first_not_of(' ');
+    if (start != std::string::npos && part.compare(start, 6, "token=") != 0)
+      out += (out.empty() ? "" : "; ") + part.substr(start);
+    if (end == std::string::npos)
+      break;
+    pos = end + 1;
+  }
+  return out;
+}
+
 // Passes one call to a running execution, straight from the HTTP thread.
 void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
              const std::string& suffix, const http::responder& respond) {
@@ -207,9 +224,17 @@ void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
   g.query_string = q == std::string::npos ? "" : suffix.substr(q + 1);
   if (g.path.empty())
     g.path = "/";
-  for (auto& [name, value] : req.headers)
-    if (!hop_by_hop(name))
-      g.headers.emplace_back(name, value);
+  for (auto& [name, value] : req.headers) {
+    if (hop_by_hop(name) || name == "x-auth-token")
+      continue; // the node's admin token never reaches a user's program
+    if (name == "cookie") {
+      auto kept = without_token_cookie(value);
+      if (!kept.empty())
+        g.headers.emplace_back(name, kept);
+      continue;
+    }
+    g.headers.emplace_back(name, value);
+  }
   g.body = std::move(req.body);
   live->in_flight.fetch_add(1);
   live->requests.fetch_add(1);

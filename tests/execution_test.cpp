@@ -201,6 +201,15 @@ TEST_F(execution, a_program_uploaded_to_the_ccn_is_served_from_a_crn) {
   EXPECT_EQ(post.status, 200);
   EXPECT_EQ(post.body, "posted hi");
   EXPECT_EQ(phase_of(http, hash), "running");
+  // The node's admin token never reaches the program; its own headers and cookies do.
+  auto secret = token("crn");
+  auto seen = http_request(localhost, http, "GET", "/vm/" + hash + "/headers", {},
+                           {{"X-Auth-Token", secret}, {"Cookie", "token=" + secret + "; theme=dark"},
+                            {"X-Custom", "kept"}});
+  ASSERT_EQ(seen.status, 200);
+  EXPECT_EQ(seen.body.find(secret), std::string::npos) << seen.body;
+  EXPECT_NE(seen.body.find("theme=dark"), std::string::npos) << seen.body;
+  EXPECT_NE(seen.body.find("kept"), std::string::npos) << seen.body;
   // It runs in a real bubblewrap sandbox of this CRN.
   EXPECT_FALSE(processes_with((dir / "crn").string() + "/executions/" + hash).empty());
 }

@@ -185,6 +185,11 @@ int main() {
         last_event = body;
       }
       write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstored");
+    } else if (path == "/headers") {
+      // The request head as received.
+      auto head = req.substr(0, req.find("\r\n\r\n"));
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(head.size())
+                     + "\r\n\r\n" + head);
     } else if (path == "/last-event") {
       std::string body;
       {
