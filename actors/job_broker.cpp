@@ -200,8 +200,10 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         return ack;
       }
       if (i != st.executions.end() && !i->second.stopped) {
-        // Already here and alive: a newer epoch just updates it.
+        // Already here and alive: a newer epoch just updates it (an on-demand execution becomes
+        // persistent).
         i->second.alloc.epoch = a.epoch;
+        i->second.persistent = true;
         caf::anon_send(i->second.supervisor, atom::allocate_v, a);
         return ack;
       }
@@ -229,8 +231,30 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
       auto& st = self->state;
       if (st.draining)
         return make_error(ec::unavailable, "Server is draining");
-      if (auto i = st.executions.find(hash); i != st.executions.end() && !i->second.stopped)
-        return self->delegate(i->second.supervisor, atom::run_v);
+      if (auto i = st.executions.find(hash); i != st.executions.end() && !i->second.stopped) {
+        // A supervisor that quits (an idle stop) just before our call reaches it: the call
+        // starts the program again instead of failing.
+        auto rp = self->make_response_promise<execution_info>();
+        auto sup = i->second.supervisor;
+        self->request(sup, caf::infinite, atom::run_v)
+          .then([=](const execution_info& info) mutable { rp.deliver(info); },
+                [=](caf::error& err) mutable {
+                  bool gone = err.category() == caf::atom("system")
+                              && err.code() == static_cast<uint8_t>(caf::sec::request_receiver_down);
+                  if (!gone) {
+                    rp.deliver(std::move(err));
+                    return;
+                  }
+                  auto& ex = self->state.executions;
+                  if (auto j = ex.find(hash); j != ex.end() && j->second.supervisor == sup)
+                    ex.erase(j);
+                  self->request(caf::actor_cast<job_broker_actor>(self), caf::infinite,
+                                atom::run_v, hash)
+                    .then([=](const execution_info& info) mutable { rp.deliver(info); },
+                          [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+                });
+        return rp;
+      }
       auto rp = self->make_response_promise<execution_info>();
       auto [pos, fresh] = st.pending.try_emplace(hash);
       pos->second.waiters.push_back(rp);

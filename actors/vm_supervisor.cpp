@@ -102,11 +102,16 @@ bool is_qcow2(const std::string& path) {
 // ---- the executor's thread -------------------------------------------------------------------
 
 // Blocking executor calls run here, on a thread of their own, one at a time.
-caf::behavior exec_host(caf::event_based_actor*, std::shared_ptr<executor> exec,
+caf::behavior exec_host(caf::event_based_actor* self, std::shared_ptr<executor> exec,
                         std::function<std::string()> start) {
   return {
     [=](atom::run) -> std::string { return start(); },
-    [=](atom::stop, int64_t grace_ms) -> int32_t { return exec->stop(milliseconds{grace_ms}); },
+    [=](atom::stop, int64_t grace_ms) -> int32_t {
+      auto code = exec->stop(milliseconds{grace_ms});
+      // Done for good, whether or not the supervisor is still there to say so.
+      self->quit();
+      return code;
+    },
   };
 }
 
@@ -193,6 +198,9 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
   note(self, "execution " + phase + (detail.empty() ? "" : ": " + detail));
   answer_waiters(self, make_error(ec::workload_failed, "execution " + phase + ": " + detail));
   auto& st = self->state;
+  for (auto& rp : st.stop_waiters) // stops asked while it was already on its way out
+    rp.deliver(st.info);
+  st.stop_waiters.clear();
   if (st.broker)
     self->send(st.broker, atom::exited_v, st.info,
                    std::vector<log_line>{st.logs.begin(), st.logs.end()});
@@ -310,7 +318,9 @@ void boot(self_ptr self) {
     if (st.env->cgroups) {
       o.limits = limits;
       o.cgroup_root = st.env->cgroup_root;
-      o.cgroup_name = st.info.item_hash.substr(0, 16) + "-" + std::to_string(run);
+      // Unique even when a new supervisor of the same workload starts while the old one stops.
+      o.cgroup_name = st.info.item_hash.substr(0, 16) + "-" + std::to_string(self->id()) + "-"
+                      + std::to_string(run);
     }
     exec = std::make_shared<sandbox>(std::move(o));
   }
@@ -686,16 +696,25 @@ void prepare(self_ptr self) {
 }
 
 void stop_now(self_ptr self, const std::string& why, bool erase,
-              caf::typed_response_promise<execution_info> rp) {
+              caf::typed_response_promise<execution_info> rp, bool requested = true) {
   auto& st = self->state;
   if (st.info.phase == "stopping") {
-    // Already on its way out: answer with the final state when it is there.
-    st.waiters.push_back(rp);
+    // Already on its way out (a stop, or a reboot that must now not start it again): answer
+    // with the final state when it is there.
+    st.stop_waiters.push_back(rp);
+    st.stop_after = true;
     return;
   }
   set_phase(self, "stopping", why);
   auto hash = st.info.item_hash;
   release_executor(self, [=]() mutable {
+    auto& st = self->state;
+    if (!requested && !st.stop_after && !st.waiters.empty()) {
+      // Calls arrived while it went idle: they get a fresh start, not an error.
+      rp.deliver(st.info);
+      boot(self);
+      return;
+    }
     if (erase) {
       std::error_code ec;
       fs::remove_all(exec_dir(*self->state.env, hash), ec);
@@ -801,7 +820,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     },
     [=](atom::reboot) -> caf::result<execution_info> {
       auto& st = self->state;
-      if (!st.cfg || (st.info.phase != "running" && st.info.phase != "booting"))
+      if (!st.cfg || !st.exec || (st.info.phase != "running" && st.info.phase != "booting"))
         return make_error(ec::wrong_phase,
                           "execution " + st.info.item_hash + " is " + st.info.phase);
       auto rp = self->make_response_promise<execution_info>();
@@ -809,7 +828,12 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
       note(self, "reboot requested");
       set_phase(self, "stopping", "rebooting");
       ++st.run; // the old executor's callbacks are stale from now on
-      release_executor(self, [=] { boot(self); });
+      release_executor(self, [=] {
+        if (self->state.stop_after) // stopped meanwhile: do not start it again
+          finish(self, "stopped", "stopped on request");
+        else
+          boot(self);
+      });
       return rp;
     },
     [=](atom::logs) {
@@ -836,9 +860,12 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
         return;
       spdlog::warn("vm_supervisor: {} ended: {} (code {})", st.info.item_hash, why, code);
       note(self, why);
+      set_phase(self, "stopping", why);
       release_executor(self, [=] {
         auto& st = self->state;
-        if (st.info.persistent)
+        if (st.stop_after)
+          finish(self, "stopped", "stopped on request");
+        else if (st.info.persistent)
           schedule_restart(self, why);
         else if (!st.waiters.empty())
           boot(self); // calls are waiting for it: start it again at once
@@ -857,7 +884,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
         stop_now(self,
                  "idle for " + std::to_string(idle / 1000) + " s (reuse-timeout "
                    + std::to_string(st.env->reuse_timeout.count() / 1000) + " s)",
-                 false, rp);
+                 false, rp, false);
       }
     },
   };

@@ -90,6 +90,9 @@ struct vm_supervisor_state {
   caf::actor host; ///< the detached actor that makes the executor's blocking calls
   std::shared_ptr<live_execution> live;
   std::vector<caf::typed_response_promise<execution_info>> waiters; ///< run and reboot
+  /// Stops asked while it was already stopping; answered with the final state.
+  std::vector<caf::typed_response_promise<execution_info>> stop_waiters;
+  bool stop_after = false; ///< a stop arrived during a reboot or an exit: do not start again
   std::deque<log_line> logs; ///< earlier runs and the CRN's own notes
   std::deque<caf::actor_clock::time_point> failures;
   std::chrono::milliseconds backoff{0};

@@ -522,7 +522,8 @@ struct request_pool {
   bool submit(gp::http_request req) {
     std::unique_lock lock{mu};
     queue.emplace_back(clock_type::now(), std::move(req));
-    if (idle > 0 || threads >= soft_threads) {
+    // Idle workers take queued requests first: start one when there are fewer than queued.
+    if (idle >= queue.size() || threads >= soft_threads) {
       cv.notify_one();
       if (!watcher) {
         try {

@@ -216,7 +216,8 @@ std::string without_token_cookie(const std::string& header) {
 
 // Passes one call to a running execution, straight from the HTTP thread.
 void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
-             const std::string& suffix, const http::responder& respond) {
+             const std::string& suffix, const std::string& admin_token,
+             const http::responder& respond) {
   guest::http_request g;
   g.method = req.method;
   auto q = suffix.find('?');
@@ -227,6 +228,9 @@ void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
   for (auto& [name, value] : req.headers) {
     if (hop_by_hop(name) || name == "x-auth-token")
       continue; // the node's admin token never reaches a user's program
+    if (name == "authorization" && value.rfind("Bearer ", 0) == 0
+        && same_secret(value.substr(7), admin_token))
+      continue;
     if (name == "cookie") {
       auto kept = without_token_cookie(value);
       if (!kept.empty())
@@ -280,7 +284,7 @@ void vm_call(const std::shared_ptr<const crn_context>& ctx, http::request&& req,
   if (ctx->table->draining.load())
     return respond(http::json_error(503, "Server is draining"));
   if (auto live = ctx->table->find(ref); live && live->exec->running())
-    return forward(live, std::move(req), suffix, respond);
+    return forward(live, std::move(req), suffix, ctx->login_token, respond);
   auto shared_req = std::make_shared<http::request>(std::move(req));
   gateway::ask(
     *ctx->sys, ctx->broker, std::chrono::milliseconds{120000}, respond,
@@ -288,7 +292,7 @@ void vm_call(const std::shared_ptr<const crn_context>& ctx, http::request&& req,
       auto live = ctx->table->find(ref);
       if (!live)
         return respond(http::json_error(502, "the program stopped before the call reached it"));
-      forward(live, std::move(*shared_req), suffix, respond);
+      forward(live, std::move(*shared_req), suffix, ctx->login_token, respond);
     },
     atom::run_v, ref);
 }

@@ -206,6 +206,12 @@ TEST_F(execution, a_program_uploaded_to_the_ccn_is_served_from_a_crn) {
   auto seen = http_request(localhost, http, "GET", "/vm/" + hash + "/headers", {},
                            {{"X-Auth-Token", secret}, {"Cookie", "token=" + secret + "; theme=dark"},
                             {"X-Custom", "kept"}});
+  auto bearer = http_request(localhost, http, "GET", "/vm/" + hash + "/headers", {},
+                             {{"Authorization", "Bearer " + secret}});
+  EXPECT_EQ(bearer.body.find(secret), std::string::npos) << bearer.body;
+  auto own = http_request(localhost, http, "GET", "/vm/" + hash + "/headers", {},
+                          {{"Authorization", "Bearer the-programs-own"}});
+  EXPECT_NE(own.body.find("the-programs-own"), std::string::npos) << own.body;
   ASSERT_EQ(seen.status, 200);
   EXPECT_EQ(seen.body.find(secret), std::string::npos) << seen.body;
   EXPECT_NE(seen.body.find("theme=dark"), std::string::npos) << seen.body;

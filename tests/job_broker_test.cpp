@@ -707,17 +707,48 @@ TEST_F(job_broker_test, drain_refuses_new_calls_and_stops_on_demand_but_keeps_pe
   EXPECT_EQ(find(pp)->phase, "stopped");
 }
 
+TEST_F(job_broker_test, a_stop_during_a_reboot_wins) {
+  auto hash = publish_program();
+  ASSERT_TRUE(run(hash).value);
+  auto reboot = ask_later<execution_info>(broker, atom::reboot_v, hash);
+  auto stop = ask_later<execution_info>(broker, atom::stop_v, hash);
+  sched.run();
+  ASSERT_TRUE(stop->value) << describe(stop->error);
+  EXPECT_EQ(stop->value->phase, "stopped");
+  EXPECT_FALSE(reboot->value) << "a reboot must not bring back a stopped execution";
+  EXPECT_EQ(executors.size(), 1u);
+  EXPECT_FALSE(table->find(hash));
+  EXPECT_EQ(find(hash)->phase, "stopped");
+}
+
+TEST_F(job_broker_test, a_call_during_an_idle_stop_gets_a_fresh_start) {
+  auto hash = publish_program();
+  ASSERT_TRUE(run(hash).value);
+  table->find(hash)->last_used_ms = live_execution::now_ms() - 61000;
+  sched.advance_time(std::chrono::seconds(2)); // the idle tick is due
+  sched.run_once();                           // the supervisor starts stopping
+  auto call = ask_later<execution_info>(broker, atom::run_v, hash);
+  sched.run();
+  ASSERT_TRUE(call->value) << describe(call->error);
+  EXPECT_EQ(call->value->phase, "running");
+  EXPECT_EQ(executors.size(), 2u);
+  EXPECT_TRUE(table->find(hash));
+}
+
 TEST_F(job_broker_test, erase_removes_the_execution_data) {
   connect();
   auto hash = publish_program();
   ASSERT_TRUE(run(hash).value);
   auto data = dir.str() + "/executions/" + hash;
-  std::filesystem::create_directories(data + "/volumes");
-  std::ofstream{data + "/volumes/state"} << "kept across restarts until erased";
+  auto volumes = dir.str() + "/volumes/" + hash;
+  std::filesystem::create_directories(data);
+  std::filesystem::create_directories(volumes + "/state");
+  std::ofstream{volumes + "/state/file"} << "kept across restarts until erased";
   auto r = ask<execution_info>(broker, atom::erase_v, hash);
   ASSERT_TRUE(r.value) << describe(r.error);
   EXPECT_EQ(r.value->phase, "stopped");
   EXPECT_FALSE(std::filesystem::exists(data));
+  EXPECT_FALSE(std::filesystem::exists(volumes));
 }
 
 TEST_F(job_broker_test, reboot_restarts_a_running_execution) {

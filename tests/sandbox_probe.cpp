@@ -24,6 +24,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -97,6 +98,30 @@ void read_some(int fd) {
       ::pause();
 }
 
+// Reads one whole frame (4-byte big-endian length, then the payload): a large
+// `configure` arrives in several reads.
+void read_frame(int fd) {
+  unsigned char len[4];
+  std::size_t got = 0;
+  while (got < 4) {
+    auto n = ::read(fd, len + got, 4 - got);
+    if (n <= 0)
+      for (;;)
+        ::pause();
+    got += static_cast<std::size_t>(n);
+  }
+  std::size_t left = (std::size_t{len[0]} << 24) | (std::size_t{len[1]} << 16)
+                     | (std::size_t{len[2]} << 8) | std::size_t{len[3]};
+  char buf[65536];
+  while (left > 0) {
+    auto n = ::read(fd, buf, std::min(left, sizeof buf));
+    if (n <= 0)
+      for (;;)
+        ::pause();
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
 int hostile(const std::string& socket_path) {
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGPIPE, SIG_IGN);
@@ -124,13 +149,13 @@ int hostile(const std::string& socket_path) {
   }
   if (mode != "silent") {
     write_all(fd, frame({ready_payload, sizeof ready_payload - 1}));
-    read_some(fd); // configure
+    read_frame(fd); // configure
     if (mode == "garbage") {
       write_all(fd, "\xff\xff\xff\xff");
     } else {
       write_all(fd, frame({configured_payload, sizeof configured_payload - 1}));
       if (mode == "later") {
-        read_some(fd); // the first request
+        read_frame(fd); // the first request
         write_all(fd, frame("\xc1 not msgpack"));
       }
     }
