@@ -779,12 +779,6 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   info.memory_mib = a.memory_mib;
   info.disk_mib = a.disk_mib;
   info.defined_at = unix_seconds();
-  // A supervisor that ends for any other reason still lets its executor go.
-  self->attach_functor([=] {
-    auto& st = self->state;
-    if (st.live && st.env->table)
-      st.env->table->remove(st.info.item_hash, st.live.get());
-  });
   prepare(self);
   self->delayed_send(self, st.env->tick, atom::tick_v);
   return {

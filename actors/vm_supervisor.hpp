@@ -97,6 +97,16 @@ struct vm_supervisor_state {
   std::deque<caf::actor_clock::time_point> failures;
   std::chrono::milliseconds backoff{0};
   std::mt19937_64 rng;
+
+  vm_supervisor_state() = default;
+  vm_supervisor_state(const vm_supervisor_state&) = delete;
+  vm_supervisor_state& operator=(const vm_supervisor_state&) = delete;
+  /// However the supervisor ends, its execution leaves the HTTP table (the executor itself is
+  /// stopped by whoever drops its last reference).
+  ~vm_supervisor_state() {
+    if (live && env && env->table)
+      env->table->remove(info.item_hash, live.get());
+  }
 };
 
 /// `broker` receives {atom::exited, execution_info, std::vector<log_line>} when it ends.
