@@ -596,7 +596,9 @@ struct sandbox::impl {
       "--dev", "/dev",
       "--tmpfs", "/tmp",
       "--ro-bind", opts.guest_binary, "/opt/alephd/guest",
-      "--bind", opts.run_dir, "/run/alephd",
+      // Read-only: the guest only connects to the socket there (a socket on a read-only mount
+      // still accepts connections), and may not fill the host's disk through it.
+      "--ro-bind", opts.run_dir, "/run/alephd",
       "--unshare-pid", "--unshare-ipc", "--unshare-uts",
     };
     args.emplace_back("--unshare-net");

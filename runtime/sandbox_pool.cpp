@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <vector>
 
 namespace alephd {
 
@@ -31,14 +32,17 @@ sandbox_pool::~sandbox_pool() {
 
 std::shared_ptr<sandbox> sandbox_pool::take() {
   std::shared_ptr<sandbox> out;
+  std::vector<std::shared_ptr<sandbox>> dead; // destroyed outside the lock (it may block)
   {
     std::lock_guard lock{mu_};
     while (!ready_.empty() && !out) {
       out = std::move(ready_.front());
       ready_.pop_front();
       last_take_ = std::chrono::steady_clock::now();
-      if (!out->running()) // died while waiting: drop it
+      if (!out->running()) { // died while waiting: drop it
+        dead.push_back(std::move(out));
         out = nullptr;
+      }
     }
   }
   cv_.notify_all(); // make another

@@ -492,6 +492,10 @@ TEST_F(sandbox, a_program_cannot_read_host_files) {
   EXPECT_EQ(sb.request(get(2, "/read", "etc/hostname"), 5000ms).status, 404);
   EXPECT_EQ(sb.request(get(3, "/read", "root/.bashrc"), 5000ms).status, 404);
   EXPECT_EQ(sb.request(get(4, "/read", "usr/lib/os-release"), 5000ms).status, 200);
+  // Nor write where the host keeps the sandbox's socket, or into the runtime.
+  EXPECT_EQ(sb.request(get(5, "/write", "0:run/alephd/filler"), 5000ms).status, 507);
+  EXPECT_EQ(sb.request(get(6, "/write", "0:usr/bin/evil"), 5000ms).status, 507);
+  EXPECT_EQ(sb.request(get(7, "/write", "0:tmp/scratch"), 5000ms).status, 200);
 }
 
 #ifdef ALEPHD_SANDBOX_PROBE
