@@ -95,21 +95,32 @@ double baseline_once() {
   return ok ? ms : -1;
 }
 
-double sandbox_once(const std::filesystem::path& dir, const std::string& code, int i) {
-  alephd::sandbox_options o;
-  o.guest_binary = ALEPHD_GUEST_BINARY;
-  o.run_dir = (dir / ("run-" + std::to_string(i))).string();
+// The trivial program both sandbox modes start, and the request they time.
+alephd::guest::configure program_config(const std::string& code) {
   alephd::guest::configure cfg;
   cfg.code = code;
   cfg.encoding = "plain";
   cfg.entrypoint = "app";
   cfg.variables = {{"GREETING", "bench"}, {"APP_PORT", "8080"}};
   cfg.app_port = 8080;
+  return cfg;
+}
+
+alephd::guest::http_request first_request() {
   alephd::guest::http_request req;
   req.id = 1;
   req.method = "GET";
   req.path = "/echo";
   req.query_string = "x";
+  return req;
+}
+
+double sandbox_once(const std::filesystem::path& dir, const std::string& code, int i) {
+  alephd::sandbox_options o;
+  o.guest_binary = ALEPHD_GUEST_BINARY;
+  o.run_dir = (dir / ("run-" + std::to_string(i))).string();
+  auto cfg = program_config(code);
+  auto req = first_request();
   auto t0 = clock_type::now();
   alephd::sandbox sb{o};
   if (!sb.start(cfg).empty())
@@ -125,17 +136,8 @@ double sandbox_once(const std::filesystem::path& dir, const std::string& code, i
 double pooled_once(alephd::sandbox_pool& pool, const std::string& code) {
   if (!pool.wait_ready(1, std::chrono::seconds(10)))
     return -1;
-  alephd::guest::configure cfg;
-  cfg.code = code;
-  cfg.encoding = "plain";
-  cfg.entrypoint = "app";
-  cfg.variables = {{"GREETING", "bench"}, {"APP_PORT", "8080"}};
-  cfg.app_port = 8080;
-  alephd::guest::http_request req;
-  req.id = 1;
-  req.method = "GET";
-  req.path = "/echo";
-  req.query_string = "x";
+  auto cfg = program_config(code);
+  auto req = first_request();
   auto t0 = clock_type::now();
   auto sb = pool.take();
   if (!sb || !sb->configure(cfg, std::chrono::seconds(5)).empty())
