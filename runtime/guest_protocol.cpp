@@ -52,9 +52,11 @@ void pack_head(packer& pk, std::string_view type, uint32_t fields) {
 }
 
 void pack_fields(packer& pk, const ready& m) {
-  pack_head(pk, "ready", 1);
+  pack_head(pk, "ready", 2);
   pack_str(pk, "version");
   pack_str(pk, m.version);
+  pack_str(pk, "configured");
+  pk.pack(m.configured);
 }
 
 void pack_fields(packer& pk, const configure& m) {
@@ -332,7 +334,9 @@ private:
 };
 
 bool read_fields(const fields& f, ready& m) {
-  return f.get("version", m.version);
+  m.configured = false;
+  return f.get("version", m.version)
+         && (f.find("configured") == nullptr || f.get("configured", m.configured));
 }
 
 bool read_fields(const fields& f, configure& m) {

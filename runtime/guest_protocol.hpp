@@ -32,6 +32,9 @@ inline constexpr std::size_t max_frame_size = std::size_t{16} * 1024 * 1024;
 /// Guest → host: the agent is up and speaks this protocol.
 struct ready {
   std::string version;
+  /// The agent already runs a configured program: it reconnected to a CRN
+  /// that restarted, and must not be configured again. Optional on the wire.
+  bool configured = false;
   bool operator==(const ready&) const = default;
 };
 

@@ -1,5 +1,7 @@
 #include "runtime/sandbox.hpp"
 
+#include "runtime/guest_link.hpp"
+
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 
@@ -38,11 +40,9 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-constexpr auto send_timeout = 5s;
 constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
-constexpr auto timeout_slice = 100ms;
 
 // First line of a regular file, at most 200 characters ("" if there is none).
 // The guest can write to run_dir, so a symlink there is not followed.
@@ -87,53 +87,22 @@ pid_t first_child(pid_t pid) {
   return c;
 }
 
-guest::http_response failure(uint64_t id, uint16_t status, std::string error) {
-  guest::http_response r;
-  r.id = id;
-  r.status = status;
-  r.error = std::move(error);
-  return r;
-}
 
 } // namespace
 
 struct sandbox::impl {
   explicit impl(sandbox_options o) : opts(std::move(o)) {
+    guest_link::options lo;
+    lo.eof_reason = "guest closed the connection";
+    lo.kill = [this] { signal_child(SIGKILL); };
+    lo.exit_note = [this] { return oom_note(); };
+    link = std::make_unique<guest_link>(std::move(lo));
   }
 
   sandbox_options opts;
 
-  // Protocol state, guarded by mu.
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  bool started = false;    // start() was called
-  bool connected = false;  // the guest connected and teardown() did not run
-  bool gone = false;       // EOF, bad frame, failed write or stopped
-  std::string gone_reason; // why, for 502 answers
-  bool ready_seen = false;
-  bool configure_sent = false;
-  std::optional<guest::configure_result> cfg_result;
-  bool halted_seen = false;
-  int halted_code = -1;
-  // A request in flight: sync callers wait on cv for `result`; async ones
-  // get `done` called (outside the lock) by whoever completes it.
-  struct waiter {
-    std::optional<guest::http_response> result;
-    executor::reply_handler done;
-    clock_type::time_point deadline;
-    uint64_t caller_id = 0;
-  };
-  std::map<uint64_t, waiter> waiters;
-  std::deque<timed_log> logs;
-  executor::exit_handler on_exit;
-  bool stop_requested = false; // stop() or the destructor: no exit report
-  uint64_t next_id = 1;
-
-  // The connection; conn_fd is only closed under write_mu after the reader
-  // thread has been joined.
-  std::mutex write_mu;
-  int conn_fd = -1;
-  std::thread reader;
+  std::mutex mu;
+  bool started = false; // boot() was called
 
   // The bwrap process; pid is never signalled once reaped (pid reuse).
   std::mutex proc_mu;
@@ -297,230 +266,23 @@ struct sandbox::impl {
     }
   }
 
-  using completion = std::pair<executor::reply_handler, guest::http_response>;
-
-  // Finishes waiter `it` with `resp` (under mu); an async one is moved to
-  // `out` to be called once the lock is released.
-  void complete(std::map<uint64_t, waiter>::iterator it, guest::http_response resp,
-                std::vector<completion>& out) {
-    if (it->second.done) {
-      resp.id = it->second.caller_id;
-      out.emplace_back(std::move(it->second.done), std::move(resp));
-      waiters.erase(it);
-    } else if (!it->second.result) {
-      it->second.result = std::move(resp);
-    }
-  }
-
-  static void run(std::vector<completion>& done) {
-    for (auto& [cb, resp] : done)
-      cb(std::move(resp));
-    done.clear();
-  }
-
-  // The guest can no longer answer: fail every waiter, and report the end
-  // once (unless we asked for it).
-  void mark_gone(const std::string& reason) {
-    std::vector<completion> done;
-    executor::exit_handler report;
-    int code = -1;
-    std::string why;
-    {
-      std::lock_guard lock{mu};
-      if (!gone) {
-        gone = true;
-        gone_reason = reason;
-        if (!stop_requested && on_exit) {
-          report = std::move(on_exit);
-          on_exit = nullptr;
-          code = halted_seen ? halted_code : -1;
-          why = (halted_seen ? "program exited with code " + std::to_string(halted_code) : reason)
-                + oom_note();
-        }
-      }
-      for (auto it = waiters.begin(); it != waiters.end();) {
-        auto next = std::next(it);
-        if (it->second.done || !it->second.result)
-          complete(it, failure(it->first, 502, "guest is gone: " + gone_reason), done);
-        it = next;
-      }
-      cv.notify_all();
-    }
-    run(done);
-    if (report)
-      report(code, why);
-  }
-
-  // Answers 504 to async waiters whose deadline passed.
-  void expire(clock_type::time_point now) {
-    std::vector<completion> done;
-    {
-      std::lock_guard lock{mu};
-      for (auto it = waiters.begin(); it != waiters.end();) {
-        auto next = std::next(it);
-        if (it->second.done && it->second.deadline <= now)
-          complete(it, failure(it->first, 504, "no answer from the guest in time"), done);
-        it = next;
-      }
-    }
-    run(done);
-  }
-
-  bool send_frame(const guest::frame& f, std::string& error) {
-    std::string bytes;
-    try {
-      bytes = guest::encode(f);
-    } catch (const std::exception& e) {
-      error = e.what();
-      return false;
-    }
-    std::lock_guard lock{write_mu};
-    if (conn_fd < 0) {
-      error = "not connected";
-      return false;
-    }
-    std::size_t off = 0;
-    while (off < bytes.size()) {
-      auto n = ::send(conn_fd, bytes.data() + off, bytes.size() - off,
-                      MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0) {
-        error = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
-                  ? "write to the guest timed out"
-                  : "write to the guest failed: "
-                      + std::string{std::strerror(errno)};
-        return false;
-      }
-      off += static_cast<std::size_t>(n);
-    }
-    return true;
-  }
-
-  // Sends or, on failure, gives the guest up (a half-written frame leaves
-  // the stream unusable).
-  bool send_or_drop(const guest::frame& f) {
-    std::string error;
-    if (send_frame(f, error))
-      return true;
-    mark_gone(error);
-    signal_child(SIGKILL);
-    return false;
-  }
-
-  // Returns false when the guest broke the protocol.
-  bool handle(guest::frame f, std::vector<completion>& done) {
-    std::lock_guard lock{mu};
-    if (std::holds_alternative<guest::ready>(f)) {
-      ready_seen = true;
-    } else if (auto* res = std::get_if<guest::configure_result>(&f)) {
-      cfg_result = std::move(*res);
-    } else if (auto* resp = std::get_if<guest::http_response>(&f)) {
-      // Unknown, answered or timed-out ids are dropped.
-      if (auto it = waiters.find(resp->id); it != waiters.end() && !it->second.result)
-        complete(it, std::move(*resp), done);
-    } else if (auto* l = std::get_if<guest::log>(&f)) {
-      auto now = std::chrono::duration<double>(
-                   std::chrono::system_clock::now().time_since_epoch())
-                   .count();
-      logs.push_back(timed_log{now, std::move(l->stream), std::move(l->line)});
-      if (logs.size() > max_logs)
-        logs.pop_front();
-    } else if (auto* h = std::get_if<guest::halted>(&f)) {
-      halted_seen = true;
-      halted_code = h->exit_code;
-    } else {
-      return false; // a host → guest frame coming back
-    }
-    cv.notify_all();
-    return true;
-  }
-
-  void read_loop() {
-    guest::decoder dec;
-    std::vector<char> buf(64 * 1024);
-    std::vector<completion> done;
-    for (;;) {
-      // Wake up now and then to time out async requests.
-      pollfd pfd{conn_fd, POLLIN, 0};
-      auto p = ::poll(&pfd, 1, static_cast<int>(timeout_slice.count()));
-      expire(clock_type::now());
-      if (p == 0 || (p < 0 && errno == EINTR))
-        continue;
-      auto n = ::read(conn_fd, buf.data(), buf.size());
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0) {
-        bool expected;
-        {
-          std::lock_guard lock{mu};
-          expected = halted_seen || gone;
-        }
-        mark_gone("guest closed the connection");
-        if (!expected)
-          signal_child(SIGKILL);
-        return;
-      }
-      dec.feed(buf.data(), static_cast<std::size_t>(n));
-      std::string error;
-      while (auto f = dec.next(error)) {
-        auto name = std::string{guest::type_name(*f)};
-        if (!handle(std::move(*f), done)) {
-          error = "unexpected frame '" + name + "'";
-          break;
-        }
-      }
-      run(done);
-      if (!error.empty()) {
-        mark_gone("bad frame from the guest: " + error);
-        signal_child(SIGKILL);
-        return;
-      }
-    }
-  }
-
-  // Kills what is left, closes the connection and joins the reader. Safe to
+  // Kills what is left, closes the connection and joins its threads. Safe to
   // call more than once, and before start().
   void teardown() {
     kill_and_reap();
     wait_namespace_empty();
     stop_slirp();
-    {
-      std::lock_guard lock{write_mu};
-      if (conn_fd >= 0)
-        ::shutdown(conn_fd, SHUT_RDWR);
-    }
-    if (reader.joinable())
-      reader.join();
-    {
-      std::lock_guard lock{write_mu};
-      if (conn_fd >= 0)
-        ::close(conn_fd);
-      conn_fd = -1;
-    }
-    mark_gone("sandbox stopped");
+    link->close("sandbox stopped");
     if (group) {
       std::string err;
       if (!group->destroy(err))
         std::fprintf(stderr, "sandbox: cannot remove cgroup %s: %s\n", group->path().c_str(),
                      err.c_str());
     }
-    std::lock_guard lock{mu};
-    connected = false;
-  }
-
-  // Waits on cv for `pred` until `deadline`; returns pred().
-  template <class Pred>
-  bool wait_until(clock_type::time_point deadline, Pred pred) {
-    std::unique_lock lock{mu};
-    return cv.wait_until(lock, deadline, pred);
   }
 
   std::string fail_start(std::string error) {
-    {
-      std::lock_guard lock{mu};
-      stop_requested = true; // start() reports this failure itself
-    }
+    link->expect_end(); // start() reports this failure itself
     teardown();
     auto err = first_line(std::filesystem::path{opts.run_dir} / "bwrap.err");
     if (!err.empty())
@@ -690,108 +452,19 @@ struct sandbox::impl {
         return fail_start(error);
       }
     }
-    timeval tv{std::chrono::duration_cast<std::chrono::seconds>(send_timeout)
-                 .count(),
-               0};
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    {
-      std::lock_guard lock{write_mu};
-      conn_fd = fd;
-    }
-    {
-      std::lock_guard lock{mu};
-      connected = true;
-    }
-    reader = std::thread{[this] { read_loop(); }};
-
-    if (!wait_until(deadline, [this] { return ready_seen || gone; }))
-      return fail_start("no 'ready' from the guest in time");
-    std::string early_failure;
-    {
-      std::lock_guard lock{mu};
-      if (!ready_seen)
-        early_failure = "the guest failed before 'ready': " + gone_reason;
-    }
-    if (!early_failure.empty()) // fail_start() takes mu itself
-      return fail_start(early_failure);
+    link->attach(fd);
+    if (auto error = link->wait_ready(deadline); !error.empty())
+      return fail_start(error);
     return {};
   }
 
   // Sends `configure` to a booted agent and waits for its result.
   std::string configure(const guest::configure& cfg, clock_type::time_point deadline) {
-    {
-      std::lock_guard lock{mu};
-      if (!ready_seen)
-        return "not booted";
-      if (configure_sent)
-        return "already configured";
-      configure_sent = true;
-    }
-    if (!send_or_drop(cfg)) {
-      std::string why;
-      {
-        std::lock_guard lock{mu};
-        why = gone_reason; // e.g. the bad frame that made the reader drop the guest
-      }
-      return fail_start("cannot send 'configure': " + why);
-    }
-    if (!wait_until(deadline, [this] { return cfg_result || gone; }))
-      return fail_start("no 'configure_result' from the guest in time");
-    std::string error;
-    {
-      std::lock_guard lock{mu};
-      if (!cfg_result)
-        error = "the guest failed during configure: " + gone_reason;
-      else if (!cfg_result->success)
-        error = "configure failed: " + cfg_result->error;
-    }
-    if (!error.empty())
-      return fail_start(error);
-    return error;
-  }
-
-  guest::http_response request(guest::http_request req,
-                               std::chrono::milliseconds timeout) {
-    auto deadline = clock_type::now() + timeout;
-    auto caller_id = req.id;
-    uint64_t id;
-    {
-      std::lock_guard lock{mu};
-      if (!connected || gone || halted_seen)
-        return failure(caller_id, 502,
-                       gone_reason.empty() ? "guest is not running"
-                                           : "guest is gone: " + gone_reason);
-      id = next_id++;
-      waiters.emplace(id, waiter{});
-    }
-    req.id = id;
-    send_or_drop(req); // on failure mark_gone() fills our slot with a 502
-    std::unique_lock lock{mu};
-    cv.wait_until(lock, deadline, [&] { return waiters[id].result.has_value(); });
-    auto node = waiters.extract(id);
-    guest::http_response resp
-      = node.mapped().result ? std::move(*node.mapped().result)
-                             : failure(id, 504, "no answer from the guest in time");
-    resp.id = caller_id;
-    return resp;
-  }
-
-  void request_async(guest::http_request req, std::chrono::milliseconds timeout,
-                     executor::reply_handler done) {
-    auto caller_id = req.id;
-    {
-      std::unique_lock lock{mu};
-      if (!connected || gone || halted_seen) {
-        auto why = gone_reason.empty() ? "guest is not running" : "guest is gone: " + gone_reason;
-        lock.unlock();
-        done(failure(caller_id, 502, why));
-        return;
-      }
-      req.id = next_id++;
-      waiters.emplace(req.id, waiter{std::nullopt, std::move(done),
-                                     clock_type::now() + timeout, caller_id});
-    }
-    send_or_drop(req); // on failure mark_gone() answers 502
+    if (!link->ready_seen())
+      return "not booted";
+    if (auto error = link->configure(cfg, deadline); !error.empty())
+      return error == "already configured" ? error : fail_start(error);
+    return {};
   }
 
   int stop(std::chrono::milliseconds grace) {
@@ -799,25 +472,18 @@ struct sandbox::impl {
     if (stopped)
       return stop_code;
     stopped = true;
-    {
-      std::lock_guard lock{mu};
-      stop_requested = true;
-    }
+    link->expect_end();
     auto deadline = clock_type::now() + grace;
-    bool live;
-    {
-      std::lock_guard lock{mu};
-      live = connected && !gone && !halted_seen;
-    }
-    if (live && send_or_drop(guest::halt{}))
-      wait_until(deadline, [this] { return halted_seen || gone; });
+    link->halt(deadline);
     while (!try_reap() && clock_type::now() < deadline)
       std::this_thread::sleep_for(10ms);
     teardown();
-    std::lock_guard lock{mu};
-    stop_code = halted_seen ? halted_code : -1;
+    stop_code = link->halted_code();
     return stop_code;
   }
+
+  // Declared last: destroyed first, so its threads are gone before the rest.
+  std::unique_ptr<guest_link> link;
 };
 
 sandbox::sandbox(sandbox_options o)
@@ -830,13 +496,7 @@ sandbox::~sandbox() {
   } catch (...) {
     // stop() only throws on resource exhaustion; make sure nothing is left.
     impl_->kill_and_reap();
-    if (impl_->reader.joinable()) {
-      std::lock_guard lock{impl_->write_mu};
-      if (impl_->conn_fd >= 0)
-        ::shutdown(impl_->conn_fd, SHUT_RDWR);
-    }
-    if (impl_->reader.joinable())
-      impl_->reader.join();
+    impl_->link->close("sandbox stopped");
   }
 }
 
@@ -862,7 +522,7 @@ bool sandbox::set_limits(const cgroup_limits& limits, std::string& err) {
 
 guest::http_response sandbox::request(guest::http_request req,
                                       std::chrono::milliseconds timeout) {
-  return impl_->request(std::move(req), timeout);
+  return impl_->link->request(std::move(req), timeout);
 }
 
 int sandbox::stop(std::chrono::milliseconds grace) {
@@ -870,8 +530,7 @@ int sandbox::stop(std::chrono::milliseconds grace) {
 }
 
 bool sandbox::running() const {
-  std::lock_guard lock{impl_->mu};
-  return impl_->connected && !impl_->gone && !impl_->halted_seen;
+  return impl_->link->running();
 }
 
 int sandbox::pid() const {
@@ -881,17 +540,15 @@ int sandbox::pid() const {
 
 void sandbox::request_async(guest::http_request req, std::chrono::milliseconds timeout,
                             reply_handler done) {
-  impl_->request_async(std::move(req), timeout, std::move(done));
+  impl_->link->request_async(std::move(req), timeout, std::move(done));
 }
 
 std::vector<timed_log> sandbox::logs() const {
-  std::lock_guard lock{impl_->mu};
-  return {impl_->logs.begin(), impl_->logs.end()};
+  return impl_->link->logs();
 }
 
 void sandbox::on_exit(exit_handler h) {
-  std::lock_guard lock{impl_->mu};
-  impl_->on_exit = std::move(h);
+  impl_->link->on_exit(std::move(h));
 }
 
 } // namespace alephd
