@@ -25,13 +25,15 @@ using self_ptr = vm_supervisor_actor::stateful_pointer<vm_supervisor_state>;
 using std::chrono::milliseconds;
 namespace fs = std::filesystem;
 
-constexpr size_t max_kept_logs = 1000;
-
 void note(self_ptr self, const std::string& line) {
-  auto& logs = self->state.logs;
-  logs.push_back(log_line{unix_seconds(), "system", line});
-  if (logs.size() > max_kept_logs)
-    logs.pop_front();
+  self->state.feed->push(timed_log{unix_seconds(), "system", line});
+}
+
+std::vector<log_line> kept_logs(const log_feed& feed) {
+  std::vector<log_line> out;
+  for (auto& l : feed.snapshot())
+    out.push_back(log_line{l.time, l.stream, l.line});
+  return out;
 }
 
 std::string exec_dir(const execution_env& env, const std::string& hash) {
@@ -147,20 +149,8 @@ void answer_waiters(self_ptr self, const caf::error& err) {
   }
 }
 
-// Moves an executor's output into the kept logs.
-void collect_logs(self_ptr self, const std::shared_ptr<executor>& exec) {
-  auto& st = self->state;
-  if (!exec)
-    return;
-  for (auto& l : exec->logs()) {
-    st.logs.push_back(log_line{l.time, l.stream, l.line});
-    if (st.logs.size() > max_kept_logs)
-      st.logs.pop_front();
-  }
-}
-
-// Takes the execution out of the HTTP table, keeps its logs and lets its executor go (the host
-// thread stops it; `then` runs once it is stopped).
+// Takes the execution out of the HTTP table and lets its executor go (the host thread stops it;
+// `then` runs once it is stopped, with its last output in the feed).
 void release_executor(self_ptr self, std::function<void()> then) {
   auto& st = self->state;
   if (st.live && st.env->table)
@@ -171,7 +161,6 @@ void release_executor(self_ptr self, std::function<void()> then) {
   st.exec = nullptr;
   st.host = nullptr;
   if (!host) {
-    collect_logs(self, exec);
     then();
     return;
   }
@@ -182,12 +171,10 @@ void release_executor(self_ptr self, std::function<void()> then) {
       [=](int32_t) {
         // Stopped: its last output has arrived.
         caf::anon_send_exit(host, caf::exit_reason::user_shutdown);
-        collect_logs(self, exec);
         then();
       },
       [=](caf::error&) {
         caf::anon_send_exit(host, caf::exit_reason::kill);
-        collect_logs(self, exec);
         then();
       });
 }
@@ -202,8 +189,7 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
     rp.deliver(st.info);
   st.stop_waiters.clear();
   if (st.broker)
-    self->send(st.broker, atom::exited_v, st.info,
-                   std::vector<log_line>{st.logs.begin(), st.logs.end()});
+    self->send(st.broker, atom::exited_v, st.info, kept_logs(*st.feed));
   self->quit();
 }
 
@@ -325,6 +311,7 @@ void boot(self_ptr self) {
     exec = std::make_shared<sandbox>(std::move(o));
   }
   // The handler holds a weak reference: the executor lives in this actor's state.
+  exec->on_log([feed = st.feed](const timed_log& l) { feed->push(l); });
   caf::weak_actor_ptr weak = self->ctrl();
   exec->on_exit([weak, run](int code, const std::string& why) {
     if (auto strong = weak.lock())
@@ -779,6 +766,8 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   info.memory_mib = a.memory_mib;
   info.disk_mib = a.disk_mib;
   info.defined_at = unix_seconds();
+  if (st.env->table)
+    st.env->table->put_feed(a.item_hash, st.feed);
   prepare(self);
   self->delayed_send(self, st.env->tick, atom::tick_v);
   return {
@@ -830,14 +819,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
       });
       return rp;
     },
-    [=](atom::logs) {
-      auto& st = self->state;
-      std::vector<log_line> out{st.logs.begin(), st.logs.end()};
-      if (st.exec)
-        for (auto& l : st.exec->logs())
-          out.push_back(log_line{l.time, l.stream, l.line});
-      return out;
-    },
+    [=](atom::logs) { return kept_logs(*self->state.feed); },
     [=](atom::started, uint64_t run, const std::string&) {
       // A restart after back-off (unless something else happened meanwhile).
       auto& st = self->state;

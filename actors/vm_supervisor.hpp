@@ -93,7 +93,8 @@ struct vm_supervisor_state {
   /// Stops asked while it was already stopping; answered with the final state.
   std::vector<caf::typed_response_promise<execution_info>> stop_waiters;
   bool stop_after = false; ///< a stop arrived during a reboot or an exit: do not start again
-  std::deque<log_line> logs; ///< earlier runs and the CRN's own notes
+  /// Every run's output and the CRN's own notes, with their followers (stream_logs).
+  std::shared_ptr<log_feed> feed = std::make_shared<log_feed>();
   std::deque<caf::actor_clock::time_point> failures;
   std::chrono::milliseconds backoff{0};
   std::mt19937_64 rng;
@@ -106,6 +107,9 @@ struct vm_supervisor_state {
   ~vm_supervisor_state() {
     if (live && env && env->table)
       env->table->remove(info.item_hash, live.get());
+    if (env && env->table)
+      env->table->remove_feed(info.item_hash, feed.get());
+    feed->close();
   }
 };
 

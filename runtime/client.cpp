@@ -23,8 +23,10 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <nlohmann/json.hpp>
 
 namespace alephd {
@@ -408,6 +410,49 @@ std::string host_header(const client::crn_url& url) {
   return url.port == 80 ? h : h + ":" + std::to_string(url.port);
 }
 
+// Resolves the CRN's host (IP literals need no resolver) and connects `sock` to the first
+// address that answers. On outcome::ok, `error` is empty or the one-line failure.
+outcome connect_crn(asio::io_context& ioc, tcp::socket& sock, const client::crn_url& url,
+                    steady::time_point deadline, bool interruptible, std::string& error) {
+  error_code ec;
+  std::vector<tcp::endpoint> endpoints;
+  if (auto addr = asio::ip::make_address(url.host, ec); !ec) {
+    endpoints.emplace_back(addr, url.port);
+  } else {
+    tcp::resolver resolver{ioc};
+    tcp::resolver::results_type results;
+    auto o = run_op(
+      ioc, deadline, interruptible, ec,
+      [&](auto handler) {
+        resolver.async_resolve(url.host, std::to_string(url.port),
+                               [&results, handler](error_code e, tcp::resolver::results_type rs) {
+                                 results = std::move(rs);
+                                 handler(e);
+                               });
+      },
+      [&resolver] { resolver.cancel(); });
+    if (o != outcome::ok)
+      return o;
+    if (ec) {
+      error = "cannot resolve the CRN host '" + one_line(url.host, 100) + "': "
+              + one_line(ec.message(), 200);
+      return outcome::ok;
+    }
+    for (const auto& e : results)
+      endpoints.push_back(e.endpoint());
+  }
+  auto o = run_op(
+    ioc, deadline, interruptible, ec,
+    [&](auto handler) { asio::async_connect(sock, endpoints, std::move(handler)); },
+    [&sock] {
+      error_code ignored;
+      sock.close(ignored);
+    });
+  if (o == outcome::ok && ec)
+    error = "cannot reach the CRN at " + url.to_string() + ": " + one_line(ec.message(), 200);
+  return o;
+}
+
 http_result exchange(const client::crn_url& url, const http_call& call) {
   http_result r;
   auto deadline = steady::now() + call.timeout;
@@ -436,38 +481,15 @@ http_result exchange(const client::crn_url& url, const http_call& call) {
     sock.close(ignored);
   };
   error_code ec;
-
-  // Resolve (IP literals need no resolver), then connect to the first address that answers.
-  std::vector<tcp::endpoint> endpoints;
-  if (auto addr = asio::ip::make_address(url.host, ec); !ec) {
-    endpoints.emplace_back(addr, url.port);
-  } else {
-    tcp::resolver resolver{ioc};
-    tcp::resolver::results_type results;
-    auto o = run_op(
-      ioc, deadline, call.interruptible, ec,
-      [&](auto handler) {
-        resolver.async_resolve(url.host, std::to_string(url.port),
-                               [&results, handler](error_code e, tcp::resolver::results_type rs) {
-                                 results = std::move(rs);
-                                 handler(e);
-                               });
-      },
-      [&resolver] { resolver.cancel(); });
-    if (o != outcome::ok)
-      return end(o);
-    if (ec)
-      return failed("cannot resolve the CRN host '" + one_line(url.host, 100) + "'", ec);
-    for (const auto& e : results)
-      endpoints.push_back(e.endpoint());
-  }
-  auto o = run_op(
-    ioc, deadline, call.interruptible, ec,
-    [&](auto handler) { asio::async_connect(sock, endpoints, std::move(handler)); }, close);
+  std::string error;
+  auto o = connect_crn(ioc, sock, url, deadline, call.interruptible, error);
   if (o != outcome::ok)
     return end(o);
-  if (ec)
-    return failed("cannot reach the CRN at " + where, ec);
+  if (!error.empty()) {
+    r.result = outcome::failed;
+    r.error = error;
+    return r;
+  }
 
   bhttp::request<bhttp::string_body> req;
   req.method_string(call.method);
@@ -972,6 +994,84 @@ bool pause(std::chrono::milliseconds d) {
   return !interrupted.load();
 }
 
+enum class stream_result { done, unsupported };
+
+// Follows /control/machine/{ref}/stream_logs (a websocket) until the CRN closes it (the
+// execution ended) or SIGINT; `unsupported` when the CRN has no such route, and the caller
+// polls /logs instead.
+stream_result follow_stream(const options& o, const client::crn_url& url, const std::string& token,
+                            const std::string& ref, std::ostream& out, std::ostream& err) {
+  namespace bws = boost::beast::websocket;
+  asio::io_context ioc{1};
+  tcp::socket sock{ioc};
+  auto close = [&sock] {
+    error_code ignored;
+    sock.close(ignored);
+  };
+  auto timeout = o.timeout.value_or(30s);
+  auto deadline = steady::now() + timeout;
+  auto where = url.to_string();
+  auto check = [&](outcome oc) {
+    if (oc == outcome::timed_out)
+      node_error("no answer from the CRN at " + where + " within " + format_duration(timeout));
+    return oc == outcome::interrupted;
+  };
+  std::string error;
+  if (check(connect_crn(ioc, sock, url, deadline, true, error)))
+    return stream_result::done;
+  if (!error.empty())
+    node_error(error);
+  bws::stream<tcp::socket&> ws{sock};
+  ws.set_option(bws::stream_base::decorator([&token](bws::request_type& req) {
+    req.set(bhttp::field::user_agent, "alephd-client");
+    req.set("X-Auth-Token", token);
+  }));
+  ws.read_message_max(1u << 20);
+  bws::response_type res;
+  error_code ec;
+  auto target = url.prefix + "/control/machine/" + ref + "/stream_logs";
+  if (check(run_op(
+        ioc, deadline, true, ec,
+        [&](auto handler) { ws.async_handshake(res, host_header(url), target, std::move(handler)); },
+        close)))
+    return stream_result::done;
+  if (ec == bws::error::upgrade_declined) {
+    http_result r;
+    r.head.status = res.result_int();
+    r.head.reason = std::string{res.reason()};
+    r.body = res.body();
+    auto text = error_text(r);
+    if (r.head.status == 426 || r.head.status == 405
+        || (r.head.status == 404 && text.rfind("no route", 0) == 0))
+      return stream_result::unsupported;
+    node_error(http_error_line(r));
+  }
+  if (ec)
+    node_error("cannot open the log stream of the CRN at " + where + ": " + one_line(ec.message()));
+  beast::flat_buffer buf;
+  for (;;) {
+    auto forever = steady::now() + std::chrono::hours{24 * 365};
+    if (check(run_op(
+          ioc, forever, true, ec, [&](auto handler) { ws.async_read(buf, std::move(handler)); },
+          close)))
+      return stream_result::done;
+    if (ec == bws::error::closed) {
+      err << "alephd: stopped following: the execution ended\n";
+      return stream_result::done;
+    }
+    if (ec)
+      node_error("the log stream from the CRN at " + where + " broke off: "
+                 + one_line(ec.message()));
+    auto doc = json::parse(beast::buffers_to_string(buf.data()), nullptr, false);
+    buf.consume(buf.size());
+    if (doc.is_discarded())
+      continue; // not a log line: nothing to print
+    auto line = json::array();
+    line.push_back(std::move(doc));
+    print_logs(out, parse_logs(line), 0);
+  }
+}
+
 int verb_logs(const options& o, std::ostream& out, std::ostream& err) {
   auto ref = ref_argument(o, "logs", 1);
   auto url = resolve_crn(o);
@@ -984,10 +1084,12 @@ int verb_logs(const options& o, std::ostream& out, std::ostream& err) {
     print_logs(out, parse_logs(fetch_json(url, call)), 0);
     return 0;
   }
-  call.headers.emplace_back("Accept", "application/json");
-  // Following: one request per interval; a 404 (the execution is gone) or SIGINT ends it, a
-  // passing failure (unreachable, 5xx) is reported once and retried.
   sigint_catcher catcher;
+  if (follow_stream(o, url, token, ref, out, err) == stream_result::done)
+    return 0;
+  call.headers.emplace_back("Accept", "application/json");
+  // Following a CRN without stream_logs: one request per interval; a 404 (the execution is
+  // gone) or SIGINT ends it, a passing failure (unreachable, 5xx) is reported once and retried.
   call.interruptible = true;
   std::vector<client::log_entry> seen;
   std::string last_problem;
@@ -1083,8 +1185,9 @@ std::string client_help() {
   alephd ls [--json]                 the CRN's executions (--json: the raw list, pretty)
   alephd logs REF [--follow] [--interval 1s]
                                      an execution's logs as "<time> <type> <message>"; --follow
-                                     polls and prints new entries until Ctrl-C or the execution
-                                     is gone (404)
+                                     streams new lines (the CRN's stream_logs websocket) until
+                                     Ctrl-C or the execution ends; a CRN without stream_logs is
+                                     polled every --interval
   alephd stop|reboot|erase REF       act on an execution; prints its resulting phase
 Common options:
   --crn URL          the CRN, http://host[:port][/prefix] (default $ALEPHD_CRN, else

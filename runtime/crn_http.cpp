@@ -297,6 +297,15 @@ void vm_call(const std::shared_ptr<const crn_context>& ctx, http::request&& req,
     atom::run_v, ref);
 }
 
+json log_json(double time, const std::string& stream, const std::string& line) {
+  return json{{"time", gateway::iso_time(time)}, {"type", stream}, {"message", line}};
+}
+
+// One line as sent on stream_logs (invalid UTF-8 from a program is replaced).
+std::string log_text(double time, const std::string& stream, const std::string& line) {
+  return log_json(time, stream, line).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 void operator_action(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
                      const std::string& action, const http::responder& respond) {
   auto done = [respond](const execution_info& e) {
@@ -313,9 +322,46 @@ void operator_action(const std::shared_ptr<const crn_context>& ctx, const std::s
       [respond](const std::vector<log_line>& lines) {
         json out = json::array();
         for (auto& l : lines)
-          out.push_back(json{{"time", gateway::iso_time(l.time)}, {"type", l.stream},
-                             {"message", l.line}});
+          out.push_back(log_json(l.time, l.stream, l.line));
         respond(gateway::json(200, out));
+      },
+      atom::logs_v, ref);
+}
+
+// GET /control/machine/{ref}/stream_logs (websocket): the kept lines, then each new one as
+// {"time", "type", "message"}; closed by the server when the execution ends. A finished
+// execution sends what was kept and closes at once.
+void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
+                 const http::request& req, const http::responder& respond) {
+  if (!http::is_websocket_upgrade(req)) {
+    auto r = http::json_error(426, "stream_logs is a websocket: send an upgrade request");
+    r.headers.emplace_back("Upgrade", "websocket");
+    return respond(std::move(r));
+  }
+  if (auto feed = ctx->table->find_feed(ref)) {
+    http::response r;
+    r.websocket_open = [feed](std::shared_ptr<http::websocket> ws) {
+      auto id = std::make_shared<std::atomic<uint64_t>>(0);
+      std::weak_ptr<log_feed> weak = feed;
+      ws->on_close([weak, id] {
+        if (auto f = weak.lock())
+          f->unfollow(id->load());
+      });
+      id->store(feed->follow(
+        [ws](const timed_log& l) { ws->send_text(log_text(l.time, l.stream, l.line)); },
+        [ws] { ws->close(); }));
+    };
+    return respond(std::move(r));
+  }
+  ask(*ctx->sys, ctx->broker, timeout, respond,
+      [respond](const std::vector<log_line>& lines) {
+        http::response r;
+        r.websocket_open = [lines](std::shared_ptr<http::websocket> ws) {
+          for (auto& l : lines)
+            ws->send_text(log_text(l.time, l.stream, l.line));
+          ws->close();
+        };
+        respond(std::move(r));
       },
       atom::logs_v, ref);
 }
@@ -328,21 +374,23 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
     if (path.rfind("/vm/", 0) == 0)
       return vm_call(ctx, std::move(req), respond);
     if (path.rfind("/control/machine/", 0) == 0) {
-      // /control/machine/{ref}/{stop|reboot|erase|logs}
+      // /control/machine/{ref}/{stop|reboot|erase|logs|stream_logs}
       auto rest = path.substr(17);
       auto slash = rest.find('/');
       auto ref = rest.substr(0, slash);
       auto action = slash == std::string::npos ? "" : rest.substr(slash + 1);
-      static const std::set<std::string> actions{"stop", "reboot", "erase", "logs"};
+      static const std::set<std::string> actions{"stop", "reboot", "erase", "logs", "stream_logs"};
       if (!actions.count(action))
         return respond(http::json_error(404, "no route for " + req.method + " " + path.substr(0, 200)));
-      bool get = action == "logs";
+      bool get = action == "logs" || action == "stream_logs";
       if ((get && req.method != "GET") || (!get && req.method != "POST"))
         return respond(http::json_error(405, "method " + req.method + " not allowed on " + path.substr(0, 200)));
       if (!is_admin(*ctx, req))
         return respond(http::json_error(401, "Authentication required: send the node's login token as X-Auth-Token"));
       if (!is_item_hash(ref))
         return respond(http::json_error(400, "malformed item_hash '" + ref.substr(0, 80) + "'"));
+      if (action == "stream_logs")
+        return stream_logs(ctx, ref, req, respond);
       return operator_action(ctx, ref, action, respond);
     }
     static const std::set<std::string> known{"/",

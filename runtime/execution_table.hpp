@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "runtime/executor.hpp"
+#include "runtime/log_feed.hpp"
 
 namespace alephd {
 
@@ -65,9 +66,30 @@ public:
   /// Once set, new calls are refused with 503 (SIGTERM).
   std::atomic<bool> draining{false};
 
+  /// The log feed of each execution whose supervisor is alive (running or
+  /// not), for `stream_logs`.
+  void put_feed(const std::string& hash, std::shared_ptr<log_feed> f) {
+    std::lock_guard lock{mu_};
+    feeds_[hash] = std::move(f);
+  }
+
+  std::shared_ptr<log_feed> find_feed(const std::string& hash) const {
+    std::lock_guard lock{mu_};
+    auto i = feeds_.find(hash);
+    return i == feeds_.end() ? nullptr : i->second;
+  }
+
+  /// Removes `hash`'s feed if it is still `which`.
+  void remove_feed(const std::string& hash, const log_feed* which) {
+    std::lock_guard lock{mu_};
+    if (auto i = feeds_.find(hash); i != feeds_.end() && i->second.get() == which)
+      feeds_.erase(i);
+  }
+
 private:
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<live_execution>> map_;
+  std::unordered_map<std::string, std::shared_ptr<log_feed>> feeds_;
 };
 
 } // namespace alephd

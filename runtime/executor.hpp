@@ -53,6 +53,11 @@ public:
 
   /// Sets the handler for the guest's end (before start()).
   virtual void on_exit(exit_handler h) = 0;
+
+  /// Called with each line of the program's output as it arrives (on an
+  /// executor thread; quick and non-blocking). Set it before start().
+  using log_handler = std::function<void(const timed_log&)>;
+  virtual void on_log(log_handler h) = 0;
 };
 
 } // namespace alephd

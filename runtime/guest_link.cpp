@@ -257,7 +257,8 @@ struct guest_link::impl {
   }
 
   // Returns false when the guest broke the protocol.
-  bool handle(guest::frame f, std::vector<completion>& done, timed_log& log_out, bool& has_log) {
+  bool handle(guest::frame f, std::vector<completion>& done, timed_log& log_out,
+              executor::log_handler& log_to) {
     std::lock_guard lock{mu};
     if (auto* r = std::get_if<guest::ready>(&f)) {
       ready_seen = true;
@@ -272,7 +273,7 @@ struct guest_link::impl {
       timed_log entry{unix_now(), std::move(l->stream), std::move(l->line)};
       if (opts.on_log) {
         log_out = entry;
-        has_log = true;
+        log_to = opts.on_log;
       }
       logs.push_back(std::move(entry));
       if (logs.size() > max_logs)
@@ -321,13 +322,13 @@ struct guest_link::impl {
       std::string error;
       while (auto f = dec.next(error)) {
         auto name = std::string{guest::type_name(*f)};
-        bool has_log = false;
-        if (!handle(std::move(*f), done, log, has_log)) {
+        executor::log_handler log_to;
+        if (!handle(std::move(*f), done, log, log_to)) {
           error = "unexpected frame '" + name + "'";
           break;
         }
-        if (has_log)
-          opts.on_log(log);
+        if (log_to)
+          log_to(log);
       }
       run(done);
       if (!error.empty()) {
@@ -554,6 +555,11 @@ std::vector<timed_log> guest_link::logs() const {
 void guest_link::on_exit(executor::exit_handler h) {
   std::lock_guard lock{impl_->mu};
   impl_->on_exit = std::move(h);
+}
+
+void guest_link::on_log(executor::log_handler h) {
+  std::lock_guard lock{impl_->mu};
+  impl_->opts.on_log = std::move(h);
 }
 
 } // namespace alephd

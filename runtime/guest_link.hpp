@@ -95,6 +95,8 @@ public:
   std::vector<timed_log> logs() const;
   /// Called once when the guest is gone, unless expect_end() came first.
   void on_exit(executor::exit_handler h);
+  /// Replaces options::on_log.
+  void on_log(executor::log_handler h);
 
   static constexpr std::size_t max_logs = 1000;
   /// Frames queued for a guest that does not read are capped at this.

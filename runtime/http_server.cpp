@@ -8,11 +8,13 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <deque>
 #include <exception>
 #include <filesystem>
 #include <mutex>
@@ -166,6 +168,7 @@ bool reserved_field(std::string_view name) {
 }
 
 class connection;
+class ws_session;
 
 // State shared by the server, its connections and outstanding responders, so
 // that the io_context outlives every socket that still refers to it.
@@ -192,6 +195,8 @@ struct core {
   bool stopped = false;  // guarded by mutex
   std::unordered_map<const connection*, std::weak_ptr<connection>>
     connections; // guarded by mutex
+  std::unordered_map<const ws_session*, std::weak_ptr<ws_session>>
+    websockets; // guarded by mutex
   // Keeps the io threads running between start() and stop(): without it the
   // io_context could run out of work while stop() is still posting the
   // closes of idle connections, and those closes would never run.
@@ -204,6 +209,197 @@ struct outgoing {
   }
   bhttp::response<Body> msg;
   bhttp::response_serializer<Body> sr;
+};
+
+// A connection after a websocket upgrade. Every member but the public
+// websocket interface runs on the socket's strand.
+class ws_session : public websocket, public std::enable_shared_from_this<ws_session> {
+public:
+  static constexpr std::size_t max_queued = 4u << 20;
+  static constexpr std::size_t max_message = 64u << 10;
+
+  ws_session(std::shared_ptr<core> c, beast::tcp_stream&& s)
+    : core_(std::move(c)), ws_(std::move(s)) {
+  }
+
+  ~ws_session() override {
+    std::lock_guard lock{core_->mutex};
+    core_->websockets.erase(this);
+  }
+
+  asio::any_io_executor executor() {
+    return ws_.get_executor();
+  }
+
+  void run(std::shared_ptr<bhttp::request<bhttp::empty_body>> req,
+           std::function<void(std::shared_ptr<websocket>)> open) {
+    ws_.next_layer().expires_never(); // the websocket's own timeouts from here on
+    beast::websocket::stream_base::timeout t{};
+    t.handshake_timeout = std::chrono::seconds{30};
+    t.idle_timeout = std::chrono::seconds{60};
+    t.keep_alive_pings = true;
+    ws_.set_option(t);
+    ws_.read_message_max(max_message);
+    ws_.set_option(beast::websocket::stream_base::decorator(
+      [name = core_->opts.server_name](beast::websocket::response_type& r) {
+        r.set(bhttp::field::server, name);
+      }));
+    ws_.async_accept(*req, [self = shared_from_this(), req, open](error_code ec) {
+      if (ec || self->core_->stopping.load()) {
+        self->abort();
+        return;
+      }
+      self->accepted_ = true;
+      try {
+        open(self);
+      } catch (...) {
+        self->abort();
+        return;
+      }
+      self->read();
+      if (!self->writing_)
+        self->write_next();
+    });
+  }
+
+  bool send_text(std::string text) override {
+    if (closed_.load())
+      return false;
+    asio::post(executor(), [self = shared_from_this(), t = std::move(text)]() mutable {
+      self->enqueue(std::move(t));
+    });
+    return true;
+  }
+
+  void close() override {
+    asio::post(executor(), [self = shared_from_this()] {
+      self->close_wanted_ = true;
+      if (self->accepted_ && !self->writing_)
+        self->write_next();
+    });
+  }
+
+  void on_message(std::function<void(std::string)> h) override {
+    std::lock_guard lock{mu_};
+    on_message_ = std::move(h);
+  }
+
+  void on_close(std::function<void()> h) override {
+    std::lock_guard lock{mu_};
+    on_close_ = std::move(h);
+  }
+
+  // Ends it at once (server stop, errors, a client that does not read).
+  void abort() {
+    error_code ec;
+    ws_.next_layer().socket().shutdown(tcp::socket::shutdown_both, ec);
+    ws_.next_layer().close();
+    finish();
+  }
+
+private:
+  void enqueue(std::string t) {
+    if (closed_.load())
+      return;
+    if (queued_ + t.size() > max_queued) {
+      abort();
+      return;
+    }
+    queued_ += t.size();
+    out_.push_back(std::move(t));
+    if (accepted_ && !writing_)
+      write_next();
+  }
+
+  void write_next() {
+    if (closed_.load())
+      return;
+    if (out_.empty()) {
+      writing_ = false;
+      if (close_wanted_ && !close_sent_) {
+        close_sent_ = true;
+        writing_ = true; // a close counts as the one write in flight
+        ws_.async_close(beast::websocket::close_code::normal,
+                        [self = shared_from_this()](error_code ec) {
+                          if (ec)
+                            self->abort();
+                          // else the read loop ends on the client's close reply
+                        });
+      }
+      return;
+    }
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(asio::buffer(out_.front()),
+                    [self = shared_from_this()](error_code ec, std::size_t) {
+                      self->queued_ -= self->out_.front().size();
+                      self->out_.pop_front();
+                      if (ec) {
+                        self->abort();
+                        return;
+                      }
+                      self->write_next();
+                    });
+  }
+
+  void read() {
+    ws_.async_read(rbuf_, [self = shared_from_this()](error_code ec, std::size_t) {
+      if (ec) {
+        self->abort();
+        return;
+      }
+      auto msg = beast::buffers_to_string(self->rbuf_.data());
+      self->rbuf_.consume(self->rbuf_.size());
+      std::function<void(std::string)> h;
+      {
+        std::lock_guard lock{self->mu_};
+        h = self->on_message_;
+      }
+      if (h) {
+        try {
+          h(std::move(msg));
+        } catch (...) {
+          self->abort();
+          return;
+        }
+      }
+      self->read();
+    });
+  }
+
+  void finish() {
+    if (closed_.exchange(true))
+      return;
+    std::function<void()> h;
+    {
+      // Dropping the handlers breaks cycles through whatever they hold.
+      std::lock_guard lock{mu_};
+      h = std::move(on_close_);
+      on_close_ = nullptr;
+      on_message_ = nullptr;
+    }
+    if (h) {
+      try {
+        h();
+      } catch (...) {
+        // Nobody is left to tell.
+      }
+    }
+  }
+
+  std::shared_ptr<core> core_;
+  beast::websocket::stream<beast::tcp_stream> ws_;
+  beast::flat_buffer rbuf_;
+  std::deque<std::string> out_;
+  std::size_t queued_ = 0;
+  bool accepted_ = false;
+  bool writing_ = false;
+  bool close_wanted_ = false;
+  bool close_sent_ = false;
+  std::atomic<bool> closed_{false};
+  std::mutex mu_;
+  std::function<void(std::string)> on_message_;
+  std::function<void()> on_close_;
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -390,6 +586,10 @@ private:
     }
     req.body = std::move(msg.body());
     req.remote = remote_;
+    upgrade_.reset();
+    if (beast::websocket::is_upgrade(msg))
+      upgrade_ = std::make_shared<bhttp::request<bhttp::empty_body>>(
+        bhttp::request_header<>{msg.base()});
     parser_.reset();
     waiting_ = true;
     auto state = std::make_shared<responder_state>(shared_from_this());
@@ -432,7 +632,34 @@ private:
     if (!waiting_)
       return;
     waiting_ = false;
+    if (r.websocket_open) {
+      if (!upgrade_) {
+        auto err = json_error(426, "this route needs a websocket upgrade");
+        err.headers.emplace_back("Upgrade", "websocket");
+        send(std::move(err));
+        return;
+      }
+      upgrade_to_websocket(std::move(r.websocket_open));
+      return;
+    }
     send(std::move(r));
+  }
+
+  // Hands the socket to a websocket session; this connection is done.
+  void upgrade_to_websocket(std::function<void(std::shared_ptr<websocket>)> open) {
+    auto req = std::move(upgrade_);
+    std::shared_ptr<ws_session> ws;
+    {
+      std::lock_guard lock{core_->mutex};
+      if (core_->stopped) {
+        close_now();
+        return;
+      }
+      ws = std::make_shared<ws_session>(core_, std::move(stream_));
+      core_->websockets.emplace(ws.get(), ws);
+    }
+    closed_ = true; // the stream now belongs to the session
+    ws->run(std::move(req), std::move(open));
   }
 
   template <class Body>
@@ -583,6 +810,7 @@ private:
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::shared_ptr<bhttp::request<bhttp::empty_body>> upgrade_; // the last request's, if any
   std::string remote_;
   bool closed_ = false;
   bool waiting_ = false;
@@ -622,7 +850,8 @@ void on_accept(const std::shared_ptr<core>& c, error_code ec, tcp::socket socket
   if (!ep_ec) {
     socket.set_option(tcp::no_delay{true}, ep_ec);
     std::lock_guard lock{c->mutex};
-    if (!c->stopped && c->connections.size() < c->opts.max_connections) {
+    if (!c->stopped
+        && c->connections.size() + c->websockets.size() < c->opts.max_connections) {
       conn = std::make_shared<connection>(c, std::move(socket), format_endpoint(ep));
       c->connections.emplace(conn.get(), conn);
     }
@@ -661,6 +890,15 @@ response json(unsigned status, std::string body) {
   r.status = status;
   r.body = std::move(body);
   return r;
+}
+
+bool is_websocket_upgrade(const request& req) {
+  auto header = [&](const char* name) {
+    auto i = req.headers.find(name);
+    return i == req.headers.end() ? std::string{} : to_lower(i->second);
+  };
+  return req.method == "GET" && header("upgrade").find("websocket") != std::string::npos
+         && header("connection").find("upgrade") != std::string::npos;
 }
 
 response json_error(unsigned status, std::string_view message) {
@@ -738,6 +976,7 @@ uint16_t server::port() const {
 void server::stop() {
   auto& c = impl_->c;
   std::vector<std::weak_ptr<connection>> conns;
+  std::vector<std::weak_ptr<ws_session>> sockets;
   bool first = false;
   bool started = false;
   {
@@ -748,6 +987,8 @@ void server::stop() {
       c->stopping.store(true);
       for (const auto& [ptr, weak] : c->connections)
         conns.push_back(weak);
+      for (const auto& [ptr, weak] : c->websockets)
+        sockets.push_back(weak);
     }
     started = c->started;
   }
@@ -765,6 +1006,9 @@ void server::stop() {
     for (auto& weak : conns)
       if (auto conn = weak.lock())
         asio::post(conn->executor(), [conn] { conn->close_now(); });
+    for (auto& weak : sockets)
+      if (auto ws = weak.lock())
+        asio::post(ws->executor(), [ws] { ws->abort(); });
     c->work.reset();
   }
   // Once every socket is closed the io_context runs out of work and the

@@ -30,6 +30,22 @@ struct request {
   std::string remote;
 };
 
+/// A websocket the server accepted for a handler (see response::websocket_open).
+/// Thread-safe; handlers run on an io thread and must not block.
+class websocket {
+public:
+  virtual ~websocket() = default;
+  /// Queues one text message. False once closed; a client that does not read
+  /// (more than 4 MiB queued) is disconnected.
+  virtual bool send_text(std::string text) = 0;
+  /// Sends a normal close after what is queued.
+  virtual void close() = 0;
+  /// Each text or binary message from the client (at most 64 KiB each).
+  virtual void on_message(std::function<void(std::string)> h) = 0;
+  /// Called once when the websocket ends, whichever side ended it.
+  virtual void on_close(std::function<void()> h) = 0;
+};
+
 /// What a handler answers.
 struct response {
   /// The status code; anything outside 200..999 becomes a 500.
@@ -43,7 +59,14 @@ struct response {
   std::string file_path;
   /// Extra header fields; fields containing CR or LF are dropped.
   std::vector<std::pair<std::string, std::string>> headers;
+  /// When set, the request is upgraded to a websocket and this is called with
+  /// it once the handshake is done (set its handlers there). A request that is
+  /// not a websocket upgrade gets 426 instead.
+  std::function<void(std::shared_ptr<websocket>)> websocket_open;
 };
+
+/// Whether `req` asks for a websocket upgrade.
+bool is_websocket_upgrade(const request& req);
 
 /// A response with the given status and JSON body.
 response json(unsigned status, std::string body);

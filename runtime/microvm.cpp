@@ -710,6 +710,10 @@ void microvm::on_exit(exit_handler h) {
   impl_->link->on_exit(std::move(h));
 }
 
+void microvm::on_log(log_handler h) {
+  impl_->link->on_log(std::move(h));
+}
+
 bool microvm::kvm() const {
   std::lock_guard lock{impl_->mu};
   return impl_->with_kvm;

@@ -107,6 +107,8 @@ public:
   /// exits, unless stop() or the destructor ended it.
   void on_exit(exit_handler h) override;
 
+  void on_log(log_handler h) override;
+
   /// Whether QEMU got KVM (known once start() has spawned it).
   bool kvm() const;
 

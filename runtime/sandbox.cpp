@@ -551,4 +551,8 @@ void sandbox::on_exit(exit_handler h) {
   impl_->link->on_exit(std::move(h));
 }
 
+void sandbox::on_log(log_handler h) {
+  impl_->link->on_log(std::move(h));
+}
+
 } // namespace alephd

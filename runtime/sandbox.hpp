@@ -101,6 +101,8 @@ public:
   /// stop() or the destructor ended it.
   void on_exit(exit_handler h) override;
 
+  void on_log(log_handler h) override;
+
   /// Largest number of log frames kept.
   static constexpr std::size_t max_logs = 1000;
 

@@ -679,8 +679,45 @@ TEST_F(client_test, lifecycle_verbs_post_and_print_the_phase) {
 
 // ---- logs --follow ------------------------------------------------------------------------
 
+std::string lower_copy(std::string s) {
+  for (auto& c : s)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// A CRN without stream_logs (404 "no route" to the websocket request, as an older CRN
+// answers): `h` sees only the /logs polls, numbered from 0. The client then polls.
+template <class Handler>
+auto without_stream(Handler h) {
+  auto polls = std::make_shared<std::atomic<std::size_t>>(0);
+  return [h, polls](const recorded& r, std::size_t) {
+    if (r.target.find("/stream_logs") != std::string::npos)
+      return json_answer(404, {{"error", "no route for GET " + r.target}});
+    return h(r, (*polls)++);
+  };
+}
+
+TEST_F(client_test, follow_reports_a_refused_stream_at_once) {
+  fake_crn crn{[](const recorded& req, std::size_t) {
+    if (req.header("x-auth-token") != "tok")
+      return json_answer(401, {{"error", "Authentication required"}});
+    return json_answer(404, {{"error", "unknown execution"}});
+  }};
+  auto r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "tok"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "alephd: HTTP 404: unknown execution\n");
+  r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "bad"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "alephd: HTTP 401: Authentication required\n");
+  ASSERT_EQ(crn.count(), 2u);
+  for (const auto& req : crn.requests()) {
+    EXPECT_NE(req.target.find("/control/machine/" + ref + "/stream_logs"), std::string::npos);
+    EXPECT_EQ(lower_copy(req.header("upgrade")), "websocket");
+  }
+}
+
 TEST_F(client_test, follow_prints_new_entries_only_and_stops_on_404) {
-  fake_crn crn{[](const recorded&, std::size_t i) {
+  fake_crn crn{without_stream([](const recorded&, std::size_t i) {
     switch (i) {
       case 0:
         return json_answer(200, log_doc({{"t1", "stdout", "a"}, {"t2", "stdout", "b"}}));
@@ -706,7 +743,7 @@ TEST_F(client_test, follow_prints_new_entries_only_and_stops_on_404) {
       default:
         return json_answer(404, {{"error", "unknown execution"}});
     }
-  }};
+  })};
   auto start = std::chrono::steady_clock::now();
   auto r = client("logs", {ref, "--follow", "--interval", "100ms", "--crn", crn.url(), "--token",
                            "tok"});
@@ -716,7 +753,7 @@ TEST_F(client_test, follow_prints_new_entries_only_and_stops_on_404) {
                    "t5 stdout e\n");
   EXPECT_EQ(r.err, "alephd: HTTP 503: busy (retrying every 100ms)\n"
                    "alephd: stopped following: HTTP 404: unknown execution\n");
-  EXPECT_EQ(crn.count(), 8u);
+  EXPECT_EQ(crn.count(), 9u); // the websocket attempt and eight polls
   for (const auto& req : crn.requests())
     EXPECT_EQ(req.header("x-auth-token"), "tok");
   EXPECT_GE(elapsed, 650ms); // seven pauses of 100 ms: no busy loop
@@ -724,42 +761,42 @@ TEST_F(client_test, follow_prints_new_entries_only_and_stops_on_404) {
 }
 
 TEST_F(client_test, follow_polls_every_second_by_default) {
-  fake_crn crn{[](const recorded&, std::size_t i) {
+  fake_crn crn{without_stream([](const recorded&, std::size_t i) {
     if (i == 0)
       return json_answer(200, log_doc({{"t1", "stdout", "only"}}));
     return json_answer(404, {{"error", "gone"}});
-  }};
+  })};
   auto start = std::chrono::steady_clock::now();
   auto r = client("logs", {ref, "-f", "--crn", crn.url(), "--token", "tok"});
   auto elapsed = std::chrono::steady_clock::now() - start;
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "t1 stdout only\n");
-  EXPECT_EQ(crn.count(), 2u);
+  EXPECT_EQ(crn.count(), 3u);
   EXPECT_GE(elapsed, 950ms);
   EXPECT_LT(elapsed, 3s);
 }
 
 TEST_F(client_test, follow_fails_at_once_when_the_first_request_fails) {
-  fake_crn crn{[](const recorded& req, std::size_t) {
+  fake_crn crn{without_stream([](const recorded& req, std::size_t) {
     if (req.header("x-auth-token") != "tok")
       return json_answer(401, {{"error", "Authentication required"}});
     return json_answer(404, {{"error", "unknown execution"}});
-  }};
+  })};
   auto r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "tok"});
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "alephd: HTTP 404: unknown execution\n");
   r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "bad"});
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "alephd: HTTP 401: Authentication required\n");
-  EXPECT_EQ(crn.count(), 2u);
+  EXPECT_EQ(crn.count(), 4u);
 }
 
 TEST_F(client_test, follow_stops_on_sigint_and_restores_the_handler) {
   struct sigaction before {};
   ASSERT_EQ(sigaction(SIGINT, nullptr, &before), 0);
-  fake_crn crn{[](const recorded&, std::size_t) {
+  fake_crn crn{without_stream([](const recorded&, std::size_t) {
     return json_answer(200, log_doc({{"t1", "stdout", "same"}}));
-  }};
+  })};
   auto run = std::async(std::launch::async, [&] {
     return client("logs", {ref, "--follow", "--interval", "100ms", "--crn", crn.url(), "--token",
                            "tok"});
@@ -767,9 +804,9 @@ TEST_F(client_test, follow_stops_on_sigint_and_restores_the_handler) {
   // The handler is in place before the first request; wait for a second one to be sure the
   // loop runs, then interrupt.
   auto give_up = std::chrono::steady_clock::now() + 3s;
-  while (crn.count() < 2 && std::chrono::steady_clock::now() < give_up)
+  while (crn.count() < 3 && std::chrono::steady_clock::now() < give_up)
     std::this_thread::sleep_for(10ms);
-  ASSERT_GE(crn.count(), 2u);
+  ASSERT_GE(crn.count(), 3u);
   auto start = std::chrono::steady_clock::now();
   ASSERT_EQ(kill(getpid(), SIGINT), 0);
   ASSERT_EQ(run.wait_for(2s), std::future_status::ready);

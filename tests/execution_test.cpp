@@ -19,6 +19,9 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -319,6 +322,117 @@ TEST_F(execution, operator_endpoints_need_the_token_and_work_with_it) {
   EXPECT_EQ(erase.status, 200) << erase.body;
 }
 
+std::pair<int, std::string> alephd_cli(const std::string& args) {
+  std::string out;
+  auto cmd = std::string{ALEPHD_BINARY} + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr)
+    return {-1, ""};
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
+    out.append(buf, n);
+  int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// A websocket client of stream_logs; reads time out after 10 s.
+struct log_stream {
+  boost::asio::io_context ioc;
+  boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws{ioc};
+  boost::beast::websocket::response_type answer;
+  boost::beast::error_code ec;
+
+  log_stream(uint16_t port, const std::string& hash, const std::string& token) {
+    ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
+    timeval tv{10, 0};
+    ::setsockopt(ws.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ws.set_option(boost::beast::websocket::stream_base::decorator(
+      [token](boost::beast::websocket::request_type& r) {
+        if (!token.empty())
+          r.set("X-Auth-Token", token);
+      }));
+    // The asynchronous handshake: Boost 1.74's blocking one leaves `answer` empty on a refusal.
+    ws.async_handshake(answer, "127.0.0.1", "/control/machine/" + hash + "/stream_logs",
+                       [this](boost::beast::error_code e) { ec = e; });
+    ioc.run();
+  }
+
+  // The next line's JSON; a discarded value once the stream ends (then `ec` says why).
+  json next() {
+    boost::beast::flat_buffer buf;
+    ws.read(buf, ec);
+    if (ec)
+      return json::value_t::discarded;
+    return json::parse(boost::beast::buffers_to_string(buf.data()), nullptr, false);
+  }
+
+  // Reads until a message holds `text`; false if the stream ended first.
+  bool until(const std::string& text) {
+    for (int i = 0; i < 1000; ++i) {
+      auto j = next();
+      if (j.is_discarded())
+        return false;
+      if (j.value("message", "").find(text) != std::string::npos)
+        return true;
+    }
+    return false;
+  }
+};
+
+TEST_F(execution, stream_logs_follows_an_execution_live_until_it_ends) {
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto hash = publish_program();
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?first", {}, {}, 20s).status, 200);
+  auto base = "/control/machine/" + hash;
+  // Refused without the token, and without an upgrade.
+  {
+    log_stream anonymous{http, hash, ""};
+    EXPECT_EQ(anonymous.ec, boost::beast::websocket::error::upgrade_declined);
+    EXPECT_EQ(anonymous.answer.result_int(), 401u);
+  }
+  std::map<std::string, std::string> auth{{"X-Auth-Token", token("crn")}};
+  EXPECT_EQ(http_request(localhost, http, "GET", base + "/stream_logs", {}, auth).status, 426);
+  log_stream stream{http, hash, token("crn")};
+  ASSERT_FALSE(stream.ec) << stream.ec.message();
+  // The kept lines first, as {"time", "type", "message"}.
+  auto first = stream.next();
+  ASSERT_TRUE(first.is_object());
+  EXPECT_TRUE(first.contains("time") && first.contains("type") && first.contains("message")) << first;
+  ASSERT_TRUE(stream.until("request GET /echo?first"));
+  // A line written after the stream opened arrives on it.
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?live", {}, {}, 20s).status, 200);
+  ASSERT_TRUE(stream.until("request GET /echo?live"));
+  // The CLI follows the same stream (in the background), and both end with the execution.
+  auto follow = std::async(std::launch::async, [&] {
+    return alephd_cli("logs " + hash + " --follow --crn http://127.0.0.1:" + std::to_string(http)
+                      + " --token " + token("crn"));
+  });
+  std::this_thread::sleep_for(500ms);
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?seen-by-cli", {}, {}, 20s).status, 200);
+  ASSERT_EQ(http_request(localhost, http, "POST", base + "/stop", {}, auth, 20s).status, 200);
+  EXPECT_TRUE(stream.until("execution stopped"));
+  stream.next();
+  EXPECT_EQ(stream.ec, boost::beast::websocket::error::closed) << stream.ec.message();
+  ASSERT_EQ(follow.wait_for(15s), std::future_status::ready);
+  auto [rc, out] = follow.get();
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("request GET /echo?seen-by-cli"), std::string::npos) << out;
+  EXPECT_NE(out.find("stopped following: the execution ended"), std::string::npos) << out;
+  // A finished execution: what was kept, then the end.
+  log_stream after{http, hash, token("crn")};
+  ASSERT_FALSE(after.ec) << after.ec.message();
+  EXPECT_TRUE(after.until("request GET /echo?live"));
+  EXPECT_TRUE(after.until("execution stopped"));
+  after.next();
+  EXPECT_EQ(after.ec, boost::beast::websocket::error::closed);
+  // An unknown execution is a 404 before any upgrade.
+  log_stream unknown{http, std::string(64, 'e'), token("crn")};
+  EXPECT_EQ(unknown.ec, boost::beast::websocket::error::upgrade_declined);
+  EXPECT_EQ(unknown.answer.result_int(), 404u);
+}
+
 TEST_F(execution, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
   start_ccn();
   auto& crn = start_crn("crn", {"--execution.drain-timeout=10s"});
@@ -400,18 +514,6 @@ std::string make_zip(const std::map<std::string, std::pair<std::string, int>>& f
 }
 
 // Runs `alephd args` and returns its exit code and stdout (stderr goes to stdout too).
-std::pair<int, std::string> alephd_cli(const std::string& args) {
-  std::string out;
-  auto cmd = std::string{ALEPHD_BINARY} + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr)
-    return {-1, ""};
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;)
-    out.append(buf, n);
-  int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 TEST_F(execution, the_client_verbs_call_list_read_logs_and_stop) {
   start_ccn();

@@ -1,6 +1,8 @@
 #include "runtime/http_server.hpp"
 #include "tests/http_client.hpp"
 
+#include <boost/beast/core.hpp>
+#include <boost/beast/websocket.hpp>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -579,6 +581,132 @@ TEST_F(http_server, json_error_body_is_escaped_json) {
   auto error = j["error"].get<std::string>();
   EXPECT_EQ(error.substr(0, expected.size()), expected);
   EXPECT_EQ(error.substr(expected.size()), "\xef\xbf\xbd"); // U+FFFD replaces the bad byte
+}
+
+} // namespace
+
+namespace {
+
+// ---- websockets ------------------------------------------------------------------------------
+
+namespace beast = boost::beast;
+namespace bws = boost::beast::websocket;
+using tcp = boost::asio::ip::tcp;
+
+// A websocket that greets, echoes every message, closes on "bye", and counts closes.
+struct echo_ws {
+  std::atomic<int> closes{0};
+  handler make() {
+    return [this](request&& req, responder respond) {
+      if (req.path != "/ws")
+        return respond(alephd::http::json(200, "{}"));
+      response r;
+      r.websocket_open = [this](std::shared_ptr<alephd::http::websocket> ws) {
+        std::weak_ptr<alephd::http::websocket> weak = ws;
+        ws->on_message([weak](std::string msg) {
+          if (auto w = weak.lock()) {
+            w->send_text("echo:" + msg);
+            if (msg == "bye")
+              w->close();
+          }
+        });
+        ws->on_close([this] { ++closes; });
+        ws->send_text("hello");
+      };
+      respond(std::move(r));
+    };
+  }
+};
+
+struct ws_client {
+  boost::asio::io_context ioc;
+  bws::stream<tcp::socket> ws{ioc};
+
+  explicit ws_client(uint16_t port, const std::string& target = "/ws") {
+    tcp::endpoint ep{boost::asio::ip::make_address("127.0.0.1"), port};
+    ws.next_layer().connect(ep);
+    timeval tv{5, 0};
+    ::setsockopt(ws.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ws.handshake("127.0.0.1", target);
+  }
+
+  std::string read() {
+    beast::flat_buffer buf;
+    ws.read(buf);
+    return beast::buffers_to_string(buf.data());
+  }
+};
+
+TEST_F(http_server, websocket_greets_echoes_and_closes_cleanly) {
+  echo_ws app;
+  start(app.make());
+  ws_client c{port_};
+  EXPECT_EQ(c.read(), "hello");
+  c.ws.write(boost::asio::buffer(std::string{"one"}));
+  EXPECT_EQ(c.read(), "echo:one");
+  c.ws.write(boost::asio::buffer(std::string{"bye"}));
+  EXPECT_EQ(c.read(), "echo:bye");
+  beast::flat_buffer buf;
+  beast::error_code ec;
+  c.ws.read(buf, ec); // the server's close
+  EXPECT_EQ(ec, bws::error::closed);
+  for (int i = 0; i < 100 && app.closes.load() == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(app.closes.load(), 1);
+  // The server still serves plain HTTP.
+  EXPECT_EQ(http_request(localhost, port_, "GET", "/").status, 200);
+}
+
+TEST_F(http_server, websocket_route_without_upgrade_is_426) {
+  echo_ws app;
+  start(app.make());
+  auto r = http_request(localhost, port_, "GET", "/ws");
+  EXPECT_EQ(r.status, 426);
+  EXPECT_TRUE(parse(r).contains("error"));
+}
+
+TEST_F(http_server, a_client_closing_its_websocket_is_noticed) {
+  echo_ws app;
+  start(app.make());
+  {
+    ws_client c{port_};
+    EXPECT_EQ(c.read(), "hello");
+    c.ws.close(bws::close_code::normal);
+  }
+  for (int i = 0; i < 200 && app.closes.load() == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(app.closes.load(), 1);
+}
+
+TEST_F(http_server, stop_ends_open_websockets_promptly) {
+  echo_ws app;
+  start(app.make());
+  ws_client c{port_};
+  EXPECT_EQ(c.read(), "hello");
+  auto t0 = std::chrono::steady_clock::now();
+  srv_->stop();
+  EXPECT_LT(seconds_since(t0), 3.0);
+  beast::flat_buffer buf;
+  beast::error_code ec;
+  c.ws.read(buf, ec);
+  EXPECT_TRUE(ec); // the connection is gone
+  EXPECT_EQ(app.closes.load(), 1);
+}
+
+TEST_F(http_server, an_oversized_websocket_message_ends_the_websocket) {
+  echo_ws app;
+  start(app.make());
+  ws_client c{port_};
+  EXPECT_EQ(c.read(), "hello");
+  beast::error_code ec;
+  c.ws.write(boost::asio::buffer(std::string(100 * 1024, 'x')), ec);
+  beast::flat_buffer buf;
+  c.ws.read(buf, ec);
+  EXPECT_TRUE(ec);
+  for (int i = 0; i < 200 && app.closes.load() == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(app.closes.load(), 1);
+  EXPECT_EQ(http_request(localhost, port_, "GET", "/").status, 200);
 }
 
 } // namespace

@@ -149,12 +149,15 @@ struct fake_executor : executor {
   int stops = 0;
   bool up = false;
   exit_handler on_exit_;
+  log_handler on_log_;
   guest::configure cfg;
 
   std::string start(const guest::configure& c) override {
     ++starts;
     cfg = c;
     up = start_error.empty();
+    if (up && on_log_)
+      on_log_(timed_log{1.0, "stdout", "fake program output"});
     return start_error;
   }
   void request_async(guest::http_request req, std::chrono::milliseconds,
@@ -176,6 +179,7 @@ struct fake_executor : executor {
     return {timed_log{1.0, "stdout", "fake program output"}};
   }
   void on_exit(exit_handler h) override { on_exit_ = std::move(h); }
+  void on_log(log_handler h) override { on_log_ = std::move(h); }
   void crash(int code) {
     up = false;
     if (auto h = std::move(on_exit_))
