@@ -28,6 +28,7 @@
 #include <condition_variable>
 #include <deque>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -105,6 +106,8 @@ void send_frame(const gp::frame& f) {
     return;
   }
   std::lock_guard guard{st.write_mu};
+  if (st.host_fd < 0)
+    return; // no host right now (waiting for a restarted CRN): the frame is dropped
   if (!write_all(st.host_fd, bytes.data(), bytes.size()))
     say("write to host failed: " + std::string{std::strerror(errno)});
 }
@@ -635,8 +638,8 @@ void dispatch(gp::frame f) {
 }
 
 int usage() {
-  say("usage: alephd-guest (--socket PATH | --device PATH) [--work-dir DIR] "
-      "[--authorized-keys FILE]");
+  say("usage: alephd-guest (--socket PATH [--reconnect-window SECONDS] | --device PATH) "
+      "[--work-dir DIR] [--authorized-keys FILE]");
   return 64;
 }
 
@@ -652,22 +655,64 @@ void wait_for_host(int fd) {
   }
 }
 
-bool connect_socket(const std::string& socket_path) {
+// A connected socket to the host, or -1 with errno set.
+int dial(const std::string& socket_path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket_path.size() >= sizeof addr.sun_path) {
-    say("socket path too long");
-    return false;
+    errno = ENAMETOOLONG;
+    return -1;
   }
   std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  st.host_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (st.host_fd < 0
-      || ::connect(st.host_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr)
-           != 0) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    auto e = errno;
+    ::close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
+}
+
+bool connect_socket(const std::string& socket_path) {
+  st.host_fd = dial(socket_path);
+  if (st.host_fd < 0) {
     say("cannot connect to " + socket_path + ": " + std::strerror(errno));
     return false;
   }
   return true;
+}
+
+// The CRN went away while the program runs: the program keeps running, and
+// the agent waits up to `window` for a CRN (a restarted one) to listen on the
+// socket again, then says `ready` as an agent that is already configured.
+// False when nobody came back in time.
+bool reconnect(const std::string& socket_path, std::chrono::seconds window) {
+  {
+    std::lock_guard guard{st.write_mu};
+    ::close(st.host_fd);
+    st.host_fd = -1;
+  }
+  say("host connection lost; waiting up to " + std::to_string(window.count())
+      + " s for it to come back");
+  auto until = clock_type::now() + window;
+  while (clock_type::now() < until) {
+    if (st.halting)
+      return false;
+    int fd = dial(socket_path);
+    if (fd >= 0) {
+      {
+        std::lock_guard guard{st.write_mu};
+        st.host_fd = fd;
+      }
+      send_frame(gp::ready{agent_version, true});
+      return true;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
 }
 
 } // namespace
@@ -675,10 +720,13 @@ bool connect_socket(const std::string& socket_path) {
 int main(int argc, char** argv) {
   std::string socket_path;
   std::string device_path;
+  std::chrono::seconds reconnect_window{0};
   for (int i = 1; i < argc; ++i) {
     std::string_view a{argv[i]};
     if (a == "--socket" && i + 1 < argc)
       socket_path = argv[++i];
+    else if (a == "--reconnect-window" && i + 1 < argc)
+      reconnect_window = std::chrono::seconds{std::strtoul(argv[++i], nullptr, 10)};
     else if (a == "--device" && i + 1 < argc)
       device_path = argv[++i];
     else if (a == "--work-dir" && i + 1 < argc)
@@ -718,18 +766,25 @@ int main(int argc, char** argv) {
     auto n = ::read(st.host_fd, buf.data(), buf.size());
     if (n < 0 && errno == EINTR)
       continue;
+    if (n <= 0 && device_path.empty() && reconnect_window.count() > 0 && st.configured
+        && !st.halting) {
+      if (!reconnect(socket_path, reconnect_window))
+        die(1, "the host did not come back within " + std::to_string(reconnect_window.count())
+                 + " s");
+      dec = gp::decoder{};
+      continue;
+    }
     if (n < 0)
       die(1, "read from host failed: " + std::string{std::strerror(errno)});
     if (n == 0 && device_path.empty())
       die(1, "host closed the connection");
     if (n == 0) {
       // The host left or is not there yet. Start afresh with the next one:
-      // drop a partial frame, and say `ready` again until configured (the
-      // host that left may have been the only one to hear it).
+      // drop a partial frame, and say `ready` again (the host that left may
+      // have been the only one to hear it), saying whether a program runs.
       wait_for_host(st.host_fd);
       dec = gp::decoder{};
-      if (!st.configured)
-        send_frame(gp::ready{agent_version});
+      send_frame(gp::ready{agent_version, st.configured});
       continue;
     }
     dec.feed(buf.data(), static_cast<std::size_t>(n));

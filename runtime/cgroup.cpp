@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cmath>
 #include <set>
+#include <sstream>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -551,6 +552,46 @@ std::optional<cgroup> cgroup::create(const cgroup_layout& layout, const std::str
 
   return fail("cgroup: no usable cgroup hierarchy (neither a v1 memory, pids or cpu hierarchy "
               "nor a cgroup2 mount holds this process)");
+}
+
+std::optional<cgroup> cgroup::open(const std::string& root_name, const std::string& name,
+                                   std::string& err) {
+  err.clear();
+  if (!valid_name(root_name) || !valid_name(name)) {
+    err = "cgroup: invalid group name '" + root_name + "/" + name + "'";
+    return std::nullopt;
+  }
+  auto layout = cgroup_layout::detect();
+  cgroup g;
+  g.version_ = layout.version;
+  if (layout.version == 1) {
+    for (const auto& hier : v1_hierarchies(layout)) {
+      auto dir = hier + "/" + root_name + "/" + name;
+      if (!is_dir(dir))
+        continue;
+      g.dirs_.push_back(dir);
+      for (const auto& [c, h] : layout.v1)
+        if (h == hier)
+          g.controllers_[c] = dir;
+    }
+  } else if (layout.version == 2) {
+    for (const auto& base : v2_bases(layout)) {
+      auto dir = base + "/" + root_name + "/" + name;
+      if (!is_dir(dir))
+        continue;
+      g.dirs_.push_back(dir);
+      auto avail = read_file(dir + "/cgroup.controllers").value_or("");
+      std::istringstream words{avail};
+      for (std::string c; words >> c;)
+        g.controllers_[c] = dir;
+      break;
+    }
+  }
+  if (g.dirs_.empty()) {
+    err = "cgroup: no group " + root_name + "/" + name;
+    return std::nullopt;
+  }
+  return g;
 }
 
 bool cgroup::update(const cgroup_limits& limits, std::string& err) {

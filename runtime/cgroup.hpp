@@ -84,6 +84,11 @@ public:
                                       const std::string& name, const cgroup_limits& limits,
                                       std::string& err);
 
+  /// The existing group <root_name>/<name> (one a sandbox left running by an
+  /// earlier CRN process is in), with the limits it has.
+  static std::optional<cgroup> open(const std::string& root_name, const std::string& name,
+                                    std::string& err);
+
   cgroup(cgroup&& other) noexcept;
   cgroup& operator=(cgroup&& other) noexcept;
   cgroup(const cgroup&) = delete;

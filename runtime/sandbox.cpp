@@ -107,7 +107,9 @@ struct sandbox::impl {
   // The bwrap process; pid is never signalled once reaped (pid reuse).
   std::mutex proc_mu;
   pid_t child = 0;
+  std::string child_start; // its start time, for an adopted one (not our child)
   bool reaped = false;
+  bool adopted = false; // left running by an earlier CRN process: watched, not reaped
   // bwrap's init inside the namespace: once it has exited, the kernel has
   // killed everything else in the namespace. It is not our child (nothing to
   // reap), so it is only watched; start time guards against pid reuse.
@@ -214,9 +216,27 @@ struct sandbox::impl {
   bool stopped = false;
   int stop_code = -1;
 
+  // SIGKILLs the namespace's init, which takes every process of the sandbox
+  // with it (bwrap itself then exits); needed where bwrap has no
+  // --die-with-parent to pass our SIGKILL on.
+  void kill_namespace() {
+    std::lock_guard lock{proc_mu};
+    if (ns_init <= 0)
+      return;
+    auto st = proc_state(ns_init);
+    if (st && st->first != 'Z' && st->second == ns_init_start)
+      ::kill(ns_init, SIGKILL);
+  }
+
+  // Whether an adopted bwrap (not our child) has exited (under proc_mu).
+  bool adopted_gone() const {
+    auto st = proc_state(child);
+    return !st || st->first == 'Z' || st->first == 'X' || st->second != child_start;
+  }
+
   void signal_child(int sig) {
     std::lock_guard lock{proc_mu};
-    if (child > 0 && !reaped)
+    if (child > 0 && !reaped && (!adopted || !adopted_gone()))
       ::kill(child, sig);
   }
 
@@ -224,6 +244,10 @@ struct sandbox::impl {
     std::lock_guard lock{proc_mu};
     if (child <= 0 || reaped)
       return true;
+    if (adopted) {
+      reaped = adopted_gone();
+      return reaped;
+    }
     auto r = ::waitpid(child, nullptr, WNOHANG);
     if (r == child || (r < 0 && errno == ECHILD))
       reaped = true;
@@ -234,6 +258,16 @@ struct sandbox::impl {
     std::lock_guard lock{proc_mu};
     if (child <= 0 || reaped)
       return;
+    if (adopted) {
+      // Its parent is init now, which reaps it; we only wait for that (bounded).
+      auto until = clock_type::now() + namespace_exit_timeout;
+      if (!adopted_gone())
+        ::kill(child, SIGKILL);
+      while (!adopted_gone() && clock_type::now() < until)
+        std::this_thread::sleep_for(5ms);
+      reaped = true;
+      return;
+    }
     ::kill(child, SIGKILL);
     while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
     }
@@ -269,6 +303,7 @@ struct sandbox::impl {
   // Kills what is left, closes the connection and joins its threads. Safe to
   // call more than once, and before start().
   void teardown() {
+    kill_namespace();
     kill_and_reap();
     wait_namespace_empty();
     stop_slirp();
@@ -297,6 +332,47 @@ struct sandbox::impl {
     return configure(cfg, deadline);
   }
 
+  // Listens on run_dir/guest.sock (replacing a stale one); the fd, or -1 with `error`.
+  int listen_guest(std::string& error) {
+    std::filesystem::path dir{opts.run_dir};
+    auto sock_path = (dir / "guest.sock").string();
+    std::error_code ec;
+    std::filesystem::remove(sock_path, ec);
+    // A unix socket path holds at most 107 bytes; a long run_dir is reached
+    // through /proc/self/fd/N instead, which bind() resolves like any path.
+    int dir_fd = -1;
+    auto bind_path = sock_path;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (bind_path.size() >= sizeof addr.sun_path) {
+      dir_fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (dir_fd < 0) {
+        error = "cannot open " + opts.run_dir + ": " + std::strerror(errno);
+        return -1;
+      }
+      bind_path = "/proc/self/fd/" + std::to_string(dir_fd) + "/guest.sock";
+    }
+    std::memcpy(addr.sun_path, bind_path.data(), bind_path.size());
+    int listen_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listen_fd < 0) {
+      error = "socket: " + std::string{std::strerror(errno)};
+      if (dir_fd >= 0)
+        ::close(dir_fd);
+      return -1;
+    }
+    bool bound = ::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0
+                 && ::listen(listen_fd, 1) == 0;
+    auto bind_errno = errno;
+    if (dir_fd >= 0)
+      ::close(dir_fd);
+    if (!bound) {
+      ::close(listen_fd);
+      error = "cannot listen on " + sock_path + ": " + std::strerror(bind_errno);
+      return -1;
+    }
+    return listen_fd;
+  }
+
   // Spawns the sandbox and waits for the agent's `ready`.
   std::string boot(clock_type::time_point deadline) {
     {
@@ -316,37 +392,10 @@ struct sandbox::impl {
     for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err"})
       std::filesystem::remove(dir / name, ec);
     auto sock_path = (dir / "guest.sock").string();
-    // A unix socket path holds at most 107 bytes; a long run_dir is reached
-    // through /proc/self/fd/N instead, which bind() resolves like any path.
-    int dir_fd = -1;
-    auto bind_path = sock_path;
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (bind_path.size() >= sizeof addr.sun_path) {
-      dir_fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-      if (dir_fd < 0)
-        return fail_start("cannot open " + opts.run_dir + ": " + std::strerror(errno));
-      bind_path = "/proc/self/fd/" + std::to_string(dir_fd) + "/guest.sock";
-    }
-    std::memcpy(addr.sun_path, bind_path.data(), bind_path.size());
-
-    int listen_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (listen_fd < 0) {
-      auto e = std::string{std::strerror(errno)};
-      if (dir_fd >= 0)
-        ::close(dir_fd);
-      return fail_start("socket: " + e);
-    }
-    bool bound = ::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0
-                 && ::listen(listen_fd, 1) == 0;
-    auto bind_errno = errno;
-    if (dir_fd >= 0)
-      ::close(dir_fd);
-    if (!bound) {
-      auto e = std::string{std::strerror(bind_errno)};
-      ::close(listen_fd);
-      return fail_start("cannot listen on " + sock_path + ": " + e);
-    }
+    std::string listen_error;
+    int listen_fd = listen_guest(listen_error);
+    if (listen_fd < 0)
+      return fail_start(listen_error);
 
     std::vector<std::string> args{
       "--ro-bind", "/usr", "/usr",
@@ -370,11 +419,15 @@ struct sandbox::impl {
       args.insert(args.end(), {"--ro-bind", (dir / "resolv.conf").string(), "/etc/resolv.conf"});
     }
     args.insert(args.end(), opts.extra_args.begin(), opts.extra_args.end());
-    for (const char* a : {"--hostname", opts.hostname.c_str(),
-                          "--die-with-parent", "--new-session", "--clearenv",
-                          "--chdir", "/tmp", "/opt/alephd/guest", "--socket",
-                          "/run/alephd/guest.sock", "--work-dir", "/tmp/work"})
+    args.insert(args.end(), {"--hostname", opts.hostname});
+    // An adoptable sandbox outlives a CRN that dies, for a restarted one to adopt it.
+    if (opts.adopt_window.count() == 0)
+      args.emplace_back("--die-with-parent");
+    for (const char* a : {"--new-session", "--clearenv", "--chdir", "/tmp", "/opt/alephd/guest",
+                          "--socket", "/run/alephd/guest.sock", "--work-dir", "/tmp/work"})
       args.emplace_back(a);
+    if (opts.adopt_window.count() > 0)
+      args.insert(args.end(), {"--reconnect-window", std::to_string(opts.adopt_window.count())});
 
     try {
       std::error_code spawn_ec;
@@ -410,6 +463,8 @@ struct sandbox::impl {
       // We reap it ourselves (see kill_and_reap), so boost must not.
       std::lock_guard lock{proc_mu};
       child = c.id();
+      if (auto st = proc_state(child))
+        child_start = st->second;
       c.detach();
     } catch (const std::exception& e) {
       ::close(listen_fd);
@@ -456,6 +511,81 @@ struct sandbox::impl {
     if (auto error = link->wait_ready(deadline); !error.empty())
       return fail_start(error);
     return {};
+  }
+
+  // Finds the agent of a sandbox an earlier CRN process left running: it reconnects to our
+  // socket within `deadline` and says it runs a program.
+  std::string adopt(const sandbox_handle& h, clock_type::time_point deadline) {
+    {
+      std::lock_guard lock{mu};
+      if (started)
+        return "already started";
+      started = true;
+    }
+    if (!sandbox::alive(h))
+      return fail_start("the sandbox is no longer running");
+    {
+      std::lock_guard lock{proc_mu};
+      child = h.pid;
+      child_start = h.pid_start;
+      ns_init = h.ns_init;
+      ns_init_start = h.ns_init_start;
+      adopted = true;
+    }
+    if (opts.limits) {
+      std::string err;
+      group = alephd::cgroup::open(opts.cgroup_root, opts.cgroup_name, err);
+      if (!group)
+        return fail_start("cannot find its cgroup: " + err);
+    }
+    std::string error;
+    int listen_fd = listen_guest(error);
+    if (listen_fd < 0)
+      return fail_start(error);
+    int fd = -1;
+    while (fd < 0) {
+      if (try_reap()) {
+        ::close(listen_fd);
+        return fail_start("the sandbox exited before its guest came back");
+      }
+      if (clock_type::now() >= deadline) {
+        ::close(listen_fd);
+        return fail_start("its guest did not come back in time");
+      }
+      pollfd pfd{listen_fd, POLLIN, 0};
+      if (::poll(&pfd, 1, static_cast<int>(accept_slice.count())) == 1)
+        fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    ::close(listen_fd);
+    std::error_code ec;
+    std::filesystem::remove(std::filesystem::path{opts.run_dir} / "guest.sock", ec);
+    if (opts.network) {
+      // slirp4netns ended with the CRN that started it: a new one serves the namespace.
+      if (auto e = start_slirp(deadline); !e.empty()) {
+        ::close(fd);
+        return fail_start(e);
+      }
+    }
+    link->attach(fd);
+    if (auto e = link->wait_ready(deadline); !e.empty())
+      return fail_start(e);
+    if (!link->ready_configured())
+      return fail_start("its guest runs no program");
+    return {};
+  }
+
+  // Lets the sandbox run on without us (a CRN stopping with keep-on-shutdown): the agent
+  // waits for a restarted CRN to adopt it.
+  void detach() {
+    std::lock_guard stop_lock{stop_mu};
+    if (stopped)
+      return;
+    stopped = true;
+    link->expect_end();
+    link->close("detached");
+    stop_slirp();
+    std::lock_guard lock{proc_mu};
+    reaped = true; // never signalled or waited for again
   }
 
   // Sends `configure` to a booted agent and waits for its result.
@@ -510,6 +640,40 @@ std::string sandbox::boot() {
 
 std::string sandbox::configure(const guest::configure& cfg, std::chrono::milliseconds timeout) {
   return impl_->configure(cfg, clock_type::now() + timeout);
+}
+
+std::string sandbox::adopt(const sandbox_handle& h, std::chrono::milliseconds timeout) {
+  return impl_->adopt(h, clock_type::now() + timeout);
+}
+
+void sandbox::detach() {
+  impl_->detach();
+}
+
+sandbox_handle sandbox::handle() const {
+  std::lock_guard lock{impl_->proc_mu};
+  return sandbox_handle{impl_->child, impl_->child_start, impl_->ns_init, impl_->ns_init_start};
+}
+
+bool sandbox::alive(const sandbox_handle& h) {
+  if (h.pid <= 0 || h.ns_init <= 0)
+    return false;
+  auto outer = proc_state(h.pid);
+  auto inner = proc_state(h.ns_init);
+  auto up = [](const auto& st, const std::string& start) {
+    return st && st->first != 'Z' && st->first != 'X' && st->second == start;
+  };
+  return up(outer, h.pid_start) && up(inner, h.ns_init_start);
+}
+
+void sandbox::kill(const sandbox_handle& h) {
+  for (auto [pid, start] : {std::pair{h.ns_init, h.ns_init_start}, std::pair{h.pid, h.pid_start}}) {
+    if (pid <= 0)
+      continue;
+    auto st = proc_state(pid);
+    if (st && st->second == start)
+      ::kill(pid, SIGKILL);
+  }
 }
 
 bool sandbox::set_limits(const cgroup_limits& limits, std::string& err) {

@@ -44,6 +44,19 @@ struct sandbox_options {
   std::optional<cgroup_limits> limits;
   std::string cgroup_root = "alephd";
   std::string cgroup_name;
+  /// 0: the sandbox dies with the process that started it. More: it outlives
+  /// that process (no --die-with-parent), and its agent waits this long for a
+  /// restarted CRN to adopt it (see adopt()) before it stops the program.
+  std::chrono::seconds adopt_window{0};
+};
+
+/// What identifies a running sandbox across CRN processes: bwrap and the
+/// namespace's init, each with its start time (against pid reuse).
+struct sandbox_handle {
+  int pid = 0;
+  std::string pid_start;
+  int ns_init = 0;
+  std::string ns_init_start;
 };
 
 /// One guest agent in a bubblewrap sandbox. All members are thread-safe.
@@ -67,6 +80,25 @@ public:
   /// returns "" or a one-line error, and either may be called once.
   std::string boot();
   std::string configure(const guest::configure& cfg, std::chrono::milliseconds timeout);
+
+  /// Instead of start(): takes over a sandbox that an earlier CRN process
+  /// started with an adopt window (same options: run_dir, cgroup, network) and
+  /// left running. Its agent reconnects to run_dir/guest.sock and must say that
+  /// it runs a program, within `timeout`. "" or a one-line error (then what is
+  /// left of it is killed).
+  std::string adopt(const sandbox_handle& h, std::chrono::milliseconds timeout);
+
+  /// Lets the sandbox run on without this process (the agent waits for a
+  /// restarted CRN to adopt it); the object is done with it afterwards.
+  void detach();
+
+  /// The running sandbox's identity, for adopt() by a later CRN process.
+  sandbox_handle handle() const;
+
+  /// Whether both processes of `h` still run.
+  static bool alive(const sandbox_handle& h);
+  /// SIGKILLs what is left of `h` (an orphan nobody adopts).
+  static void kill(const sandbox_handle& h);
 
   /// Changes the limits of the sandbox's cgroup (a pooled sandbox gets the
   /// execution's limits when it is taken). False with `err` without a cgroup.

@@ -5,6 +5,7 @@
 //   GET /crash   -> exits with code 3 without answering
 //   GET /big?N   -> 200 with a body of N bytes
 //   GET /garbage -> a response that is not HTTP
+//   GET /instance -> 200, a random token drawn at start (tells one run from another)
 // With IGNORE_SIGTERM=1 it ignores SIGTERM (to test the SIGKILL escalation).
 // Prints "listening on PORT" and one line per request to stdout, and dies with
 // its parent (so a killed test leaves nothing behind).
@@ -60,6 +61,15 @@ int main() {
     ::signal(SIGTERM, SIG_IGN);
   const char* greeting_env = std::getenv("GREETING");
   std::string greeting = greeting_env ? greeting_env : "";
+  std::string instance;
+  {
+    std::ifstream random{"/dev/urandom", std::ios::binary};
+    for (int i = 0; i < 8; ++i) {
+      char hex[3];
+      std::snprintf(hex, sizeof hex, "%02x", static_cast<unsigned char>(random.get()));
+      instance += hex;
+    }
+  }
 
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
@@ -79,7 +89,7 @@ int main() {
   // THREADED=1: each connection on its own thread (a concurrent program); else one at a time.
   const char* threaded_env = std::getenv("THREADED");
   bool threaded = threaded_env != nullptr && std::string{threaded_env} == "1";
-  auto serve = [greeting](int c) {
+  auto serve = [greeting, instance](int c) {
       std::string req;
       char buf[4096];
       while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
@@ -102,7 +112,10 @@ int main() {
       std::string query = q == std::string::npos ? "" : target.substr(q + 1);
       if (path == "/crash")
         std::exit(3);
-      if (path == "/echo") {
+      if (path == "/instance") {
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(instance.size())
+                       + "\r\n\r\n" + instance);
+      } else if (path == "/echo") {
         std::string body = query + " " + greeting;
         write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                      "X-App: guest-test\r\nContent-Length: "

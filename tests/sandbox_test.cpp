@@ -574,3 +574,91 @@ TEST_F(sandbox, internet_goes_out_through_slirp_but_never_to_the_hosts_loopback)
   ::close(outside_fd);
   ::close(loop_fd);
 }
+
+// ---- adoption by a restarted CRN -------------------------------------------------------------
+
+TEST_F(sandbox, a_detached_sandbox_is_adopted_by_a_new_owner_with_its_program_still_running) {
+  auto o = options();
+  o.adopt_window = 20s;
+  o.limits = alephd::cgroup_limits{128ull << 20, 512, 1.0};
+  o.cgroup_root = "alephd-sandbox-test";
+  o.cgroup_name = "adopt-" + std::to_string(::getpid());
+  alephd::sandbox_handle h;
+  std::string instance;
+  {
+    alephd::sandbox first{o};
+    ASSERT_EQ(first.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    auto r = first.request(get(1, "/instance"), 5000ms);
+    ASSERT_EQ(r.status, 200) << r.error;
+    instance = r.body;
+    h = first.handle();
+    EXPECT_GT(h.pid, 0);
+    EXPECT_GT(h.ns_init, 0);
+    first.detach(); // as a CRN that exits and leaves it running
+  }
+  ASSERT_TRUE(alephd::sandbox::alive(h));
+  // The new owner: the same options, and the handle the old one recorded.
+  alephd::sandbox second{o};
+  ASSERT_EQ(second.adopt(h, 5000ms), "");
+  EXPECT_TRUE(second.running());
+  auto again = second.request(get(2, "/instance"), 5000ms);
+  ASSERT_EQ(again.status, 200) << again.error;
+  EXPECT_EQ(again.body, instance) << "the program was restarted, not adopted";
+  EXPECT_EQ(second.request(get(3, "/echo", "adopted"), 5000ms).body, "adopted hello-from-sandbox");
+  EXPECT_EQ(second.pid(), h.pid);
+  // Its cgroup came along: a stop removes it, and nothing is left.
+  second.stop(3000ms);
+  EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 3000ms));
+  EXPECT_FALSE(running_process(h.ns_init));
+  std::string err;
+  EXPECT_FALSE(alephd::cgroup::open(o.cgroup_root, o.cgroup_name, err)) << "cgroup left behind";
+}
+
+TEST_F(sandbox, an_orphan_nobody_adopts_ends_after_its_window) {
+  auto o = options();
+  o.adopt_window = 1s;
+  alephd::sandbox_handle h;
+  {
+    alephd::sandbox sb{o};
+    ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    h = sb.handle();
+    sb.detach();
+  }
+  EXPECT_TRUE(alephd::sandbox::alive(h));
+  EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 6000ms))
+    << "the agent did not give up after its reconnect window";
+}
+
+TEST_F(sandbox, an_orphan_can_be_killed_and_a_dead_one_is_not_adopted) {
+  auto o = options();
+  o.adopt_window = 30s;
+  alephd::sandbox_handle h;
+  {
+    alephd::sandbox sb{o};
+    ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    h = sb.handle();
+    sb.detach();
+  }
+  ASSERT_TRUE(alephd::sandbox::alive(h));
+  alephd::sandbox::kill(h);
+  EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 3000ms));
+  alephd::sandbox late{o};
+  auto err = late.adopt(h, 1000ms);
+  EXPECT_NE(err.find("no longer running"), std::string::npos) << err;
+  // A handle whose pid now belongs to another process (start time differs) is not alive.
+  auto forged = h;
+  forged.pid = ::getpid();
+  EXPECT_FALSE(alephd::sandbox::alive(forged));
+}
+
+TEST_F(sandbox, a_sandbox_without_an_adopt_window_dies_with_its_owner) {
+  // The default: bwrap --die-with-parent, and an agent that exits when its host goes away.
+  alephd::sandbox_handle h;
+  {
+    alephd::sandbox sb{options()};
+    ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    h = sb.handle();
+    sb.detach();
+  }
+  EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 5000ms));
+}
