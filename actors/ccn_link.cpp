@@ -80,6 +80,18 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
                 st.cfg.heartbeat = milliseconds{reg.heartbeat_ms};
               spdlog::info("ccn_link {}: registered with CCN {} at {} as {}", st.cfg.info.id,
                            ccn_id, endpoint, to_string(reg.state));
+              // What the CCN places here now: executions re-adopted after a restart that it
+              // moved elsewhere meanwhile must stop.
+              self->request(node, timeout, atom::list_v, st.cfg.info.id)
+                .then(
+                  [=](std::vector<placement>& mine) {
+                    if (gen == self->state.generation && self->state.broker)
+                      self->send(self->state.broker, atom::confirm_v, std::move(mine));
+                  },
+                  [=](caf::error& err) {
+                    spdlog::warn("ccn_link {}: cannot get its placements: {}",
+                                 self->state.cfg.info.id, describe(err));
+                  });
             },
             [=](caf::error& err) {
               if (gen == self->state.generation)

@@ -22,6 +22,22 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
       if (scheduler)
         self->send(scheduler, atom::exited_v, std::move(crn_id), std::move(info));
     },
+    [=](atom::list, const std::string& crn_id) -> caf::result<std::vector<placement>> {
+      if (!scheduler)
+        return std::vector<placement>{};
+      auto rp = self->make_response_promise<std::vector<placement>>();
+      self->request(scheduler, std::chrono::seconds(10), atom::list_v)
+        .then(
+          [=](const std::vector<placement>& all) mutable {
+            std::vector<placement> mine;
+            for (auto& p : all)
+              if (p.crn_id == crn_id && (p.state == "allocating" || p.state == "allocated"))
+                mine.push_back(p);
+            rp.deliver(std::move(mine));
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
+    },
   };
 }
 

@@ -150,7 +150,10 @@ using ccn_node_actor = caf::typed_actor<
   /// A file's bytes, for a CRN preparing a workload; ec::not_found when unknown.
   replies_to<atom::read, std::string>::with<file_blob>,
   /// A CRN (its id) reports a workload that failed for good; passed to the scheduler.
-  reacts_to<atom::exited, std::string, execution_info>>;
+  reacts_to<atom::exited, std::string, execution_info>,
+  /// The workloads the scheduler places on CRN `id` now (a restarted CRN keeps the executions
+  /// it re-adopted only if they are among them).
+  replies_to<atom::list, std::string>::with<std::vector<placement>>>;
 
 /// CRN: one execution's life (phases preparing → booting → running → stopping → stopped/failed).
 using vm_supervisor_actor = caf::typed_actor<
@@ -168,6 +171,9 @@ using vm_supervisor_actor = caf::typed_actor<
   replies_to<atom::erase>::with<execution_info>,
   /// Its output so far (kept after it stopped).
   replies_to<atom::logs>::with<std::vector<log_line>>,
+  /// The CRN stops but leaves persistent workloads running: a sandbox that can outlive the CRN
+  /// is let go (a restarted CRN re-adopts it), anything else is stopped. Answers the final state.
+  replies_to<atom::drain>::with<execution_info>,
   /// Internal: restart after back-off (if the run counter still matches).
   reacts_to<atom::started, uint64_t, std::string>,
   /// Internal: the guest ended on its own (exit code or -1, why).
@@ -203,6 +209,9 @@ using job_broker_actor = caf::typed_actor<
   replies_to<atom::drain, bool>::with<uint32_t>,
   /// The link to fetch programs and code through (set once the link exists).
   reacts_to<atom::connect, ccn_link_actor>,
+  /// After (re)registration: what the CCN places on this CRN. Executions re-adopted after a
+  /// restart that it no longer places here (it moved them while we were gone) are stopped.
+  reacts_to<atom::confirm, std::vector<placement>>,
   /// Internal: the program's answer to event `uint64_t` arrived (from an executor thread).
   reacts_to<atom::published, uint64_t, uint16_t>,
   /// Internal: a supervisor's final state and logs, sent just before it quits.

@@ -1,5 +1,7 @@
 #include "actors/job_broker.hpp"
 
+#include <algorithm>
+
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
@@ -165,6 +167,7 @@ std::string admission_refusal(const job_broker_config& cfg,
 job_broker_actor::behavior_type
 job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker_config cfg) {
   self->state.cfg = std::move(cfg);
+
   // When the broker goes, its supervisors go too (and stop their executors).
   self->set_exit_handler([=](caf::exit_msg& em) {
     for (auto& [hash, e] : self->state.executions)
@@ -204,6 +207,7 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         // persistent).
         i->second.alloc.epoch = a.epoch;
         i->second.persistent = true;
+        i->second.unconfirmed = false;
         caf::anon_send(i->second.supervisor, atom::allocate_v, a);
         return ack;
       }
@@ -349,8 +353,19 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
     },
     [=](atom::logs, const std::string& hash) -> caf::result<std::vector<log_line>> {
       auto& ex = self->state.executions;
-      if (auto i = ex.find(hash); i != ex.end())
-        return self->delegate(i->second.supervisor, atom::logs_v);
+      if (auto i = ex.find(hash); i != ex.end()) {
+        // The supervisor may be ending right now: then its final logs are in `finished`.
+        auto rp = self->make_response_promise<std::vector<log_line>>();
+        self->request(i->second.supervisor, std::chrono::seconds(10), atom::logs_v)
+          .then([=](std::vector<log_line>& lines) mutable { rp.deliver(std::move(lines)); },
+                [=](caf::error& err) mutable {
+                  if (auto f = finished_of(self, hash))
+                    rp.deliver(f->logs);
+                  else
+                    rp.deliver(std::move(err));
+                });
+        return rp;
+      }
       if (auto f = finished_of(self, hash))
         return f->logs;
       return make_error(ec::not_found, "no execution " + hash);
@@ -361,32 +376,82 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
       for (auto& [hash, p] : std::map<std::string, pending_run>{st.pending})
         fail_pending(self, hash, make_error(ec::unavailable, "Server is draining"));
       auto rp = self->make_response_promise<uint32_t>();
-      std::vector<std::string> victims;
+      std::vector<std::string> victims, keepers;
       for (auto& [hash, e] : st.executions)
-        if (!e.stopped && (stop_persistent || !e.persistent))
-          victims.push_back(hash);
-      if (victims.empty()) {
+        if (!e.stopped)
+          (stop_persistent || !e.persistent ? victims : keepers).push_back(hash);
+      if (victims.empty() && keepers.empty()) {
         rp.deliver(uint32_t{0});
         return rp;
       }
-      auto left = std::make_shared<size_t>(victims.size());
+      auto left = std::make_shared<size_t>(victims.size() + keepers.size());
       auto n = static_cast<uint32_t>(victims.size());
+      auto done = [=]() mutable {
+        if (--*left == 0)
+          rp.deliver(n);
+      };
       for (auto& hash : victims) {
         auto& e = st.executions[hash];
         e.stopped = true;
         self->request(e.supervisor, std::chrono::seconds(60), atom::stop_v)
-          .then([=](const execution_info&) mutable {
-                  if (--*left == 0)
-                    rp.deliver(n);
-                },
-                [=](caf::error&) mutable {
-                  if (--*left == 0)
-                    rp.deliver(n);
-                });
+          .then([=](const execution_info&) mutable { done(); },
+                [=](caf::error&) mutable { done(); });
+      }
+      // Persistent workloads stay: sandboxes that can outlive the CRN are let go (the next
+      // CRN process re-adopts them); the rest is stopped.
+      for (auto& hash : keepers) {
+        auto& e = st.executions[hash];
+        e.stopped = true;
+        self->request(e.supervisor, std::chrono::seconds(60), atom::drain_v)
+          .then([=](const execution_info&) mutable { done(); },
+                [=](caf::error&) mutable { done(); });
       }
       return rp;
     },
-    [=](atom::connect, ccn_link_actor& link) { self->state.link = std::move(link); },
+    [=](atom::confirm, const std::vector<placement>& mine) {
+      auto& st = self->state;
+      std::vector<std::string> stale;
+      for (auto& [hash, e] : st.executions) {
+        if (!e.unconfirmed || e.stopped)
+          continue;
+        auto p = std::find_if(mine.begin(), mine.end(),
+                              [&](const placement& x) { return x.item_hash == hash; });
+        if (p != mine.end() && p->epoch >= e.alloc.epoch) {
+          e.unconfirmed = false;
+          if (p->epoch > e.alloc.epoch) {
+            e.alloc.epoch = p->epoch;
+            caf::anon_send(e.supervisor, atom::allocate_v, e.alloc);
+          }
+          spdlog::info("job_broker: the CCN confirms {} here (epoch {})", hash, e.alloc.epoch);
+        } else {
+          stale.push_back(hash);
+        }
+      }
+      for (auto& hash : stale) {
+        spdlog::warn("job_broker: {} was placed elsewhere while this CRN was down; stopping "
+                     "the copy left here",
+                     hash);
+        auto& e = st.executions[hash];
+        e.stopped = true;
+        self->request(e.supervisor, std::chrono::seconds(60), atom::stop_v)
+          .then([](const execution_info&) {}, [](caf::error&) {});
+      }
+    },
+    [=](atom::connect, ccn_link_actor& link) {
+      auto& st = self->state;
+      st.link = std::move(link);
+      // What the previous CRN process left (now that supervisors can fetch through the link):
+      // re-adopted, or started again if persistent.
+      for (size_t i = 0; i < st.cfg.resume.size(); ++i) {
+        auto a = st.cfg.resume[i];
+        bool persistent = i < st.cfg.resume_persistent.size() && st.cfg.resume_persistent[i];
+        spdlog::info("job_broker: resuming {} {} (epoch {}) left by the previous CRN process",
+                     persistent ? "persistent" : "on-demand", a.item_hash, a.epoch);
+        start_supervisor(self, a, persistent);
+        st.executions[a.item_hash].unconfirmed = persistent;
+      }
+      st.cfg.resume.clear();
+    },
     [=](atom::published, uint64_t id, uint16_t status) {
       auto i = self->state.events.find(id);
       if (i == self->state.events.end())

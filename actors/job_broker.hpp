@@ -15,6 +15,7 @@
 namespace alephd {
 
 struct execution_env;
+struct execution_record;
 
 struct job_broker_config {
   std::string crn_id;
@@ -26,6 +27,10 @@ struct job_broker_config {
   double vcpu_overcommit = 4.0;
   size_t max_finished = 200; ///< ended executions kept for the list and logs
   std::shared_ptr<const execution_env> env;
+  /// Executions the previous CRN process left (their records): a supervisor each at start,
+  /// which re-adopts a live sandbox or starts a persistent workload afresh.
+  std::vector<allocation> resume;
+  std::vector<bool> resume_persistent;
 };
 
 struct execution_entry {
@@ -33,6 +38,9 @@ struct execution_entry {
   vm_supervisor_actor supervisor;
   bool stopped = false; ///< stopping or gone; holds no capacity
   bool persistent = false; ///< allocated by a CCN (else started by an on-demand call)
+  /// Resumed after a CRN restart and not yet confirmed by the CCN (which may have placed it
+  /// elsewhere meanwhile).
+  bool unconfirmed = false;
 };
 
 struct finished_execution {

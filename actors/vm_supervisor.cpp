@@ -12,6 +12,7 @@
 
 #include "messages/aleph_message.hpp"
 #include "runtime/archive.hpp"
+#include "runtime/execution_records.hpp"
 #include "runtime/microvm.hpp"
 #include "runtime/sandbox.hpp"
 #include "runtime/sandbox_pool.hpp"
@@ -190,6 +191,8 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
   st.stop_waiters.clear();
   if (st.broker)
     self->send(st.broker, atom::exited_v, st.info, kept_logs(*st.feed));
+  if (st.env->records && !st.detached)
+    st.env->records->erase(st.info.item_hash); // nothing is left to re-adopt
   self->quit();
 }
 
@@ -240,9 +243,120 @@ void schedule_restart(self_ptr self, const std::string& why) {
   self->delayed_send(self, delay, atom::started_v, run, std::string{"restart"});
 }
 
+// Writes the durable record of a running sandbox that can outlive the CRN (see
+// execution_records), so that a restarted CRN finds it again.
+void save_record(self_ptr self) {
+  auto& st = self->state;
+  auto sb = std::dynamic_pointer_cast<sandbox>(st.exec);
+  if (!st.env->records || !sb || !st.adoptable || st.info.phase != "running")
+    return;
+  execution_record r;
+  r.alloc = st.alloc;
+  r.alloc.epoch = st.info.epoch;
+  r.persistent = st.info.persistent;
+  r.run_dir = exec_dir(*st.env, st.info.item_hash) + "/run";
+  r.network = st.internet;
+  r.handle = sb->handle();
+  r.started_at = st.info.started_at;
+  std::string err;
+  if (!st.env->records->put(r, err))
+    spdlog::warn("vm_supervisor: {}: {}; a CRN restart will not re-adopt it", st.info.item_hash,
+                 err);
+}
+
+// Runs `start` (blocking) for `exec` on a thread of its own; publishes the execution once it
+// runs, or lets the executor go and calls `on_fail` with the error.
+void launch(self_ptr self, uint64_t run, std::shared_ptr<executor> exec,
+            std::function<std::string()> start, std::function<void(const std::string&)> on_fail) {
+  auto& st = self->state;
+  exec->on_log([feed = st.feed](const timed_log& l) { feed->push(l); });
+  // The handler holds a weak reference: the executor lives in this actor's state.
+  caf::weak_actor_ptr weak = self->ctrl();
+  exec->on_exit([weak, run](int code, const std::string& why) {
+    if (auto strong = weak.lock())
+      caf::anon_send(caf::actor_cast<vm_supervisor_actor>(strong), atom::exited_v, run,
+                     int32_t{code}, why);
+  });
+  st.exec = exec;
+  st.host = st.env->threaded_host
+              ? self->home_system().spawn<caf::detached>(exec_host, exec, start)
+              : self->home_system().spawn(exec_host, exec, start);
+  self->link_to(st.host);
+  self->request(st.host, caf::infinite, atom::run_v)
+    .then(
+      [=](std::string& err) {
+        auto& st = self->state;
+        if (run != st.run || st.info.phase != "booting")
+          return;
+        if (!err.empty()) {
+          release_executor(self, [=] { on_fail(err); });
+          return;
+        }
+        auto live = std::make_shared<live_execution>();
+        live->item_hash = st.info.item_hash;
+        live->exec = st.exec;
+        live->timeout = st.request_timeout;
+        live->last_used_ms = live_execution::now_ms();
+        st.live = live;
+        if (st.env->table)
+          st.env->table->put(live);
+        set_phase(self, "running", "");
+        if (st.adopted_started_at > 0) {
+          st.info.started_at = st.adopted_started_at; // it has been running all along
+          st.adopted_started_at = 0;
+        }
+        st.backoff = milliseconds{0};
+        save_record(self);
+        answer_waiters(self, caf::error{});
+      },
+      [=](caf::error& err) {
+        if (run == self->state.run)
+          finish(self, "failed", "executor thread failed: " + describe(err));
+      });
+}
+
+// Takes over the sandbox that the previous CRN process left running (its record says where),
+// instead of starting the program again.
+void adopt(self_ptr self, const execution_record& rec) {
+  auto& st = self->state;
+  auto run = ++st.run;
+  set_phase(self, "booting", "re-adopting its sandbox after a CRN restart");
+  note(self, "re-adopting the sandbox the previous CRN process left running (pid "
+               + std::to_string(rec.handle.pid) + ")");
+  sandbox_options o;
+  o.bwrap = st.env->bwrap;
+  o.guest_binary = st.env->guest_binary;
+  o.run_dir = rec.run_dir;
+  o.hostname = st.info.item_hash.substr(0, 12);
+  o.network = rec.network;
+  o.adopt_window = st.env->adopt_window;
+  if (!rec.handle.cgroup_name.empty()) {
+    o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
+                             static_cast<double>(st.info.vcpus)};
+    o.cgroup_root = st.env->cgroup_root;
+  }
+  st.internet = rec.network;
+  st.adopted_started_at = rec.started_at;
+  st.adoptable = true;
+  auto sb = std::make_shared<sandbox>(std::move(o));
+  auto handle = rec.handle;
+  auto timeout = st.env->adopt_timeout;
+  launch(self, run, sb, [sb, handle, timeout] { return sb->adopt(handle, timeout); },
+         [=](const std::string& err) {
+           self->state.adopted_started_at = 0;
+           if (self->state.info.persistent) {
+             note(self, "cannot re-adopt it (" + err + "); starting it afresh");
+             prepare(self);
+           } else {
+             finish(self, "stopped", "not re-adopted after a CRN restart: " + err);
+           }
+         });
+}
+
 void boot(self_ptr self) {
   auto& st = self->state;
   auto run = ++st.run;
+  st.adoptable = false;
   set_phase(self, "booting", "starting the sandbox");
   executor_request req;
   req.item_hash = st.info.item_hash;
@@ -308,54 +422,18 @@ void boot(self_ptr self) {
       o.cgroup_name = st.info.item_hash.substr(0, 16) + "-" + std::to_string(self->id()) + "-"
                       + std::to_string(run);
     }
+    o.adopt_window = st.env->adopt_window;
+    st.adoptable = o.adopt_window.count() > 0;
     exec = std::make_shared<sandbox>(std::move(o));
   }
-  // The handler holds a weak reference: the executor lives in this actor's state.
-  exec->on_log([feed = st.feed](const timed_log& l) { feed->push(l); });
-  caf::weak_actor_ptr weak = self->ctrl();
-  exec->on_exit([weak, run](int code, const std::string& why) {
-    if (auto strong = weak.lock())
-      caf::anon_send(caf::actor_cast<vm_supervisor_actor>(strong), atom::exited_v, run,
-                     int32_t{code}, why);
-  });
-  st.exec = exec;
   if (!start)
     start = [exec, cfg = *st.cfg] { return exec->start(cfg); };
-  st.host = st.env->threaded_host
-              ? self->home_system().spawn<caf::detached>(exec_host, exec, start)
-              : self->home_system().spawn(exec_host, exec, start);
-  self->link_to(st.host);
-  self->request(st.host, caf::infinite, atom::run_v)
-    .then(
-      [=](std::string& err) {
-        auto& st = self->state;
-        if (run != st.run || st.info.phase != "booting")
-          return;
-        if (!err.empty()) {
-          release_executor(self, [=] {
-            if (self->state.info.persistent)
-              schedule_restart(self, "start failed: " + err);
-            else
-              finish(self, "failed", "start failed: " + err);
-          });
-          return;
-        }
-        auto live = std::make_shared<live_execution>();
-        live->item_hash = st.info.item_hash;
-        live->exec = st.exec;
-        live->timeout = st.request_timeout;
-        live->last_used_ms = live_execution::now_ms();
-        st.live = live;
-        if (st.env->table)
-          st.env->table->put(live);
-        set_phase(self, "running", "");
-        st.backoff = milliseconds{0};
-        answer_waiters(self, caf::error{});
-      },
-      [=](caf::error& err) {
-        if (run == self->state.run)
-          finish(self, "failed", "executor thread failed: " + describe(err));
-      });
+  launch(self, run, exec, std::move(start), [=](const std::string& err) {
+    if (self->state.info.persistent)
+      schedule_restart(self, "start failed: " + err);
+    else
+      finish(self, "failed", "start failed: " + err);
+  });
 }
 
 // Makes sure the file named by `ref` (a STORE message's item_hash, or a bare file hash) is in
@@ -768,7 +846,13 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   info.defined_at = unix_seconds();
   if (st.env->table)
     st.env->table->put_feed(a.item_hash, st.feed);
-  prepare(self);
+  std::optional<execution_record> rec;
+  if (st.env->records && st.env->adopt_window.count() > 0)
+    rec = st.env->records->get(a.item_hash);
+  if (rec && sandbox::alive(rec->handle))
+    adopt(self, *rec);
+  else
+    prepare(self);
   self->delayed_send(self, st.env->tick, atom::tick_v);
   return {
     [=](atom::get) { return self->state.info; },
@@ -779,6 +863,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
                                              + " is older than " + std::to_string(info.epoch));
       info.epoch = next.epoch;
       info.persistent = true;
+      save_record(self);
       return info;
     },
     [=](atom::run) -> caf::result<execution_info> {
@@ -803,7 +888,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     },
     [=](atom::reboot) -> caf::result<execution_info> {
       auto& st = self->state;
-      if (!st.cfg || !st.exec || (st.info.phase != "running" && st.info.phase != "booting"))
+      if (!st.exec || (st.info.phase != "running" && st.info.phase != "booting"))
         return make_error(ec::wrong_phase,
                           "execution " + st.info.item_hash + " is " + st.info.phase);
       auto rp = self->make_response_promise<execution_info>();
@@ -814,12 +899,37 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
       release_executor(self, [=] {
         if (self->state.stop_after) // stopped meanwhile: do not start it again
           finish(self, "stopped", "stopped on request");
-        else
+        else if (self->state.cfg)
           boot(self);
+        else
+          prepare(self); // re-adopted: what it runs is fetched again
       });
       return rp;
     },
     [=](atom::logs) { return kept_logs(*self->state.feed); },
+    [=](atom::drain) -> caf::result<execution_info> {
+      auto& st = self->state;
+      auto sb = std::dynamic_pointer_cast<sandbox>(st.exec);
+      if (st.info.phase != "running" || !sb || !st.adoptable || !st.env->records) {
+        auto rp = self->make_response_promise<execution_info>();
+        stop_now(self, "the CRN is stopping", false, rp);
+        return rp;
+      }
+      // Left running: the next CRN process re-adopts it from its record.
+      save_record(self);
+      st.detached = true;
+      if (st.live && st.env->table)
+        st.env->table->remove(st.info.item_hash, st.live.get());
+      st.live = nullptr;
+      sb->detach();
+      self->unlink_from(st.host);
+      caf::anon_send_exit(st.host, caf::exit_reason::user_shutdown);
+      st.host = nullptr;
+      st.exec = nullptr;
+      note(self, "left running for the next CRN process to re-adopt");
+      finish(self, "stopped", "left running for the next CRN process");
+      return st.info;
+    },
     [=](atom::started, uint64_t run, const std::string&) {
       // A restart after back-off (unless something else happened meanwhile).
       auto& st = self->state;
@@ -843,8 +953,10 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
           finish(self, "stopped", "stopped on request");
         else if (st.info.persistent)
           schedule_restart(self, why);
-        else if (!st.waiters.empty())
+        else if (!st.waiters.empty() && st.cfg)
           boot(self); // calls are waiting for it: start it again at once
+        else if (!st.waiters.empty())
+          prepare(self);
         else
           finish(self, "stopped", why);
       });

@@ -25,6 +25,8 @@
 namespace alephd {
 
 class sandbox_pool;
+class execution_records;
+struct execution_record;
 
 /// What an executor needs to know to start one execution.
 struct executor_request {
@@ -59,6 +61,13 @@ struct execution_env {
   std::shared_ptr<execution_table> table;
   /// Pre-started sandboxes for programs (execution.prealloc); null for none.
   std::shared_ptr<sandbox_pool> pool;
+  /// > 0: program sandboxes outlive a CRN that dies for this long, and a restarted CRN
+  /// re-adopts them from `records` (execution.adopt-window); 0: they die with it.
+  std::chrono::seconds adopt_window{0};
+  /// How long a re-adopted sandbox's agent has to come back after a restart.
+  std::chrono::milliseconds adopt_timeout{10000};
+  /// Durable records of running sandboxes (null: none are kept).
+  std::shared_ptr<execution_records> records;
   /// Makes the executor; empty = a bubblewrap sandbox (tests plug in others).
   std::function<std::shared_ptr<executor>(const executor_request&)> make_executor;
   /// Blocking executor calls run on a thread of their own; tests on the deterministic
@@ -93,6 +102,9 @@ struct vm_supervisor_state {
   /// Stops asked while it was already stopping; answered with the final state.
   std::vector<caf::typed_response_promise<execution_info>> stop_waiters;
   bool stop_after = false; ///< a stop arrived during a reboot or an exit: do not start again
+  bool detached = false;   ///< left running for the next CRN process: its record stays
+  bool adoptable = false;  ///< the current sandbox can outlive the CRN (it has a record)
+  double adopted_started_at = 0; ///< when a re-adopted sandbox first started
   /// Every run's output and the CRN's own notes, with their followers (stream_logs).
   std::shared_ptr<log_feed> feed = std::make_shared<log_feed>();
   std::deque<caf::actor_clock::time_point> failures;

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <caf/all.hpp>
@@ -24,7 +25,9 @@
 #include "actors/trigger_router.hpp"
 #include "actors/vm_supervisor.hpp"
 #include "runtime/cgroup.hpp"
+#include "runtime/execution_records.hpp"
 #include "runtime/execution_table.hpp"
+#include "runtime/sandbox.hpp"
 #include "runtime/sandbox_pool.hpp"
 #include "runtime/gateway.hpp"
 #include "runtime/wall_clock.hpp"
@@ -334,9 +337,48 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   if (::access(env->guest_binary.c_str(), X_OK) != 0)
     spdlog::warn("crn {}: guest agent {} is missing: programs cannot run (set execution.guest-binary)",
                  id_, env->guest_binary);
+  // What the previous CRN process left: sandboxes still running are re-adopted, persistent
+  // workloads whose sandbox died start again, everything else is cleaned up.
+  env->adopt_window = std::chrono::duration_cast<std::chrono::seconds>(
+    s.adopt_window + std::chrono::milliseconds{999});
+  std::vector<execution_record> resume;
+  std::set<std::string> keep_groups, keep_dirs;
+  {
+    std::string rerr;
+    env->records = execution_records::open(dir, rerr);
+    if (!env->records)
+      spdlog::warn("crn {}: {}; executions will not be re-adopted after a restart", id_, rerr);
+    for (auto& r : env->records ? env->records->all() : std::vector<execution_record>{}) {
+      bool alive = sandbox::alive(r.handle);
+      if (alive && env->adopt_window.count() > 0) {
+        keep_groups.insert(r.handle.cgroup_name);
+        keep_dirs.insert(r.run_dir);
+        resume.push_back(r);
+        continue;
+      }
+      if (alive) {
+        spdlog::info("crn {}: stopping the sandbox of {} (re-adoption is off)", id_, r.alloc.item_hash);
+        sandbox::kill(r.handle);
+      }
+      if (r.persistent && env->adopt_window.count() > 0)
+        resume.push_back(r); // started afresh; the CCN confirms or moves it
+      else
+        env->records->erase(r.alloc.item_hash);
+    }
+  }
+  {
+    // Run dirs nobody re-adopts: stale sockets, logs and instance overlays.
+    std::error_code ec;
+    for (auto& e : std::filesystem::directory_iterator{dir + "/executions", ec}) {
+      auto run = (e.path() / "run").string();
+      if (keep_dirs.count(run) == 0 && std::filesystem::exists(run, ec))
+        std::filesystem::remove_all(run, ec);
+    }
+  }
   if (s.cgroups) {
-    // Sandboxes die with the CRN (bwrap --die-with-parent); their groups may be left over.
-    if (auto n = cgroup::remove_orphans(env->cgroup_root, nullptr); n > 0)
+    // Groups of sandboxes that died with an earlier CRN process (not the re-adopted ones).
+    auto keep = [&](const std::string& name) { return keep_groups.count(name) > 0; };
+    if (auto n = cgroup::remove_orphans(env->cgroup_root, keep); n > 0)
       spdlog::info("crn {}: removed {} cgroups left by an earlier run", id_, n);
     if (!env->cgroups)
       spdlog::warn("crn {}: {}: executions run without memory, pids and CPU limits", id_,
@@ -364,6 +406,10 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   jb.memory_mib = info.memory_mib;
   jb.disk_mib = info.disk_mib;
   jb.env = env;
+  for (auto& r : resume) {
+    jb.resume.push_back(r.alloc);
+    jb.resume_persistent.push_back(r.persistent);
+  }
   broker_ = sys.spawn(job_broker, jb);
   auto port = s.http_port < 0 ? 4020 : s.http_port;
   auto ctx = std::make_shared<crn_context>();

@@ -532,9 +532,9 @@ struct sandbox::impl {
       ns_init_start = h.ns_init_start;
       adopted = true;
     }
-    if (opts.limits) {
+    if (!h.cgroup_name.empty()) {
       std::string err;
-      group = alephd::cgroup::open(opts.cgroup_root, opts.cgroup_name, err);
+      group = alephd::cgroup::open(opts.cgroup_root, h.cgroup_name, err);
       if (!group)
         return fail_start("cannot find its cgroup: " + err);
     }
@@ -652,7 +652,10 @@ void sandbox::detach() {
 
 sandbox_handle sandbox::handle() const {
   std::lock_guard lock{impl_->proc_mu};
-  return sandbox_handle{impl_->child, impl_->child_start, impl_->ns_init, impl_->ns_init_start};
+  auto name = impl_->group ? std::filesystem::path{impl_->group->path()}.filename().string()
+                           : std::string{};
+  return sandbox_handle{impl_->child, impl_->child_start, impl_->ns_init, impl_->ns_init_start,
+                        name};
 }
 
 bool sandbox::alive(const sandbox_handle& h) {

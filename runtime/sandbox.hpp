@@ -57,6 +57,7 @@ struct sandbox_handle {
   std::string pid_start;
   int ns_init = 0;
   std::string ns_init_start;
+  std::string cgroup_name; ///< its group under cgroup_root ("" without one)
 };
 
 /// One guest agent in a bubblewrap sandbox. All members are thread-safe.

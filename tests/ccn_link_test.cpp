@@ -64,6 +64,8 @@ struct node_double_state {
   std::vector<caf::actor_clock::time_point> hellos;
   std::map<std::string, stored_message> messages;
   std::vector<std::pair<std::string, std::string>> failures; ///< (crn, item_hash) reported
+  std::vector<placement> placed;                              ///< every CRN's placements
+  std::vector<std::string> placement_queries;                 ///< CRN ids asked about
 };
 
 using hello_result = caf::result<crn_registry_actor, caf::actor, std::string>;
@@ -92,6 +94,14 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
     [=](atom::exited, const std::string& crn, const execution_info& info) {
       self->state.failures.emplace_back(crn, info.item_hash);
     },
+    [=](atom::list, const std::string& crn) {
+      self->state.placement_queries.push_back(crn);
+      std::vector<placement> mine;
+      for (auto& p : self->state.placed)
+        if (p.crn_id == crn)
+          mine.push_back(p);
+      return mine;
+    },
   };
 }
 
@@ -99,6 +109,7 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
 struct broker_double_state {
   bool accept = true;
   std::vector<allocation> allocations;
+  std::vector<std::vector<placement>> confirms;
 };
 
 job_broker_actor::behavior_type
@@ -131,6 +142,9 @@ broker_double(job_broker_actor::stateful_pointer<broker_double_state> self) {
     [=](atom::published, uint64_t, uint16_t) {},
     [=](atom::connect, const ccn_link_actor&) {},
     [=](atom::exited, const execution_info&, const std::vector<log_line>&) {},
+    [=](atom::confirm, const std::vector<placement>& mine) {
+      self->state.confirms.push_back(mine);
+    },
   };
 }
 
@@ -289,6 +303,24 @@ TEST_F(ccn_link_test, re_registers_when_the_ccn_forgot_it) {
   EXPECT_TRUE(i.connected);
   EXPECT_EQ(i.ccn_id, "ccn-A");
   EXPECT_TRUE(reg(reg_b).enrolled.empty());
+}
+
+TEST_F(ccn_link_test, after_each_registration_the_broker_learns_what_the_ccn_places_here) {
+  node(node_a).placed = {placement{"h-mine", "program", "crn-1", 4, "allocated", ""},
+                         placement{"h-other", "program", "crn-2", 7, "allocated", ""}};
+  start();
+  ASSERT_EQ(node(node_a).placement_queries, std::vector<std::string>{"crn-1"});
+  auto& confirms = state_of<broker_double_state>(broker).confirms;
+  ASSERT_EQ(confirms.size(), 1u);
+  ASSERT_EQ(confirms[0].size(), 1u);
+  EXPECT_EQ(confirms[0][0].item_hash, "h-mine");
+  EXPECT_EQ(confirms[0][0].epoch, 4u);
+  // A re-registration (the CCN forgot us) asks again.
+  reg(reg_a).forgetful = true;
+  advance(1000ms);
+  reg(reg_a).forgetful = false;
+  sched.run();
+  EXPECT_EQ(confirms.size(), 2u);
 }
 
 TEST_F(ccn_link_test, an_allocation_reaches_the_job_broker_and_its_ack_comes_back) {

@@ -62,6 +62,21 @@ std::vector<int> processes_with(const std::string& needle) {
   return out;
 }
 
+// "pid state cmdline" lines, for failure messages.
+std::string describe_processes(const std::vector<int>& pids) {
+  std::string out;
+  for (int pid : pids) {
+    auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    auto paren = stat.rfind(')');
+    auto cmd = read_file("/proc/" + std::to_string(pid) + "/cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    out += "\n  " + std::to_string(pid) + " "
+           + (paren != std::string::npos && paren + 2 < stat.size() ? stat.substr(paren + 2, 1) : "?")
+           + " " + cmd.substr(0, 200);
+  }
+  return out;
+}
+
 struct execution : ::testing::Test {
   std::filesystem::path dir;
   std::vector<std::unique_ptr<process>> procs;
@@ -78,6 +93,9 @@ struct execution : ::testing::Test {
   ~execution() override {
     for (auto& p : procs)
       p->kill9();
+    // Sandboxes outlive a killed CRN for its adopt window: end them with the test.
+    for (int pid : processes_with(dir.string()))
+      ::kill(pid, SIGKILL);
     if (HasFailure())
       for (auto& p : procs)
         std::cerr << "---- log of pid " << p->pid() << " ----\n" << p->log() << '\n';
@@ -316,7 +334,7 @@ TEST_F(execution, operator_endpoints_need_the_token_and_work_with_it) {
   EXPECT_TRUE(processes_with((dir / "crn").string() + "/executions/" + hash).empty());
   // Logs outlive the execution.
   auto after = http_request(localhost, http, "GET", base + "/logs", {}, auth);
-  ASSERT_EQ(after.status, 200);
+  ASSERT_EQ(after.status, 200) << after.body;
   EXPECT_NE(after.body.find("request GET /echo?y"), std::string::npos) << after.body;
   auto erase = http_request(localhost, http, "POST", base + "/erase", {}, {{"Authorization", "Bearer " + token("crn")}});
   EXPECT_EQ(erase.status, 200) << erase.body;
@@ -477,13 +495,29 @@ TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_come
            && x[hash]["status"]["started_at"] != first_start;
   }, 10s)) << executions(crn->port("http")).dump();
   EXPECT_EQ(http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/echo?q").status, 200);
-  // kill -9 of the CRN: nothing of the sandbox survives it, and once the CRN is back the CCN
-  // places the workload on it again.
+  // kill -9 of the CRN: the sandbox and its program live on, and the restarted CRN re-adopts
+  // them (the same program instance answers) instead of starting the program again.
+  auto instance = http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/instance");
+  ASSERT_EQ(instance.status, 200) << instance.body;
   crn->kill9();
-  EXPECT_TRUE(eventually([&] { return processes_with((dir / "crn").string()).empty(); }, 5s));
+  EXPECT_FALSE(processes_with((dir / "crn").string()).empty()) << "the sandbox died with its CRN";
   crn = &start_crn();
   EXPECT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 30s))
     << executions(crn->port("http")).dump();
+  auto again = http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/instance");
+  EXPECT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, instance.body) << "the program was started again, not re-adopted";
+  auto logs = http_request(localhost, crn->port("http"), "GET", "/control/machine/" + hash + "/logs",
+                           {}, {{"X-Auth-Token", token("crn")}});
+  EXPECT_NE(logs.body.find("re-adopting"), std::string::npos) << logs.body;
+  // The CCN keeps it on this CRN.
+  EXPECT_TRUE(eventually([&] {
+    auto r = http_request(localhost, ccn_http, "GET", "/api/v0/allocations", {}, {}, 5s);
+    for (auto& p : json::parse(r.body, nullptr, false).value("allocations", json::array()))
+      if (p.value("item_hash", "") == hash)
+        return p.value("state", "") == "allocated";
+    return false;
+  }, 10s));
 }
 
 // A zip with `files` (name -> (bytes, mode)), made with libarchive.
@@ -514,6 +548,57 @@ std::string make_zip(const std::map<std::string, std::pair<std::string, int>>& f
 }
 
 // Runs `alephd args` and returns its exit code and stdout (stderr goes to stdout too).
+
+TEST_F(execution, a_copy_re_adopted_after_the_ccn_moved_the_workload_is_stopped) {
+  start_ccn();
+  auto* a = &start_crn("crn-a");
+  auto hash = publish_program(true);
+  ASSERT_TRUE(eventually([&] { return phase_of(a->port("http"), hash) == "running"; }, 20s))
+    << executions(a->port("http")).dump();
+  auto& b = start_crn("crn-b");
+  // CRN A dies; the CCN moves the workload to B while A is away.
+  a->kill9();
+  ASSERT_TRUE(eventually([&] { return phase_of(b.port("http"), hash) == "running"; }, 20s))
+    << executions(b.port("http")).dump();
+  EXPECT_FALSE(processes_with((dir / "crn-a" / "executions").string()).empty());
+  // A comes back and re-adopts its copy, but the CCN no longer places it there: A stops it.
+  a = &start_crn("crn-a");
+  auto sandboxes_of_a = [&] { return processes_with((dir / "crn-a" / "executions").string()); };
+  EXPECT_TRUE(eventually([&] { return sandboxes_of_a().empty(); }, 20s))
+    << "two copies of one persistent workload: " << executions(a->port("http")).dump()
+    << describe_processes(sandboxes_of_a());
+  EXPECT_NE(phase_of(a->port("http"), hash), "running");
+  EXPECT_EQ(phase_of(b.port("http"), hash), "running");
+  EXPECT_EQ(http_request(localhost, b.port("http"), "GET", "/vm/" + hash + "/echo?b").status, 200);
+}
+
+TEST_F(execution, keep_on_shutdown_leaves_persistent_sandboxes_for_the_next_crn_process) {
+  start_ccn();
+  auto* crn = &start_crn("crn", {"--execution.keep-on-shutdown=true"});
+  auto hash = publish_program(true);
+  auto od = publish_program(false, 128, 2, "on-demand");
+  ASSERT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 20s));
+  ASSERT_EQ(http_request(localhost, crn->port("http"), "GET", "/vm/" + od + "/echo?x", {}, {}, 20s).status, 200);
+  auto instance = http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/instance").body;
+  ASSERT_FALSE(instance.empty());
+  crn->signal(SIGTERM);
+  ASSERT_EQ(crn->wait_exit(30s), 0) << crn->log();
+  // The persistent sandbox is still there; the on-demand one was stopped.
+  EXPECT_FALSE(processes_with((dir / "crn" / "executions" / hash).string()).empty());
+  EXPECT_TRUE(processes_with((dir / "crn" / "executions" / od).string()).empty());
+  crn = &start_crn("crn", {"--execution.keep-on-shutdown=true"});
+  EXPECT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 20s));
+  EXPECT_EQ(http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/instance").body,
+            instance);
+  // A CRN without keep-on-shutdown stops it on SIGTERM.
+  crn->signal(SIGTERM);
+  ASSERT_EQ(crn->wait_exit(30s), 0);
+  crn = &start_crn("crn");
+  EXPECT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 20s));
+  crn->signal(SIGTERM);
+  ASSERT_EQ(crn->wait_exit(30s), 0);
+  EXPECT_TRUE(eventually([&] { return processes_with((dir / "crn").string()).empty(); }, 10s));
+}
 
 TEST_F(execution, the_client_verbs_call_list_read_logs_and_stop) {
   start_ccn();

@@ -690,7 +690,7 @@ TEST_F(job_broker_test, a_persistent_program_whose_code_is_missing_retries_until
   EXPECT_EQ(executors.back()->cfg.code, code);
 }
 
-TEST_F(job_broker_test, drain_refuses_new_calls_and_stops_on_demand_but_keeps_persistent) {
+TEST_F(job_broker_test, drain_refuses_new_calls_stops_on_demand_and_lets_persistent_go) {
   connect();
   auto od = publish_program("on demand");
   auto pp = publish_program("persistent", 128, true);
@@ -698,17 +698,20 @@ TEST_F(job_broker_test, drain_refuses_new_calls_and_stops_on_demand_but_keeps_pe
   allocation a = work(pp, "program", 128);
   a.message_json = ccn().messages[pp].json;
   ASSERT_TRUE(allocate(a).value->accepted);
+  // Keeping persistent workloads: the on-demand one is stopped (and counted); the persistent
+  // one is let go, which for an executor that cannot outlive the CRN (this fake, a microVM)
+  // means a clean stop rather than a kill when the process exits.
   auto n = ask<uint32_t>(broker, atom::drain_v, false);
   ASSERT_TRUE(n.value) << describe(n.error);
   EXPECT_EQ(*n.value, 1u);
   EXPECT_EQ(find(od)->phase, "stopped");
-  EXPECT_EQ(find(pp)->phase, "running");
+  EXPECT_EQ(find(pp)->phase, "stopped");
+  EXPECT_EQ(executors.back()->stops, 1);
   auto r = run(od);
   EXPECT_TRUE(failed_with(r.error, ec::unavailable));
   EXPECT_EQ(describe(r.error), "Server is draining");
-  // Draining again with stop-persistent stops the rest.
-  EXPECT_EQ(*ask<uint32_t>(broker, atom::drain_v, true).value, 1u);
-  EXPECT_EQ(find(pp)->phase, "stopped");
+  // Nothing is left for a second drain.
+  EXPECT_EQ(*ask<uint32_t>(broker, atom::drain_v, true).value, 0u);
 }
 
 TEST_F(job_broker_test, a_stop_during_a_reboot_wins) {
@@ -770,3 +773,45 @@ TEST_F(job_broker_test, reboot_restarts_a_running_execution) {
 }
 
 } // namespace
+
+TEST_F(job_broker_test, executions_resumed_after_a_restart_stay_only_where_the_ccn_confirms_them) {
+  auto kept = publish_program("#!/bin/kept\n", 128, true);
+  auto moved = publish_program("#!/bin/moved\n", 128, true);
+  auto c = host();
+  c.env = env;
+  c.resume = {allocation{1, kept, "program", 5, 1, 128, 0, ""},
+              allocation{1, moved, "program", 5, 1, 128, 0, ""}};
+  c.resume_persistent = {true, true};
+  auto restarted = spawn(job_broker, c);
+  sched.run();
+  auto& ex = state_of<job_broker_state>(restarted).executions;
+  EXPECT_TRUE(ex.empty()) << "resumed before the link could fetch anything";
+  caf::anon_send(restarted, atom::connect_v, link);
+  sched.run();
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_TRUE(ex.at(kept).unconfirmed);
+  EXPECT_TRUE(ex.at(moved).unconfirmed);
+  auto phase = [&](const std::string& hash) {
+    auto r = ask<std::vector<execution_info>>(restarted, atom::list_v);
+    for (auto& x : r.value.value_or(std::vector<execution_info>{}))
+      if (x.item_hash == hash)
+        return x.phase;
+    return std::string{"unknown"};
+  };
+  EXPECT_EQ(phase(kept), "running");
+  EXPECT_EQ(phase(moved), "running");
+  // The CCN still places `kept` here (at a newer epoch) and moved `moved` elsewhere.
+  caf::anon_send(restarted, atom::confirm_v,
+                 std::vector<placement>{placement{kept, "program", "crn", 6, "allocated", ""}});
+  sched.run();
+  EXPECT_FALSE(ex.at(kept).unconfirmed);
+  EXPECT_EQ(ex.at(kept).alloc.epoch, 6u);
+  EXPECT_EQ(phase(kept), "running");
+  EXPECT_EQ(phase(moved), "stopped");
+  // A later confirmation does not touch confirmed executions.
+  caf::anon_send(restarted, atom::confirm_v, std::vector<placement>{});
+  sched.run();
+  EXPECT_EQ(phase(kept), "running");
+  caf::anon_send_exit(restarted, caf::exit_reason::user_shutdown);
+  sched.run();
+}
