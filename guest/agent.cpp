@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -90,7 +91,6 @@ struct agent_state {
   std::atomic<bool> configured{false};
   std::atomic<bool> halting{false};
   std::atomic<bool> finishing{false}; // wait_program() is reporting the end
-  std::atomic<int> inflight{0};
   std::string work_dir = "/tmp/alephd-guest";
   std::string keys_file; // where configure's authorized_keys go ("": dropped)
 };
@@ -406,173 +406,284 @@ bool program_exited() {
   return st.exited;
 }
 
-gp::http_response forward(const gp::http_request& req, uint16_t port) {
-  auto raw = ag::build_request(req.method, req.path, req.query_string,
-                               req.headers, req.body, port);
-  if (!raw)
-    return agent_error(req.id, 400, "invalid request");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int fd = -1;
-  auto deadline = clock_type::now() + connect_window;
-  // A cold start's first request usually arrives while the program is still starting: poll
-  // fast at first (a refused loopback connect costs microseconds), then back off.
-  std::chrono::microseconds backoff{250};
-  for (;;) {
-    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-      return agent_error(req.id, 503, "socket: " + std::string{std::strerror(errno)});
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
-      break;
-    ::close(fd);
-    fd = -1;
-    if (program_exited())
-      return agent_error(req.id, 502, "program exited");
-    if (clock_type::now() + backoff > deadline)
-      return agent_error(req.id, 503,
-                         "program is not listening on port "
-                           + std::to_string(port));
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min<std::chrono::microseconds>(backoff * 2, 200ms);
-  }
-  timeval tv{60, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  if (!write_all(fd, raw->data(), raw->size())) {
-    ::close(fd);
-    return agent_error(req.id, 502, "program closed the connection");
-  }
-  ag::response_parser parser{ag::iequals(req.method, "HEAD"), max_body};
-  auto until = clock_type::now() + response_timeout;
-  char buf[64 * 1024];
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      until - clock_type::now());
-    if (left.count() <= 0) {
-      ::close(fd);
-      return agent_error(req.id, 504, "program did not answer in time");
-    }
-    pollfd pfd{fd, POLLIN, 0};
-    int pr = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
-    if (pr < 0 && errno != EINTR) {
-      ::close(fd);
-      return agent_error(req.id, 502, "poll failed");
-    }
-    if (pr <= 0)
-      continue;
-    auto n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR)
-      continue;
-    auto s = n > 0 ? parser.feed({buf, static_cast<std::size_t>(n)})
-                   : parser.eof();
-    if (s == ag::response_parser::state::done)
-      break;
-    if (s == ag::response_parser::state::error) {
-      ::close(fd);
-      return agent_error(req.id, 502, "bad response from program: "
-                                        + parser.error());
-    }
-  }
-  ::close(fd);
-  gp::http_response r;
-  r.id = req.id;
-  r.status = static_cast<uint16_t>(parser.status());
-  r.headers = parser.headers();
-  r.body = std::move(parser.body());
-  return r;
-}
-
 uint16_t app_port = 8080;
 
-void handle_request(gp::http_request req) {
-  auto resp = forward(req, app_port);
-  send_frame(resp);
-  --st.inflight;
-}
+// --- forwarding requests to the program -----------------------------------------
+//
+// One thread (the agent's main loop) forwards every request: each gets a non-blocking
+// connection to the program on 127.0.0.1:app_port, driven by epoll together with the host's
+// connection. No thread per request and no hand-off between threads: on a small VM the
+// context switches cost more than the requests themselves. Concurrent requests overlap as
+// far as the program lets them.
 
-// Requests run on a pool of threads that grows to the number of requests in flight (at most
-// max_inflight) and is then reused: a thread per request costs more than the request itself
-// (stack mappings, TLB shootdowns).
-// Requests run on a pool of threads. Up to `soft_threads` are started as requests arrive; past
-// that, requests queue (more threads only add context switches on a small VM), unless the
-// oldest one has waited `queue_patience`: then a watcher adds a thread, up to max_inflight, so
-// that slow requests never starve the others.
-constexpr std::size_t soft_threads = 8;
-constexpr auto queue_patience = std::chrono::milliseconds(20);
+struct forward_call {
+  gp::http_request req;
+  std::string raw;          // the request bytes for the program
+  std::size_t sent = 0;
+  int fd = -1;
+  enum class phase { writing, reading, waiting } at = phase::writing;
+  ag::response_parser parser;
+  clock_type::time_point connect_deadline; // give up connecting (program not listening)
+  clock_type::time_point deadline;         // give up waiting for the answer
+  clock_type::time_point retry_at;         // waiting: when to connect again
+  std::chrono::microseconds backoff{250};
 
-struct request_pool {
-  std::mutex mu;
-  std::condition_variable cv;       // workers: a request is queued
-  std::condition_variable watch_cv; // the watcher: the queue is not empty
-  std::deque<std::pair<clock_type::time_point, gp::http_request>> queue;
-  std::size_t threads = 0;
-  std::size_t idle = 0;
-  bool watcher = false;
-
-  // Starts a worker (under mu); false if none could be started.
-  bool add_thread() {
-    try {
-      std::thread{[this] { work(); }}.detach();
-      ++threads;
-      return true;
-    } catch (const std::system_error&) {
-      return false;
-    }
-  }
-
-  // False if no thread could take it.
-  bool submit(gp::http_request req) {
-    std::unique_lock lock{mu};
-    queue.emplace_back(clock_type::now(), std::move(req));
-    // Idle workers take queued requests first: start one when there are fewer than queued.
-    if (idle >= queue.size() || threads >= soft_threads) {
-      cv.notify_one();
-      if (!watcher) {
-        try {
-          std::thread{[this] { watch(); }}.detach();
-          watcher = true;
-        } catch (const std::system_error&) {
-        }
-      }
-      watch_cv.notify_one();
-      return true;
-    }
-    if (!add_thread() && threads == 0) {
-      queue.pop_back();
-      return false;
-    }
-    return true;
-  }
-
-  void work() {
-    std::unique_lock lock{mu};
-    for (;;) {
-      ++idle;
-      cv.wait(lock, [this] { return !queue.empty(); });
-      --idle;
-      auto req = std::move(queue.front().second);
-      queue.pop_front();
-      lock.unlock();
-      handle_request(std::move(req));
-      lock.lock();
-    }
-  }
-
-  void watch() {
-    std::unique_lock lock{mu};
-    for (;;) {
-      watch_cv.wait(lock, [this] { return !queue.empty(); });
-      auto waited = clock_type::now() - queue.front().first;
-      if (waited >= queue_patience && idle == 0
-          && threads < static_cast<std::size_t>(max_inflight))
-        add_thread();
-      watch_cv.wait_for(lock, queue_patience);
-    }
+  forward_call(gp::http_request r, std::string bytes)
+    : req(std::move(r)), raw(std::move(bytes)),
+      parser(ag::iequals(req.method, "HEAD"), max_body) {
   }
 };
 
-request_pool pool;
+class forwarder {
+public:
+  bool open() {
+    ep_ = ::epoll_create1(EPOLL_CLOEXEC);
+    return ep_ >= 0;
+  }
+
+  // Watches the host's connection (again, after a reconnect).
+  void watch_host(int old_fd, int fd) {
+    if (old_fd >= 0)
+      ::epoll_ctl(ep_, EPOLL_CTL_DEL, old_fd, nullptr);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+    host_fd_ = fd;
+  }
+
+  // Starts forwarding `req` (answers at once on errors).
+  void start(gp::http_request req) {
+    if (calls_.size() + waiting_.size() >= static_cast<std::size_t>(max_inflight)) {
+      send_frame(agent_error(req.id, 503, "too many requests in flight"));
+      return;
+    }
+    auto raw = ag::build_request(req.method, req.path, req.query_string, req.headers, req.body,
+                                 app_port);
+    if (!raw) {
+      send_frame(agent_error(req.id, 400, "invalid request"));
+      return;
+    }
+    auto c = std::make_unique<forward_call>(std::move(req), std::move(*raw));
+    auto now = clock_type::now();
+    c->connect_deadline = now + connect_window;
+    c->deadline = now + response_timeout;
+    connect(std::move(c));
+  }
+
+  // Waits for events (at most `max_wait`) and moves the calls on. Returns true when the host's
+  // connection is readable.
+  bool poll(std::chrono::milliseconds max_wait) {
+    flush(); // answers made while the host's frames were handled
+    auto now = clock_type::now();
+    auto wait = max_wait;
+    for (auto& c : waiting_)
+      wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::max(c->retry_at - now, clock_type::duration::zero())));
+    epoll_event events[64];
+    int n = ::epoll_wait(ep_, events, 64, static_cast<int>(wait.count()));
+    bool host = false;
+    for (int i = 0; i < n; ++i) {
+      int fd = events[i].data.fd;
+      if (fd == host_fd_) {
+        host = true;
+        continue;
+      }
+      if (auto it = calls_.find(fd); it != calls_.end())
+        progress(it);
+    }
+    retry_due();
+    expire();
+    flush();
+    return host;
+  }
+
+private:
+  using call_map = std::map<int, std::unique_ptr<forward_call>>;
+
+  void finish(std::unique_ptr<forward_call> c, gp::http_response resp) {
+    if (c->fd >= 0) {
+      ::epoll_ctl(ep_, EPOLL_CTL_DEL, c->fd, nullptr);
+      ::close(c->fd);
+      c->fd = -1;
+    }
+    resp.id = c->req.id;
+    // Answers of one round go to the host in one write (fewer wake-ups on both sides).
+    try {
+      out_ += gp::encode(resp);
+    } catch (const std::exception& e) {
+      out_ += gp::encode(agent_error(resp.id, 502, std::string{"cannot encode the answer: "} + e.what()));
+    }
+  }
+
+  void flush() {
+    if (out_.empty())
+      return;
+    {
+      std::lock_guard guard{st.write_mu};
+      if (st.host_fd >= 0 && !write_all(st.host_fd, out_.data(), out_.size()))
+        say("write to host failed: " + std::string{std::strerror(errno)});
+    }
+    out_.clear();
+    if (out_.capacity() > (1u << 20))
+      out_.shrink_to_fit();
+  }
+
+  void fail(std::unique_ptr<forward_call> c, uint16_t status, const std::string& why) {
+    auto id = c->req.id;
+    finish(std::move(c), agent_error(id, status, why));
+  }
+
+  // Connects (again); a refused connect waits and retries while the program may still be
+  // starting: fast at first (a refused loopback connect costs microseconds), then backing off.
+  void connect(std::unique_ptr<forward_call> c) {
+    c->fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (c->fd < 0) {
+      fail(std::move(c), 503, "socket: " + std::string{std::strerror(errno)});
+      return;
+    }
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(app_port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int r = ::connect(c->fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    if (r != 0 && errno != EINPROGRESS) {
+      refused(std::move(c));
+      return;
+    }
+    // On loopback the handshake is usually done when connect() returns, even with
+    // EINPROGRESS: write at once; a send that cannot go yet waits for EPOLLOUT.
+    c->at = forward_call::phase::writing;
+    epoll_event ev{};
+    ev.events = EPOLLOUT;
+    ev.data.fd = c->fd;
+    ::epoll_ctl(ep_, EPOLL_CTL_ADD, c->fd, &ev);
+    int fd = c->fd;
+    progress(calls_.emplace(fd, std::move(c)).first);
+  }
+
+  void refused(std::unique_ptr<forward_call> c) {
+    ::close(c->fd);
+    c->fd = -1;
+    if (program_exited()) {
+      fail(std::move(c), 502, "program exited");
+      return;
+    }
+    auto now = clock_type::now();
+    if (now + c->backoff > c->connect_deadline) {
+      fail(std::move(c), 503, "program is not listening on port " + std::to_string(app_port));
+      return;
+    }
+    c->at = forward_call::phase::waiting;
+    c->retry_at = now + c->backoff;
+    c->backoff = std::min<std::chrono::microseconds>(c->backoff * 2, 200ms);
+    waiting_.push_back(std::move(c));
+  }
+
+  void retry_due() {
+    if (waiting_.empty())
+      return;
+    auto now = clock_type::now();
+    std::vector<std::unique_ptr<forward_call>> due;
+    for (auto i = waiting_.begin(); i != waiting_.end();) {
+      if ((*i)->retry_at <= now) {
+        due.push_back(std::move(*i));
+        i = waiting_.erase(i);
+      } else {
+        ++i;
+      }
+    }
+    for (auto& c : due)
+      connect(std::move(c));
+  }
+
+  // Answers 504 to calls past their deadline (checked at most every 100 ms).
+  void expire() {
+    auto now = clock_type::now();
+    if (now < next_expiry_)
+      return;
+    next_expiry_ = now + 100ms;
+    std::vector<int> late;
+    for (auto& [fd, c] : calls_)
+      if (c->deadline <= now)
+        late.push_back(fd);
+    for (int fd : late) {
+      auto node = calls_.extract(fd);
+      fail(std::move(node.mapped()), 504, "program did not answer in time");
+    }
+  }
+
+  void progress(call_map::iterator it) {
+    auto& c = *it->second;
+    auto take = [&] {
+      auto node = calls_.extract(it);
+      return std::move(node.mapped());
+    };
+    if (c.at == forward_call::phase::writing) {
+      while (c.sent < c.raw.size()) {
+        auto n = ::send(c.fd, c.raw.data() + c.sent, c.raw.size() - c.sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+          continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+          return; // EPOLLOUT again
+        if (n < 0 && c.sent == 0
+            && (errno == ECONNREFUSED || errno == ENOTCONN || errno == ECONNRESET)) {
+          auto call = take(); // the connect failed: the program is not listening (yet)
+          ::epoll_ctl(ep_, EPOLL_CTL_DEL, call->fd, nullptr);
+          refused(std::move(call));
+          return;
+        }
+        if (n <= 0) {
+          fail(take(), 502, "program closed the connection");
+          return;
+        }
+        c.sent += static_cast<std::size_t>(n);
+      }
+      c.at = forward_call::phase::reading;
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = c.fd;
+      ::epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
+      // The answer is often there already on loopback: fall through and try.
+    }
+    char buf[64 * 1024];
+    for (;;) {
+      auto n = ::read(c.fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+      auto s = n > 0 ? c.parser.feed({buf, static_cast<std::size_t>(n)}) : c.parser.eof();
+      if (n < 0)
+        s = ag::response_parser::state::error;
+      if (s == ag::response_parser::state::done) {
+        gp::http_response r;
+        r.status = static_cast<uint16_t>(c.parser.status());
+        r.headers = c.parser.headers();
+        r.body = std::move(c.parser.body());
+        finish(take(), std::move(r));
+        return;
+      }
+      if (s == ag::response_parser::state::error) {
+        auto why = n < 0 ? std::string{"read failed: "} + std::strerror(errno)
+                         : "bad response from program: " + c.parser.error();
+        fail(take(), 502, why);
+        return;
+      }
+      if (n == 0)
+        return; // eof() decided above; not reached
+    }
+  }
+
+  int ep_ = -1;
+  int host_fd_ = -1;
+  call_map calls_;
+  std::vector<std::unique_ptr<forward_call>> waiting_;
+  clock_type::time_point next_expiry_{};
+  std::string out_; // encoded answers not yet written to the host
+};
+
+forwarder fwd;
 
 void do_halt() {
   if (st.halting.exchange(true))
@@ -615,15 +726,7 @@ void dispatch(gp::frame f) {
       send_frame(agent_error(req->id, 503, "not configured"));
       return;
     }
-    if (st.inflight >= max_inflight) {
-      send_frame(agent_error(req->id, 503, "too many requests in flight"));
-      return;
-    }
-    ++st.inflight;
-    if (!pool.submit(*req)) {
-      --st.inflight;
-      send_frame(agent_error(req->id, 503, "cannot start a request thread"));
-    }
+    fwd.start(std::move(*req));
     return;
   }
   if (std::holds_alternative<gp::event>(f)) {
@@ -758,11 +861,19 @@ int main(int argc, char** argv) {
     }
   } else if (!connect_socket(socket_path))
     return 1;
+  if (!fwd.open()) {
+    say("epoll: " + std::string{std::strerror(errno)});
+    return 1;
+  }
+  fwd.watch_host(-1, st.host_fd);
   send_frame(gp::ready{agent_version});
 
   gp::decoder dec;
   std::vector<char> buf(64 * 1024);
   for (;;) {
+    // Requests in flight move on; the host's frames are read once they are there.
+    if (!fwd.poll(1000ms))
+      continue;
     auto n = ::read(st.host_fd, buf.data(), buf.size());
     if (n < 0 && errno == EINTR)
       continue;
@@ -771,6 +882,7 @@ int main(int argc, char** argv) {
       if (!reconnect(socket_path, reconnect_window))
         die(1, "the host did not come back within " + std::to_string(reconnect_window.count())
                  + " s");
+      fwd.watch_host(-1, st.host_fd);
       dec = gp::decoder{};
       continue;
     }
