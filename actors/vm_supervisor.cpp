@@ -248,7 +248,8 @@ void schedule_restart(self_ptr self, const std::string& why) {
 void save_record(self_ptr self) {
   auto& st = self->state;
   auto sb = std::dynamic_pointer_cast<sandbox>(st.exec);
-  if (!st.env->records || !sb || !st.adoptable || st.info.phase != "running")
+  auto vm = std::dynamic_pointer_cast<microvm>(st.exec);
+  if (!st.env->records || !(sb || vm) || !st.adoptable || st.info.phase != "running")
     return;
   execution_record r;
   r.alloc = st.alloc;
@@ -256,8 +257,17 @@ void save_record(self_ptr self) {
   r.persistent = st.info.persistent;
   r.run_dir = exec_dir(*st.env, st.info.item_hash) + "/run";
   r.network = st.internet;
-  r.handle = sb->handle();
+  if (sb) {
+    r.handle = sb->handle();
+  } else {
+    auto h = vm->handle();
+    r.executor = "microvm";
+    r.handle.pid = h.pid;
+    r.handle.pid_start = h.pid_start;
+    r.sock_dir = h.sock_dir;
+  }
   r.started_at = st.info.started_at;
+  r.request_timeout_ms = st.request_timeout.count();
   std::string err;
   if (!st.env->records->put(r, err))
     spdlog::warn("vm_supervisor: {}: {}; a CRN restart will not re-adopt it", st.info.item_hash,
@@ -320,28 +330,45 @@ void launch(self_ptr self, uint64_t run, std::shared_ptr<executor> exec,
 void adopt(self_ptr self, const execution_record& rec) {
   auto& st = self->state;
   auto run = ++st.run;
-  set_phase(self, "booting", "re-adopting its sandbox after a CRN restart");
-  note(self, "re-adopting the sandbox the previous CRN process left running (pid "
+  auto what = rec.executor == "microvm" ? std::string{"microVM"} : std::string{"sandbox"};
+  set_phase(self, "booting", "re-adopting its " + what + " after a CRN restart");
+  note(self, "re-adopting the " + what + " the previous CRN process left running (pid "
                + std::to_string(rec.handle.pid) + ")");
-  sandbox_options o;
-  o.bwrap = st.env->bwrap;
-  o.guest_binary = st.env->guest_binary;
-  o.run_dir = rec.run_dir;
-  o.hostname = st.info.item_hash.substr(0, 12);
-  o.network = rec.network;
-  o.adopt_window = st.env->adopt_window;
-  if (!rec.handle.cgroup_name.empty()) {
-    o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
-                             static_cast<double>(st.info.vcpus)};
-    o.cgroup_root = st.env->cgroup_root;
-  }
+  st.request_timeout = milliseconds{std::max<int64_t>(rec.request_timeout_ms, 1)};
   st.internet = rec.network;
   st.adopted_started_at = rec.started_at;
   st.adoptable = true;
-  auto sb = std::make_shared<sandbox>(std::move(o));
-  auto handle = rec.handle;
+  std::shared_ptr<executor> exec;
+  std::function<std::string()> start;
   auto timeout = st.env->adopt_timeout;
-  launch(self, run, sb, [sb, handle, timeout] { return sb->adopt(handle, timeout); },
+  if (rec.executor == "microvm") {
+    microvm_options o;
+    o.run_dir = rec.run_dir;
+    o.hostname = "vm-" + st.info.item_hash.substr(0, 12);
+    o.adopt_window = st.env->adopt_window;
+    auto vm = std::make_shared<microvm>(std::move(o));
+    auto handle = rec.vm_handle();
+    start = [vm, handle, timeout] { return vm->adopt(handle, timeout); };
+    exec = vm;
+  } else {
+    sandbox_options o;
+    o.bwrap = st.env->bwrap;
+    o.guest_binary = st.env->guest_binary;
+    o.run_dir = rec.run_dir;
+    o.hostname = st.info.item_hash.substr(0, 12);
+    o.network = rec.network;
+    o.adopt_window = st.env->adopt_window;
+    if (!rec.handle.cgroup_name.empty()) {
+      o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
+                               static_cast<double>(st.info.vcpus)};
+      o.cgroup_root = st.env->cgroup_root;
+    }
+    auto sb = std::make_shared<sandbox>(std::move(o));
+    auto handle = rec.handle;
+    start = [sb, handle, timeout] { return sb->adopt(handle, timeout); };
+    exec = sb;
+  }
+  launch(self, run, exec, std::move(start),
          [=](const std::string& err) {
            self->state.adopted_started_at = 0;
            if (self->state.info.persistent) {
@@ -404,6 +431,8 @@ void boot(self_ptr self) {
     if (st.overlay_mib > 0)
       o.overlay_size = std::to_string(st.overlay_mib) + "M";
     o.ready_timeout = std::chrono::seconds(60); // TCG boots take seconds
+    o.adopt_window = st.env->adopt_window;
+    st.adoptable = o.adopt_window.count() > 0;
     exec = std::make_shared<microvm>(std::move(o));
   } else {
     sandbox_options o;
@@ -849,7 +878,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   std::optional<execution_record> rec;
   if (st.env->records && st.env->adopt_window.count() > 0)
     rec = st.env->records->get(a.item_hash);
-  if (rec && sandbox::alive(rec->handle))
+  if (rec && rec->alive())
     adopt(self, *rec);
   else
     prepare(self);
@@ -910,7 +939,8 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     [=](atom::drain) -> caf::result<execution_info> {
       auto& st = self->state;
       auto sb = std::dynamic_pointer_cast<sandbox>(st.exec);
-      if (st.info.phase != "running" || !sb || !st.adoptable || !st.env->records) {
+      auto vm = std::dynamic_pointer_cast<microvm>(st.exec);
+      if (st.info.phase != "running" || !(sb || vm) || !st.adoptable || !st.env->records) {
         auto rp = self->make_response_promise<execution_info>();
         stop_now(self, "the CRN is stopping", false, rp);
         return rp;
@@ -921,7 +951,10 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
       if (st.live && st.env->table)
         st.env->table->remove(st.info.item_hash, st.live.get());
       st.live = nullptr;
-      sb->detach();
+      if (sb)
+        sb->detach();
+      else
+        vm->detach();
       self->unlink_from(st.host);
       caf::anon_send_exit(st.host, caf::exit_reason::user_shutdown);
       st.host = nullptr;

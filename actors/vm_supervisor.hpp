@@ -61,7 +61,7 @@ struct execution_env {
   std::shared_ptr<execution_table> table;
   /// Pre-started sandboxes for programs (execution.prealloc); null for none.
   std::shared_ptr<sandbox_pool> pool;
-  /// > 0: program sandboxes outlive a CRN that dies for this long, and a restarted CRN
+  /// > 0: sandboxes and microVMs outlive a CRN that dies for this long, and a restarted CRN
   /// re-adopts them from `records` (execution.adopt-window); 0: they die with it.
   std::chrono::seconds adopt_window{0};
   /// How long a re-adopted sandbox's agent has to come back after a restart.
@@ -103,7 +103,7 @@ struct vm_supervisor_state {
   std::vector<caf::typed_response_promise<execution_info>> stop_waiters;
   bool stop_after = false; ///< a stop arrived during a reboot or an exit: do not start again
   bool detached = false;   ///< left running for the next CRN process: its record stays
-  bool adoptable = false;  ///< the current sandbox can outlive the CRN (it has a record)
+  bool adoptable = false;  ///< the current sandbox or VM can outlive the CRN (it has a record)
   double adopted_started_at = 0; ///< when a re-adopted sandbox first started
   /// Every run's output and the CRN's own notes, with their followers (stream_logs).
   std::shared_ptr<log_feed> feed = std::make_shared<log_feed>();

@@ -737,11 +737,17 @@ void dispatch(gp::frame f) {
     do_halt();
     return;
   }
+  if (std::holds_alternative<gp::ready>(f)) {
+    // A host that took over (a restarted CRN) asks who we are: a VM's agent may not have
+    // noticed that its port changed hands.
+    send_frame(gp::ready{agent_version, st.configured});
+    return;
+  }
   say("ignoring unexpected frame '" + std::string{gp::type_name(f)} + "'");
 }
 
 int usage() {
-  say("usage: alephd-guest (--socket PATH [--reconnect-window SECONDS] | --device PATH) "
+  say("usage: alephd-guest (--socket PATH | --device PATH) [--reconnect-window SECONDS] "
       "[--work-dir DIR] [--authorized-keys FILE]");
   return 64;
 }
@@ -749,11 +755,15 @@ int usage() {
 // A virtio-serial port has no connection of its own: read() returns 0 while
 // no host is attached to QEMU's end of it (and poll() reports POLLHUP), and
 // writes block until one is. Waits for a host (again), polling gently.
-void wait_for_host(int fd) {
+// False when `window` (if not zero) passed first.
+bool wait_for_host(int fd, std::chrono::seconds window) {
+  auto until = clock_type::now() + window;
   for (;;) {
     pollfd pfd{fd, POLLIN, 0};
     if (::poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLHUP) == 0)
-      return;
+      return true;
+    if (window.count() > 0 && clock_type::now() >= until)
+      return false;
     std::this_thread::sleep_for(20ms);
   }
 }
@@ -894,7 +904,11 @@ int main(int argc, char** argv) {
       // The host left or is not there yet. Start afresh with the next one:
       // drop a partial frame, and say `ready` again (the host that left may
       // have been the only one to hear it), saying whether a program runs.
-      wait_for_host(st.host_fd);
+      // A program that runs waits at most the reconnect window (when set) for a restarted CRN;
+      // before configure the host is only not there yet.
+      if (!wait_for_host(st.host_fd, st.configured ? reconnect_window : std::chrono::seconds{0}))
+        die(1, "the host did not come back within " + std::to_string(reconnect_window.count())
+                 + " s");
       dec = gp::decoder{};
       send_frame(gp::ready{agent_version, st.configured});
       continue;

@@ -143,7 +143,7 @@ const std::vector<option>& table() {
     {"execution.reuse-timeout", "an on-demand program idle this long is stopped (default 3600s)", "", duration(&settings::reuse_timeout)},
     {"execution.drain-timeout", "on SIGTERM, calls in flight get this long to finish (default 30s)", "", duration(&settings::drain_timeout)},
     {"execution.keep-on-shutdown", "leave persistent workloads running when the CRN stops (default false)", "", boolean(&settings::keep_on_shutdown)},
-    {"execution.adopt-window", "a program's sandbox outlives a CRN that dies this long, for the restarted CRN to re-adopt it; 0 = it dies with the CRN (default 60s)", "", duration(&settings::adopt_window, true)},
+    {"execution.adopt-window", "a sandbox or microVM outlives a CRN that dies this long, for the restarted CRN to re-adopt it; 0 = it dies with the CRN (default 60s)", "", duration(&settings::adopt_window, true)},
     {"execution.prealloc", "sandboxes kept pre-started for cold starts of programs (default 0)", "", integer(&settings::prealloc, 0, 64)},
     {"execution.pids-max", "processes per execution, cgroup pids.max (default 512)", "", integer(&settings::pids_max, 8, 1 << 22)},
     {"execution.cgroups", "give each execution a cgroup with memory, pids and CPU limits (default true)", "", boolean(&settings::cgroups)},

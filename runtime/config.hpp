@@ -40,8 +40,8 @@ struct settings {
   std::chrono::milliseconds reuse_timeout{3600 * 1000}; ///< an idle on-demand program stops after this
   std::chrono::milliseconds drain_timeout{30000};       ///< SIGTERM waits this long for calls in flight
   bool keep_on_shutdown = false; ///< leave persistent workloads running when the CRN stops
-  /// A program's sandbox outlives a CRN that dies for this long, for a restarted CRN to
-  /// re-adopt it; 0 = sandboxes die with the CRN.
+  /// A sandbox or microVM outlives a CRN that dies for this long, for a restarted CRN to
+  /// re-adopt it; 0 = they die with the CRN.
   std::chrono::milliseconds adopt_window{60000};
   uint32_t prealloc = 0;         ///< pre-started sandboxes kept ready for cold starts
   uint32_t pids_max = 512;       ///< processes per execution (cgroup pids.max)

@@ -34,6 +34,8 @@ std::string execution_records::encode(const execution_record& r) {
     {"disk_mib", r.alloc.disk_mib},
     {"message_json", r.alloc.message_json},
     {"persistent", r.persistent},
+    {"executor", r.executor},
+    {"sock_dir", r.sock_dir},
     {"run_dir", r.run_dir},
     {"network", r.network},
     {"pid", r.handle.pid},
@@ -42,6 +44,7 @@ std::string execution_records::encode(const execution_record& r) {
     {"ns_init_start", r.handle.ns_init_start},
     {"cgroup_name", r.handle.cgroup_name},
     {"started_at", r.started_at},
+    {"request_timeout_ms", r.request_timeout_ms},
   };
   return j.dump();
 }
@@ -60,6 +63,8 @@ std::optional<execution_record> execution_records::decode(const std::string& tex
     r.alloc.disk_mib = j.at("disk_mib").get<uint64_t>();
     r.alloc.message_json = j.at("message_json").get<std::string>();
     r.persistent = j.at("persistent").get<bool>();
+    r.executor = j.value("executor", std::string{"sandbox"});
+    r.sock_dir = j.value("sock_dir", std::string{});
     r.run_dir = j.at("run_dir").get<std::string>();
     r.network = j.at("network").get<bool>();
     r.handle.pid = j.at("pid").get<int>();
@@ -68,12 +73,24 @@ std::optional<execution_record> execution_records::decode(const std::string& tex
     r.handle.ns_init_start = j.at("ns_init_start").get<std::string>();
     r.handle.cgroup_name = j.at("cgroup_name").get<std::string>();
     r.started_at = j.at("started_at").get<double>();
+    r.request_timeout_ms = j.value("request_timeout_ms", int64_t{1000});
     if (r.alloc.item_hash.empty())
       return std::nullopt;
     return r;
   } catch (const json::exception&) {
     return std::nullopt;
   }
+}
+
+bool execution_record::alive() const {
+  return executor == "microvm" ? microvm::alive(vm_handle()) : sandbox::alive(handle);
+}
+
+void execution_record::kill() const {
+  if (executor == "microvm")
+    microvm::kill(vm_handle());
+  else
+    sandbox::kill(handle);
 }
 
 bool execution_records::put(const execution_record& r, std::string& err) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "messages/types.hpp"
+#include "runtime/microvm.hpp"
 #include "runtime/sandbox.hpp"
 
 namespace alephd {
@@ -24,10 +25,19 @@ class env;
 struct execution_record {
   allocation alloc;
   bool persistent = false;
+  std::string executor = "sandbox"; ///< "sandbox" or "microvm"
   std::string run_dir;
   bool network = false;
-  sandbox_handle handle;
+  sandbox_handle handle; ///< a microVM uses pid and pid_start (QEMU)
+  std::string sock_dir;  ///< a microVM's sockets
   double started_at = 0;
+  int64_t request_timeout_ms = 1000; ///< per call (resources.seconds)
+
+  /// Whether its sandbox or VM still runs.
+  bool alive() const;
+  /// SIGKILLs what is left of it.
+  void kill() const;
+  microvm_handle vm_handle() const { return microvm_handle{handle.pid, handle.pid_start, sock_dir}; }
 };
 
 class execution_records {

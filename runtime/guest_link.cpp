@@ -413,6 +413,10 @@ bool guest_link::ready_configured() const {
   return impl_->ready_configured;
 }
 
+bool guest_link::probe() {
+  return impl_->send_or_drop(guest::ready{});
+}
+
 std::string guest_link::configure(const guest::configure& cfg, clock_type::time_point deadline,
                                   bool* answered) {
   auto& d = *impl_;

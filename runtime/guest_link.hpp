@@ -54,6 +54,10 @@ public:
   /// re-adopted guest after a CRN restart).
   bool ready_configured() const;
 
+  /// Asks the agent to say `ready` again (a host that takes over a running
+  /// guest). False when the frame could not be sent.
+  bool probe();
+
   /// Sends `configure` and waits for the result; "" or a one-line error.
   /// `answered` tells whether the guest answered (a refusal) or not.
   std::string configure(const guest::configure& cfg, clock_type::time_point deadline,

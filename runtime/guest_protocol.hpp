@@ -29,7 +29,9 @@ inline constexpr std::size_t length_prefix_size = 4;
 /// Largest msgpack payload (excluding the prefix) a decoder accepts by default.
 inline constexpr std::size_t max_frame_size = std::size_t{16} * 1024 * 1024;
 
-/// Guest → host: the agent is up and speaks this protocol.
+/// Guest → host: the agent is up and speaks this protocol. Host → guest (as
+/// a probe, fields ignored): say `ready` again — a restarted CRN taking over a
+/// running guest asks it this way.
 struct ready {
   std::string version;
   /// The agent already runs a configured program: it reconnected to a CRN

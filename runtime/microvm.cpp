@@ -1,6 +1,7 @@
 #include "runtime/microvm.hpp"
 
 #include "runtime/guest_link.hpp"
+#include "runtime/process_state.hpp"
 
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
@@ -264,7 +265,9 @@ struct microvm::impl {
   // The QEMU process; pid is never signalled once reaped (pid reuse).
   std::mutex proc_mu;
   pid_t child = 0;
+  std::string child_start; // its start time
   bool reaped = false;
+  bool adopted = false; // left running by an earlier CRN process: watched, not reaped
 
   std::mutex stop_mu; // serializes stop() and the destructor
   bool stopped = false;
@@ -276,7 +279,7 @@ struct microvm::impl {
 
   void signal_child(int sig) {
     std::lock_guard lock{proc_mu};
-    if (child > 0 && !reaped)
+    if (child > 0 && !reaped && (!adopted || process_is(child, child_start)))
       ::kill(child, sig);
   }
 
@@ -284,6 +287,10 @@ struct microvm::impl {
     std::lock_guard lock{proc_mu};
     if (child <= 0 || reaped)
       return true;
+    if (adopted) {
+      reaped = !process_is(child, child_start);
+      return reaped;
+    }
     auto r = ::waitpid(child, nullptr, WNOHANG);
     if (r == child || (r < 0 && errno == ECHILD))
       reaped = true;
@@ -294,6 +301,16 @@ struct microvm::impl {
     std::lock_guard lock{proc_mu};
     if (child <= 0 || reaped)
       return;
+    if (adopted) {
+      // Not our child: init reaps it; we wait (bounded) until it is gone.
+      auto until = clock_type::now() + 2s;
+      if (process_is(child, child_start))
+        ::kill(child, SIGKILL);
+      while (process_is(child, child_start) && clock_type::now() < until)
+        std::this_thread::sleep_for(5ms);
+      reaped = true;
+      return;
+    }
     ::kill(child, SIGKILL);
     while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
     }
@@ -451,9 +468,13 @@ struct microvm::impl {
         "i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests nowatchdog "
         "alephd.hostname="
         + opts.hostname;
+    if (opts.adopt_window.count() > 0)
+      append += " alephd.reconnect=" + std::to_string(opts.adopt_window.count());
     if (!with_kvm)
       if (auto khz = host_tsc_khz(); khz > 0)
         append += " tsc_early_khz=" + std::to_string(khz) + " tsc=reliable";
+    // An adoptable VM's QEMU connects its sockets again (every second) when its CRN is gone.
+    std::string reconnect = opts.adopt_window.count() > 0 ? ",reconnect=1" : "";
     std::vector<std::string> args{
       "-M", "microvm,acpi=on",
       "-nodefaults", "-no-user-config", "-nographic",
@@ -468,10 +489,12 @@ struct microvm::impl {
       "-m", std::to_string(opts.memory_mib),
       "-smp", std::to_string(opts.vcpus),
       // QEMU connects to our sockets (client mode) while it starts.
-      "-chardev", "socket,id=guest,path=" + qemu_escape((sock_dir / "guest.sock").string()),
+      "-chardev", "socket,id=guest,path=" + qemu_escape((sock_dir / "guest.sock").string())
+                    + reconnect,
       "-device", "virtio-serial-device",
       "-device", std::string{"virtserialport,chardev=guest,name="} + port_name,
-      "-chardev", "socket,id=qmp,path=" + qemu_escape((sock_dir / "qmp.sock").string()),
+      "-chardev", "socket,id=qmp,path=" + qemu_escape((sock_dir / "qmp.sock").string())
+                    + reconnect,
       "-mon", "chardev=qmp,mode=control",
     };
     if (with_kvm) {
@@ -571,12 +594,15 @@ struct microvm::impl {
         bp::std_out > (d / "qemu.out").string(),
         bp::std_err > (d / "qemu.err").string(),
         bp::extend::on_exec_setup =
-          [parent = ::getpid(), setup = opts.child_setup](auto&) {
+          [parent = ::getpid(), setup = opts.child_setup,
+           outlive = opts.adopt_window.count() > 0](auto&) {
             // In the child, before exec: async-signal-safe calls only. Its
             // own session keeps a terminal's Ctrl-C for us (we stop the VM);
-            // PDEATHSIG ends it if we die without stopping it.
+            // PDEATHSIG ends it if we die without stopping it, unless it is
+            // to outlive us for a restarted CRN to adopt.
             ::setsid();
-            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (!outlive)
+              ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != parent)
               ::_exit(127);
             if (setup)
@@ -591,6 +617,8 @@ struct microvm::impl {
       // We reap it ourselves (see kill_and_reap), so boost must not.
       std::lock_guard lock{proc_mu};
       child = c.id();
+      if (auto st = proc_state(child))
+        child_start = st->second;
       c.detach();
     } catch (const std::exception& e) {
       close_listeners();
@@ -598,21 +626,37 @@ struct microvm::impl {
     }
 
     // QEMU connects both sockets while it sets up its devices, before the
-    // guest runs. Accept in slices so that a QEMU that exits early (bad
-    // option, missing file) fails at once.
+    // guest runs.
     int fd = -1;
+    error = accept_qemu(guest_listen, qmp_listen, deadline, fd);
+    close_listeners();
+    if (!error.empty())
+      return fail_start(error);
+    link->attach(fd);
+    if (error = link->wait_ready(deadline); !error.empty())
+      return fail_start(error);
+    bool answered = false;
+    if (error = link->configure(cfg, deadline, &answered); !error.empty())
+      return fail_start(error, !answered);
+    return {};
+  }
+
+  // Accepts QEMU's connections to both sockets (in slices, so that a QEMU that exits early,
+  // e.g. on a bad option, fails at once); sets qmp_fd and `fd`, or returns why not.
+  std::string accept_qemu(int guest_listen, int qmp_listen, clock_type::time_point deadline,
+                          int& fd) {
+    fd = -1;
     while (fd < 0 || qmp_fd < 0) {
-      if (try_reap()) {
-        close_listeners();
+      std::string error;
+      if (try_reap())
+        error = "qemu exited before it connected";
+      else if (clock_type::now() >= deadline)
+        error = "qemu did not connect in time";
+      if (!error.empty()) {
         if (fd >= 0)
           ::close(fd);
-        return fail_start("qemu exited before it connected");
-      }
-      if (clock_type::now() >= deadline) {
-        close_listeners();
-        if (fd >= 0)
-          ::close(fd);
-        return fail_start("qemu did not connect in time");
+        fd = -1;
+        return error;
       }
       pollfd pfds[2] = {{guest_listen, POLLIN, 0}, {qmp_listen, POLLIN, 0}};
       if (::poll(pfds, 2, static_cast<int>(accept_slice.count())) <= 0)
@@ -622,16 +666,70 @@ struct microvm::impl {
       if (qmp_fd < 0 && (pfds[1].revents & POLLIN))
         qmp_fd = ::accept4(qmp_listen, nullptr, nullptr, SOCK_CLOEXEC);
     }
-    close_listeners();
     timeval tv{std::chrono::duration_cast<std::chrono::seconds>(send_timeout).count(), 0};
     ::setsockopt(qmp_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    link->attach(fd);
-    if (error = link->wait_ready(deadline); !error.empty())
-      return fail_start(error);
-    bool answered = false;
-    if (error = link->configure(cfg, deadline, &answered); !error.empty())
-      return fail_start(error, !answered);
     return {};
+  }
+
+  // Takes over a VM an earlier CRN process left running: QEMU reconnects to our sockets.
+  std::string adopt(const microvm_handle& h, clock_type::time_point deadline) {
+    {
+      std::lock_guard lock{mu};
+      if (started)
+        return "already started";
+      started = true;
+    }
+    if (!process_is(h.pid, h.pid_start))
+      return fail_start("the microVM is no longer running", false);
+    {
+      std::lock_guard lock{proc_mu};
+      child = h.pid;
+      child_start = h.pid_start;
+      adopted = true;
+    }
+    sock_dir = h.sock_dir;
+    temp_sock_dir = sock_dir != dir();
+    std::error_code ec;
+    fs::create_directories(sock_dir, ec);
+    std::string error;
+    int guest_listen = listen_unix(sock_dir / "guest.sock", error);
+    if (guest_listen < 0)
+      return fail_start(error, false);
+    int qmp_listen = listen_unix(sock_dir / "qmp.sock", error);
+    if (qmp_listen < 0) {
+      ::close(guest_listen);
+      return fail_start(error, false);
+    }
+    int fd = -1;
+    error = accept_qemu(guest_listen, qmp_listen, deadline, fd);
+    ::close(guest_listen);
+    ::close(qmp_listen);
+    fs::remove(sock_dir / "guest.sock", ec);
+    fs::remove(sock_dir / "qmp.sock", ec);
+    if (!error.empty())
+      return fail_start(error, false);
+    link->attach(fd);
+    link->probe(); // its agent says `ready` (again) in answer
+    if (error = link->wait_ready(deadline); !error.empty())
+      return fail_start(error, false);
+    if (!link->ready_configured())
+      return fail_start("its guest runs no program", false);
+    return {};
+  }
+
+  // Lets the VM run on without us: QEMU reconnects for the next CRN process.
+  void detach() {
+    std::lock_guard stop_lock{stop_mu};
+    if (stopped)
+      return;
+    stopped = true;
+    link->expect_end();
+    link->close("detached");
+    if (qmp_fd >= 0)
+      ::close(qmp_fd);
+    qmp_fd = -1;
+    std::lock_guard lock{proc_mu};
+    reaped = true; // never signalled or waited for again
   }
 
   int stop(std::chrono::milliseconds grace) {
@@ -712,6 +810,28 @@ void microvm::on_exit(exit_handler h) {
 
 void microvm::on_log(log_handler h) {
   impl_->link->on_log(std::move(h));
+}
+
+std::string microvm::adopt(const microvm_handle& h, std::chrono::milliseconds timeout) {
+  return impl_->adopt(h, clock_type::now() + timeout);
+}
+
+void microvm::detach() {
+  impl_->detach();
+}
+
+microvm_handle microvm::handle() const {
+  std::lock_guard lock{impl_->proc_mu};
+  return microvm_handle{impl_->child, impl_->child_start, impl_->sock_dir.string()};
+}
+
+bool microvm::alive(const microvm_handle& h) {
+  return process_is(h.pid, h.pid_start);
+}
+
+void microvm::kill(const microvm_handle& h) {
+  if (process_is(h.pid, h.pid_start))
+    ::kill(h.pid, SIGKILL);
 }
 
 bool microvm::kvm() const {

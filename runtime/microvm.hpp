@@ -56,12 +56,25 @@ struct microvm_options {
   /// Runs in the child between fork and exec (e.g. joining a cgroup); must
   /// only make async-signal-safe calls.
   std::function<void()> child_setup;
+  /// 0: QEMU dies with the thread that started it. More: it outlives that
+  /// process (no PDEATHSIG; QEMU reconnects its sockets every second), and
+  /// the guest agent waits this long for a restarted CRN to adopt the VM
+  /// (see adopt()) before it stops the program and the VM ends.
+  std::chrono::seconds adopt_window{0};
+};
+
+/// What identifies a running microVM across CRN processes.
+struct microvm_handle {
+  int pid = 0;              ///< QEMU
+  std::string pid_start;    ///< its start time (against pid reuse)
+  std::string sock_dir;     ///< where QEMU connects guest.sock and qmp.sock
 };
 
 /// One guest agent in a QEMU microVM. All members are thread-safe.
 ///
-/// QEMU gets PR_SET_PDEATHSIG: it dies with the *thread* that called start(),
-/// so call start() from a thread that outlives the VM.
+/// Without an adopt window QEMU gets PR_SET_PDEATHSIG: it dies with the
+/// *thread* that called start(), so call start() from a thread that outlives
+/// the VM.
 class microvm final : public executor {
 public:
   explicit microvm(microvm_options o);
@@ -111,6 +124,20 @@ public:
 
   /// Whether QEMU got KVM (known once start() has spawned it).
   bool kvm() const;
+
+  /// Instead of start(): takes over a microVM that an earlier CRN process
+  /// started with an adopt window and left running: listens where QEMU
+  /// reconnects, and the agent must say that it runs a program, within
+  /// `timeout`. "" or a one-line error (then the VM is killed).
+  std::string adopt(const microvm_handle& h, std::chrono::milliseconds timeout);
+  /// Lets the VM run on without this process; the object is done with it.
+  void detach();
+  /// The running VM's identity, for adopt() by a later CRN process.
+  microvm_handle handle() const;
+  /// Whether the QEMU process of `h` still runs.
+  static bool alive(const microvm_handle& h);
+  /// SIGKILLs the QEMU process of `h` (an orphan nobody adopts).
+  static void kill(const microvm_handle& h);
 
   /// Whether KVM can run a stock guest kernel here: /dev/kvm opens and the
   /// hardware-assisted module (kvm_intel or kvm_amd) is loaded. A /dev/kvm

@@ -349,7 +349,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
     if (!env->records)
       spdlog::warn("crn {}: {}; executions will not be re-adopted after a restart", id_, rerr);
     for (auto& r : env->records ? env->records->all() : std::vector<execution_record>{}) {
-      bool alive = sandbox::alive(r.handle);
+      bool alive = r.alive();
       if (alive && env->adopt_window.count() > 0) {
         keep_groups.insert(r.handle.cgroup_name);
         keep_dirs.insert(r.run_dir);
@@ -357,22 +357,28 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
         continue;
       }
       if (alive) {
-        spdlog::info("crn {}: stopping the sandbox of {} (re-adoption is off)", id_, r.alloc.item_hash);
-        sandbox::kill(r.handle);
+        spdlog::info("crn {}: stopping the {} of {} (re-adoption is off)", id_, r.executor,
+                     r.alloc.item_hash);
+        r.kill();
       }
-      if (r.persistent && env->adopt_window.count() > 0)
-        resume.push_back(r); // started afresh; the CCN confirms or moves it
-      else
+      if (r.persistent && env->adopt_window.count() > 0) {
+        keep_dirs.insert(r.run_dir); // an instance's disk overlay is there
+        resume.push_back(r);         // started afresh; the CCN confirms or moves it
+      } else {
         env->records->erase(r.alloc.item_hash);
+      }
     }
   }
   {
-    // Run dirs nobody re-adopts: stale sockets, logs and instance overlays.
+    // Sockets left in run dirs nobody re-adopts (an instance's disk overlay stays: the CCN may
+    // place the instance here again; `erase` deletes it).
     std::error_code ec;
     for (auto& e : std::filesystem::directory_iterator{dir + "/executions", ec}) {
-      auto run = (e.path() / "run").string();
-      if (keep_dirs.count(run) == 0 && std::filesystem::exists(run, ec))
-        std::filesystem::remove_all(run, ec);
+      auto run = e.path() / "run";
+      if (keep_dirs.count(run.string()) > 0)
+        continue;
+      for (const char* sock : {"guest.sock", "qmp.sock"})
+        std::filesystem::remove(run / sock, ec);
     }
   }
   if (s.cgroups) {

@@ -1,6 +1,7 @@
 #include "runtime/sandbox.hpp"
 
 #include "runtime/guest_link.hpp"
+#include "runtime/process_state.hpp"
 
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
@@ -58,24 +59,6 @@ std::string first_line(const std::filesystem::path& p) {
   ::close(fd);
   std::string line{buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))};
   return line.substr(0, line.find('\n'));
-}
-
-// State letter and start time (fields 3 and 22) of /proc/PID/stat, or
-// nullopt if the process is gone.
-std::optional<std::pair<char, std::string>> proc_state(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
-  std::string stat{std::istreambuf_iterator<char>{in}, {}};
-  auto paren = stat.rfind(')'); // the command name may hold spaces
-  if (paren == std::string::npos || paren + 2 >= stat.size())
-    return std::nullopt;
-  std::istringstream rest{stat.substr(paren + 2)};
-  std::string field, start;
-  char state = '?';
-  rest >> state;
-  for (int i = 4; i <= 22 && rest >> field; ++i)
-    if (i == 22)
-      start = field;
-  return std::make_pair(state, start);
 }
 
 // The first child of `pid` (bwrap's init in the new pid namespace), or 0.
@@ -230,8 +213,7 @@ struct sandbox::impl {
 
   // Whether an adopted bwrap (not our child) has exited (under proc_mu).
   bool adopted_gone() const {
-    auto st = proc_state(child);
-    return !st || st->first == 'Z' || st->first == 'X' || st->second != child_start;
+    return !process_is(child, child_start);
   }
 
   void signal_child(int sig) {
@@ -567,6 +549,7 @@ struct sandbox::impl {
       }
     }
     link->attach(fd);
+    link->probe(); // its agent says `ready` (again) in answer
     if (auto e = link->wait_ready(deadline); !e.empty())
       return fail_start(e);
     if (!link->ready_configured())
@@ -661,12 +644,7 @@ sandbox_handle sandbox::handle() const {
 bool sandbox::alive(const sandbox_handle& h) {
   if (h.pid <= 0 || h.ns_init <= 0)
     return false;
-  auto outer = proc_state(h.pid);
-  auto inner = proc_state(h.ns_init);
-  auto up = [](const auto& st, const std::string& start) {
-    return st && st->first != 'Z' && st->first != 'X' && st->second == start;
-  };
-  return up(outer, h.pid_start) && up(inner, h.ns_init_start);
+  return process_is(h.pid, h.pid_start) && process_is(h.ns_init, h.ns_init_start);
 }
 
 void sandbox::kill(const sandbox_handle& h) {

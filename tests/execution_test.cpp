@@ -760,12 +760,12 @@ TEST_F(execution, a_matching_message_runs_a_message_triggered_program_with_it) {
   EXPECT_NE(last_event().find("for the program"), std::string::npos);
 }
 
-TEST_F(execution, an_instance_boots_as_a_microvm_with_its_rootfs_and_stops_cleanly) {
+TEST_F(execution, an_instance_boots_as_a_microvm_survives_a_crn_restart_and_stops_cleanly) {
   if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0 || ::access("/sbin/mkfs.ext4", X_OK) != 0)
     GTEST_SKIP() << "needs qemu-system-x86 and e2fsprogs (scripts/install-deps installs them)";
   start_ccn();
-  auto& crn = start_crn();
-  auto http = crn.port("http");
+  auto* crn = &start_crn();
+  auto http = crn->port("http");
   // A 16 MiB ext4 disk with one file on it, as the instance's rootfs.
   auto image = (dir / "rootfs.ext4").string();
   auto content = (dir / "rootfs-content").string();
@@ -805,8 +805,20 @@ TEST_F(execution, an_instance_boots_as_a_microvm_with_its_rootfs_and_stops_clean
   EXPECT_EQ(index.body, "instance vm-" + hash.substr(0, 12) + "\n");
   auto listing = http_request(localhost, http, "GET", "/vm/" + hash + "/rootfs.txt", {}, {}, 30s);
   EXPECT_NE(listing.body.find("etc"), std::string::npos) << "the rootfs is mounted: " << listing.body;
-  EXPECT_FALSE(processes_with((dir / "crn").string() + "/executions/" + hash).empty())
-    << "no QEMU process for the instance";
+  auto qemu = processes_with((dir / "crn").string() + "/executions/" + hash);
+  EXPECT_FALSE(qemu.empty()) << "no QEMU process for the instance";
+  // kill -9 of the CRN: the VM keeps running, and the restarted CRN re-adopts it (the same QEMU
+  // process, no second boot).
+  crn->kill9();
+  EXPECT_EQ(processes_with((dir / "crn").string() + "/executions/" + hash), qemu);
+  crn = &start_crn();
+  http = crn->port("http");
+  ASSERT_TRUE(eventually([&] { return phase_of(http, hash) == "running"; }, 30s))
+    << executions(http).dump();
+  EXPECT_EQ(processes_with((dir / "crn").string() + "/executions/" + hash), qemu);
+  auto again = http_request(localhost, http, "GET", "/vm/" + hash + "/", {}, {}, 30s);
+  EXPECT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(again.body, "instance vm-" + hash.substr(0, 12) + "\n");
   auto stop = http_request(localhost, http, "POST", "/control/machine/" + hash + "/stop", {},
                            {{"X-Auth-Token", token("crn")}}, 30s);
   EXPECT_EQ(stop.status, 200) << stop.body;

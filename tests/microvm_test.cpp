@@ -424,3 +424,43 @@ TEST_F(microvm, an_instance_overlay_boots_keeps_its_writes_and_spares_the_base) 
   auto resp = again.request(get(2, "/cgi-bin/disk"), 10s);
   EXPECT_EQ(resp.body, "from the base image\nwritten by the guest\n");
 }
+
+TEST_F(microvm, a_detached_vm_is_adopted_by_a_new_owner_without_a_reboot) {
+  auto o = options();
+  o.adopt_window = 30s;
+  alephd::microvm_handle h;
+  {
+    alephd::microvm first{o};
+    ASSERT_EQ(first.start(config()), "");
+    h = first.handle();
+    EXPECT_GT(h.pid, 0);
+    first.detach(); // as a CRN that dies or exits with keep-on-shutdown
+  }
+  ASSERT_TRUE(alephd::microvm::alive(h));
+  alephd::microvm second{o};
+  ASSERT_EQ(second.adopt(h, 15s), "");
+  EXPECT_EQ(second.pid(), h.pid) << "the same QEMU process serves";
+  auto resp = second.request(get(1, "/cgi-bin/echo", "adopted"), 10s);
+  EXPECT_EQ(resp.status, 200) << resp.error;
+  EXPECT_EQ(resp.body.rfind("adopted hello-from-vm", 0), 0u) << resp.body;
+  EXPECT_EQ(second.stop(6s), 143);
+  EXPECT_FALSE(alephd::microvm::alive(h));
+}
+
+TEST_F(microvm, an_orphan_vm_nobody_adopts_ends_after_its_window) {
+  auto o = options();
+  o.adopt_window = 2s;
+  alephd::microvm_handle h;
+  {
+    alephd::microvm vm{o};
+    ASSERT_EQ(vm.start(config()), "");
+    h = vm.handle();
+    vm.detach();
+  }
+  EXPECT_TRUE(alephd::microvm::alive(h));
+  auto until = clock_type::now() + 20s;
+  while (alephd::microvm::alive(h) && clock_type::now() < until)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(alephd::microvm::alive(h)) << "the VM outlived its adopt window";
+  alephd::microvm::kill(h); // (a no-op once it is gone)
+}
