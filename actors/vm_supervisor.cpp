@@ -243,6 +243,24 @@ void schedule_restart(self_ptr self, const std::string& why) {
   self->delayed_send(self, delay, atom::started_v, run, std::string{"restart"});
 }
 
+// The options of this execution's sandbox in `run_dir` (a cgroup with its limits if `cgroup`).
+sandbox_options sandbox_for(self_ptr self, const std::string& run_dir, bool network, bool cgroup) {
+  auto& st = self->state;
+  sandbox_options o;
+  o.bwrap = st.env->bwrap;
+  o.guest_binary = st.env->guest_binary;
+  o.run_dir = run_dir;
+  o.hostname = st.info.item_hash.substr(0, 12);
+  o.network = network;
+  o.adopt_window = st.env->adopt_window;
+  if (cgroup) {
+    o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
+                             static_cast<double>(st.info.vcpus)};
+    o.cgroup_root = st.env->cgroup_root;
+  }
+  return o;
+}
+
 // Writes the durable record of a running sandbox that can outlive the CRN (see
 // execution_records), so that a restarted CRN finds it again.
 void save_record(self_ptr self) {
@@ -351,18 +369,7 @@ void adopt(self_ptr self, const execution_record& rec) {
     start = [vm, handle, timeout] { return vm->adopt(handle, timeout); };
     exec = vm;
   } else {
-    sandbox_options o;
-    o.bwrap = st.env->bwrap;
-    o.guest_binary = st.env->guest_binary;
-    o.run_dir = rec.run_dir;
-    o.hostname = st.info.item_hash.substr(0, 12);
-    o.network = rec.network;
-    o.adopt_window = st.env->adopt_window;
-    if (!rec.handle.cgroup_name.empty()) {
-      o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
-                               static_cast<double>(st.info.vcpus)};
-      o.cgroup_root = st.env->cgroup_root;
-    }
+    auto o = sandbox_for(self, rec.run_dir, rec.network, !rec.handle.cgroup_name.empty());
     auto sb = std::make_shared<sandbox>(std::move(o));
     auto handle = rec.handle;
     start = [sb, handle, timeout] { return sb->adopt(handle, timeout); };
@@ -435,23 +442,13 @@ void boot(self_ptr self) {
     st.adoptable = o.adopt_window.count() > 0;
     exec = std::make_shared<microvm>(std::move(o));
   } else {
-    sandbox_options o;
-    o.bwrap = st.env->bwrap;
-    o.guest_binary = st.env->guest_binary;
-    o.run_dir = req.run_dir;
-    o.hostname = st.info.item_hash.substr(0, 12);
-    o.network = st.internet;
+    auto o = sandbox_for(self, req.run_dir, st.internet, st.env->cgroups);
     if (!st.code_dir.empty())
       o.extra_args = {"--ro-bind", st.code_dir, "/opt/code"};
     o.extra_args.insert(o.extra_args.end(), st.mount_args.begin(), st.mount_args.end());
-    if (st.env->cgroups) {
-      o.limits = limits;
-      o.cgroup_root = st.env->cgroup_root;
-      // Unique even when a new supervisor of the same workload starts while the old one stops.
+    if (st.env->cgroups) // unique even when a new supervisor starts while the old one stops
       o.cgroup_name = st.info.item_hash.substr(0, 16) + "-" + std::to_string(self->id()) + "-"
                       + std::to_string(run);
-    }
-    o.adopt_window = st.env->adopt_window;
     st.adoptable = o.adopt_window.count() > 0;
     exec = std::make_shared<sandbox>(std::move(o));
   }

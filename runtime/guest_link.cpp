@@ -413,8 +413,14 @@ bool guest_link::ready_configured() const {
   return impl_->ready_configured;
 }
 
-bool guest_link::probe() {
-  return impl_->send_or_drop(guest::ready{});
+std::string guest_link::take_over(int fd, clock_type::time_point deadline) {
+  attach(fd);
+  impl_->send_or_drop(guest::ready{}); // a probe: the agent answers with its own `ready`
+  if (auto error = wait_ready(deadline); !error.empty())
+    return error;
+  if (!ready_configured())
+    return "its guest runs no program";
+  return {};
 }
 
 std::string guest_link::configure(const guest::configure& cfg, clock_type::time_point deadline,

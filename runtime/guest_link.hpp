@@ -54,9 +54,10 @@ public:
   /// re-adopted guest after a CRN restart).
   bool ready_configured() const;
 
-  /// Asks the agent to say `ready` again (a host that takes over a running
-  /// guest). False when the frame could not be sent.
-  bool probe();
+  /// For a host that takes over a running guest (a restarted CRN): attaches
+  /// `fd`, asks the agent to say `ready` again, and waits for it; "" when it
+  /// did and runs a program, else a one-line error.
+  std::string take_over(int fd, clock_type::time_point deadline);
 
   /// Sends `configure` and waits for the result; "" or a one-line error.
   /// `answered` tells whether the guest answered (a refusal) or not.

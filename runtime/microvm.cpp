@@ -262,12 +262,8 @@ struct microvm::impl {
   // QMP, used only by stop() (under stop_mu) and teardown().
   int qmp_fd = -1;
 
-  // The QEMU process; pid is never signalled once reaped (pid reuse).
-  std::mutex proc_mu;
-  pid_t child = 0;
-  std::string child_start; // its start time
-  bool reaped = false;
-  bool adopted = false; // left running by an earlier CRN process: watched, not reaped
+  // The QEMU process (our child, or adopted from an earlier CRN process).
+  watched_process proc;
 
   std::mutex stop_mu; // serializes stop() and the destructor
   bool stopped = false;
@@ -278,43 +274,15 @@ struct microvm::impl {
   }
 
   void signal_child(int sig) {
-    std::lock_guard lock{proc_mu};
-    if (child > 0 && !reaped && (!adopted || process_is(child, child_start)))
-      ::kill(child, sig);
+    proc.signal(sig);
   }
 
   bool try_reap() {
-    std::lock_guard lock{proc_mu};
-    if (child <= 0 || reaped)
-      return true;
-    if (adopted) {
-      reaped = !process_is(child, child_start);
-      return reaped;
-    }
-    auto r = ::waitpid(child, nullptr, WNOHANG);
-    if (r == child || (r < 0 && errno == ECHILD))
-      reaped = true;
-    return reaped;
+    return proc.try_reap();
   }
 
   void kill_and_reap() {
-    std::lock_guard lock{proc_mu};
-    if (child <= 0 || reaped)
-      return;
-    if (adopted) {
-      // Not our child: init reaps it; we wait (bounded) until it is gone.
-      auto until = clock_type::now() + 2s;
-      if (process_is(child, child_start))
-        ::kill(child, SIGKILL);
-      while (process_is(child, child_start) && clock_type::now() < until)
-        std::this_thread::sleep_for(5ms);
-      reaped = true;
-      return;
-    }
-    ::kill(child, SIGKILL);
-    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    reaped = true;
+    proc.kill_and_reap();
   }
 
   // Polls until QEMU has exited and is reaped, or `deadline`.
@@ -615,10 +583,7 @@ struct microvm::impl {
                           + spawn_ec.message());
       }
       // We reap it ourselves (see kill_and_reap), so boost must not.
-      std::lock_guard lock{proc_mu};
-      child = c.id();
-      if (auto st = proc_state(child))
-        child_start = st->second;
+      proc.set_child(c.id());
       c.detach();
     } catch (const std::exception& e) {
       close_listeners();
@@ -681,12 +646,7 @@ struct microvm::impl {
     }
     if (!process_is(h.pid, h.pid_start))
       return fail_start("the microVM is no longer running", false);
-    {
-      std::lock_guard lock{proc_mu};
-      child = h.pid;
-      child_start = h.pid_start;
-      adopted = true;
-    }
+    proc.adopt(h.pid, h.pid_start);
     sock_dir = h.sock_dir;
     temp_sock_dir = sock_dir != dir();
     std::error_code ec;
@@ -708,12 +668,8 @@ struct microvm::impl {
     fs::remove(sock_dir / "qmp.sock", ec);
     if (!error.empty())
       return fail_start(error, false);
-    link->attach(fd);
-    link->probe(); // its agent says `ready` (again) in answer
-    if (error = link->wait_ready(deadline); !error.empty())
+    if (error = link->take_over(fd, deadline); !error.empty())
       return fail_start(error, false);
-    if (!link->ready_configured())
-      return fail_start("its guest runs no program", false);
     return {};
   }
 
@@ -728,8 +684,7 @@ struct microvm::impl {
     if (qmp_fd >= 0)
       ::close(qmp_fd);
     qmp_fd = -1;
-    std::lock_guard lock{proc_mu};
-    reaped = true; // never signalled or waited for again
+    proc.forget();
   }
 
   int stop(std::chrono::milliseconds grace) {
@@ -790,8 +745,7 @@ bool microvm::running() const {
 }
 
 int microvm::pid() const {
-  std::lock_guard lock{impl_->proc_mu};
-  return impl_->child;
+  return impl_->proc.pid();
 }
 
 void microvm::request_async(guest::http_request req,
@@ -821,8 +775,7 @@ void microvm::detach() {
 }
 
 microvm_handle microvm::handle() const {
-  std::lock_guard lock{impl_->proc_mu};
-  return microvm_handle{impl_->child, impl_->child_start, impl_->sock_dir.string()};
+  return microvm_handle{impl_->proc.pid(), impl_->proc.start(), impl_->sock_dir.string()};
 }
 
 bool microvm::alive(const microvm_handle& h) {

@@ -30,3 +30,93 @@ bool process_is(int pid, const std::string& start) {
 }
 
 } // namespace alephd
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cerrno>
+#include <thread>
+
+namespace alephd {
+
+void watched_process::set_child(pid_t pid) {
+  std::lock_guard lock{mu_};
+  pid_ = pid;
+  auto st = proc_state(pid);
+  start_ = st ? st->second : std::string{};
+  reaped_ = false;
+  adopted_ = false;
+}
+
+void watched_process::adopt(pid_t pid, const std::string& start) {
+  std::lock_guard lock{mu_};
+  pid_ = pid;
+  start_ = start;
+  reaped_ = false;
+  adopted_ = true;
+}
+
+void watched_process::forget() {
+  std::lock_guard lock{mu_};
+  reaped_ = true;
+}
+
+bool watched_process::gone_locked() const {
+  return !process_is(pid_, start_);
+}
+
+void watched_process::signal(int sig) {
+  std::lock_guard lock{mu_};
+  if (pid_ > 0 && !reaped_ && (!adopted_ || !gone_locked()))
+    ::kill(pid_, sig);
+}
+
+bool watched_process::try_reap() {
+  std::lock_guard lock{mu_};
+  if (pid_ <= 0 || reaped_)
+    return true;
+  if (adopted_) {
+    reaped_ = gone_locked();
+    return reaped_;
+  }
+  auto r = ::waitpid(pid_, nullptr, WNOHANG);
+  if (r == pid_ || (r < 0 && errno == ECHILD))
+    reaped_ = true;
+  return reaped_;
+}
+
+void watched_process::kill_and_reap(std::chrono::milliseconds wait) {
+  std::lock_guard lock{mu_};
+  if (pid_ <= 0 || reaped_)
+    return;
+  if (adopted_) {
+    auto until = std::chrono::steady_clock::now() + wait;
+    if (!gone_locked())
+      ::kill(pid_, SIGKILL);
+    while (!gone_locked() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds{5});
+    reaped_ = true;
+    return;
+  }
+  ::kill(pid_, SIGKILL);
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  reaped_ = true;
+}
+
+pid_t watched_process::pid() const {
+  std::lock_guard lock{mu_};
+  return pid_;
+}
+
+std::string watched_process::start() const {
+  std::lock_guard lock{mu_};
+  return start_;
+}
+
+bool watched_process::adopted() const {
+  std::lock_guard lock{mu_};
+  return adopted_;
+}
+
+} // namespace alephd

@@ -19,3 +19,46 @@ std::optional<std::pair<char, std::string>> proc_state(int pid);
 bool process_is(int pid, const std::string& start);
 
 } // namespace alephd
+
+#include <chrono>
+#include <mutex>
+
+#include <sys/types.h>
+
+namespace alephd {
+
+/// The main process of an executor (bwrap, QEMU): either our child, reaped
+/// with waitpid, or one adopted from an earlier CRN process, which init
+/// reaps and we only watch through /proc. Never signals a pid once it is
+/// gone (pid reuse). Thread-safe.
+class watched_process {
+public:
+  /// Our child, just spawned.
+  void set_child(pid_t pid);
+  /// A process an earlier CRN process started (not our child).
+  void adopt(pid_t pid, const std::string& start);
+  /// Lets it go: never signalled or waited for again.
+  void forget();
+
+  void signal(int sig);
+  /// True once it has exited (and, if our child, is reaped).
+  bool try_reap();
+  /// SIGKILLs it and reaps it (our child), or waits up to `wait` for it to
+  /// be gone (adopted).
+  void kill_and_reap(std::chrono::milliseconds wait = std::chrono::milliseconds{2000});
+
+  pid_t pid() const;
+  std::string start() const;
+  bool adopted() const;
+
+private:
+  bool gone_locked() const;
+
+  mutable std::mutex mu_;
+  pid_t pid_ = 0;
+  std::string start_;
+  bool reaped_ = false;
+  bool adopted_ = false;
+};
+
+} // namespace alephd

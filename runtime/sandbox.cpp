@@ -87,12 +87,9 @@ struct sandbox::impl {
   std::mutex mu;
   bool started = false; // boot() was called
 
-  // The bwrap process; pid is never signalled once reaped (pid reuse).
-  std::mutex proc_mu;
-  pid_t child = 0;
-  std::string child_start; // its start time, for an adopted one (not our child)
-  bool reaped = false;
-  bool adopted = false; // left running by an earlier CRN process: watched, not reaped
+  // The bwrap process (our child, or adopted from an earlier CRN process).
+  watched_process proc;
+  std::mutex proc_mu; // guards ns_init and slirp
   // bwrap's init inside the namespace: once it has exited, the kernel has
   // killed everything else in the namespace. It is not our child (nothing to
   // reap), so it is only watched; start time guards against pid reuse.
@@ -211,49 +208,16 @@ struct sandbox::impl {
       ::kill(ns_init, SIGKILL);
   }
 
-  // Whether an adopted bwrap (not our child) has exited (under proc_mu).
-  bool adopted_gone() const {
-    return !process_is(child, child_start);
-  }
-
   void signal_child(int sig) {
-    std::lock_guard lock{proc_mu};
-    if (child > 0 && !reaped && (!adopted || !adopted_gone()))
-      ::kill(child, sig);
+    proc.signal(sig);
   }
 
   bool try_reap() {
-    std::lock_guard lock{proc_mu};
-    if (child <= 0 || reaped)
-      return true;
-    if (adopted) {
-      reaped = adopted_gone();
-      return reaped;
-    }
-    auto r = ::waitpid(child, nullptr, WNOHANG);
-    if (r == child || (r < 0 && errno == ECHILD))
-      reaped = true;
-    return reaped;
+    return proc.try_reap();
   }
 
   void kill_and_reap() {
-    std::lock_guard lock{proc_mu};
-    if (child <= 0 || reaped)
-      return;
-    if (adopted) {
-      // Its parent is init now, which reaps it; we only wait for that (bounded).
-      auto until = clock_type::now() + namespace_exit_timeout;
-      if (!adopted_gone())
-        ::kill(child, SIGKILL);
-      while (!adopted_gone() && clock_type::now() < until)
-        std::this_thread::sleep_for(5ms);
-      reaped = true;
-      return;
-    }
-    ::kill(child, SIGKILL);
-    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    reaped = true;
+    proc.kill_and_reap(namespace_exit_timeout);
   }
 
   // After bwrap is reaped: waits (bounded) until the namespace's init has
@@ -443,10 +407,7 @@ struct sandbox::impl {
                           + spawn_ec.message());
       }
       // We reap it ourselves (see kill_and_reap), so boost must not.
-      std::lock_guard lock{proc_mu};
-      child = c.id();
-      if (auto st = proc_state(child))
-        child_start = st->second;
+      proc.set_child(c.id());
       c.detach();
     } catch (const std::exception& e) {
       ::close(listen_fd);
@@ -473,14 +434,12 @@ struct sandbox::impl {
     {
       // The guest connected, so bwrap has forked its init by now.
       std::lock_guard lock{proc_mu};
-      if (!reaped) {
-        ns_init = first_child(child);
-        if (ns_init > 0) {
-          if (auto st = proc_state(ns_init))
-            ns_init_start = st->second;
-          else
-            ns_init = 0;
-        }
+      ns_init = first_child(proc.pid());
+      if (ns_init > 0) {
+        if (auto st = proc_state(ns_init))
+          ns_init_start = st->second;
+        else
+          ns_init = 0;
       }
     }
     if (opts.network) {
@@ -506,13 +465,11 @@ struct sandbox::impl {
     }
     if (!sandbox::alive(h))
       return fail_start("the sandbox is no longer running");
+    proc.adopt(h.pid, h.pid_start);
     {
       std::lock_guard lock{proc_mu};
-      child = h.pid;
-      child_start = h.pid_start;
       ns_init = h.ns_init;
       ns_init_start = h.ns_init_start;
-      adopted = true;
     }
     if (!h.cgroup_name.empty()) {
       std::string err;
@@ -548,12 +505,8 @@ struct sandbox::impl {
         return fail_start(e);
       }
     }
-    link->attach(fd);
-    link->probe(); // its agent says `ready` (again) in answer
-    if (auto e = link->wait_ready(deadline); !e.empty())
+    if (auto e = link->take_over(fd, deadline); !e.empty())
       return fail_start(e);
-    if (!link->ready_configured())
-      return fail_start("its guest runs no program");
     return {};
   }
 
@@ -567,8 +520,7 @@ struct sandbox::impl {
     link->expect_end();
     link->close("detached");
     stop_slirp();
-    std::lock_guard lock{proc_mu};
-    reaped = true; // never signalled or waited for again
+    proc.forget();
   }
 
   // Sends `configure` to a booted agent and waits for its result.
@@ -637,8 +589,8 @@ sandbox_handle sandbox::handle() const {
   std::lock_guard lock{impl_->proc_mu};
   auto name = impl_->group ? std::filesystem::path{impl_->group->path()}.filename().string()
                            : std::string{};
-  return sandbox_handle{impl_->child, impl_->child_start, impl_->ns_init, impl_->ns_init_start,
-                        name};
+  return sandbox_handle{impl_->proc.pid(), impl_->proc.start(), impl_->ns_init,
+                        impl_->ns_init_start, name};
 }
 
 bool sandbox::alive(const sandbox_handle& h) {
@@ -679,8 +631,7 @@ bool sandbox::running() const {
 }
 
 int sandbox::pid() const {
-  std::lock_guard lock{impl_->proc_mu};
-  return impl_->child;
+  return impl_->proc.pid();
 }
 
 void sandbox::request_async(guest::http_request req, std::chrono::milliseconds timeout,

@@ -697,25 +697,6 @@ auto without_stream(Handler h) {
   };
 }
 
-TEST_F(client_test, follow_reports_a_refused_stream_at_once) {
-  fake_crn crn{[](const recorded& req, std::size_t) {
-    if (req.header("x-auth-token") != "tok")
-      return json_answer(401, {{"error", "Authentication required"}});
-    return json_answer(404, {{"error", "unknown execution"}});
-  }};
-  auto r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "tok"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "alephd: HTTP 404: unknown execution\n");
-  r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "bad"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "alephd: HTTP 401: Authentication required\n");
-  ASSERT_EQ(crn.count(), 2u);
-  for (const auto& req : crn.requests()) {
-    EXPECT_NE(req.target.find("/control/machine/" + ref + "/stream_logs"), std::string::npos);
-    EXPECT_EQ(lower_copy(req.header("upgrade")), "websocket");
-  }
-}
-
 TEST_F(client_test, follow_prints_new_entries_only_and_stops_on_404) {
   fake_crn crn{without_stream([](const recorded&, std::size_t i) {
     switch (i) {
@@ -777,18 +758,28 @@ TEST_F(client_test, follow_polls_every_second_by_default) {
 }
 
 TEST_F(client_test, follow_fails_at_once_when_the_first_request_fails) {
-  fake_crn crn{without_stream([](const recorded& req, std::size_t) {
+  auto refuse = [](const recorded& req, std::size_t) {
     if (req.header("x-auth-token") != "tok")
       return json_answer(401, {{"error", "Authentication required"}});
     return json_answer(404, {{"error", "unknown execution"}});
-  })};
-  auto r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "tok"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "alephd: HTTP 404: unknown execution\n");
-  r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "bad"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err, "alephd: HTTP 401: Authentication required\n");
-  EXPECT_EQ(crn.count(), 4u);
+  };
+  // A CRN with stream_logs refuses the websocket; one without it refuses the first poll.
+  for (bool streams : {true, false}) {
+    SCOPED_TRACE(streams ? "stream_logs" : "polling");
+    fake_crn crn{streams ? fake_crn::handler{refuse} : fake_crn::handler{without_stream(refuse)}};
+    auto r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "tok"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.err, "alephd: HTTP 404: unknown execution\n");
+    r = client("logs", {ref, "--follow", "--crn", crn.url(), "--token", "bad"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.err, "alephd: HTTP 401: Authentication required\n");
+    EXPECT_EQ(crn.count(), streams ? 2u : 4u);
+    if (streams)
+      for (const auto& req : crn.requests()) {
+        EXPECT_NE(req.target.find("/control/machine/" + ref + "/stream_logs"), std::string::npos);
+        EXPECT_EQ(lower_copy(req.header("upgrade")), "websocket");
+      }
+  }
 }
 
 TEST_F(client_test, follow_stops_on_sigint_and_restores_the_handler) {
