@@ -1,6 +1,7 @@
 #include "actors/vm_supervisor.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -48,6 +49,25 @@ std::string read_all(const std::string& path) {
   return {std::istreambuf_iterator<char>{in}, {}};
 }
 
+// The stamp of a cached blob that was verified: its size and modification time. A blob whose
+// stamp still matches is not hashed again (a rootfs is large, and this runs on an actor thread);
+// one that changed since is.
+std::string stamp_path(const execution_env& env, const std::string& hash) {
+  return env.data_dir + "/cache/." + hash + ".verified";
+}
+
+std::string stamp_of(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0)
+    return {};
+  return std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "."
+         + std::to_string(st.st_mtim.tv_nsec);
+}
+
+void write_stamp(const execution_env& env, const std::string& hash) {
+  std::ofstream{stamp_path(env, hash), std::ios::trunc} << stamp_of(env.data_dir + "/cache/" + hash);
+}
+
 // A cached blob, or nullopt when missing or altered on disk (then it is removed).
 std::optional<std::string> cached(const execution_env& env, const std::string& hash) {
   auto path = env.data_dir + "/cache/" + hash;
@@ -58,14 +78,25 @@ std::optional<std::string> cached(const execution_env& env, const std::string& h
   if (aleph::sha256_hex(bytes) != hash) {
     spdlog::warn("vm_supervisor: cached {} is corrupt; fetching it again", hash);
     fs::remove(path, ec);
+    fs::remove(stamp_path(env, hash), ec);
     return std::nullopt;
   }
   return bytes;
 }
 
-// Whether a verified copy of `hash` is in the cache (an altered one is removed).
+// Whether a verified copy of `hash` is in the cache (an altered one is removed). Hashes the file
+// only when its stamp does not match (written when it was last verified).
 bool cached_path(const execution_env& env, const std::string& hash) {
-  return cached(env, hash).has_value();
+  auto path = env.data_dir + "/cache/" + hash;
+  auto now = stamp_of(path);
+  if (now.empty())
+    return false;
+  if (read_all(stamp_path(env, hash)) == now)
+    return true;
+  if (!cached(env, hash))
+    return false;
+  write_stamp(env, hash);
+  return true;
 }
 
 // Writes a verified blob to the cache: temp file, fsync, rename.
@@ -90,6 +121,7 @@ bool cache_put(const execution_env& env, const std::string& hash, const std::str
     ::unlink(tmp.c_str());
     return false;
   }
+  write_stamp(env, hash); // the bytes were checked against the hash before
   return true;
 }
 

@@ -271,8 +271,17 @@ void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
 // when there is none (concurrent first calls share one start).
 void vm_call(const std::shared_ptr<const crn_context>& ctx, http::request&& req,
              const http::responder& respond) {
-  // The raw target keeps the program's own percent-encoding.
-  auto rest = req.target.substr(4); // after "/vm/"
+  // The raw target keeps the program's own percent-encoding; an absolute-form target
+  // ("http://host/vm/...", as proxies send) is reduced to its path and query first.
+  std::string target = req.target;
+  if (!target.empty() && target[0] != '/') {
+    auto scheme = target.find("://");
+    auto path = scheme == std::string::npos ? std::string::npos : target.find_first_of("/?", scheme + 3);
+    target = path == std::string::npos ? "/" : target.substr(path);
+  }
+  if (target.rfind("/vm/", 0) != 0)
+    return respond(http::json_error(400, "malformed program call: expected /vm/{item_hash}/{path}"));
+  auto rest = target.substr(4); // after "/vm/"
   auto slash = rest.find_first_of("/?");
   auto ref = rest.substr(0, slash);
   auto suffix = slash == std::string::npos ? std::string{"/"} : rest.substr(slash);

@@ -239,6 +239,13 @@ TEST_F(execution, a_program_uploaded_to_the_ccn_is_served_from_a_crn) {
   EXPECT_NE(seen.body.find("kept"), std::string::npos) << seen.body;
   // It runs in a real bubblewrap sandbox of this CRN.
   EXPECT_FALSE(processes_with((dir / "crn").string() + "/executions/" + hash).empty());
+  // An absolute-form target (as a proxy sends it) reaches the program too.
+  auto absolute = alephd::test::raw_exchange(
+    localhost, http,
+    "GET http://127.0.0.1:" + std::to_string(http) + "/vm/" + hash
+      + "/echo?absolute HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(absolute.rfind("HTTP/1.1 200", 0), 0u) << absolute;
+  EXPECT_NE(absolute.find("absolute hi"), std::string::npos) << absolute;
 }
 
 TEST_F(execution, concurrent_first_calls_share_one_cold_start) {

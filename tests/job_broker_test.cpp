@@ -538,6 +538,13 @@ TEST_F(job_broker_test, a_corrupt_cache_entry_is_fetched_again) {
   ASSERT_TRUE(run(hash).value);
   EXPECT_EQ(ccn().file_fetches, 2);
   EXPECT_EQ(executors.back()->cfg.code, code);
+  // The same size, written later: its verification stamp no longer matches, so it is hashed.
+  ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, hash).value);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::ofstream{dir.str() + "/cache/" + aleph::sha256_hex(code), std::ios::trunc} << "evil code";
+  ASSERT_TRUE(run(hash).value);
+  EXPECT_EQ(ccn().file_fetches, 3);
+  EXPECT_EQ(executors.back()->cfg.code, code);
 }
 
 TEST_F(job_broker_test, code_that_does_not_match_its_hash_is_refused) {
