@@ -295,9 +295,13 @@ void vm_call(const std::shared_ptr<const crn_context>& ctx, http::request&& req,
   if (auto live = ctx->table->find(ref); live && live->exec->running())
     return forward(live, std::move(req), suffix, ctx->login_token, respond);
   auto shared_req = std::make_shared<http::request>(std::move(req));
+  // Counted until its answer is out, so that a drain lets a call waiting for a cold start finish.
+  ctx->table->starting.fetch_add(1);
+  std::shared_ptr<void> waiting{nullptr, [table = ctx->table](void*) { table->starting.fetch_sub(1); }};
+  http::responder respond_counted = [respond, waiting](http::response r) { respond(std::move(r)); };
   gateway::ask(
-    *ctx->sys, ctx->broker, std::chrono::milliseconds{120000}, respond,
-    [ctx, ref, suffix, shared_req, respond](const execution_info&) {
+    *ctx->sys, ctx->broker, std::chrono::milliseconds{120000}, respond_counted,
+    [ctx, ref, suffix, shared_req, respond = respond_counted](const execution_info&) {
       auto live = ctx->table->find(ref);
       if (!live)
         return respond(http::json_error(502, "the program stopped before the call reached it"));

@@ -54,14 +54,17 @@ public:
       map_.erase(i);
   }
 
-  /// Calls in flight over every execution.
+  /// Calls in flight over every execution, and calls waiting for their program to start.
   uint32_t in_flight() const {
     std::lock_guard lock{mu_};
-    uint32_t n = 0;
+    uint32_t n = starting.load();
     for (auto& [hash, e] : map_)
       n += e->in_flight.load();
     return n;
   }
+
+  /// Calls waiting for a cold start (they count as in flight for the drain).
+  std::atomic<uint32_t> starting{0};
 
   /// Once set, new calls are refused with 503 (SIGTERM).
   std::atomic<bool> draining{false};

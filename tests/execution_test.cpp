@@ -151,7 +151,8 @@ struct execution : ::testing::Test {
                               uint64_t seconds = 2, const std::string& greeting = "hi",
                               const std::string& encoding = "plain", std::string code = {},
                               const std::string& entrypoint = "app",
-                              const json& volumes = json::array()) {
+                              const json& volumes = json::array(),
+                              const json& more_variables = json::object()) {
     if (code.empty())
       code = read_file(ALEPHD_GUEST_TEST_APP);
     auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", code, {}, 10s);
@@ -171,7 +172,11 @@ struct execution : ::testing::Test {
          {"allow_amend", false},
          {"code", {{"encoding", encoding}, {"entrypoint", entrypoint}, {"ref", store},
                    {"interface", "binary"}, {"use_latest", false}}},
-         {"variables", {{"GREETING", greeting}, {"APP_PORT", "8080"}}},
+         {"variables", [&] {
+            json v = {{"GREETING", greeting}, {"APP_PORT", "8080"}};
+            v.update(more_variables);
+            return v;
+          }()},
          {"on", {{"http", true}, {"persistent", persistent}}},
          {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
                           {"shared_cache", false}}},
@@ -467,7 +472,14 @@ TEST_F(execution, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
   auto slow = std::async(std::launch::async, [&] {
     return http_request(localhost, http, "GET", "/vm/" + hash + "/sleep?ms=1500", {}, {}, 10s);
   });
-  std::this_thread::sleep_for(300ms); // the slow call is in flight
+  // A call that waits for a cold start is in flight too (its program takes 2.5 s to listen:
+  // longer than the slow call, so the drain must wait for it by itself).
+  auto late = publish_program(false, 128, 10, "late", "plain", {}, "app", json::array(),
+                              {{"START_DELAY_MS", "2500"}});
+  auto cold = std::async(std::launch::async, [&] {
+    return http_request(localhost, http, "GET", "/vm/" + late + "/echo?cold", {}, {}, 10s);
+  });
+  std::this_thread::sleep_for(300ms); // both calls are in flight
   crn.signal(SIGTERM);
   std::this_thread::sleep_for(100ms); // a call racing the signal is still accepted
   std::string last;
@@ -481,6 +493,9 @@ TEST_F(execution, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
   auto done = slow.get();
   EXPECT_EQ(done.status, 200) << done.body;
   EXPECT_EQ(done.body, "slept");
+  auto started = cold.get();
+  EXPECT_EQ(started.status, 200) << started.body;
+  EXPECT_EQ(started.body, "cold late");
   EXPECT_EQ(crn.wait_exit(20s), 0);
   EXPECT_TRUE(processes_with((dir / "crn").string()).empty()) << "a sandbox outlived its CRN";
 }
