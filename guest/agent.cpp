@@ -729,8 +729,20 @@ void dispatch(gp::frame f) {
     fwd.start(std::move(*req));
     return;
   }
-  if (std::holds_alternative<gp::event>(f)) {
-    send_frame(agent_error(0, 501, "events not supported yet"));
+  if (auto* ev = std::get_if<gp::event>(&f)) {
+    // A message for a message-triggered program: POSTed to it as /aleph/event; the answer goes
+    // back with id 0 (an event has no caller waiting for it).
+    if (!st.configured) {
+      send_frame(agent_error(0, 503, "not configured"));
+      return;
+    }
+    gp::http_request req;
+    req.id = 0;
+    req.method = "POST";
+    req.path = "/aleph/event";
+    req.headers = {{"Content-Type", "application/json"}};
+    req.body = std::move(ev->body);
+    fwd.start(std::move(req));
     return;
   }
   if (std::holds_alternative<gp::halt>(f)) {

@@ -518,7 +518,23 @@ TEST_F(guest_agent, requests_and_events_without_a_program) {
   send(gp::event{"{}"});
   resp = next_as<gp::http_response>();
   ASSERT_TRUE(resp);
-  EXPECT_EQ(resp->status, 501);
+  EXPECT_EQ(resp->id, 0u);
+  EXPECT_EQ(resp->status, 503);
+}
+
+TEST_F(guest_agent, an_event_is_posted_to_the_program_as_aleph_event) {
+  start_app();
+  send(gp::event{R"({"item_hash":"abc","type":"POST"})"});
+  auto resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 0u) << "an event's answer carries no caller's id";
+  EXPECT_EQ(resp->status, 200) << resp->error;
+  EXPECT_EQ(resp->body, "stored");
+  send(get(5, "/last-event"));
+  resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->id, 5u);
+  EXPECT_EQ(resp->body, R"({"item_hash":"abc","type":"POST"})");
 }
 
 TEST_F(guest_agent, garbage_from_the_host_ends_the_agent) {
