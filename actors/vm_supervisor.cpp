@@ -17,6 +17,7 @@
 #include "runtime/microvm.hpp"
 #include "runtime/sandbox.hpp"
 #include "runtime/sandbox_pool.hpp"
+#include "runtime/volume_image.hpp"
 #include "runtime/wall_clock.hpp"
 
 namespace alephd {
@@ -672,12 +673,33 @@ void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> pl
       next();
       return;
     case volume_plan::kind::persistent: {
-      auto dir = volumes_dir(*st.env, st.info.item_hash) + "/" + v.name;
+      auto base = volumes_dir(*st.env, st.info.item_hash);
+      auto dir = base + "/" + v.name;
+      // Images apart from the volumes (a volume name never starts with '.').
+      auto image = base + "/.images/" + v.name + ".ext4";
       std::error_code ec;
+      bool plain_data = fs::is_directory(dir, ec) && !fs::is_empty(dir, ec) && !fs::exists(image, ec)
+                        && !is_mount_point(dir);
       fs::create_directories(dir, ec);
+      if (!ec)
+        fs::create_directories(base + "/.images", ec);
       if (ec) {
         finish(self, "failed", "cannot create volume " + v.name + ": " + ec.message());
         return;
+      }
+      // Its size is enforced by an ext4 image of size_mib mounted there (root and loop devices
+      // needed); a directory that already holds data from before is used as it is.
+      std::string why;
+      if (plain_data)
+        why = "it holds data from before size limits";
+      else if (::geteuid() != 0)
+        why = "the CRN does not run as root";
+      else
+        why = mount_volume_image(image, dir, v.size_mib);
+      if (!why.empty()) {
+        spdlog::warn("vm_supervisor: {}: volume {} is not limited to {} MiB: {}",
+                     st.info.item_hash, v.name, v.size_mib, why);
+        note(self, "volume " + v.name + ": size not enforced (" + why + ")");
       }
       st.mount_args.insert(st.mount_args.end(), {"--bind", dir, v.mount});
       next();
@@ -841,7 +863,11 @@ void stop_now(self_ptr self, const std::string& why, bool erase,
     if (erase) {
       std::error_code ec;
       fs::remove_all(exec_dir(*self->state.env, hash), ec);
-      fs::remove_all(volumes_dir(*self->state.env, hash), ec);
+      auto volumes = volumes_dir(*self->state.env, hash);
+      for (auto& e : fs::directory_iterator{volumes, ec})
+        if (auto err = unmount_volume(e.path().string()); !err.empty())
+          spdlog::warn("vm_supervisor: {}", err);
+      fs::remove_all(volumes, ec);
       note(self, "execution data erased");
     }
     set_phase(self, "stopped", why);

@@ -86,19 +86,6 @@ std::string last_line(const fs::path& p) {
 }
 
 // First line of a regular file, at most 200 characters ("" if there is none).
-std::string first_line(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0)
-    return "";
-  struct stat st{};
-  char buf[200];
-  ssize_t n = 0;
-  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
-    n = ::read(fd, buf, sizeof buf);
-  ::close(fd);
-  std::string line{buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))};
-  return line.substr(0, line.find('\n'));
-}
 
 // QEMU splits option values at commas; a literal comma is written twice.
 std::string qemu_escape(const std::string& s) {
@@ -187,41 +174,6 @@ unsigned long host_tsc_khz() {
 
 
 // Runs a short helper (qemu-img) with a bounded wait; "" or a one-line error.
-std::string run_tool(const std::string& exe, const std::vector<std::string>& args,
-                     const fs::path& err_file, std::chrono::milliseconds timeout) {
-  pid_t pid = 0;
-  try {
-    std::error_code ec;
-    bp::child c{bp::exe = exe, bp::args = args, bp::std_in < bp::null,
-                bp::std_out > bp::null, bp::std_err > err_file.string(), ec};
-    if (ec)
-      return "cannot spawn " + exe + ": " + ec.message();
-    pid = c.id();
-    c.detach(); // reaped below, with a deadline
-  } catch (const std::exception& e) {
-    return "cannot spawn " + exe + ": " + e.what();
-  }
-  auto until = clock_type::now() + timeout;
-  int status = 0;
-  for (;;) {
-    auto r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid)
-      break;
-    if (r < 0 && errno != EINTR)
-      return "cannot wait for " + exe + ": " + std::strerror(errno);
-    if (clock_type::now() >= until) {
-      ::kill(pid, SIGKILL);
-      while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-      }
-      return exe + " did not finish in time";
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-    return "";
-  auto why = first_line(err_file);
-  return exe + " failed" + (why.empty() ? "" : ": " + why);
-}
 
 } // namespace
 
@@ -316,7 +268,7 @@ struct microvm::impl {
     teardown();
     if (!hint)
       return error;
-    auto err = first_line(dir() / "qemu.err");
+    auto err = first_line((dir() / "qemu.err").string());
     if (!err.empty())
       error += " (qemu: " + err + ")";
     else if (auto con = last_line(dir() / "console.log"); !con.empty())
@@ -390,7 +342,7 @@ struct microvm::impl {
                                   tmp.string()};
     if (!opts.overlay_size.empty())
       args.push_back(opts.overlay_size);
-    auto error = run_tool(opts.qemu_img, args, dir() / "qemu-img.err",
+    auto error = run_tool(opts.qemu_img, args, (dir() / "qemu-img.err").string(),
                           qemu_img_timeout);
     if (!error.empty()) {
       fs::remove(tmp, ec);

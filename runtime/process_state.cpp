@@ -31,13 +31,75 @@ bool process_is(int pid, const std::string& start) {
 
 } // namespace alephd
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <thread>
 
+#include <boost/process.hpp>
+
 namespace alephd {
+
+namespace bp = boost::process;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+std::string first_line(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
+    return "";
+  struct stat st{};
+  char buf[200];
+  ssize_t n = 0;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+    n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  std::string line{buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))};
+  return line.substr(0, line.find('\n'));
+}
+
+std::string run_tool(const std::string& exe, const std::vector<std::string>& args,
+                     const std::string& err_file, std::chrono::milliseconds timeout) {
+  pid_t pid = 0;
+  try {
+    std::error_code ec;
+    bp::child c{bp::exe = exe, bp::args = args, bp::std_in < bp::null,
+                bp::std_out > bp::null, bp::std_err > err_file, ec};
+    if (ec)
+      return "cannot spawn " + exe + ": " + ec.message();
+    pid = c.id();
+    c.detach(); // reaped below, with a deadline
+  } catch (const std::exception& e) {
+    return "cannot spawn " + exe + ": " + e.what();
+  }
+  auto until = clock_type::now() + timeout;
+  int status = 0;
+  for (;;) {
+    auto r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid)
+      break;
+    if (r < 0 && errno != EINTR)
+      return "cannot wait for " + exe + ": " + std::strerror(errno);
+    if (clock_type::now() >= until) {
+      ::kill(pid, SIGKILL);
+      while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+      return exe + " did not finish in time";
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return "";
+  auto why = first_line(err_file);
+  return exe + " failed" + (why.empty() ? "" : ": " + why);
+}
+
 
 void watched_process::set_child(pid_t pid) {
   std::lock_guard lock{mu_};

@@ -22,10 +22,21 @@ bool process_is(int pid, const std::string& start);
 
 #include <chrono>
 #include <mutex>
+#include <vector>
 
 #include <sys/types.h>
 
 namespace alephd {
+
+/// The first line of a regular file, at most 200 characters ("" if there is
+/// none). A symlink is not followed (guests can write to run dirs).
+std::string first_line(const std::string& path);
+
+/// Runs a tool (qemu-img, mkfs.ext4, mount) to completion within `timeout`,
+/// its stderr to `err_file`; "" or a one-line error naming the tool and the
+/// first line it wrote.
+std::string run_tool(const std::string& exe, const std::vector<std::string>& args,
+                     const std::string& err_file, std::chrono::milliseconds timeout);
 
 /// The main process of an executor (bwrap, QEMU): either our child, reaped
 /// with waitpid, or one adopted from an earlier CRN process, which init

@@ -45,21 +45,6 @@ constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
 
-// First line of a regular file, at most 200 characters ("" if there is none).
-// The guest can write to run_dir, so a symlink there is not followed.
-std::string first_line(const std::filesystem::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0)
-    return "";
-  struct stat st{};
-  char buf[200];
-  ssize_t n = 0;
-  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
-    n = ::read(fd, buf, sizeof buf);
-  ::close(fd);
-  std::string line{buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))};
-  return line.substr(0, line.find('\n'));
-}
 
 // The first child of `pid` (bwrap's init in the new pid namespace), or 0.
 pid_t first_child(pid_t pid) {
@@ -265,7 +250,7 @@ struct sandbox::impl {
   std::string fail_start(std::string error) {
     link->expect_end(); // start() reports this failure itself
     teardown();
-    auto err = first_line(std::filesystem::path{opts.run_dir} / "bwrap.err");
+    auto err = first_line((std::filesystem::path{opts.run_dir} / "bwrap.err").string());
     if (!err.empty())
       error += " (bwrap: " + err + ")";
     return error;

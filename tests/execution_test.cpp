@@ -12,8 +12,10 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,6 +95,18 @@ struct execution : ::testing::Test {
   ~execution() override {
     for (auto& p : procs)
       p->kill9();
+    // Volume images a failed test left mounted under its dir.
+    std::ifstream mounts{"/proc/self/mountinfo"};
+    std::vector<std::string> points;
+    for (std::string line; std::getline(mounts, line);) {
+      std::istringstream fields{line};
+      std::string id, parent, devs, root, point;
+      fields >> id >> parent >> devs >> root >> point;
+      if (point.rfind(dir.string() + "/", 0) == 0)
+        points.push_back(point);
+    }
+    for (auto& p : points)
+      ::umount2(p.c_str(), MNT_DETACH);
     // Sandboxes outlive a killed CRN for its adopt window: end them with the test.
     for (int pid : processes_with(dir.string()))
       ::kill(pid, SIGKILL);
@@ -720,8 +734,10 @@ TEST_F(execution, volumes_are_mounted_as_the_program_asks) {
   EXPECT_EQ(vm("/write?0:var/cache/scratch").status, 200);
   auto big = vm("/write?10:var/cache/big");
   EXPECT_EQ(big.status, 507) << "a 10 MiB write fit in a 5 MiB volume";
-  // Persistent: writable.
+  // Persistent: writable, and limited to its size_mib (an ext4 image mounted there).
   EXPECT_EQ(vm("/write?0:var/lib/state/kept").status, 200);
+  EXPECT_EQ(vm("/write?12:var/lib/state/big").status, 507) << "12 MiB fit in a 10 MiB volume";
+  EXPECT_EQ(vm("/write?0:var/lib/state/still-writable").status, 200);
   // After a stop and a new start: the persistent file is there, the ephemeral one is not.
   ASSERT_EQ(http_request(localhost, http, "POST", "/control/machine/" + hash + "/stop", {}, token, 20s).status, 200);
   EXPECT_EQ(vm("/read?var/lib/state/kept").body, "data");
