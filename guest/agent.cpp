@@ -503,8 +503,7 @@ private:
 
   void finish(std::unique_ptr<forward_call> c, gp::http_response resp) {
     if (c->fd >= 0) {
-      ::epoll_ctl(ep_, EPOLL_CTL_DEL, c->fd, nullptr);
-      ::close(c->fd);
+      ::close(c->fd); // which also takes it out of the epoll set
       c->fd = -1;
     }
     resp.id = c->req.id;
@@ -554,8 +553,10 @@ private:
     // On loopback the handshake is usually done when connect() returns, even with
     // EINPROGRESS: write at once; a send that cannot go yet waits for EPOLLOUT.
     c->at = forward_call::phase::writing;
+    // Edge-triggered for both directions: one epoll_ctl per call (close() removes it); each
+    // event is followed by reading or writing until EAGAIN.
     epoll_event ev{};
-    ev.events = EPOLLOUT;
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
     ev.data.fd = c->fd;
     ::epoll_ctl(ep_, EPOLL_CTL_ADD, c->fd, &ev);
     int fd = c->fd;
@@ -628,9 +629,7 @@ private:
           return; // EPOLLOUT again
         if (n < 0 && c.sent == 0
             && (errno == ECONNREFUSED || errno == ENOTCONN || errno == ECONNRESET)) {
-          auto call = take(); // the connect failed: the program is not listening (yet)
-          ::epoll_ctl(ep_, EPOLL_CTL_DEL, call->fd, nullptr);
-          refused(std::move(call));
+          refused(take()); // the connect failed: the program is not listening (yet)
           return;
         }
         if (n <= 0) {
@@ -640,10 +639,6 @@ private:
         c.sent += static_cast<std::size_t>(n);
       }
       c.at = forward_call::phase::reading;
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.fd = c.fd;
-      ::epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
       // The answer is often there already on loopback: fall through and try.
     }
     char buf[64 * 1024];
