@@ -442,15 +442,14 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
       st.link = std::move(link);
       // What the previous CRN process left (now that supervisors can fetch through the link):
       // re-adopted, or started again if persistent.
-      for (size_t i = 0; i < st.cfg.resume.size(); ++i) {
-        auto a = st.cfg.resume[i];
-        bool persistent = i < st.cfg.resume_persistent.size() && st.cfg.resume_persistent[i];
+      auto resume = std::move(st.cfg.resume);
+      st.cfg.resume.clear();
+      for (auto& [a, persistent] : resume) {
         spdlog::info("job_broker: resuming {} {} (epoch {}) left by the previous CRN process",
                      persistent ? "persistent" : "on-demand", a.item_hash, a.epoch);
         start_supervisor(self, a, persistent);
         st.executions[a.item_hash].unconfirmed = persistent;
       }
-      st.cfg.resume.clear();
     },
     [=](atom::published, uint64_t id, uint16_t status) {
       auto i = self->state.events.find(id);

@@ -27,10 +27,13 @@ struct job_broker_config {
   double vcpu_overcommit = 4.0;
   size_t max_finished = 200; ///< ended executions kept for the list and logs
   std::shared_ptr<const execution_env> env;
-  /// Executions the previous CRN process left (their records): a supervisor each at start,
-  /// which re-adopts a live sandbox or starts a persistent workload afresh.
-  std::vector<allocation> resume;
-  std::vector<bool> resume_persistent;
+  /// Executions the previous CRN process left (their records): a supervisor each once the link
+  /// is there, which re-adopts a live sandbox or VM, or starts a persistent workload afresh.
+  struct resumed {
+    allocation alloc;
+    bool persistent = false;
+  };
+  std::vector<resumed> resume;
 };
 
 struct execution_entry {

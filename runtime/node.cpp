@@ -412,10 +412,8 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   jb.memory_mib = info.memory_mib;
   jb.disk_mib = info.disk_mib;
   jb.env = env;
-  for (auto& r : resume) {
-    jb.resume.push_back(r.alloc);
-    jb.resume_persistent.push_back(r.persistent);
-  }
+  for (auto& r : resume)
+    jb.resume.push_back({r.alloc, r.persistent});
   broker_ = sys.spawn(job_broker, jb);
   auto port = s.http_port < 0 ? 4020 : s.http_port;
   auto ctx = std::make_shared<crn_context>();

@@ -786,9 +786,8 @@ TEST_F(job_broker_test, executions_resumed_after_a_restart_stay_only_where_the_c
   auto moved = publish_program("#!/bin/moved\n", 128, true);
   auto c = host();
   c.env = env;
-  c.resume = {allocation{1, kept, "program", 5, 1, 128, 0, ""},
-              allocation{1, moved, "program", 5, 1, 128, 0, ""}};
-  c.resume_persistent = {true, true};
+  c.resume = {{allocation{1, kept, "program", 5, 1, 128, 0, ""}, true},
+              {allocation{1, moved, "program", 5, 1, 128, 0, ""}, true}};
   auto restarted = spawn(job_broker, c);
   sched.run();
   auto& ex = state_of<job_broker_state>(restarted).executions;
