@@ -361,12 +361,10 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
                      r.alloc.item_hash);
         r.kill();
       }
-      if (r.persistent && env->adopt_window.count() > 0) {
-        keep_dirs.insert(r.run_dir); // an instance's disk overlay is there
-        resume.push_back(r);         // started afresh; the CCN confirms or moves it
-      } else {
+      if (r.persistent && env->adopt_window.count() > 0)
+        resume.push_back(r); // started afresh; the CCN confirms or moves it
+      else
         env->records->erase(r.alloc.item_hash);
-      }
     }
   }
   {
