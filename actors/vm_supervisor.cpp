@@ -224,8 +224,11 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
   st.stop_waiters.clear();
   if (st.broker)
     self->send(st.broker, atom::exited_v, st.info, kept_logs(*st.feed));
-  if (st.env->records && !st.detached)
-    st.env->records->erase(st.info.item_hash); // nothing is left to re-adopt
+  if (st.env->records && !st.detached && st.record_pid != 0) {
+    // Nothing is left to re-adopt; a newer execution of the same workload may own the record.
+    if (auto rec = st.env->records->get(st.info.item_hash); rec && rec->handle.pid == st.record_pid)
+      st.env->records->erase(st.info.item_hash);
+  }
   self->quit();
 }
 
@@ -319,6 +322,7 @@ void save_record(self_ptr self) {
   }
   r.started_at = st.info.started_at;
   r.request_timeout_ms = st.request_timeout.count();
+  st.record_pid = r.handle.pid;
   std::string err;
   if (!st.env->records->put(r, err))
     spdlog::warn("vm_supervisor: {}: {}; a CRN restart will not re-adopt it", st.info.item_hash,
@@ -389,6 +393,7 @@ void adopt(self_ptr self, const execution_record& rec) {
   st.internet = rec.network;
   st.adopted_started_at = rec.started_at;
   st.adoptable = true;
+  st.record_pid = rec.handle.pid; // its record is ours now
   std::shared_ptr<executor> exec;
   std::function<std::string()> start;
   auto timeout = st.env->adopt_timeout;
@@ -933,6 +938,8 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   std::optional<execution_record> rec;
   if (st.env->records && st.env->adopt_window.count() > 0)
     rec = st.env->records->get(a.item_hash);
+  if (rec)
+    st.record_pid = rec->handle.pid; // ours now: removed when this execution ends for good
   if (rec && rec->alive())
     adopt(self, *rec);
   else

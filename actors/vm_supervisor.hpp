@@ -104,6 +104,7 @@ struct vm_supervisor_state {
   bool stop_after = false; ///< a stop arrived during a reboot or an exit: do not start again
   bool detached = false;   ///< left running for the next CRN process: its record stays
   bool adoptable = false;  ///< the current sandbox or VM can outlive the CRN (it has a record)
+  int record_pid = 0;      ///< the pid in the record this supervisor wrote (or took over)
   double adopted_started_at = 0; ///< when a re-adopted sandbox first started
   /// Every run's output and the CRN's own notes, with their followers (stream_logs).
   std::shared_ptr<log_feed> feed = std::make_shared<log_feed>();
