@@ -211,6 +211,94 @@ struct outgoing {
   bhttp::response_serializer<Body> sr;
 };
 
+// A slice [offset, offset + length) of an open file as a response body (206 answers).
+struct file_slice_body {
+  struct value_type {
+    beast::file file;
+    uint64_t offset = 0;
+    uint64_t length = 0;
+  };
+
+  static uint64_t size(const value_type& v) {
+    return v.length;
+  }
+
+  class writer {
+  public:
+    using const_buffers_type = asio::const_buffer;
+
+    template <bool isRequest, class Fields>
+    writer(bhttp::header<isRequest, Fields>&, value_type& v) : v_(v), remain_(v.length) {
+    }
+
+    void init(error_code& ec) {
+      v_.file.seek(v_.offset, ec);
+    }
+
+    boost::optional<std::pair<const_buffers_type, bool>> get(error_code& ec) {
+      auto amount = static_cast<std::size_t>(std::min<uint64_t>(remain_, sizeof buf_));
+      if (amount == 0) {
+        ec = {};
+        return boost::none;
+      }
+      auto n = v_.file.read(buf_, amount, ec);
+      if (ec)
+        return boost::none;
+      if (n == 0) {
+        ec = bhttp::error::short_read; // the file shrank under us
+        return boost::none;
+      }
+      remain_ -= n;
+      return {{const_buffers_type{buf_, n}, remain_ > 0}};
+    }
+
+  private:
+    value_type& v_;
+    uint64_t remain_;
+    char buf_[16384];
+  };
+};
+
+// One byte range of a `Range` header against a file of `size` bytes: nullopt when the header
+// is not a single well-formed bytes range (then the whole file is sent, as RFC 9110 allows);
+// first > last when it cannot be satisfied (416).
+std::optional<std::pair<uint64_t, uint64_t>> parse_range(std::string_view h, uint64_t size) {
+  constexpr std::string_view unit = "bytes=";
+  if (h.substr(0, unit.size()) != unit)
+    return std::nullopt;
+  h.remove_prefix(unit.size());
+  if (h.find(',') != std::string_view::npos)
+    return std::nullopt; // several ranges: served whole
+  auto dash = h.find('-');
+  if (dash == std::string_view::npos)
+    return std::nullopt;
+  auto number = [](std::string_view t, uint64_t& out) {
+    if (t.empty() || t.size() > 19 || t.find_first_not_of("0123456789") != std::string_view::npos)
+      return false;
+    out = std::stoull(std::string{t});
+    return true;
+  };
+  auto first_text = h.substr(0, dash), last_text = h.substr(dash + 1);
+  uint64_t first = 0, last = 0;
+  if (first_text.empty()) { // the last N bytes
+    uint64_t n = 0;
+    if (!number(last_text, n))
+      return std::nullopt;
+    if (n == 0 || size == 0)
+      return std::make_pair(uint64_t{1}, uint64_t{0});
+    return std::make_pair(size - std::min(n, size), size - 1);
+  }
+  if (!number(first_text, first))
+    return std::nullopt;
+  if (last_text.empty())
+    last = size == 0 ? 0 : size - 1;
+  else if (!number(last_text, last) || last < first)
+    return std::nullopt;
+  if (first >= size)
+    return std::make_pair(uint64_t{1}, uint64_t{0});
+  return std::make_pair(first, std::min(last, size - 1));
+}
+
 // A connection after a websocket upgrade. Every member but the public
 // websocket interface runs on the socket's strand.
 class ws_session : public websocket, public std::enable_shared_from_this<ws_session> {
@@ -586,6 +674,7 @@ private:
     }
     req.body = std::move(msg.body());
     req.remote = remote_;
+    range_ = std::string{sv(msg[bhttp::field::range])};
     upgrade_.reset();
     if (beast::websocket::is_upgrade(msg))
       upgrade_ = std::make_shared<bhttp::request<bhttp::empty_body>>(
@@ -708,8 +797,37 @@ private:
         file.open(r.file_path.c_str(), beast::file_mode::scan, ec);
       else
         ec = asio::error::not_found;
+      if (!ec && r.status == 200 && !range_.empty()) {
+        auto size = file.size();
+        if (auto range = parse_range(range_, size)) {
+          if (range->first > range->second) {
+            auto refusal = json_error(416, "range not satisfiable (the file has "
+                                             + std::to_string(size) + " bytes)");
+            refusal.headers.emplace_back("Content-Range", "bytes */" + std::to_string(size));
+            send(std::move(refusal));
+            return;
+          }
+          bhttp::response<file_slice_body> msg;
+          r.status = 206;
+          fill(msg, r);
+          msg.set(bhttp::field::content_range, "bytes " + std::to_string(range->first) + "-"
+                                                 + std::to_string(range->second) + "/"
+                                                 + std::to_string(size));
+          msg.body().file = std::move(file.file());
+          msg.body().offset = range->first;
+          msg.body().length = range->second - range->first + 1;
+          msg.prepare_payload();
+          if (head_)
+            write_head(std::move(msg));
+          else
+            write(std::make_shared<outgoing<file_slice_body>>(std::move(msg)));
+          return;
+        }
+      }
       if (!ec) {
         bhttp::response<bhttp::file_body> msg;
+        if (r.status == 200)
+          r.headers.emplace_back("Accept-Ranges", "bytes");
         fill(msg, r);
         msg.body() = std::move(file);
         msg.prepare_payload();
@@ -811,6 +929,7 @@ private:
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::shared_ptr<bhttp::request<bhttp::empty_body>> upgrade_; // the last request's, if any
+  std::string range_; // the last request's Range header
   std::string remote_;
   bool closed_ = false;
   bool waiting_ = false;

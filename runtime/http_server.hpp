@@ -55,7 +55,9 @@ struct response {
   /// The body, unless `file_path` is set.
   std::string body;
   /// When non-empty, this file is streamed as the body; a 404 JSON error if
-  /// it is not a readable regular file.
+  /// it is not a readable regular file. A 200 file answer honours a single
+  /// `Range: bytes=…` of the request (206 with Content-Range, 416 when it
+  /// cannot be satisfied; several ranges get the whole file).
   std::string file_path;
   /// Extra header fields; fields containing CR or LF are dropped.
   std::vector<std::pair<std::string, std::string>> headers;

@@ -480,6 +480,59 @@ TEST_F(http_server, file_response_streams_5mb_intact) {
   std::filesystem::remove(path);
 }
 
+TEST_F(http_server, file_responses_honour_a_single_byte_range) {
+  auto path = std::filesystem::temp_directory_path()
+              / ("alephd_http_range_" + std::to_string(std::random_device{}()) + ".bin");
+  std::string content;
+  for (int i = 0; i < 100000; ++i)
+    content.push_back(static_cast<char>('a' + i % 26));
+  {
+    std::ofstream out{path, std::ios::binary};
+    out << content;
+  }
+  ASSERT_NO_FATAL_FAILURE(start([path](request&&, responder respond) {
+    response r;
+    r.content_type = "application/octet-stream";
+    r.file_path = path.string();
+    respond(std::move(r));
+  }));
+  auto get = [&](const std::string& range, const std::string& method = "GET") {
+    return http_request(localhost, port_, method, "/f", "", {{"Range", range}});
+  };
+  auto first = get("bytes=0-9");
+  EXPECT_EQ(first.status, 206);
+  EXPECT_EQ(first.body, content.substr(0, 10));
+  EXPECT_EQ(first.headers["content-range"], "bytes 0-9/100000");
+  EXPECT_EQ(first.headers["content-length"], "10");
+  auto middle = get("bytes=70000-");
+  EXPECT_EQ(middle.status, 206);
+  EXPECT_TRUE(middle.body == content.substr(70000));
+  auto tail = get("bytes=-5");
+  EXPECT_EQ(tail.status, 206);
+  EXPECT_EQ(tail.body, content.substr(content.size() - 5));
+  EXPECT_EQ(tail.headers["content-range"], "bytes 99995-99999/100000");
+  auto clipped = get("bytes=99990-200000");
+  EXPECT_EQ(clipped.status, 206);
+  EXPECT_EQ(clipped.body, content.substr(99990));
+  auto beyond = get("bytes=100000-");
+  EXPECT_EQ(beyond.status, 416);
+  EXPECT_EQ(beyond.headers["content-range"], "bytes */100000");
+  EXPECT_TRUE(parse(beyond).contains("error"));
+  // Several ranges, or a header we do not understand: the whole file.
+  for (const char* whole : {"bytes=0-1,5-6", "bytes=9-3", "lines=1-2", "bytes=x-"}) {
+    auto r = get(whole);
+    EXPECT_EQ(r.status, 200) << whole;
+    EXPECT_EQ(r.body.size(), content.size()) << whole;
+  }
+  auto plain = http_request(localhost, port_, "GET", "/f");
+  EXPECT_EQ(plain.headers["accept-ranges"], "bytes");
+  auto head = get("bytes=10-19", "HEAD");
+  EXPECT_EQ(head.status, 206);
+  EXPECT_EQ(head.headers["content-length"], "10");
+  EXPECT_EQ(head.body, "");
+  std::filesystem::remove(path);
+}
+
 TEST_F(http_server, fifty_concurrent_clients_get_their_own_answers) {
   server_options opts;
   opts.threads = 4;
