@@ -304,6 +304,24 @@ struct sandbox::impl {
     return listen_fd;
   }
 
+  // Accepts the agent's connection in slices, so that a sandbox that exits early fails at once;
+  // closes `listen_fd`. "" with `fd` set, or "exited" or "late".
+  std::string accept_guest(int listen_fd, clock_type::time_point deadline, int& fd) {
+    fd = -1;
+    std::string error;
+    while (fd < 0 && error.empty()) {
+      if (try_reap())
+        error = "exited";
+      else if (clock_type::now() >= deadline)
+        error = "late";
+      pollfd pfd{listen_fd, POLLIN, 0};
+      if (error.empty() && ::poll(&pfd, 1, static_cast<int>(accept_slice.count())) == 1)
+        fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    ::close(listen_fd);
+    return error;
+  }
+
   // Spawns the sandbox and waits for the agent's `ready`.
   std::string boot(clock_type::time_point deadline) {
     {
@@ -401,20 +419,9 @@ struct sandbox::impl {
 
     // Accept in slices so that a bwrap that exits early fails at once.
     int fd = -1;
-    while (fd < 0) {
-      if (try_reap()) {
-        ::close(listen_fd);
-        return fail_start("the sandbox exited before the guest connected");
-      }
-      if (clock_type::now() >= deadline) {
-        ::close(listen_fd);
-        return fail_start("the guest did not connect in time");
-      }
-      pollfd pfd{listen_fd, POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(accept_slice.count())) == 1)
-        fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-    }
-    ::close(listen_fd);
+    if (auto e = accept_guest(listen_fd, deadline, fd); !e.empty())
+      return fail_start(e == "exited" ? "the sandbox exited before the guest connected"
+                                      : "the guest did not connect in time");
     std::filesystem::remove(sock_path, ec); // nobody else may connect
     {
       // The guest connected, so bwrap has forked its init by now.
@@ -467,20 +474,9 @@ struct sandbox::impl {
     if (listen_fd < 0)
       return fail_start(error);
     int fd = -1;
-    while (fd < 0) {
-      if (try_reap()) {
-        ::close(listen_fd);
-        return fail_start("the sandbox exited before its guest came back");
-      }
-      if (clock_type::now() >= deadline) {
-        ::close(listen_fd);
-        return fail_start("its guest did not come back in time");
-      }
-      pollfd pfd{listen_fd, POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(accept_slice.count())) == 1)
-        fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-    }
-    ::close(listen_fd);
+    if (auto e = accept_guest(listen_fd, deadline, fd); !e.empty())
+      return fail_start(e == "exited" ? "the sandbox exited before its guest came back"
+                                      : "its guest did not come back in time");
     std::error_code ec;
     std::filesystem::remove(std::filesystem::path{opts.run_dir} / "guest.sock", ec);
     if (opts.network) {
