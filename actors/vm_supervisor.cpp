@@ -235,6 +235,16 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
 void boot(self_ptr self);
 void prepare(self_ptr self);
 
+// The next back-off: doubled from restart_initial up to restart_max, with ±50 % jitter.
+milliseconds next_backoff(self_ptr self) {
+  auto& st = self->state;
+  st.backoff = st.backoff.count() == 0 ? st.env->restart_initial
+                                       : std::min(st.backoff * 2, st.env->restart_max);
+  std::uniform_real_distribution<double> jitter{0.5, 1.5};
+  return milliseconds{
+    static_cast<int64_t>(static_cast<double>(st.backoff.count()) * jitter(st.rng))};
+}
+
 // Fetching what a workload needs failed. The CCN may have it later: a persistent workload tries
 // again with back-off (not counted as a crash); an on-demand call fails now.
 void fetch_failed(self_ptr self, const std::string& why) {
@@ -243,11 +253,7 @@ void fetch_failed(self_ptr self, const std::string& why) {
     finish(self, "failed", why);
     return;
   }
-  st.backoff = st.backoff.count() == 0 ? st.env->restart_initial
-                                       : std::min(st.backoff * 2, st.env->restart_max);
-  std::uniform_real_distribution<double> jitter{0.5, 1.5};
-  auto delay = milliseconds{
-    static_cast<int64_t>(static_cast<double>(st.backoff.count()) * jitter(st.rng))};
+  auto delay = next_backoff(self);
   set_phase(self, "preparing", "retrying in " + std::to_string(delay.count()) + " ms: " + why);
   note(self, why + "; retrying in " + std::to_string(delay.count()) + " ms");
   st.cfg.reset(); // prepare again from the start
@@ -267,11 +273,7 @@ void schedule_restart(self_ptr self, const std::string& why) {
              + std::to_string(st.env->crash_loop_window.count() / 1000) + " s; last: " + why);
     return;
   }
-  st.backoff = st.backoff.count() == 0 ? st.env->restart_initial
-                                       : std::min(st.backoff * 2, st.env->restart_max);
-  std::uniform_real_distribution<double> jitter{0.5, 1.5};
-  auto delay = milliseconds{
-    static_cast<int64_t>(static_cast<double>(st.backoff.count()) * jitter(st.rng))};
+  auto delay = next_backoff(self);
   set_phase(self, "preparing",
             "restart in " + std::to_string(delay.count()) + " ms after: " + why);
   note(self, why + "; restarting in " + std::to_string(delay.count()) + " ms");
