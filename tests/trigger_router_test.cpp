@@ -10,6 +10,7 @@
 #include "messages/aleph_message.hpp"
 #include "runtime/lmdb.hpp"
 #include "tests/caf_fixture.hpp"
+#include "tests/stored_message.hpp"
 
 using namespace alephd;
 using namespace alephd::test;
@@ -92,22 +93,7 @@ json load(const std::string& file) {
 
 /// A stored message as the message store publishes it.
 stored_message stored(json doc, const std::string& origin = ccn_id) {
-  doc.erase("item_hash");
-  doc.erase("item_content");
-  auto parsed = aleph::parse_message(doc);
-  EXPECT_TRUE(parsed.ok()) << parsed.error.field << ": " << parsed.error.reason;
-  stored_message m;
-  if (!parsed.ok())
-    return m;
-  m.item_hash = parsed.msg->item_hash;
-  m.type = std::string{aleph::to_string(parsed.msg->type)};
-  m.sender = parsed.msg->sender;
-  m.channel = parsed.msg->channel;
-  m.time = parsed.msg->time;
-  m.received = m.time + 1;
-  m.origin = origin;
-  m.json = aleph::to_json(*parsed.msg).dump();
-  return m;
+  return alephd::test::stored_from(std::move(doc), origin);
 }
 
 /// The real PROGRAM (machine.json): filters {sender: watched, channel: TEST} and
