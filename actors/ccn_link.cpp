@@ -1,4 +1,5 @@
 #include "actors/ccn_link.hpp"
+#include "runtime/endpoint.hpp"
 
 #include <chrono>
 #include <functional>
@@ -223,6 +224,28 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       if (st.phase != link_phase::registered || !st.node)
         return make_error(ec::unavailable, "not connected to a CCN");
       return self->delegate(st.node, atom::read_v, std::move(hash));
+    },
+    [=](atom::locate) -> caf::result<std::string> {
+      auto& st = self->state;
+      if (st.phase != link_phase::registered || !st.node)
+        return make_error(ec::unavailable, "not connected to a CCN");
+      auto rp = self->make_response_promise<std::string>();
+      auto via = st.info.ccn_endpoint;
+      self->request(st.node, std::chrono::seconds(10), atom::locate_v)
+        .then(
+          [=](std::string& url) mutable {
+            // A CCN listening on every address names it 0.0.0.0: reach it where its node port
+            // was reached.
+            std::string host;
+            uint16_t port = 0;
+            for (std::string any : {"http://0.0.0.0:", "http://[::]:"})
+              if (url.rfind(any, 0) == 0 && split_endpoint(via, host, port))
+                url = "http://" + (host.find(':') != std::string::npos ? "[" + host + "]" : host)
+                      + ":" + url.substr(any.size());
+            rp.deliver(std::move(url));
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
     },
   };
 }

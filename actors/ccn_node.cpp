@@ -7,7 +7,8 @@ namespace alephd {
 ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string ccn_id,
                                        crn_registry_actor registry, ccn_peer_actor peer,
                                        message_store_actor messages, content_store_actor files,
-                                       scheduler_actor scheduler) {
+                                       scheduler_actor scheduler,
+                                       std::shared_ptr<const http_locator> http) {
   return {
     [=](atom::hello) {
       return caf::make_result(registry, caf::actor_cast<caf::actor>(peer), ccn_id);
@@ -18,6 +19,7 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
     [=](atom::read, std::string& hash) {
       return self->delegate(files, atom::read_v, std::move(hash));
     },
+    [=](atom::locate) { return http ? http->get() : std::string{}; },
     [=](atom::exited, std::string& crn_id, execution_info& info) {
       if (scheduler)
         self->send(scheduler, atom::exited_v, std::move(crn_id), std::move(info));

@@ -1,6 +1,8 @@
 // CCN: the actor published on the node port; CRNs and peer CCNs start here.
 #pragma once
 
+#include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 
@@ -11,10 +13,28 @@
 
 namespace alephd {
 
+/// The CCN's HTTP base URL, known once its server listens (set from the starting thread).
+class http_locator {
+public:
+  void set(std::string url) {
+    std::lock_guard lock{m_};
+    url_ = std::move(url);
+  }
+  std::string get() const {
+    std::lock_guard lock{m_};
+    return url_;
+  }
+
+private:
+  mutable std::mutex m_;
+  std::string url_;
+};
+
 ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string ccn_id,
                                        crn_registry_actor registry, ccn_peer_actor peer,
                                        message_store_actor messages, content_store_actor files,
-                                       scheduler_actor scheduler);
+                                       scheduler_actor scheduler,
+                                       std::shared_ptr<const http_locator> http);
 
 /// Connects through the middleman to the ccn_node published at `endpoint` ("host:port") and
 /// calls `on_ok(ccn_node_actor)` or `on_error(caf::error&)`.

@@ -39,21 +39,6 @@ using message_store_actor = caf::typed_actor<
   /// Internal: commit the pending appends as one transaction (if the round still matches).
   reacts_to<atom::flush, uint64_t>>;
 
-/// CCN: the first content store (sha256-named blobs + LMDB index).
-using content_store_actor = caf::typed_actor<
-  /// Stores bytes; answers after blob and index entry are durable.
-  replies_to<atom::put, std::string>::with<file_info>,
-  /// Stores bytes that must hash to the given sha256 (replication); ec::invalid otherwise.
-  replies_to<atom::put, file_blob>::with<file_info>,
-  /// Where a file is; ec::not_found when unknown.
-  replies_to<atom::get, std::string>::with<file_info>,
-  /// A file's bytes, for a peer.
-  replies_to<atom::read, std::string>::with<file_blob>,
-  /// Every hash held.
-  replies_to<atom::inventory>::with<std::vector<std::string>>,
-  /// Adds a listener for new files.
-  reacts_to<atom::subscribe, file_listener_actor>>;
-
 /// CRN: its link to a CCN, as the CCN sees it.
 using ccn_link_actor = caf::typed_actor<
   /// The CCN changed this CRN's state (promotion to linked, demotion).
@@ -67,6 +52,9 @@ using ccn_link_actor = caf::typed_actor<
   replies_to<atom::get, std::string>::with<stored_message>,
   /// A file's bytes from the CCN's content store; ec::unavailable while the link is down.
   replies_to<atom::read, std::string>::with<file_blob>,
+  /// The HTTP base URL ("http://host:port") of the linked CCN, for streaming downloads;
+  /// ec::unavailable while the link is down.
+  replies_to<atom::locate>::with<std::string>,
   /// A message-triggered program (its item_hash) to run on this CRN with a message as its
   /// event; answers the program's HTTP status (2xx = handled), or an error.
   replies_to<atom::run, std::string, stored_message>::with<uint16_t>,
@@ -76,6 +64,78 @@ using ccn_link_actor = caf::typed_actor<
   reacts_to<atom::tick>,
   /// Internal: try the next CCN endpoint.
   reacts_to<atom::connect>>;
+
+/// One shard of a node's content-addressed files: the blobs whose hash falls in it, their LMDB
+/// index (size, last access, origin, kept), pins, single-flight downloads and scrubbing.
+using cache_shard_actor = caf::typed_actor<
+  /// Stores bytes that hash to the given sha256, from an origin ("upload": announced to the
+  /// store's listeners; "peer": a replica).
+  replies_to<atom::put, std::string, std::string, std::string>::with<file_info>,
+  /// Stores a file from disk whose sha256 is known (moved into place when it is a whole temp
+  /// file of the store, else copied).
+  replies_to<atom::put, file_source>::with<file_info>,
+  /// Copies a file (or a range of it) into a temp file of the store and hashes it; the answer
+  /// names the temp file and its sha256, to be `put` to the shard that owns the hash.
+  replies_to<atom::prepare, file_source>::with<file_source>,
+  /// A held file, verified (an altered blob is deleted: not_found).
+  replies_to<atom::get, std::string>::with<file_info>,
+  /// A held file, else downloaded (one download however many ask); pinned for the owner (a
+  /// non-empty string) until `unpin`. Progress goes to the optional actor as
+  /// (atom::progress, hash, bytes, total).
+  replies_to<atom::fetch, std::string, std::string, caf::actor>::with<file_info>,
+  /// Releases every pin of an owner.
+  reacts_to<atom::unpin, std::string>,
+  /// Deletes a file unless pinned (then it goes when the last pin does); true when held.
+  replies_to<atom::remove, std::string>::with<bool>,
+  /// Deletes these evictable files (those still unpinned).
+  replies_to<atom::evict, std::vector<std::string>>::with<uint64_t>,
+  /// The oldest evictable files, up to this many bytes.
+  replies_to<atom::evict, uint64_t>::with<std::vector<evict_candidate>>,
+  /// A file's bytes (small files, for peers).
+  replies_to<atom::read, std::string>::with<file_blob>,
+  replies_to<atom::inventory>::with<std::vector<std::string>>,
+  replies_to<atom::usage>::with<cache_usage>,
+  /// Internal: a download ended (hash, temp file, error, ec of the error).
+  reacts_to<atom::fetched, std::string, std::string, std::string, uint8_t>,
+  /// Internal: a download's progress (hash, bytes, total).
+  reacts_to<atom::progress, std::string, uint64_t, uint64_t>,
+  /// Where missing files come from (a CRN's link to its CCN).
+  reacts_to<atom::connect, ccn_link_actor>,
+  /// Internal: verify the next blobs; persist last-access times.
+  reacts_to<atom::scrub>,
+  reacts_to<atom::tick>>;
+
+/// A node's content store (CRN cache, CCN origin): routes each file to its cache shard by hash,
+/// adds up usage, runs eviction, and tells listeners about new files.
+using content_store_actor = caf::typed_actor<
+  /// Stores bytes; answers after blob and index entry are durable.
+  replies_to<atom::put, std::string>::with<file_info>,
+  /// Stores bytes that must hash to the given sha256 (replication); ec::invalid otherwise.
+  replies_to<atom::put, file_blob>::with<file_info>,
+  /// Stores a file from disk (a spooled upload or a byte range of it).
+  replies_to<atom::put, file_source>::with<file_info>,
+  /// Where a file is; ec::not_found when unknown.
+  replies_to<atom::get, std::string>::with<file_info>,
+  /// A file, downloaded when missing, pinned for the owner (see cache_shard_actor).
+  replies_to<atom::fetch, std::string, std::string, caf::actor>::with<file_info>,
+  /// Releases every pin of an owner.
+  reacts_to<atom::unpin, std::string>,
+  /// Deletes a file (FORGET) once no execution pins it.
+  replies_to<atom::remove, std::string>::with<bool>,
+  /// A file's bytes, for a peer.
+  replies_to<atom::read, std::string>::with<file_blob>,
+  /// Every hash held.
+  replies_to<atom::inventory>::with<std::vector<std::string>>,
+  /// Bytes, files and pins over all shards.
+  replies_to<atom::usage>::with<cache_usage>,
+  /// Adds a listener for new files.
+  reacts_to<atom::subscribe, file_listener_actor>,
+  /// Internal: a shard stored a new file (announced to listeners when `announce`).
+  reacts_to<atom::stored, file_info, bool>,
+  /// Where missing files come from (a CRN's link to its CCN).
+  reacts_to<atom::connect, ccn_link_actor>,
+  /// Internal: a shard passed the high watermark.
+  reacts_to<atom::evict>>;
 
 /// Anything that wants to hear when a CRN's state changes at the CCN.
 using node_listener_actor = caf::typed_actor<
@@ -149,6 +209,8 @@ using ccn_node_actor = caf::typed_actor<
   replies_to<atom::get, std::string>::with<stored_message>,
   /// A file's bytes, for a CRN preparing a workload; ec::not_found when unknown.
   replies_to<atom::read, std::string>::with<file_blob>,
+  /// The CCN's HTTP base URL ("http://host:port"; empty while unknown).
+  replies_to<atom::locate>::with<std::string>,
   /// A CRN (its id) reports a workload that failed for good; passed to the scheduler.
   reacts_to<atom::exited, std::string, execution_info>,
   /// The workloads the scheduler places on CRN `id` now (a restarted CRN keeps the executions
@@ -174,6 +236,8 @@ using vm_supervisor_actor = caf::typed_actor<
   /// The CRN stops but leaves persistent workloads running: a sandbox that can outlive the CRN
   /// is let go (a restarted CRN re-adopts it), anything else is stopped. Answers the final state.
   replies_to<atom::drain>::with<execution_info>,
+  /// A download for it made progress (file hash, bytes, total or 0): shown in its status.
+  reacts_to<atom::progress, std::string, uint64_t, uint64_t>,
   /// Internal: restart after back-off (if the run counter still matches).
   reacts_to<atom::started, uint64_t, std::string>,
   /// Internal: the guest ended on its own (exit code or -1, why).

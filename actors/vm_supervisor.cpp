@@ -43,87 +43,16 @@ std::string exec_dir(const execution_env& env, const std::string& hash) {
   return env.data_dir + "/executions/" + hash;
 }
 
-// ---- the code cache ------------------------------------------------------------------------
+// ---- files from the cache ----------------------------------------------------------------
 
 std::string read_all(const std::string& path) {
   std::ifstream in{path, std::ios::binary};
   return {std::istreambuf_iterator<char>{in}, {}};
 }
 
-// The stamp of a cached blob that was verified: its size and modification time. A blob whose
-// stamp still matches is not hashed again (a rootfs is large, and this runs on an actor thread);
-// one that changed since is.
-std::string stamp_path(const execution_env& env, const std::string& hash) {
-  return env.data_dir + "/cache/." + hash + ".verified";
-}
-
-std::string stamp_of(const std::string& path) {
-  struct stat st{};
-  if (::stat(path.c_str(), &st) != 0)
-    return {};
-  return std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "."
-         + std::to_string(st.st_mtim.tv_nsec);
-}
-
-void write_stamp(const execution_env& env, const std::string& hash) {
-  std::ofstream{stamp_path(env, hash), std::ios::trunc} << stamp_of(env.data_dir + "/cache/" + hash);
-}
-
-// A cached blob, or nullopt when missing or altered on disk (then it is removed).
-std::optional<std::string> cached(const execution_env& env, const std::string& hash) {
-  auto path = env.data_dir + "/cache/" + hash;
-  std::error_code ec;
-  if (!fs::exists(path, ec))
-    return std::nullopt;
-  auto bytes = read_all(path);
-  if (aleph::sha256_hex(bytes) != hash) {
-    spdlog::warn("vm_supervisor: cached {} is corrupt; fetching it again", hash);
-    fs::remove(path, ec);
-    fs::remove(stamp_path(env, hash), ec);
-    return std::nullopt;
-  }
-  return bytes;
-}
-
-// Whether a verified copy of `hash` is in the cache (an altered one is removed). Hashes the file
-// only when its stamp does not match (written when it was last verified).
-bool cached_path(const execution_env& env, const std::string& hash) {
-  auto path = env.data_dir + "/cache/" + hash;
-  auto now = stamp_of(path);
-  if (now.empty())
-    return false;
-  if (read_all(stamp_path(env, hash)) == now)
-    return true;
-  if (!cached(env, hash))
-    return false;
-  write_stamp(env, hash);
-  return true;
-}
-
-// Writes a verified blob to the cache: temp file, fsync, rename.
-bool cache_put(const execution_env& env, const std::string& hash, const std::string& bytes) {
-  auto dir = env.data_dir + "/cache";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  auto tmp = dir + "/." + hash + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return false;
-  size_t off = 0;
-  while (off < bytes.size()) {
-    auto n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n <= 0)
-      break;
-    off += static_cast<size_t>(n);
-  }
-  bool ok = off == bytes.size() && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || std::rename(tmp.c_str(), (dir + "/" + hash).c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    return false;
-  }
-  write_stamp(env, hash); // the bytes were checked against the hash before
-  return true;
+// Who holds the pins of this execution's files in the cache.
+std::string pin_owner(self_ptr self) {
+  return self->state.info.item_hash + "#" + std::to_string(self->id());
 }
 
 // A qcow2 image starts with "QFI\xfb".
@@ -224,6 +153,8 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
   st.stop_waiters.clear();
   if (st.broker)
     self->send(st.broker, atom::exited_v, st.info, kept_logs(*st.feed));
+  if (st.env->files)
+    self->send(st.env->files, atom::unpin_v, pin_owner(self));
   if (st.env->records && !st.detached && st.record_pid != 0) {
     // Nothing is left to re-adopt; a newer execution of the same workload may own the record.
     if (auto rec = st.env->records->get(st.info.item_hash); rec && rec->handle.pid == st.record_pid)
@@ -503,34 +434,30 @@ void boot(self_ptr self) {
 }
 
 // Makes sure the file named by `ref` (a STORE message's item_hash, or a bare file hash) is in
-// the code cache, verified, then calls `on_ok(file_hash)`; finishes the execution on failure.
+// the cache (verified, downloaded when missing, pinned while this execution lives), then calls
+// `on_ok` with it; finishes the execution on failure.
 void resolve_file(self_ptr self, const std::string& what, const std::string& ref,
-                  std::function<void(const std::string&)> on_ok) {
+                  std::function<void(const file_info&)> on_ok) {
   if (!self->state.link) {
     finish(self, "failed", "no CCN link to fetch the " + what + " from");
     return;
   }
   auto fetch_file = [=](const std::string& file_hash) {
     auto& st = self->state;
-    if (cached_path(*st.env, file_hash)) {
-      on_ok(file_hash);
+    if (!st.env->files) {
+      finish(self, "failed", "this CRN has no file cache");
       return;
     }
-    set_phase(self, "preparing", "downloading " + what + " " + file_hash);
-    self->request(st.link, st.env->fetch_timeout, atom::read_v, file_hash)
+    st.downloading = what + " " + file_hash;
+    self->request(st.env->files, st.env->download_timeout, atom::fetch_v, file_hash,
+                  pin_owner(self), caf::actor_cast<caf::actor>(self))
       .then(
-        [=](file_blob& blob) {
-          if (aleph::sha256_hex(blob.data) != file_hash) {
-            fetch_failed(self, what + " " + file_hash + " does not match its hash");
-            return;
-          }
-          if (!cache_put(*self->state.env, file_hash, blob.data)) {
-            finish(self, "failed", "cannot write " + what + " " + file_hash + " to the cache");
-            return;
-          }
-          on_ok(file_hash);
+        [=](file_info& f) {
+          self->state.downloading.clear();
+          on_ok(f);
         },
         [=](caf::error& err) {
+          self->state.downloading.clear();
           fetch_failed(self, "cannot fetch " + what + " " + file_hash + ": " + describe(err));
         });
   };
@@ -569,7 +496,8 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
   auto variables = ic.variables;
   auto size_mib = ic.rootfs.size_mib;
   auto seconds = ic.resources.seconds;
-  resolve_file(self, "rootfs", ic.rootfs.parent.ref, [=](const std::string& file_hash) {
+  resolve_file(self, "rootfs", ic.rootfs.parent.ref, [=](const file_info& file) {
+    auto& file_hash = file.hash;
     auto& st = self->state;
     guest::configure cfg;
     cfg.code = instance_script;
@@ -581,7 +509,7 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
     cfg.app_port = 8080;
     st.cfg = std::move(cfg);
     st.request_timeout = std::chrono::seconds{std::max<uint64_t>(seconds, 30)};
-    st.rootfs = st.env->data_dir + "/cache/" + file_hash;
+    st.rootfs = file.path;
     st.overlay_mib = size_mib;
     note(self, "rootfs " + file_hash + " ready");
     boot(self);
@@ -590,8 +518,9 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
 
 // Unpacks a cached zip (bounded: size, file count, ratio, paths) into the execution's code
 // dir, once per code hash; "" or why not.
-std::string unpack_zip(self_ptr self, const std::string& file_hash, const std::string& prefix,
+std::string unpack_zip(self_ptr self, const file_info& file, const std::string& prefix,
                        std::string& dir_out) {
+  auto& file_hash = file.hash;
   auto& st = self->state;
   auto base = exec_dir(*st.env, st.info.item_hash);
   auto final_dir = base + "/" + prefix + "-" + file_hash.substr(0, 16);
@@ -607,7 +536,7 @@ std::string unpack_zip(self_ptr self, const std::string& file_hash, const std::s
     return "cannot create " + tmp + ": " + ec.message();
   extract_limits limits;
   limits.max_total_bytes = std::max<uint64_t>(st.info.disk_mib, 1024) << 20;
-  auto err = extract_zip_file(st.env->data_dir + "/cache/" + file_hash, tmp, limits);
+  auto err = extract_zip_file(file.path, tmp, limits);
   if (!err.empty()) {
     fs::remove_all(tmp, ec);
     return "cannot unpack the " + prefix + ": " + err;
@@ -714,12 +643,13 @@ void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> pl
     }
     case volume_plan::kind::immutable: {
       auto mount = v.mount;
-      resolve_file(self, "volume", v.ref, [=](const std::string& file_hash) {
+      resolve_file(self, "volume", v.ref, [=](const file_info& file) {
         auto& st = self->state;
-        auto path = st.env->data_dir + "/cache/" + file_hash;
+        auto& file_hash = file.hash;
+        auto path = file.path;
         if (is_zip(path)) {
           std::string dir;
-          if (auto err = unpack_zip(self, file_hash, "volume", dir); !err.empty()) {
+          if (auto err = unpack_zip(self, file, "volume", dir); !err.empty()) {
             finish(self, "failed", err);
             return;
           }
@@ -783,22 +713,23 @@ void prepare_program(self_ptr self, const std::string& json, const aleph::progra
   self->state.internet = p.environment.internet;
   bool zip = p.code.encoding == "zip";
   auto program = p;
-  resolve_file(self, "code", p.code.ref, [=](const std::string& file_hash) {
+  resolve_file(self, "code", p.code.ref, [=](const file_info& file) {
     auto& st = self->state;
+    auto& file_hash = file.hash;
     if (zip) {
-      if (auto err = unpack_zip(self, file_hash, "code", st.code_dir); !err.empty()) {
+      if (auto err = unpack_zip(self, file, "code", st.code_dir); !err.empty()) {
         finish(self, "failed", err);
         return;
       }
     }
-    auto bytes = zip ? std::optional<std::string>{std::string{}} : cached(*st.env, file_hash);
-    if (!bytes) {
+    auto bytes = zip ? std::string{} : read_all(file.path);
+    if (!zip && bytes.size() != file.size) {
       finish(self, "failed", "code " + file_hash + " vanished from the cache");
       return;
     }
     guest::configure cfg;
     milliseconds timeout{1000};
-    if (auto err = program_configure(json, std::move(*bytes), cfg, timeout); !err.empty()) {
+    if (auto err = program_configure(json, std::move(bytes), cfg, timeout); !err.empty()) {
       finish(self, "failed", err);
       return;
     }
@@ -1057,6 +988,15 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
         else
           finish(self, "stopped", why);
       });
+    },
+    [=](atom::progress, const std::string&, uint64_t done, uint64_t total) {
+      auto& st = self->state;
+      if (st.info.phase != "preparing" || st.downloading.empty())
+        return;
+      auto text = "downloading " + st.downloading + ": " + std::to_string(done >> 20) + " MiB";
+      if (total > 0)
+        text += " of " + std::to_string(total >> 20) + " MiB (" + std::to_string(done * 100 / total) + "%)";
+      set_phase(self, "preparing", text);
     },
     [=](atom::tick) {
       auto& st = self->state;

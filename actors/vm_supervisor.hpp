@@ -51,6 +51,10 @@ struct execution_env {
   std::chrono::milliseconds tick{1000};
   std::chrono::milliseconds stop_grace{6000};
   std::chrono::milliseconds fetch_timeout{60000};
+  /// The CRN's file cache (code, volumes, rootfs images).
+  content_store_actor files;
+  /// A download may take this long in all (stalls are cut much sooner by the cache).
+  std::chrono::milliseconds download_timeout{6 * 3600 * 1000};
   std::chrono::milliseconds restart_initial{1000};
   std::chrono::milliseconds restart_max{60000};
   uint32_t crash_loop_failures = 5;
@@ -93,6 +97,7 @@ struct vm_supervisor_state {
   std::string code_dir;     ///< programs in a zip: the unpacked code, mounted at /opt/code
   std::vector<std::string> mount_args; ///< bwrap arguments for the volumes
   std::string rootfs;       ///< instances: the cached base image
+  std::string downloading;  ///< what is being downloaded ("code <hash>"), for the status
   uint64_t overlay_mib = 0; ///< instances: rootfs.size_mib
   uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it
   std::shared_ptr<executor> exec;

@@ -23,6 +23,7 @@ std::string to_string(ec x) {
     case ec::unavailable: return "unavailable";
     case ec::refused: return "refused";
     case ec::workload_failed: return "workload_failed";
+    case ec::no_space: return "no_space";
   }
   return "unknown";
 }

@@ -35,6 +35,8 @@ enum class ec : uint8_t {
   refused,
   /// A workload failed (it did not start, or it ended while the request waited).
   workload_failed,
+  /// The node's disk (or the store's bound) has no room for the data.
+  no_space,
 };
 
 std::string to_string(ec x);
@@ -145,6 +147,56 @@ struct file_blob {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, file_blob& x) {
   return f(caf::meta::type_name("alephd::file_blob"), x.hash, x.data);
+}
+
+/// A file to store from the node's own disk: a spooled upload, or a byte range of one (a
+/// multipart body). Sharded stores route by hash, so an unknown `sha256` is computed first.
+struct file_source {
+  std::string path;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  std::string sha256;   ///< of the whole file when known (offset 0, length = its size)
+  /// When set, the range is a multipart/form-data body with this boundary: the file is its
+  /// part named "file" (else its first part).
+  std::string boundary;
+  bool operator==(const file_source&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, file_source& x) {
+  return f(caf::meta::type_name("alephd::file_source"), x.path, x.offset, x.length, x.sha256,
+           x.boundary);
+}
+
+/// How full a node's content store is (a CRN's cache, a CCN's origin store).
+struct cache_usage {
+  uint64_t bytes = 0;        ///< blob bytes held
+  uint64_t files = 0;
+  uint64_t pinned_bytes = 0; ///< held by running executions or storage duty: never evicted
+  uint64_t max_bytes = 0;    ///< the bound (0 = none)
+  uint64_t downloads = 0;    ///< files fetched since start
+  uint64_t evicted = 0;      ///< files evicted since start
+  uint64_t corrupt = 0;      ///< blobs found altered on disk (and deleted) since start
+  bool operator==(const cache_usage&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cache_usage& x) {
+  return f(caf::meta::type_name("alephd::cache_usage"), x.bytes, x.files, x.pinned_bytes,
+           x.max_bytes, x.downloads, x.evicted, x.corrupt);
+}
+
+/// A file that may be evicted: not pinned, not kept.
+struct evict_candidate {
+  std::string hash;
+  uint64_t size = 0;
+  double last_access = 0;
+  bool operator==(const evict_candidate&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, evict_candidate& x) {
+  return f(caf::meta::type_name("alephd::evict_candidate"), x.hash, x.size, x.last_access);
 }
 
 /// What one CCN holds, for anti-entropy with its peers.
@@ -378,6 +430,10 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::execution_info>))
   CAF_ADD_TYPE_ID(alephd, (alephd::log_line))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::log_line>))
+  CAF_ADD_TYPE_ID(alephd, (alephd::file_source))
+  CAF_ADD_TYPE_ID(alephd, (alephd::cache_usage))
+  CAF_ADD_TYPE_ID(alephd, (alephd::evict_candidate))
+  CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::evict_candidate>))
   CAF_ADD_ATOM(alephd, alephd::atom, append, "append")
   CAF_ADD_ATOM(alephd, alephd::atom, get, "get")
   CAF_ADD_ATOM(alephd, alephd::atom, list, "list")
@@ -407,4 +463,14 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_ATOM(alephd, alephd::atom, started, "started")
   CAF_ADD_ATOM(alephd, alephd::atom, exited, "exited")
   CAF_ADD_ATOM(alephd, alephd::atom, confirm, "confirm")
+  CAF_ADD_ATOM(alephd, alephd::atom, fetch, "fetch")
+  CAF_ADD_ATOM(alephd, alephd::atom, unpin, "unpin")
+  CAF_ADD_ATOM(alephd, alephd::atom, remove, "remove")
+  CAF_ADD_ATOM(alephd, alephd::atom, usage, "usage")
+  CAF_ADD_ATOM(alephd, alephd::atom, evict, "evict")
+  CAF_ADD_ATOM(alephd, alephd::atom, scrub, "scrub")
+  CAF_ADD_ATOM(alephd, alephd::atom, progress, "progress")
+  CAF_ADD_ATOM(alephd, alephd::atom, locate, "locate")
+  CAF_ADD_ATOM(alephd, alephd::atom, prepare, "prepare")
+  CAF_ADD_ATOM(alephd, alephd::atom, fetched, "fetched")
 CAF_END_TYPE_ID_BLOCK(alephd)

@@ -1,9 +1,12 @@
+#include <fstream>
+
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
 #include "messages/aleph_message.hpp"
 #include "runtime/blob_store.hpp"
 #include "runtime/gateway.hpp"
+#include "runtime/multipart.hpp"
 #include "runtime/wall_clock.hpp"
 #include "runtime/routes.hpp"
 
@@ -36,49 +39,15 @@ json message_json(const stored_message& m) {
   return j.is_discarded() ? json(nullptr) : j;
 }
 
-// Extracts the uploaded file from a multipart/form-data body: the part named
-// "file", else the first part. Empty optional when the body is malformed.
-std::optional<std::string> multipart_file(const std::string& content_type, const std::string& body) {
-  auto b = content_type.find("boundary=");
-  if (b == std::string::npos)
-    return std::nullopt;
-  auto boundary = content_type.substr(b + 9);
-  if (auto semi = boundary.find(';'); semi != std::string::npos)
-    boundary.resize(semi);
-  if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"')
-    boundary = boundary.substr(1, boundary.size() - 2);
-  if (boundary.empty() || boundary.size() > 200)
-    return std::nullopt;
-  auto delim = "--" + boundary;
-  std::optional<std::string> first;
-  size_t pos = body.find(delim);
-  while (pos != std::string::npos) {
-    pos += delim.size();
-    if (body.compare(pos, 2, "--") == 0)
-      break; // closing delimiter
-    auto headers_end = body.find("\r\n\r\n", pos);
-    if (headers_end == std::string::npos)
-      return std::nullopt;
-    auto headers = body.substr(pos, headers_end - pos);
-    auto data_start = headers_end + 4;
-    auto next = body.find("\r\n" + delim, data_start);
-    if (next == std::string::npos)
-      return std::nullopt;
-    auto data = body.substr(data_start, next - data_start);
-    if (headers.find("name=\"file\"") != std::string::npos)
-      return data;
-    if (!first)
-      first = std::move(data);
-    pos = next + 2;
-  }
-  return first;
-}
-
 void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
                   const http::responder& respond) {
-  if (req.body.size() > ctx->max_message_bytes) {
+  if (req.body_size > ctx->max_message_bytes) {
     respond(http::json_error(413, "message too large (limit " + std::to_string(ctx->max_message_bytes) + " bytes)"));
     return;
+  }
+  if (!req.body_file.empty()) { // a large message the server spooled to disk
+    std::ifstream in{req.body_file, std::ios::binary};
+    req.body.assign(std::istreambuf_iterator<char>{in}, {});
   }
   auto parsed = aleph::parse_message(std::string_view{req.body});
   if (!parsed.ok() && parsed.error.field == "type") {
@@ -170,31 +139,50 @@ void list_messages(const std::shared_ptr<const ccn_context>& ctx, const http::re
 
 void add_file(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
               const http::responder& respond) {
-  std::string data;
   auto ct = req.headers.count("content-type") ? req.headers.at("content-type") : std::string{};
-  if (starts_with(ct, "multipart/form-data")) {
-    auto file = multipart_file(ct, req.body);
-    if (!file) {
-      respond(http::json_error(400, "malformed multipart body: expected a part named \"file\""));
-      return;
+  bool is_multipart = starts_with(ct, "multipart/form-data");
+  auto boundary = is_multipart ? multipart::boundary_of(ct) : std::string{};
+  if (is_multipart && boundary.empty())
+    return respond(http::json_error(400, "malformed multipart body: no boundary in Content-Type"));
+  auto stored = [respond](const file_info& f) {
+    respond(gateway::json(200, json{{"status", "success"}, {"hash", f.hash}, {"size", f.size}}));
+  };
+  auto too_large = [&] {
+    respond(http::json_error(413, "file too large (limit " + std::to_string(ctx->max_file_bytes)
+                                    + " bytes)"));
+  };
+  if (!req.body_file.empty()) {
+    // A large body was spooled to disk by the server: the store takes the file (or its part).
+    file_source src;
+    src.path = req.body_file;
+    src.length = req.body_size;
+    if (is_multipart) {
+      src.boundary = boundary;
+    } else {
+      if (src.length > ctx->max_file_bytes)
+        return too_large();
+      src.sha256 = req.body_sha256;
     }
-    data = std::move(*file);
+    return ask(*ctx->sys, ctx->files, timeout, respond, stored, atom::put_v, std::move(src));
+  }
+  std::string data;
+  if (is_multipart) {
+    auto& body = req.body;
+    auto read = [&body](uint64_t off, uint64_t n) {
+      return off >= body.size() ? std::string{} : body.substr(off, n);
+    };
+    auto part = multipart::find_file(read, body.size(), boundary);
+    if (!part)
+      return respond(http::json_error(400, "malformed multipart body: expected a part named \"file\""));
+    data = body.substr(part->offset, part->length);
   } else {
     data = std::move(req.body);
   }
-  if (data.empty()) {
-    respond(http::json_error(400, "empty file"));
-    return;
-  }
-  if (data.size() > ctx->max_file_bytes) {
-    respond(http::json_error(413, "file too large (limit " + std::to_string(ctx->max_file_bytes) + " bytes)"));
-    return;
-  }
-  ask(*ctx->sys, ctx->files, timeout, respond,
-      [respond](const file_info& f) {
-        respond(gateway::json(200, json{{"status", "success"}, {"hash", f.hash}, {"size", f.size}}));
-      },
-      atom::put_v, std::move(data));
+  if (data.empty())
+    return respond(http::json_error(400, "empty file"));
+  if (data.size() > ctx->max_file_bytes)
+    return too_large();
+  ask(*ctx->sys, ctx->files, timeout, respond, stored, atom::put_v, std::move(data));
 }
 
 json node_json(const node_view& v) {

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -28,6 +29,9 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "runtime/transfer.hpp"
 
 namespace alephd {
 
@@ -607,6 +611,8 @@ bool ok_status(const http_result& r) {
 struct options {
   std::vector<std::string> positional;
   std::optional<std::string> crn;
+  std::optional<std::string> ccn;
+  std::optional<bool> progress;
   std::optional<std::string> token;
   std::optional<std::string> token_file;
   std::optional<std::string> data_dir;
@@ -631,10 +637,14 @@ struct option_spec {
 };
 
 const std::vector<option_spec>& option_specs() {
-  static const std::set<std::string> all{"call", "ls", "logs", "stop", "reboot", "erase"};
+  static const std::set<std::string> crn_verbs{"call", "ls", "logs", "stop", "reboot", "erase"};
+  static const std::set<std::string> all{"call", "ls", "logs", "stop", "reboot", "erase", "upload"};
   static const std::set<std::string> control{"logs", "stop", "reboot", "erase"};
   static const std::vector<option_spec> specs{
-    {"crn", 0, true, all},
+    {"crn", 0, true, crn_verbs},
+    {"ccn", 0, true, {"upload"}},
+    {"progress", 0, false, {"upload"}},
+    {"no-progress", 0, false, {"upload"}},
     {"timeout", 0, true, all},
     {"help", 'h', false, all},
     {"request", 'X', true, {"call"}},
@@ -659,6 +669,12 @@ void apply(options& o, const std::string& name, const std::string& value) {
   };
   if (name == "crn")
     o.crn = value;
+  else if (name == "ccn")
+    o.ccn = value;
+  else if (name == "progress")
+    o.progress = true;
+  else if (name == "no-progress")
+    o.progress = false;
   else if (name == "timeout") {
     std::chrono::milliseconds d{};
     duration(d);
@@ -1153,6 +1169,67 @@ int verb_control(const std::string& action, const options& o, std::ostream& out)
   return 0;
 }
 
+// "  45% [#########           ] 450.0 of 1000.0 MiB, 120.3 MiB/s"
+std::string progress_line(uint64_t done, uint64_t total, double seconds) {
+  constexpr int width = 30;
+  auto pct = total > 0 ? static_cast<int>(done * 100 / total) : 100;
+  auto filled = total > 0 ? static_cast<int>(done * width / total) : width;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%4d%% [%s%s] %.1f of %.1f MiB, %.1f MiB/s", pct,
+                std::string(static_cast<size_t>(filled), '#').c_str(),
+                std::string(static_cast<size_t>(width - filled), ' ').c_str(),
+                static_cast<double>(done) / (1 << 20), static_cast<double>(total) / (1 << 20),
+                seconds > 0 ? static_cast<double>(done) / (1 << 20) / seconds : 0.0);
+  return buf;
+}
+
+int verb_upload(const options& o, std::ostream& out, std::ostream& err) {
+  if (o.positional.size() != 1)
+    usage_error("upload takes one FILE (see alephd upload --help)");
+  const auto& path = o.positional[0];
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec) || ::access(path.c_str(), R_OK) != 0)
+    usage_error("cannot read '" + one_line(path, 200) + "': not a readable regular file");
+  auto text = o.ccn ? *o.ccn : env("ALEPHD_CCN");
+  if (text.empty())
+    text = "http://127.0.0.1:4024";
+  client::crn_url url;
+  if (auto e = client::parse_crn_url(text, url); !e.empty())
+    usage_error("--ccn: " + e);
+  auto host = url.host.find(':') != std::string::npos ? "[" + url.host + "]" : url.host;
+  auto base = "http://" + host + ":" + std::to_string(url.port);
+  bool show = o.progress.value_or(::isatty(STDERR_FILENO) == 1);
+  transfer::options t;
+  t.idle_timeout = o.timeout.value_or(30s);
+  auto start = std::chrono::steady_clock::now();
+  auto last = start - 1s;
+  if (show)
+    t.progress = [&](uint64_t done, uint64_t total) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last < 200ms && done < total)
+        return;
+      last = now;
+      err << '\r' << progress_line(done, total, std::chrono::duration<double>(now - start).count())
+          << std::flush;
+    };
+  auto r = transfer::upload(base, url.prefix + "/api/v0/storage/add_file", path, t);
+  if (show)
+    err << '\n';
+  if (r.status == 0)
+    throw failure{1, "cannot upload to " + base + ": " + r.error};
+  auto doc = json::parse(r.body, nullptr, false);
+  if (r.status / 100 != 2) {
+    auto why = doc.is_object() && doc.contains("error") && doc["error"].is_string()
+                 ? doc["error"].get<std::string>()
+                 : one_line(r.body, 200);
+    throw failure{1, "the CCN answered " + std::to_string(r.status) + ": " + one_line(why, 300)};
+  }
+  if (!doc.is_object() || !doc.contains("hash") || !doc["hash"].is_string())
+    throw failure{1, "the CCN's answer has no hash: " + one_line(r.body, 200)};
+  out << doc["hash"].get<std::string>() << '\n';
+  return 0;
+}
+
 int dispatch(const std::string& verb, const std::vector<std::string>& args, std::ostream& out,
              std::ostream& err) {
   auto o = parse_options(verb, args);
@@ -1166,6 +1243,8 @@ int dispatch(const std::string& verb, const std::vector<std::string>& args, std:
     return verb_ls(o, out);
   if (verb == "logs")
     return verb_logs(o, out, err);
+  if (verb == "upload")
+    return verb_upload(o, out, err);
   return verb_control(verb, o, out);
 }
 
@@ -1173,11 +1252,11 @@ int dispatch(const std::string& verb, const std::vector<std::string>& args, std:
 
 bool is_client_verb(const std::string& verb) {
   return verb == "call" || verb == "ls" || verb == "logs" || verb == "stop" || verb == "reboot"
-         || verb == "erase";
+         || verb == "erase" || verb == "upload";
 }
 
 std::string client_help() {
-  return R"(Client commands (talk HTTP to a CRN):
+  return R"(Client commands (talk HTTP to a CRN, or to a CCN for upload):
   alephd call REF [PATH] [-X METHOD] [-d DATA | --data-file FILE] [-H 'Name: value']... [-i]
                                      call a program: METHOD CRN/vm/REF/PATH (PATH default /, may
                                      carry a query); prints the answer's body (-i: status and
@@ -1189,6 +1268,10 @@ std::string client_help() {
                                      Ctrl-C or the execution ends; a CRN without stream_logs is
                                      polled every --interval
   alephd stop|reboot|erase REF       act on an execution; prints its resulting phase
+  alephd upload FILE [--ccn URL] [--progress|--no-progress]
+                                     store a file on a CCN (streamed, any size up to the CCN's
+                                     ccn.max-file-size); prints its sha256; a progress bar on
+                                     stderr when it is a terminal (or with --progress)
 Common options:
   --crn URL          the CRN, http://host[:port][/prefix] (default $ALEPHD_CRN, else
                      http://127.0.0.1:4020); https is not supported yet
@@ -1198,6 +1281,8 @@ Common options:
                      the CRN's login token for logs, stop, reboot and erase (default
                      $ALEPHD_TOKEN, else <data-dir>/login_token)
   --data-dir DIR     the CRN's data directory (default ./.alephd-crn)
+  --ccn URL          upload: the CCN, http://host[:port] (default $ALEPHD_CCN, else
+                     http://127.0.0.1:4024)
 REF is a program's or instance's 64-digit hex item hash. Exit codes: 0 ok, 1 the CRN answered
 an error or could not be reached, 2 bad usage.
 )";

@@ -150,6 +150,12 @@ const std::vector<option>& table() {
     {"execution.guest-binary", "the static guest agent (default: alephd-guest next to alephd)", "", text(&settings::guest_binary)},
     {"execution.microvm-assets", "dir with vmlinuz and initramfs.cpio.gz for instances (default: microvm/ next to alephd)", "", text(&settings::microvm_assets)},
     {"execution.bwrap", "the bubblewrap binary (default /usr/bin/bwrap)", "", text(&settings::bwrap, true)},
+    {"cache.shards", "cache shard actors, files split by hash prefix (default 4)", "", integer(&settings::cache_shards, 1, 64)},
+    {"cache.max-bytes", "CRN: bound of the file cache in bytes; 0 = a fifth of the data dir's file system (default 0)", "", integer(&settings::cache_max_bytes, 0, int64_t{1} << 50)},
+    {"cache.high-watermark", "CRN: eviction of least recently used files starts above this percent of max-bytes (default 90)", "", integer(&settings::cache_high_watermark, 1, 100)},
+    {"cache.low-watermark", "CRN: eviction stops at this percent of max-bytes (default 80)", "", integer(&settings::cache_low_watermark, 0, 99)},
+    {"cache.scrub-interval", "how often a background scrub re-hashes the next blobs; 0 = never (default 60s)", "", duration(&settings::scrub_interval, true)},
+    {"cache.scrub-bytes", "bytes re-hashed per scrub round (default 67108864)", "", integer(&settings::scrub_bytes, 1, int64_t{1} << 40)},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
     {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},
   };
@@ -287,6 +293,10 @@ std::string parse_settings(const std::vector<std::string>& args, settings& out, 
     if (auto err = apply(out, *o, value, "--"); !err.empty())
       return err;
   }
+  if (out.cache_low_watermark >= out.cache_high_watermark)
+    return "cache.low-watermark: must be below cache.high-watermark ("
+           + std::to_string(out.cache_high_watermark) + "), got "
+           + std::to_string(out.cache_low_watermark);
   return {};
 }
 

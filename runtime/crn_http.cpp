@@ -35,7 +35,8 @@ json networking_v2() {
               {"ipv6_ip", nullptr},      {"ipv4_ip", nullptr},   {"mapped_ports", json::object()}};
 }
 
-void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
+void usage_system_with(const std::shared_ptr<const crn_context>& ctx, const cache_usage* c,
+                       const http::responder& respond) {
   auto u = read_system_usage(ctx->data_dir);
   auto now = unix_seconds();
   json body{
@@ -50,7 +51,24 @@ void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::res
     {"gpu", {{"devices", json::array()}, {"available_devices", json::array()}}},
     {"active", true},
   };
+  if (c != nullptr)
+    body["cache"] = {{"bytes", c->bytes},
+                     {"max_bytes", c->max_bytes},
+                     {"free_bytes", c->max_bytes > c->bytes ? c->max_bytes - c->bytes : 0},
+                     {"files", c->files},
+                     {"pinned_bytes", c->pinned_bytes},
+                     {"downloads", c->downloads},
+                     {"evicted", c->evicted},
+                     {"corrupt", c->corrupt}};
   respond(gateway::json(200, body));
+}
+
+void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
+  if (ctx->files)
+    return ask(*ctx->sys, ctx->files, timeout, respond,
+               [ctx, respond](const cache_usage& c) { usage_system_with(ctx, &c, respond); },
+               atom::usage_v);
+  usage_system_with(ctx, nullptr, respond);
 }
 
 void executions(const std::shared_ptr<const crn_context>& ctx, bool v2, const http::responder& respond) {

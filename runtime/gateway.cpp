@@ -20,6 +20,7 @@ http::response error_response(const caf::error& err) {
       case ec::unavailable: status = 503; break;
       case ec::refused: status = 403; break;
       case ec::workload_failed: status = 502; break;
+      case ec::no_space: status = 507; break;
       default: status = 500;
     }
   } else if (err.category() == caf::atom("system")) {

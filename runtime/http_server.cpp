@@ -11,6 +11,11 @@
 #include <boost/beast/websocket.hpp>
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "runtime/blob_store.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -256,6 +261,118 @@ struct file_slice_body {
     value_type& v_;
     uint64_t remain_;
     char buf_[16384];
+  };
+};
+
+// A request body kept in memory while small and written to a file in `dir` once it passes
+// `threshold` bytes (hashed on the way), so a large upload never sits in memory.
+struct spool_body {
+  struct value_type {
+    std::string mem;
+    std::string dir;        ///< empty: never spool
+    uint64_t threshold = 0;
+    std::string path;       ///< the spool file, once there is one
+    int fd = -1;
+    uint64_t size = 0;
+    std::shared_ptr<sha256_stream> sha;
+    std::string sha_hex;
+
+    value_type() = default;
+    value_type(value_type&& o) noexcept
+      : mem(std::move(o.mem)), dir(std::move(o.dir)), threshold(o.threshold),
+        path(std::move(o.path)), fd(std::exchange(o.fd, -1)), size(o.size),
+        sha(std::move(o.sha)), sha_hex(std::move(o.sha_hex)) {
+      o.path.clear();
+    }
+    value_type& operator=(value_type&&) = delete;
+    ~value_type() {
+      if (fd >= 0)
+        ::close(fd);
+      if (!path.empty())
+        ::unlink(path.c_str());
+    }
+
+    /// Gives the spool file away (its path); the body no longer deletes it.
+    std::string release() {
+      if (fd >= 0)
+        ::close(std::exchange(fd, -1));
+      return std::exchange(path, {});
+    }
+
+    bool spill(error_code& ec) {
+      static std::atomic<uint64_t> counter{0};
+      path = dir + "/upload." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (fd < 0) {
+        ec = error_code{errno, boost::system::generic_category()};
+        path.clear();
+        return false;
+      }
+      sha = std::make_shared<sha256_stream>();
+      return append(mem.data(), mem.size(), ec) && (std::string{}.swap(mem), true);
+    }
+
+    bool append(const char* p, std::size_t n, error_code& ec) {
+      sha->update(p, n);
+      while (n > 0) {
+        auto w = ::write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+          continue;
+        if (w < 0) {
+          ec = error_code{errno, boost::system::generic_category()};
+          return false;
+        }
+        p += w;
+        n -= static_cast<std::size_t>(w);
+      }
+      return true;
+    }
+  };
+
+  class reader {
+  public:
+    template <bool isRequest, class Fields>
+    reader(bhttp::header<isRequest, Fields>&, value_type& v) : v_(v) {
+    }
+
+    void init(const boost::optional<uint64_t>& length, error_code& ec) {
+      ec = {};
+      if (!v_.dir.empty() && length && *length > v_.threshold)
+        v_.spill(ec);
+    }
+
+    template <class Buffers>
+    std::size_t put(const Buffers& buffers, error_code& ec) {
+      ec = {};
+      std::size_t total = 0;
+      for (auto b : beast::buffers_range_ref(buffers)) {
+        auto* p = static_cast<const char*>(b.data());
+        if (v_.fd >= 0) {
+          if (!v_.append(p, b.size(), ec))
+            return total;
+        } else {
+          v_.mem.append(p, b.size());
+          if (!v_.dir.empty() && v_.mem.size() > v_.threshold && !v_.spill(ec))
+            return total;
+        }
+        total += b.size();
+        v_.size += b.size();
+      }
+      return total;
+    }
+
+    void finish(error_code& ec) {
+      ec = {};
+      if (v_.fd >= 0) {
+        if (::fsync(v_.fd) != 0)
+          ec = error_code{errno, boost::system::generic_category()};
+        ::close(std::exchange(v_.fd, -1));
+        v_.sha_hex = v_.sha->hex();
+      }
+    }
+
+  private:
+    value_type& v_;
   };
 };
 
@@ -563,6 +680,8 @@ private:
       return;
     }
     parser_.emplace();
+    parser_->get().body().dir = opts().spool_dir;
+    parser_->get().body().threshold = opts().spool_threshold;
     parser_->header_limit(opts().max_header_bytes);
     parser_->body_limit(opts().max_body_bytes);
     // The whole header must arrive within the timeout, which stops clients
@@ -634,6 +753,10 @@ private:
     } else if (ec == bhttp::error::body_limit) {
       fail(413, "request body too large (limit " + std::to_string(opts().max_body_bytes)
                   + " bytes)");
+    } else if (ec == std::errc::no_space_on_device || ec.value() == EDQUOT) {
+      fail(507, "insufficient storage: the node's disk is full");
+    } else if (ec.category() == boost::system::generic_category()) {
+      fail(500, "cannot store the request body: " + ec.message());
     } else if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
       fail(431, "request header too large (limit " + std::to_string(opts().max_header_bytes)
                   + " bytes)");
@@ -672,7 +795,11 @@ private:
       if (!inserted)
         it->second += ", " + value;
     }
-    req.body = std::move(msg.body());
+    auto& body = msg.body();
+    req.body = std::move(body.mem);
+    req.body_size = body.size;
+    req.body_sha256 = body.sha_hex;
+    req.body_file = body.release();
     req.remote = remote_;
     range_ = std::string{sv(msg[bhttp::field::range])};
     upgrade_.reset();
@@ -682,6 +809,7 @@ private:
     parser_.reset();
     waiting_ = true;
     auto state = std::make_shared<responder_state>(shared_from_this());
+    state->spool_file = req.body_file;
     responder respond = [state](response r) { state->answer(std::move(r)); };
     try {
       core_->on_request(std::move(req), respond);
@@ -703,6 +831,8 @@ private:
       } catch (...) {
         // Nothing sensible is left to do with a failure while unwinding.
       }
+      if (!spool_file.empty())
+        ::unlink(spool_file.c_str());
     }
     void answer(response r) {
       if (answered.exchange(true))
@@ -711,6 +841,7 @@ private:
     }
     std::shared_ptr<connection> conn;
     std::atomic<bool> answered{false};
+    std::string spool_file; ///< the request's body file, unless the handler moved it
   };
 
   void deliver(response r) {
@@ -927,7 +1058,7 @@ private:
   std::shared_ptr<core> core_; // declared first: the stream needs its io_context
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
-  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::optional<bhttp::request_parser<spool_body>> parser_;
   std::shared_ptr<bhttp::request<bhttp::empty_body>> upgrade_; // the last request's, if any
   std::string range_; // the last request's Range header
   std::string remote_;

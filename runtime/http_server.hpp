@@ -24,8 +24,16 @@ struct request {
   std::map<std::string, std::string> query;
   /// Header fields with lower-cased names; repeated fields are joined with ", ".
   std::map<std::string, std::string> headers;
-  /// The request body (de-chunked).
+  /// The request body (de-chunked), unless it was spooled to `body_file`.
   std::string body;
+  /// When the server spooled the body (see server_options::spool_dir): the file holding it,
+  /// fsynced. The handler may rename it away; otherwise the server deletes it once the request
+  /// is answered.
+  std::string body_file;
+  /// sha256 of a spooled body (64 hex digits); empty when the body is in `body`.
+  std::string body_sha256;
+  /// The body's length in bytes, wherever it is.
+  uint64_t body_size = 0;
   /// "address:port" of the client ("[::1]:port" for IPv6).
   std::string remote;
 };
@@ -103,6 +111,11 @@ struct server_options {
   unsigned threads = 1;
   /// The value of the Server header.
   std::string server_name = "alephd";
+  /// When set, a request body longer than `spool_threshold` bytes is written to a new file in
+  /// this directory as it arrives (request::body_file) instead of memory. A full disk while
+  /// writing it answers 507.
+  std::string spool_dir;
+  uint64_t spool_threshold = 1 << 20;
   /// Connections above this many are closed right after accept.
   uint32_t max_connections = 1024;
 };

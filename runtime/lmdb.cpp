@@ -33,7 +33,7 @@ std::unique_ptr<env> env::open(const std::string& dir, std::string& err, uint64_
     return nullptr;
   }
   mdb_env_set_mapsize(e, map_size);
-  mdb_env_set_maxdbs(e, 16);
+  mdb_env_set_maxdbs(e, 64);
   mdb_env_set_maxreaders(e, 256);
   // MDB_NOTLS: read transactions may be used by any thread (actors migrate).
   if (int rc = mdb_env_open(e, dir.c_str(), MDB_NOTLS, 0600); rc != 0) {

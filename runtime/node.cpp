@@ -96,8 +96,9 @@ http::handler gated(std::shared_ptr<std::atomic<bool>> ready, http::handler h) {
 }
 
 std::unique_ptr<http::server> start_http(const settings& s, uint16_t port, http::handler h,
-                                         std::string& err) {
+                                         std::string& err, std::string spool_dir = {}) {
   http::server_options o;
+  o.spool_dir = std::move(spool_dir); // large uploads go to disk, next to the blobs
   o.host = s.http_host;
   o.port = port;
   o.threads = s.http_threads;
@@ -183,7 +184,15 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   if (!env_)
     return err;
   messages_ = sys.spawn(message_store, env_, s.group_commit);
-  files_ = sys.spawn(content_store, env_, dir + "/blobs", s.max_file_size);
+  content_store_config cc;
+  cc.root = dir + "/blobs";
+  cc.env = env_;
+  cc.shards = s.cache_shards;
+  cc.max_file_bytes = s.max_file_size;
+  cc.keep_stored = true; // the origin store: never evicted
+  cc.scrub_bytes = s.scrub_interval.count() > 0 ? s.scrub_bytes : 0;
+  cc.scrub_interval = s.scrub_interval;
+  files_ = sys.spawn(content_store, cc);
   crn_registry_config rc;
   rc.ccn_id = id_;
   rc.max_linked = s.max_linked_crns;
@@ -208,7 +217,9 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(triggers_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(triggers_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
-  node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_);
+  auto locator = std::make_shared<http_locator>();
+  node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_,
+                    std::shared_ptr<const http_locator>{locator});
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
                              {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
                               caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),
@@ -242,12 +253,14 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->started = unix_seconds();
   auto port = s.http_port < 0 ? 4024 : s.http_port;
   auto ready = std::make_shared<std::atomic<bool>>(false);
-  http_ = start_http(s, static_cast<uint16_t>(port), gated(ready, ccn_routes(ctx)), err);
+  http_ = start_http(s, static_cast<uint16_t>(port), gated(ready, ccn_routes(ctx)), err,
+                     cc.root + "/tmp");
   if (!http_) {
     stop();
     return err;
   }
   ctx->http_endpoint = "http://" + s.http_host + ":" + std::to_string(http_->port());
+  locator->set(ctx->http_endpoint);
   ready->store(true, std::memory_order_release);
   spdlog::info("ccn {}: http {}:{}, node {}, data {}", id_, s.http_host, http_->port(),
                node_endpoint, dir);
@@ -404,6 +417,46 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
     std::filesystem::remove_all(dir + "/pool", ec); // run dirs of an earlier run
     env->pool = std::make_shared<sandbox_pool>(base, s.prealloc, dir + "/pool");
   }
+  // The file cache: bounded, its bound reserved out of the disk offered for volumes.
+  {
+    std::error_code ec;
+    // Files of the first cache layout (flat, with .verified stamps) are not indexed: remove them.
+    for (auto& e : std::filesystem::directory_iterator{dir + "/cache", ec})
+      if (e.is_regular_file(ec))
+        std::filesystem::remove(e.path(), ec);
+  }
+  std::string cerr;
+  auto cache_env = lmdb::env::open(dir + "/cache-index", cerr, uint64_t{1} << 30);
+  if (!cache_env)
+    return cerr;
+  content_store_config cc;
+  cc.root = dir + "/cache";
+  cc.env = std::shared_ptr<lmdb::env>{std::move(cache_env)};
+  cc.shards = s.cache_shards;
+  cc.max_bytes = s.cache_max_bytes > 0 ? s.cache_max_bytes : usage.disk_total_kb * 1024 / 5;
+  cc.high_watermark = s.cache_high_watermark / 100.0;
+  cc.low_watermark = s.cache_low_watermark / 100.0;
+  cc.max_file_bytes = cc.max_bytes; // a larger file could never stay in the cache
+  cc.keep_stored = false;
+  cc.fetch_missing = true;
+  cc.fetch_timeout = env->fetch_timeout;
+  cc.scrub_bytes = s.scrub_interval.count() > 0 ? s.scrub_bytes : 0;
+  cc.scrub_interval = s.scrub_interval;
+  files_ = sys.spawn(content_store, cc);
+  env->files = files_;
+  cache_usage cache;
+  {
+    caf::scoped_actor self{sys};
+    self->request(files_, std::chrono::seconds(60), atom::usage_v)
+      .receive([&](const cache_usage& u) { cache = u; },
+               [&](caf::error& e) { cerr = describe(e); });
+  }
+  if (!cerr.empty()) {
+    stop();
+    return "cannot open the file cache in " + cc.root + ": " + cerr;
+  }
+  auto reserved = (cc.max_bytes > cache.bytes ? cc.max_bytes - cache.bytes : 0) >> 20;
+  info.disk_mib = info.disk_mib > reserved ? info.disk_mib - reserved : 0;
   job_broker_config jb;
   jb.crn_id = id_;
   jb.cores = info.vcpus;
@@ -431,13 +484,16 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   lc.failure_timeout = s.failure_timeout;
   link_ = sys.spawn(ccn_link, lc, broker_);
   caf::anon_send(broker_, atom::connect_v, link_);
+  caf::anon_send(files_, atom::connect_v, link_);
   watchdog_ = spawn_watchdog(sys, "crn " + id_,
-                             {caf::actor_cast<caf::actor>(broker_), caf::actor_cast<caf::actor>(link_)},
+                             {caf::actor_cast<caf::actor>(broker_), caf::actor_cast<caf::actor>(link_),
+                              caf::actor_cast<caf::actor>(files_)},
                              on_fatal_);
   ctx->sys = &sys;
   ctx->table = table_;
   ctx->link = link_;
   ctx->broker = broker_;
+  ctx->files = files_;
   ctx->id = id_;
   ctx->name = info.name;
   ctx->data_dir = dir;
@@ -480,8 +536,11 @@ void crn_node_runtime::stop() {
     caf::anon_send_exit(link_, caf::exit_reason::user_shutdown);
   if (broker_)
     caf::anon_send_exit(broker_, caf::exit_reason::user_shutdown);
+  if (files_)
+    caf::anon_send_exit(files_, caf::exit_reason::user_shutdown);
   link_ = nullptr;
   broker_ = nullptr;
+  files_ = nullptr;
   sys_ = nullptr;
 }
 

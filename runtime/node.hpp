@@ -90,6 +90,8 @@ public:
   uint16_t http_port() const;
   const std::string& login_token() const { return token_; }
   job_broker_actor broker() const { return broker_; }
+  /// The CRN's file cache.
+  content_store_actor files() const { return files_; }
 
 private:
   caf::actor_system* sys_ = nullptr;
@@ -99,6 +101,7 @@ private:
   std::shared_ptr<execution_table> table_;
   job_broker_actor broker_;
   ccn_link_actor link_;
+  content_store_actor files_;
   std::unique_ptr<http::server> http_;
   fatal_handler on_fatal_;
   caf::actor watchdog_;

@@ -36,6 +36,7 @@ struct crn_context {
   std::shared_ptr<execution_table> table;
   ccn_link_actor link;
   job_broker_actor broker;
+  content_store_actor files; ///< the file cache
   std::string id;
   std::string name;
   std::string data_dir;

@@ -88,6 +88,7 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
         return i->second;
       return make_error(ec::not_found, "no message " + h);
     },
+    [=](atom::locate) { return std::string{}; },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, "no file " + h + " at " + self->state.ccn_id);
     },

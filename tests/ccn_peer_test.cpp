@@ -53,12 +53,18 @@ struct ccn_peer_test : caf_fixture {
     auto p = std::make_unique<ccn_parts>();
     p->env = open_test_env(p->dir);
     p->messages = spawn(message_store, p->env, true);
-    p->files = spawn(content_store, p->env, p->dir.str() + "/blobs", uint64_t{1} << 20);
+    content_store_config cc;
+    cc.root = p->dir.str() + "/blobs";
+    cc.env = p->env;
+    cc.max_file_bytes = uint64_t{1} << 20;
+    cc.scrub_bytes = 0;
+    p->files = spawn(content_store, cc);
     crn_registry_config rc;
     rc.ccn_id = id;
     p->registry = spawn(crn_registry, rc);
     p->peer = spawn(ccn_peer, ccn_peer_config{id, {}, std::move(direct)}, p->messages, p->files);
-    p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files, scheduler_actor{});
+    p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files, scheduler_actor{},
+                    std::shared_ptr<const http_locator>{});
     return p;
   }
 

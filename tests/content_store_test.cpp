@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "runtime/blob_store.hpp"
 #include "tests/caf_fixture.hpp"
 
 using namespace alephd;
@@ -60,8 +61,13 @@ struct content_store_test : caf_fixture {
     return open_test_env(dir);
   }
 
-  content_store_actor make_store(uint64_t max_bytes = 0) {
-    return spawn(content_store, env, blob_dir, max_bytes);
+  content_store_actor make_store(uint64_t max_file_bytes = 0) {
+    content_store_config c;
+    c.root = blob_dir;
+    c.env = env;
+    c.max_file_bytes = max_file_bytes;
+    c.scrub_bytes = 0;
+    return spawn(content_store, c);
   }
 };
 

@@ -1,3 +1,4 @@
+#include "actors/content_store.hpp"
 #include "actors/job_broker.hpp"
 
 #include "actors/vm_supervisor.hpp"
@@ -213,6 +214,7 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
         return i->second;
       return make_error(ec::not_found, "no message " + h);
     },
+    [=](atom::locate) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       ++self->state.file_fetches;
       if (auto i = self->state.files.find(h); i != self->state.files.end())
@@ -274,7 +276,15 @@ struct job_broker_test : caf_fixture {
     return c;
   }());
   ccn_link_actor link = spawn(link_double);
+  std::shared_ptr<lmdb::env> cache_env = open_test_env(dir);
   bool linked = [this] {
+    content_store_config cc;
+    cc.root = dir.str() + "/cache";
+    cc.env = cache_env;
+    cc.fetch_missing = true;
+    cc.scrub_bytes = 0;
+    env->files = spawn(content_store, cc);
+    caf::anon_send(env->files, atom::connect_v, link);
     caf::anon_send(broker, atom::connect_v, link);
     sched.run();
     return true;
@@ -534,14 +544,17 @@ TEST_F(job_broker_test, a_corrupt_cache_entry_is_fetched_again) {
   auto hash = publish_program(code);
   ASSERT_TRUE(run(hash).value);
   ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, hash).value);
-  std::ofstream{dir.str() + "/cache/" + aleph::sha256_hex(code), std::ios::trunc} << "tampered";
+  auto h = aleph::sha256_hex(code);
+  auto blob = dir.str() + "/cache/" + h.substr(0, 2) + "/" + h.substr(2);
+  ASSERT_TRUE(std::filesystem::exists(blob));
+  std::ofstream{blob, std::ios::trunc} << "tampered";
   ASSERT_TRUE(run(hash).value);
   EXPECT_EQ(ccn().file_fetches, 2);
   EXPECT_EQ(executors.back()->cfg.code, code);
   // The same size, written later: its verification stamp no longer matches, so it is hashed.
   ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, hash).value);
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  std::ofstream{dir.str() + "/cache/" + aleph::sha256_hex(code), std::ios::trunc} << "evil code";
+  std::ofstream{blob, std::ios::trunc} << "evil code";
   ASSERT_TRUE(run(hash).value);
   EXPECT_EQ(ccn().file_fetches, 3);
   EXPECT_EQ(executors.back()->cfg.code, code);

@@ -1,0 +1,283 @@
+#include "runtime/transfer.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "runtime/blob_store.hpp"
+
+namespace alephd::transfer {
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+
+constexpr std::size_t chunk = 256 << 10;
+constexpr uint64_t progress_step = 64 << 10;
+
+// Runs one asynchronous operation to completion on `ioc` (each op carries its own deadline
+// through the stream's expiry).
+template <class Start>
+error_code run(asio::io_context& ioc, Start&& start) {
+  error_code out = asio::error::would_block;
+  start([&](error_code ec, auto&&...) { out = ec; });
+  ioc.restart();
+  ioc.run();
+  return out;
+}
+
+bool cancelled(const options& o) {
+  return o.cancel != nullptr && o.cancel->load(std::memory_order_relaxed);
+}
+
+std::string describe(const error_code& ec) {
+  if (ec == beast::error::timeout)
+    return "timed out";
+  return ec.message();
+}
+
+// Connects `stream` to host:port; empty or the error.
+std::string connect(asio::io_context& ioc, beast::tcp_stream& stream, const std::string& host,
+                    uint16_t port, const options& o) {
+  tcp::resolver resolver{ioc};
+  error_code ec;
+  auto endpoints = resolver.resolve(host, std::to_string(port), ec);
+  if (ec)
+    return "cannot resolve " + host + ": " + ec.message();
+  stream.expires_after(o.idle_timeout);
+  ec = run(ioc, [&](auto h) { stream.async_connect(endpoints, h); });
+  if (ec)
+    return "cannot connect to " + host + ":" + std::to_string(port) + ": " + describe(ec);
+  return {};
+}
+
+} // namespace
+
+bool parse_base_url(const std::string& url, std::string& host, uint16_t& port) {
+  constexpr std::string_view scheme = "http://";
+  if (url.compare(0, scheme.size(), scheme) != 0)
+    return false;
+  auto rest = url.substr(scheme.size());
+  while (!rest.empty() && rest.back() == '/')
+    rest.pop_back();
+  if (rest.empty() || rest.find('/') != std::string::npos)
+    return false;
+  port = 80;
+  auto colon = rest.rfind(':');
+  if (colon != std::string::npos && rest.find(']', colon) == std::string::npos) {
+    auto digits = rest.substr(colon + 1);
+    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos)
+      return false;
+    auto v = std::stoul(digits);
+    if (v == 0 || v > 65535)
+      return false;
+    port = static_cast<uint16_t>(v);
+    rest.resize(colon);
+  }
+  if (rest.size() > 2 && rest.front() == '[' && rest.back() == ']')
+    rest = rest.substr(1, rest.size() - 2);
+  host = rest;
+  return !host.empty();
+}
+
+result download(const std::string& base_url, const std::string& target, const std::string& dest,
+                uint64_t max_bytes, const options& o) {
+  result r;
+  std::string host;
+  uint16_t port = 0;
+  if (!parse_base_url(base_url, host, port)) {
+    r.error = "not an http://host:port URL: " + base_url;
+    return r;
+  }
+  asio::io_context ioc;
+  beast::tcp_stream stream{ioc};
+  if (r.error = connect(ioc, stream, host, port, o); !r.error.empty())
+    return r;
+  bhttp::request<bhttp::empty_body> req{bhttp::verb::get, target, 11};
+  req.set(bhttp::field::host, host);
+  req.set(bhttp::field::user_agent, "alephd");
+  for (auto& [k, v] : o.headers)
+    req.set(k, v);
+  stream.expires_after(o.idle_timeout);
+  if (auto ec = run(ioc, [&](auto h) { bhttp::async_write(stream, req, h); })) {
+    r.error = "cannot send the request: " + describe(ec);
+    return r;
+  }
+  beast::flat_buffer buf;
+  bhttp::response_parser<bhttp::buffer_body> parser;
+  parser.body_limit(max_bytes);
+  stream.expires_after(o.idle_timeout);
+  if (auto ec = run(ioc, [&](auto h) { bhttp::async_read_header(stream, buf, parser, h); })) {
+    r.error = "no answer: " + describe(ec);
+    return r;
+  }
+  r.status = parser.get().result_int();
+  uint64_t total = parser.content_length() ? *parser.content_length() : 0;
+  if (r.status / 100 != 2) {
+    // A short error body (JSON {"error": ...}) is worth reading; a long one is not.
+    std::string body;
+    std::vector<char> tmp(16 << 10);
+    while (!parser.is_done() && body.size() < tmp.size()) {
+      parser.get().body().data = tmp.data();
+      parser.get().body().size = tmp.size();
+      stream.expires_after(o.idle_timeout);
+      auto ec = run(ioc, [&](auto h) { bhttp::async_read(stream, buf, parser, h); });
+      body.append(tmp.data(), tmp.size() - parser.get().body().size);
+      if (ec && ec != bhttp::error::need_buffer)
+        break;
+    }
+    r.body = body;
+    r.error = "HTTP " + std::to_string(r.status);
+    return r;
+  }
+  if (total > max_bytes) {
+    r.error = "the file is larger than the limit of " + std::to_string(max_bytes) + " bytes";
+    return r;
+  }
+  int fd = ::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    r.error = "cannot create " + dest + ": " + std::strerror(errno);
+    r.no_space = errno == ENOSPC;
+    return r;
+  }
+  auto fail = [&](std::string why) {
+    ::close(fd);
+    ::unlink(dest.c_str());
+    r.error = std::move(why);
+    return r;
+  };
+  std::vector<char> data(chunk);
+  sha256_stream sha;
+  uint64_t reported = 0;
+  while (!parser.is_done()) {
+    if (cancelled(o))
+      return fail("cancelled");
+    parser.get().body().data = data.data();
+    parser.get().body().size = data.size();
+    stream.expires_after(o.idle_timeout);
+    auto ec = run(ioc, [&](auto h) { bhttp::async_read(stream, buf, parser, h); });
+    if (ec == bhttp::error::need_buffer)
+      ec = {};
+    if (ec == bhttp::error::body_limit)
+      return fail("the file is larger than the limit of " + std::to_string(max_bytes) + " bytes");
+    if (ec)
+      return fail("download interrupted after " + std::to_string(r.size) + " bytes: " + describe(ec));
+    auto n = data.size() - parser.get().body().size;
+    sha.update(data.data(), n);
+    const char* p = data.data();
+    for (auto left = n; left > 0;) {
+      auto w = ::write(fd, p, left);
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w < 0) {
+        r.no_space = errno == ENOSPC || errno == EDQUOT;
+        return fail(std::string{"cannot write "} + dest + ": " + std::strerror(errno));
+      }
+      p += w;
+      left -= static_cast<std::size_t>(w);
+    }
+    r.size += n;
+    if (o.progress && r.size - reported >= progress_step) {
+      reported = r.size;
+      o.progress(r.size, total);
+    }
+  }
+  if (::fsync(fd) != 0) {
+    r.no_space = errno == ENOSPC || errno == EDQUOT;
+    return fail(std::string{"cannot fsync "} + dest + ": " + std::strerror(errno));
+  }
+  ::close(fd);
+  if (o.progress)
+    o.progress(r.size, total);
+  r.sha256 = sha.hex();
+  error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  return r;
+}
+
+result upload(const std::string& base_url, const std::string& target, const std::string& path,
+              const options& o) {
+  result r;
+  std::string host;
+  uint16_t port = 0;
+  if (!parse_base_url(base_url, host, port)) {
+    r.error = "not an http://host:port URL: " + base_url;
+    return r;
+  }
+  bhttp::request<bhttp::file_body> req{bhttp::verb::post, target, 11};
+  error_code ec;
+  req.body().open(path.c_str(), beast::file_mode::scan, ec);
+  if (ec) {
+    r.error = "cannot open " + path + ": " + ec.message();
+    return r;
+  }
+  req.set(bhttp::field::host, host);
+  req.set(bhttp::field::user_agent, "alephd");
+  req.set(bhttp::field::content_type, "application/octet-stream");
+  for (auto& [k, v] : o.headers)
+    req.set(k, v);
+  req.prepare_payload();
+  const uint64_t total = req.body().size();
+  asio::io_context ioc;
+  beast::tcp_stream stream{ioc};
+  if (r.error = connect(ioc, stream, host, port, o); !r.error.empty())
+    return r;
+  bhttp::request_serializer<bhttp::file_body> sr{req};
+  uint64_t sent = 0, reported = 0;
+  beast::flat_buffer buf;
+  bhttp::response_parser<bhttp::string_body> parser;
+  parser.body_limit(1 << 20);
+  bool answered_early = false;
+  while (!sr.is_done()) {
+    if (cancelled(o)) {
+      r.error = "cancelled";
+      return r;
+    }
+    stream.expires_after(o.idle_timeout);
+    std::size_t n = 0;
+    error_code wec = asio::error::would_block;
+    bhttp::async_write_some(stream, sr, [&](error_code e, std::size_t k) {
+      wec = e;
+      n = k;
+    });
+    ioc.restart();
+    ioc.run();
+    if (wec) {
+      // The server may have answered early (413, 507) and closed: read what it said.
+      answered_early = true;
+      break;
+    }
+    sent += n;
+    if (o.progress && (sent - reported >= progress_step || sr.is_done())) {
+      reported = sent;
+      o.progress(std::min(sent, total), total);
+    }
+  }
+  stream.expires_after(o.idle_timeout + std::chrono::seconds(60)); // the node verifies and stores
+  if (auto e = run(ioc, [&](auto h) { bhttp::async_read(stream, buf, parser, h); })) {
+    r.error = answered_early ? "the connection broke while sending after " + std::to_string(sent) + " bytes"
+                             : "no answer: " + describe(e);
+    return r;
+  }
+  r.status = parser.get().result_int();
+  r.body = parser.get().body();
+  r.size = sent;
+  if (r.status / 100 != 2)
+    r.error = "HTTP " + std::to_string(r.status);
+  return r;
+}
+
+} // namespace alephd::transfer
