@@ -37,6 +37,7 @@ bench: build
 	$(BUILD)/bench/intake_bench
 	$(BUILD)/bench/sandbox_bench
 	$(BUILD)/bench/crn_bench
+	$(BUILD)/bench/storage_bench
 	ALEPHD_MICROVM_ASSETS=$(BUILD)/microvm $(BUILD)/bench/microvm_bench
 
 clean:

@@ -1,0 +1,264 @@
+// The content store against its baselines, measured in the same run on the same file:
+//   1. cache-hit read: GET /api/v0/storage/raw/{hash} over loopback vs `cat` of the blob;
+//   2. miss fetch: a CRN cache's download (stream, sha256, fsync, index) vs `curl -o` of the
+//      same file from the same CCN;
+//   3. index lookups: pipelined `get`s to the content store vs raw LMDB gets (one read
+//      transaction each) of the same records.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
+#include "actors/content_store.hpp"
+#include "runtime/blob_store.hpp"
+#include "runtime/lmdb.hpp"
+#include "runtime/transfer.hpp"
+#include "tests/process.hpp"
+
+using namespace std::chrono;
+using namespace alephd;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t file_mib = 256;
+constexpr int runs = 3;
+
+double seconds_since(steady_clock::time_point t) {
+  return duration<double>(steady_clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::string make_file(const std::string& path) {
+  std::mt19937_64 rng{7};
+  std::vector<uint64_t> block((1 << 20) / 8);
+  sha256_stream sha;
+  std::ofstream out{path, std::ios::binary};
+  for (size_t i = 0; i < file_mib; ++i) {
+    for (auto& w : block)
+      w = rng();
+    out.write(reinterpret_cast<const char*>(block.data()), 1 << 20);
+    sha.update(block.data(), 1 << 20);
+  }
+  return sha.hex();
+}
+
+// GETs `target` and discards the body (like curl -o /dev/null); returns bytes read.
+uint64_t http_read(uint16_t port, const std::string& target) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return 0;
+  }
+  auto req = "GET " + target + " HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
+  if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    ::close(fd);
+    return 0;
+  }
+  std::vector<char> buf(256 << 10);
+  uint64_t total = 0;
+  for (ssize_t n; (n = ::read(fd, buf.data(), buf.size())) > 0;)
+    total += static_cast<uint64_t>(n);
+  ::close(fd);
+  return total;
+}
+
+struct origin_state {
+  std::string url;
+};
+
+// A CRN's link as its cache sees it: only the CCN's HTTP address matters here.
+ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_state> self,
+                                     std::string url) {
+  self->state.url = std::move(url);
+  return {
+    [=](atom::status, link_state) {},
+    [=](atom::allocate, const allocation& a) { return allocation_ack{a.item_hash, a.epoch, "", false, "bench"}; },
+    [=](atom::get) { return link_info{}; },
+    [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      return make_error(ec::not_found, h);
+    },
+    [=](atom::locate) { return self->state.url; },
+    [=](atom::read, const std::string& h) -> caf::result<file_blob> {
+      return make_error(ec::not_found, h);
+    },
+    [=](atom::tick) {},
+    [=](atom::connect) {},
+    [=](atom::run, const std::string&, const stored_message&) { return uint16_t{500}; },
+    [=](atom::exited, const execution_info&) {},
+  };
+}
+
+struct config : caf::actor_system_config {
+  config() {
+    add_message_types(*this);
+    load<caf::io::middleman>();
+  }
+};
+
+content_store_actor open_store(caf::actor_system& sys, const fs::path& dir, bool fetch) {
+  std::string err;
+  content_store_config c;
+  c.root = (dir / "blobs").string();
+  c.env = std::shared_ptr<lmdb::env>{lmdb::env::open((dir / "index").string(), err)};
+  c.fetch_missing = fetch;
+  c.scrub_bytes = 0;
+  return sys.spawn(content_store, c);
+}
+
+} // namespace
+
+int main() {
+  auto dir = fs::temp_directory_path() / ("alephd-storage-bench-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::printf("content store: one %zu MiB file over loopback, median of %d runs\n", file_mib, runs);
+  test::process ccn{{"ccn", "--port=0", "--node-port=0", "--log-level=warn",
+                     "--ccn.max-file-size=4294967296", "--data-dir=" + (dir / "ccn").string()},
+                    (dir / "ccn.log").string()};
+  if (!ccn.wait_ready()) {
+    std::fprintf(stderr, "ccn did not start:\n%s\n", ccn.log().c_str());
+    return 1;
+  }
+  auto port = ccn.port("http");
+  auto base = "http://127.0.0.1:" + std::to_string(port);
+  auto file = (dir / "file.bin").string();
+  auto hash = make_file(file);
+  auto up = transfer::upload(base, "/api/v0/storage/add_file", file, {});
+  if (!up.error.empty()) {
+    std::fprintf(stderr, "upload failed: %s %s\n", up.error.c_str(), up.body.c_str());
+    return 1;
+  }
+  auto blob = dir / "ccn" / "blobs" / hash.substr(0, 2) / hash.substr(2);
+  auto target = "/api/v0/storage/raw/" + hash;
+  const double mib = static_cast<double>(file_mib);
+
+  // 1. Cache-hit reads (the page cache is warm for both).
+  std::system(("cat " + blob.string() + " > /dev/null").c_str());
+  std::vector<double> cat_s, get_s;
+  for (int i = 0; i < runs; ++i) {
+    auto t = steady_clock::now();
+    std::system(("cat " + blob.string() + " > /dev/null").c_str());
+    cat_s.push_back(seconds_since(t));
+    t = steady_clock::now();
+    auto n = http_read(port, target);
+    get_s.push_back(seconds_since(t));
+    if (n < (file_mib << 20)) {
+      std::fprintf(stderr, "short read: %llu bytes\n", static_cast<unsigned long long>(n));
+      return 1;
+    }
+  }
+  auto cat_rate = mib / median(cat_s), get_rate = mib / median(get_s);
+  std::printf("\n1. cache-hit read\n   %-44s %8.0f MiB/s\n   %-44s %8.0f MiB/s\n", "baseline: cat blob > /dev/null",
+              cat_rate, "alephd: GET /api/v0/storage/raw (loopback)", get_rate);
+  std::printf("   ratio: %.2f  (target >= 0.80)\n", get_rate / cat_rate);
+
+  // 2. Miss fetches: a fresh cache each run.
+  config cfg;
+  caf::actor_system sys{cfg};
+  auto link = sys.spawn(origin, base);
+  std::vector<double> curl_s, fetch_s;
+  for (int i = 0; i < runs; ++i) {
+    auto out = dir / "curl.out";
+    auto t = steady_clock::now();
+    auto rc = std::system(("curl -s -o " + out.string() + " " + base + target).c_str());
+    curl_s.push_back(seconds_since(t));
+    fs::remove(out);
+    if (rc != 0) {
+      std::fprintf(stderr, "curl failed\n");
+      return 1;
+    }
+    auto cache_dir = dir / ("cache-" + std::to_string(i));
+    auto store = open_store(sys, cache_dir, true);
+    caf::anon_send(store, atom::connect_v, link);
+    caf::scoped_actor self{sys};
+    bool ok = false;
+    t = steady_clock::now();
+    self->request(store, std::chrono::minutes(5), atom::fetch_v, hash, std::string{}, caf::actor{})
+      .receive([&](const file_info& f) { ok = f.size == (file_mib << 20); },
+               [&](caf::error& e) { std::fprintf(stderr, "fetch: %s\n", describe(e).c_str()); });
+    fetch_s.push_back(seconds_since(t));
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    if (!ok)
+      return 1;
+    fs::remove_all(cache_dir);
+  }
+  auto curl_rate = mib / median(curl_s), fetch_rate = mib / median(fetch_s);
+  std::printf("\n2. cache-miss fetch from the CCN\n   %-44s %8.0f MiB/s\n   %-44s %8.0f MiB/s\n",
+              "baseline: curl -o file", curl_rate,
+              "alephd: fetch (sha256, fsync, index)", fetch_rate);
+  std::printf("   ratio: %.2f  (target >= 0.70)\n", fetch_rate / curl_rate);
+
+  // 3. Index lookups over 10,000 small files.
+  constexpr size_t files = 10000, lookups = 200000;
+  auto idx_dir = dir / "index-bench";
+  auto store = open_store(sys, idx_dir, false);
+  std::vector<std::string> hashes;
+  {
+    caf::scoped_actor self{sys};
+    for (size_t i = 0; i < files; ++i)
+      self->request(store, std::chrono::seconds(30), atom::put_v, "file " + std::to_string(i))
+        .receive([&](const file_info& f) { hashes.push_back(f.hash); }, [&](caf::error&) {});
+  }
+  double store_rate = 0;
+  {
+    caf::scoped_actor self{sys};
+    auto t = steady_clock::now();
+    constexpr size_t window = 1000;
+    size_t sent = 0, got = 0;
+    while (got < lookups) {
+      while (sent < lookups && sent - got < window)
+        self->send(store, atom::get_v, hashes[sent++ % files]);
+      self->receive([&](const file_info&) { ++got; }, [&](caf::error&) { ++got; });
+    }
+    store_rate = lookups / seconds_since(t);
+  }
+  caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+  std::this_thread::sleep_for(milliseconds(200));
+  double lmdb_rate = 0;
+  {
+    std::string err;
+    auto env = lmdb::env::open((idx_dir / "index").string(), err);
+    std::vector<MDB_dbi> dbs(4);
+    for (unsigned i = 0; i < 4; ++i)
+      env->open_db(("cache." + std::to_string(i)).c_str(), dbs[i], err);
+    size_t found = 0;
+    auto t = steady_clock::now();
+    for (size_t i = 0; i < lookups; ++i) {
+      auto& h = hashes[i % files];
+      lmdb::txn txn{*env, false};
+      found += txn.get(dbs[shard_of(h, 4)], h).has_value() ? 1 : 0;
+    }
+    lmdb_rate = lookups / seconds_since(t);
+    if (found != lookups)
+      std::fprintf(stderr, "raw LMDB found %zu of %zu\n", found, lookups);
+  }
+  std::printf("\n3. index lookups (%zu files, %zu lookups)\n   %-44s %10.0f /s\n   %-44s %10.0f /s\n",
+              files, lookups, "baseline: raw LMDB get (one read txn each)", lmdb_rate,
+              "alephd: content store get (1000 in flight)", store_rate);
+  std::printf("   ratio: %.2f  (reported; each get also stats the blob to verify it)\n",
+              store_rate / lmdb_rate);
+  ccn.signal(SIGTERM);
+  ccn.wait_exit(seconds(10));
+  fs::remove_all(dir);
+  return 0;
+}
