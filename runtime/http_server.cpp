@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "runtime/blob_store.hpp"
@@ -214,54 +216,6 @@ struct outgoing {
   }
   bhttp::response<Body> msg;
   bhttp::response_serializer<Body> sr;
-};
-
-// A slice [offset, offset + length) of an open file as a response body (206 answers).
-struct file_slice_body {
-  struct value_type {
-    beast::file file;
-    uint64_t offset = 0;
-    uint64_t length = 0;
-  };
-
-  static uint64_t size(const value_type& v) {
-    return v.length;
-  }
-
-  class writer {
-  public:
-    using const_buffers_type = asio::const_buffer;
-
-    template <bool isRequest, class Fields>
-    writer(bhttp::header<isRequest, Fields>&, value_type& v) : v_(v), remain_(v.length) {
-    }
-
-    void init(error_code& ec) {
-      v_.file.seek(v_.offset, ec);
-    }
-
-    boost::optional<std::pair<const_buffers_type, bool>> get(error_code& ec) {
-      auto amount = static_cast<std::size_t>(std::min<uint64_t>(remain_, sizeof buf_));
-      if (amount == 0) {
-        ec = {};
-        return boost::none;
-      }
-      auto n = v_.file.read(buf_, amount, ec);
-      if (ec)
-        return boost::none;
-      if (n == 0) {
-        ec = bhttp::error::short_read; // the file shrank under us
-        return boost::none;
-      }
-      remain_ -= n;
-      return {{const_buffers_type{buf_, n}, remain_ > 0}};
-    }
-
-  private:
-    value_type& v_;
-    uint64_t remain_;
-    char buf_[16384];
-  };
 };
 
 // A request body kept in memory while small and written to a file in `dir` once it passes
@@ -921,53 +875,45 @@ private:
     if (r.status < 200 || r.status > 999)
       r = json_error(500, "internal error");
     if (!r.file_path.empty()) {
-      bhttp::file_body::value_type file;
-      error_code ec;
       std::error_code fs_ec;
-      if (std::filesystem::is_regular_file(r.file_path, fs_ec))
-        file.open(r.file_path.c_str(), beast::file_mode::scan, ec);
-      else
-        ec = asio::error::not_found;
-      if (!ec && r.status == 200 && !range_.empty()) {
-        auto size = file.size();
-        if (auto range = parse_range(range_, size)) {
-          if (range->first > range->second) {
-            auto refusal = json_error(416, "range not satisfiable (the file has "
-                                             + std::to_string(size) + " bytes)");
-            refusal.headers.emplace_back("Content-Range", "bytes */" + std::to_string(size));
-            send(std::move(refusal));
-            return;
+      int fd = std::filesystem::is_regular_file(r.file_path, fs_ec)
+                 ? ::open(r.file_path.c_str(), O_RDONLY | O_CLOEXEC)
+                 : -1;
+      struct stat st{};
+      if (fd >= 0 && ::fstat(fd, &st) == 0) {
+        auto file = std::make_shared<file_send>(fd, 0, static_cast<uint64_t>(st.st_size));
+        bhttp::response<bhttp::empty_body> msg;
+        if (r.status == 200 && !range_.empty()) {
+          auto size = file->left;
+          if (auto range = parse_range(range_, size)) {
+            if (range->first > range->second) {
+              auto refusal = json_error(416, "range not satisfiable (the file has "
+                                               + std::to_string(size) + " bytes)");
+              refusal.headers.emplace_back("Content-Range", "bytes */" + std::to_string(size));
+              send(std::move(refusal));
+              return;
+            }
+            r.status = 206;
+            r.headers.emplace_back("Content-Range", "bytes " + std::to_string(range->first) + "-"
+                                                      + std::to_string(range->second) + "/"
+                                                      + std::to_string(size));
+            file->offset = range->first;
+            file->left = range->second - range->first + 1;
           }
-          bhttp::response<file_slice_body> msg;
-          r.status = 206;
-          fill(msg, r);
-          msg.set(bhttp::field::content_range, "bytes " + std::to_string(range->first) + "-"
-                                                 + std::to_string(range->second) + "/"
-                                                 + std::to_string(size));
-          msg.body().file = std::move(file.file());
-          msg.body().offset = range->first;
-          msg.body().length = range->second - range->first + 1;
-          msg.prepare_payload();
-          if (head_)
-            write_head(std::move(msg));
-          else
-            write(std::make_shared<outgoing<file_slice_body>>(std::move(msg)));
-          return;
         }
-      }
-      if (!ec) {
-        bhttp::response<bhttp::file_body> msg;
         if (r.status == 200)
           r.headers.emplace_back("Accept-Ranges", "bytes");
         fill(msg, r);
-        msg.body() = std::move(file);
-        msg.prepare_payload();
+        msg.content_length(file->left);
+        auto out = std::make_shared<outgoing<bhttp::empty_body>>(std::move(msg));
         if (head_)
-          write_head(std::move(msg));
+          write(std::move(out));
         else
-          write(std::make_shared<outgoing<bhttp::file_body>>(std::move(msg)));
+          write_file(std::move(out), std::move(file));
         return;
       }
+      if (fd >= 0)
+        ::close(fd);
       r = json_error(404, "file not found");
     }
     bool no_body = r.status == 204 || r.status == 304;
@@ -983,6 +929,86 @@ private:
       write_head(std::move(msg));
     else
       write(std::make_shared<outgoing<bhttp::string_body>>(std::move(msg)));
+  }
+
+  // An open file (or a range of it) to send after a response header.
+  struct file_send {
+    file_send(int f, uint64_t off, uint64_t n) : fd(f), offset(off), left(n) {}
+    ~file_send() { ::close(fd); }
+    file_send(const file_send&) = delete;
+    file_send& operator=(const file_send&) = delete;
+    int fd;
+    uint64_t offset;
+    uint64_t left;
+  };
+
+  // Sends the header, then the file with sendfile(2): the bytes go from the page cache to the
+  // socket without passing through user space.
+  void write_file(std::shared_ptr<outgoing<bhttp::empty_body>> out, std::shared_ptr<file_send> file) {
+    begin_transfer();
+    arm_transfer_deadline();
+    auto& msg = out->msg;
+    bhttp::async_write(stream_, msg,
+                       [self = shared_from_this(), out, file](error_code ec, std::size_t n) {
+                         if (self->done() || ec) {
+                           self->close_now();
+                           return;
+                         }
+                         self->transfer_bytes_ += n;
+                         self->send_file_part(file);
+                       });
+  }
+
+  void send_file_part(const std::shared_ptr<file_send>& file) {
+    auto& sock = stream_.socket();
+    error_code ec;
+    sock.native_non_blocking(true, ec);
+    while (file->left > 0 && !ec) {
+      auto off = static_cast<off_t>(file->offset);
+      auto n = ::sendfile(sock.native_handle(), file->fd, &off,
+                          static_cast<size_t>(std::min<uint64_t>(file->left, 16u << 20)));
+      if (n > 0) {
+        file->offset += static_cast<uint64_t>(n);
+        file->left -= static_cast<uint64_t>(n);
+        transfer_bytes_ += static_cast<uint64_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        // Wait until the peer takes more, within the transfer deadline.
+        auto now = clock_type::now();
+        auto deadline = std::min(now + opts().read_timeout,
+                                 transfer_start_ + opts().read_timeout
+                                   + std::chrono::milliseconds{static_cast<int64_t>(
+                                     std::min<uint64_t>(transfer_bytes_, INT64_MAX / 2))});
+        send_timer_.expires_at(deadline);
+        send_timer_.async_wait([self = shared_from_this()](error_code tec) {
+          if (!tec)
+            self->close_now(); // too slow
+        });
+        sock.async_wait(tcp::socket::wait_write,
+                        [self = shared_from_this(), file](error_code wec) {
+                          self->send_timer_.cancel();
+                          if (self->done() || wec) {
+                            self->close_now();
+                            return;
+                          }
+                          self->send_file_part(file);
+                        });
+        return;
+      }
+      close_now(); // the file shrank (n == 0) or the socket failed
+      return;
+    }
+    if (ec) {
+      close_now();
+      return;
+    }
+    if (keep_alive_)
+      read_header();
+    else
+      linger();
   }
 
   // A HEAD answer keeps the header (including Content-Length) of the full
@@ -1057,6 +1083,7 @@ private:
 
   std::shared_ptr<core> core_; // declared first: the stream needs its io_context
   beast::tcp_stream stream_;
+  asio::steady_timer send_timer_{stream_.get_executor()};
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<spool_body>> parser_;
   std::shared_ptr<bhttp::request<bhttp::empty_body>> upgrade_; // the last request's, if any
