@@ -11,6 +11,8 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "runtime/blob_store.hpp"
@@ -25,7 +27,7 @@ namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using error_code = boost::system::error_code;
 
-constexpr std::size_t chunk = 256 << 10;
+constexpr std::size_t chunk = 1 << 20;
 constexpr uint64_t progress_step = 64 << 10;
 
 // Runs one asynchronous operation to completion on `ioc` (each op carries its own deadline
@@ -162,29 +164,17 @@ result download(const std::string& base_url, const std::string& target, const st
   std::vector<char> data(chunk);
   sha256_stream sha;
   uint64_t reported = 0;
-  while (!parser.is_done()) {
-    if (cancelled(o))
-      return fail("cancelled");
-    parser.get().body().data = data.data();
-    parser.get().body().size = data.size();
-    stream.expires_after(o.idle_timeout);
-    auto ec = run(ioc, [&](auto h) { bhttp::async_read(stream, buf, parser, h); });
-    if (ec == bhttp::error::need_buffer)
-      ec = {};
-    if (ec == bhttp::error::body_limit)
-      return fail("the file is larger than the limit of " + std::to_string(max_bytes) + " bytes");
-    if (ec)
-      return fail("download interrupted after " + std::to_string(r.size) + " bytes: " + describe(ec));
-    auto n = data.size() - parser.get().body().size;
-    sha.update(data.data(), n);
-    const char* p = data.data();
+  // Appends received bytes to the file and the hash; false (with r.error set) on failure.
+  auto take = [&](const char* p, std::size_t n) {
+    sha.update(p, n);
     for (auto left = n; left > 0;) {
       auto w = ::write(fd, p, left);
       if (w < 0 && errno == EINTR)
         continue;
       if (w < 0) {
         r.no_space = errno == ENOSPC || errno == EDQUOT;
-        return fail(std::string{"cannot write "} + dest + ": " + std::strerror(errno));
+        r.error = std::string{"cannot write "} + dest + ": " + std::strerror(errno);
+        return false;
       }
       p += w;
       left -= static_cast<std::size_t>(w);
@@ -193,6 +183,55 @@ result download(const std::string& base_url, const std::string& target, const st
     if (o.progress && r.size - reported >= progress_step) {
       reported = r.size;
       o.progress(r.size, total);
+    }
+    return true;
+  };
+  if (parser.content_length() && !parser.chunked()) {
+    // The common case (a file with a Content-Length): plain blocking reads of large pieces
+    // straight from the socket, each bounded by the idle timeout.
+    uint64_t left = *parser.content_length();
+    auto pending = buf.data();
+    auto first = std::min<uint64_t>(left, pending.size());
+    if (first > 0 && !take(static_cast<const char*>(pending.data()), first))
+      return fail(r.error);
+    left -= first;
+    auto& sock = stream.socket();
+    error_code ec;
+    sock.native_non_blocking(false, ec);
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(o.idle_timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((o.idle_timeout.count() % 1000) * 1000);
+    ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    while (left > 0) {
+      if (cancelled(o))
+        return fail("cancelled");
+      auto n = ::read(sock.native_handle(), data.data(), std::min<uint64_t>(left, data.size()));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return fail("download interrupted after " + std::to_string(r.size) + " bytes: "
+                    + (n == 0 ? std::string{"the connection closed"}
+                              : errno == EAGAIN ? std::string{"timed out"} : std::strerror(errno)));
+      if (!take(data.data(), static_cast<std::size_t>(n)))
+        return fail(r.error);
+      left -= static_cast<uint64_t>(n);
+    }
+  } else {
+    while (!parser.is_done()) {
+      if (cancelled(o))
+        return fail("cancelled");
+      parser.get().body().data = data.data();
+      parser.get().body().size = data.size();
+      stream.expires_after(o.idle_timeout);
+      auto ec = run(ioc, [&](auto h) { bhttp::async_read(stream, buf, parser, h); });
+      if (ec == bhttp::error::need_buffer)
+        ec = {};
+      if (ec == bhttp::error::body_limit)
+        return fail("the file is larger than the limit of " + std::to_string(max_bytes) + " bytes");
+      if (ec)
+        return fail("download interrupted after " + std::to_string(r.size) + " bytes: " + describe(ec));
+      if (!take(data.data(), data.size() - parser.get().body().size))
+        return fail(r.error);
     }
   }
   if (::fsync(fd) != 0) {
