@@ -6,6 +6,8 @@
 //      transaction each) of the same records.
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <thread>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +22,7 @@
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <spdlog/spdlog.h>
 
 #include "actors/content_store.hpp"
 #include "runtime/blob_store.hpp"
@@ -57,6 +60,19 @@ std::string make_file(const std::string& path) {
     sha.update(block.data(), 1 << 20);
   }
   return sha.hex();
+}
+
+// Reads what `cat path` writes to a pipe, the way http_read reads the socket; returns bytes.
+uint64_t cat_read(const std::string& path) {
+  auto* p = ::popen(("cat " + path).c_str(), "r");
+  if (p == nullptr)
+    return 0;
+  std::vector<char> buf(256 << 10);
+  uint64_t total = 0;
+  for (ssize_t n; (n = ::read(fileno(p), buf.data(), buf.size())) > 0;)
+    total += static_cast<uint64_t>(n);
+  ::pclose(p);
+  return total;
 }
 
 // GETs `target` and discards the body (like curl -o /dev/null); returns bytes read.
@@ -111,8 +127,11 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
 
 struct config : caf::actor_system_config {
   config() {
-    add_message_types(*this);
+    alephd::add_message_types(*this);
     load<caf::io::middleman>();
+    // As `alephd` runs its actors (runtime/main.cpp).
+    set("scheduler.max-threads", size_t{2});
+    set("scheduler.policy", caf::atom("sharing"));
   }
 };
 
@@ -129,6 +148,7 @@ content_store_actor open_store(caf::actor_system& sys, const fs::path& dir, bool
 } // namespace
 
 int main() {
+  spdlog::set_level(spdlog::level::warn);
   auto dir = fs::temp_directory_path() / ("alephd-storage-bench-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   std::printf("content store: one %zu MiB file over loopback, median of %d runs\n", file_mib, runs);
@@ -154,10 +174,16 @@ int main() {
 
   // 1. Cache-hit reads (the page cache is warm for both).
   std::system(("cat " + blob.string() + " > /dev/null").c_str());
-  std::vector<double> cat_s, get_s;
+  std::vector<double> null_s, cat_s, get_s;
   for (int i = 0; i < runs; ++i) {
     auto t = steady_clock::now();
     std::system(("cat " + blob.string() + " > /dev/null").c_str());
+    null_s.push_back(seconds_since(t));
+    t = steady_clock::now();
+    if (cat_read(blob.string()) < (file_mib << 20)) {
+      std::fprintf(stderr, "cat read short\n");
+      return 1;
+    }
     cat_s.push_back(seconds_since(t));
     t = steady_clock::now();
     auto n = http_read(port, target);
@@ -167,10 +193,15 @@ int main() {
       return 1;
     }
   }
-  auto cat_rate = mib / median(cat_s), get_rate = mib / median(get_s);
-  std::printf("\n1. cache-hit read\n   %-44s %8.0f MiB/s\n   %-44s %8.0f MiB/s\n", "baseline: cat blob > /dev/null",
-              cat_rate, "alephd: GET /api/v0/storage/raw (loopback)", get_rate);
+  auto null_rate = mib / median(null_s), cat_rate = mib / median(cat_s),
+       get_rate = mib / median(get_s);
+  std::printf("\n1. cache-hit read (both delivered to this process, read 256 KiB at a time)\n"
+              "   %-44s %8.0f MiB/s\n   %-44s %8.0f MiB/s\n",
+              "baseline: cat blob | this process", cat_rate,
+              "alephd: GET /api/v0/storage/raw (loopback)", get_rate);
   std::printf("   ratio: %.2f  (target >= 0.80)\n", get_rate / cat_rate);
+  std::printf("   (for reference: cat blob > /dev/null, which delivers nothing: %.0f MiB/s)\n",
+              null_rate);
 
   // 2. Miss fetches: a fresh cache each run.
   config cfg;
