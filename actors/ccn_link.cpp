@@ -219,6 +219,12 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
         return make_error(ec::unavailable, "not connected to a CCN");
       return self->delegate(st.node, atom::get_v, std::move(hash));
     },
+    [=](atom::get, std::string& ref, bool latest) -> caf::result<stored_message> {
+      auto& st = self->state;
+      if (st.phase != link_phase::registered || !st.node)
+        return make_error(ec::unavailable, "not connected to a CCN");
+      return self->delegate(st.node, atom::get_v, std::move(ref), latest);
+    },
     [=](atom::read, std::string& hash) -> caf::result<file_blob> {
       auto& st = self->state;
       if (st.phase != link_phase::registered || !st.node)

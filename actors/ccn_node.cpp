@@ -1,8 +1,41 @@
 #include <caf/all.hpp>
 
 #include "actors/ccn_node.hpp"
+#include "messages/aleph_message.hpp"
 
 namespace alephd {
+
+namespace {
+
+// Walks the STORE messages of `owner`, a page at a time, for the newest whose content.ref is
+// `ref` (aleph's amends: PR #946 of aleph-vm); delivers it, or `best` when none is newer.
+void newest_amend(ccn_node_actor::pointer self, const message_store_actor& messages,
+                  const std::string& ref, const std::string& owner, uint32_t page,
+                  std::shared_ptr<stored_message> best, caf::typed_response_promise<stored_message> rp) {
+  message_query q;
+  q.type = "STORE";
+  q.addresses = {owner};
+  q.page = page;
+  q.per_page = 200;
+  self->request(messages, std::chrono::seconds(10), atom::list_v, q)
+    .then(
+      [=](const message_page& p) mutable {
+        for (auto& m : p.messages) {
+          auto parsed = aleph::parse_message(m.json);
+          auto* sc = parsed.msg ? std::get_if<aleph::store_content>(&parsed.msg->content) : nullptr;
+          if (sc != nullptr && sc->ref && *sc->ref == ref && sc->address == owner
+              && m.time > best->time)
+            *best = m;
+        }
+        if (uint64_t{page} * q.per_page < p.total && !p.messages.empty())
+          newest_amend(self, messages, ref, owner, page + 1, best, rp);
+        else
+          rp.deliver(*best);
+      },
+      [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+}
+
+} // namespace
 
 ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string ccn_id,
                                        crn_registry_actor registry, ccn_peer_actor peer,
@@ -15,6 +48,25 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
     },
     [=](atom::get, std::string& hash) {
       return self->delegate(messages, atom::get_v, std::move(hash));
+    },
+    [=](atom::get, std::string& ref, bool latest) -> caf::result<stored_message> {
+      if (!latest)
+        return self->delegate(messages, atom::get_v, std::move(ref));
+      auto rp = self->make_response_promise<stored_message>();
+      self->request(messages, std::chrono::seconds(10), atom::get_v, ref)
+        .then(
+          [=](stored_message& original) mutable {
+            auto parsed = aleph::parse_message(original.json);
+            auto* sc = parsed.msg ? std::get_if<aleph::store_content>(&parsed.msg->content) : nullptr;
+            if (sc == nullptr) {
+              rp.deliver(std::move(original));
+              return;
+            }
+            auto best = std::make_shared<stored_message>(std::move(original));
+            newest_amend(self, messages, ref, sc->address, 1, best, rp);
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
     },
     [=](atom::read, std::string& hash) {
       return self->delegate(files, atom::read_v, std::move(hash));

@@ -50,6 +50,9 @@ using ccn_link_actor = caf::typed_actor<
   /// A message from the CCN's log (the code and volumes of a workload); ec::unavailable while
   /// the link is down.
   replies_to<atom::get, std::string>::with<stored_message>,
+  /// The STORE message a ref names or, with `true` (use_latest), the newest STORE by the same
+  /// owner that amends it (content.ref = ref) when there is one.
+  replies_to<atom::get, std::string, bool>::with<stored_message>,
   /// A file's bytes from the CCN's content store; ec::unavailable while the link is down.
   replies_to<atom::read, std::string>::with<file_blob>,
   /// The HTTP base URL ("http://host:port") of the linked CCN, for streaming downloads;
@@ -207,6 +210,8 @@ using ccn_node_actor = caf::typed_actor<
   replies_to<atom::hello>::with<crn_registry_actor, caf::actor, std::string>,
   /// One message of the log, for a CRN preparing a workload; ec::not_found when unknown.
   replies_to<atom::get, std::string>::with<stored_message>,
+  /// A STORE ref resolved as for use_latest (see ccn_link_actor).
+  replies_to<atom::get, std::string, bool>::with<stored_message>,
   /// A file's bytes, for a CRN preparing a workload; ec::not_found when unknown.
   replies_to<atom::read, std::string>::with<file_blob>,
   /// The CCN's HTTP base URL ("http://host:port"; empty while unknown).

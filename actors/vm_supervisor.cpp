@@ -436,7 +436,7 @@ void boot(self_ptr self) {
 // Makes sure the file named by `ref` (a STORE message's item_hash, or a bare file hash) is in
 // the cache (verified, downloaded when missing, pinned while this execution lives), then calls
 // `on_ok` with it; finishes the execution on failure.
-void resolve_file(self_ptr self, const std::string& what, const std::string& ref,
+void resolve_file(self_ptr self, const std::string& what, const std::string& ref, bool latest,
                   std::function<void(const file_info&)> on_ok) {
   if (!self->state.link) {
     finish(self, "failed", "no CCN link to fetch the " + what + " from");
@@ -461,7 +461,7 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
           fetch_failed(self, "cannot fetch " + what + " " + file_hash + ": " + describe(err));
         });
   };
-  self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, ref)
+  self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, ref, latest)
     .then(
       [=](stored_message& store) {
         auto m = aleph::parse_message(store.json);
@@ -470,6 +470,8 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
           finish(self, "failed", what + " ref " + ref + " is not a STORE message");
           return;
         }
+        if (store.item_hash != ref)
+          note(self, what + " " + ref + " is amended: using STORE " + store.item_hash);
         fetch_file(sc->item_hash);
       },
       [=](caf::error& err) {
@@ -496,7 +498,8 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
   auto variables = ic.variables;
   auto size_mib = ic.rootfs.size_mib;
   auto seconds = ic.resources.seconds;
-  resolve_file(self, "rootfs", ic.rootfs.parent.ref, [=](const file_info& file) {
+  resolve_file(self, "rootfs", ic.rootfs.parent.ref, ic.rootfs.parent.use_latest,
+               [=](const file_info& file) {
     auto& file_hash = file.hash;
     auto& st = self->state;
     guest::configure cfg;
@@ -589,6 +592,7 @@ struct volume_plan {
   std::string mount;
   std::string name;  ///< persistent
   uint64_t size_mib = 0;
+  bool use_latest = false; ///< immutable: follow the newest amend of the STORE
 };
 
 // Sets up volumes[i..] in order (fetching immutable ones), adding bwrap mount arguments, then
@@ -643,7 +647,7 @@ void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> pl
     }
     case volume_plan::kind::immutable: {
       auto mount = v.mount;
-      resolve_file(self, "volume", v.ref, [=](const file_info& file) {
+      resolve_file(self, "volume", v.ref, v.use_latest, [=](const file_info& file) {
         auto& st = self->state;
         auto& file_hash = file.hash;
         auto path = file.path;
@@ -677,7 +681,8 @@ std::string plan_volumes(const aleph::program_content& p, std::vector<volume_pla
     return {};
   };
   if (p.data) {
-    volume_plan v{volume_plan::kind::immutable, p.data->ref, p.data->mount, {}, 0};
+    volume_plan v{volume_plan::kind::immutable, p.data->ref, p.data->mount, {}, 0,
+                  p.data->use_latest};
     if (auto err = add(v); !err.empty())
       return err;
   }
@@ -687,7 +692,7 @@ std::string plan_volumes(const aleph::program_content& p, std::vector<volume_pla
     if (auto* im = std::get_if<aleph::immutable_volume>(&mv)) {
       if (!im->mount)
         continue; // not mounted: nothing to do in a sandbox
-      err = add({volume_plan::kind::immutable, im->ref, *im->mount, {}, 0});
+      err = add({volume_plan::kind::immutable, im->ref, *im->mount, {}, 0, im->use_latest});
     } else if (auto* eph = std::get_if<aleph::ephemeral_volume>(&mv)) {
       if (!eph->mount)
         continue;
@@ -713,7 +718,7 @@ void prepare_program(self_ptr self, const std::string& json, const aleph::progra
   self->state.internet = p.environment.internet;
   bool zip = p.code.encoding == "zip";
   auto program = p;
-  resolve_file(self, "code", p.code.ref, [=](const file_info& file) {
+  resolve_file(self, "code", p.code.ref, p.code.use_latest, [=](const file_info& file) {
     auto& st = self->state;
     auto& file_hash = file.hash;
     if (zip) {

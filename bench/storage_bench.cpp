@@ -114,6 +114,9 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
     [=](atom::get, const std::string& h) -> caf::result<stored_message> {
       return make_error(ec::not_found, h);
     },
+    [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
+      return make_error(ec::not_found, h);
+    },
     [=](atom::locate) { return self->state.url; },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, h);

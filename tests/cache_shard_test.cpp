@@ -37,6 +37,9 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
     [=](atom::get, const std::string& h) -> caf::result<stored_message> {
       return make_error(ec::not_found, "no message " + h);
     },
+    [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
+      return make_error(ec::not_found, "no message " + h);
+    },
     [=](atom::locate) -> caf::result<std::string> {
       ++self->state.locates;
       return std::string{}; // no HTTP address: files come over the link

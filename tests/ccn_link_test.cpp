@@ -89,6 +89,9 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
       return make_error(ec::not_found, "no message " + h);
     },
     [=](atom::locate) { return std::string{}; },
+    [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
+      return make_error(ec::not_found, "no message " + h);
+    },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, "no file " + h + " at " + self->state.ccn_id);
     },

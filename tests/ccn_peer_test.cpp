@@ -8,6 +8,7 @@
 
 #include "messages/aleph_message.hpp"
 #include "tests/caf_fixture.hpp"
+#include "tests/stored_message.hpp"
 
 using namespace alephd;
 using namespace alephd::test;
@@ -84,6 +85,41 @@ TEST_F(ccn_peer_test, ccn_node_answers_hello_with_registry_peer_and_id) {
   });
   sched.run();
   EXPECT_EQ(*out, "ccn-a:registry:peer");
+}
+
+// A STORE document by `owner` at `time`, amending `ref` when it is given.
+nlohmann::ordered_json store_by(const std::string& owner, double time, const std::string& file,
+                                const std::string& ref = {}) {
+  nlohmann::ordered_json content{{"address", owner}, {"time", time}, {"item_type", "storage"},
+                                 {"item_hash", file}};
+  if (!ref.empty())
+    content["ref"] = ref;
+  return {{"chain", "ETH"}, {"sender", owner}, {"type", "STORE"}, {"item_type", "inline"},
+          {"time", time}, {"content", content}};
+}
+
+TEST_F(ccn_peer_test, use_latest_resolves_the_newest_amend_by_the_same_owner) {
+  auto a = make("ccn-a");
+  const std::string owner = "0x1111111111111111111111111111111111111111";
+  const std::string other = "0x2222222222222222222222222222222222222222";
+  auto original = test::stored_from(store_by(owner, 100, std::string(64, '1')), "ccn-a");
+  auto amend = test::stored_from(store_by(owner, 200, std::string(64, '2'), original.item_hash), "ccn-a");
+  auto older = test::stored_from(store_by(owner, 150, std::string(64, '3'), original.item_hash), "ccn-a");
+  auto foreign = test::stored_from(store_by(other, 300, std::string(64, '4'), original.item_hash), "ccn-a");
+  auto unrelated = test::stored_from(store_by(owner, 400, std::string(64, '5')), "ccn-a");
+  for (auto& m : {original, amend, older, foreign, unrelated})
+    ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, m).value);
+  auto latest = ask<stored_message>(a->node, atom::get_v, original.item_hash, true);
+  ASSERT_TRUE(latest.value) << describe(latest.error);
+  EXPECT_EQ(latest.value->item_hash, amend.item_hash)
+    << "the newest amend by the owner; another owner's cannot replace the file";
+  auto plain = ask<stored_message>(a->node, atom::get_v, original.item_hash, false);
+  ASSERT_TRUE(plain.value);
+  EXPECT_EQ(plain.value->item_hash, original.item_hash);
+  // Without amends, the message itself.
+  auto alone = ask<stored_message>(a->node, atom::get_v, unrelated.item_hash, true);
+  ASSERT_TRUE(alone.value);
+  EXPECT_EQ(alone.value->item_hash, unrelated.item_hash);
 }
 
 TEST_F(ccn_peer_test, new_messages_and_files_are_pushed_to_the_peer) {

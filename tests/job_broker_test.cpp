@@ -192,6 +192,7 @@ struct fake_executor : executor {
 struct link_double_state {
   std::vector<caf::typed_response_promise<stored_message>> stalled; ///< never answered
   std::map<std::string, stored_message> messages;
+  std::map<std::string, std::string> latest; ///< ref -> its newest amend (use_latest)
   std::map<std::string, std::string> files;
   int message_fetches = 0;
   std::vector<execution_info> failures; ///< reported to the CCN
@@ -215,6 +216,14 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
       return make_error(ec::not_found, "no message " + h);
     },
     [=](atom::locate) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
+    [=](atom::get, const std::string& h, bool latest) -> caf::result<stored_message> {
+      if (latest)
+        if (auto i = self->state.latest.find(h); i != self->state.latest.end())
+          return self->state.messages.at(i->second);
+      if (auto i = self->state.messages.find(h); i != self->state.messages.end())
+        return i->second;
+      return make_error(ec::not_found, "no message " + h);
+    },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       ++self->state.file_fetches;
       if (auto i = self->state.files.find(h); i != self->state.files.end())
@@ -526,6 +535,28 @@ TEST_F(job_broker_test, concurrent_first_calls_share_one_start) {
   }
   EXPECT_EQ(executors.size(), 1u);
   EXPECT_EQ(ccn().file_fetches, 1);
+}
+
+TEST_F(job_broker_test, code_with_use_latest_runs_the_newest_amend) {
+  connect();
+  auto hash = publish_program("old code");
+  auto prog = ccn().messages.at(hash);
+  auto doc = nlohmann::ordered_json::parse(prog.json);
+  auto ref = doc["content"]["code"]["ref"].get<std::string>();
+  doc["content"]["code"]["use_latest"] = true;
+  doc.erase("item_hash");
+  doc.erase("item_content");
+  auto latest_prog = as_stored(doc);
+  ccn().messages[latest_prog.item_hash] = latest_prog;
+  auto code = std::string{"new code"};
+  ccn().files[aleph::sha256_hex(code)] = code;
+  auto amend = as_stored(store_doc(aleph::sha256_hex(code)));
+  ccn().messages[amend.item_hash] = amend;
+  ccn().latest[ref] = amend.item_hash;
+  ASSERT_TRUE(run(latest_prog.item_hash).value);
+  EXPECT_EQ(executors.back()->cfg.code, code);
+  ASSERT_TRUE(run(hash).value); // use_latest false: the original
+  EXPECT_EQ(executors.back()->cfg.code, "old code");
 }
 
 TEST_F(job_broker_test, code_comes_from_the_cache_the_second_time) {

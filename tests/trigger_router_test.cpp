@@ -61,6 +61,9 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
       return make_error(ec::not_found, "no message " + h);
     },
     [=](atom::locate) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
+    [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
+      return make_error(ec::unavailable, "fake link: no message " + h);
+    },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, "no file " + h);
     },
