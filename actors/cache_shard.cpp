@@ -259,7 +259,7 @@ void start_download(self_ptr self, const std::string& hash) {
   if (!st.link)
     return finish_download(self, hash, make_error(ec::unavailable, "no CCN link to fetch " + hash + " from"));
   spdlog::info("{}: downloading {}", shard_tag(self), hash);
-  self->request(st.link, std::chrono::seconds(10), atom::locate_v)
+  self->request(st.link, std::chrono::seconds(10), atom::locate_v, hash)
     .then(
       [=](std::string& url) {
         if (self->state.flights.count(hash) == 0)
@@ -543,7 +543,7 @@ cache_shard_actor::behavior_type cache_shard(cache_shard_pointer self, cache_sha
     },
     [=](atom::fetched, const std::string& hash, const std::string& temp, const std::string& err,
         uint8_t kind) { downloaded(self, hash, temp, err, static_cast<fetch_kind>(kind)); },
-    [=](atom::connect, const ccn_link_actor& link) { self->state.link = link; },
+    [=](atom::connect, const file_source_actor& link) { self->state.link = link; },
     [=](atom::progress, const std::string& hash, uint64_t done, uint64_t total) {
       auto& st = self->state;
       auto it = st.flights.find(hash);

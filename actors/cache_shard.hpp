@@ -59,7 +59,7 @@ struct cache_shard_state {
   static inline const char* name = "cache_shard";
   cache_shard_config cfg;
   caf::actor store; ///< the content_store that owns this shard (stored / evict notices)
-  ccn_link_actor link; ///< where missing files come from (CRN)
+  file_source_actor link; ///< where missing files come from
   MDB_dbi db = 0;
   std::unordered_map<std::string, cache_entry> entries;
   std::unordered_map<std::string, std::map<std::string, unsigned>> pins; ///< hash -> owner -> n

@@ -231,13 +231,31 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
         return make_error(ec::unavailable, "not connected to a CCN");
       return self->delegate(st.node, atom::read_v, std::move(hash));
     },
-    [=](atom::locate) -> caf::result<std::string> {
+    [=](atom::replicate, const std::string& hash) -> caf::result<file_info> {
+      auto& st = self->state;
+      if (!st.cfg.files)
+        return make_error(ec::unavailable, "this CRN keeps no files");
+      return self->delegate(st.cfg.files, atom::fetch_v, hash, "replica:" + hash, caf::actor{});
+    },
+    [=](atom::remove, const std::string& hash) {
+      auto& st = self->state;
+      if (!st.cfg.files)
+        return;
+      self->send(st.cfg.files, atom::unpin_v, "replica:" + hash);
+      self->request(st.cfg.files, std::chrono::seconds(30), atom::remove_v, hash)
+        .then([=](bool held) {
+                if (held)
+                  spdlog::info("ccn_link {}: file {} forgotten", self->state.cfg.info.id, hash);
+              },
+              [](caf::error&) {});
+    },
+    [=](atom::locate, const std::string& hash) -> caf::result<std::string> {
       auto& st = self->state;
       if (st.phase != link_phase::registered || !st.node)
         return make_error(ec::unavailable, "not connected to a CCN");
       auto rp = self->make_response_promise<std::string>();
       auto via = st.info.ccn_endpoint;
-      self->request(st.node, std::chrono::seconds(10), atom::locate_v)
+      self->request(st.node, std::chrono::seconds(10), atom::locate_v, hash)
         .then(
           [=](std::string& url) mutable {
             // A CCN listening on every address names it 0.0.0.0: reach it where its node port

@@ -18,6 +18,8 @@ struct ccn_link_config {
   std::chrono::milliseconds failure_timeout{5000};
   std::chrono::milliseconds backoff_initial{200};
   std::chrono::milliseconds backoff_max{30000};
+  /// The CRN's file cache, where replicas the CCN asks for are kept.
+  content_store_actor files;
 };
 
 enum class link_phase { disconnected, connecting, registered };

@@ -71,7 +71,7 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
     [=](atom::read, std::string& hash) {
       return self->delegate(files, atom::read_v, std::move(hash));
     },
-    [=](atom::locate) { return http ? http->get() : std::string{}; },
+    [=](atom::locate, const std::string&) { return http ? http->get() : std::string{}; },
     [=](atom::exited, std::string& crn_id, execution_info& info) {
       if (scheduler)
         self->send(scheduler, atom::exited_v, std::move(crn_id), std::move(info));

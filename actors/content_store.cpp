@@ -241,7 +241,7 @@ content_store(content_store_actor::stateful_pointer<content_store_state> self,
         for (auto& l : self->state.listeners)
           self->send(l, atom::stored_v, info);
     },
-    [=](atom::connect, const ccn_link_actor& link) {
+    [=](atom::connect, const file_source_actor& link) {
       for (auto& s : self->state.shards)
         self->send(s, atom::connect_v, link);
     },

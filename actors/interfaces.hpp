@@ -1,6 +1,7 @@
 // Every typed actor interface of alephd: the whole protocol on one screen.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -55,9 +56,14 @@ using ccn_link_actor = caf::typed_actor<
   replies_to<atom::get, std::string, bool>::with<stored_message>,
   /// A file's bytes from the CCN's content store; ec::unavailable while the link is down.
   replies_to<atom::read, std::string>::with<file_blob>,
-  /// The HTTP base URL ("http://host:port") of the linked CCN, for streaming downloads;
-  /// ec::unavailable while the link is down.
-  replies_to<atom::locate>::with<std::string>,
+  /// The HTTP base URL ("http://host:port") of the linked CCN, to download a file (its hash)
+  /// from; ec::unavailable while the link is down.
+  replies_to<atom::locate, std::string>::with<std::string>,
+  /// The CCN asks this CRN to hold a replica of a file (storage duty): fetched, and kept until
+  /// dropped; answers once it is held.
+  replies_to<atom::replicate, std::string>::with<file_info>,
+  /// The CCN drops a file (FORGET): its duty ends and it is deleted once no execution pins it.
+  reacts_to<atom::remove, std::string>,
   /// A message-triggered program (its item_hash) to run on this CRN with a message as its
   /// event; answers the program's HTTP status (2xx = handled), or an error.
   replies_to<atom::run, std::string, stored_message>::with<uint16_t>,
@@ -67,6 +73,13 @@ using ccn_link_actor = caf::typed_actor<
   reacts_to<atom::tick>,
   /// Internal: try the next CCN endpoint.
   reacts_to<atom::connect>>;
+
+/// Where a content store fetches files it lacks: a CRN's link to its CCN, or a CCN's
+/// replicator (its CRNs holding replicas). `locate` names an HTTP base URL that serves
+/// /api/v0/storage/raw/{hash} (empty: none), `read` the bytes over CAF as a fallback.
+using file_source_actor = caf::typed_actor<
+  replies_to<atom::locate, std::string>::with<std::string>,
+  replies_to<atom::read, std::string>::with<file_blob>>;
 
 /// One shard of a node's content-addressed files: the blobs whose hash falls in it, their LMDB
 /// index (size, last access, origin, kept), pins, single-flight downloads and scrubbing.
@@ -102,8 +115,8 @@ using cache_shard_actor = caf::typed_actor<
   reacts_to<atom::fetched, std::string, std::string, std::string, uint8_t>,
   /// Internal: a download's progress (hash, bytes, total).
   reacts_to<atom::progress, std::string, uint64_t, uint64_t>,
-  /// Where missing files come from (a CRN's link to its CCN).
-  reacts_to<atom::connect, ccn_link_actor>,
+  /// Where missing files come from (a CRN's link to its CCN, a CCN's replicator).
+  reacts_to<atom::connect, file_source_actor>,
   /// Internal: verify the next blobs; persist last-access times.
   reacts_to<atom::scrub>,
   reacts_to<atom::tick>>;
@@ -135,8 +148,8 @@ using content_store_actor = caf::typed_actor<
   reacts_to<atom::subscribe, file_listener_actor>,
   /// Internal: a shard stored a new file (announced to listeners when `announce`).
   reacts_to<atom::stored, file_info, bool>,
-  /// Where missing files come from (a CRN's link to its CCN).
-  reacts_to<atom::connect, ccn_link_actor>,
+  /// Where missing files come from (a CRN's link to its CCN, a CCN's replicator).
+  reacts_to<atom::connect, file_source_actor>,
   /// Internal: a shard passed the high watermark.
   reacts_to<atom::evict>>;
 
@@ -172,6 +185,23 @@ using scheduler_actor = caf::typed_actor<
   /// `failed` and not placed again.
   reacts_to<atom::exited, std::string, execution_info>,
   /// Internal: retry pending placements.
+  reacts_to<atom::tick>>;
+
+/// CCN: keeps the replicas of stored files on its CRNs (STORE asks for `replicas`, default
+/// `ccn.replicas`), restores their count when a CRN holding one goes down, and drops a file
+/// everywhere on FORGET. It is also the CCN content store's source for files it lacks.
+using replicator_actor = caf::typed_actor<
+  /// A new message: STORE records a file, FORGET drops it.
+  reacts_to<atom::published, stored_message>,
+  /// A CRN changed state: down ones lose their replicas, linked ones get new ones.
+  reacts_to<atom::node, crn_info, link_state, ccn_link_actor>,
+  /// Where the replicas are: file hash -> CRN ids holding it.
+  replies_to<atom::list>::with<std::map<std::string, std::vector<std::string>>>,
+  /// The HTTP address of a linked CRN holding the file; ec::not_found when none does.
+  replies_to<atom::locate, std::string>::with<std::string>,
+  /// Always ec::not_found: replicas are fetched over HTTP (file_source_actor).
+  replies_to<atom::read, std::string>::with<file_blob>,
+  /// Internal: retry placements.
   reacts_to<atom::tick>>;
 
 /// CCN: message-triggered programs. Keeps the `on.message` subscriptions of PROGRAM messages
@@ -214,8 +244,8 @@ using ccn_node_actor = caf::typed_actor<
   replies_to<atom::get, std::string, bool>::with<stored_message>,
   /// A file's bytes, for a CRN preparing a workload; ec::not_found when unknown.
   replies_to<atom::read, std::string>::with<file_blob>,
-  /// The CCN's HTTP base URL ("http://host:port"; empty while unknown).
-  replies_to<atom::locate>::with<std::string>,
+  /// The CCN's HTTP base URL ("http://host:port"; empty while unknown), for a file (its hash).
+  replies_to<atom::locate, std::string>::with<std::string>,
   /// A CRN (its id) reports a workload that failed for good; passed to the scheduler.
   reacts_to<atom::exited, std::string, execution_info>,
   /// The workloads the scheduler places on CRN `id` now (a restarted CRN keeps the executions

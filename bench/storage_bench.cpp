@@ -117,7 +117,11 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
     [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
       return make_error(ec::not_found, h);
     },
-    [=](atom::locate) { return self->state.url; },
+    [=](atom::replicate, const std::string& h) -> caf::result<file_info> {
+      return make_error(ec::unavailable, "no replicas here: " + h);
+    },
+    [=](atom::remove, const std::string&) {},
+    [=](atom::locate, const std::string&) { return self->state.url; },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, h);
     },
@@ -223,7 +227,7 @@ int main() {
     }
     auto cache_dir = dir / ("cache-" + std::to_string(i));
     auto store = open_store(sys, cache_dir, true);
-    caf::anon_send(store, atom::connect_v, link);
+    caf::anon_send(store, atom::connect_v, caf::actor_cast<file_source_actor>(link));
     caf::scoped_actor self{sys};
     bool ok = false;
     t = steady_clock::now();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -434,6 +435,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(alephd, (alephd::cache_usage))
   CAF_ADD_TYPE_ID(alephd, (alephd::evict_candidate))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::evict_candidate>))
+  CAF_ADD_TYPE_ID(alephd, (std::map<std::string, std::vector<std::string>>))
   CAF_ADD_ATOM(alephd, alephd::atom, append, "append")
   CAF_ADD_ATOM(alephd, alephd::atom, get, "get")
   CAF_ADD_ATOM(alephd, alephd::atom, list, "list")

@@ -295,7 +295,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
                    r.file_path = f.path;
                    respond(std::move(r));
                  },
-                 atom::get_v, hash);
+                 atom::fetch_v, hash, std::string{}, caf::actor{}); // a lost copy comes back from a replica
     }
     if (path == "/api/v0/nodes") {
       if (!get)

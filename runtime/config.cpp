@@ -134,6 +134,7 @@ const std::vector<option>& table() {
      [](settings& s) { s.peers.clear(); }},
     {"ccn.max-file-size", "largest file accepted by add_file, in bytes (default 104857600)", "", integer(&settings::max_file_size, 1, int64_t{1} << 40)},
     {"ccn.max-message-size", "largest message accepted by POST /api/v0/messages, in bytes (default 1048576)", "", integer(&settings::max_message_size, 1024, int64_t{1} << 30)},
+    {"ccn.replicas", "copies of each stored file kept on linked CRNs when its STORE does not say (content.replicas); 0 = none (default 2)", "", integer(&settings::replicas, 0, 16)},
     {"ccn.group-commit", "share one LMDB commit between concurrent messages (default true)", "", boolean(&settings::group_commit)},
     {"crn.ccn", "CCNs to link to, host:port of their node ports, in order of preference", "ccn", endpoints(&settings::ccn),
      [](settings& s) { s.ccn.clear(); }},

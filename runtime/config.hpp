@@ -31,6 +31,7 @@ struct settings {
   uint64_t max_file_size = 100ull << 20;
   uint64_t max_message_size = 1ull << 20;
   bool group_commit = true;
+  uint32_t replicas = 2; ///< copies of each stored file kept on CRNs
   // [crn]
   std::vector<std::string> ccn;
   uint32_t vcpus = 0;      ///< 0 = detect

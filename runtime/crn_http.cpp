@@ -3,6 +3,7 @@
 #include <caf/all.hpp>
 #include <nlohmann/json.hpp>
 
+#include "runtime/blob_store.hpp"
 #include "runtime/execution_table.hpp"
 #include "runtime/gateway.hpp"
 #include "runtime/wall_clock.hpp"
@@ -423,6 +424,24 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
       if (action == "stream_logs")
         return stream_logs(ctx, ref, req, respond);
       return operator_action(ctx, ref, action, respond);
+    }
+    if (path.rfind("/api/v0/storage/raw/", 0) == 0) {
+      // Files this CRN holds (replicas, cached volumes), for its CCN and peers.
+      if (req.method != "GET" && req.method != "HEAD")
+        return respond(http::json_error(405, "method " + req.method + " not allowed on " + path.substr(0, 200)));
+      auto hash = path.substr(20);
+      if (!is_sha256_hex(hash))
+        return respond(http::json_error(400, "not a sha256 hash: " + hash.substr(0, 80)));
+      if (!ctx->files)
+        return respond(http::json_error(404, "file " + hash + " not found"));
+      return ask(*ctx->sys, ctx->files, timeout, respond,
+                 [respond](const file_info& f) {
+                   http::response r;
+                   r.content_type = "application/octet-stream";
+                   r.file_path = f.path;
+                   respond(std::move(r));
+                 },
+                 atom::get_v, hash);
     }
     static const std::set<std::string> known{"/",
                                              "/about/login",

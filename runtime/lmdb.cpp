@@ -140,6 +140,14 @@ int put_committed(env& e, MDB_dbi db, std::string_view key, std::string_view val
   return rc == 0 ? t.commit() : rc;
 }
 
+int del_committed(env& e, MDB_dbi db, std::string_view key) {
+  txn t{e, true};
+  int rc = t.del(db, key);
+  if (rc == MDB_NOTFOUND)
+    rc = 0;
+  return rc == 0 ? t.commit() : rc;
+}
+
 std::string be64(uint64_t x) {
   std::string s(8, '\0');
   for (int i = 7; i >= 0; --i) {

@@ -67,6 +67,9 @@ private:
 /// Writes one key in its own transaction and commits it; 0 or the LMDB error code.
 int put_committed(env& e, MDB_dbi db, std::string_view key, std::string_view value);
 
+/// Deletes one key in its own transaction and commits it; a missing key is fine.
+int del_committed(env& e, MDB_dbi db, std::string_view key);
+
 /// A big-endian key, so that LMDB's byte order is numeric order.
 std::string be64(uint64_t x);
 uint64_t from_be64(std::string_view s);

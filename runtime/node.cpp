@@ -21,6 +21,7 @@
 #include "actors/crn_registry.hpp"
 #include "actors/job_broker.hpp"
 #include "actors/message_store.hpp"
+#include "actors/replicator.hpp"
 #include "actors/scheduler.hpp"
 #include "actors/trigger_router.hpp"
 #include "actors/vm_supervisor.hpp"
@@ -190,6 +191,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   cc.shards = s.cache_shards;
   cc.max_file_bytes = s.max_file_size;
   cc.keep_stored = true; // the origin store: never evicted
+  cc.fetch_missing = true; // a lost copy comes back from a CRN's replica
   cc.scrub_bytes = s.scrub_interval.count() > 0 ? s.scrub_bytes : 0;
   cc.scrub_interval = s.scrub_interval;
   files_ = sys.spawn(content_store, cc);
@@ -216,6 +218,14 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   triggers_ = sys.spawn(trigger_router, tc);
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(triggers_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(triggers_));
+  replicator_config rpc;
+  rpc.ccn_id = id_;
+  rpc.env = env_;
+  rpc.default_replicas = s.replicas;
+  replicator_ = sys.spawn(replicator, rpc, files_);
+  caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(replicator_));
+  caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(replicator_));
+  caf::anon_send(files_, atom::connect_v, caf::actor_cast<file_source_actor>(replicator_));
   peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
   auto locator = std::make_shared<http_locator>();
   node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_,
@@ -224,6 +234,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
                              {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
                               caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),
                               caf::actor_cast<caf::actor>(triggers_),
+                              caf::actor_cast<caf::actor>(replicator_),
                               caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(node_)},
                              on_fatal_);
   std::string node_endpoint = "in-process";
@@ -281,7 +292,7 @@ void ccn_node_runtime::stop() {
   }
   // Reverse order of dependencies.
   for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(peer_),
-                 caf::actor_cast<caf::actor>(triggers_),
+                 caf::actor_cast<caf::actor>(triggers_), caf::actor_cast<caf::actor>(replicator_),
                  caf::actor_cast<caf::actor>(scheduler_), caf::actor_cast<caf::actor>(registry_),
                  caf::actor_cast<caf::actor>(files_), caf::actor_cast<caf::actor>(messages_)})
     if (a)
@@ -290,6 +301,7 @@ void ccn_node_runtime::stop() {
   peer_ = nullptr;
   scheduler_ = nullptr;
   triggers_ = nullptr;
+  replicator_ = nullptr;
   registry_ = nullptr;
   files_ = nullptr;
   messages_ = nullptr;
@@ -482,9 +494,10 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   lc.direct = std::move(direct);
   lc.heartbeat = s.heartbeat_interval;
   lc.failure_timeout = s.failure_timeout;
+  lc.files = files_;
   link_ = sys.spawn(ccn_link, lc, broker_);
   caf::anon_send(broker_, atom::connect_v, link_);
-  caf::anon_send(files_, atom::connect_v, link_);
+  caf::anon_send(files_, atom::connect_v, caf::actor_cast<file_source_actor>(link_));
   watchdog_ = spawn_watchdog(sys, "crn " + id_,
                              {caf::actor_cast<caf::actor>(broker_), caf::actor_cast<caf::actor>(link_),
                               caf::actor_cast<caf::actor>(files_)},

@@ -65,6 +65,7 @@ private:
   crn_registry_actor registry_;
   scheduler_actor scheduler_;
   trigger_router_actor triggers_;
+  replicator_actor replicator_;
   ccn_peer_actor peer_;
   ccn_node_actor node_;
   uint16_t node_port_ = 0;

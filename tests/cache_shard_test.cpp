@@ -40,7 +40,11 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
     [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
       return make_error(ec::not_found, "no message " + h);
     },
-    [=](atom::locate) -> caf::result<std::string> {
+    [=](atom::replicate, const std::string& h) -> caf::result<file_info> {
+      return make_error(ec::unavailable, "no replicas here: " + h);
+    },
+    [=](atom::remove, const std::string&) {},
+    [=](atom::locate, const std::string&) -> caf::result<std::string> {
       ++self->state.locates;
       return std::string{}; // no HTTP address: files come over the link
     },
@@ -86,7 +90,7 @@ struct cache_test : caf_fixture {
     c.scrub_bytes = scrub ? 1 << 20 : 0;
     c.scrub_interval = std::chrono::seconds(1);
     auto store = spawn(content_store, c);
-    caf::anon_send(store, atom::connect_v, link);
+    caf::anon_send(store, atom::connect_v, caf::actor_cast<file_source_actor>(link));
     sched.run();
     return store;
   }

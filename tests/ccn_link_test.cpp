@@ -88,7 +88,7 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
         return i->second;
       return make_error(ec::not_found, "no message " + h);
     },
-    [=](atom::locate) { return std::string{}; },
+    [=](atom::locate, const std::string&) { return std::string{}; },
     [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
       return make_error(ec::not_found, "no message " + h);
     },

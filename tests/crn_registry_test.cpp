@@ -45,7 +45,11 @@ link_double(ccn_link_actor::stateful_pointer<link_double_state> self, std::strin
     [=](atom::get, const std::string& h) -> caf::result<stored_message> {
       return make_error(ec::not_found, "no message " + h);
     },
-    [=](atom::locate) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
+    [=](atom::replicate, const std::string& h) -> caf::result<file_info> {
+      return make_error(ec::unavailable, "no replicas here: " + h);
+    },
+    [=](atom::remove, const std::string&) {},
+    [=](atom::locate, const std::string&) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
     [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
       return make_error(ec::unavailable, "fake link: no message " + h);
     },

@@ -215,7 +215,11 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
         return i->second;
       return make_error(ec::not_found, "no message " + h);
     },
-    [=](atom::locate) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
+    [=](atom::replicate, const std::string& h) -> caf::result<file_info> {
+      return make_error(ec::unavailable, "no replicas here: " + h);
+    },
+    [=](atom::remove, const std::string&) {},
+    [=](atom::locate, const std::string&) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
     [=](atom::get, const std::string& h, bool latest) -> caf::result<stored_message> {
       if (latest)
         if (auto i = self->state.latest.find(h); i != self->state.latest.end())
@@ -293,7 +297,7 @@ struct job_broker_test : caf_fixture {
     cc.fetch_missing = true;
     cc.scrub_bytes = 0;
     env->files = spawn(content_store, cc);
-    caf::anon_send(env->files, atom::connect_v, link);
+    caf::anon_send(env->files, atom::connect_v, caf::actor_cast<file_source_actor>(link));
     caf::anon_send(broker, atom::connect_v, link);
     sched.run();
     return true;

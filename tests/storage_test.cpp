@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <sys/mount.h>
@@ -222,6 +223,76 @@ TEST_F(storage, a_blob_altered_on_disk_is_never_served) {
   auto back = http_request(localhost, http, "GET", "/api/v0/storage/raw/" + hash, {}, {}, 10s);
   EXPECT_EQ(back.status, 200);
   EXPECT_EQ(back.body, "original bytes");
+}
+
+
+std::string store_message(const std::string& file, const std::string& sender, double time) {
+  json m{{"chain", "ETH"},
+         {"sender", sender},
+         {"type", "STORE"},
+         {"item_type", "inline"},
+         {"time", time},
+         {"content", {{"address", sender}, {"time", time}, {"item_type", "storage"},
+                      {"item_hash", file}}}};
+  return m.dump();
+}
+
+std::string forget_message(const std::string& store, const std::string& sender, double time) {
+  json m{{"chain", "ETH"},
+         {"sender", sender},
+         {"type", "FORGET"},
+         {"item_type", "inline"},
+         {"time", time},
+         {"content", {{"address", sender}, {"time", time}, {"hashes", {store}}}}};
+  return m.dump();
+}
+
+TEST_F(storage, replicas_live_on_two_crns_come_back_after_a_crn_dies_and_go_on_forget) {
+  auto& ccn = start_ccn("ccn");
+  auto http = ccn.port("http");
+  std::map<std::string, process*> crn;
+  for (auto name : {"crn-a", "crn-b", "crn-c"})
+    crn[name] = &start_crn(name, node_endpoint(ccn));
+  ASSERT_TRUE(eventually([&] { return count_state(crn_states(http), "linked") == 3; }, 15s));
+  std::string bytes(3 << 20, 'r');
+  bytes[12345] = 'x';
+  auto up = http_request(localhost, http, "POST", "/api/v0/storage/add_file", bytes, {}, 20s);
+  ASSERT_EQ(up.status, 200) << up.body;
+  auto file = json::parse(up.body)["hash"].get<std::string>();
+  const std::string sender = "0x9319Ad3B7A8E0eE24f2E639c40D8eD124C5520Ba";
+  auto posted = http_request(localhost, http, "POST", "/api/v0/messages",
+                             store_message(file, sender, 1700000000), {}, 10s);
+  ASSERT_EQ(posted.status, 200) << posted.body;
+  auto store = json::parse(posted.body)["item_hash"].get<std::string>();
+  auto holders = [&] {
+    std::set<std::string> out;
+    for (auto& [name, p] : crn)
+      if (p->running()
+          && http_request(localhost, p->port("http"), "GET", "/api/v0/storage/raw/" + file, {}, {}, 5s).status == 200)
+        out.insert(name);
+    return out;
+  };
+  ASSERT_TRUE(eventually([&] { return holders().size() == 2; }, 20s)) << holders().size();
+  auto first = holders();
+  // The CRN holding a replica dies: another one takes its place.
+  auto victim = *first.begin();
+  crn[victim]->kill9();
+  ASSERT_TRUE(eventually([&] { return holders().size() == 2; }, 20s)) << "the count is restored";
+  EXPECT_EQ(holders().count(victim), 0u);
+  // The CCN loses its own copy: it serves the file from a replica.
+  auto blob = dir / "ccn" / "blobs" / file.substr(0, 2) / file.substr(2);
+  ASSERT_TRUE(fs::remove(blob));
+  auto served = http_request(localhost, http, "GET", "/api/v0/storage/raw/" + file, {}, {}, 20s);
+  EXPECT_EQ(served.status, 200) << served.body.substr(0, 200);
+  EXPECT_TRUE(served.body == bytes);
+  // FORGET: gone from the CRNs and from the CCN.
+  auto forgot = http_request(localhost, http, "POST", "/api/v0/messages",
+                             forget_message(store, sender, 1700000100), {}, 10s);
+  ASSERT_EQ(forgot.status, 200) << forgot.body;
+  EXPECT_TRUE(eventually([&] { return holders().empty(); }, 10s));
+  EXPECT_TRUE(eventually([&] {
+    return http_request(localhost, http, "GET", "/api/v0/storage/raw/" + file, {}, {}, 5s).status == 404;
+  }, 10s));
 }
 
 } // namespace

@@ -1,0 +1,209 @@
+// The CCN's replicated file storage on the deterministic scheduler, with link doubles for the
+// CRNs: placement on different CRNs, repair when a holder goes down, re-assertion after a CRN
+// restart, FORGET by the owner only, the source for lost copies, and durability.
+#include "actors/replicator.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "messages/aleph_message.hpp"
+#include "tests/caf_fixture.hpp"
+#include "tests/stored_message.hpp"
+
+using namespace alephd;
+using namespace alephd::test;
+
+namespace {
+
+const std::string ccn_id = "ccn-1";
+const std::string owner = "0x1111111111111111111111111111111111111111";
+
+struct holder_state {
+  std::vector<std::string> replicated; ///< every replicate asked, in order
+  std::vector<std::string> removed;
+};
+
+// A CRN's link as the replicator sees it: takes every replica at once.
+ccn_link_actor::behavior_type holder(ccn_link_actor::stateful_pointer<holder_state> self) {
+  return {
+    [=](atom::status, link_state) {},
+    [=](atom::allocate, const allocation& a) { return allocation_ack{a.item_hash, a.epoch, "", false, "double"}; },
+    [=](atom::get) { return link_info{}; },
+    [=](atom::get, const std::string& h) -> caf::result<stored_message> {
+      return make_error(ec::not_found, h);
+    },
+    [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
+      return make_error(ec::not_found, h);
+    },
+    [=](atom::replicate, const std::string& h) {
+      self->state.replicated.push_back(h);
+      return file_info{h, 1, "/cache/" + h, 0};
+    },
+    [=](atom::remove, const std::string& h) { self->state.removed.push_back(h); },
+    [=](atom::locate, const std::string&) { return std::string{}; },
+    [=](atom::read, const std::string& h) -> caf::result<file_blob> {
+      return make_error(ec::not_found, h);
+    },
+    [=](atom::tick) {},
+    [=](atom::connect) {},
+    [=](atom::run, const std::string&, const stored_message&) { return uint16_t{500}; },
+    [=](atom::exited, const execution_info&) {},
+  };
+}
+
+nlohmann::ordered_json store_doc(const std::string& file, const std::string& by = owner,
+                                 std::optional<int> replicas = std::nullopt, double time = 100) {
+  nlohmann::ordered_json content{{"address", by}, {"time", time}, {"item_type", "storage"},
+                                 {"item_hash", file}};
+  if (replicas)
+    content["replicas"] = *replicas;
+  return {{"chain", "ETH"}, {"sender", by}, {"type", "STORE"}, {"item_type", "inline"},
+          {"time", time}, {"content", content}};
+}
+
+nlohmann::ordered_json forget_doc(const std::string& store_hash, const std::string& by = owner) {
+  return {{"chain", "ETH"}, {"sender", by}, {"type", "FORGET"}, {"item_type", "inline"},
+          {"time", 200},
+          {"content", {{"address", by}, {"time", 200}, {"hashes", {store_hash}}}}};
+}
+
+struct replicator_test : caf_fixture {
+  temp_dir dir;
+  std::shared_ptr<lmdb::env> env = open_test_env(dir);
+  std::map<std::string, ccn_link_actor> crns;
+  replicator_actor rep = make();
+
+  replicator_actor make() {
+    replicator_config c;
+    c.ccn_id = ccn_id;
+    c.env = env;
+    return spawn(replicator, c, content_store_actor{});
+  }
+
+  void link(const std::string& id, link_state s = link_state::linked) {
+    if (crns.count(id) == 0)
+      crns[id] = spawn(holder);
+    crn_info info;
+    info.id = id;
+    info.address = "http://" + id + ":4020";
+    caf::anon_send(rep, atom::node_v, info, s, crns[id]);
+    sched.run();
+  }
+
+  stored_message publish(const nlohmann::ordered_json& doc, const std::string& origin = ccn_id) {
+    auto m = stored_from(doc, origin);
+    caf::anon_send(rep, atom::published_v, m);
+    sched.run();
+    return m;
+  }
+
+  std::vector<std::string> holders(const std::string& file) {
+    auto r = ask<std::map<std::string, std::vector<std::string>>>(rep, atom::list_v);
+    auto it = r.value->find(file);
+    return it == r.value->end() ? std::vector<std::string>{} : it->second;
+  }
+
+  holder_state& crn(const std::string& id) { return state_of<holder_state>(crns.at(id)); }
+};
+
+TEST_F(replicator_test, a_store_gets_two_replicas_on_different_crns) {
+  link("a");
+  link("b");
+  link("c");
+  auto file = std::string(64, 'f');
+  publish(store_doc(file));
+  auto h = holders(file);
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_NE(h[0], h[1]);
+  size_t asked = crn("a").replicated.size() + crn("b").replicated.size() + crn("c").replicated.size();
+  EXPECT_EQ(asked, 2u);
+  // A second file goes to the least loaded CRN first.
+  auto second = std::string(64, 'e');
+  publish(store_doc(second, owner, 1));
+  auto h2 = holders(second);
+  ASSERT_EQ(h2.size(), 1u);
+  EXPECT_EQ(std::count(h.begin(), h.end(), h2[0]), 0) << "the CRN without a replica";
+}
+
+TEST_F(replicator_test, only_the_accepting_ccn_places_and_a_store_may_ask_for_more) {
+  link("a");
+  link("b");
+  link("c");
+  publish(store_doc(std::string(64, '1')), "another-ccn");
+  EXPECT_TRUE(holders(std::string(64, '1')).empty());
+  publish(store_doc(std::string(64, '2'), owner, 3));
+  EXPECT_EQ(holders(std::string(64, '2')).size(), 3u);
+  publish(store_doc(std::string(64, '3'), owner, 0));
+  EXPECT_TRUE(holders(std::string(64, '3')).empty());
+}
+
+TEST_F(replicator_test, a_holder_going_down_is_replaced_and_a_restarted_one_is_asked_again) {
+  link("a");
+  link("b");
+  auto file = std::string(64, 'f');
+  publish(store_doc(file));
+  ASSERT_EQ(holders(file).size(), 2u);
+  link("c");
+  link("a", link_state::down);
+  auto h = holders(file);
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(std::count(h.begin(), h.end(), "a"), 0);
+  EXPECT_EQ(std::count(h.begin(), h.end(), "c"), 1) << "the copy count is restored on c";
+  // b restarts: it is asked to hold its replica again (its duty pin died with it).
+  auto before = crn("b").replicated.size();
+  link("b");
+  EXPECT_EQ(crn("b").replicated.size(), before + 1);
+  EXPECT_EQ(holders(file).size(), 2u);
+}
+
+TEST_F(replicator_test, fewer_crns_than_replicas_fill_up_when_more_link) {
+  link("a");
+  auto file = std::string(64, 'f');
+  publish(store_doc(file));
+  EXPECT_EQ(holders(file).size(), 1u);
+  link("b");
+  EXPECT_EQ(holders(file).size(), 2u);
+}
+
+TEST_F(replicator_test, forget_by_the_owner_drops_the_file_everywhere) {
+  link("a");
+  link("b");
+  link("c");
+  auto file = std::string(64, 'f');
+  auto store = publish(store_doc(file));
+  publish(forget_doc(store.item_hash, "0x2222222222222222222222222222222222222222"));
+  EXPECT_EQ(holders(file).size(), 2u) << "another owner cannot forget it";
+  publish(forget_doc(store.item_hash));
+  EXPECT_TRUE(holders(file).empty());
+  for (auto id : {"a", "b", "c"})
+    EXPECT_EQ(crn(id).removed, std::vector<std::string>{file}) << id << " drops its copy";
+}
+
+TEST_F(replicator_test, a_file_named_by_two_stores_stays_until_both_are_forgotten) {
+  link("a");
+  link("b");
+  auto file = std::string(64, 'f');
+  auto first = publish(store_doc(file, owner, std::nullopt, 100));
+  auto second = publish(store_doc(file, owner, std::nullopt, 101));
+  publish(forget_doc(first.item_hash));
+  EXPECT_EQ(holders(file).size(), 2u);
+  publish(forget_doc(second.item_hash));
+  EXPECT_TRUE(holders(file).empty());
+}
+
+TEST_F(replicator_test, locate_names_a_linked_holder_and_placements_survive_a_restart) {
+  link("a");
+  link("b");
+  auto file = std::string(64, 'f');
+  publish(store_doc(file));
+  auto where = ask<std::string>(rep, atom::locate_v, file);
+  ASSERT_TRUE(where.value);
+  EXPECT_TRUE(*where.value == "http://a:4020" || *where.value == "http://b:4020") << *where.value;
+  auto none = ask<std::string>(rep, atom::locate_v, std::string(64, '0'));
+  EXPECT_TRUE(is(none.error, ec::not_found));
+  caf::anon_send_exit(rep, caf::exit_reason::user_shutdown);
+  sched.run();
+  rep = make();
+  EXPECT_EQ(holders(file).size(), 2u) << "restored from LMDB";
+}
+
+} // namespace
