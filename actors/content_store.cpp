@@ -174,8 +174,32 @@ content_store(content_store_actor::stateful_pointer<content_store_state> self,
         caf::actor& watcher) -> caf::result<file_info> {
       if (!is_sha256_hex(hash))
         return bad_hash(hash);
+      auto& st = self->state;
       auto& s = shard(self, hash);
-      return self->delegate(s, atom::fetch_v, std::move(hash), std::move(owner), std::move(watcher));
+      if (owner.rfind("replica:", 0) != 0 || st.cfg.max_bytes == 0)
+        return self->delegate(s, atom::fetch_v, std::move(hash), std::move(owner), std::move(watcher));
+      // Storage duty takes only room that pinned files leave under the high watermark: replicas
+      // never crowd out the executions' files.
+      auto rp = self->make_response_promise<file_info>();
+      ask_all<cache_usage>(
+        self,
+        [=](std::vector<cache_usage>& parts, caf::error err) mutable {
+          uint64_t pinned = 0;
+          for (auto& u : parts)
+            pinned += u.pinned_bytes;
+          auto& st = self->state;
+          auto high = static_cast<uint64_t>(static_cast<double>(st.cfg.max_bytes) * st.cfg.high_watermark);
+          if (err)
+            rp.deliver(std::move(err));
+          else if (pinned >= high)
+            rp.deliver(make_error(ec::no_space, "the cache holds " + std::to_string(pinned)
+                                                  + " pinned bytes of " + std::to_string(st.cfg.max_bytes)
+                                                  + ": no room for another replica"));
+          else
+            rp.delegate(shard(self, hash), atom::fetch_v, hash, owner, watcher);
+        },
+        atom::usage_v);
+      return rp;
     },
     [=](atom::unpin, const std::string& owner) {
       for (auto& s : self->state.shards)

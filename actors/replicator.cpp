@@ -16,6 +16,8 @@ namespace {
 using self_ptr = replicator_actor::stateful_pointer<replicator_state>;
 using nlohmann::json;
 
+void place(self_ptr self, const std::string& hash);
+
 std::string encode(const replica_set& r) {
   return json{{"stores", r.stores}, {"owner", r.owner}, {"wanted", r.wanted}, {"holders", r.holders}}
     .dump();
@@ -75,7 +77,8 @@ void assign(self_ptr self, const std::string& hash, const std::string& crn_id) {
           return;
         spdlog::warn("replicator: {} could not take a replica of {}: {}", crn_id, hash,
                      describe(err));
-        arm_retry(self);
+        it->second.refused[crn_id] = self->clock().now();
+        place(self, hash); // another CRN, if there is one
       });
 }
 
@@ -90,10 +93,13 @@ void place(self_ptr self, const std::string& hash) {
   for (auto& [h, s] : st.sets)
     for (auto& c : s.holders)
       ++load[c];
+  auto now = self->clock().now();
+  for (auto it = set.refused.begin(); it != set.refused.end();)
+    it = now - it->second >= st.cfg.refusal_pause ? set.refused.erase(it) : std::next(it);
   std::vector<std::string> candidates;
   for (auto& [id, c] : st.crns)
     if (c.state == link_state::linked && c.link && set.holders.count(id) == 0
-        && set.pending.count(id) == 0)
+        && set.pending.count(id) == 0 && set.refused.count(id) == 0)
       candidates.push_back(id);
   std::stable_sort(candidates.begin(), candidates.end(),
                    [&](auto& a, auto& b) { return load[a] < load[b]; });
@@ -207,10 +213,13 @@ replicator(replicator_actor::stateful_pointer<replicator_state> self, replicator
       c.state = state;
       c.link = link;
       if (state == link_state::linked) {
-        // A CRN that restarted forgot its duty pins: assert them again.
-        for (auto& [hash, set] : st.sets)
+        // A CRN that restarted forgot its duty pins: assert them again. One that refused a
+        // replica may have room now.
+        for (auto& [hash, set] : st.sets) {
+          set.refused.erase(info.id);
           if (set.holders.erase(info.id) > 0)
             assign(self, hash, info.id);
+        }
         for (auto& [hash, set] : st.sets)
           place(self, hash);
         return;

@@ -24,6 +24,7 @@ struct replicator_config {
   std::chrono::milliseconds retry{2000};
   /// A CRN gets this long to fetch a replica.
   std::chrono::milliseconds fetch_timeout{3600 * 1000};
+  std::chrono::milliseconds refusal_pause{60000};
   std::shared_ptr<lmdb::env> env; ///< none: in memory only
 };
 
@@ -33,6 +34,9 @@ struct replica_set {
   uint32_t wanted = 0;           ///< copies on CRNs (0: not placed by this CCN)
   std::set<std::string> holders; ///< CRNs that confirmed a copy
   std::set<std::string> pending; ///< CRNs fetching one
+  /// CRNs that could not take one, and when: asked again after `refusal_pause` or when they
+  /// link again.
+  std::map<std::string, caf::actor_clock::time_point> refused;
 };
 
 struct replicator_state {

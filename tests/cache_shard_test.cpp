@@ -214,6 +214,21 @@ TEST_F(cache_test, when_every_file_is_pinned_nothing_is_evicted) {
   EXPECT_EQ(usage(store).pinned_bytes, 1200u);
 }
 
+TEST_F(cache_test, replicas_only_take_room_that_pinned_files_leave) {
+  auto store = make_cache(1000); // high watermark 900
+  auto a = offer(600, 'a'), b = offer(200, 'b'), c = offer(200, 'c');
+  ASSERT_TRUE(fetch(store, a, "run-1").value);
+  auto r = fetch(store, b, "replica:" + b);
+  ASSERT_TRUE(r.value) << describe(r.error);
+  auto third = fetch(store, c, "replica:" + c); // 800 pinned before it
+  ASSERT_TRUE(third.value) << "800 < 900: still room";
+  auto d = offer(100, 'd');
+  auto full = fetch(store, d, "replica:" + d);
+  ASSERT_FALSE(full.value);
+  EXPECT_TRUE(is(full.error, ec::no_space)) << describe(full.error);
+  EXPECT_TRUE(fetch(store, d, "run-2").value) << "an execution's file is never refused";
+}
+
 TEST_F(cache_test, a_file_larger_than_the_cache_is_refused) {
   auto store = make_cache(1000);
   auto big = offer(1001, 'x');

@@ -128,8 +128,10 @@ struct execution : ::testing::Test {
     return p;
   }
 
-  void start_ccn() {
-    auto& ccn = start("ccn", {"ccn", "--port=0", "--node-port=0"});
+  void start_ccn(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args{"ccn", "--port=0", "--node-port=0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto& ccn = start("ccn", args);
     ccn_http = ccn.port("http");
     ccn_node = ccn.ready.at("node");
   }
@@ -752,6 +754,65 @@ TEST_F(execution, volumes_are_mounted_as_the_program_asks) {
   auto r = http_request(localhost, http, "GET", "/vm/" + bad + "/", {}, {}, 20s);
   EXPECT_EQ(r.status, 502);
   EXPECT_NE(r.body.find("reserved"), std::string::npos) << r.body;
+}
+
+TEST_F(execution, the_cache_evicts_unpinned_files_only_and_downloads_each_file_once) {
+  start_ccn({"--ccn.replicas=0"}); // only executions put files in this CRN's cache
+  // 8 MiB of cache: eviction starts above 7.2 MiB and stops at 6.4 MiB.
+  auto& crn = start_crn("crn", {"--cache.max-bytes=8388608"});
+  auto http = crn.port("http");
+  auto token = std::map<std::string, std::string>{{"X-Auth-Token", this->token("crn")}};
+  auto usage = [&] {
+    auto r = http_request(localhost, http, "GET", "/about/usage/system", {}, {}, 5s);
+    return json::parse(r.body, nullptr, false)["cache"];
+  };
+  auto cached = [&](const std::string& file) {
+    return http_request(localhost, http, "GET", "/api/v0/storage/raw/" + file, {}, {}, 5s).status == 200;
+  };
+  std::map<std::string, std::string> file_of; // STORE -> file hash
+  auto volume = [&](char fill, size_t bytes) {
+    std::string data(bytes, fill);
+    auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", data, {}, 10s);
+    auto store = store_file(data);
+    file_of[store] = json::parse(up.body, nullptr, false).value("hash", "");
+    return store;
+  };
+  auto program_with = [&](const std::string& store, const std::string& name) {
+    return publish_program(false, 128, 5, name, "plain", {}, "app",
+                           json::array({{{"mount", "/opt/v"}, {"ref", store}, {"use_latest", false}}}));
+  };
+  auto call = [&](const std::string& hash) {
+    return http_request(localhost, http, "GET", "/vm/" + hash + "/read?opt/v", {}, {}, 30s);
+  };
+  auto v1 = volume('1', 3 << 20), v2 = volume('2', 3 << 20), v3 = volume('3', 3 << 20);
+  auto p1 = program_with(v1, "p1"), p2 = program_with(v2, "p2"), p3 = program_with(v3, "p3");
+  ASSERT_EQ(call(p1).status, 200);
+  ASSERT_EQ(call(p2).status, 200);
+  EXPECT_TRUE(cached(file_of[v1]) && cached(file_of[v2]));
+  EXPECT_EQ(usage()["evicted"], 0);
+  ASSERT_EQ(http_request(localhost, http, "POST", "/control/machine/" + p2 + "/stop", {}, token, 20s).status, 200);
+  // p3's volume pushes the cache over the high watermark: only p2's (stopped) volume may go.
+  auto r3 = call(p3);
+  ASSERT_EQ(r3.status, 200);
+  EXPECT_EQ(r3.body.substr(0, 64), std::string(64, '3'));
+  EXPECT_TRUE(eventually([&] { return !cached(file_of[v2]); }, 10s)) << usage().dump();
+  EXPECT_TRUE(cached(file_of[v1])) << "a running program's volume is never evicted";
+  EXPECT_TRUE(cached(file_of[v3]));
+  EXPECT_EQ(usage()["evicted"], 1);
+  auto r1 = call(p1);
+  EXPECT_EQ(r1.status, 200);
+  EXPECT_EQ(r1.body.substr(0, 64), std::string(64, '1'));
+  // Two programs starting together on one new volume: one download.
+  auto before = usage()["downloads"].get<uint64_t>();
+  auto v4 = volume('4', 1 << 20);
+  auto p4 = program_with(v4, "p4"), p5 = program_with(v4, "p5");
+  std::thread other([&] { EXPECT_EQ(call(p5).status, 200); });
+  EXPECT_EQ(call(p4).status, 200);
+  other.join();
+  EXPECT_EQ(usage()["downloads"].get<uint64_t>(), before + 1) << usage().dump();
+  auto u = usage();
+  EXPECT_EQ(u["max_bytes"], 8388608);
+  EXPECT_GT(u["pinned_bytes"].get<uint64_t>(), 7u << 20);
 }
 
 TEST_F(execution, a_matching_message_runs_a_message_triggered_program_with_it) {

@@ -563,6 +563,21 @@ TEST_F(job_broker_test, code_with_use_latest_runs_the_newest_amend) {
   EXPECT_EQ(executors.back()->cfg.code, "old code");
 }
 
+TEST_F(job_broker_test, a_running_execution_pins_its_files_until_it_stops) {
+  connect();
+  auto hash = publish_program("pinned code");
+  ASSERT_TRUE(run(hash).value);
+  auto during = ask<cache_usage>(env->files, atom::usage_v);
+  ASSERT_TRUE(during.value);
+  EXPECT_EQ(during.value->pinned_bytes, std::string{"pinned code"}.size());
+  ASSERT_TRUE(ask<execution_info>(broker, atom::stop_v, hash).value);
+  sched.run();
+  auto after = ask<cache_usage>(env->files, atom::usage_v);
+  ASSERT_TRUE(after.value);
+  EXPECT_EQ(after.value->pinned_bytes, 0u);
+  EXPECT_EQ(after.value->files, 1u) << "still cached, now evictable";
+}
+
 TEST_F(job_broker_test, code_comes_from_the_cache_the_second_time) {
   connect();
   auto hash = publish_program("cached code");

@@ -20,6 +20,7 @@ const std::string owner = "0x1111111111111111111111111111111111111111";
 struct holder_state {
   std::vector<std::string> replicated; ///< every replicate asked, in order
   std::vector<std::string> removed;
+  bool full = false; ///< refuses replicas (its cache is full of pinned files)
 };
 
 // A CRN's link as the replicator sees it: takes every replica at once.
@@ -34,8 +35,10 @@ ccn_link_actor::behavior_type holder(ccn_link_actor::stateful_pointer<holder_sta
     [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
       return make_error(ec::not_found, h);
     },
-    [=](atom::replicate, const std::string& h) {
+    [=](atom::replicate, const std::string& h) -> caf::result<file_info> {
       self->state.replicated.push_back(h);
+      if (self->state.full)
+        return make_error(ec::no_space, "no room for another replica");
       return file_info{h, 1, "/cache/" + h, 0};
     },
     [=](atom::remove, const std::string& h) { self->state.removed.push_back(h); },
@@ -153,6 +156,24 @@ TEST_F(replicator_test, a_holder_going_down_is_replaced_and_a_restarted_one_is_a
   link("b");
   EXPECT_EQ(crn("b").replicated.size(), before + 1);
   EXPECT_EQ(holders(file).size(), 2u);
+}
+
+TEST_F(replicator_test, a_crn_without_room_is_skipped_for_a_while) {
+  link("a");
+  link("b");
+  link("c");
+  crn("a").full = true;
+  crn("b").full = true;
+  auto file = std::string(64, 'f');
+  publish(store_doc(file, owner, 2));
+  auto h = holders(file);
+  EXPECT_EQ(h, std::vector<std::string>{"c"}) << "only c had room";
+  auto asked = crn("a").replicated.size();
+  advance(std::chrono::seconds(10));
+  EXPECT_EQ(crn("a").replicated.size(), asked) << "not asked again at once";
+  crn("a").full = false;
+  advance(std::chrono::seconds(61));
+  EXPECT_EQ(holders(file).size(), 2u) << "asked again after the pause";
 }
 
 TEST_F(replicator_test, fewer_crns_than_replicas_fill_up_when_more_link) {
