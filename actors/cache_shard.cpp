@@ -541,6 +541,22 @@ cache_shard_actor::behavior_type cache_shard(cache_shard_pointer self, cache_sha
       start_download(self, hash);
       return rp;
     },
+    [=](atom::fetch, const std::string& hash, const std::string& url) -> caf::result<file_info> {
+      auto& st = self->state;
+      if (auto* e = verified(self, hash); e != nullptr) {
+        touch(self, hash);
+        return info_of(self, hash, *e);
+      }
+      auto rp = self->make_response_promise<file_info>();
+      auto& f = st.flights[hash];
+      f.waiters.push_back(rp);
+      if (!f.cancel) {
+        f.cancel = std::make_shared<std::atomic<bool>>(false);
+        spdlog::info("{}: downloading {} from {}", shard_tag(self), hash, url);
+        download_http(self, hash, url);
+      }
+      return rp;
+    },
     [=](atom::fetched, const std::string& hash, const std::string& temp, const std::string& err,
         uint8_t kind) { downloaded(self, hash, temp, err, static_cast<fetch_kind>(kind)); },
     [=](atom::connect, const file_source_actor& link) { self->state.link = link; },

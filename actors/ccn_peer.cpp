@@ -29,12 +29,24 @@ void push_message(self_ptr self, const caf::actor& to, const std::string& hash) 
           });
 }
 
+// A small file travels whole; a large one is offered for the peer to fetch over HTTP.
 void push_file(self_ptr self, const caf::actor& to, const std::string& hash) {
-  self->request(self->state.files, request_timeout, atom::read_v, hash)
-    .then([=](const file_blob& b) { self->send(as_peer(to), atom::replicate_v, b); },
-          [=](caf::error& err) {
-            spdlog::warn("ccn_peer: cannot read file {}: {}", hash, describe(err));
-          });
+  auto fail = [=](caf::error& err) {
+    spdlog::warn("ccn_peer: cannot read file {}: {}", hash, describe(err));
+  };
+  self->request(self->state.files, request_timeout, atom::get_v, hash)
+    .then(
+      [=](const file_info& f) {
+        auto& st = self->state;
+        auto url = st.cfg.http ? st.cfg.http->get() : std::string{};
+        if (f.size > st.cfg.inline_bytes && !url.empty()) {
+          self->send(as_peer(to), atom::replicate_v, hash, url);
+          return;
+        }
+        self->request(st.files, request_timeout, atom::read_v, hash)
+          .then([=](const file_blob& b) { self->send(as_peer(to), atom::replicate_v, b); }, fail);
+      },
+      fail);
 }
 
 // Pushes to `to` everything we hold that its inventory lacks.
@@ -198,6 +210,14 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         .then([](const append_result&) {},
               [=](caf::error& err) {
                 spdlog::error("ccn_peer: cannot store replicated message: {}", describe(err));
+              });
+    },
+    [=](atom::replicate, std::string& hash, std::string& url) {
+      self->request(self->state.files, caf::infinite, atom::fetch_v, hash, url)
+        .then([](const file_info&) {},
+              [=](caf::error& err) {
+                spdlog::error("ccn_peer: cannot fetch file {} a peer offered: {}", hash,
+                              describe(err));
               });
     },
     [=](atom::replicate, file_blob& blob) {

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "actors/ccn_node.hpp"
 #include "actors/interfaces.hpp"
 
 namespace alephd {
@@ -15,6 +16,11 @@ struct ccn_peer_config {
   std::vector<std::string> endpoints;     ///< "host:port" node ports of peer CCNs
   std::vector<ccn_node_actor> direct;     ///< in-process peers (tests, dev)
   std::chrono::milliseconds retry{1000};
+  /// This CCN's HTTP address, for peers to fetch large files from (none: files go whole).
+  std::shared_ptr<const http_locator> http;
+  /// Files up to this size travel whole over the node link; larger ones are offered and
+  /// fetched over HTTP, streamed.
+  uint64_t inline_bytes = 1 << 20;
 };
 
 struct peer_entry {

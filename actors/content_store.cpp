@@ -116,7 +116,7 @@ content_store(content_store_actor::stateful_pointer<content_store_state> self,
               content_store_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  auto blobs = std::make_shared<blob_store>(st.cfg.root);
+  auto blobs = st.cfg.blobs ? st.cfg.blobs : std::make_shared<blob_store>(st.cfg.root);
   auto n = std::max(1u, st.cfg.shards);
   auto high = static_cast<uint64_t>(static_cast<double>(st.cfg.max_bytes) * st.cfg.high_watermark);
   for (unsigned i = 0; i < n; ++i) {
@@ -200,6 +200,12 @@ content_store(content_store_actor::stateful_pointer<content_store_state> self,
         },
         atom::usage_v);
       return rp;
+    },
+    [=](atom::fetch, std::string& hash, std::string& url) -> caf::result<file_info> {
+      if (!is_sha256_hex(hash))
+        return bad_hash(hash);
+      auto& s = shard(self, hash);
+      return self->delegate(s, atom::fetch_v, std::move(hash), std::move(url));
     },
     [=](atom::unpin, const std::string& owner) {
       for (auto& s : self->state.shards)

@@ -18,6 +18,9 @@ namespace alephd {
 struct content_store_config {
   /// The blob directory (blobs under <root>/ab/…, temp files under <root>/tmp).
   std::string root;
+  /// The blob files under `root`; made by the store when null. A node makes it before its
+  /// HTTP server starts, so that clearing the temp files of an earlier run cannot race an upload.
+  std::shared_ptr<blob_store> blobs;
   std::shared_ptr<lmdb::env> env;
   unsigned shards = 4;
   /// The bound on blob bytes (0 = none: a CCN's origin store).

@@ -99,6 +99,8 @@ using cache_shard_actor = caf::typed_actor<
   /// non-empty string) until `unpin`. Progress goes to the optional actor as
   /// (atom::progress, hash, bytes, total).
   replies_to<atom::fetch, std::string, std::string, caf::actor>::with<file_info>,
+  /// A held file, else downloaded from the node at this HTTP base URL (a peer CCN's offer).
+  replies_to<atom::fetch, std::string, std::string>::with<file_info>,
   /// Releases every pin of an owner.
   reacts_to<atom::unpin, std::string>,
   /// Deletes a file unless pinned (then it goes when the last pin does); true when held.
@@ -134,6 +136,8 @@ using content_store_actor = caf::typed_actor<
   replies_to<atom::get, std::string>::with<file_info>,
   /// A file, downloaded when missing, pinned for the owner (see cache_shard_actor).
   replies_to<atom::fetch, std::string, std::string, caf::actor>::with<file_info>,
+  /// A file, else downloaded from the node at this HTTP base URL.
+  replies_to<atom::fetch, std::string, std::string>::with<file_info>,
   /// Releases every pin of an owner.
   reacts_to<atom::unpin, std::string>,
   /// Deletes a file (FORGET) once no execution pins it.
@@ -229,6 +233,8 @@ using ccn_peer_actor = caf::typed_actor<
   /// A message or file pushed by a peer.
   reacts_to<atom::replicate, stored_message>,
   reacts_to<atom::replicate, file_blob>,
+  /// A large file a peer offers (hash, its HTTP base URL): fetched from there, streamed.
+  reacts_to<atom::replicate, std::string, std::string>,
   /// Known peer CCNs, for the corechannel view.
   replies_to<atom::list>::with<std::vector<node_view>>,
   /// Internal: (re)connect to configured peers.

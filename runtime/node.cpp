@@ -25,6 +25,7 @@
 #include "actors/scheduler.hpp"
 #include "actors/trigger_router.hpp"
 #include "actors/vm_supervisor.hpp"
+#include "runtime/blob_store.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/execution_records.hpp"
 #include "runtime/execution_table.hpp"
@@ -187,6 +188,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   messages_ = sys.spawn(message_store, env_, s.group_commit);
   content_store_config cc;
   cc.root = dir + "/blobs";
+  cc.blobs = std::make_shared<blob_store>(cc.root);
   cc.env = env_;
   cc.shards = s.cache_shards;
   cc.max_file_bytes = s.max_file_size;
@@ -226,8 +228,13 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   caf::anon_send(messages_, atom::subscribe_v, caf::actor_cast<message_listener_actor>(replicator_));
   caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(replicator_));
   caf::anon_send(files_, atom::connect_v, caf::actor_cast<file_source_actor>(replicator_));
-  peer_ = sys.spawn(ccn_peer, ccn_peer_config{id_, s.peers, std::move(direct_peers)}, messages_, files_);
   auto locator = std::make_shared<http_locator>();
+  ccn_peer_config pc;
+  pc.ccn_id = id_;
+  pc.endpoints = s.peers;
+  pc.direct = std::move(direct_peers);
+  pc.http = locator;
+  peer_ = sys.spawn(ccn_peer, pc, messages_, files_);
   node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_,
                     std::shared_ptr<const http_locator>{locator});
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
@@ -443,6 +450,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
     return cerr;
   content_store_config cc;
   cc.root = dir + "/cache";
+  cc.blobs = std::make_shared<blob_store>(cc.root);
   cc.env = std::shared_ptr<lmdb::env>{std::move(cache_env)};
   cc.shards = s.cache_shards;
   cc.max_bytes = s.cache_max_bytes > 0 ? s.cache_max_bytes : usage.disk_total_kb * 1024 / 5;

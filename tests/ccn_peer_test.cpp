@@ -49,6 +49,13 @@ struct ccn_parts {
   ccn_node_actor node;
 };
 
+ccn_peer_config peer_config(const std::string& id, std::vector<ccn_node_actor> direct) {
+  ccn_peer_config c;
+  c.ccn_id = id;
+  c.direct = std::move(direct);
+  return c;
+}
+
 struct ccn_peer_test : caf_fixture {
   std::unique_ptr<ccn_parts> make(const std::string& id, std::vector<ccn_node_actor> direct = {}) {
     auto p = std::make_unique<ccn_parts>();
@@ -63,7 +70,7 @@ struct ccn_peer_test : caf_fixture {
     crn_registry_config rc;
     rc.ccn_id = id;
     p->registry = spawn(crn_registry, rc);
-    p->peer = spawn(ccn_peer, ccn_peer_config{id, {}, std::move(direct)}, p->messages, p->files);
+    p->peer = spawn(ccn_peer, peer_config(id, std::move(direct)), p->messages, p->files);
     p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files, scheduler_actor{},
                     std::shared_ptr<const http_locator>{});
     return p;
@@ -153,7 +160,7 @@ TEST_F(ccn_peer_test, peers_swap_what_the_other_lacks_when_they_meet) {
   sched.run();
   EXPECT_TRUE(has_message(*c, hash_of("old-a")));
   EXPECT_EQ(ask<std::vector<std::string>>(c->files, atom::inventory_v).value->size(), 1u);
-  auto b_peer = spawn(ccn_peer, ccn_peer_config{"ccn-b", {}, {a->node}}, b_only->messages, b_only->files);
+  auto b_peer = spawn(ccn_peer, peer_config("ccn-b", {a->node}), b_only->messages, b_only->files);
   sched.run();
   EXPECT_TRUE(has_message(*b_only, hash_of("old-a")));
   EXPECT_TRUE(has_message(*a, hash_of("old-b")));

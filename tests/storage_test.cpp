@@ -89,7 +89,7 @@ TEST_F(storage, a_large_file_is_uploaded_and_served_in_a_stream_with_bounded_mem
   auto& ccn = start_ccn("ccn", {"--ccn.max-file-size=1073741824"});
   auto http = ccn.port("http");
   auto file = (dir / "big.bin").string();
-  constexpr size_t mib = 320;
+  constexpr size_t mib = 1024;
   auto hash = make_file(file, mib);
   std::string out, err;
   auto rc = run_cli("upload " + file + " --progress --ccn http://127.0.0.1:" + std::to_string(http),
@@ -293,6 +293,28 @@ TEST_F(storage, replicas_live_on_two_crns_come_back_after_a_crn_dies_and_go_on_f
   EXPECT_TRUE(eventually([&] {
     return http_request(localhost, http, "GET", "/api/v0/storage/raw/" + file, {}, {}, 5s).status == 404;
   }, 10s));
+}
+
+
+TEST_F(storage, a_large_file_reaches_a_peer_ccn_streamed_over_http) {
+  auto& a = start_ccn("ccn-a", {"--ccn.max-file-size=1073741824"});
+  auto& b = start_ccn("ccn-b", {"--ccn.max-file-size=1073741824", "--peer=" + node_endpoint(a)});
+  auto file = (dir / "peer.bin").string();
+  auto hash = make_file(file, 200);
+  std::string out, err;
+  ASSERT_EQ(run_cli("upload " + file + " --no-progress --ccn http://127.0.0.1:" + std::to_string(a.port("http")),
+                    dir, out, err), 0) << err;
+  ASSERT_EQ(out, hash + "\n");
+  auto blob = dir / "ccn-b" / "blobs" / hash.substr(0, 2) / hash.substr(2);
+  EXPECT_TRUE(eventually([&] { return fs::exists(blob); }, 60s)) << "the peer fetched it";
+  alephd::transfer::options o;
+  auto copy = (dir / "from-b.bin").string();
+  auto r = alephd::transfer::download("http://127.0.0.1:" + std::to_string(b.port("http")),
+                                      "/api/v0/storage/raw/" + hash, copy, uint64_t{1} << 40, o);
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(r.sha256, hash);
+  EXPECT_LT(peak_rss(b.pid()), 256ull << 20) << "the peer did not hold it in memory";
+  EXPECT_LT(peak_rss(a.pid()), 256ull << 20);
 }
 
 } // namespace
