@@ -67,6 +67,8 @@ bool pinned(self_ptr self, const std::string& hash) {
   return it != self->state.pins.end() && !it->second.empty();
 }
 
+// Pins live in memory: an execution pins its files while it runs (a re-adopted one pins them
+// again), and the CCN asserts a CRN's storage duty whenever the CRN links.
 void pin(self_ptr self, const std::string& hash, const std::string& owner) {
   if (owner.empty())
     return;

@@ -255,6 +255,7 @@ void save_record(self_ptr self) {
   }
   r.started_at = st.info.started_at;
   r.request_timeout_ms = st.request_timeout.count();
+  r.files = st.files;
   st.record_pid = r.handle.pid;
   std::string err;
   if (!st.env->records->put(r, err))
@@ -327,6 +328,17 @@ void adopt(self_ptr self, const execution_record& rec) {
   st.adopted_started_at = rec.started_at;
   st.adoptable = true;
   st.record_pid = rec.handle.pid; // its record is ours now
+  // Its files stay pinned in the cache while it runs (they are there: it started with them).
+  st.files = rec.files;
+  if (st.env->files)
+    for (auto& hash : rec.files)
+      self->request(st.env->files, st.env->download_timeout, atom::fetch_v, hash, pin_owner(self),
+                    caf::actor{})
+        .then([](const file_info&) {},
+              [=](caf::error& err) {
+                spdlog::warn("vm_supervisor: {}: cannot pin {} again: {}",
+                             self->state.info.item_hash, hash, describe(err));
+              });
   std::shared_ptr<executor> exec;
   std::function<std::string()> start;
   auto timeout = st.env->adopt_timeout;
@@ -453,7 +465,10 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
                   pin_owner(self), caf::actor_cast<caf::actor>(self))
       .then(
         [=](file_info& f) {
-          self->state.downloading.clear();
+          auto& st = self->state;
+          st.downloading.clear();
+          if (std::find(st.files.begin(), st.files.end(), f.hash) == st.files.end())
+            st.files.push_back(f.hash);
           on_ok(f);
         },
         [=](caf::error& err) {

@@ -98,6 +98,7 @@ struct vm_supervisor_state {
   std::vector<std::string> mount_args; ///< bwrap arguments for the volumes
   std::string rootfs;       ///< instances: the cached base image
   std::string downloading;  ///< what is being downloaded ("code <hash>"), for the status
+  std::vector<std::string> files; ///< cached files this execution pins (for its record)
   uint64_t overlay_mib = 0; ///< instances: rootfs.size_mib
   uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it
   std::shared_ptr<executor> exec;

@@ -45,6 +45,7 @@ std::string execution_records::encode(const execution_record& r) {
     {"cgroup_name", r.handle.cgroup_name},
     {"started_at", r.started_at},
     {"request_timeout_ms", r.request_timeout_ms},
+    {"files", r.files},
   };
   return j.dump();
 }
@@ -74,6 +75,7 @@ std::optional<execution_record> execution_records::decode(const std::string& tex
     r.handle.cgroup_name = j.at("cgroup_name").get<std::string>();
     r.started_at = j.at("started_at").get<double>();
     r.request_timeout_ms = j.value("request_timeout_ms", int64_t{1000});
+    r.files = j.value("files", std::vector<std::string>{});
     if (r.alloc.item_hash.empty())
       return std::nullopt;
     return r;

@@ -32,6 +32,7 @@ struct execution_record {
   std::string sock_dir;  ///< a microVM's sockets
   double started_at = 0;
   int64_t request_timeout_ms = 1000; ///< per call (resources.seconds)
+  std::vector<std::string> files;    ///< cached files it uses (pinned again when re-adopted)
 
   /// Whether its sandbox or VM still runs.
   bool alive() const;

@@ -40,6 +40,7 @@ execution_record sample(const std::string& hash) {
   r.handle = sandbox_handle{4242, "123456", 4243, "123457", "abcd-1-1"};
   r.started_at = 1700000000.5;
   r.request_timeout_ms = 30000;
+  r.files = {std::string(64, 'a'), std::string(64, 'b')};
   return r;
 }
 
@@ -61,6 +62,7 @@ TEST(execution_records, a_record_survives_its_json_form) {
   EXPECT_EQ(back->handle.cgroup_name, "abcd-1-1");
   EXPECT_DOUBLE_EQ(back->started_at, r.started_at);
   EXPECT_EQ(back->request_timeout_ms, 30000);
+  EXPECT_EQ(back->files, r.files);
   auto vm = r;
   vm.executor = "microvm";
   vm.sock_dir = "/tmp/alephd-vm-x";

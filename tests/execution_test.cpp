@@ -517,7 +517,7 @@ TEST_F(execution, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
 }
 
 TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_comes_back) {
-  start_ccn();
+  start_ccn({"--ccn.replicas=0"}); // the cache's pins are the execution's own
   auto* crn = &start_crn();
   auto hash = publish_program(true);
   ASSERT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 20s))
@@ -548,6 +548,12 @@ TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_come
   auto logs = http_request(localhost, crn->port("http"), "GET", "/control/machine/" + hash + "/logs",
                            {}, {{"X-Auth-Token", token("crn")}});
   EXPECT_NE(logs.body.find("re-adopting"), std::string::npos) << logs.body;
+  // Its code is pinned in the cache again: a running execution's files are never evicted.
+  EXPECT_TRUE(eventually([&] {
+    auto u = http_request(localhost, crn->port("http"), "GET", "/about/usage/system", {}, {}, 5s);
+    auto cache = json::parse(u.body, nullptr, false)["cache"];
+    return cache.is_object() && cache.value("pinned_bytes", uint64_t{0}) > 0;
+  }, 5s));
   // The CCN keeps it on this CRN.
   EXPECT_TRUE(eventually([&] {
     auto r = http_request(localhost, ccn_http, "GET", "/api/v0/allocations", {}, {}, 5s);
