@@ -449,7 +449,8 @@ void boot(self_ptr self) {
 // the cache (verified, downloaded when missing, pinned while this execution lives), then calls
 // `on_ok` with it; finishes the execution on failure.
 void resolve_file(self_ptr self, const std::string& what, const std::string& ref, bool latest,
-                  std::function<void(const file_info&)> on_ok) {
+                  std::function<void(const file_info&)> on_ok,
+                  std::function<void(const std::string&)> on_missing = {}) {
   if (!self->state.link) {
     finish(self, "failed", "no CCN link to fetch the " + what + " from");
     return;
@@ -473,7 +474,10 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
         },
         [=](caf::error& err) {
           self->state.downloading.clear();
-          fetch_failed(self, "cannot fetch " + what + " " + file_hash + ": " + describe(err));
+          if (on_missing && (is(err, ec::not_found) || is(err, ec::invalid)))
+            on_missing(what + " " + file_hash + " is not on the CCN");
+          else
+            fetch_failed(self, "cannot fetch " + what + " " + file_hash + ": " + describe(err));
         });
   };
   self->request(self->state.link, self->state.env->fetch_timeout, atom::get_v, ref, latest)
@@ -602,7 +606,7 @@ std::string volumes_dir(const execution_env& env, const std::string& hash) {
 
 // One volume to set up before boot.
 struct volume_plan {
-  enum class kind { immutable, ephemeral, persistent } what;
+  enum class kind { immutable, ephemeral, persistent, runtime } what;
   std::string ref;   ///< immutable: the STORE (or file) hash
   std::string mount;
   std::string name;  ///< persistent
@@ -622,6 +626,22 @@ void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> pl
   auto& v = (*plan)[i];
   auto next = [=] { prepare_volumes(self, plan, i + 1, done); };
   switch (v.what) {
+    case volume_plan::kind::runtime:
+      // The sandbox runs on the host's /usr; a runtime the CCN holds is mounted read-only at
+      // /opt/runtime as well, and one it does not hold is noted and left out.
+      resolve_file(
+        self, "runtime", v.ref, v.use_latest,
+        [=](const file_info& file) {
+          auto& st = self->state;
+          st.mount_args.insert(st.mount_args.end(), {"--ro-bind", file.path, v.mount});
+          note(self, "runtime " + file.hash + " mounted read-only at " + v.mount);
+          next();
+        },
+        [=](const std::string& why) {
+          note(self, why + ": the host's /usr is the runtime");
+          next();
+        });
+      return;
     case volume_plan::kind::ephemeral:
       st.mount_args.insert(st.mount_args.end(),
                            {"--size", std::to_string(v.size_mib << 20), "--tmpfs", v.mount});
@@ -695,6 +715,9 @@ std::string plan_volumes(const aleph::program_content& p, std::vector<volume_pla
     out.push_back(std::move(v));
     return {};
   };
+  if (p.runtime && !p.runtime->ref.empty())
+    out.push_back({volume_plan::kind::runtime, p.runtime->ref, "/opt/runtime", {}, 0,
+                   p.runtime->use_latest});
   if (p.data) {
     volume_plan v{volume_plan::kind::immutable, p.data->ref, p.data->mount, {}, 0,
                   p.data->use_latest};

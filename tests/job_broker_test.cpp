@@ -578,6 +578,39 @@ TEST_F(job_broker_test, a_running_execution_pins_its_files_until_it_stops) {
   EXPECT_EQ(after.value->files, 1u) << "still cached, now evictable";
 }
 
+TEST_F(job_broker_test, a_runtime_the_ccn_holds_is_fetched_and_a_foreign_one_is_noted) {
+  connect();
+  auto runtime = std::string{"runtime image"};
+  ccn().files[aleph::sha256_hex(runtime)] = runtime;
+  auto runtime_store = as_stored(store_doc(aleph::sha256_hex(runtime)));
+  ccn().messages[runtime_store.item_hash] = runtime_store;
+  auto with_runtime = [&](const std::string& ref, const std::string& code) {
+    auto doc = nlohmann::ordered_json::parse(ccn().messages.at(publish_program(code)).json);
+    doc["content"]["runtime"] = {{"ref", ref}, {"use_latest", false}, {"comment", "test"}};
+    doc.erase("item_hash");
+    doc.erase("item_content");
+    auto m = as_stored(doc);
+    ccn().messages[m.item_hash] = m;
+    return m.item_hash;
+  };
+  auto logs_of = [&](const std::string& hash) {
+    std::string all;
+    auto r = ask<std::vector<log_line>>(broker, atom::logs_v, hash);
+    EXPECT_TRUE(r.value) << describe(r.error);
+    for (auto& l : r.value.value_or(std::vector<log_line>{}))
+      all += l.line + "\n";
+    return all;
+  };
+  auto ours = with_runtime(runtime_store.item_hash, "code one");
+  ASSERT_TRUE(run(ours).value);
+  EXPECT_NE(logs_of(ours).find("runtime " + aleph::sha256_hex(runtime) + " mounted read-only"),
+            std::string::npos) << logs_of(ours);
+  auto foreign = with_runtime(std::string(64, '7'), "code two");
+  ASSERT_TRUE(run(foreign).value) << "a runtime this CCN does not hold is not an error";
+  EXPECT_NE(logs_of(foreign).find("the host's /usr is the runtime"), std::string::npos)
+    << logs_of(foreign);
+}
+
 TEST_F(job_broker_test, code_comes_from_the_cache_the_second_time) {
   connect();
   auto hash = publish_program("cached code");
