@@ -9,6 +9,7 @@
 #include <thread>
 
 #include <sys/mount.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "runtime/blob_store.hpp"
@@ -315,6 +316,29 @@ TEST_F(storage, a_large_file_reaches_a_peer_ccn_streamed_over_http) {
   EXPECT_EQ(r.sha256, hash);
   EXPECT_LT(peak_rss(b.pid()), 256ull << 20) << "the peer did not hold it in memory";
   EXPECT_LT(peak_rss(a.pid()), 256ull << 20);
+}
+
+
+TEST_F(storage, the_cache_bound_is_reserved_out_of_the_disk_a_crn_offers) {
+  auto& ccn = start_ccn("ccn");
+  struct statvfs vfs{};
+  ASSERT_EQ(::statvfs(dir.c_str(), &vfs), 0);
+  uint64_t available = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  auto& crn = start(std::string{"crn"}, {"crn", "--port=0", "--ccn=" + node_endpoint(ccn),
+                                         "--cache.max-bytes=" + std::to_string(available / 2)});
+  uint64_t offered = 0;
+  ASSERT_TRUE(eventually([&] {
+    auto j = get_json(ccn.port("http"), "/api/v0/nodes");
+    if (!j.is_object() || !j.contains("crns") || j["crns"].empty())
+      return false;
+    offered = j["crns"][0]["capacity"]["disk_mib"].get<uint64_t>();
+    return true;
+  }, 10s));
+  auto mib = available >> 20;
+  EXPECT_GT(offered, mib * 4 / 10) << "offered " << offered << " MiB of " << mib;
+  EXPECT_LT(offered, mib * 6 / 10) << "half the disk is the cache's: offered " << offered << " MiB of " << mib;
+  auto usage = get_json(crn.port("http"), "/about/usage/system");
+  EXPECT_EQ(usage["cache"]["max_bytes"].get<uint64_t>(), available / 2);
 }
 
 } // namespace
