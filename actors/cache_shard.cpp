@@ -23,7 +23,8 @@ constexpr auto flush_interval = std::chrono::seconds(5);
 
 std::string encode(const cache_entry& e) {
   return json{{"size", e.size},     {"created", e.created}, {"last_access", e.last_access},
-              {"keep", e.keep},     {"origin", e.origin},   {"stamp", e.stamp}}
+              {"keep", e.keep},     {"origin", e.origin},   {"stamp", e.stamp},
+              {"duty", e.duty}}
     .dump();
 }
 
@@ -35,6 +36,7 @@ bool decode(std::string_view text, cache_entry& e) {
   e.created = j.value("created", 0.0);
   e.last_access = j.value("last_access", 0.0);
   e.keep = j.value("keep", false);
+  e.duty = j.value("duty", false);
   e.origin = j.value("origin", std::string{});
   e.stamp = j.value("stamp", std::string{});
   return true;
@@ -67,15 +69,27 @@ bool pinned(self_ptr self, const std::string& hash) {
   return it != self->state.pins.end() && !it->second.empty();
 }
 
-// Pins live in memory: an execution pins its files while it runs (a re-adopted one pins them
-// again), and the CCN asserts a CRN's storage duty whenever the CRN links.
+std::string duty_owner(const std::string& hash) {
+  return "replica:" + hash;
+}
+
+// An execution's pins live in memory (a re-adopted execution pins its files again). A storage
+// duty pin ("replica:<hash>") is also written to the index, so that it holds across a restart;
+// the CCN confirms the full list when the CRN links (atom::confirm) and stale ones end then.
 void pin(self_ptr self, const std::string& hash, const std::string& owner) {
   if (owner.empty())
     return;
   auto& st = self->state;
   ++st.pins[hash][owner];
   st.owned[owner].insert(hash);
+  if (auto it = st.entries.find(hash);
+      owner == duty_owner(hash) && it != st.entries.end() && !it->second.duty) {
+    it->second.duty = true;
+    persist(self, hash, &it->second);
+  }
 }
+
+void unpin(self_ptr self, const std::string& owner);
 
 // Deletes a blob and its index record (its pins stay: a re-fetched copy is pinned again).
 void drop(self_ptr self, const std::string& hash) {
@@ -304,6 +318,33 @@ void downloaded(self_ptr self, const std::string& hash, const std::string& temp,
   finish_download(self, hash, caf::error{});
 }
 
+void unpin(self_ptr self, const std::string& owner) {
+  auto& st = self->state;
+  auto it = st.owned.find(owner);
+  if (it == st.owned.end())
+    return;
+  for (auto& hash : it->second) {
+    auto p = st.pins.find(hash);
+    if (p == st.pins.end())
+      continue;
+    p->second.erase(owner);
+    if (auto e = st.entries.find(hash);
+        owner == duty_owner(hash) && e != st.entries.end() && e->second.duty) {
+      e->second.duty = false;
+      persist(self, hash, &e->second);
+    }
+    if (!p->second.empty())
+      continue;
+    st.pins.erase(p);
+    if (st.forgotten.count(hash) > 0) {
+      spdlog::info("{}: deleting forgotten file {} (no longer pinned)", shard_tag(self), hash);
+      drop(self, hash);
+    }
+  }
+  st.owned.erase(it);
+  maybe_evict(self); // unpinned files may now go
+}
+
 // Loads the index and reconciles it with the blob directory: records whose blob is gone are
 // dropped, blobs without a record (an index lost, or written by an older version) are verified
 // and indexed.
@@ -327,6 +368,9 @@ void load(self_ptr self) {
   }
   for (auto& h : gone)
     persist(self, h, nullptr);
+  for (auto& [h, e] : st.entries)
+    if (e.duty)
+      pin(self, h, duty_owner(h)); // held for the CCN until it confirms otherwise
   st.cfg.total_bytes->fetch_add(st.bytes);
   std::error_code ec;
   size_t recovered = 0;
@@ -580,26 +624,19 @@ cache_shard_actor::behavior_type cache_shard(cache_shard_pointer self, cache_sha
           spdlog::info("{}: downloading {}: {} MiB", shard_tag(self), hash, done >> 20);
       }
     },
-    [=](atom::unpin, const std::string& owner) {
+    [=](atom::unpin, const std::string& owner) { unpin(self, owner); },
+    [=](atom::confirm, const std::vector<std::string>& duties) {
+      // The CCN's full list of this CRN's replicas: any other duty kept from before ends.
       auto& st = self->state;
-      auto it = st.owned.find(owner);
-      if (it == st.owned.end())
-        return;
-      for (auto& hash : it->second) {
-        auto p = st.pins.find(hash);
-        if (p == st.pins.end())
-          continue;
-        p->second.erase(owner);
-        if (!p->second.empty())
-          continue;
-        st.pins.erase(p);
-        if (st.forgotten.count(hash) > 0) {
-          spdlog::info("{}: deleting forgotten file {} (no longer pinned)", shard_tag(self), hash);
-          drop(self, hash);
-        }
+      std::set<std::string> keep{duties.begin(), duties.end()};
+      std::vector<std::string> stale;
+      for (auto& [h, e] : st.entries)
+        if (e.duty && keep.count(h) == 0)
+          stale.push_back(h);
+      for (auto& h : stale) {
+        spdlog::info("{}: no longer a replica of {}", shard_tag(self), h);
+        unpin(self, duty_owner(h));
       }
-      st.owned.erase(it);
-      maybe_evict(self); // unpinned files may now go
     },
     [=](atom::remove, const std::string& hash) -> bool {
       auto& st = self->state;

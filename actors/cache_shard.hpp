@@ -50,7 +50,8 @@ struct cache_entry {
   uint64_t size = 0;
   double created = 0;
   double last_access = 0;
-  bool keep = false;  ///< never evicted (origin copy, storage duty)
+  bool keep = false;  ///< never evicted (a CCN's origin copy)
+  bool duty = false;  ///< a replica this CRN holds for its CCN (pinned, across restarts too)
   std::string origin; ///< "upload", "peer", "download"
   std::string stamp;  ///< the blob's file_stamp when it was last verified
 };

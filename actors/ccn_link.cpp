@@ -249,6 +249,10 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
               },
               [](caf::error&) {});
     },
+    [=](atom::confirm, const std::vector<std::string>& duties) {
+      if (self->state.cfg.files)
+        self->send(self->state.cfg.files, atom::confirm_v, duties);
+    },
     [=](atom::locate, const std::string& hash) -> caf::result<std::string> {
       auto& st = self->state;
       if (st.phase != link_phase::registered || !st.node)

@@ -207,6 +207,10 @@ content_store(content_store_actor::stateful_pointer<content_store_state> self,
       auto& s = shard(self, hash);
       return self->delegate(s, atom::fetch_v, std::move(hash), std::move(url));
     },
+    [=](atom::confirm, const std::vector<std::string>& duties) {
+      for (auto& s : self->state.shards)
+        self->send(s, atom::confirm_v, duties);
+    },
     [=](atom::unpin, const std::string& owner) {
       for (auto& s : self->state.shards)
         self->send(s, atom::unpin_v, owner);

@@ -64,6 +64,8 @@ using ccn_link_actor = caf::typed_actor<
   replies_to<atom::replicate, std::string>::with<file_info>,
   /// The CCN drops a file (FORGET): its duty ends and it is deleted once no execution pins it.
   reacts_to<atom::remove, std::string>,
+  /// The CCN's full list of the replicas this CRN holds (sent when it links): other duties end.
+  reacts_to<atom::confirm, std::vector<std::string>>,
   /// A message-triggered program (its item_hash) to run on this CRN with a message as its
   /// event; answers the program's HTTP status (2xx = handled), or an error.
   replies_to<atom::run, std::string, stored_message>::with<uint16_t>,
@@ -103,6 +105,8 @@ using cache_shard_actor = caf::typed_actor<
   replies_to<atom::fetch, std::string, std::string>::with<file_info>,
   /// Releases every pin of an owner.
   reacts_to<atom::unpin, std::string>,
+  /// The replicas this node must hold (its CCN's list): any other storage duty ends.
+  reacts_to<atom::confirm, std::vector<std::string>>,
   /// Deletes a file unless pinned (then it goes when the last pin does); true when held.
   replies_to<atom::remove, std::string>::with<bool>,
   /// Deletes these evictable files (those still unpinned).
@@ -140,6 +144,8 @@ using content_store_actor = caf::typed_actor<
   replies_to<atom::fetch, std::string, std::string>::with<file_info>,
   /// Releases every pin of an owner.
   reacts_to<atom::unpin, std::string>,
+  /// The replicas this node must hold (its CCN's list): any other storage duty ends.
+  reacts_to<atom::confirm, std::vector<std::string>>,
   /// Deletes a file (FORGET) once no execution pins it.
   replies_to<atom::remove, std::string>::with<bool>,
   /// A file's bytes, for a peer.

@@ -222,6 +222,11 @@ replicator(replicator_actor::stateful_pointer<replicator_state> self, replicator
         }
         for (auto& [hash, set] : st.sets)
           place(self, hash);
+        std::vector<std::string> duties;
+        for (auto& [hash, set] : st.sets)
+          if (set.holders.count(info.id) > 0 || set.pending.count(info.id) > 0)
+            duties.push_back(hash);
+        self->send(link, atom::confirm_v, duties);
         return;
       }
       std::vector<std::string> lost;

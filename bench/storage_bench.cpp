@@ -121,6 +121,7 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
       return make_error(ec::unavailable, "no replicas here: " + h);
     },
     [=](atom::remove, const std::string&) {},
+    [=](atom::confirm, const std::vector<std::string>&) {},
     [=](atom::locate, const std::string&) { return self->state.url; },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, h);

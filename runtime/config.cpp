@@ -152,7 +152,7 @@ const std::vector<option>& table() {
     {"execution.microvm-assets", "dir with vmlinuz and initramfs.cpio.gz for instances (default: microvm/ next to alephd)", "", text(&settings::microvm_assets)},
     {"execution.bwrap", "the bubblewrap binary (default /usr/bin/bwrap)", "", text(&settings::bwrap, true)},
     {"cache.shards", "cache shard actors, files split by hash prefix (default 4)", "", integer(&settings::cache_shards, 1, 64)},
-    {"cache.max-bytes", "CRN: bound of the file cache in bytes; 0 = a fifth of the data dir's file system (default 0)", "", integer(&settings::cache_max_bytes, 0, int64_t{1} << 50)},
+    {"cache.max-bytes", "CRN: bound of the file cache in bytes; 0 = 10 GiB, at most a fifth of the data dir's file system (default 0)", "", integer(&settings::cache_max_bytes, 0, int64_t{1} << 50)},
     {"cache.high-watermark", "CRN: eviction of least recently used files starts above this percent of max-bytes (default 90)", "", integer(&settings::cache_high_watermark, 1, 100)},
     {"cache.low-watermark", "CRN: eviction stops at this percent of max-bytes (default 80)", "", integer(&settings::cache_low_watermark, 0, 99)},
     {"cache.scrub-interval", "how often a background scrub re-hashes the next blobs; 0 = never (default 60s)", "", duration(&settings::scrub_interval, true)},

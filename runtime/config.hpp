@@ -52,7 +52,7 @@ struct settings {
   std::string microvm_assets; ///< empty = microvm/ next to the alephd executable
   // [cache]: content-addressed files (CRN: the cache; CCN: the origin store)
   uint32_t cache_shards = 4;
-  uint64_t cache_max_bytes = 0;       ///< CRN: 0 = a fifth of the data dir's file system
+  uint64_t cache_max_bytes = 0;       ///< CRN: 0 = 10 GiB, at most a fifth of the file system
   uint32_t cache_high_watermark = 90; ///< percent of max-bytes where eviction starts
   uint32_t cache_low_watermark = 80;  ///< percent of max-bytes where it stops
   std::chrono::milliseconds scrub_interval{60000}; ///< 0 = no background scrub

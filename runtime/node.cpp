@@ -453,7 +453,10 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   cc.blobs = std::make_shared<blob_store>(cc.root);
   cc.env = std::shared_ptr<lmdb::env>{std::move(cache_env)};
   cc.shards = s.cache_shards;
-  cc.max_bytes = s.cache_max_bytes > 0 ? s.cache_max_bytes : usage.disk_total_kb * 1024 / 5;
+  // Default: 10 GiB, at most a fifth of the file system (several CRNs may share one disk).
+  cc.max_bytes = s.cache_max_bytes > 0
+                   ? s.cache_max_bytes
+                   : std::min<uint64_t>(uint64_t{10} << 30, usage.disk_total_kb * 1024 / 5);
   cc.high_watermark = s.cache_high_watermark / 100.0;
   cc.low_watermark = s.cache_low_watermark / 100.0;
   cc.max_file_bytes = cc.max_bytes; // a larger file could never stay in the cache

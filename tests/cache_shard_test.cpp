@@ -44,6 +44,7 @@ ccn_link_actor::behavior_type origin(ccn_link_actor::stateful_pointer<origin_sta
       return make_error(ec::unavailable, "no replicas here: " + h);
     },
     [=](atom::remove, const std::string&) {},
+    [=](atom::confirm, const std::vector<std::string>&) {},
     [=](atom::locate, const std::string&) -> caf::result<std::string> {
       ++self->state.locates;
       return std::string{}; // no HTTP address: files come over the link
@@ -227,6 +228,26 @@ TEST_F(cache_test, replicas_only_take_room_that_pinned_files_leave) {
   ASSERT_FALSE(full.value);
   EXPECT_TRUE(is(full.error, ec::no_space)) << describe(full.error);
   EXPECT_TRUE(fetch(store, d, "run-2").value) << "an execution's file is never refused";
+}
+
+TEST_F(cache_test, a_replica_stays_pinned_across_a_restart_until_its_ccn_confirms_otherwise) {
+  auto a = offer(300, 'a'), b = offer(200, 'b');
+  {
+    auto store = make_cache(1 << 20);
+    ASSERT_TRUE(fetch(store, a, "replica:" + a).value);
+    ASSERT_TRUE(fetch(store, b, "replica:" + b).value);
+    ASSERT_TRUE(fetch(store, b, "run-1").value);
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+  auto store = make_cache(1 << 20);
+  EXPECT_EQ(usage(store).pinned_bytes, 500u) << "the duty pins came back from the index";
+  caf::anon_send(store, atom::confirm_v, std::vector<std::string>{b}); // a moved elsewhere
+  sched.run();
+  EXPECT_EQ(usage(store).pinned_bytes, 200u);
+  caf::anon_send(store, atom::confirm_v, std::vector<std::string>{});
+  sched.run();
+  EXPECT_EQ(usage(store).pinned_bytes, 0u) << "an execution's pin does not outlive a restart";
 }
 
 TEST_F(cache_test, a_file_larger_than_the_cache_is_refused) {

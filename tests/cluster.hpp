@@ -71,7 +71,9 @@ struct cluster : ::testing::Test {
   }
 
   process& start_crn(const std::string& name, const std::string& ccns) {
-    std::vector<std::string> args{"crn", "--port=0", "--ccn=" + ccns};
+    // A fixed cache bound: the disk a CRN offers (and so admission) does not depend on the
+    // size of this machine's disk.
+    std::vector<std::string> args{"crn", "--port=0", "--ccn=" + ccns, "--cache.max-bytes=1073741824"};
     for (auto& a : timing())
       args.push_back(a);
     return start(name, args);

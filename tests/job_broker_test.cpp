@@ -219,6 +219,7 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
       return make_error(ec::unavailable, "no replicas here: " + h);
     },
     [=](atom::remove, const std::string&) {},
+    [=](atom::confirm, const std::vector<std::string>&) {},
     [=](atom::locate, const std::string&) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
     [=](atom::get, const std::string& h, bool latest) -> caf::result<stored_message> {
       if (latest)

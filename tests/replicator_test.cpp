@@ -21,6 +21,7 @@ struct holder_state {
   std::vector<std::string> replicated; ///< every replicate asked, in order
   std::vector<std::string> removed;
   bool full = false; ///< refuses replicas (its cache is full of pinned files)
+  std::vector<std::string> confirmed; ///< the last duty list its CCN sent
 };
 
 // A CRN's link as the replicator sees it: takes every replica at once.
@@ -42,6 +43,7 @@ ccn_link_actor::behavior_type holder(ccn_link_actor::stateful_pointer<holder_sta
       return file_info{h, 1, "/cache/" + h, 0};
     },
     [=](atom::remove, const std::string& h) { self->state.removed.push_back(h); },
+    [=](atom::confirm, const std::vector<std::string>& d) { self->state.confirmed = d; },
     [=](atom::locate, const std::string&) { return std::string{}; },
     [=](atom::read, const std::string& h) -> caf::result<file_blob> {
       return make_error(ec::not_found, h);
@@ -156,6 +158,10 @@ TEST_F(replicator_test, a_holder_going_down_is_replaced_and_a_restarted_one_is_a
   link("b");
   EXPECT_EQ(crn("b").replicated.size(), before + 1);
   EXPECT_EQ(holders(file).size(), 2u);
+  EXPECT_EQ(crn("b").confirmed, std::vector<std::string>{file}) << "b's full duty list";
+  // a comes back: its copy went to c, so its duty list is empty and its old copy is released.
+  link("a");
+  EXPECT_TRUE(crn("a").confirmed.empty());
 }
 
 TEST_F(replicator_test, a_crn_without_room_is_skipped_for_a_while) {

@@ -64,6 +64,7 @@ ccn_link_actor::behavior_type link_double(ccn_link_actor::stateful_pointer<link_
       return make_error(ec::unavailable, "no replicas here: " + h);
     },
     [=](atom::remove, const std::string&) {},
+    [=](atom::confirm, const std::vector<std::string>&) {},
     [=](atom::locate, const std::string&) -> caf::result<std::string> { return make_error(ec::unavailable, "fake link"); },
     [=](atom::get, const std::string& h, bool) -> caf::result<stored_message> {
       return make_error(ec::unavailable, "fake link: no message " + h);
