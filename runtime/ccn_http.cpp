@@ -289,12 +289,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
       if (!is_sha256_hex(hash))
         return respond(http::json_error(400, "not a sha256 hash: " + hash.substr(0, 80)));
       return ask(*ctx->sys, ctx->files, timeout, respond,
-                 [respond](const file_info& f) {
-                   http::response r;
-                   r.content_type = "application/octet-stream";
-                   r.file_path = f.path;
-                   respond(std::move(r));
-                 },
+                 [respond](const file_info& f) { respond(gateway::file_response(f)); },
                  atom::fetch_v, hash, std::string{}, caf::actor{}); // a lost copy comes back from a replica
     }
     if (path == "/api/v0/nodes") {

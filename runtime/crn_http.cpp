@@ -435,12 +435,7 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
       if (!ctx->files)
         return respond(http::json_error(404, "file " + hash + " not found"));
       return ask(*ctx->sys, ctx->files, timeout, respond,
-                 [respond](const file_info& f) {
-                   http::response r;
-                   r.content_type = "application/octet-stream";
-                   r.file_path = f.path;
-                   respond(std::move(r));
-                 },
+                 [respond](const file_info& f) { respond(gateway::file_response(f)); },
                  atom::get_v, hash);
     }
     static const std::set<std::string> known{"/",

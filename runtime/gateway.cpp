@@ -40,6 +40,13 @@ http::response json(unsigned status, const nlohmann::json& body) {
   return http::json(status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
+http::response file_response(const file_info& f) {
+  http::response r;
+  r.content_type = "application/octet-stream";
+  r.file_path = f.path;
+  return r;
+}
+
 std::string iso_time(double t) {
   auto secs = static_cast<std::time_t>(std::floor(t));
   auto micros = static_cast<long>((t - std::floor(t)) * 1e6);

@@ -23,6 +23,9 @@ http::response error_response(const caf::error& err);
 /// A JSON response from a nlohmann document.
 http::response json(unsigned status, const nlohmann::json& body);
 
+/// A stored file as the answer (octet-stream, ranges honoured): GET /api/v0/storage/raw.
+http::response file_response(const file_info& f);
+
 /// Asks `dst` with `xs...` and calls `on_ok` (a lambda with the reply's types) with the reply;
 /// an error or a timeout answers through `respond` as error_response(), and so does `dst`
 /// ending before it replied (503 at once, so that a shutdown never waits for the timeout).
