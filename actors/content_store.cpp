@@ -95,7 +95,6 @@ void evict(self_ptr self) {
               if (--*pending == 0) {
                 auto& st = self->state;
                 st.evicting = false;
-                ++st.evictions;
                 spdlog::info("content_store: evicted {} bytes; {} of {} bytes used", *freed,
                              st.total->load(), st.cfg.max_bytes);
                 evict(self); // more may have arrived meanwhile

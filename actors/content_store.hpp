@@ -47,7 +47,6 @@ struct content_store_state {
   std::shared_ptr<std::atomic<uint64_t>> total = std::make_shared<std::atomic<uint64_t>>(0);
   unsigned next = 0; ///< round robin for work not tied to a hash
   bool evicting = false;
-  uint64_t evictions = 0;
 };
 
 content_store_actor::behavior_type
