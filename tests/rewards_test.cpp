@@ -220,8 +220,9 @@ TEST(legacy, a_ccn_without_stakers_and_no_active_ccn) {
   EXPECT_NEAR(r.pools.at("legacy-stakers"), 5000, 1e-9);
   EXPECT_NEAR(unallocated(r, "legacy-stakers"), 5000, 1e-9);
   for (auto& p : r.payouts) {
-    if (p.pool == "legacy-stakers")
+    if (p.pool == "legacy-stakers") {
       EXPECT_EQ(p.recipient, "no stakers");
+    }
   }
 
   lone.active = false;
