@@ -404,6 +404,39 @@ typename Inspector::result_type inspect(Inspector& f, log_line& x) {
   return f(caf::meta::type_name("alephd::log_line"), x.time, x.stream, x.line);
 }
 
+/// One metering sample of one execution in a CRN's reward ledger. The CRN
+/// numbers its entries 1, 2, … and chains them: `prev` is the previous entry's
+/// `hash`, `hash` the sha256 of this entry's canonical JSON without `hash`
+/// (runtime/ledger.hpp). The CCN keeps them by (node, seq), once each.
+struct usage_entry {
+  uint8_t version = 1;
+  uint64_t seq = 0;
+  std::string prev; ///< hex sha256 of entry seq − 1; 64 zeros for the first
+  std::string hash;
+  std::string node; ///< the CRN's id
+  double time = 0;  ///< unix seconds at the end of the sample
+  double wall_s = 0; ///< seconds this sample covers
+  std::string item_hash;
+  std::string product; ///< program, persistent_program, instance
+  uint32_t vcpus = 0;
+  uint64_t memory_mib = 0; ///< reserved
+  uint64_t cpu_ns = 0;     ///< CPU time used during the sample
+  uint64_t mem_peak = 0;   ///< bytes
+  uint64_t mem_avg = 0;    ///< bytes
+  uint64_t requests = 0;
+  uint64_t bytes_in = 0;   ///< HTTP request bodies
+  uint64_t bytes_out = 0;  ///< HTTP response bodies
+  uint64_t storage_bytes = 0; ///< cached files it pins
+  bool operator==(const usage_entry&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, usage_entry& x) {
+  return f(caf::meta::type_name("alephd::usage_entry"), x.version, x.seq, x.prev, x.hash, x.node,
+           x.time, x.wall_s, x.item_hash, x.product, x.vcpus, x.memory_mib, x.cpu_ns, x.mem_peak,
+           x.mem_avg, x.requests, x.bytes_in, x.bytes_out, x.storage_bytes);
+}
+
 } // namespace alephd
 
 CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
@@ -436,6 +469,8 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(alephd, (alephd::evict_candidate))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::evict_candidate>))
   CAF_ADD_TYPE_ID(alephd, (std::map<std::string, std::vector<std::string>>))
+  CAF_ADD_TYPE_ID(alephd, (alephd::usage_entry))
+  CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::usage_entry>))
   CAF_ADD_ATOM(alephd, alephd::atom, append, "append")
   CAF_ADD_ATOM(alephd, alephd::atom, get, "get")
   CAF_ADD_ATOM(alephd, alephd::atom, list, "list")
@@ -475,4 +510,5 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_ATOM(alephd, alephd::atom, locate, "locate")
   CAF_ADD_ATOM(alephd, alephd::atom, prepare, "prepare")
   CAF_ADD_ATOM(alephd, alephd::atom, fetched, "fetched")
+  CAF_ADD_ATOM(alephd, alephd::atom, sample, "sample")
 CAF_END_TYPE_ID_BLOCK(alephd)

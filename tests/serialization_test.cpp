@@ -163,6 +163,17 @@ TEST_F(serialization_test, log_lines_roundtrip) {
   EXPECT_EQ(roundtrip(x), x);
 }
 
+TEST_F(serialization_test, usage_entries_roundtrip) {
+  usage_entry x{1,      42,        std::string(64, '0'), std::string(64, 'a'), "crn-1",
+                1700000006.5, 60.25, "hash-3",            "persistent_program", 2,
+                4096,   123456789, 1u << 30,              1u << 29,             17,
+                2048,   4096,      5u << 20};
+  EXPECT_EQ(roundtrip(x), x);
+  std::vector<usage_entry> v{x, x};
+  v[1].seq = 43;
+  EXPECT_EQ(roundtrip(v), v);
+}
+
 TEST_F(serialization_test, every_link_state_roundtrips) {
   for (auto s : {link_state::unlinked, link_state::linked, link_state::waiting, link_state::down})
     EXPECT_EQ(roundtrip(s), s) << to_string(s);
