@@ -166,6 +166,49 @@ void beat(self_ptr self) {
       });
 }
 
+// Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
+// (the highest seq it holds for us) is the acknowledgement. Sent again after a lost answer,
+// a batch is skipped by the CCN, so nothing is counted twice.
+void ship(self_ptr self) {
+  auto& st = self->state;
+  if (!st.cfg.ledger || st.shipping || st.phase != link_phase::registered || !st.node)
+    return;
+  st.shipping = true;
+  auto gen = st.generation;
+  auto done = [=] {
+    self->state.shipping = false;
+  };
+  self->request(st.cfg.ledger, st.cfg.failure_timeout, atom::get_v, st.cfg.ship_batch)
+    .then(
+      [=](std::vector<usage_entry>& entries) {
+        auto& st = self->state;
+        if (entries.empty() || gen != st.generation || !st.node) {
+          done();
+          return;
+        }
+        auto full = entries.size() >= st.cfg.ship_batch;
+        auto last = entries.back().seq;
+        self->request(st.node, st.cfg.failure_timeout, atom::usage_v, st.cfg.info.id, std::move(entries))
+          .then(
+            [=](uint64_t held) {
+              auto& st = self->state;
+              self->send(st.cfg.ledger, atom::confirm_v, held);
+              done();
+              if (full && held >= last && gen == st.generation)
+                ship(self); // more are waiting
+            },
+            [=](caf::error& err) {
+              spdlog::warn("ccn_link {}: shipping ledger entries: {}", self->state.cfg.info.id,
+                           describe(err));
+              done();
+            });
+      },
+      [=](caf::error& err) {
+        spdlog::warn("ccn_link {}: reading the ledger: {}", self->state.cfg.info.id, describe(err));
+        done();
+      });
+}
+
 } // namespace
 
 ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link_state> self,
@@ -190,6 +233,7 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
     [=](atom::connect) { connect(self); },
     [=](atom::tick) {
       beat(self);
+      ship(self);
       self->delayed_send(self, self->state.cfg.heartbeat, atom::tick_v);
     },
     [=](atom::status, link_state s) {

@@ -20,6 +20,9 @@ struct ccn_link_config {
   std::chrono::milliseconds backoff_max{30000};
   /// The CRN's file cache, where replicas the CCN asks for are kept.
   content_store_actor files;
+  /// The CRN's reward ledger: entries the CCN has not acknowledged are shipped to it.
+  reward_ledger_actor ledger;
+  uint32_t ship_batch = 256;
 };
 
 enum class link_phase { disconnected, connecting, registered };
@@ -37,6 +40,7 @@ struct ccn_link_state {
   caf::actor_clock::time_point last_ack;
   uint64_t seq = 0;
   uint64_t generation = 0; ///< bumps on every (re)connect; stale callbacks compare it
+  bool shipping = false;   ///< a batch of ledger entries is on its way
   std::mt19937_64 rng;
 };
 

@@ -41,7 +41,8 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
                                        crn_registry_actor registry, ccn_peer_actor peer,
                                        message_store_actor messages, content_store_actor files,
                                        scheduler_actor scheduler,
-                                       std::shared_ptr<const http_locator> http) {
+                                       std::shared_ptr<const http_locator> http,
+                                       usage_book_actor usage) {
   return {
     [=](atom::hello) {
       return caf::make_result(registry, caf::actor_cast<caf::actor>(peer), ccn_id);
@@ -91,6 +92,12 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
           },
           [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
       return rp;
+    },
+    [=](atom::usage, std::string& crn_id,
+        std::vector<usage_entry>& entries) -> caf::result<uint64_t> {
+      if (!usage)
+        return make_error(ec::unavailable, "this CCN keeps no usage book");
+      return self->delegate(usage, atom::usage_v, std::move(crn_id), std::move(entries));
     },
   };
 }

@@ -34,7 +34,8 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
                                        crn_registry_actor registry, ccn_peer_actor peer,
                                        message_store_actor messages, content_store_actor files,
                                        scheduler_actor scheduler,
-                                       std::shared_ptr<const http_locator> http);
+                                       std::shared_ptr<const http_locator> http,
+                                       usage_book_actor usage);
 
 /// Connects through the middleman to the ccn_node published at `endpoint` ("host:port") and
 /// calls `on_ok(ccn_node_actor)` or `on_error(caf::error&)`.

@@ -246,6 +246,31 @@ using ccn_peer_actor = caf::typed_actor<
   /// Internal: (re)connect to configured peers.
   reacts_to<atom::tick>>;
 
+/// CRN: the reward ledger (actors/reward_ledger.hpp): metering samples, hash-chained on disk.
+using reward_ledger_actor = caf::typed_actor<
+  /// A metering sample of one execution; numbered and chained at the next group commit.
+  reacts_to<atom::sample, usage_entry>,
+  /// Up to `max` committed entries the CCN has not acknowledged yet, oldest first.
+  replies_to<atom::get, uint32_t>::with<std::vector<usage_entry>>,
+  /// Up to `max` committed entries after seq `after` (for /about/executions/records).
+  replies_to<atom::list, uint64_t, uint32_t>::with<std::vector<usage_entry>>,
+  /// The CCN holds every entry up to this seq.
+  reacts_to<atom::confirm, uint64_t>,
+  /// The last committed seq and the last acknowledged one.
+  replies_to<atom::status>::with<uint64_t, uint64_t>,
+  /// Internal: commit the samples waiting.
+  reacts_to<atom::flush>>;
+
+/// CCN: the metering entries of its CRNs (actors/usage_book.hpp), kept once per (node, seq).
+using usage_book_actor = caf::typed_actor<
+  /// Entries from CRN `id`, in seq order; answers the highest seq held for it. Entries
+  /// already held are skipped; a gap or a broken chain stops the batch there.
+  replies_to<atom::usage, std::string, std::vector<usage_entry>>::with<uint64_t>,
+  /// Up to `max` entries of CRN `id` after seq `after`.
+  replies_to<atom::list, std::string, uint64_t, uint32_t>::with<std::vector<usage_entry>>,
+  /// Every CRN with entries and its highest seq.
+  replies_to<atom::status>::with<std::map<std::string, uint64_t>>>;
+
 /// CCN: the actor published on the node port; CRNs and peers start here.
 using ccn_node_actor = caf::typed_actor<
   /// Answers the registry, the peer endpoint (as a plain handle) and the CCN's id.
@@ -262,7 +287,9 @@ using ccn_node_actor = caf::typed_actor<
   reacts_to<atom::exited, std::string, execution_info>,
   /// The workloads the scheduler places on CRN `id` now (a restarted CRN keeps the executions
   /// it re-adopted only if they are among them).
-  replies_to<atom::list, std::string>::with<std::vector<placement>>>;
+  replies_to<atom::list, std::string>::with<std::vector<placement>>,
+  /// Metering entries from CRN `id` for the usage book; answers the highest seq held for it.
+  replies_to<atom::usage, std::string, std::vector<usage_entry>>::with<uint64_t>>;
 
 /// CRN: one execution's life (phases preparing → booting → running → stopping → stopped/failed).
 using vm_supervisor_actor = caf::typed_actor<

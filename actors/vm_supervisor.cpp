@@ -112,10 +112,75 @@ void answer_waiters(self_ptr self, const caf::error& err) {
   }
 }
 
+// Metering (reward ledger): a sample covers the time since the last one while the execution
+// runs; CPU and counters are differences, memory the average and peak seen on ticks.
+void meter_start(self_ptr self) {
+  auto& st = self->state;
+  st.meter = execution_meter{};
+  if (!st.env->ledger || !st.exec || !st.live)
+    return;
+  st.meter.on = true;
+  st.meter.since_ms = live_execution::now_ms();
+  st.meter.base = st.exec->usage();
+  st.meter.requests = st.live->requests.load();
+  st.meter.bytes_in = st.live->bytes_in.load();
+  st.meter.bytes_out = st.live->bytes_out.load();
+}
+
+void meter_sample(self_ptr self, bool again) {
+  auto& st = self->state;
+  if (!st.meter.on || !st.exec)
+    return;
+  auto& m = st.meter;
+  auto now = st.exec->usage();
+  usage_entry e;
+  e.time = unix_seconds();
+  e.wall_s = static_cast<double>(live_execution::now_ms() - m.since_ms) / 1000.0;
+  e.item_hash = st.info.item_hash;
+  e.product = st.info.kind == "instance" ? "instance"
+              : st.info.persistent       ? "persistent_program"
+                                         : "program";
+  e.vcpus = st.info.vcpus;
+  e.memory_mib = st.info.memory_mib;
+  // A counter that went down belongs to a new cgroup or process: all of it is new.
+  e.cpu_ns = now.cpu_ns >= m.base.cpu_ns ? now.cpu_ns - m.base.cpu_ns : now.cpu_ns;
+  m.mem_sum += now.mem_current;
+  ++m.mem_samples;
+  e.mem_avg = m.mem_sum / m.mem_samples;
+  e.mem_peak = std::max(m.mem_peak, now.mem_current);
+  if (st.live) {
+    e.requests = st.live->requests.load() - m.requests;
+    e.bytes_in = st.live->bytes_in.load() - m.bytes_in;
+    e.bytes_out = st.live->bytes_out.load() - m.bytes_out;
+  }
+  e.storage_bytes = st.pinned_bytes;
+  self->send(st.env->ledger, atom::sample_v, std::move(e));
+  if (again && st.live)
+    meter_start(self);
+  else
+    m.on = false;
+}
+
+// On every tick: memory seen now, and a sample once `sample_interval` has passed.
+void meter_observe(self_ptr self) {
+  auto& st = self->state;
+  if (!st.meter.on || !st.exec || st.info.phase != "running")
+    return;
+  if (live_execution::now_ms() - st.meter.since_ms >= st.env->sample_interval.count()) {
+    meter_sample(self, true);
+    return;
+  }
+  auto u = st.exec->usage();
+  st.meter.mem_sum += u.mem_current;
+  ++st.meter.mem_samples;
+  st.meter.mem_peak = std::max(st.meter.mem_peak, u.mem_current);
+}
+
 // Takes the execution out of the HTTP table and lets its executor go (the host thread stops it;
 // `then` runs once it is stopped, with its last output in the feed).
 void release_executor(self_ptr self, std::function<void()> then) {
   auto& st = self->state;
+  meter_sample(self, false);
   if (st.live && st.env->table)
     st.env->table->remove(st.info.item_hash, st.live.get());
   st.live = nullptr;
@@ -300,6 +365,7 @@ void launch(self_ptr self, uint64_t run, std::shared_ptr<executor> exec,
         if (st.env->table)
           st.env->table->put(live);
         set_phase(self, "running", "");
+        meter_start(self);
         if (st.adopted_started_at > 0) {
           st.info.started_at = st.adopted_started_at; // it has been running all along
           st.adopted_started_at = 0;
@@ -468,8 +534,10 @@ void resolve_file(self_ptr self, const std::string& what, const std::string& ref
         [=](file_info& f) {
           auto& st = self->state;
           st.downloading.clear();
-          if (std::find(st.files.begin(), st.files.end(), f.hash) == st.files.end())
+          if (std::find(st.files.begin(), st.files.end(), f.hash) == st.files.end()) {
             st.files.push_back(f.hash);
+            st.pinned_bytes += f.size;
+          }
           on_ok(f);
         },
         [=](caf::error& err) {
@@ -984,6 +1052,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
         return rp;
       }
       // Left running: the next CRN process re-adopts it from its record.
+      meter_sample(self, false);
       save_record(self);
       st.detached = true;
       if (st.live && st.env->table)
@@ -1044,6 +1113,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
     [=](atom::tick) {
       auto& st = self->state;
       self->delayed_send(self, st.env->tick, atom::tick_v);
+      meter_observe(self);
       if (st.info.persistent || st.info.phase != "running" || !st.live)
         return;
       auto idle = live_execution::now_ms() - st.live->last_used_ms.load();

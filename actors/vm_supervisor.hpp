@@ -72,6 +72,9 @@ struct execution_env {
   std::chrono::milliseconds adopt_timeout{10000};
   /// Durable records of running sandboxes (null: none are kept).
   std::shared_ptr<execution_records> records;
+  /// Where metering samples go (null: no metering), and how often per execution.
+  reward_ledger_actor ledger;
+  std::chrono::milliseconds sample_interval{60000};
   /// Makes the executor; empty = a bubblewrap sandbox (tests plug in others).
   std::function<std::shared_ptr<executor>(const executor_request&)> make_executor;
   /// Blocking executor calls run on a thread of their own; tests on the deterministic
@@ -83,6 +86,17 @@ struct execution_env {
 /// the program cannot run here.
 std::string program_configure(const std::string& message_json, std::string code,
                               guest::configure& out, std::chrono::milliseconds& timeout);
+
+/// Metering of the current run since its last sample.
+struct execution_meter {
+  bool on = false;
+  int64_t since_ms = 0; ///< steady clock
+  executor_usage base;  ///< the executor's counters at the start of the sample
+  uint64_t requests = 0, bytes_in = 0, bytes_out = 0; ///< the call counters then
+  uint64_t mem_sum = 0;
+  uint32_t mem_samples = 0;
+  uint64_t mem_peak = 0;
+};
 
 struct vm_supervisor_state {
   static inline const char* name = "vm_supervisor";
@@ -99,6 +113,8 @@ struct vm_supervisor_state {
   std::string rootfs;       ///< instances: the cached base image
   std::string downloading;  ///< what is being downloaded ("code <hash>"), for the status
   std::vector<std::string> files; ///< cached files this execution pins (for its record)
+  uint64_t pinned_bytes = 0;      ///< their size (metered as storage)
+  execution_meter meter;
   uint64_t overlay_mib = 0; ///< instances: rootfs.size_mib
   uint64_t run = 0; ///< bumps with every executor started; stale callbacks compare it
   std::shared_ptr<executor> exec;

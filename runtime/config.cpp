@@ -157,6 +157,7 @@ const std::vector<option>& table() {
     {"cache.low-watermark", "CRN: eviction stops at this percent of max-bytes (default 80)", "", integer(&settings::cache_low_watermark, 0, 99)},
     {"cache.scrub-interval", "how often a background scrub re-hashes the next blobs; 0 = never (default 60s)", "", duration(&settings::scrub_interval, true)},
     {"cache.scrub-bytes", "bytes re-hashed per scrub round (default 67108864)", "", integer(&settings::scrub_bytes, 1, int64_t{1} << 40)},
+    {"ledger.sample-interval", "CRN: each execution's CPU, memory, requests, bytes and pinned storage are written to the reward ledger this often, and when it stops (default 60s)", "", duration(&settings::sample_interval, false)},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
     {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},
   };

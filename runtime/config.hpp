@@ -57,6 +57,8 @@ struct settings {
   uint32_t cache_low_watermark = 80;  ///< percent of max-bytes where it stops
   std::chrono::milliseconds scrub_interval{60000}; ///< 0 = no background scrub
   uint64_t scrub_bytes = 64ull << 20; ///< bytes re-hashed per scrub round
+  // [ledger]: metering and the reward ledger (CRN)
+  std::chrono::milliseconds sample_interval{60000}; ///< one metering sample per execution
   // [dev]
   uint32_t port_base = 4020;
   uint32_t dev_crns = 3;

@@ -6,6 +6,7 @@
 #include "runtime/blob_store.hpp"
 #include "runtime/execution_table.hpp"
 #include "runtime/gateway.hpp"
+#include "runtime/ledger.hpp"
 #include "runtime/wall_clock.hpp"
 #include "runtime/routes.hpp"
 #include "runtime/sysinfo.hpp"
@@ -70,6 +71,41 @@ void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::res
                [ctx, respond](const cache_usage& c) { usage_system_with(ctx, &c, respond); },
                atom::usage_v);
   usage_system_with(ctx, nullptr, respond);
+}
+
+// GET /about/executions/records[?after=SEQ&limit=N]: the reward ledger's metering entries,
+// oldest first, with the chain fields so that anyone can check them.
+void execution_records_route(const std::shared_ptr<const crn_context>& ctx, const http::request& req,
+                             const http::responder& respond) {
+  uint64_t after = 0;
+  uint64_t limit = 100;
+  auto number = [&](const char* key, uint64_t& out, uint64_t max) {
+    auto i = req.query.find(key);
+    if (i == req.query.end())
+      return true;
+    auto& v = i->second;
+    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+      return false;
+    out = std::min<uint64_t>(std::stoull(v), max);
+    return true;
+  };
+  if (!number("after", after, UINT64_MAX / 2))
+    return respond(http::json_error(400, "after must be a sequence number"));
+  if (!number("limit", limit, 1000) || limit == 0)
+    return respond(http::json_error(400, "limit must be a number from 1 to 1000"));
+  if (!ctx->ledger)
+    return respond(http::json_error(404, "this CRN keeps no reward ledger"));
+  ask(*ctx->sys, ctx->ledger, timeout, respond,
+      [respond](const std::vector<usage_entry>& entries) {
+        json list = json::array();
+        for (auto& e : entries)
+          list.push_back(json::parse(ledger_encode(e)));
+        json body{{"records", std::move(list)}};
+        if (!entries.empty())
+          body["next"] = entries.back().seq;
+        respond(gateway::json(200, body));
+      },
+      atom::list_v, after, static_cast<uint32_t>(limit));
 }
 
 void executions(const std::shared_ptr<const crn_context>& ctx, bool v2, const http::responder& respond) {
@@ -261,11 +297,13 @@ void forward(const std::shared_ptr<live_execution>& live, http::request&& req,
   g.body = std::move(req.body);
   live->in_flight.fetch_add(1);
   live->requests.fetch_add(1);
+  live->bytes_in.fetch_add(g.body.size());
   auto hash = live->item_hash;
   live->exec->request_async(std::move(g), live->timeout,
                             [live, hash, respond](guest::http_response r) {
                               live->last_used_ms = live_execution::now_ms();
                               live->in_flight.fetch_sub(1);
+                              live->bytes_out.fetch_add(r.body.size());
                               http::response out;
                               if (!r.error.empty()) {
                                 out = http::json_error(r.status >= 400 ? r.status : 502, r.error);
@@ -443,6 +481,7 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
                                              "/about/usage/system",
                                              "/about/executions/list",
                                              "/v2/about/executions/list",
+                                             "/about/executions/records",
                                              "/status/config",
                                              "/metrics"};
     if (known.count(path) == 0)
@@ -463,6 +502,8 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
       return executions(ctx, false, respond);
     if (path == "/v2/about/executions/list")
       return executions(ctx, true, respond);
+    if (path == "/about/executions/records")
+      return execution_records_route(ctx, req, respond);
     if (path == "/status/config")
       return status_config(ctx, respond);
     if (path == "/metrics")

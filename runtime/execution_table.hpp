@@ -24,6 +24,8 @@ struct live_execution {
   std::chrono::milliseconds timeout{1000}; ///< per request (`resources.seconds`)
   std::atomic<uint32_t> in_flight{0};
   std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> bytes_in{0};  ///< request bodies
+  std::atomic<uint64_t> bytes_out{0}; ///< response bodies
   /// steady_clock milliseconds of the last call's end (or of the start).
   std::atomic<int64_t> last_used_ms{0};
 

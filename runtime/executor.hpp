@@ -22,6 +22,17 @@ struct timed_log {
   std::string line;
 };
 
+/// What an executor's processes have used so far (cumulative CPU; memory now and at peak).
+struct executor_usage {
+  uint64_t cpu_ns = 0;
+  uint64_t mem_current = 0; ///< bytes
+  uint64_t mem_peak = 0;    ///< bytes
+};
+
+/// CPU time (with reaped children) and resident memory of one process from /proc; zeros
+/// when it is gone.
+executor_usage process_usage(int pid);
+
 class executor {
 public:
   /// Called once with the answer; from an executor thread, never under a lock.
@@ -47,6 +58,10 @@ public:
 
   /// Host pid of the executor process (0 before start).
   virtual int pid() const = 0;
+
+  /// Resources used so far: by default the executor process's own (a QEMU process holds its
+  /// whole VM); a sandbox with a cgroup reads the group.
+  virtual executor_usage usage() const { return process_usage(pid()); }
 
   /// The last lines of output.
   virtual std::vector<timed_log> logs() const = 0;

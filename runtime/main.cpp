@@ -17,6 +17,7 @@
 #include "actors/interfaces.hpp"
 #include "runtime/client.hpp"
 #include "runtime/config.hpp"
+#include "runtime/ledger.hpp"
 #include "runtime/node.hpp"
 
 namespace {
@@ -30,6 +31,7 @@ Usage:
   alephd crn [--config FILE] [options]   run a Compute Resource Node (--ccn host:port[,host:port…])
   alephd dev [options]                   one CCN and three CRNs in one process, on 127.0.0.1
   alephd call|ls|logs|stop|reboot|erase  talk to a CRN (see "Client commands" below)
+  alephd ledger verify [--data-dir DIR]  check a CRN's reward ledger chain (default ./.alephd-crn)
   alephd --help | --version
 
 )";
@@ -37,6 +39,41 @@ Usage:
 int fail_usage(const std::string& msg) {
   std::cerr << "alephd: " << msg << '\n';
   return 2;
+}
+
+// `alephd ledger verify`: 0 when the chain is whole, 1 naming the first bad entry.
+int run_ledger(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] != "verify")
+    return fail_usage("ledger: expected `alephd ledger verify [--data-dir DIR]`");
+  std::string dir = "./.alephd-crn";
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--data-dir" && i + 1 < args.size())
+      dir = args[++i];
+    else if (args[i].rfind("--data-dir=", 0) == 0)
+      dir = args[i].substr(11);
+    else
+      return fail_usage("ledger verify: unknown argument '" + args[i].substr(0, 60) + "'");
+  }
+  auto path = dir + "/ledger";
+  if (access((path + "/data.mdb").c_str(), R_OK) != 0) {
+    std::cerr << "alephd: ledger verify: no ledger at " << path << '\n';
+    return 1;
+  }
+  std::string err;
+  auto ledger = ledger_store::open(path, err, false);
+  if (!ledger) {
+    std::cerr << "alephd: ledger verify: " << err << '\n';
+    return 1;
+  }
+  auto c = ledger->verify();
+  if (!c.ok()) {
+    std::cerr << "alephd: ledger " << path << ": entry " << c.first_bad << " is bad: " << c.reason
+              << " (" << c.entries << " good entries before it)\n";
+    return 1;
+  }
+  std::cout << "ledger " << path << ": " << c.entries << " entries, chain intact, "
+            << ledger->acked() << " acknowledged by the CCN\n";
+  return 0;
 }
 
 void setup_logging(const settings& s) {
@@ -179,6 +216,8 @@ int main(int argc, char** argv) {
   // Before any signal is blocked: `logs --follow` stops on Ctrl-C.
   if (is_client_verb(cmd))
     return run_client(cmd, {args.begin() + 1, args.end()}, std::cout, std::cerr);
+  if (cmd == "ledger")
+    return run_ledger({args.begin() + 1, args.end()});
   if (cmd != "ccn" && cmd != "crn" && cmd != "dev")
     return fail_usage("unknown command '" + cmd.substr(0, 60)
                       + "' (expected ccn, crn, dev or a client verb; see alephd --help)");

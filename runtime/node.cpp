@@ -24,11 +24,14 @@
 #include "actors/replicator.hpp"
 #include "actors/scheduler.hpp"
 #include "actors/trigger_router.hpp"
+#include "actors/usage_book.hpp"
+#include "actors/reward_ledger.hpp"
 #include "actors/vm_supervisor.hpp"
 #include "runtime/blob_store.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/execution_records.hpp"
 #include "runtime/execution_table.hpp"
+#include "runtime/ledger.hpp"
 #include "runtime/sandbox.hpp"
 #include "runtime/sandbox_pool.hpp"
 #include "runtime/gateway.hpp"
@@ -235,14 +238,16 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   pc.direct = std::move(direct_peers);
   pc.http = locator;
   peer_ = sys.spawn(ccn_peer, pc, messages_, files_);
+  usage_ = sys.spawn(usage_book, env_);
   node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_,
-                    std::shared_ptr<const http_locator>{locator});
+                    std::shared_ptr<const http_locator>{locator}, usage_);
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
                              {caf::actor_cast<caf::actor>(messages_), caf::actor_cast<caf::actor>(files_),
                               caf::actor_cast<caf::actor>(registry_), caf::actor_cast<caf::actor>(scheduler_),
                               caf::actor_cast<caf::actor>(triggers_),
                               caf::actor_cast<caf::actor>(replicator_),
-                              caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(node_)},
+                              caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(node_),
+                              caf::actor_cast<caf::actor>(usage_)},
                              on_fatal_);
   std::string node_endpoint = "in-process";
   if (publish) {
@@ -298,13 +303,14 @@ void ccn_node_runtime::stop() {
     node_port_ = 0;
   }
   // Reverse order of dependencies.
-  for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(peer_),
-                 caf::actor_cast<caf::actor>(triggers_), caf::actor_cast<caf::actor>(replicator_),
+  for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(usage_),
+                 caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(triggers_), caf::actor_cast<caf::actor>(replicator_),
                  caf::actor_cast<caf::actor>(scheduler_), caf::actor_cast<caf::actor>(registry_),
                  caf::actor_cast<caf::actor>(files_), caf::actor_cast<caf::actor>(messages_)})
     if (a)
       caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   node_ = nullptr;
+  usage_ = nullptr;
   peer_ = nullptr;
   scheduler_ = nullptr;
   triggers_ = nullptr;
@@ -478,6 +484,21 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
     stop();
     return "cannot open the file cache in " + cc.root + ": " + cerr;
   }
+  {
+    // The reward ledger: a CRN whose ledger cannot be continued does not start (metering would
+    // be lost or the chain broken); `alephd ledger verify` names the damage.
+    std::string lerr;
+    std::shared_ptr<ledger_store> store = ledger_store::open(dir + "/ledger", lerr);
+    if (!store) {
+      stop();
+      return lerr;
+    }
+    reward_ledger_config rl;
+    rl.node = id_;
+    ledger_ = sys.spawn(reward_ledger, std::move(store), rl);
+    env->ledger = ledger_;
+    env->sample_interval = s.sample_interval;
+  }
   auto reserved = (cc.max_bytes > cache.bytes ? cc.max_bytes - cache.bytes : 0) >> 20;
   info.disk_mib = info.disk_mib > reserved ? info.disk_mib - reserved : 0;
   job_broker_config jb;
@@ -506,18 +527,20 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   lc.heartbeat = s.heartbeat_interval;
   lc.failure_timeout = s.failure_timeout;
   lc.files = files_;
+  lc.ledger = ledger_;
   link_ = sys.spawn(ccn_link, lc, broker_);
   caf::anon_send(broker_, atom::connect_v, link_);
   caf::anon_send(files_, atom::connect_v, caf::actor_cast<file_source_actor>(link_));
   watchdog_ = spawn_watchdog(sys, "crn " + id_,
                              {caf::actor_cast<caf::actor>(broker_), caf::actor_cast<caf::actor>(link_),
-                              caf::actor_cast<caf::actor>(files_)},
+                              caf::actor_cast<caf::actor>(files_), caf::actor_cast<caf::actor>(ledger_)},
                              on_fatal_);
   ctx->sys = &sys;
   ctx->table = table_;
   ctx->link = link_;
   ctx->broker = broker_;
   ctx->files = files_;
+  ctx->ledger = ledger_;
   ctx->id = id_;
   ctx->name = info.name;
   ctx->data_dir = dir;
@@ -562,9 +585,13 @@ void crn_node_runtime::stop() {
     caf::anon_send_exit(broker_, caf::exit_reason::user_shutdown);
   if (files_)
     caf::anon_send_exit(files_, caf::exit_reason::user_shutdown);
+  // Last: it writes the samples still waiting when it ends.
+  if (ledger_)
+    caf::anon_send_exit(ledger_, caf::exit_reason::user_shutdown);
   link_ = nullptr;
   broker_ = nullptr;
   files_ = nullptr;
+  ledger_ = nullptr;
   sys_ = nullptr;
 }
 

@@ -67,6 +67,7 @@ private:
   trigger_router_actor triggers_;
   replicator_actor replicator_;
   ccn_peer_actor peer_;
+  usage_book_actor usage_;
   ccn_node_actor node_;
   uint16_t node_port_ = 0;
   std::unique_ptr<http::server> http_;
@@ -103,6 +104,7 @@ private:
   job_broker_actor broker_;
   ccn_link_actor link_;
   content_store_actor files_;
+  reward_ledger_actor ledger_;
   std::unique_ptr<http::server> http_;
   fatal_handler on_fatal_;
   caf::actor watchdog_;

@@ -1,5 +1,13 @@
 #include "runtime/process_state.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/executor.hpp"
+
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -27,6 +35,40 @@ std::optional<std::pair<char, std::string>> proc_state(int pid) {
 bool process_is(int pid, const std::string& start) {
   auto st = proc_state(pid);
   return st && st->first != 'Z' && st->first != 'X' && st->second == start;
+}
+
+executor_usage process_usage(int pid) {
+  executor_usage u;
+  if (pid <= 0)
+    return u;
+  auto base = "/proc/" + std::to_string(pid);
+  std::ifstream stat_in{base + "/stat"};
+  std::string stat{std::istreambuf_iterator<char>{stat_in}, {}};
+  auto paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size())
+    return u;
+  // Fields 14-17 after the name: utime, stime, cutime, cstime in clock ticks.
+  std::istringstream rest{stat.substr(paren + 2)};
+  std::string field;
+  uint64_t ticks = 0;
+  for (int i = 3; i <= 17 && rest >> field; ++i)
+    if (i >= 14)
+      ticks += std::strtoull(field.c_str(), nullptr, 10);
+  static const long hz = ::sysconf(_SC_CLK_TCK);
+  if (hz > 0)
+    u.cpu_ns = ticks * (1000000000ull / static_cast<uint64_t>(hz));
+  std::ifstream status{base + "/status"};
+  for (std::string line; std::getline(status, line);) {
+    auto kib = [&](const char* key) {
+      return line.rfind(key, 0) == 0 ? std::strtoull(line.c_str() + std::strlen(key), nullptr, 10) * 1024 : 0;
+    };
+    if (auto v = kib("VmRSS:"))
+      u.mem_current = v;
+    else if (auto p = kib("VmHWM:"))
+      u.mem_peak = p;
+  }
+  u.mem_peak = std::max(u.mem_peak, u.mem_current);
+  return u;
 }
 
 } // namespace alephd

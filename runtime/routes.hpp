@@ -37,6 +37,7 @@ struct crn_context {
   ccn_link_actor link;
   job_broker_actor broker;
   content_store_actor files; ///< the file cache
+  reward_ledger_actor ledger; ///< metering entries
   std::string id;
   std::string name;
   std::string data_dir;

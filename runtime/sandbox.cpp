@@ -615,6 +615,14 @@ int sandbox::pid() const {
   return impl_->proc.pid();
 }
 
+executor_usage sandbox::usage() const {
+  if (impl_->group) {
+    auto s = impl_->group->stats();
+    return executor_usage{s.cpu_usage_ns, s.memory_current, std::max(s.memory_peak, s.memory_current)};
+  }
+  return process_usage(pid());
+}
+
 void sandbox::request_async(guest::http_request req, std::chrono::milliseconds timeout,
                             reply_handler done) {
   impl_->link->request_async(std::move(req), timeout, std::move(done));

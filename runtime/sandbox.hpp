@@ -127,6 +127,9 @@ public:
   /// Host pid of the bwrap process (0 before start).
   int pid() const override;
 
+  /// From its cgroup when it has one (every process in the sandbox), else from bwrap.
+  executor_usage usage() const override;
+
   /// Log frames received so far (the last 1000).
   std::vector<timed_log> logs() const override;
 

@@ -66,6 +66,7 @@ struct node_double_state {
   std::vector<std::pair<std::string, std::string>> failures; ///< (crn, item_hash) reported
   std::vector<placement> placed;                              ///< every CRN's placements
   std::vector<std::string> placement_queries;                 ///< CRN ids asked about
+  std::map<std::string, std::vector<usage_entry>> usage;      ///< metering entries by CRN
 };
 
 using hello_result = caf::result<crn_registry_actor, caf::actor, std::string>;
@@ -97,6 +98,13 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
     },
     [=](atom::exited, const std::string& crn, const execution_info& info) {
       self->state.failures.emplace_back(crn, info.item_hash);
+    },
+    [=](atom::usage, const std::string& crn, const std::vector<usage_entry>& entries) {
+      auto& held = self->state.usage[crn];
+      for (auto& e : entries)
+        if (e.seq == held.size() + 1)
+          held.push_back(e);
+      return static_cast<uint64_t>(held.size());
     },
     [=](atom::list, const std::string& crn) {
       self->state.placement_queries.push_back(crn);

@@ -72,7 +72,7 @@ struct ccn_peer_test : caf_fixture {
     p->registry = spawn(crn_registry, rc);
     p->peer = spawn(ccn_peer, peer_config(id, std::move(direct)), p->messages, p->files);
     p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files, scheduler_actor{},
-                    std::shared_ptr<const http_locator>{});
+                    std::shared_ptr<const http_locator>{}, usage_book_actor{});
     return p;
   }
 
