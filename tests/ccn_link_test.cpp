@@ -1,4 +1,6 @@
 #include "actors/ccn_link.hpp"
+#include "actors/reward_ledger.hpp"
+#include "runtime/ledger.hpp"
 
 #include <map>
 #include <chrono>
@@ -347,6 +349,39 @@ TEST_F(ccn_link_test, an_allocation_reaches_the_job_broker_and_its_ack_comes_bac
   auto& got = state_of<broker_double_state>(broker).allocations;
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0], a);
+}
+
+TEST_F(ccn_link_test, ledger_entries_are_shipped_and_acknowledged_once) {
+  temp_dir dir;
+  std::string err;
+  std::shared_ptr<ledger_store> store = ledger_store::open(dir.str() + "/ledger", err);
+  ASSERT_TRUE(store) << err;
+  reward_ledger_config rc;
+  rc.node = "crn-1";
+  auto ledger = spawn(reward_ledger, store, rc);
+  for (uint64_t i = 1; i <= 5; ++i) {
+    usage_entry e;
+    e.item_hash = "hash-" + std::to_string(i);
+    e.cpu_ns = i;
+    caf::anon_send(ledger, atom::sample_v, e);
+  }
+  advance(100ms);
+  ASSERT_EQ(store->last_seq(), 5u);
+  auto c = config();
+  c.ledger = ledger;
+  c.ship_batch = 2; // three batches: 2 + 2 + 1, sent one after the other
+  start(c);
+  advance(1000ms);
+  auto& held = node(node_a).usage["crn-1"];
+  ASSERT_EQ(held.size(), 5u);
+  for (uint64_t i = 0; i < 5; ++i)
+    EXPECT_EQ(held[i].seq, i + 1);
+  EXPECT_EQ(store->acked(), 5u);
+  // Later samples go on the next heartbeat; nothing acknowledged is sent again.
+  caf::anon_send(ledger, atom::sample_v, usage_entry{});
+  run_for(2000ms);
+  EXPECT_EQ(held.size(), 6u);
+  EXPECT_EQ(store->acked(), 6u);
 }
 
 TEST_F(ccn_link_test, fetches_go_to_the_registered_ccn_and_fail_clearly_while_down) {
