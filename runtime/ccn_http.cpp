@@ -311,6 +311,30 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
                  },
                  atom::list_v);
     }
+    if (path == "/api/v0/usage") {
+      if (!get)
+        return wrong_method();
+      return ask(*ctx->sys, ctx->usage, timeout, respond,
+                 [respond](const std::map<std::string, uint64_t>& heads) {
+                   respond(gateway::json(200, json{{"nodes", heads}}));
+                 },
+                 atom::status_v);
+    }
+    if (starts_with(path, "/api/v0/usage/")) {
+      if (!get)
+        return wrong_method();
+      auto node = path.substr(14);
+      if (node.empty() || node.size() > 128 || node.find('/') != std::string::npos)
+        return respond(http::json_error(400, "malformed node id"));
+      auto page = gateway::page_of(req, respond);
+      if (!page)
+        return;
+      return ask(*ctx->sys, ctx->usage, timeout, respond,
+                 [respond](const std::vector<usage_entry>& entries) {
+                   respond(gateway::usage_page(entries));
+                 },
+                 atom::list_v, node, page->after, page->limit);
+    }
     if (path == "/metrics") {
       if (!get)
         return wrong_method();

@@ -6,7 +6,6 @@
 #include "runtime/blob_store.hpp"
 #include "runtime/execution_table.hpp"
 #include "runtime/gateway.hpp"
-#include "runtime/ledger.hpp"
 #include "runtime/wall_clock.hpp"
 #include "runtime/routes.hpp"
 #include "runtime/sysinfo.hpp"
@@ -77,35 +76,14 @@ void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::res
 // oldest first, with the chain fields so that anyone can check them.
 void execution_records_route(const std::shared_ptr<const crn_context>& ctx, const http::request& req,
                              const http::responder& respond) {
-  uint64_t after = 0;
-  uint64_t limit = 100;
-  auto number = [&](const char* key, uint64_t& out, uint64_t max) {
-    auto i = req.query.find(key);
-    if (i == req.query.end())
-      return true;
-    auto& v = i->second;
-    if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
-      return false;
-    out = std::min<uint64_t>(std::stoull(v), max);
-    return true;
-  };
-  if (!number("after", after, UINT64_MAX / 2))
-    return respond(http::json_error(400, "after must be a sequence number"));
-  if (!number("limit", limit, 1000) || limit == 0)
-    return respond(http::json_error(400, "limit must be a number from 1 to 1000"));
+  auto page = gateway::page_of(req, respond);
+  if (!page)
+    return;
   if (!ctx->ledger)
     return respond(http::json_error(404, "this CRN keeps no reward ledger"));
   ask(*ctx->sys, ctx->ledger, timeout, respond,
-      [respond](const std::vector<usage_entry>& entries) {
-        json list = json::array();
-        for (auto& e : entries)
-          list.push_back(json::parse(ledger_encode(e)));
-        json body{{"records", std::move(list)}};
-        if (!entries.empty())
-          body["next"] = entries.back().seq;
-        respond(gateway::json(200, body));
-      },
-      atom::list_v, after, static_cast<uint32_t>(limit));
+      [respond](const std::vector<usage_entry>& entries) { respond(gateway::usage_page(entries)); },
+      atom::list_v, page->after, page->limit);
 }
 
 void executions(const std::shared_ptr<const crn_context>& ctx, bool v2, const http::responder& respond) {

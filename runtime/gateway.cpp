@@ -5,7 +5,45 @@
 
 #include <caf/sec.hpp>
 
+#include "runtime/ledger.hpp"
+
 namespace alephd::gateway {
+
+bool query_number(const http::request& req, const char* key, uint64_t& out, uint64_t max) {
+  auto i = req.query.find(key);
+  if (i == req.query.end())
+    return true;
+  auto& v = i->second;
+  if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  out = std::min<uint64_t>(std::stoull(v), max);
+  return true;
+}
+
+std::optional<page_request> page_of(const http::request& req, const http::responder& respond) {
+  page_request p;
+  uint64_t limit = p.limit;
+  if (!query_number(req, "after", p.after, UINT64_MAX / 2)) {
+    respond(http::json_error(400, "after must be a sequence number"));
+    return std::nullopt;
+  }
+  if (!query_number(req, "limit", limit, 1000) || limit == 0) {
+    respond(http::json_error(400, "limit must be a number from 1 to 1000"));
+    return std::nullopt;
+  }
+  p.limit = static_cast<uint32_t>(limit);
+  return p;
+}
+
+http::response usage_page(const std::vector<usage_entry>& entries) {
+  nlohmann::json list = nlohmann::json::array();
+  for (auto& e : entries)
+    list.push_back(nlohmann::json::parse(ledger_encode(e)));
+  nlohmann::json body{{"records", std::move(list)}};
+  if (!entries.empty())
+    body["next"] = entries.back().seq;
+  return json(200, body);
+}
 
 http::response error_response(const caf::error& err) {
   unsigned status = 500;

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -22,6 +23,21 @@ http::response error_response(const caf::error& err);
 
 /// A JSON response from a nlohmann document.
 http::response json(unsigned status, const nlohmann::json& body);
+
+/// Reads the unsigned decimal query parameter `key` into `out`, capped at `max`; false when it
+/// is present but not a number (`out` is left alone when it is absent).
+bool query_number(const http::request& req, const char* key, uint64_t& out, uint64_t max);
+
+/// The page of metering entries `GET /about/executions/records` and `GET /api/v0/usage/{node}`
+/// answer: `after` and `limit` (1–1000, default 100) from the query, or a 400.
+struct page_request {
+  uint64_t after = 0;
+  uint32_t limit = 100;
+};
+std::optional<page_request> page_of(const http::request& req, const http::responder& respond);
+
+/// {"records": [...], "next": last seq} for a page of ledger entries.
+http::response usage_page(const std::vector<usage_entry>& entries);
 
 /// A stored file as the answer (octet-stream, ranges honoured): GET /api/v0/storage/raw.
 http::response file_response(const file_info& f);

@@ -268,6 +268,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->registry = registry_;
   ctx->scheduler = scheduler_;
   ctx->peer = peer_;
+  ctx->usage = usage_;
   ctx->id = id_;
   ctx->name = s.name.empty() ? "ccn-" + id_.substr(0, 8) : s.name;
   ctx->node_endpoint = node_endpoint;

@@ -22,6 +22,7 @@ struct ccn_context {
   crn_registry_actor registry;
   scheduler_actor scheduler;
   ccn_peer_actor peer;
+  usage_book_actor usage; ///< its CRNs' metering entries
   std::string id;
   std::string name;
   std::string node_endpoint; ///< where CRNs and peers connect

@@ -936,3 +936,97 @@ TEST_F(execution, an_instance_boots_as_a_microvm_survives_a_crn_restart_and_stop
 }
 
 } // namespace
+
+// Metering: a persistent program's calls and bytes are sampled into the CRN's hash-chained
+// ledger and reach the CCN's usage book exactly once, across a kill -9 of the CCN and then
+// of the CRN; `alephd ledger verify` finds the chain intact.
+TEST_F(execution, metering_reaches_the_ccn_exactly_once_across_kill9_of_either_side) {
+  auto get_json = [](uint16_t port, const std::string& target) {
+    auto r = http_request(localhost, port, "GET", target, {}, {}, 5s);
+    return r.status == 200 ? json::parse(r.body, nullptr, false) : json::object();
+  };
+  start_ccn({"--ccn.replicas=0"});
+  auto ccn_node_port = procs.back()->port("node");
+  auto* crn = &start_crn("crn", {"--ledger.sample-interval=300ms"});
+  auto crn_id = get_json(crn->port("http"), "/").value("id", "");
+  ASSERT_FALSE(crn_id.empty());
+  auto hash = publish_program(true);
+  ASSERT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 20s))
+    << executions(crn->port("http")).dump();
+  auto call = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      auto r = http_request(localhost, crn->port("http"), "POST", "/vm/" + hash + "/big?1000",
+                            std::string(100, 'x'));
+      EXPECT_EQ(r.status, 200) << r.body;
+    }
+  };
+  // The CCN's copy of this CRN's entries, in order.
+  auto at_ccn = [&] {
+    json all = json::array();
+    for (uint64_t after = 0;;) {
+      auto page = get_json(ccn_http, "/api/v0/usage/" + crn_id + "?after=" + std::to_string(after) + "&limit=1000");
+      auto records = page.value("records", json::array());
+      if (records.empty())
+        return all;
+      for (auto& r : records)
+        all.push_back(r);
+      after = page.value("next", after + records.size());
+    }
+  };
+  auto at_crn = [&] {
+    return get_json(crn->port("http"), "/about/executions/records?limit=1000").value("records", json::array());
+  };
+  // Samples after these calls carry them (one sample interval and more).
+  call(4);
+  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(eventually([&] { return at_ccn().size() >= 2; }, 10s)) << at_crn().dump();
+
+  // kill -9 of the CCN; it comes back on the same node port and the CRN ships again.
+  auto& old_ccn = *procs.front();
+  old_ccn.kill9();
+  auto held_before = at_crn().size();
+  start("ccn", {"ccn", "--port=0", "--node-port=" + std::to_string(ccn_node_port), "--ccn.replicas=0"});
+  ccn_http = procs.back()->port("http");
+  call(3);
+  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(eventually([&] { return at_ccn().size() > held_before; }, 20s)) << at_crn().size();
+
+  // kill -9 of the CRN while it samples and ships; it re-adopts the sandbox and goes on.
+  crn->kill9();
+  crn = &start_crn("crn", {"--ledger.sample-interval=300ms"});
+  ASSERT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 30s));
+  call(2);
+  std::this_thread::sleep_for(1s);
+
+  // Stop the program (its last sample is written as it stops): then whatever the CRN's
+  // ledger holds, the CCN holds the same entries once each, in order.
+  json ccn_view, crn_view;
+  auto stop = http_request(localhost, crn->port("http"), "POST", "/control/machine/" + hash + "/stop",
+                           {}, {{"X-Auth-Token", token("crn")}});
+  EXPECT_EQ(stop.status, 200) << stop.body;
+  ASSERT_TRUE(eventually([&] {
+    crn_view = at_crn();
+    ccn_view = at_ccn();
+    return !crn_view.empty() && ccn_view == crn_view;
+  }, 10s)) << "CCN " << ccn_view.size() << " entries, CRN " << crn_view.size();
+  uint64_t requests = 0, bytes_in = 0, bytes_out = 0, cpu = 0;
+  for (std::size_t i = 0; i < ccn_view.size(); ++i) {
+    ASSERT_EQ(ccn_view[i].value("seq", uint64_t{0}), i + 1) << "a gap or a double at " << i;
+    if (ccn_view[i].value("item_hash", "") != hash)
+      continue;
+    requests += ccn_view[i].value("requests", uint64_t{0});
+    bytes_in += ccn_view[i].value("bytes_in", uint64_t{0});
+    bytes_out += ccn_view[i].value("bytes_out", uint64_t{0});
+    cpu += ccn_view[i].value("cpu_ns", uint64_t{0});
+    EXPECT_EQ(ccn_view[i].value("product", ""), "persistent_program");
+  }
+  // Before the CRN restart its code file was pinned, and metered as storage.
+  EXPECT_EQ(ccn_view[0].value("storage_bytes", uint64_t{0}), read_file(ALEPHD_GUEST_TEST_APP).size());
+  EXPECT_EQ(requests, 9u) << "every call counted once";
+  EXPECT_EQ(bytes_in, 900u);
+  EXPECT_EQ(bytes_out, 9000u);
+  EXPECT_GT(cpu, 0u);
+  auto [code, out] = alephd_cli("ledger verify --data-dir " + (dir / "crn").string());
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find(std::to_string(crn_view.size()) + " entries, chain intact"), std::string::npos) << out;
+}
