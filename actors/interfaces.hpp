@@ -271,6 +271,27 @@ using usage_book_actor = caf::typed_actor<
   /// Every CRN with entries and its highest seq.
   replies_to<atom::status>::with<std::map<std::string, uint64_t>>>;
 
+/// CCN: probes its CRNs and scores them (actors/prober.hpp).
+using prober_actor = caf::typed_actor<
+  /// A CRN's link changed (from the crn_registry): linked and down ones are probed.
+  reacts_to<atom::node, crn_info, link_state, ccn_link_actor>,
+  /// The score of every CRN probed, over the scoring window.
+  replies_to<atom::list>::with<std::vector<node_score>>,
+  /// Internal: a probe's result (CRN id, encoded probe); the round's end.
+  reacts_to<atom::probe, std::string, std::string>,
+  reacts_to<atom::probe>,
+  /// Internal: the probe timer.
+  reacts_to<atom::tick>>;
+
+
+/// CCN: computes and keeps the reward epochs (actors/reward_epochs.hpp).
+using reward_epochs_actor = caf::typed_actor<
+  /// The stored epoch `n` as JSON (inputs and both models); 0 = the latest. ec::not_found.
+  replies_to<atom::rewards, uint64_t>::with<std::string>,
+  /// Internal: look whether an epoch ended.
+  reacts_to<atom::tick>>;
+
+
 /// CCN: the actor published on the node port; CRNs and peers start here.
 using ccn_node_actor = caf::typed_actor<
   /// Answers the registry, the peer endpoint (as a plain handle) and the CCN's id.

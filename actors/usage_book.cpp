@@ -11,10 +11,6 @@ namespace alephd {
 
 namespace {
 
-std::string entry_key(const std::string& node, uint64_t seq) {
-  return node + '\0' + lmdb::be64(seq);
-}
-
 struct head {
   uint64_t seq = 0;
   std::string hash;
@@ -74,7 +70,7 @@ usage_book(usage_book_actor::stateful_pointer<usage_book_state> self, std::share
           spdlog::warn("usage_book: entry {} of {} refused: {}", e.seq, node, why);
           break;
         }
-        if (int rc = t.put(st.entries, entry_key(node, e.seq), ledger_encode(e)); rc != 0)
+        if (int rc = t.put(st.entries, usage_key(node, e.seq), ledger_encode(e)); rc != 0)
           return make_error(ec::unavailable, "usage: " + lmdb::error_text(rc));
         h.seq = e.seq;
         h.hash = e.hash;
@@ -100,7 +96,7 @@ usage_book(usage_book_actor::stateful_pointer<usage_book_state> self, std::share
       if (mdb_cursor_open(t.get(), st.entries, &cur) != 0)
         return out;
       auto prefix = node + '\0';
-      auto key = entry_key(node, after + 1);
+      auto key = usage_key(node, after + 1);
       MDB_val k{key.size(), key.data()}, v{};
       for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && out.size() < max;
            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {

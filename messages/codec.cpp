@@ -77,7 +77,7 @@ std::string encode(const file_info& x) {
 std::string encode(const crn_info& info, link_state state, double registered, uint64_t wait_order) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk{buf};
-  pk.pack_map(12);
+  pk.pack_map(13);
   pk.pack("v"), pk.pack(current_version);
   pk.pack("id"), pk.pack(info.id);
   pk.pack("name"), pk.pack(info.name);
@@ -90,6 +90,7 @@ std::string encode(const crn_info& info, link_state state, double registered, ui
   pk.pack("state"), pk.pack(static_cast<uint8_t>(state));
   pk.pack("registered"), pk.pack(registered);
   pk.pack("wait_order"), pk.pack(wait_order);
+  pk.pack("asn"), pk.pack(info.asn);
   return {buf.data(), buf.size()};
 }
 
@@ -108,6 +109,7 @@ bool decode(std::string_view bytes, crn_info& info, link_state& state, double& r
     take(m, "state", s);
     take(m, "registered", registered);
     take(m, "wait_order", wait_order);
+    take(m, "asn", info.asn); // absent from older records
   });
   if (!ok || s > static_cast<uint8_t>(link_state::down))
     return false;

@@ -223,13 +223,14 @@ struct crn_info {
   uint64_t memory_mib = 0;
   uint64_t disk_mib = 0;
   std::string software_version;
+  std::string asn; ///< its network's autonomous system, as configured (decentralization score)
   bool operator==(const crn_info&) const = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, crn_info& x) {
   return f(caf::meta::type_name("alephd::crn_info"), x.version, x.id, x.name, x.address,
-           x.vcpus, x.memory_mib, x.disk_mib, x.software_version);
+           x.vcpus, x.memory_mib, x.disk_mib, x.software_version, x.asn);
 }
 
 /// The CCN's answer to a registration.
@@ -437,6 +438,29 @@ typename Inspector::result_type inspect(Inspector& f, usage_entry& x) {
            x.mem_avg, x.requests, x.bytes_in, x.bytes_out, x.storage_bytes);
 }
 
+/// A CRN's score as the CCN's prober computes it (reference §6.3) over its probes of the
+/// scoring window.
+struct node_score {
+  std::string id;
+  std::string name;
+  std::string asn;
+  uint64_t samples = 0;
+  double base_p25 = 0, base_p95 = 0, diag_p25 = 0, full_p25 = 0; ///< latency scores
+  double performance = 0;
+  double version = 0;
+  double total = 0;
+  double decentralization = 0;
+  double multiplier = 0;
+  bool operator==(const node_score&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_score& x) {
+  return f(caf::meta::type_name("alephd::node_score"), x.id, x.name, x.asn, x.samples, x.base_p25,
+           x.base_p95, x.diag_p25, x.full_p25, x.performance, x.version, x.total,
+           x.decentralization, x.multiplier);
+}
+
 } // namespace alephd
 
 CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
@@ -472,6 +496,8 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(alephd, (alephd::usage_entry))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::usage_entry>))
   CAF_ADD_TYPE_ID(alephd, (std::map<std::string, uint64_t>))
+  CAF_ADD_TYPE_ID(alephd, (alephd::node_score))
+  CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::node_score>))
   CAF_ADD_ATOM(alephd, alephd::atom, append, "append")
   CAF_ADD_ATOM(alephd, alephd::atom, get, "get")
   CAF_ADD_ATOM(alephd, alephd::atom, list, "list")
@@ -512,4 +538,6 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_ATOM(alephd, alephd::atom, prepare, "prepare")
   CAF_ADD_ATOM(alephd, alephd::atom, fetched, "fetched")
   CAF_ADD_ATOM(alephd, alephd::atom, sample, "sample")
+  CAF_ADD_ATOM(alephd, alephd::atom, probe, "probe")
+  CAF_ADD_ATOM(alephd, alephd::atom, rewards, "rewards")
 CAF_END_TYPE_ID_BLOCK(alephd)

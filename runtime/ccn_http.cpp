@@ -311,6 +311,42 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
                  },
                  atom::list_v);
     }
+    if (path == "/api/v0/scores") {
+      if (!get)
+        return wrong_method();
+      return ask(*ctx->sys, ctx->prober, timeout, respond,
+                 [respond](const std::vector<node_score>& scores) {
+                   json out = json::array();
+                   for (auto& s : scores)
+                     out.push_back(json{{"node_id", s.id}, {"name", s.name}, {"asn", s.asn},
+                                        {"samples", s.samples}, {"base_latency_p25", s.base_p25},
+                                        {"base_latency_p95", s.base_p95},
+                                        {"diagnostic_vm_latency_p25", s.diag_p25},
+                                        {"full_check_latency_p25", s.full_p25},
+                                        {"performance", s.performance}, {"version", s.version},
+                                        {"total_score", s.total},
+                                        {"decentralization", s.decentralization},
+                                        {"multiplier", s.multiplier}});
+                   respond(gateway::json(200, json{{"scores", std::move(out)}}));
+                 },
+                 atom::list_v);
+    }
+    if (path == "/api/v0/rewards") {
+      if (!get)
+        return wrong_method();
+      uint64_t epoch = 0;
+      if (!gateway::query_number(req, "epoch", epoch, UINT64_MAX / 2))
+        return respond(http::json_error(400, "epoch must be an epoch number"));
+      return ask(*ctx->sys, ctx->epochs, timeout, respond,
+                 [respond](const std::string& text) {
+                   http::response r;
+                   r.status = 200;
+                   r.content_type = "application/json";
+                   r.body = text;
+                   respond(std::move(r));
+                 },
+                 atom::rewards_v, epoch);
+    }
     if (path == "/api/v0/usage") {
       if (!get)
         return wrong_method();

@@ -1,6 +1,7 @@
 #include "runtime/config.hpp"
 
 #include "runtime/endpoint.hpp"
+#include "runtime/reward_epoch.hpp"
 
 #include <charconv>
 #include <filesystem>
@@ -51,6 +52,17 @@ std::function<std::string(settings&, const std::string&)> integer(T settings::*f
     if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || x < lo || x > hi)
       return "must be an integer between " + std::to_string(lo) + " and " + std::to_string(hi);
     s.*field = static_cast<T>(x);
+    return {};
+  };
+}
+
+std::function<std::string(settings&, const std::string&)> real(double settings::*field, double lo, double hi) {
+  return [=](settings& s, const std::string& v) -> std::string {
+    char* end = nullptr;
+    double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || end != v.c_str() + v.size() || !(x >= lo && x <= hi))
+      return "must be a number between " + std::to_string(lo) + " and " + std::to_string(hi);
+    s.*field = x;
     return {};
   };
 }
@@ -114,6 +126,7 @@ const std::vector<option>& table() {
   static const std::vector<option> opts = {
     {"global.data-dir", "data directory (LMDB, blobs, node id); default ./.alephd-<role>", "data-dir", text(&settings::data_dir, true)},
     {"global.name", "display name of this node", "name", text(&settings::name)},
+    {"global.asn", "CRN: the autonomous system of this node's network, e.g. AS16276; its CCN scores decentralization by it (default: none)", "asn", text(&settings::asn)},
     {"global.log-level", "trace, debug, info, warn, error", "log-level",
      [](settings& s, const std::string& v) -> std::string {
        if (v != "trace" && v != "debug" && v != "info" && v != "warn" && v != "error")
@@ -157,6 +170,17 @@ const std::vector<option>& table() {
     {"cache.low-watermark", "CRN: eviction stops at this percent of max-bytes (default 80)", "", integer(&settings::cache_low_watermark, 0, 99)},
     {"cache.scrub-interval", "how often a background scrub re-hashes the next blobs; 0 = never (default 60s)", "", duration(&settings::scrub_interval, true)},
     {"cache.scrub-bytes", "bytes re-hashed per scrub round (default 67108864)", "", integer(&settings::scrub_bytes, 1, int64_t{1} << 40)},
+    {"scoring.probe-interval", "CCN: how often each linked CRN is probed (default 60s)", "", duration(&settings::probe_interval, false)},
+    {"scoring.window", "CCN: probes older than this no longer count in a CRN's score (default 86400s)", "", duration(&settings::score_window, false)},
+    {"scoring.diagnostic-ref", "CCN: item hash of a diagnostic program the prober calls on each CRN through /vm/{ref}; empty = the base latency stands in (default empty)", "", text(&settings::diagnostic_ref)},
+    {"scoring.accepted-versions", "CCN: comma-separated CRN versions that count as current; empty = this alephd's version", "", text(&settings::accepted_versions)},
+    {"rewards.epoch-seconds", "CCN: length of a reward epoch in seconds, aligned on the Unix epoch (default 86400)", "", integer(&settings::epoch_seconds, 1, int64_t{366} * 86400)},
+    {"rewards.stakes", "CCN: the network's stakes as ccn:address:amount,... where ccn is a CCN's id or name (default none)", "", text(&settings::stakes)},
+    {"rewards.max-paid", "CCN: only the first this many scoring CRNs of a CCN earn the legacy CRN reward (default 5)", "", integer(&settings::max_paid, 0, 1000)},
+    {"pricing.program", "ALEPH per compute-unit hour of an on-demand program (default 0.011)", "", real(&settings::price_program, 0, 1e9)},
+    {"pricing.persistent-program", "ALEPH per compute-unit hour of a persistent program (default 0.055)", "", real(&settings::price_persistent_program, 0, 1e9)},
+    {"pricing.instance", "ALEPH per compute-unit hour of an instance (default 0.055)", "", real(&settings::price_instance, 0, 1e9)},
+    {"pricing.storage-gib-hour", "ALEPH per GiB-hour of storage pinned by executions (default 0.0001)", "", real(&settings::price_storage_gib_hour, 0, 1e9)},
     {"ledger.sample-interval", "CRN: each execution's CPU, memory, requests, bytes and pinned storage are written to the reward ledger this often, and when it stops (default 60s)", "", duration(&settings::sample_interval, false)},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
     {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},
@@ -294,6 +318,12 @@ std::string parse_settings(const std::vector<std::string>& args, settings& out, 
       o->clear(out);
     if (auto err = apply(out, *o, value, "--"); !err.empty())
       return err;
+  }
+  {
+    std::vector<stake_entry> stakes;
+    std::string err;
+    if (!parse_stakes(out.stakes, stakes, err))
+      return "rewards.stakes: " + err;
   }
   if (out.cache_low_watermark >= out.cache_high_watermark)
     return "cache.low-watermark: must be below cache.high-watermark ("

@@ -13,6 +13,7 @@ namespace alephd {
 struct settings {
   // [global]
   std::string data_dir;   ///< empty = role default
+  std::string asn;        ///< CRN: the network's autonomous system (decentralization score)
   std::string name;       ///< display name; empty = role and id
   std::string log_level = "info";
   uint32_t threads = 2;   ///< CAF scheduler threads
@@ -57,6 +58,19 @@ struct settings {
   uint32_t cache_low_watermark = 80;  ///< percent of max-bytes where it stops
   std::chrono::milliseconds scrub_interval{60000}; ///< 0 = no background scrub
   uint64_t scrub_bytes = 64ull << 20; ///< bytes re-hashed per scrub round
+  // [scoring]: the CCN's prober
+  std::chrono::milliseconds probe_interval{60000};
+  std::chrono::milliseconds score_window{86400 * 1000};
+  std::string diagnostic_ref;     ///< a program the prober calls through /vm/{ref}
+  std::string accepted_versions;  ///< comma-separated; empty = this alephd's version
+  // [rewards] and [pricing]: the CCN's epochs
+  uint64_t epoch_seconds = 86400;
+  std::string stakes;             ///< ccn:address:amount,…
+  uint32_t max_paid = 5;
+  double price_program = 0.011;             ///< ALEPH per compute-unit hour
+  double price_persistent_program = 0.055;
+  double price_instance = 0.055;
+  double price_storage_gib_hour = 0.0001;
   // [ledger]: metering and the reward ledger (CRN)
   std::chrono::milliseconds sample_interval{60000}; ///< one metering sample per execution
   // [dev]

@@ -460,6 +460,7 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
                                              "/about/executions/list",
                                              "/v2/about/executions/list",
                                              "/about/executions/records",
+                                             "/status/check/fastapi",
                                              "/status/config",
                                              "/metrics"};
     if (known.count(path) == 0)
@@ -482,6 +483,18 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
       return executions(ctx, true, respond);
     if (path == "/about/executions/records")
       return execution_records_route(ctx, req, respond);
+    if (path == "/status/check/fastapi") {
+      // The full check the CCN's prober times: the node takes calls and its cache answers.
+      if (ctx->table && ctx->table->draining)
+        return respond(http::json_error(503, "Server is draining"));
+      if (!ctx->files)
+        return respond(gateway::json(200, json{{"status", "ok"}}));
+      return ask(*ctx->sys, ctx->files, timeout, respond,
+                 [respond](const cache_usage& c) {
+                   respond(gateway::json(200, json{{"status", "ok"}, {"cache_files", c.files}}));
+                 },
+                 atom::usage_v);
+    }
     if (path == "/status/config")
       return status_config(ctx, respond);
     if (path == "/metrics")

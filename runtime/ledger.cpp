@@ -89,6 +89,10 @@ std::optional<usage_entry> ledger_decode(std::string_view text) {
   }
 }
 
+std::string usage_key(const std::string& node, uint64_t seq) {
+  return node + '\0' + lmdb::be64(seq);
+}
+
 std::string ledger_link_error(const usage_entry* prev, const usage_entry& next) {
   uint64_t want_seq = prev ? prev->seq + 1 : 1;
   if (next.seq != want_seq)

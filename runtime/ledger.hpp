@@ -36,6 +36,9 @@ std::optional<usage_entry> ledger_decode(std::string_view text);
 /// empty when it can: consecutive seq, `prev` link and its own hash.
 std::string ledger_link_error(const usage_entry* prev, const usage_entry& next);
 
+/// The key of CRN `node`'s entry `seq` in a CCN's usage book (database "usage").
+std::string usage_key(const std::string& node, uint64_t seq);
+
 /// What `verify` found.
 struct ledger_check {
   uint64_t entries = 0;

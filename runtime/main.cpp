@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -12,12 +13,15 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "actors/interfaces.hpp"
 #include "runtime/client.hpp"
 #include "runtime/config.hpp"
 #include "runtime/ledger.hpp"
+#include "runtime/lmdb.hpp"
+#include "runtime/reward_epoch.hpp"
 #include "runtime/node.hpp"
 
 namespace {
@@ -32,6 +36,9 @@ Usage:
   alephd dev [options]                   one CCN and three CRNs in one process, on 127.0.0.1
   alephd call|ls|logs|stop|reboot|erase  talk to a CRN (see "Client commands" below)
   alephd ledger verify [--data-dir DIR]  check a CRN's reward ledger chain (default ./.alephd-crn)
+  alephd rewards [--data-dir DIR] [--epoch N] [--json]
+                                         a CCN's reward epochs; with --epoch, its payouts,
+                                         recomputed from the usage book and compared
   alephd --help | --version
 
 )";
@@ -39,6 +46,78 @@ Usage:
 int fail_usage(const std::string& msg) {
   std::cerr << "alephd: " << msg << '\n';
   return 2;
+}
+
+// `alephd rewards`: the epochs a CCN computed, or one epoch's payouts recomputed from its usage
+// book (0 when they match what was stored, 1 when not).
+int run_rewards(const std::vector<std::string>& args) {
+  std::string dir = "./.alephd-ccn";
+  std::optional<uint64_t> epoch;
+  bool as_json = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    auto value = [&](const std::string& flag) -> std::optional<std::string> {
+      if (args[i] == flag && i + 1 < args.size())
+        return args[++i];
+      if (args[i].rfind(flag + "=", 0) == 0)
+        return args[i].substr(flag.size() + 1);
+      return std::nullopt;
+    };
+    if (auto d = value("--data-dir")) {
+      dir = *d;
+    } else if (auto e = value("--epoch")) {
+      if (e->empty() || e->size() > 19 || e->find_first_not_of("0123456789") != std::string::npos)
+        return fail_usage("rewards: --epoch must be an epoch number, got '" + e->substr(0, 40) + "'");
+      epoch = std::stoull(*e);
+    } else if (args[i] == "--json") {
+      as_json = true;
+    } else {
+      return fail_usage("rewards: unknown argument '" + args[i].substr(0, 60) + "'");
+    }
+  }
+  auto path = dir + "/lmdb";
+  if (access((path + "/data.mdb").c_str(), R_OK) != 0) {
+    std::cerr << "alephd: rewards: no CCN data at " << path << '\n';
+    return 1;
+  }
+  std::string err;
+  auto env = lmdb::env::open(path, err);
+  if (!env) {
+    std::cerr << "alephd: rewards: " << err << '\n';
+    return 1;
+  }
+  if (!epoch) {
+    auto all = stored_epochs(*env);
+    if (all.empty())
+      std::cout << "no reward epoch computed yet in " << path << '\n';
+    for (auto n : all)
+      if (auto r = load_epoch(*env, n))
+        std::cout << "epoch " << n << ": " << r->input.ccns.size() << " CCNs, " << r->input.crns.size()
+                  << " CRNs scored, usage of " << r->input.ranges.size() << " CRNs\n";
+    return 0;
+  }
+  auto r = load_epoch(*env, *epoch);
+  if (!r) {
+    std::cerr << "alephd: rewards: no epoch " << *epoch << " in " << path << '\n';
+    return 1;
+  }
+  if (as_json) {
+    std::cout << encode_epoch(*r) << '\n';
+  } else {
+    for (auto* model : {&r->legacy, &r->usage}) {
+      auto j = nlohmann::json::parse(*model);
+      for (auto& [pool, total] : j["pools"].items())
+        std::cout << pool << ": " << total.get<double>() << " ALEPH\n";
+      for (auto& p : j["payouts"])
+        std::cout << "  " << p["pool"].get<std::string>() << "  " << p["role"].get<std::string>() << "  "
+                  << p["recipient"].get<std::string>() << "  " << p["amount"].get<double>() << '\n';
+    }
+  }
+  if (auto diff = verify_epoch(*env, *epoch); !diff.empty()) {
+    std::cerr << "alephd: rewards: epoch " << *epoch << ": " << diff << '\n';
+    return 1;
+  }
+  std::cerr << "epoch " << *epoch << ": recomputed from the usage book, matches what was stored\n";
+  return 0;
 }
 
 // `alephd ledger verify`: 0 when the chain is whole, 1 naming the first bad entry.
@@ -218,6 +297,8 @@ int main(int argc, char** argv) {
     return run_client(cmd, {args.begin() + 1, args.end()}, std::cout, std::cerr);
   if (cmd == "ledger")
     return run_ledger({args.begin() + 1, args.end()});
+  if (cmd == "rewards")
+    return run_rewards({args.begin() + 1, args.end()});
   if (cmd != "ccn" && cmd != "crn" && cmd != "dev")
     return fail_usage("unknown command '" + cmd.substr(0, 60)
                       + "' (expected ccn, crn, dev or a client verb; see alephd --help)");

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <caf/all.hpp>
@@ -25,6 +26,8 @@
 #include "actors/scheduler.hpp"
 #include "actors/trigger_router.hpp"
 #include "actors/usage_book.hpp"
+#include "actors/prober.hpp"
+#include "actors/reward_epochs.hpp"
 #include "actors/reward_ledger.hpp"
 #include "actors/vm_supervisor.hpp"
 #include "runtime/blob_store.hpp"
@@ -239,6 +242,39 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   pc.http = locator;
   peer_ = sys.spawn(ccn_peer, pc, messages_, files_);
   usage_ = sys.spawn(usage_book, env_);
+  prober_config prc;
+  prc.env = env_;
+  prc.interval = s.probe_interval;
+  prc.window = std::chrono::duration_cast<std::chrono::seconds>(s.score_window);
+  prc.diagnostic_ref = s.diagnostic_ref;
+  {
+    std::stringstream in{s.accepted_versions};
+    for (std::string v; std::getline(in, v, ',');)
+      if (!v.empty())
+        prc.accepted_versions.push_back(v);
+    if (prc.accepted_versions.empty())
+      prc.accepted_versions.push_back(ALEPHD_VERSION);
+  }
+  prober_ = sys.spawn(prober, prc);
+  caf::anon_send(registry_, atom::subscribe_v, caf::actor_cast<node_listener_actor>(prober_));
+  reward_epochs_config rec;
+  rec.ccn_id = id_;
+  rec.ccn_name = s.name.empty() ? "ccn-" + id_.substr(0, 8) : s.name;
+  rec.env = env_;
+  rec.epoch_seconds = std::chrono::seconds(s.epoch_seconds);
+  rec.params.max_paid = s.max_paid;
+  rec.params.cu_hour_price = {{"program", s.price_program},
+                              {"persistent_program", s.price_persistent_program},
+                              {"instance", s.price_instance}};
+  rec.params.storage_gib_hour_price = s.price_storage_gib_hour;
+  {
+    std::string serr;
+    parse_stakes(s.stakes, rec.stakes, serr); // checked with the other settings
+  }
+  rec.registry = registry_;
+  rec.prober = prober_;
+  rec.peer = peer_;
+  epochs_ = sys.spawn(reward_epochs, rec);
   node_ = sys.spawn(ccn_node, id_, registry_, peer_, messages_, files_, scheduler_,
                     std::shared_ptr<const http_locator>{locator}, usage_);
   watchdog_ = spawn_watchdog(sys, "ccn " + id_,
@@ -247,7 +283,8 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
                               caf::actor_cast<caf::actor>(triggers_),
                               caf::actor_cast<caf::actor>(replicator_),
                               caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(node_),
-                              caf::actor_cast<caf::actor>(usage_)},
+                              caf::actor_cast<caf::actor>(usage_), caf::actor_cast<caf::actor>(prober_),
+                              caf::actor_cast<caf::actor>(epochs_)},
                              on_fatal_);
   std::string node_endpoint = "in-process";
   if (publish) {
@@ -269,6 +306,8 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->scheduler = scheduler_;
   ctx->peer = peer_;
   ctx->usage = usage_;
+  ctx->prober = prober_;
+  ctx->epochs = epochs_;
   ctx->id = id_;
   ctx->name = s.name.empty() ? "ccn-" + id_.substr(0, 8) : s.name;
   ctx->node_endpoint = node_endpoint;
@@ -304,7 +343,8 @@ void ccn_node_runtime::stop() {
     node_port_ = 0;
   }
   // Reverse order of dependencies.
-  for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(usage_),
+  for (auto a : {caf::actor_cast<caf::actor>(node_), caf::actor_cast<caf::actor>(epochs_),
+                 caf::actor_cast<caf::actor>(prober_), caf::actor_cast<caf::actor>(usage_),
                  caf::actor_cast<caf::actor>(peer_), caf::actor_cast<caf::actor>(triggers_), caf::actor_cast<caf::actor>(replicator_),
                  caf::actor_cast<caf::actor>(scheduler_), caf::actor_cast<caf::actor>(registry_),
                  caf::actor_cast<caf::actor>(files_), caf::actor_cast<caf::actor>(messages_)})
@@ -312,6 +352,8 @@ void ccn_node_runtime::stop() {
       caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   node_ = nullptr;
   usage_ = nullptr;
+  prober_ = nullptr;
+  epochs_ = nullptr;
   peer_ = nullptr;
   scheduler_ = nullptr;
   triggers_ = nullptr;
@@ -354,6 +396,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   info.memory_mib = s.memory_mib > 0 ? s.memory_mib : usage.mem_total_kb / 1024;
   info.disk_mib = usage.disk_available_kb / 1024;
   info.software_version = ALEPHD_VERSION;
+  info.asn = s.asn;
   settings_ = s;
   table_ = std::make_shared<execution_table>();
   auto env = std::make_shared<execution_env>();

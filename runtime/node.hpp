@@ -68,6 +68,8 @@ private:
   replicator_actor replicator_;
   ccn_peer_actor peer_;
   usage_book_actor usage_;
+  prober_actor prober_;
+  reward_epochs_actor epochs_;
   ccn_node_actor node_;
   uint16_t node_port_ = 0;
   std::unique_ptr<http::server> http_;

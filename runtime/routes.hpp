@@ -23,6 +23,8 @@ struct ccn_context {
   scheduler_actor scheduler;
   ccn_peer_actor peer;
   usage_book_actor usage; ///< its CRNs' metering entries
+  prober_actor prober;
+  reward_epochs_actor epochs;
   std::string id;
   std::string name;
   std::string node_endpoint; ///< where CRNs and peers connect

@@ -247,6 +247,43 @@ result download(const std::string& base_url, const std::string& target, const st
   return r;
 }
 
+probe_result probe(const std::string& base_url, const std::string& target,
+                   std::chrono::milliseconds timeout) {
+  probe_result r;
+  std::string host;
+  uint16_t port = 0;
+  if (!parse_base_url(base_url, host, port)) {
+    r.error = "not an http://host:port URL: " + base_url;
+    return r;
+  }
+  auto start = std::chrono::steady_clock::now();
+  asio::io_context ioc;
+  beast::tcp_stream stream{ioc};
+  options o;
+  o.idle_timeout = timeout;
+  if (r.error = connect(ioc, stream, host, port, o); !r.error.empty())
+    return r;
+  bhttp::request<bhttp::empty_body> req{bhttp::verb::get, target, 11};
+  req.set(bhttp::field::host, host);
+  req.set(bhttp::field::user_agent, "alephd-prober");
+  stream.expires_at(start + timeout);
+  if (auto e = run(ioc, [&](auto h) { bhttp::async_write(stream, req, h); })) {
+    r.error = "cannot send: " + describe(e);
+    return r;
+  }
+  beast::flat_buffer buf;
+  bhttp::response_parser<bhttp::string_body> parser;
+  parser.body_limit(64 << 10);
+  if (auto e = run(ioc, [&](auto h) { bhttp::async_read(stream, buf, parser, h); })) {
+    r.error = "no answer: " + describe(e);
+    return r;
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.status = parser.get().result_int();
+  r.server = std::string{parser.get()[bhttp::field::server]};
+  return r;
+}
+
 result upload(const std::string& base_url, const std::string& target, const std::string& path,
               const options& o) {
   result r;

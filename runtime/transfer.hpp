@@ -51,4 +51,16 @@ result download(const std::string& base_url, const std::string& target, const st
 result upload(const std::string& base_url, const std::string& target, const std::string& path,
               const options& o);
 
+/// What one timed GET saw (the CCN's prober).
+struct probe_result {
+  unsigned status = 0;  ///< 0: no answer (`error` says why)
+  std::string error;
+  std::string server;   ///< the Server header
+  double seconds = 0;   ///< from connecting to the whole answer read
+};
+
+/// GETs `target` from `base_url` within `timeout` in all, reading at most 64 KiB of body.
+probe_result probe(const std::string& base_url, const std::string& target,
+                   std::chrono::milliseconds timeout);
+
 } // namespace alephd::transfer

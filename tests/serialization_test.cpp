@@ -60,7 +60,7 @@ file_info sample_file() {
 }
 
 crn_info sample_crn() {
-  return crn_info{3, "crn-1", "node one", "http://10.0.0.1:4020", 8, 16384, 100000, "0.1.0"};
+  return crn_info{3, "crn-1", "node one", "http://10.0.0.1:4020", 8, 16384, 100000, "0.1.0", "AS64500"};
 }
 
 TEST_F(serialization_test, stored_message_roundtrip) {
@@ -161,6 +161,13 @@ TEST_F(serialization_test, log_lines_roundtrip) {
   std::vector<log_line> x{{1700000004.25, "stdout", "listening on 8080"},
                           {1700000005.5, "system", "program exited with code 3"}};
   EXPECT_EQ(roundtrip(x), x);
+}
+
+TEST_F(serialization_test, node_scores_roundtrip) {
+  node_score x{"crn-1", "one", "AS64500", 24, 0.9, 0.8, 0.7, 0.6, 0.75, 1.0, 0.866, 0.81, 1.0};
+  EXPECT_EQ(roundtrip(x), x);
+  std::vector<node_score> v{x, node_score{}};
+  EXPECT_EQ(roundtrip(v), v);
 }
 
 TEST_F(serialization_test, usage_entries_roundtrip) {
