@@ -945,9 +945,12 @@ TEST_F(execution, metering_reaches_the_ccn_exactly_once_across_kill9_of_either_s
     auto r = http_request(localhost, port, "GET", target, {}, {}, 5s);
     return r.status == 200 ? json::parse(r.body, nullptr, false) : json::object();
   };
-  start_ccn({"--ccn.replicas=0"});
+  // Short reward epochs and frequent probes: the CCN scores the CRN and pays for its usage.
+  const std::vector<std::string> ccn_flags{"--ccn.replicas=0", "--rewards.epoch-seconds=2",
+                                           "--scoring.probe-interval=300ms"};
+  start_ccn(ccn_flags);
   auto ccn_node_port = procs.back()->port("node");
-  auto* crn = &start_crn("crn", {"--ledger.sample-interval=300ms"});
+  auto* crn = &start_crn("crn", {"--ledger.sample-interval=300ms", "--asn=AS64500"});
   auto crn_id = get_json(crn->port("http"), "/").value("id", "");
   ASSERT_FALSE(crn_id.empty());
   auto hash = publish_program(true);
@@ -985,7 +988,11 @@ TEST_F(execution, metering_reaches_the_ccn_exactly_once_across_kill9_of_either_s
   auto& old_ccn = *procs.front();
   old_ccn.kill9();
   auto held_before = at_crn().size();
-  start("ccn", {"ccn", "--port=0", "--node-port=" + std::to_string(ccn_node_port), "--ccn.replicas=0"});
+  {
+    std::vector<std::string> args{"ccn", "--port=0", "--node-port=" + std::to_string(ccn_node_port)};
+    args.insert(args.end(), ccn_flags.begin(), ccn_flags.end());
+    start("ccn", args);
+  }
   ccn_http = procs.back()->port("http");
   call(3);
   std::this_thread::sleep_for(1s);
@@ -993,7 +1000,7 @@ TEST_F(execution, metering_reaches_the_ccn_exactly_once_across_kill9_of_either_s
 
   // kill -9 of the CRN while it samples and ships; it re-adopts the sandbox and goes on.
   crn->kill9();
-  crn = &start_crn("crn", {"--ledger.sample-interval=300ms"});
+  crn = &start_crn("crn", {"--ledger.sample-interval=300ms", "--asn=AS64500"});
   ASSERT_TRUE(eventually([&] { return phase_of(crn->port("http"), hash) == "running"; }, 30s));
   call(2);
   std::this_thread::sleep_for(1s);
@@ -1029,4 +1036,49 @@ TEST_F(execution, metering_reaches_the_ccn_exactly_once_across_kill9_of_either_s
   auto [code, out] = alephd_cli("ledger verify --data-dir " + (dir / "crn").string());
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find(std::to_string(crn_view.size()) + " entries, chain intact"), std::string::npos) << out;
+
+  // The prober scored the CRN from its probes (it answers fast, with this alephd's version).
+  auto scores = get_json(ccn_http, "/api/v0/scores").value("scores", json::array());
+  ASSERT_EQ(scores.size(), 1u) << scores.dump();
+  EXPECT_EQ(scores[0].value("node_id", ""), crn_id);
+  EXPECT_EQ(scores[0].value("asn", ""), "AS64500");
+  EXPECT_GT(scores[0].value("samples", 0), 0);
+  EXPECT_GT(scores[0].value("total_score", 0.0), 0.8) << scores.dump();
+  // Reward epochs: every entry of the CRN counted in exactly one epoch, each epoch
+  // recomputed from the usage book by `alephd rewards` to the same figures.
+  const auto last_seq = ccn_view.size();
+  std::map<uint64_t, json> epochs;
+  ASSERT_TRUE(eventually([&] {
+    epochs.clear();
+    auto latest = get_json(ccn_http, "/api/v0/rewards");
+    if (!latest.contains("epoch"))
+      return false;
+    for (auto n = latest["epoch"].get<uint64_t>(); n > 0; --n) {
+      auto e = get_json(ccn_http, "/api/v0/rewards?epoch=" + std::to_string(n));
+      if (!e.contains("epoch"))
+        break;
+      epochs[n] = e;
+    }
+    uint64_t counted = 0;
+    for (auto& [n, e] : epochs)
+      if (e["ranges"].contains(crn_id))
+        counted = std::max<uint64_t>(counted, e["ranges"][crn_id][1].get<uint64_t>());
+    return counted == last_seq;
+  }, 15s)) << "the epochs did not count every entry";
+  uint64_t next = 0;
+  double paid_to_crn = 0;
+  for (auto& [n, e] : epochs) {
+    if (!e["ranges"].contains(crn_id))
+      continue;
+    EXPECT_EQ(e["ranges"][crn_id][0].get<uint64_t>(), next) << "epoch " << n << " skips or repeats entries";
+    next = e["ranges"][crn_id][1].get<uint64_t>();
+    for (auto& p : e["usage"]["payouts"])
+      if (p["recipient"] == crn_id)
+        paid_to_crn += p["amount"].get<double>();
+    auto [rc, text] = alephd_cli("rewards --data-dir " + (dir / "ccn").string() + " --epoch " + std::to_string(n));
+    EXPECT_EQ(rc, 0) << text;
+    EXPECT_NE(text.find("matches what was stored"), std::string::npos) << text;
+  }
+  EXPECT_EQ(next, last_seq);
+  EXPECT_GT(paid_to_crn, 0.0) << "the CRN earns 60 % of what its executions cost";
 }
