@@ -38,6 +38,7 @@ bench: build
 	$(BUILD)/bench/sandbox_bench
 	$(BUILD)/bench/crn_bench
 	$(BUILD)/bench/storage_bench
+	$(BUILD)/bench/ledger_bench
 	ALEPHD_MICROVM_ASSETS=$(BUILD)/microvm $(BUILD)/bench/microvm_bench
 
 clean:
