@@ -400,7 +400,7 @@ void adopt(self_ptr self, const execution_record& rec) {
     for (auto& hash : rec.files)
       self->request(st.env->files, st.env->download_timeout, atom::fetch_v, hash, pin_owner(self),
                     caf::actor{})
-        .then([](const file_info&) {},
+        .then([=](const file_info& f) { self->state.pinned_bytes += f.size; },
               [=](caf::error& err) {
                 spdlog::warn("vm_supervisor: {}: cannot pin {} again: {}",
                              self->state.info.item_hash, hash, describe(err));

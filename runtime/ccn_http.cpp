@@ -314,6 +314,8 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
     if (path == "/api/v0/scores") {
       if (!get)
         return wrong_method();
+      if (!ctx->prober)
+        return respond(http::json_error(404, "this CCN does not score CRNs"));
       return ask(*ctx->sys, ctx->prober, timeout, respond,
                  [respond](const std::vector<node_score>& scores) {
                    json out = json::array();
@@ -337,6 +339,8 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
       uint64_t epoch = 0;
       if (!gateway::query_number(req, "epoch", epoch, UINT64_MAX / 2))
         return respond(http::json_error(400, "epoch must be an epoch number"));
+      if (!ctx->epochs)
+        return respond(http::json_error(404, "this CCN computes no reward epochs"));
       return ask(*ctx->sys, ctx->epochs, timeout, respond,
                  [respond](const std::string& text) {
                    http::response r;
@@ -350,6 +354,8 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
     if (path == "/api/v0/usage") {
       if (!get)
         return wrong_method();
+      if (!ctx->usage)
+        return respond(http::json_error(404, "this CCN keeps no usage book"));
       return ask(*ctx->sys, ctx->usage, timeout, respond,
                  [respond](const std::map<std::string, uint64_t>& heads) {
                    respond(gateway::json(200, json{{"nodes", heads}}));
@@ -365,6 +371,8 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
       auto page = gateway::page_of(req, respond);
       if (!page)
         return;
+      if (!ctx->usage)
+        return respond(http::json_error(404, "this CCN keeps no usage book"));
       return ask(*ctx->sys, ctx->usage, timeout, respond,
                  [respond](const std::vector<usage_entry>& entries) {
                    respond(gateway::usage_page(entries));

@@ -929,6 +929,24 @@ TEST_F(execution, an_instance_boots_as_a_microvm_survives_a_crn_restart_and_stop
   EXPECT_EQ(stop.status, 200) << stop.body;
   EXPECT_TRUE(eventually(
     [&] { return processes_with((dir / "crn").string() + "/executions/" + hash).empty(); }, 10s));
+  // Its use was metered from the QEMU process: CPU and memory, as an instance (the sample
+  // taken as it stopped is committed within the ledger's commit delay).
+  json records;
+  uint64_t cpu = 0, peak = 0;
+  EXPECT_TRUE(eventually([&] {
+    records = json::parse(
+      http_request(localhost, http, "GET", "/about/executions/records", {}, {}, 10s).body, nullptr, false);
+    cpu = peak = 0;
+    for (auto& r : records.value("records", json::array())) {
+      if (r.value("item_hash", "") != hash)
+        continue;
+      EXPECT_EQ(r.value("product", ""), "instance");
+      cpu += r.value("cpu_ns", uint64_t{0});
+      peak = std::max(peak, r.value("mem_peak", uint64_t{0}));
+    }
+    return cpu > 0;
+  }, 5s)) << records.dump();
+  EXPECT_GT(peak, 16u << 20) << "a VM's resident memory is more than 16 MiB: " << records.dump();
   // The base image in the CRN's cache is never written: writes go to the overlay.
   auto cached = read_file((dir / "crn" / "cache" / file.substr(0, 2) / file.substr(2)).string());
   EXPECT_FALSE(cached.empty());

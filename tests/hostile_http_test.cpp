@@ -227,6 +227,32 @@ TEST_F(hostile, crn_endpoints) {
   expect_error(crn_http, "GET", "/vm/" + std::string(4000, 'a'), "", 400);
 }
 
+TEST_F(hostile, metering_and_reward_queries) {
+  expect_error(ccn_http, "GET", "/api/v0/rewards?epoch=abc", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/rewards?epoch=-1", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/rewards?epoch=99999999999999999999", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/rewards?epoch=7", "", 404);
+  expect_error(ccn_http, "POST", "/api/v0/rewards", "{}", 405);
+  expect_error(ccn_http, "POST", "/api/v0/scores", "{}", 405);
+  expect_error(ccn_http, "GET", "/api/v0/usage/", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/usage/a/b", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/usage/crn?limit=0", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/usage/crn?after=x", "", 400);
+  expect_error(ccn_http, "GET", "/api/v0/usage/" + std::string(200, 'a'), "", 400);
+  expect_error(crn_http, "GET", "/about/executions/records?after=-1", "", 400);
+  expect_error(crn_http, "GET", "/about/executions/records?limit=", "", 400);
+  expect_error(crn_http, "POST", "/about/executions/records", "", 405);
+  // Still answering, and well-formed ones work.
+  auto ok = http_request(localhost, crn_http, "GET", "/about/executions/records?limit=5000", {}, {}, 10s);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_TRUE(json::parse(ok.body, nullptr, false).contains("records")) << ok.body;
+  auto unknown = http_request(localhost, ccn_http, "GET", "/api/v0/usage/nobody", {}, {}, 10s);
+  EXPECT_EQ(unknown.status, 200);
+  EXPECT_EQ(json::parse(unknown.body, nullptr, false)["records"], json::array());
+  auto scores = http_request(localhost, ccn_http, "GET", "/api/v0/scores", {}, {}, 10s);
+  EXPECT_EQ(scores.status, 200) << scores.body;
+}
+
 TEST_F(hostile, garbage_at_the_http_layer_is_400_or_431) {
   for (uint16_t port : {ccn_http, crn_http}) {
     auto r = raw_exchange(localhost, port, std::string("\x00\xff GARBAGE\r\n\r\n", 14), 2s);

@@ -403,11 +403,26 @@ TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
                                         {"crn", "--ccn=not-an-endpoint"},
                                         {"ccn", "--no-such-option=1"},
                                         {"frobnicate"},
-                                        {"ccn", "--config=/nonexistent.ini"}}) {
+                                        {"ccn", "--config=/nonexistent.ini"},
+                                        {"ccn", "--rewards.stakes=ccn:addr"},
+                                        {"ccn", "--pricing.program=cheap"},
+                                        {"ledger"},
+                                        {"ledger", "verify", "--bogus"},
+                                        {"rewards", "--epoch=soon"}}) {
     process p{args, (dir / "bad.log").string()};
     EXPECT_EQ(p.wait_exit(10s), 2);
     auto log = p.log();
     std::filesystem::remove(dir / "bad.log");
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+    EXPECT_EQ(log.rfind("alephd: ", 0), 0u) << log;
+  }
+  // Nothing to read: exit 1, one line.
+  for (std::vector<std::string> args : {std::vector<std::string>{"ledger", "verify", "--data-dir", (dir / "none").string()},
+                                        {"rewards", "--data-dir", (dir / "none").string()}}) {
+    process p{args, (dir / "missing.log").string()};
+    EXPECT_EQ(p.wait_exit(10s), 1);
+    auto log = p.log();
+    std::filesystem::remove(dir / "missing.log");
     EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
     EXPECT_EQ(log.rfind("alephd: ", 0), 0u) << log;
   }
