@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include <caf/all.hpp>
 
 #include "actors/ccn_node.hpp"
@@ -95,9 +97,26 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
     },
     [=](atom::usage, std::string& crn_id,
         std::vector<usage_entry>& entries) -> caf::result<uint64_t> {
-      if (!usage)
+      if (!usage || !registry)
         return make_error(ec::unavailable, "this CCN keeps no usage book");
-      return self->delegate(usage, atom::usage_v, std::move(crn_id), std::move(entries));
+      // Only a CRN registered here ships usage here.
+      auto rp = self->make_response_promise<uint64_t>();
+      self->request(registry, std::chrono::seconds(10), atom::list_v)
+        .then(
+          [=](const std::vector<node_view>& nodes) mutable {
+            auto known = std::any_of(nodes.begin(), nodes.end(), [&](const node_view& n) {
+              return n.id == crn_id && n.status != "unlinked";
+            });
+            if (!known) {
+              rp.deliver(make_error(ec::refused, "CRN " + crn_id.substr(0, 80) + " is not registered here"));
+              return;
+            }
+            self->request(usage, std::chrono::seconds(30), atom::usage_v, crn_id, entries)
+              .then([=](uint64_t held) mutable { rp.deliver(held); },
+                    [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
     },
   };
 }

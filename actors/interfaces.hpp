@@ -309,7 +309,8 @@ using ccn_node_actor = caf::typed_actor<
   /// The workloads the scheduler places on CRN `id` now (a restarted CRN keeps the executions
   /// it re-adopted only if they are among them).
   replies_to<atom::list, std::string>::with<std::vector<placement>>,
-  /// Metering entries from CRN `id` for the usage book; answers the highest seq held for it.
+  /// Metering entries from CRN `id` (registered here, else ec::refused) for the usage book;
+  /// answers the highest seq held for it.
   replies_to<atom::usage, std::string, std::vector<usage_entry>>::with<uint64_t>>;
 
 /// CRN: one execution's life (phases preparing → booting → running → stopping → stopped/failed).

@@ -17,8 +17,12 @@ using self_ptr = reward_epochs_actor::stateful_pointer<reward_epochs_state>;
 
 constexpr auto ask_timeout = std::chrono::seconds(30);
 
+double wall_now(const reward_epochs_config& cfg) {
+  return cfg.now ? cfg.now() : unix_seconds();
+}
+
 uint64_t epoch_now(const reward_epochs_config& cfg) {
-  auto now = cfg.now ? cfg.now() : unix_seconds();
+  auto now = wall_now(cfg);
   return static_cast<uint64_t>(std::floor(now / static_cast<double>(cfg.epoch_seconds.count())));
 }
 
@@ -36,7 +40,7 @@ void compute(self_ptr self, uint64_t epoch);
 // Computes the next epoch if one ended and nothing is being computed.
 void maybe_compute(self_ptr self) {
   auto& st = self->state;
-  if (!st.busy && st.last + 1 < epoch_now(st.cfg))
+  if (!st.busy && st.last + 1 < epoch_now(st.cfg) && wall_now(st.cfg) >= st.retry_at)
     compute(self, st.last + 1);
 }
 
@@ -62,11 +66,12 @@ void finish(self_ptr self, uint64_t epoch, const std::vector<node_score>& scores
     if (n.status == "linked" || n.status == "down")
       self_ccn.linked_crns.push_back(n.id);
   in.ccns.push_back(std::move(self_ccn));
-  // Peers: active while connected; their own CRNs are theirs to count.
+  // Peers: active while connected; each computes its own legacy share and its stakers' (it
+  // knows its CRNs), so here those are booked as computed there.
   for (auto& p : peers)
     if (p.id != cfg.ccn_id)
       in.ccns.push_back(rewards::ccn_input{p.id, p.status == "active", p.status == "active" ? 1.0 : 0.0,
-                                           {}, stakes_of(cfg, p.id, p.name)});
+                                           {}, stakes_of(cfg, p.id, p.name), true});
   std::map<std::string, uint64_t> after;
   auto stored = stored_epochs(*cfg.env);
   if (!stored.empty())
@@ -78,14 +83,16 @@ void finish(self_ptr self, uint64_t epoch, const std::vector<node_score>& scores
   std::vector<rewards::usage_input> usage;
   std::string err;
   if (!collect_usage(*cfg.env, in.ranges, usage, err)) {
-    spdlog::error("reward_epochs: epoch {}: {}", epoch, err);
+    spdlog::error("reward_epochs: epoch {}: {}; trying again in a minute", epoch, err);
     st.busy = false;
+    st.retry_at = wall_now(cfg) + 60;
     return;
   }
   auto record = compute_epoch(in, usage);
   if (!store_epoch(*cfg.env, record, err)) {
-    spdlog::error("reward_epochs: cannot store epoch {}: {}", epoch, err);
+    spdlog::error("reward_epochs: cannot store epoch {}: {}; trying again in a minute", epoch, err);
     st.busy = false;
+    st.retry_at = wall_now(cfg) + 60;
     return;
   }
   spdlog::info("reward_epochs: epoch {} computed: {} CRNs scored, {} executions metered", epoch,
@@ -103,6 +110,7 @@ void compute(self_ptr self, uint64_t epoch) {
     return [=](caf::error& err) {
       spdlog::warn("reward_epochs: epoch {}: {}: {}", epoch, what, describe(err));
       self->state.busy = false;
+      self->state.retry_at = wall_now(self->state.cfg) + 10;
     };
   };
   auto with_peers = [=](std::vector<node_score> scores, std::vector<node_view> crns) {

@@ -38,6 +38,7 @@ struct reward_epochs_state {
   reward_epochs_config cfg;
   uint64_t last = 0;      ///< the last epoch computed (or the one before the first start)
   bool busy = false;
+  double retry_at = 0;    ///< after a failure, not before this (Unix seconds)
   uint64_t computed = 0;  ///< epochs computed by this actor
 };
 

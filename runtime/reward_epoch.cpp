@@ -73,7 +73,7 @@ std::string encode_epoch(const epoch_record& r) {
   json ccns = json::array();
   for (auto& c : in.ccns)
     ccns.push_back(json{{"id", c.id}, {"active", c.active}, {"score", c.score},
-                        {"linked_crns", c.linked_crns}, {"stakes", c.stakes}});
+                        {"linked_crns", c.linked_crns}, {"stakes", c.stakes}, {"remote", c.remote}});
   json crns = json::array();
   for (auto& c : in.crns)
     crns.push_back(json{{"id", c.id}, {"score", c.score}, {"decentralization", c.decentralization}});
@@ -90,7 +90,7 @@ std::string encode_epoch(const epoch_record& r) {
          {"params", params_json(in.params)},
          {"legacy", json::parse(r.legacy)},
          {"usage", json::parse(r.usage)}};
-  return j.dump();
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::optional<epoch_record> decode_epoch(std::string_view text) {
@@ -107,7 +107,8 @@ std::optional<epoch_record> decode_epoch(std::string_view text) {
       in.ccns.push_back(rewards::ccn_input{c.at("id").get<std::string>(), c.at("active").get<bool>(),
                                            c.at("score").get<double>(),
                                            c.at("linked_crns").get<std::vector<std::string>>(),
-                                           c.at("stakes").get<std::map<std::string, double>>()});
+                                           c.at("stakes").get<std::map<std::string, double>>(),
+                                           c.value("remote", false)});
     for (auto& c : j.at("crns"))
       in.crns.push_back(rewards::crn_input{c.at("id").get<std::string>(), c.at("score").get<double>(),
                                            c.at("decentralization").get<double>()});
@@ -138,14 +139,34 @@ bool collect_usage(lmdb::env& env, const std::map<std::string, std::pair<uint64_
     err = lmdb::error_text(t.status());
     return false;
   }
+  MDB_cursor* cur = nullptr;
+  if (int rc = mdb_cursor_open(t.get(), db, &cur); rc != 0) {
+    err = lmdb::error_text(rc);
+    return false;
+  }
   std::map<std::tuple<std::string, std::string, std::string>, rewards::usage_input> sums;
+  bool ok = true;
   for (auto& [node, range] : ranges) {
-    for (uint64_t seq = range.first + 1; seq <= range.second; ++seq) {
-      auto v = t.get(db, usage_key(node, seq));
-      auto e = v ? ledger_decode(*v) : std::nullopt;
-      if (!e) {
-        err = "usage entry " + std::to_string(seq) + " of " + node + " is missing or unreadable";
-        return false;
+    if (range.second <= range.first)
+      continue;
+    // The entries held in (first, second]: a CRN that failed over between CCNs has gaps here,
+    // the entries another CCN received and counts.
+    auto prefix = node + '\0';
+    auto key = usage_key(node, range.first + 1);
+    MDB_val k{key.size(), key.data()}, v{};
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      std::string_view ks{static_cast<const char*>(k.mv_data), k.mv_size};
+      if (ks.size() != prefix.size() + 8 || ks.substr(0, prefix.size()) != prefix)
+        break;
+      auto seq = lmdb::from_be64(ks.substr(prefix.size()));
+      if (seq > range.second)
+        break;
+      auto e = ledger_decode({static_cast<const char*>(v.mv_data), v.mv_size});
+      if (!e || e->seq != seq || e->node != node) {
+        err = "usage entry " + std::to_string(seq) + " of " + node + " is unreadable";
+        ok = false;
+        break;
       }
       auto& u = sums[{node, e->item_hash, e->product}];
       u.crn = node;
@@ -155,7 +176,12 @@ bool collect_usage(lmdb::env& env, const std::map<std::string, std::pair<uint64_
       u.compute_unit_hours += hours * compute_units(e->vcpus, e->memory_mib);
       u.storage_gib_hours += hours * static_cast<double>(e->storage_bytes) / double(1ull << 30);
     }
+    if (!ok)
+      break;
   }
+  mdb_cursor_close(cur);
+  if (!ok)
+    return false;
   for (auto& [key, u] : sums)
     out.push_back(u);
   return true;
@@ -164,9 +190,9 @@ bool collect_usage(lmdb::env& env, const std::map<std::string, std::pair<uint64_
 std::map<std::string, std::pair<uint64_t, uint64_t>>
 usage_ranges(lmdb::env& env, const std::map<std::string, uint64_t>& after) {
   std::map<std::string, std::pair<uint64_t, uint64_t>> out;
-  MDB_dbi entries = 0, heads = 0;
+  MDB_dbi heads = 0;
   std::string err;
-  if (!env.open_db("usage", entries, err) || !env.open_db("usage.heads", heads, err))
+  if (!env.open_db("usage.heads", heads, err))
     return out;
   lmdb::txn t{env, false};
   if (t.status() != 0)
@@ -179,26 +205,14 @@ usage_ranges(lmdb::env& env, const std::map<std::string, uint64_t>& after) {
     return true;
   });
   for (auto& [node, head] : last) {
-    uint64_t from = 0;
-    if (auto i = after.find(node); i != after.end()) {
-      from = i->second;
-    } else {
-      // First counted: from its first entry here (it may have shipped earlier ones elsewhere).
-      MDB_cursor* cur = nullptr;
-      if (mdb_cursor_open(t.get(), entries, &cur) == 0) {
-        auto key = usage_key(node, 0);
-        MDB_val k{key.size(), key.data()}, v{};
-        if (mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) == 0) {
-          std::string_view found{static_cast<const char*>(k.mv_data), k.mv_size};
-          if (found.size() == node.size() + 9 && found.substr(0, node.size() + 1) == key.substr(0, node.size() + 1))
-            from = lmdb::from_be64(found.substr(node.size() + 1)) - 1;
-        }
-        mdb_cursor_close(cur);
-      }
-    }
-    if (head > from)
-      out[node] = {from, head};
+    // A CRN without new entries keeps its place (an empty range), so that the next epoch
+    // starts where this one stopped.
+    auto i = after.find(node);
+    uint64_t from = i == after.end() ? 0 : i->second;
+    out[node] = {from, std::max(from, head)};
   }
+  for (auto& [node, from] : after)
+    out.emplace(node, std::make_pair(from, from)); // gone from the book: keeps its place too
   return out;
 }
 

@@ -53,13 +53,15 @@ std::optional<epoch_record> decode_epoch(std::string_view text);
 /// Compute units of a reservation: max(vcpus, ⌈memory / 2 GiB⌉), at least 1.
 double compute_units(uint32_t vcpus, uint64_t memory_mib);
 
-/// Sums the usage book's entries in `ranges` per (CRN, execution, product); false with `err`
-/// when an entry in a range is missing or unreadable.
+/// Sums the usage book's entries held in `ranges` per (CRN, execution, product) (a CRN that
+/// failed over between CCNs has gaps: those entries are counted by the CCN that got them);
+/// false with `err` when an entry is unreadable.
 bool collect_usage(lmdb::env& env, const std::map<std::string, std::pair<uint64_t, uint64_t>>& ranges,
                    std::vector<rewards::usage_input>& out, std::string& err);
 
-/// For each CRN in the usage book: (`after`[node] or the seq before its first entry, its
-/// highest seq], the entries an epoch computed now counts.
+/// For each CRN in the usage book or in `after`: (`after`[node] or 0, its highest seq], the
+/// entries an epoch computed now counts; a CRN without new entries gets an empty range, which
+/// keeps its place for the next epoch.
 std::map<std::string, std::pair<uint64_t, uint64_t>>
 usage_ranges(lmdb::env& env, const std::map<std::string, uint64_t>& after);
 

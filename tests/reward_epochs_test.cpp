@@ -1,5 +1,6 @@
 // Reward epochs on the deterministic scheduler: usage counted once per epoch, inputs and
 // results stored, and a stored epoch recomputed from the usage book.
+#include "actors/ccn_node.hpp"
 #include "actors/reward_epochs.hpp"
 #include "actors/usage_book.hpp"
 #include "runtime/ledger.hpp"
@@ -170,7 +171,15 @@ TEST_F(reward_epochs_test, epochs_missed_while_down_are_computed_and_a_changed_b
   for (uint64_t n = 100; n <= 103; ++n)
     EXPECT_TRUE(epoch(a, n)) << n;
   EXPECT_EQ((*epoch(a, 100))["ranges"]["crn-a"], json::array({0, 2}));
-  EXPECT_TRUE((*epoch(a, 101))["ranges"].empty());
+  // Epochs without new entries keep the CRN's place: nothing is counted again.
+  for (uint64_t n = 101; n <= 103; ++n) {
+    EXPECT_EQ((*epoch(a, n))["ranges"]["crn-a"], json::array({2, 2})) << n;
+    EXPECT_DOUBLE_EQ((*epoch(a, n))["usage"]["pools"]["usage-execution"].get<double>(), 0) << n;
+  }
+  ship(3, 3);
+  now = 105 * 10 + 1;
+  advance(1000ms);
+  EXPECT_EQ((*epoch(a, 104))["ranges"]["crn-a"], json::array({2, 3}));
   // Someone edits a counted entry in the CCN's usage book: the recomputation disagrees.
   {
     MDB_dbi db = 0;
@@ -184,7 +193,24 @@ TEST_F(reward_epochs_test, epochs_missed_while_down_are_computed_and_a_changed_b
   }
   EXPECT_EQ(verify_epoch(*env, 100), "the usage distribution differs from the stored one");
   EXPECT_EQ(verify_epoch(*env, 101), "");
+  EXPECT_EQ(verify_epoch(*env, 104), "");
   EXPECT_EQ(verify_epoch(*env, 7), "no epoch 7 is stored");
+}
+
+// The CCN's node actor takes usage only from CRNs registered with it.
+TEST_F(reward_epochs_test, only_registered_crns_ship_usage) {
+  auto reg = spawn(registry_list, std::vector<node_view>{crn_view("crn-a", 1)});
+  auto node = spawn(ccn_node, std::string{"ccn-self"}, reg, ccn_peer_actor{}, message_store_actor{},
+                    content_store_actor{}, scheduler_actor{}, std::shared_ptr<const http_locator>{},
+                    book);
+  std::string prev = ledger_genesis;
+  auto ok = ask<uint64_t>(node, atom::usage_v, std::string{"crn-a"}, hours("crn-a", 1, 2, prev));
+  ASSERT_TRUE(ok.value) << describe(ok.error);
+  EXPECT_EQ(*ok.value, 2u);
+  std::string other = ledger_genesis;
+  auto refused = ask<uint64_t>(node, atom::usage_v, std::string{"crn-x"}, hours("crn-x", 1, 2, other));
+  EXPECT_FALSE(refused.value);
+  EXPECT_TRUE(is(refused.error, ec::refused)) << describe(refused.error);
 }
 
 TEST(reward_epoch_codec, stakes_parse_and_refuse_bad_items) {
