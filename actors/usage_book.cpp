@@ -55,20 +55,42 @@ usage_book(usage_book_actor::stateful_pointer<usage_book_state> self, std::share
       uint64_t added = 0;
       for (auto& e : batch) {
         if (e.node != node) {
-          spdlog::warn("usage_book: {} sent an entry of node {}; batch stopped", node, e.node);
+          spdlog::warn("usage_book: {} sent an entry of another node; batch stopped", node);
+          break;
+        }
+        if (auto why = ledger_entry_problem(e); !why.empty()) {
+          spdlog::warn("usage_book: entry {} of {} refused: {}", e.seq, node, why);
           break;
         }
         if (h.seq > 0 && e.seq <= h.seq) {
-          ++st.duplicates; // held already: an acknowledgement was lost
+          // Held already (an acknowledgement was lost) — unless it differs from what is held.
+          auto held = t.get(st.entries, usage_key(node, e.seq));
+          auto old = held ? ledger_decode(*held) : std::nullopt;
+          if (old && old->hash != e.hash) {
+            ++st.conflicts;
+            spdlog::error("usage_book: entry {} of {} differs from the one held; batch stopped",
+                          e.seq, node);
+            break;
+          }
+          ++st.duplicates;
           continue;
         }
+        // The next entry continues the chain; after a gap (entries another CCN received while
+        // the CRN was linked there) or for a node new here, a segment starts: its own hash must
+        // hold, and its successors must follow it.
+        bool continues = h.seq > 0 && e.seq == h.seq + 1;
         usage_entry prev;
-        prev.seq = h.seq > 0 ? h.seq : e.seq - 1;
-        prev.hash = h.seq > 0 ? h.hash : e.prev;
-        auto why = ledger_link_error(e.seq > 1 || h.seq > 0 ? &prev : nullptr, e);
+        prev.seq = continues ? h.seq : e.seq - 1;
+        prev.hash = continues ? h.hash : e.prev;
+        auto why = ledger_link_error(e.seq > 1 || continues ? &prev : nullptr, e);
         if (!why.empty()) {
           spdlog::warn("usage_book: entry {} of {} refused: {}", e.seq, node, why);
           break;
+        }
+        if (!continues && h.seq > 0) {
+          ++st.segments;
+          spdlog::info("usage_book: entries {} to {} of {} went to another CCN", h.seq + 1,
+                       e.seq - 1, node);
         }
         if (int rc = t.put(st.entries, usage_key(node, e.seq), ledger_encode(e)); rc != 0)
           return make_error(ec::unavailable, "usage: " + lmdb::error_text(rc));

@@ -1,5 +1,6 @@
 #include "runtime/ledger.hpp"
 
+#include <cmath>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -87,6 +88,33 @@ std::optional<usage_entry> ledger_decode(std::string_view text) {
   } catch (const json::exception&) {
     return std::nullopt;
   }
+}
+
+std::string ledger_entry_problem(const usage_entry& e) {
+  auto printable = [](const std::string& s) {
+    if (s.empty() || s.size() > 128)
+      return false;
+    for (unsigned char c : s)
+      if (c < 0x21 || c > 0x7e)
+        return false;
+    return true;
+  };
+  auto hex64 = [](const std::string& s) {
+    return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+  };
+  if (e.version != 1)
+    return "unknown entry version " + std::to_string(e.version);
+  if (e.seq == 0 || e.seq > (uint64_t{1} << 53))
+    return "sequence number out of range";
+  if (!printable(e.node) || !printable(e.item_hash))
+    return "node and item_hash must be 1 to 128 printable ASCII characters";
+  if (e.product != "program" && e.product != "persistent_program" && e.product != "instance")
+    return "unknown product";
+  if (!hex64(e.prev) || !hex64(e.hash))
+    return "prev and hash must be sha256 hex";
+  if (!(e.wall_s >= 0 && e.wall_s <= 366.0 * 86400) || !std::isfinite(e.time))
+    return "wall_s or time out of range";
+  return {};
 }
 
 std::string usage_key(const std::string& node, uint64_t seq) {

@@ -32,6 +32,10 @@ std::string ledger_hash(const usage_entry& e);
 std::string ledger_encode(const usage_entry& e);
 std::optional<usage_entry> ledger_decode(std::string_view text);
 
+/// Why an entry from another node cannot be kept (empty when it can): ids of 1–128 printable
+/// ASCII characters, a known product, hex hashes, a sane seq.
+std::string ledger_entry_problem(const usage_entry& e);
+
 /// Why `next` cannot follow `prev` (nullptr for the first entry) in a chain;
 /// empty when it can: consecutive seq, `prev` link and its own hash.
 std::string ledger_link_error(const usage_entry* prev, const usage_entry& next);

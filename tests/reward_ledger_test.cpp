@@ -161,17 +161,48 @@ TEST_F(usage_book_test, a_batch_sent_again_is_not_counted_twice) {
   EXPECT_EQ(state_of<usage_book_state>(book).duplicates, 4u);
 }
 
-TEST_F(usage_book_test, a_gap_or_a_broken_chain_stops_the_batch) {
+TEST_F(usage_book_test, a_broken_chain_stops_the_batch_and_a_changed_entry_is_a_conflict) {
   auto c = chain("crn-a", 5);
-  EXPECT_EQ(send("crn-a", {c[0], c[1], c[3]}), 2u) << "entry 3 is missing";
   auto forged = c[2];
   forged.cpu_ns = 1;
-  EXPECT_EQ(send("crn-a", {forged, c[3]}), 2u) << "its hash does not match";
+  EXPECT_EQ(send("crn-a", {c[0], c[1], forged, c[3]}), 2u) << "entry 3's hash does not match";
   auto rehashed = forged;
   rehashed.hash = ledger_hash(rehashed);
-  EXPECT_EQ(send("crn-a", {rehashed, c[3]}), 3u) << "a rehashed entry 3 fits entry 2...";
+  EXPECT_EQ(send("crn-a", {rehashed}), 3u) << "a rehashed entry 3 fits entry 2...";
   EXPECT_EQ(send("crn-a", {c[3], c[4]}), 3u) << "...but then the real entry 4 does not follow it";
+  EXPECT_EQ(send("crn-a", {c[2]}), 3u) << "the real entry 3 differs from the one held";
+  EXPECT_EQ(state_of<usage_book_state>(book).conflicts, 1u);
+  EXPECT_EQ(state_of<usage_book_state>(book).duplicates, 0u);
   EXPECT_EQ(held("crn-a").size(), 3u);
+}
+
+TEST_F(usage_book_test, a_crn_back_from_another_ccn_starts_a_new_segment) {
+  auto c = chain("crn-a", 8);
+  EXPECT_EQ(send("crn-a", {c[0], c[1], c[2]}), 3u);
+  // Entries 4 and 5 went to another CCN while the CRN was linked there.
+  EXPECT_EQ(send("crn-a", {c[5], c[6]}), 7u);
+  EXPECT_EQ(send("crn-a", {c[7]}), 8u);
+  std::vector<uint64_t> seqs;
+  for (auto& e : held("crn-a"))
+    seqs.push_back(e.seq);
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{1, 2, 3, 6, 7, 8}));
+  EXPECT_EQ(state_of<usage_book_state>(book).segments, 1u);
+}
+
+TEST_F(usage_book_test, malformed_entries_are_refused_without_harm) {
+  auto c = chain("crn-a", 2);
+  auto bad_node = c[0];
+  bad_node.node = "crn-\xff"; // hashing it would not even be possible: refused before
+  EXPECT_EQ(send("crn-\xff", {bad_node}), 0u) << "not printable ASCII";
+  auto gpu = c[0];
+  gpu.product = "gpu";
+  gpu.hash = ledger_hash(gpu);
+  EXPECT_EQ(send("crn-a", {gpu}), 0u) << "unknown product";
+  auto huge = c[0];
+  huge.seq = UINT64_MAX;
+  huge.hash = ledger_hash(huge);
+  EXPECT_EQ(send("crn-a", {huge}), 0u) << "seq out of range";
+  EXPECT_EQ(send("crn-a", c), 2u) << "and the book still works";
 }
 
 TEST_F(usage_book_test, entries_of_another_node_are_refused) {
