@@ -80,9 +80,14 @@ void start_round(self_ptr self) {
   }
   auto me = caf::actor_cast<prober_actor>(self);
   auto work = [me, nodes, probe] {
-    for (auto& n : nodes)
-      caf::anon_send(me, atom::probe_v, n.id, encode_probe(probe(n)));
-    caf::anon_send(me, atom::probe_v);
+    for (auto& n : nodes) {
+      try {
+        caf::anon_send(me, atom::probe_v, n.id, encode_probe(probe(n)));
+      } catch (const std::exception& e) {
+        spdlog::warn("prober: probing {}: {}", n.id, e.what());
+      }
+    }
+    caf::anon_send(me, atom::probe_v); // the round ends whatever happened
   };
   if (!st.cfg.threaded) {
     work();
@@ -99,7 +104,7 @@ void start_round(self_ptr self) {
 std::string encode_probe(const rewards::crn_probe& p) {
   return json{{"t", p.time}, {"b", opt(p.base_s)}, {"d", opt(p.diag_s)}, {"f", opt(p.full_s)},
               {"v", p.version}}
-    .dump();
+    .dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::optional<rewards::crn_probe> decode_probe(std::string_view text) {
@@ -134,7 +139,11 @@ rewards::crn_probe http_probe(const crn_info& crn, const std::string& diagnostic
   if (root.status / 100 == 2) {
     // "alephd/0.1.0" or "aleph-vm/1.2.3": the version is what follows the slash.
     auto slash = root.server.find('/');
-    p.version = slash == std::string::npos ? "" : root.server.substr(slash + 1);
+    p.version = slash == std::string::npos ? "" : root.server.substr(slash + 1, 64);
+    // Whatever a CRN sends is kept as printable ASCII only.
+    for (auto& c : p.version)
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e)
+        c = '?';
   }
   return p;
 }
@@ -202,8 +211,8 @@ prober_actor::behavior_type prober(prober_actor::stateful_pointer<prober_state> 
       std::vector<node_score> out;
       auto accepted = st.cfg.accepted_versions;
       for (auto& [id, info] : st.nodes) {
-        auto same = info.asn.empty() ? std::size_t{1} : per_asn[info.asn];
-        auto dec = rewards::decentralization(same, st.nodes.size());
+        // A CRN that declares no ASN gets no credit for decentralization.
+        auto dec = info.asn.empty() ? 0.0 : rewards::decentralization(per_asn[info.asn], st.nodes.size());
         auto i = st.probes.find(id);
         std::vector<rewards::crn_probe> probes;
         if (i != st.probes.end())

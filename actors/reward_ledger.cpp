@@ -36,9 +36,9 @@ reward_ledger(reward_ledger_actor::stateful_pointer<reward_ledger_state> self,
       auto& st = self->state;
       e.node = st.cfg.node;
       st.waiting.push_back(std::move(e));
-      if (st.waiting.size() >= st.cfg.batch) {
+      if (st.waiting.size() >= st.cfg.batch)
         st.commit();
-      } else if (!st.flush_armed) {
+      if (!st.waiting.empty() && !st.flush_armed) { // what is left, or what failed to commit
         st.flush_armed = true;
         self->delayed_send(self, st.cfg.commit_delay, atom::flush_v);
       }

@@ -133,9 +133,14 @@ void meter_sample(self_ptr self, bool again) {
     return;
   auto& m = st.meter;
   auto now = st.exec->usage();
+  auto now_ms = live_execution::now_ms();
+  // Each counter is read once: what this sample does not count, the next one does.
+  uint64_t requests = st.live ? st.live->requests.load() : m.requests;
+  uint64_t bytes_in = st.live ? st.live->bytes_in.load() : m.bytes_in;
+  uint64_t bytes_out = st.live ? st.live->bytes_out.load() : m.bytes_out;
   usage_entry e;
   e.time = unix_seconds();
-  e.wall_s = static_cast<double>(live_execution::now_ms() - m.since_ms) / 1000.0;
+  e.wall_s = static_cast<double>(now_ms - m.since_ms) / 1000.0;
   e.item_hash = st.info.item_hash;
   e.product = st.info.kind == "instance" ? "instance"
               : st.info.persistent       ? "persistent_program"
@@ -148,17 +153,23 @@ void meter_sample(self_ptr self, bool again) {
   ++m.mem_samples;
   e.mem_avg = m.mem_sum / m.mem_samples;
   e.mem_peak = std::max(m.mem_peak, now.mem_current);
-  if (st.live) {
-    e.requests = st.live->requests.load() - m.requests;
-    e.bytes_in = st.live->bytes_in.load() - m.bytes_in;
-    e.bytes_out = st.live->bytes_out.load() - m.bytes_out;
-  }
+  e.requests = requests - m.requests;
+  e.bytes_in = bytes_in - m.bytes_in;
+  e.bytes_out = bytes_out - m.bytes_out;
   e.storage_bytes = st.pinned_bytes;
   self->send(st.env->ledger, atom::sample_v, std::move(e));
-  if (again && st.live)
-    meter_start(self);
-  else
+  if (again && st.live) {
+    // The next sample starts from what this one read: nothing falls between two samples.
+    m = execution_meter{};
+    m.on = true;
+    m.since_ms = now_ms;
+    m.base = now;
+    m.requests = requests;
+    m.bytes_in = bytes_in;
+    m.bytes_out = bytes_out;
+  } else {
     m.on = false;
+  }
 }
 
 // On every tick: memory seen now, and a sample once `sample_interval` has passed.

@@ -204,15 +204,20 @@ epoch_result legacy_epoch(uint64_t epoch, double seconds, const std::vector<ccn_
   double ccn_pool = p.ccn_daily * days;
   r.pools["legacy-ccn"] = ccn_pool;
   if (active > 0)
-    for (auto& c : ccns)
-      if (c.active)
+    for (auto& c : ccns) {
+      if (!c.active)
+        continue;
+      if (c.remote)
+        out.add("legacy-ccn", "unallocated", "computed by ccn " + c.id, ccn_pool / static_cast<double>(active));
+      else
         out.add("legacy-ccn", "ccn", c.id, ccn_pool / static_cast<double>(active) * modifier[c.id]);
+    }
   out.close("legacy-ccn", ccn_pool, active == 0 ? "no active ccn" : "score or linkage below 1");
 
   // CRN operators: per node, not a pool; the "pool" is what they earned.
   double crn_total = 0;
   for (auto& c : ccns) {
-    if (!c.active)
+    if (!c.active || c.remote)
       continue;
     for (auto& id : paid_crns[c.id]) {
       auto* crn = crn_by_id.at(id);
@@ -234,11 +239,20 @@ epoch_result legacy_epoch(uint64_t epoch, double seconds, const std::vector<ccn_
       for (auto& [addr, stake] : c.stakes)
         staked += std::max(0.0, stake);
   if (staked > 0)
-    for (auto& c : ccns)
-      if (c.active)
-        for (auto& [addr, stake] : c.stakes)
+    for (auto& c : ccns) {
+      if (!c.active)
+        continue;
+      double share = 0;
+      for (auto& [addr, stake] : c.stakes) {
+        if (c.remote)
+          share += std::max(0.0, stake) / staked * staker_pool;
+        else
           out.add("legacy-stakers", "staker", addr,
                   std::max(0.0, stake) / staked * staker_pool * modifier[c.id]);
+      }
+      if (c.remote)
+        out.add("legacy-stakers", "unallocated", "computed by ccn " + c.id, share);
+    }
   out.close("legacy-stakers", staker_pool,
             staked > 0 ? "score or linkage below 1" : "no stakers");
 
@@ -332,7 +346,8 @@ std::string to_json(const epoch_result& r) {
   auto& list = j["payouts"] = nlohmann::json::array();
   for (auto& p : r.payouts)
     list.push_back({{"pool", p.pool}, {"role", p.role}, {"recipient", p.recipient}, {"amount", p.amount}});
-  return j.dump();
+  // Ids come from other nodes: bytes that are not UTF-8 are replaced, never thrown on.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 } // namespace alephd::rewards

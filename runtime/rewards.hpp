@@ -81,6 +81,9 @@ struct ccn_input {
   std::vector<std::string> linked_crns;
   /// staker address -> ALEPH staked on this CCN
   std::map<std::string, double> stakes;
+  /// Another CCN computes its own legacy share and its stakers' (it knows its CRNs): here they
+  /// are booked as unallocated, "computed by ccn <id>".
+  bool remote = false;
 };
 
 struct crn_input {

@@ -69,6 +69,7 @@ struct node_double_state {
   std::vector<placement> placed;                              ///< every CRN's placements
   std::vector<std::string> placement_queries;                 ///< CRN ids asked about
   std::map<std::string, std::vector<usage_entry>> usage;      ///< metering entries by CRN
+  std::map<std::string, std::vector<uint64_t>> received;      ///< every seq sent, repeats too
 };
 
 using hello_result = caf::result<crn_registry_actor, caf::actor, std::string>;
@@ -103,9 +104,11 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
     },
     [=](atom::usage, const std::string& crn, const std::vector<usage_entry>& entries) {
       auto& held = self->state.usage[crn];
-      for (auto& e : entries)
+      for (auto& e : entries) {
+        self->state.received[crn].push_back(e.seq);
         if (e.seq == held.size() + 1)
           held.push_back(e);
+      }
       return static_cast<uint64_t>(held.size());
     },
     [=](atom::list, const std::string& crn) {
@@ -382,6 +385,8 @@ TEST_F(ccn_link_test, ledger_entries_are_shipped_and_acknowledged_once) {
   run_for(2000ms);
   EXPECT_EQ(held.size(), 6u);
   EXPECT_EQ(store->acked(), 6u);
+  EXPECT_EQ(node(node_a).received["crn-1"], (std::vector<uint64_t>{1, 2, 3, 4, 5, 6}))
+    << "an acknowledged entry was sent again";
 }
 
 TEST_F(ccn_link_test, fetches_go_to_the_registered_ccn_and_fail_clearly_while_down) {

@@ -2,6 +2,7 @@
 #include "runtime/rewards.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -232,6 +233,25 @@ TEST(legacy, a_ccn_without_stakers_and_no_active_ccn) {
   EXPECT_DOUBLE_EQ(none.received("ccn"), 0);
 }
 
+TEST(legacy, a_remote_ccn_computes_its_own_share) {
+  std::vector<ccn_input> ccns{
+    ccn_input{"me", true, 1.0, {"c1", "c2", "c3"}, {{"s1", 100}}, false},
+    ccn_input{"peer", true, 1.0, {}, {{"s2", 300}}, true},
+  };
+  std::vector<crn_input> crns{{"c1", 1, 0}, {"c2", 1, 0}, {"c3", 1, 0}};
+  auto r = legacy_epoch(1, day, ccns, crns);
+  EXPECT_NEAR(amount_of(r, "legacy-ccn", "me"), 7500, 1e-9);
+  EXPECT_NEAR(amount_of(r, "legacy-ccn", "computed by ccn peer"), 7500, 1e-9);
+  EXPECT_DOUBLE_EQ(amount_of(r, "legacy-ccn", "peer"), 0);
+  double pool = (std::log10(2.0) + 1) / 3 * 15000;
+  EXPECT_NEAR(amount_of(r, "legacy-stakers", "s1"), pool * 0.25, 1e-9);
+  EXPECT_NEAR(amount_of(r, "legacy-stakers", "computed by ccn peer"), pool * 0.75, 1e-9);
+  EXPECT_DOUBLE_EQ(amount_of(r, "legacy-stakers", "s2"), 0);
+  EXPECT_NEAR(unallocated(r, "legacy-ccn"), 7500, 1e-9);
+  for (auto& [name, total] : r.pools)
+    EXPECT_NEAR(r.paid(name), total, 1e-9) << name;
+}
+
 TEST(usage, execution_split_by_hand) {
   auto ccns = two_ccns();
   std::vector<usage_input> usage{
@@ -283,6 +303,7 @@ TEST(invariants, pools_sum_and_order_does_not_matter) {
     auto n_ccn = 1 + rng() % 6;
     for (std::size_t i = 0; i < n_ccn; ++i) {
       ccn_input c{"ccn" + std::to_string(i), unit(rng) < 0.8, unit(rng) * 1.2 - 0.1, {}, {}};
+      c.remote = i > 0 && unit(rng) < 0.3;
       auto n_crn = rng() % 8;
       for (std::size_t k = 0; k < n_crn; ++k) {
         auto id = "crn" + std::to_string(i) + "-" + std::to_string(k);
