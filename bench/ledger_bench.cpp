@@ -131,10 +131,7 @@ void fill_book(lmdb::env& env, const std::vector<std::string>& crns, std::size_t
     std::string prev = ledger_genesis;
     uint64_t seq = 0;
     for (auto& e : chains[c]) {
-      e.seq = ++seq;
-      e.prev = prev;
-      e.hash = ledger_hash(e);
-      prev = e.hash;
+      ledger_chain(e, ++seq, prev);
       t.put(entries, usage_key(e.node, e.seq), ledger_encode(e));
     }
     t.put(heads, crns[c], nlohmann::json{{"seq", seq}, {"hash", prev}}.dump());

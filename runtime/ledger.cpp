@@ -52,6 +52,13 @@ std::string ledger_hash(const usage_entry& e) {
   return aleph::sha256_hex(ledger_canonical(e));
 }
 
+void ledger_chain(usage_entry& e, uint64_t seq, std::string& prev) {
+  e.seq = seq;
+  e.prev = prev;
+  e.hash = ledger_hash(e);
+  prev = e.hash;
+}
+
 std::string ledger_encode(const usage_entry& e) {
   auto j = to_json_without_hash(e);
   j["hash"] = e.hash;
@@ -182,10 +189,7 @@ bool ledger_store::append(std::vector<usage_entry>& entries, std::string& err) {
   uint64_t seq = last_seq_;
   std::string prev = last_hash_;
   for (auto& e : entries) {
-    e.seq = ++seq;
-    e.prev = prev;
-    e.hash = ledger_hash(e);
-    prev = e.hash;
+    ledger_chain(e, ++seq, prev);
     if (int rc = t.put(entries_, lmdb::be64(e.seq), ledger_encode(e), MDB_NOOVERWRITE); rc != 0) {
       err = "ledger entry " + std::to_string(e.seq) + ": " + lmdb::error_text(rc);
       return false;

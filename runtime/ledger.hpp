@@ -28,6 +28,10 @@ extern const std::string ledger_genesis;
 std::string ledger_canonical(const usage_entry& e);
 /// Hex sha256 of ledger_canonical(e).
 std::string ledger_hash(const usage_entry& e);
+/// Makes `e` entry `seq` of a chain whose last hash is `prev` (sets seq, prev and hash), and
+/// moves `prev` on to `e.hash`.
+void ledger_chain(usage_entry& e, uint64_t seq, std::string& prev);
+
 /// JSON with `hash`, as stored; and back (nullopt when not a well-formed entry).
 std::string ledger_encode(const usage_entry& e);
 std::optional<usage_entry> ledger_decode(std::string_view text);

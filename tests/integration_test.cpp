@@ -399,6 +399,15 @@ TEST_F(cluster, help_and_version_exit_0) {
 }
 
 TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
+  // `alephd args` exits with `code` and says why in one line.
+  auto expect_one_line_exit = [&](const std::vector<std::string>& args, int code) {
+    process p{args, (dir / "bad.log").string()};
+    EXPECT_EQ(p.wait_exit(10s), code);
+    auto log = p.log();
+    std::filesystem::remove(dir / "bad.log");
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+    EXPECT_EQ(log.rfind("alephd: ", 0), 0u) << log;
+  };
   for (std::vector<std::string> args : {std::vector<std::string>{"ccn", "--http.port=99999"},
                                         {"crn", "--ccn=not-an-endpoint"},
                                         {"ccn", "--no-such-option=1"},
@@ -408,24 +417,11 @@ TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
                                         {"ccn", "--pricing.program=cheap"},
                                         {"ledger"},
                                         {"ledger", "verify", "--bogus"},
-                                        {"rewards", "--epoch=soon"}}) {
-    process p{args, (dir / "bad.log").string()};
-    EXPECT_EQ(p.wait_exit(10s), 2);
-    auto log = p.log();
-    std::filesystem::remove(dir / "bad.log");
-    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
-    EXPECT_EQ(log.rfind("alephd: ", 0), 0u) << log;
-  }
-  // Nothing to read: exit 1, one line.
-  for (std::vector<std::string> args : {std::vector<std::string>{"ledger", "verify", "--data-dir", (dir / "none").string()},
-                                        {"rewards", "--data-dir", (dir / "none").string()}}) {
-    process p{args, (dir / "missing.log").string()};
-    EXPECT_EQ(p.wait_exit(10s), 1);
-    auto log = p.log();
-    std::filesystem::remove(dir / "missing.log");
-    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
-    EXPECT_EQ(log.rfind("alephd: ", 0), 0u) << log;
-  }
+                                        {"rewards", "--epoch=soon"}})
+    expect_one_line_exit(args, 2);
+  // Nothing to read: exit 1.
+  expect_one_line_exit({"ledger", "verify", "--data-dir", (dir / "none").string()}, 1);
+  expect_one_line_exit({"rewards", "--data-dir", (dir / "none").string()}, 1);
 }
 
 } // namespace

@@ -67,16 +67,13 @@ std::vector<usage_entry> hours(const std::string& node, uint64_t first, uint64_t
   for (uint64_t seq = first; seq <= last; ++seq) {
     usage_entry e;
     e.node = node;
-    e.seq = seq;
-    e.prev = prev;
     e.item_hash = "exec-1";
     e.product = "program";
     e.vcpus = 2;
     e.memory_mib = 1024;
     e.wall_s = 3600;
     e.storage_bytes = 1ull << 30;
-    e.hash = ledger_hash(e);
-    prev = e.hash;
+    ledger_chain(e, seq, prev);
     out.push_back(e);
   }
   return out;

@@ -30,10 +30,7 @@ std::vector<usage_entry> chain(const std::string& node, std::size_t n) {
   for (std::size_t i = 1; i <= n; ++i) {
     auto e = sample(i);
     e.node = node;
-    e.seq = i;
-    e.prev = prev;
-    e.hash = ledger_hash(e);
-    prev = e.hash;
+    ledger_chain(e, i, prev);
     out.push_back(e);
   }
   return out;
