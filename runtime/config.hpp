@@ -21,6 +21,10 @@ struct settings {
   std::string http_host = "127.0.0.1";
   int32_t http_port = -1; ///< -1 = role default (CRN 4020, CCN 4024); 0 = OS chooses
   uint32_t http_threads = 1;
+  uint32_t max_connections_per_client = 256; ///< 0 = no limit
+  double rate_limit = 500;                   ///< requests/s per client address; 0 = no limit
+  double rate_burst = 1000;
+  bool limit_loopback = false;               ///< the per-client limits apply to 127.0.0.0/8 too
   // [node]: the CAF middleman port where CRNs and peer CCNs connect
   std::string node_host = "127.0.0.1";
   int32_t node_port = -1; ///< -1 = role default (4025); 0 = OS chooses

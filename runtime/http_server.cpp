@@ -204,6 +204,57 @@ struct core {
     connections; // guarded by mutex
   std::unordered_map<const ws_session*, std::weak_ptr<ws_session>>
     websockets; // guarded by mutex
+
+  // Per client address: open connections and a token bucket of requests.
+  struct client_state {
+    uint32_t connections = 0;
+    double tokens = 0;
+    std::chrono::steady_clock::time_point refilled;
+  };
+  std::unordered_map<std::string, client_state> clients; // guarded by mutex
+
+  bool limits(const asio::ip::address& a) const {
+    return opts.limit_loopback || !a.is_loopback();
+  }
+
+  // The bucket of `c` refilled up to now (call with the mutex held).
+  void refill(client_state& c) {
+    auto now = std::chrono::steady_clock::now();
+    double burst = std::max(1.0, opts.rate_burst);
+    c.tokens = std::min(burst, c.tokens + std::chrono::duration<double>(now - c.refilled).count()
+                                            * opts.rate_per_client);
+    c.refilled = now;
+  }
+
+  // Takes one request from the bucket of `client`; false when it is empty.
+  bool take_request(const std::string& client) {
+    if (client.empty() || opts.rate_per_client <= 0)
+      return true;
+    std::lock_guard lock{mutex};
+    auto i = clients.find(client);
+    if (i == clients.end())
+      return true;
+    refill(i->second);
+    if (i->second.tokens < 1)
+      return false;
+    i->second.tokens -= 1;
+    return true;
+  }
+
+  // A connection of `client` closed (call with the mutex held). Its entry stays while its
+  // bucket is not full again, so that reconnecting does not refill it.
+  void release_client(const std::string& client) {
+    auto i = clients.find(client);
+    if (i == clients.end())
+      return;
+    if (i->second.connections > 0)
+      --i->second.connections;
+    if (i->second.connections == 0) {
+      refill(i->second);
+      if (opts.rate_per_client <= 0 || i->second.tokens >= std::max(1.0, opts.rate_burst))
+        clients.erase(i);
+    }
+  }
   // Keeps the io threads running between start() and stop(): without it the
   // io_context could run out of work while stop() is still posting the
   // closes of idle connections, and those closes would never run.
@@ -563,13 +614,17 @@ private:
 
 class connection : public std::enable_shared_from_this<connection> {
 public:
-  connection(std::shared_ptr<core> c, tcp::socket&& socket, std::string remote)
-    : core_(std::move(c)), stream_(std::move(socket)), remote_(std::move(remote)) {
+  connection(std::shared_ptr<core> c, tcp::socket&& socket, std::string remote,
+             std::string client = {})
+    : core_(std::move(c)), stream_(std::move(socket)), remote_(std::move(remote)),
+      client_(std::move(client)) {
   }
 
   ~connection() {
     std::lock_guard lock{core_->mutex};
     core_->connections.erase(this);
+    if (!client_.empty())
+      core_->release_client(client_);
   }
 
   connection(const connection&) = delete;
@@ -740,6 +795,12 @@ private:
     head_ = req.method == "HEAD";
     if (auto err = parse_target(req.target, req); !err.empty()) {
       send(json_error(400, err));
+      return;
+    }
+    if (!core_->take_request(client_)) {
+      auto r = json_error(429, "too many requests from " + client_ + "; slow down");
+      r.headers.emplace_back("Retry-After", "1");
+      send(std::move(r));
       return;
     }
     for (const auto& field : msg) {
@@ -1089,6 +1150,7 @@ private:
   std::shared_ptr<bhttp::request<bhttp::empty_body>> upgrade_; // the last request's, if any
   std::string range_; // the last request's Range header
   std::string remote_;
+  std::string client_; // the address whose per-client limits apply; empty: none
   bool closed_ = false;
   bool waiting_ = false;
   bool keep_alive_ = false;
@@ -1127,9 +1189,27 @@ void on_accept(const std::shared_ptr<core>& c, error_code ec, tcp::socket socket
   if (!ep_ec) {
     socket.set_option(tcp::no_delay{true}, ep_ec);
     std::lock_guard lock{c->mutex};
-    if (!c->stopped
-        && c->connections.size() + c->websockets.size() < c->opts.max_connections) {
-      conn = std::make_shared<connection>(c, std::move(socket), format_endpoint(ep));
+    std::string client;
+    bool allowed = !c->stopped
+                   && c->connections.size() + c->websockets.size() < c->opts.max_connections;
+    if (allowed && c->limits(ep.address())
+        && (c->opts.max_connections_per_client > 0 || c->opts.rate_per_client > 0)) {
+      client = ep.address().to_string();
+      if (c->clients.size() >= 65536) // many addresses: forget the idle ones
+        std::erase_if(c->clients, [](const auto& kv) { return kv.second.connections == 0; });
+      auto [i, fresh] = c->clients.try_emplace(client);
+      if (fresh) {
+        i->second.tokens = std::max(1.0, c->opts.rate_burst);
+        i->second.refilled = std::chrono::steady_clock::now();
+      }
+      if (c->opts.max_connections_per_client > 0
+          && i->second.connections >= c->opts.max_connections_per_client)
+        allowed = false;
+      else
+        ++i->second.connections;
+    }
+    if (allowed) {
+      conn = std::make_shared<connection>(c, std::move(socket), format_endpoint(ep), client);
       c->connections.emplace(conn.get(), conn);
     }
   }

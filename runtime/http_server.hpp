@@ -118,6 +118,15 @@ struct server_options {
   uint64_t spool_threshold = 1 << 20;
   /// Connections above this many are closed right after accept.
   uint32_t max_connections = 1024;
+  /// Per client address: open connections above this many are closed right after accept
+  /// (0 = no limit), and requests beyond `rate_per_client` a second, after a burst of
+  /// `rate_burst`, get 429 with Retry-After (0 = no limit).
+  uint32_t max_connections_per_client = 0;
+  double rate_per_client = 0;
+  double rate_burst = 0;
+  /// Whether those per-client limits apply to loopback clients too (a local reverse proxy
+  /// carries many clients on one address: it should do the limiting then).
+  bool limit_loopback = false;
 };
 
 /// An HTTP/1.1 server (keep-alive, pipelining, chunked requests) that hands

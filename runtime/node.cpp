@@ -110,6 +110,10 @@ std::unique_ptr<http::server> start_http(const settings& s, uint16_t port, http:
   o.host = s.http_host;
   o.port = port;
   o.threads = s.http_threads;
+  o.max_connections_per_client = s.max_connections_per_client;
+  o.rate_per_client = s.rate_limit;
+  o.rate_burst = s.rate_burst;
+  o.limit_loopback = s.limit_loopback;
   // Room for multipart framing around the largest file.
   o.max_body_bytes = std::max(s.max_file_size, s.max_message_size) + (1 << 20);
   o.server_name = std::string{"alephd/"} + ALEPHD_VERSION;

@@ -1,8 +1,16 @@
 // Hostile inputs on every endpoint of a live CCN and CRN: each gets a clear
 // 4xx with a JSON error, and both nodes keep serving.
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -13,6 +21,7 @@
 using namespace std::chrono_literals;
 using nlohmann::json;
 using alephd::test::http_request;
+using alephd::test::http_result;
 using alephd::test::process;
 using alephd::test::raw_exchange;
 
@@ -264,3 +273,91 @@ TEST_F(hostile, garbage_at_the_http_layer_is_400_or_431) {
 }
 
 } // namespace
+
+namespace {
+
+// A TCP connection to 127.0.0.1:port (-1 on failure).
+int connect_to(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the server closed `fd` within `wait` (a read sees the end).
+bool closed_by_server(int fd, std::chrono::milliseconds wait) {
+  timeval tv{0, static_cast<suseconds_t>(wait.count() * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char c;
+  auto n = ::recv(fd, &c, 1, 0);
+  return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+} // namespace
+
+// Per-client limits (on for loopback here): a fifth connection is closed at once, requests past
+// the burst get 429 with Retry-After, and both recover.
+TEST(client_limits, connections_and_request_rate_per_address) {
+  std::random_device rd;
+  auto d = std::filesystem::temp_directory_path()
+           / ("alephd-limits-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
+  std::filesystem::create_directories(d);
+  {
+    process ccn{{"ccn", "--port=0", "--node-port=0", "--data-dir=" + (d / "ccn").string(),
+                 "--http.limit-loopback=true", "--http.max-connections-per-client=4",
+                 "--http.rate-limit=20", "--http.rate-burst=5"},
+                (d / "ccn.log").string()};
+    ASSERT_TRUE(ccn.wait_ready()) << ccn.log();
+    auto port = ccn.port("http");
+    std::vector<int> held;
+    for (int i = 0; i < 4; ++i) {
+      held.push_back(connect_to(port));
+      ASSERT_GE(held.back(), 0);
+    }
+    for (int fd : held)
+      EXPECT_FALSE(closed_by_server(fd, 100ms)) << "one of the first four was closed";
+    int fifth = connect_to(port);
+    ASSERT_GE(fifth, 0);
+    EXPECT_TRUE(closed_by_server(fifth, 2000ms)) << "a fifth connection from one address stayed open";
+    ::close(fifth);
+    for (int fd : held)
+      ::close(fd);
+    // Once they are closed, the address may connect again.
+    bool again = false;
+    for (int i = 0; i < 40 && !again; ++i) {
+      again = http_request(localhost, port, "GET", "/api/v0/info", {}, {}, 2s).status == 200;
+      if (!again)
+        std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_TRUE(again) << "the address could not connect again";
+    // Rate: 5 at once, then 20 a second; a burst of 20 requests meets 429s.
+    std::this_thread::sleep_for(400ms); // the bucket is full again
+    int ok = 0, limited = 0;
+    http_result last_429;
+    for (int i = 0; i < 20; ++i) {
+      auto r = http_request(localhost, port, "GET", "/api/v0/info", {}, {}, 2s);
+      if (r.status == 200)
+        ++ok;
+      if (r.status == 429) {
+        ++limited;
+        last_429 = r;
+      }
+    }
+    EXPECT_GE(ok, 5);
+    EXPECT_GT(limited, 0) << "20 requests at once passed a burst of 5 at 20/s";
+    EXPECT_EQ(last_429.headers["retry-after"], "1");
+    auto j = json::parse(last_429.body, nullptr, false);
+    EXPECT_TRUE(j.is_object() && j.contains("error")) << last_429.body;
+    std::this_thread::sleep_for(300ms);
+    EXPECT_EQ(http_request(localhost, port, "GET", "/api/v0/info", {}, {}, 2s).status, 200)
+      << "the bucket refills";
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(d, ec);
+}
