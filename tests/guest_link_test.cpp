@@ -3,6 +3,7 @@
 // and a guest that stops reading (writes must never block the caller).
 
 #include "runtime/guest_link.hpp"
+#include "runtime/executor.hpp"
 
 #include <gtest/gtest.h>
 
@@ -258,4 +259,23 @@ TEST_F(link_fixture, requests_after_close_get_502_at_once) {
   auto r = link->request(get(1), 1s);
   EXPECT_EQ(r.status, 502);
   EXPECT_EQ(kills.load(), 0);
+}
+
+// What a QEMU executor's metering reads: a process's CPU time and resident memory from /proc.
+TEST(process_usage, reads_cpu_time_and_memory_of_a_process) {
+  auto before = alephd::process_usage(::getpid());
+  EXPECT_GT(before.mem_current, 1u << 20);
+  EXPECT_GE(before.mem_peak, before.mem_current);
+  // Burn about 200 ms of CPU (clock ticks are 10 ms).
+  volatile uint64_t x = 0;
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  while (std::chrono::steady_clock::now() < until)
+    for (int i = 0; i < 100000; ++i)
+      x = x + static_cast<uint64_t>(i);
+  auto after = alephd::process_usage(::getpid());
+  EXPECT_GE(after.cpu_ns - before.cpu_ns, 100'000'000u) << "200 ms of CPU read as less than 100";
+  auto none = alephd::process_usage(0);
+  EXPECT_EQ(none.cpu_ns, 0u);
+  EXPECT_EQ(none.mem_current, 0u);
+  EXPECT_EQ(alephd::process_usage(1 << 30).mem_peak, 0u) << "no such process";
 }
