@@ -29,3 +29,9 @@ add_library(LMDB::lmdb UNKNOWN IMPORTED)
 set_target_properties(LMDB::lmdb PROPERTIES
   IMPORTED_LOCATION "${LMDB_LIBRARY}"
   INTERFACE_INCLUDE_DIRECTORIES "${LMDB_INCLUDE_DIR}")
+
+# Signatures: secp256k1 recovery (EVM wallets), ed25519 (libsodium), keccak-256 (Crypto++).
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(SECP256K1 REQUIRED IMPORTED_TARGET libsecp256k1)
+pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
+pkg_check_modules(CRYPTOPP REQUIRED IMPORTED_TARGET libcrypto++)
