@@ -137,6 +137,7 @@ struct network {
   explicit network(const std::filesystem::path& d) : dir(d) {
     ccn = std::make_unique<alephd::test::process>(
       std::vector<std::string>{"ccn", "--port=0", "--node-port=0", "--data-dir=" + (dir / "ccn").string(),
+                               "--verify-signatures=false",
                                "--log-level=warn"},
       (dir / "ccn.log").string());
     if (!ccn->wait_ready())

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/crypto.hpp"
 #include "tests/http_client.hpp"
 #include "tests/process.hpp"
 
@@ -28,18 +29,27 @@ struct result {
   size_t failures = 0;
 };
 
+// Signed by a test wallet, as a real client would: the CCN checks every signature (its default).
 std::string message(size_t i, const std::string& run) {
+  static const std::string secret(32, '\x42');
+  static const std::string sender = *alephd::crypto::eth_address(secret);
+  nlohmann::json content{{"address", sender},
+                         {"time", 1700000000.25},
+                         {"type", "bench"},
+                         {"content", {{"run", run}, {"i", i}, {"pad", std::string(200, 'x')}}}};
+  auto item_content = content.dump();
+  auto item_hash = alephd::crypto::to_hex(alephd::crypto::sha256(item_content));
   nlohmann::json m{{"chain", "ETH"},
-                   {"sender", "0x9319Ad3B7A8E0eE24f2E639c40D8eD124C5520Ba"},
+                   {"sender", sender},
                    {"type", "POST"},
                    {"channel", "BENCH"},
                    {"item_type", "inline"},
                    {"time", 1700000000.25},
-                   {"content",
-                    {{"address", "0x9319Ad3B7A8E0eE24f2E639c40D8eD124C5520Ba"},
-                     {"time", 1700000000.25},
-                     {"type", "bench"},
-                     {"content", {{"run", run}, {"i", i}, {"pad", std::string(200, 'x')}}}}}};
+                   {"item_content", item_content},
+                   {"item_hash", item_hash},
+                   {"signature", alephd::crypto::eth_personal_sign(
+                                   secret, alephd::crypto::message_verification_text(
+                                             "ETH", sender, "POST", item_hash))}};
   return m.dump();
 }
 

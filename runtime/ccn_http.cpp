@@ -5,6 +5,7 @@
 
 #include "messages/aleph_message.hpp"
 #include "runtime/blob_store.hpp"
+#include "runtime/crypto.hpp"
 #include "runtime/gateway.hpp"
 #include "runtime/multipart.hpp"
 #include "runtime/wall_clock.hpp"
@@ -65,6 +66,15 @@ void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& 
     return;
   }
   auto& m = *parsed.msg;
+  if (ctx->verify_signatures) {
+    auto problem = crypto::verify_message_signature(m.chain, m.sender, aleph::to_string(m.type),
+                                                    m.item_hash, m.signature);
+    if (problem) {
+      respond(gateway::json(403, json{{"error", "invalid signature: " + *problem},
+                                      {"field", "signature"}}));
+      return;
+    }
+  }
   stored_message sm;
   sm.item_hash = m.item_hash;
   sm.type = std::string{aleph::to_string(m.type)};

@@ -186,6 +186,16 @@ const std::vector<option>& table() {
     {"pricing.instance", "ALEPH per compute-unit hour of an instance (default 0.055)", "", real(&settings::price_instance, 0, 1e9)},
     {"pricing.storage-gib-hour", "ALEPH per GiB-hour of storage pinned by executions (default 0.0001)", "", real(&settings::price_storage_gib_hour, 0, 1e9)},
     {"ledger.sample-interval", "CRN: each execution's CPU, memory, requests, bytes and pinned storage are written to the reward ledger this often, and when it stops (default 60s)", "", duration(&settings::sample_interval, false)},
+    {"security.verify-signatures", "CCN: refuse messages whose wallet signature (EVM personal_sign or Solana ed25519) does not verify, with 403 (default: true for ccn, false for dev)", "verify-signatures",
+     [](settings& s, const std::string& v) -> std::string {
+       if (v == "true" || v == "yes" || v == "on" || v == "1")
+         s.verify_signatures = true;
+       else if (v == "false" || v == "no" || v == "off" || v == "0")
+         s.verify_signatures = false;
+       else
+         return "must be true or false";
+       return {};
+     }},
     {"dev.port-base", "dev: CRNs on base..base+2, CCN HTTP on base+4, node port base+5 (default 4020)", "port-base", integer(&settings::port_base, 1, 65000)},
     {"dev.crns", "dev: number of CRNs, 1 to 4 (they use base..base+3; default 3)", "crns", integer(&settings::dev_crns, 1, 4)},
   };

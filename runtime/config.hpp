@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,10 @@ struct settings {
   double price_storage_gib_hour = 0.0001;
   // [ledger]: metering and the reward ledger (CRN)
   std::chrono::milliseconds sample_interval{60000}; ///< one metering sample per execution
+  // [security]
+  /// CCN: refuse messages whose wallet signature does not verify; unset = on for `ccn`,
+  /// off for `dev` (a local playground posts unsigned messages).
+  std::optional<bool> verify_signatures;
   // [dev]
   uint32_t port_base = 4020;
   uint32_t dev_crns = 3;

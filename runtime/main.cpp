@@ -190,6 +190,8 @@ void configure_actor_system(caf::actor_system_config& cfg, const settings& s) {
 
 int run(const std::string& role, const settings& s_in) {
   auto s = s_in;
+  if (!s.verify_signatures)
+    s.verify_signatures = role == "ccn";
   if (role == "crn" && s.ccn.empty())
     return fail_usage("--crn.ccn: a CRN needs at least one CCN (--ccn host:port)");
   setup_logging(s);

@@ -317,6 +317,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->node_endpoint = node_endpoint;
   ctx->max_file_bytes = s.max_file_size;
   ctx->max_message_bytes = s.max_message_size;
+  ctx->verify_signatures = s.verify_signatures.value_or(true);
   ctx->started = unix_seconds();
   auto port = s.http_port < 0 ? 4024 : s.http_port;
   auto ready = std::make_shared<std::atomic<bool>>(false);

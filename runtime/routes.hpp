@@ -31,6 +31,7 @@ struct ccn_context {
   std::string http_endpoint;
   uint64_t max_file_bytes = 100ull << 20;
   uint64_t max_message_bytes = 1ull << 20;
+  bool verify_signatures = true; ///< refuse messages whose wallet signature does not verify
   double started = 0;
 };
 

@@ -41,6 +41,7 @@ struct hostile : ::testing::Test {
     std::filesystem::create_directories(dir);
     ccn = std::make_unique<process>(
       std::vector<std::string>{"ccn", "--port=0", "--node-port=0", "--ccn.max-file-size=4096",
+                               "--verify-signatures=false",
                                "--data-dir=" + (dir / "ccn").string()},
       (dir / "ccn.log").string());
     ASSERT_TRUE(ccn->wait_ready()) << ccn->log();
@@ -310,6 +311,7 @@ TEST(client_limits, connections_and_request_rate_per_address) {
   std::filesystem::create_directories(d);
   {
     process ccn{{"ccn", "--port=0", "--node-port=0", "--data-dir=" + (d / "ccn").string(),
+                 "--verify-signatures=false",
                  "--http.limit-loopback=true", "--http.max-connections-per-client=4",
                  "--http.rate-limit=20", "--http.rate-burst=5"},
                 (d / "ccn.log").string()};

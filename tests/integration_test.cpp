@@ -7,11 +7,13 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "runtime/crypto.hpp"
 #include "tests/cluster.hpp"
 #include "tests/http_client.hpp"
 #include "tests/process.hpp"
@@ -386,6 +388,99 @@ TEST_F(cluster, dev_starts_answers_and_stops_on_sigterm) {
   EXPECT_EQ(dev.wait_exit(10s), 0) << "alephd dev did not exit cleanly on SIGTERM";
 }
 
+// A wallet-signed message as a client makes it: item_content, its sha256, the signature.
+json signed_store(const std::string& secret, const std::string& file_hash) {
+  namespace crypto = alephd::crypto;
+  auto sender = *crypto::eth_address(secret);
+  json content{{"address", sender}, {"time", 1700000000.5}, {"item_type", "storage"},
+               {"item_hash", file_hash}};
+  auto item_content = content.dump();
+  auto item_hash = crypto::to_hex(crypto::sha256(item_content));
+  return {{"chain", "ETH"}, {"sender", sender}, {"type", "STORE"}, {"item_type", "inline"},
+          {"time", 1700000000.5}, {"item_content", item_content}, {"item_hash", item_hash},
+          {"signature", crypto::eth_personal_sign(
+                          secret, crypto::message_verification_text("ETH", sender, "STORE", item_hash))}};
+}
+
+TEST_F(cluster, ccn_accepts_only_messages_its_sender_signed) {
+  namespace crypto = alephd::crypto;
+  // The default configuration of `alephd ccn`: signatures are checked.
+  auto& ccn = start("ccn", {"ccn", "--port=0", "--node-port=0"});
+  auto http = ccn.port("http");
+  auto post = [&](const std::string& body) {
+    return http_request(localhost, http, "POST", "/api/v0/messages", body,
+                        {{"Content-Type", "application/json"}}, 10s);
+  };
+  auto error_of = [](const alephd::test::http_result& r) {
+    auto j = json::parse(r.body, nullptr, false);
+    return j.is_object() && j.contains("error") ? j["error"].get<std::string>() : r.body;
+  };
+  // A message the network published, signed by its sender's wallet.
+  std::ifstream in{std::string{ALEPHD_PEER_DATA_DIR} + "/instance_content.json"};
+  std::string real{std::istreambuf_iterator<char>{in}, {}};
+  auto r = post(real);
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(http_request(localhost, http, "GET",
+                         "/api/v0/messages/b28fa9a9ede14c9bbd6fde8959be07cfd25a3358d08e01405301adc5a1a2b2c8")
+              .status,
+            200);
+
+  std::string secret(32, '\x07');
+  auto good = signed_store(secret, std::string(64, 'e'));
+  r = post(good.dump());
+  EXPECT_EQ(r.status, 200) << r.body;
+
+  auto unsigned_msg = good;
+  unsigned_msg.erase("signature");
+  r = post(unsigned_msg.dump());
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(error_of(r).find("no signature"), std::string::npos) << r.body;
+
+  // Someone else's wallet signs in the sender's name.
+  auto forged = signed_store(std::string(32, '\x09'), std::string(64, 'f'));
+  forged["sender"] = good["sender"];
+  r = post(forged.dump());
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(error_of(r).find("not by the sender"), std::string::npos) << r.body;
+
+  // A signature lifted from one message onto another.
+  auto lifted = signed_store(secret, std::string(64, 'd'));
+  lifted["signature"] = good["signature"];
+  r = post(lifted.dump());
+  EXPECT_EQ(r.status, 403) << r.body;
+
+  // The schema fixtures carry a signature copied between files.
+  std::ifstream fin{std::string{ALEPHD_PEER_DATA_DIR} + "/forget.json"};
+  r = post(std::string{std::istreambuf_iterator<char>{fin}, {}});
+  EXPECT_EQ(r.status, 403) << r.body;
+
+  // A Solana wallet.
+  auto key = crypto::ed25519_generate();
+  auto sol_sender = crypto::base58_encode(key.public_key);
+  json content{{"address", sol_sender}, {"time", 1700000001.0}, {"item_type", "storage"},
+               {"item_hash", std::string(64, 'c')}};
+  auto item_content = content.dump();
+  auto item_hash = crypto::to_hex(crypto::sha256(item_content));
+  json sol{{"chain", "SOL"}, {"sender", sol_sender}, {"type", "STORE"}, {"item_type", "inline"},
+           {"time", 1700000001.0}, {"item_content", item_content}, {"item_hash", item_hash},
+           {"signature", crypto::sol_signature_field(
+                           key, crypto::message_verification_text("SOL", sol_sender, "STORE", item_hash))}};
+  r = post(sol.dump());
+  EXPECT_EQ(r.status, 200) << r.body;
+  sol["type"] = "POST"; // what was signed says STORE
+  r = post(sol.dump());
+  EXPECT_EQ(r.status, 403) << r.body;
+
+  // Only the accepted messages are stored.
+  auto list = http_request(localhost, http, "GET", "/api/v0/messages?msgType=STORE");
+  ASSERT_EQ(list.status, 200);
+  auto page = json::parse(list.body);
+  std::set<std::string> stored;
+  for (auto& m : page["messages"])
+    stored.insert(m["item_hash"].get<std::string>());
+  EXPECT_EQ(stored, (std::set<std::string>{good["item_hash"], item_hash}));
+}
+
 TEST_F(cluster, help_and_version_exit_0) {
   process help{{"--help"}, (dir / "help.log").string()};
   EXPECT_EQ(help.wait_exit(10s), 0);
@@ -415,6 +510,7 @@ TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
                                         {"ccn", "--config=/nonexistent.ini"},
                                         {"ccn", "--rewards.stakes=ccn:addr"},
                                         {"ccn", "--pricing.program=cheap"},
+                                        {"ccn", "--verify-signatures=maybe"},
                                         {"ledger"},
                                         {"ledger", "verify", "--bogus"},
                                         {"rewards", "--epoch=soon"}})
