@@ -59,9 +59,17 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
       [=](crn_registry_actor& registry, const caf::actor&, const std::string& ccn_id) {
         if (gen != self->state.generation)
           return;
-        self->state.registry = registry;
+        auto& st = self->state;
+        st.registry = registry;
         self->monitor(registry);
-        self->request(registry, timeout, atom::enroll_v, self->state.cfg.info,
+        // Each enrollment is newer than the last (the CCN refuses replays).
+        enrollment en;
+        en.info = st.cfg.info;
+        en.signed_at_ms = std::max(static_cast<uint64_t>(unix_seconds() * 1000), st.session + 1);
+        if (st.cfg.sign)
+          en.signature = st.cfg.sign(signed_text(en));
+        st.session = en.signed_at_ms;
+        self->request(registry, timeout, atom::enroll_v, std::move(en),
                       caf::actor_cast<ccn_link_actor>(self))
           .then(
             [=](const registration& reg) {
@@ -138,7 +146,9 @@ void beat(self_ptr self) {
     return;
   }
   auto gen = st.generation;
-  heartbeat hb{st.cfg.info.id, ++st.seq};
+  heartbeat hb{st.cfg.info.id, ++st.seq, {}};
+  if (st.cfg.sign)
+    hb.signature = st.cfg.sign(signed_text(hb, st.session));
   ++st.info.heartbeats_sent;
   self->request(st.registry, st.cfg.heartbeat, atom::beat_v, hb)
     .then(

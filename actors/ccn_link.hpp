@@ -4,14 +4,18 @@
 // moving on to the next CCN of its list.
 #pragma once
 
+#include <functional>
 #include <random>
+#include <string_view>
 
 #include "actors/interfaces.hpp"
 
 namespace alephd {
 
 struct ccn_link_config {
-  crn_info info;
+  crn_info info; ///< `id` and `public_key` from the node key that `sign` uses
+  /// Signs with the CRN's node key (ed25519): its enrollments and heartbeats.
+  std::function<std::string(std::string_view)> sign;
   std::vector<std::string> endpoints;  ///< "host:port" node ports of CCNs, in order of preference
   std::vector<ccn_node_actor> direct;  ///< in-process CCNs (dev, tests)
   std::chrono::milliseconds heartbeat{1000};
@@ -39,6 +43,7 @@ struct ccn_link_state {
   std::chrono::milliseconds backoff{0};
   caf::actor_clock::time_point last_ack;
   uint64_t seq = 0;
+  uint64_t session = 0; ///< signing time (unix ms) of the current enrollment
   uint64_t generation = 0; ///< bumps on every (re)connect; stale callbacks compare it
   bool shipping = false;   ///< a batch of ledger entries is on its way
   std::mt19937_64 rng;

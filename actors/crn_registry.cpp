@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/codec.hpp"
+#include "runtime/crypto.hpp"
 #include "runtime/wall_clock.hpp"
 
 namespace alephd {
@@ -25,7 +26,7 @@ void persist(self_ptr self, const crn_entry& e) {
   if (!st.cfg.env)
     return;
   int rc = lmdb::put_committed(*st.cfg.env, st.db, e.info.id,
-                               codec::encode(e.info, e.state, e.registered, e.wait_order));
+                               codec::encode(e.info, e.state, e.registered, e.wait_order, e.session));
   if (rc != 0)
     spdlog::error("crn_registry: cannot persist CRN {}: {}", e.info.id, lmdb::error_text(rc));
 }
@@ -42,7 +43,7 @@ void restore(self_ptr self) {
   t.for_each(st.db, false, [&](std::string_view, std::string_view v) {
     crn_entry e;
     link_state was = link_state::unlinked;
-    if (!codec::decode(v, e.info, was, e.registered, e.wait_order))
+    if (!codec::decode(v, e.info, was, e.registered, e.wait_order, &e.session))
       return true;
     // Nobody is connected yet: known CRNs are down until they register again.
     e.state = was == link_state::unlinked ? link_state::unlinked : link_state::down;
@@ -110,6 +111,30 @@ void admit(self_ptr self, crn_entry& e) {
   set_state(self, e, to);
 }
 
+// Why an enrollment does not prove its CRN's identity; empty when it does.
+std::string identity_problem(const crn_registry_state& st, const enrollment& en,
+                             const crn_entry* known) {
+  const auto& info = en.info;
+  if (info.public_key.size() != 32)
+    return "CRN " + info.id + " sent no node key";
+  if (crypto::node_id_of(info.public_key) != info.id)
+    return "CRN id " + info.id + " is not the hash of its node key";
+  if (!crypto::ed25519_verify(info.public_key, signed_text(en), en.signature))
+    return "the registration of CRN " + info.id + " is not signed by its node key";
+  auto now_ms = static_cast<int64_t>(unix_seconds() * 1000);
+  auto skew = now_ms - static_cast<int64_t>(en.signed_at_ms);
+  if (skew > st.cfg.max_clock_skew.count() || -skew > st.cfg.max_clock_skew.count())
+    return "the registration of CRN " + info.id + " was signed " + std::to_string(skew / 1000)
+           + " s from this CCN's clock (a replay, or a clock is wrong)";
+  if (known != nullptr && en.signed_at_ms <= known->session)
+    return "the registration of CRN " + info.id + " is not newer than the one accepted before (a replay)";
+  return {};
+}
+
+bool link_alive(const crn_entry& e) {
+  return e.link && (e.state == link_state::linked || e.state == link_state::waiting);
+}
+
 node_view view_of(const crn_registry_state& st, const crn_entry& e) {
   node_view v;
   v.id = e.info.id;
@@ -143,11 +168,27 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
   });
   self->send(self, atom::tick_v);
   return {
-    [=](atom::enroll, crn_info& info, ccn_link_actor& link) -> caf::result<registration> {
+    [=](atom::enroll, enrollment& en, ccn_link_actor& link) -> caf::result<registration> {
       auto& st = self->state;
+      auto& info = en.info;
       if (info.id.empty())
         return make_error(ec::invalid, "a CRN must have an id");
+      auto known = st.crns.find(info.id);
+      const crn_entry* prev = known == st.crns.end() ? nullptr : &known->second;
+      if (st.cfg.verify_identity) {
+        if (auto why = identity_problem(st, en, prev); !why.empty()) {
+          spdlog::warn("crn_registry: refused: {}", why);
+          return make_error(ec::refused, why);
+        }
+      }
+      if (prev != nullptr && link_alive(*prev) && prev->link != link) {
+        auto why = "CRN " + info.id + " is linked from another live process; try again once it is gone";
+        spdlog::warn("crn_registry: refused: {}", why);
+        return make_error(ec::refused, why);
+      }
       auto& e = st.crns[info.id];
+      e.session = en.signed_at_ms;
+      e.last_seq = 0;
       if (e.link && e.link != link)
         self->demonitor(e.link.address());
       bool fresh = e.registered == 0;
@@ -173,6 +214,11 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
       if (i == st.crns.end() || i->second.state == link_state::unlinked)
         return make_error(ec::not_found, "CRN " + hb.crn_id + " is not registered");
       auto& e = i->second;
+      if (st.cfg.verify_identity
+          && (hb.seq <= e.last_seq
+              || !crypto::ed25519_verify(e.info.public_key, signed_text(hb, e.session), hb.signature)))
+        return make_error(ec::refused, "a heartbeat of CRN " + hb.crn_id + " does not verify");
+      e.last_seq = hb.seq;
       e.last_seen = self->clock().now();
       e.last_heartbeat = unix_seconds();
       if (e.state == link_state::down)
@@ -182,6 +228,12 @@ crn_registry(crn_registry_actor::stateful_pointer<crn_registry_state> self,
     [=](atom::unlink, const std::string& id) {
       auto& st = self->state;
       if (auto i = st.crns.find(id); i != st.crns.end()) {
+        // Only the CRN's own link may take it out.
+        if (st.cfg.verify_identity
+            && self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(i->second.link)) {
+          spdlog::warn("crn_registry: ignored an unlink of CRN {} not sent by its link", id);
+          return;
+        }
         self->demonitor(i->second.link.address());
         mark_down(self, i->second, link_state::unlinked, "it left on purpose");
       }

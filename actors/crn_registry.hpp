@@ -6,6 +6,9 @@
 // until it registers again, and the slots of the CRNs that were linked are
 // kept for them for `reserve_grace`, so that a restart does not reshuffle
 // which CRNs are linked.
+// Identity: a CRN signs its enrollment and heartbeats with its ed25519 node key and its id is
+// the hash of that key; a bad signature, a replayed or stale enrollment, or a second process
+// claiming the id of a CRN whose link is alive is refused (ec::refused).
 #pragma once
 
 #include <chrono>
@@ -25,6 +28,10 @@ struct crn_registry_config {
   std::chrono::milliseconds failure_timeout{5000};
   std::chrono::milliseconds reserve_grace{35000};
   std::shared_ptr<lmdb::env> env; ///< where entries persist; none = in memory only
+  /// Check node keys and signatures; off only in unit tests of the slot logic.
+  bool verify_identity = true;
+  /// An enrollment signed further than this from the CCN's clock is refused.
+  std::chrono::milliseconds max_clock_skew{300000};
 };
 
 struct crn_entry {
@@ -36,6 +43,8 @@ struct crn_entry {
   caf::actor_clock::time_point last_seen; ///< actor clock, for failure detection
   uint64_t wait_order = 0;   ///< smaller = waiting longer
   bool reserved = false;     ///< was linked before a CCN restart; its slot waits for it
+  uint64_t session = 0;      ///< signing time (unix ms) of its last accepted enrollment
+  uint64_t last_seq = 0;     ///< highest heartbeat seq accepted in that session
 };
 
 struct crn_registry_state {

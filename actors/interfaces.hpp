@@ -170,8 +170,9 @@ using node_listener_actor = caf::typed_actor<
 
 /// CCN: the CRN registry (links, the limit, heartbeats, failure detection).
 using crn_registry_actor = caf::typed_actor<
-  /// A CRN registers or re-registers; answers its state (linked or waiting).
-  replies_to<atom::enroll, crn_info, ccn_link_actor>::with<registration>,
+  /// A CRN registers or re-registers, signed with its node key; answers its state (linked or
+  /// waiting), or ec::refused when its identity does not verify or its id is linked elsewhere.
+  replies_to<atom::enroll, enrollment, ccn_link_actor>::with<registration>,
   /// A CRN's heartbeat; answers with the CCN's view of it.
   replies_to<atom::beat, heartbeat>::with<heartbeat_ack>,
   /// A CRN leaves on purpose; the longest-waiting CRN takes its slot.

@@ -74,10 +74,11 @@ std::string encode(const file_info& x) {
   return {buf.data(), buf.size()};
 }
 
-std::string encode(const crn_info& info, link_state state, double registered, uint64_t wait_order) {
+std::string encode(const crn_info& info, link_state state, double registered, uint64_t wait_order,
+                   uint64_t session) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk{buf};
-  pk.pack_map(13);
+  pk.pack_map(15);
   pk.pack("v"), pk.pack(current_version);
   pk.pack("id"), pk.pack(info.id);
   pk.pack("name"), pk.pack(info.name);
@@ -91,11 +92,14 @@ std::string encode(const crn_info& info, link_state state, double registered, ui
   pk.pack("registered"), pk.pack(registered);
   pk.pack("wait_order"), pk.pack(wait_order);
   pk.pack("asn"), pk.pack(info.asn);
+  pk.pack("public_key"), pk.pack(info.public_key);
+  pk.pack("session"), pk.pack(session);
   return {buf.data(), buf.size()};
 }
 
 bool decode(std::string_view bytes, crn_info& info, link_state& state, double& registered,
-            uint64_t& wait_order) {
+            uint64_t& wait_order, uint64_t* session) {
+  uint64_t sess = 0;
   uint8_t s = 0;
   bool ok = unpack_record(bytes, [&](auto& m) {
     take(m, "id", info.id);
@@ -110,7 +114,11 @@ bool decode(std::string_view bytes, crn_info& info, link_state& state, double& r
     take(m, "registered", registered);
     take(m, "wait_order", wait_order);
     take(m, "asn", info.asn); // absent from older records
+    take(m, "public_key", info.public_key);
+    take(m, "session", sess);
   });
+  if (session != nullptr)
+    *session = sess;
   if (!ok || s > static_cast<uint8_t>(link_state::down))
     return false;
   state = static_cast<link_state>(s);

@@ -12,7 +12,9 @@ namespace alephd::codec {
 std::string encode(const stored_message& x);
 std::string encode(const file_info& x);
 /// A registry entry: a CRN, its last state, when it registered, its place in the waiting line.
-std::string encode(const crn_info& info, link_state state, double registered, uint64_t wait_order);
+/// A registry entry; `session` is the signing time of its last accepted enrollment.
+std::string encode(const crn_info& info, link_state state, double registered, uint64_t wait_order,
+                   uint64_t session = 0);
 /// A scheduler's placement: the allocation plus where it went and its state.
 std::string encode(const allocation& a, const std::string& crn_id, const std::string& state);
 
@@ -20,7 +22,7 @@ std::string encode(const allocation& a, const std::string& crn_id, const std::st
 bool decode(std::string_view bytes, stored_message& x);
 bool decode(std::string_view bytes, file_info& x);
 bool decode(std::string_view bytes, crn_info& info, link_state& state, double& registered,
-            uint64_t& wait_order);
+            uint64_t& wait_order, uint64_t* session = nullptr);
 bool decode(std::string_view bytes, allocation& a, std::string& crn_id, std::string& state);
 
 } // namespace alephd::codec

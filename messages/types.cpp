@@ -2,6 +2,7 @@
 
 #include <caf/message.hpp>
 #include <caf/sec.hpp>
+#include <nlohmann/json.hpp>
 
 namespace alephd {
 
@@ -9,7 +10,33 @@ namespace {
 
 constexpr auto category = caf::atom("alephd");
 
+std::string hex(const std::string& bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
 } // namespace
+
+// A JSON array keeps every field apart whatever it contains (a name with a newline cannot pose
+// as two fields); the prefix keeps a signature for one purpose from passing for another.
+std::string signed_text(const enrollment& x) {
+  const auto& i = x.info;
+  nlohmann::json fields = {x.version,   i.version,          i.id,  i.name,
+                           i.address,   i.vcpus,            i.memory_mib,
+                           i.disk_mib,  i.software_version, i.asn, hex(i.public_key),
+                           x.signed_at_ms};
+  return "alephd-enrollment\n" + fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string signed_text(const heartbeat& x, uint64_t session) {
+  nlohmann::json fields = {x.crn_id, session, x.seq};
+  return "alephd-heartbeat\n" + fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 std::string to_string(ec x) {
   switch (x) {

@@ -224,14 +224,34 @@ struct crn_info {
   uint64_t disk_mib = 0;
   std::string software_version;
   std::string asn; ///< its network's autonomous system, as configured (decentralization score)
+  std::string public_key; ///< its ed25519 node key (32 bytes); `id` is the hex sha256 of it
   bool operator==(const crn_info&) const = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, crn_info& x) {
   return f(caf::meta::type_name("alephd::crn_info"), x.version, x.id, x.name, x.address,
-           x.vcpus, x.memory_mib, x.disk_mib, x.software_version, x.asn);
+           x.vcpus, x.memory_mib, x.disk_mib, x.software_version, x.asn, x.public_key);
 }
+
+/// A CRN's registration, signed with its node key: what `crn_registry` links only when the
+/// signature verifies and `info.id` is the hash of `info.public_key`.
+struct enrollment {
+  uint8_t version = 1;
+  crn_info info;
+  uint64_t signed_at_ms = 0; ///< unix ms; names the session its heartbeats sign
+  std::string signature;     ///< ed25519 over signed_text(enrollment), 64 bytes
+  bool operator==(const enrollment&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, enrollment& x) {
+  return f(caf::meta::type_name("alephd::enrollment"), x.version, x.info, x.signed_at_ms,
+           x.signature);
+}
+
+/// The exact bytes a CRN signs to register: every field of its info and the time.
+std::string signed_text(const enrollment& x);
 
 /// The CCN's answer to a registration.
 struct registration {
@@ -249,14 +269,18 @@ typename Inspector::result_type inspect(Inspector& f, registration& x) {
 /// A CRN's periodic sign of life.
 struct heartbeat {
   std::string crn_id;
-  uint64_t seq = 0;
+  uint64_t seq = 0;        ///< grows with every heartbeat of a session
+  std::string signature;   ///< ed25519 over signed_text(heartbeat, session)
   bool operator==(const heartbeat&) const = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, heartbeat& x) {
-  return f(caf::meta::type_name("alephd::heartbeat"), x.crn_id, x.seq);
+  return f(caf::meta::type_name("alephd::heartbeat"), x.crn_id, x.seq, x.signature);
 }
+
+/// The exact bytes a CRN signs for a heartbeat of the session its enrollment opened.
+std::string signed_text(const heartbeat& x, uint64_t session);
 
 /// The CCN's answer to a heartbeat: the other direction of the liveness check.
 struct heartbeat_ack {
@@ -498,6 +522,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(alephd, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(alephd, (std::map<std::string, uint64_t>))
   CAF_ADD_TYPE_ID(alephd, (alephd::node_score))
   CAF_ADD_TYPE_ID(alephd, (std::vector<alephd::node_score>))
+  CAF_ADD_TYPE_ID(alephd, (alephd::enrollment))
   CAF_ADD_ATOM(alephd, alephd::atom, append, "append")
   CAF_ADD_ATOM(alephd, alephd::atom, get, "get")
   CAF_ADD_ATOM(alephd, alephd::atom, list, "list")

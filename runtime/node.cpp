@@ -1,4 +1,5 @@
 #include "runtime/node.hpp"
+#include "runtime/crypto.hpp"
 
 #include <atomic>
 #include <filesystem>
@@ -149,26 +150,14 @@ caf::actor spawn_watchdog(caf::actor_system& sys, std::string node, std::vector<
   return sys.spawn(watchdog, std::move(node), std::move(watched), std::move(on_fatal));
 }
 
-std::string load_or_create_node_id(const std::string& dir, std::string& err) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    err = "cannot create data dir " + dir + ": " + ec.message();
+std::string load_node_identity(const std::string& dir, std::string& public_key,
+                               std::string& secret_key, std::string& err) {
+  auto key = crypto::load_or_create_node_key(dir, err);
+  if (!key)
     return {};
-  }
-  auto path = dir + "/node-id";
-  if (std::ifstream in{path}; in) {
-    std::string id;
-    in >> id;
-    if (id.size() >= 8)
-      return id;
-  }
-  auto id = random_hex(16);
-  if (!write_file(path, id + "\n", 0644)) {
-    err = "cannot write " + path;
-    return {};
-  }
-  return id;
+  public_key = key->public_key;
+  secret_key = key->secret_key;
+  return crypto::node_id_of(key->public_key);
 }
 
 // ---- CCN ---------------------------------------------------------------------------------------
@@ -189,7 +178,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   sys_ = &sys;
   auto dir = default_data_dir(s, "ccn");
   std::string err;
-  id_ = load_or_create_node_id(dir, err);
+  id_ = load_node_identity(dir, public_key_, secret_key_, err);
   if (!err.empty())
     return err;
   env_ = lmdb::env::open(dir + "/lmdb", err);
@@ -387,7 +376,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   sys_ = &sys;
   auto dir = default_data_dir(s, "crn");
   std::string err;
-  id_ = load_or_create_node_id(dir, err);
+  id_ = load_node_identity(dir, public_key_, secret_key_, err);
   if (!err.empty())
     return err;
   token_ = random_hex(32);
@@ -402,6 +391,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   info.disk_mib = usage.disk_available_kb / 1024;
   info.software_version = ALEPHD_VERSION;
   info.asn = s.asn;
+  info.public_key = public_key_;
   settings_ = s;
   table_ = std::make_shared<execution_table>();
   auto env = std::make_shared<execution_env>();
@@ -571,6 +561,9 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   info.address = s.public_address.empty() ? http_endpoint : s.public_address;
   ccn_link_config lc;
   lc.info = info;
+  lc.sign = [key = crypto::ed25519_key{public_key_, secret_key_}](std::string_view text) {
+    return crypto::ed25519_sign(key, text);
+  };
   lc.endpoints = s.ccn;
   lc.direct = std::move(direct);
   lc.heartbeat = s.heartbeat_interval;

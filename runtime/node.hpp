@@ -38,8 +38,10 @@ using fatal_handler = std::function<void(const std::string&)>;
 caf::actor spawn_watchdog(caf::actor_system& sys, std::string node, std::vector<caf::actor> watched,
                           fatal_handler on_fatal);
 
-/// Reads `dir/node-id`, creating it with a fresh random id on first start.
-std::string load_or_create_node_id(const std::string& dir, std::string& err);
+/// The node's ed25519 key from `dir/node.key` (made on first start, mode 0600) and its id, the
+/// hex sha256 of the public key; empty id and `err` set when the key cannot be had.
+std::string load_node_identity(const std::string& dir, std::string& public_key,
+                               std::string& secret_key, std::string& err);
 
 class ccn_node_runtime {
 public:
@@ -59,6 +61,8 @@ public:
 private:
   caf::actor_system* sys_ = nullptr;
   std::string id_;
+  std::string public_key_;
+  std::string secret_key_;
   std::shared_ptr<lmdb::env> env_;
   message_store_actor messages_;
   content_store_actor files_;
@@ -101,6 +105,8 @@ private:
   caf::actor_system* sys_ = nullptr;
   settings settings_;
   std::string id_;
+  std::string public_key_;
+  std::string secret_key_;
   std::string token_;
   std::shared_ptr<execution_table> table_;
   job_broker_actor broker_;

@@ -1,6 +1,8 @@
 #include "actors/ccn_link.hpp"
 #include "actors/reward_ledger.hpp"
+#include "runtime/crypto.hpp"
 #include "runtime/ledger.hpp"
+#include "runtime/wall_clock.hpp"
 
 #include <map>
 #include <chrono>
@@ -24,6 +26,7 @@ struct registry_double_state {
   bool frozen = false;    ///< never answer heartbeats
   bool forgetful = false; ///< answer heartbeats with ec::not_found (the CCN restarted)
   std::vector<crn_info> enrolled;
+  std::vector<enrollment> enrollments;
   std::vector<heartbeat> beats;
   std::vector<std::string> unlinks;
   std::vector<caf::typed_response_promise<heartbeat_ack>> unanswered;
@@ -34,9 +37,10 @@ registry_double(crn_registry_actor::stateful_pointer<registry_double_state> self
                 std::string ccn_id) {
   self->state.ccn_id = std::move(ccn_id);
   return {
-    [=](atom::enroll, const crn_info& info, const ccn_link_actor&) {
+    [=](atom::enroll, const enrollment& en, const ccn_link_actor&) {
       auto& st = self->state;
-      st.enrolled.push_back(info);
+      st.enrolled.push_back(en.info);
+      st.enrollments.push_back(en);
       return registration{st.answer, st.ccn_id, st.heartbeat_ms};
     },
     [=](atom::beat, const heartbeat& hb) -> caf::result<heartbeat_ack> {
@@ -175,9 +179,13 @@ struct ccn_link_test : caf_fixture {
   job_broker_actor broker = spawn(broker_double);
   ccn_link_actor link;
 
+  crypto::ed25519_key key = crypto::ed25519_generate();
+
   ccn_link_config config() {
     ccn_link_config c;
     c.info.id = "crn-1";
+    c.info.public_key = key.public_key;
+    c.sign = [k = key](std::string_view text) { return crypto::ed25519_sign(k, text); };
     c.info.name = "crn one";
     c.info.vcpus = 4;
     c.info.memory_mib = 8192;
@@ -237,6 +245,33 @@ TEST_F(ccn_link_test, registers_with_the_first_ccn) {
   EXPECT_EQ(reg(reg_a).enrolled[0].memory_mib, 8192u);
   EXPECT_TRUE(node(node_b).hellos.empty());
   EXPECT_TRUE(reg(reg_b).enrolled.empty());
+}
+
+TEST_F(ccn_link_test, enrollments_and_heartbeats_are_signed_with_the_node_key) {
+  start();
+  run_for(3000ms);
+  ASSERT_EQ(reg(reg_a).enrollments.size(), 1u);
+  auto en = reg(reg_a).enrollments[0];
+  EXPECT_TRUE(crypto::ed25519_verify(key.public_key, signed_text(en), en.signature));
+  EXPECT_NEAR(static_cast<double>(en.signed_at_ms) / 1000, unix_seconds(), 60);
+  auto beats = reg(reg_a).beats;
+  ASSERT_GE(beats.size(), 2u);
+  for (auto& hb : beats)
+    EXPECT_TRUE(crypto::ed25519_verify(key.public_key, signed_text(hb, en.signed_at_ms), hb.signature));
+  // What was signed is bound to the session and the seq.
+  EXPECT_FALSE(crypto::ed25519_verify(key.public_key, signed_text(beats[1], en.signed_at_ms),
+                                      beats[0].signature));
+  EXPECT_FALSE(crypto::ed25519_verify(key.public_key, signed_text(beats[0], en.signed_at_ms + 1),
+                                      beats[0].signature));
+  // A re-registration (the CCN forgot us) is signed anew, with a newer time.
+  reg(reg_a).forgetful = true;
+  advance(1000ms);
+  reg(reg_a).forgetful = false;
+  run_for(1000ms);
+  ASSERT_GE(reg(reg_a).enrollments.size(), 2u);
+  auto again = reg(reg_a).enrollments.back();
+  EXPECT_GT(again.signed_at_ms, en.signed_at_ms);
+  EXPECT_TRUE(crypto::ed25519_verify(key.public_key, signed_text(again), again.signature));
 }
 
 TEST_F(ccn_link_test, sends_a_heartbeat_every_interval) {

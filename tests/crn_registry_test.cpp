@@ -3,7 +3,9 @@
 #include <chrono>
 #include <map>
 
+#include "runtime/crypto.hpp"
 #include "runtime/lmdb.hpp"
+#include "runtime/wall_clock.hpp"
 #include "tests/caf_fixture.hpp"
 
 using namespace alephd;
@@ -101,6 +103,8 @@ struct crn_registry_test : caf_fixture {
     c.max_linked = 3;
     c.heartbeat = 1000ms;
     c.failure_timeout = 5000ms;
+    // The slot logic is tested with plain ids; identity has its own cases (verify_identity).
+    c.verify_identity = false;
     return c;
   }();
   crn_registry_actor registry;
@@ -120,13 +124,13 @@ struct crn_registry_test : caf_fixture {
   registration enroll(const std::string& id) {
     auto link = new_link(id);
     links[id] = link;
-    auto r = ask<registration>(registry, atom::enroll_v, crn(id), link);
+    auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(id), 0, {}}, link);
     EXPECT_TRUE(r.value) << id << ": " << describe(r.error);
     return r.value.value_or(registration{});
   }
 
   reply<heartbeat_ack> beat(const std::string& id) {
-    return ask<heartbeat_ack>(registry, atom::beat_v, heartbeat{id, ++seqs[id]});
+    return ask<heartbeat_ack>(registry, atom::beat_v, heartbeat{id, ++seqs[id], {}});
   }
 
   /// The registry's view of every CRN, by id -> status.
@@ -327,29 +331,35 @@ TEST_F(crn_registry_test, unlink_frees_the_slot) {
   EXPECT_EQ(enroll("c1").state, link_state::waiting);
 }
 
-TEST_F(crn_registry_test, re_enrolling_with_a_new_link_keeps_the_state) {
+TEST_F(crn_registry_test, a_second_link_claiming_a_live_crn_is_refused_until_the_first_is_gone) {
   start(2);
   enroll("c1");
   enroll("c2");
   enroll("c3");
   auto old_link1 = links["c1"];
   auto old_link3 = links["c3"];
-  EXPECT_EQ(enroll("c1").state, link_state::linked);
-  EXPECT_EQ(enroll("c3").state, link_state::waiting);
+  // Another process claims c1 and c3 while their links are alive.
+  for (auto id : {"c1", "c3"}) {
+    auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(id), 0, {}}, new_link(id));
+    EXPECT_TRUE(failed_with(r.error, ec::refused)) << id;
+  }
   EXPECT_EQ(statuses(), (std::map<std::string, std::string>{
                           {"c1", "linked"}, {"c2", "linked"}, {"c3", "waiting"}}));
-  // The old link of c1 dying does not take c1 down.
-  caf::anon_send_exit(old_link1, caf::exit_reason::kill);
-  sched.run();
-  EXPECT_EQ(statuses()["c1"], "linked");
-  // A promotion reaches the new link of c3, not the old one.
-  kill_link("c2");
-  EXPECT_EQ(statuses()["c3"], "linked");
-  EXPECT_EQ(pushed_to(links["c3"]).back(), link_state::linked);
-  EXPECT_EQ(pushed_to(old_link3), std::vector<link_state>{link_state::waiting});
-  // The new link dying does take c1 down.
+  // The same link may register again (a reconnect).
+  auto again = ask<registration>(registry, atom::enroll_v, enrollment{1, crn("c1"), 0, {}}, old_link1);
+  ASSERT_TRUE(again.value) << describe(again.error);
+  EXPECT_EQ(again.value->state, link_state::linked);
+  // Once the first process is gone, a new one takes the id: c3 (waiting) got c1's slot.
   kill_link("c1");
   EXPECT_EQ(statuses()["c1"], "down");
+  EXPECT_EQ(statuses()["c3"], "linked");
+  EXPECT_EQ(pushed_to(old_link3).back(), link_state::linked);
+  EXPECT_EQ(enroll("c1").state, link_state::waiting);
+  // A promotion reaches the new link.
+  kill_link("c2");
+  EXPECT_EQ(statuses()["c1"], "linked");
+  EXPECT_EQ(pushed_to(links["c1"]).back(), link_state::linked);
+  EXPECT_TRUE(pushed_to(old_link1).size() == 1u);
 }
 
 TEST_F(crn_registry_test, a_listener_hears_every_change) {
@@ -398,18 +408,20 @@ TEST_F(crn_registry_test, a_listener_hears_a_new_link_handle) {
   auto rec = spawn(node_recorder);
   caf::anon_send(registry, atom::subscribe_v, rec);
   sched.run();
-  enroll("c1"); // new link double
+  kill_link("c1"); // its process is gone; a new one registers
+  enroll("c1");      // new link double
   auto& ev = state_of<node_recorder_state>(rec).events;
-  ASSERT_EQ(ev.size(), 2u);
-  EXPECT_EQ(ev[1].state, link_state::linked);
-  EXPECT_EQ(ev[1].link, links["c1"]);
-  EXPECT_NE(ev[0].link, ev[1].link);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[1].state, link_state::down);
+  EXPECT_EQ(ev[2].state, link_state::linked);
+  EXPECT_EQ(ev[2].link, links["c1"]);
+  EXPECT_NE(ev[0].link, ev[2].link);
 }
 
 TEST_F(crn_registry_test, enroll_without_an_id_is_invalid) {
   start(3);
   auto link = new_link("");
-  auto r = ask<registration>(registry, atom::enroll_v, crn(""), link);
+  auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(""), 0, {}}, link);
   EXPECT_FALSE(r.value);
   EXPECT_TRUE(failed_with(r.error, ec::invalid)) << describe(r.error);
   EXPECT_TRUE(statuses().empty());
@@ -501,6 +513,156 @@ TEST_F(crn_registry_restart_test, a_crn_that_unlinked_stays_unlinked_after_a_res
   // c1 holds no kept slot: a newcomer gets the free one.
   EXPECT_EQ(enroll("c3").state, link_state::linked);
   EXPECT_EQ(enroll("c2").state, link_state::linked);
+}
+
+// -- identity: node keys and signatures ------------------------------------------------------
+
+struct crn_identity_test : crn_registry_restart_test {
+  std::map<std::string, crypto::ed25519_key> keys;
+
+  crn_identity_test() {
+    cfg.verify_identity = true;
+  }
+
+  const crypto::ed25519_key& key(const std::string& name) {
+    auto i = keys.find(name);
+    if (i == keys.end())
+      i = keys.emplace(name, *crypto::ed25519_from_seed(crypto::sha256(name))).first;
+    return i->second;
+  }
+
+  std::string id(const std::string& name) {
+    return crypto::node_id_of(key(name).public_key);
+  }
+
+  static uint64_t now_ms() {
+    return static_cast<uint64_t>(unix_seconds() * 1000);
+  }
+
+  /// `name`'s enrollment, signed by `signer` (default: itself) at `at`.
+  enrollment signed_enrollment(const std::string& name, uint64_t at = 0, std::string signer = {}) {
+    enrollment en;
+    en.info = crn(id(name));
+    en.info.public_key = key(name).public_key;
+    en.signed_at_ms = at != 0 ? at : now_ms();
+    en.signature = crypto::ed25519_sign(key(signer.empty() ? name : signer), signed_text(en));
+    return en;
+  }
+
+  reply<registration> enroll_as(const enrollment& en, ccn_link_actor link = {}) {
+    if (!link)
+      link = new_link(en.info.id);
+    links[en.info.id] = link;
+    return ask<registration>(registry, atom::enroll_v, en, link);
+  }
+
+  reply<heartbeat_ack> signed_beat(const std::string& name, uint64_t session, uint64_t seq,
+                                   std::string signer = {}) {
+    heartbeat hb{id(name), seq, {}};
+    hb.signature = crypto::ed25519_sign(key(signer.empty() ? name : signer), signed_text(hb, session));
+    return ask<heartbeat_ack>(registry, atom::beat_v, hb);
+  }
+};
+
+TEST_F(crn_identity_test, a_signed_enrollment_links_and_signed_heartbeats_keep_it_linked) {
+  start(3);
+  auto en = signed_enrollment("alice");
+  auto r = enroll_as(en);
+  ASSERT_TRUE(r.value) << describe(r.error);
+  EXPECT_EQ(r.value->state, link_state::linked);
+  for (uint64_t seq = 1; seq <= 16; ++seq) {
+    advance(500ms);
+    EXPECT_TRUE(signed_beat("alice", en.signed_at_ms, seq).value) << seq;
+  }
+  EXPECT_EQ(statuses()[id("alice")], "linked");
+}
+
+TEST_F(crn_identity_test, enrollments_that_do_not_prove_the_id_are_refused) {
+  start(3);
+  auto expect_refused = [&](const enrollment& en, const std::string& needle) {
+    auto r = enroll_as(en);
+    EXPECT_TRUE(failed_with(r.error, ec::refused)) << needle;
+    EXPECT_NE(describe(r.error).find(needle), std::string::npos) << describe(r.error);
+  };
+  // An id that is not the hash of the key (someone claims another CRN's id with their own key).
+  auto wrong_id = signed_enrollment("mallory");
+  wrong_id.info.id = id("alice");
+  wrong_id.signature = crypto::ed25519_sign(key("mallory"), signed_text(wrong_id));
+  expect_refused(wrong_id, "not the hash of its node key");
+  // Alice's key and id, signed by Mallory.
+  expect_refused(signed_enrollment("alice", 0, "mallory"), "not signed by its node key");
+  // Signed by Alice, then changed on the way.
+  auto changed = signed_enrollment("alice");
+  changed.info.memory_mib *= 2;
+  expect_refused(changed, "not signed by its node key");
+  auto no_key = signed_enrollment("alice");
+  no_key.info.public_key.clear();
+  expect_refused(no_key, "no node key");
+  // Signed ten minutes ago (a recorded enrollment played back).
+  expect_refused(signed_enrollment("alice", now_ms() - 600000), "from this CCN's clock");
+  EXPECT_TRUE(statuses().empty());
+  // The real one is taken; the same one again (a replay) is not, even after its link died.
+  auto en = signed_enrollment("alice");
+  ASSERT_TRUE(enroll_as(en).value);
+  kill_link(id("alice"));
+  EXPECT_EQ(statuses()[id("alice")], "down");
+  expect_refused(en, "not newer");
+  EXPECT_TRUE(enroll_as(signed_enrollment("alice", en.signed_at_ms + 1)).value);
+}
+
+TEST_F(crn_identity_test, a_second_process_with_a_linked_crns_key_is_refused) {
+  start(3);
+  auto first = signed_enrollment("alice");
+  ASSERT_TRUE(enroll_as(first).value);
+  auto first_link = links[id("alice")];
+  // A copy of Alice's data dir started elsewhere signs validly, but Alice is alive.
+  auto r = enroll_as(signed_enrollment("alice", first.signed_at_ms + 10));
+  EXPECT_TRUE(failed_with(r.error, ec::refused)) << describe(r.error);
+  EXPECT_NE(describe(r.error).find("another live process"), std::string::npos);
+  // Alice's heartbeats (her session) still count.
+  EXPECT_TRUE(signed_beat("alice", first.signed_at_ms, 1).value);
+  EXPECT_EQ(state_of<link_double_state>(first_link).statuses.back(), link_state::linked);
+}
+
+TEST_F(crn_identity_test, forged_or_replayed_heartbeats_do_not_keep_a_crn_up) {
+  start(3);
+  auto en = signed_enrollment("alice");
+  ASSERT_TRUE(enroll_as(en).value);
+  ASSERT_TRUE(signed_beat("alice", en.signed_at_ms, 1).value);
+  ASSERT_TRUE(signed_beat("alice", en.signed_at_ms, 2).value);
+  // Replayed seq, wrong signer, a heartbeat of another session: each refused.
+  EXPECT_TRUE(failed_with(signed_beat("alice", en.signed_at_ms, 2).error, ec::refused));
+  EXPECT_TRUE(failed_with(signed_beat("alice", en.signed_at_ms, 3, "mallory").error, ec::refused));
+  EXPECT_TRUE(failed_with(signed_beat("alice", en.signed_at_ms - 1, 3).error, ec::refused));
+  // Alice has stopped; only forgeries arrive: she goes down after failure-timeout.
+  for (uint64_t seq = 10; seq < 22; ++seq) {
+    advance(500ms);
+    signed_beat("alice", en.signed_at_ms, seq, "mallory");
+  }
+  EXPECT_EQ(statuses()[id("alice")], "down");
+}
+
+TEST_F(crn_identity_test, only_a_crns_own_link_can_unlink_it) {
+  start(3);
+  ASSERT_TRUE(enroll_as(signed_enrollment("alice")).value);
+  caf::anon_send(registry, atom::unlink_v, id("alice"));
+  sched.run();
+  EXPECT_EQ(statuses()[id("alice")], "linked");
+  caf::send_as(links[id("alice")], registry, atom::unlink_v, id("alice"));
+  sched.run();
+  EXPECT_EQ(statuses()[id("alice")], "unlinked");
+}
+
+TEST_F(crn_identity_test, a_replay_is_refused_after_a_ccn_restart_too) {
+  start_durable(3);
+  auto en = signed_enrollment("alice");
+  ASSERT_TRUE(enroll_as(en).value);
+  restart();
+  auto r = enroll_as(en);
+  EXPECT_TRUE(failed_with(r.error, ec::refused)) << describe(r.error);
+  auto fresh = enroll_as(signed_enrollment("alice", en.signed_at_ms + 1));
+  ASSERT_TRUE(fresh.value) << describe(fresh.error);
+  EXPECT_EQ(fresh.value->state, link_state::linked); // its kept slot
 }
 
 } // namespace

@@ -481,6 +481,39 @@ TEST_F(cluster, ccn_accepts_only_messages_its_sender_signed) {
   EXPECT_EQ(stored, (std::set<std::string>{good["item_hash"], item_hash}));
 }
 
+TEST_F(cluster, a_crn_is_its_node_key_and_a_second_process_with_it_is_refused) {
+  namespace crypto = alephd::crypto;
+  auto& ccn = start_ccn("ccn");
+  auto http = ccn.port("http");
+  auto& a = start_crn("crn-a", node_endpoint(ccn));
+  ASSERT_TRUE(eventually([&] { return crn_states(http)["crn-a"] == "linked"; }, 10s));
+  // Its key: made at first start, private to its user; its id is the hash of the public key.
+  auto key_path = dir / "crn-a" / "node.key";
+  auto perms = std::filesystem::status(key_path).permissions();
+  EXPECT_EQ(perms & std::filesystem::perms::all, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  std::ifstream kin{key_path};
+  std::string seed_hex;
+  kin >> seed_hex;
+  auto key = crypto::ed25519_from_seed(crypto::from_hex(seed_hex).value_or(""));
+  ASSERT_TRUE(key);
+  EXPECT_EQ(a.ready.at("id"), crypto::node_id_of(key->public_key));
+  // A copy of its key in a second process: refused while crn-a is alive.
+  std::filesystem::create_directories(dir / "impostor");
+  std::filesystem::copy_file(key_path, dir / "impostor" / "node.key");
+  auto& impostor = start_crn("impostor", node_endpoint(ccn));
+  EXPECT_EQ(impostor.ready.at("id"), a.ready.at("id"));
+  ASSERT_TRUE(eventually([&] {
+    return impostor.log().find("another live process") != std::string::npos;
+  }, 10s)) << impostor.log();
+  auto states = crn_states(http);
+  EXPECT_EQ(states.size(), 1u);
+  EXPECT_EQ(states["crn-a"], "linked");
+  // Once crn-a is gone, the holder of its key may take its place.
+  a.kill9();
+  EXPECT_TRUE(eventually([&] { return crn_states(http)["impostor"] == "linked"; }, 15s))
+    << json(crn_states(http)).dump();
+}
+
 TEST_F(cluster, help_and_version_exit_0) {
   process help{{"--help"}, (dir / "help.log").string()};
   EXPECT_EQ(help.wait_exit(10s), 0);

@@ -27,7 +27,7 @@ registry_list(crn_registry_actor::stateful_pointer<registry_list_state> self,
               std::vector<node_view> nodes) {
   self->state.nodes = std::move(nodes);
   return {
-    [=](atom::enroll, const crn_info&, const ccn_link_actor&) -> caf::result<registration> {
+    [=](atom::enroll, const enrollment&, const ccn_link_actor&) -> caf::result<registration> {
       return make_error(ec::unavailable, "not in this test");
     },
     [=](atom::beat, const heartbeat&) -> caf::result<heartbeat_ack> {

@@ -60,7 +60,8 @@ file_info sample_file() {
 }
 
 crn_info sample_crn() {
-  return crn_info{3, "crn-1", "node one", "http://10.0.0.1:4020", 8, 16384, 100000, "0.1.0", "AS64500"};
+  return crn_info{3,       "crn-1",   "node one", "http://10.0.0.1:4020", 8, 16384, 100000,
+                  "0.1.0", "AS64500", std::string("\x00\x01\xfe\xff", 4) + std::string(28, 'k')};
 }
 
 TEST_F(serialization_test, stored_message_roundtrip) {
@@ -114,9 +115,30 @@ TEST_F(serialization_test, registration_roundtrip) {
   EXPECT_EQ(roundtrip(x), x);
 }
 
-TEST_F(serialization_test, heartbeat_roundtrip) {
-  heartbeat x{"crn-1", 9876543210ull};
+TEST_F(serialization_test, enrollment_roundtrip) {
+  enrollment x{1, sample_crn(), 1700000000123ull, std::string(64, '\xee')};
   EXPECT_EQ(roundtrip(x), x);
+  // What is signed covers every field.
+  auto text = signed_text(x);
+  auto changed = x;
+  changed.info.memory_mib += 1;
+  EXPECT_NE(signed_text(changed), text);
+  changed = x;
+  changed.signed_at_ms += 1;
+  EXPECT_NE(signed_text(changed), text);
+  changed = x;
+  changed.info.public_key[0] = 'z';
+  EXPECT_NE(signed_text(changed), text);
+  changed = x;
+  changed.signature.clear(); // the signature is not part of what it signs
+  EXPECT_EQ(signed_text(changed), text);
+}
+
+TEST_F(serialization_test, heartbeat_roundtrip) {
+  heartbeat x{"crn-1", 9876543210ull, std::string(64, '\x01')};
+  EXPECT_EQ(roundtrip(x), x);
+  EXPECT_NE(signed_text(x, 1), signed_text(x, 2));
+  EXPECT_NE(signed_text(x, 1), signed_text(heartbeat{"crn-1", 9876543211ull, {}}, 1));
 }
 
 TEST_F(serialization_test, heartbeat_ack_roundtrip) {
@@ -330,12 +352,13 @@ TEST(codec_test, registry_entry_roundtrip) {
   auto info = sample_crn();
   for (auto state : {link_state::unlinked, link_state::linked, link_state::waiting,
                      link_state::down}) {
-    auto bytes = codec::encode(info, state, 1700000000.5, 42);
+    auto bytes = codec::encode(info, state, 1700000000.5, 42, 1700000000777ull);
     crn_info i2;
     link_state s2 = link_state::unlinked;
     double registered = 0;
-    uint64_t order = 0;
-    ASSERT_TRUE(codec::decode(bytes, i2, s2, registered, order)) << to_string(state);
+    uint64_t order = 0, session = 0;
+    ASSERT_TRUE(codec::decode(bytes, i2, s2, registered, order, &session)) << to_string(state);
+    EXPECT_EQ(session, 1700000000777ull);
     EXPECT_EQ(i2, info);
     EXPECT_EQ(s2, state);
     EXPECT_EQ(registered, 1700000000.5);
