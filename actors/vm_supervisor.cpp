@@ -1,5 +1,7 @@
 #include "actors/vm_supervisor.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -723,7 +725,8 @@ void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> pl
       return;
     case volume_plan::kind::ephemeral:
       st.mount_args.insert(st.mount_args.end(),
-                           {"--size", std::to_string(v.size_mib << 20), "--tmpfs", v.mount});
+                           {"--perms", "1777", "--size", std::to_string(v.size_mib << 20),
+                            "--tmpfs", v.mount});
       next();
       return;
     case volume_plan::kind::persistent: {
@@ -755,6 +758,9 @@ void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> pl
                      st.info.item_hash, v.name, v.size_mib, why);
         note(self, "volume " + v.name + ": size not enforced (" + why + ")");
       }
+      // The program runs as the sandbox user: its volume is its own.
+      if (::geteuid() == 0 && ::chown(dir.c_str(), sandbox_user, sandbox_user) != 0)
+        note(self, "volume " + v.name + ": cannot hand it to the sandbox user: " + std::strerror(errno));
       st.mount_args.insert(st.mount_args.end(), {"--bind", dir, v.mount});
       next();
       return;

@@ -35,3 +35,6 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(SECP256K1 REQUIRED IMPORTED_TARGET libsecp256k1)
 pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
 pkg_check_modules(CRYPTOPP REQUIRED IMPORTED_TARGET libcrypto++)
+# The guest agent's syscall filter for sandboxed programs.
+pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)
+find_library(SECCOMP_STATIC_LIBRARY NAMES libseccomp.a REQUIRED) # the agent links statically

@@ -8,6 +8,7 @@
 // `halted`. Plain POSIX only, so that it links statically.
 
 #include "guest/agent.hpp"
+#include "guest/confine.hpp"
 #include "runtime/guest_protocol.hpp"
 
 #include <arpa/inet.h>
@@ -93,6 +94,7 @@ struct agent_state {
   std::atomic<bool> finishing{false}; // wait_program() is reporting the end
   std::string work_dir = "/tmp/alephd-guest";
   std::string keys_file; // where configure's authorized_keys go ("": dropped)
+  alephd::guest::confinement confine; // applied to the program between fork and exec
 };
 
 agent_state st;
@@ -271,7 +273,7 @@ std::string start_program(const std::string& path, const std::string& dir,
     int e = 0;
     if (::chdir(dir.c_str()) != 0)
       e = errno;
-    else {
+    else if ((e = alephd::guest::apply(st.confine)) == 0) {
       ::execve(path.c_str(), argv, envp.data());
       e = errno;
     }
@@ -755,7 +757,7 @@ void dispatch(gp::frame f) {
 
 int usage() {
   say("usage: alephd-guest (--socket PATH | --device PATH) [--reconnect-window SECONDS] "
-      "[--work-dir DIR] [--authorized-keys FILE]");
+      "[--work-dir DIR] [--authorized-keys FILE] [--run-as UID:GID] [--seccomp]");
   return 64;
 }
 
@@ -853,7 +855,28 @@ int main(int argc, char** argv) {
       st.work_dir = argv[++i];
     else if (a == "--authorized-keys" && i + 1 < argc)
       st.keys_file = argv[++i];
-    else
+    else if (a == "--run-as" && i + 1 < argc) {
+      unsigned long uid = 0, gid = 0;
+      char* end = nullptr;
+      std::string v = argv[++i];
+      uid = std::strtoul(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != ':')
+        return usage();
+      auto* g = end + 1;
+      gid = std::strtoul(g, &end, 10);
+      if (end == g || *end != '\0' || uid == 0 || gid == 0 || uid > 0xfffffffeul || gid > 0xfffffffeul)
+        return usage();
+      st.confine.drop_user = true;
+      st.confine.uid = static_cast<uid_t>(uid);
+      st.confine.gid = static_cast<gid_t>(gid);
+    } else if (a == "--seccomp") {
+      std::string err;
+      st.confine.filter = alephd::guest::compile_filter(err);
+      if (st.confine.filter.empty()) {
+        say("cannot build the seccomp filter: " + err);
+        return 70; // never run a program unconfined when confinement was asked for
+      }
+    } else
       return usage();
   }
   if (socket_path.empty() == device_path.empty())

@@ -28,6 +28,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -45,6 +46,36 @@ constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
 
+
+// The parents of the mount points in bwrap `mounts` that bwrap would create, shallowest first;
+// not those under what the base layout already has (/usr, /tmp, /proc, /dev and the symlinks).
+std::vector<std::string> parent_dirs(const std::vector<std::string>& mounts) {
+  static const std::set<std::string> present{"/usr", "/tmp", "/proc", "/dev", "/lib", "/lib64",
+                                             "/bin", "/sbin"};
+  std::set<std::string> dirs;
+  for (size_t i = 0; i < mounts.size(); ++i) {
+    const auto& a = mounts[i];
+    size_t dest = 0;
+    if ((a == "--bind" || a == "--ro-bind" || a == "--dev-bind") && i + 2 < mounts.size())
+      dest = i + 2;
+    else if ((a == "--tmpfs" || a == "--dir") && i + 1 < mounts.size())
+      dest = i + 1;
+    else
+      continue;
+    std::filesystem::path p{mounts[dest]};
+    for (auto parent = p.parent_path(); parent.has_relative_path(); parent = parent.parent_path()) {
+      auto top = "/" + parent.relative_path().begin()->string();
+      if (present.count(top) == 0)
+        dirs.insert(parent.lexically_normal().string());
+    }
+    i = dest;
+  }
+  std::vector<std::string> out{dirs.begin(), dirs.end()};
+  std::stable_sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) {
+    return std::count(a.begin(), a.end(), '/') < std::count(b.begin(), b.end(), '/');
+  });
+  return out;
+}
 
 // The first child of `pid` (bwrap's init in the new pid namespace), or 0.
 pid_t first_child(pid_t pid) {
@@ -354,20 +385,31 @@ struct sandbox::impl {
       "--symlink", "usr/sbin", "/sbin",
       "--proc", "/proc",
       "--dev", "/dev",
-      "--tmpfs", "/tmp",
+      "--perms", "1777", "--tmpfs", "/tmp",
+      "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+      // bwrap run by root keeps every capability unless told otherwise: the agent keeps only
+      // what it needs to switch the program to its uid and to signal it there; the program
+      // ends with none.
+      "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+      "--cap-add", "CAP_KILL",
+    };
+    std::vector<std::string> mounts{
       "--ro-bind", opts.guest_binary, "/opt/alephd/guest",
       // Read-only: the guest only connects to the socket there (a socket on a read-only mount
       // still accepts connections), and may not fill the host's disk through it.
       "--ro-bind", opts.run_dir, "/run/alephd",
-      "--unshare-pid", "--unshare-ipc", "--unshare-uts",
     };
-    args.emplace_back("--unshare-net");
     if (opts.network) {
       // DNS through slirp's resolver (there is no other /etc in the sandbox).
       std::ofstream{(dir / "resolv.conf").string()} << "nameserver 10.0.2.3\n";
-      args.insert(args.end(), {"--ro-bind", (dir / "resolv.conf").string(), "/etc/resolv.conf"});
+      mounts.insert(mounts.end(), {"--ro-bind", (dir / "resolv.conf").string(), "/etc/resolv.conf"});
     }
-    args.insert(args.end(), opts.extra_args.begin(), opts.extra_args.end());
+    mounts.insert(mounts.end(), opts.extra_args.begin(), opts.extra_args.end());
+    // bwrap makes the missing parents of a mount point mode 0700: the program's user could not
+    // reach its code, volumes or resolv.conf. They are made 0755 first.
+    for (auto& d : parent_dirs(mounts))
+      args.insert(args.end(), {"--perms", "0755", "--dir", d});
+    args.insert(args.end(), mounts.begin(), mounts.end());
     args.insert(args.end(), {"--hostname", opts.hostname});
     // An adoptable sandbox outlives a CRN that dies, for a restarted one to adopt it.
     if (opts.adopt_window.count() == 0)
@@ -377,6 +419,10 @@ struct sandbox::impl {
       args.emplace_back(a);
     if (opts.adopt_window.count() > 0)
       args.insert(args.end(), {"--reconnect-window", std::to_string(opts.adopt_window.count())});
+    if (opts.uid != 0 && opts.gid != 0)
+      args.insert(args.end(), {"--run-as", std::to_string(opts.uid) + ":" + std::to_string(opts.gid)});
+    if (opts.seccomp)
+      args.emplace_back("--seccomp");
 
     try {
       std::error_code spawn_ec;

@@ -22,6 +22,9 @@
 namespace alephd {
 
 /// How to build the sandbox of one execution.
+/// The uid and gid sandboxed programs run as by default ("nobody"): never root.
+inline constexpr uint32_t sandbox_user = 65534;
+
 struct sandbox_options {
   std::string bwrap = "/usr/bin/bwrap";
   std::string guest_binary; ///< path of the static alephd-guest
@@ -48,6 +51,12 @@ struct sandbox_options {
   /// that process (no --die-with-parent), and its agent waits this long for a
   /// restarted CRN to adopt it (see adopt()) before it stops the program.
   std::chrono::seconds adopt_window{0};
+  /// The program runs as this uid and gid, with no new privileges and the agent's seccomp
+  /// filter; the agent itself keeps only CAP_SETUID, CAP_SETGID and CAP_KILL (to switch to them
+  /// and to signal the program).
+  uint32_t uid = sandbox_user;
+  uint32_t gid = sandbox_user;
+  bool seccomp = true;
 };
 
 /// What identifies a running sandbox across CRN processes: bwrap and the

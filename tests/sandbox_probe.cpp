@@ -5,6 +5,11 @@
 // where host_port_reachable says whether a TCP connect to
 // 127.0.0.1:$PROBE_PORT succeeded within 1 s. Dies with its parent.
 //
+//   GET /escapes -> 200 {"uid":N,"gid":N,"no_new_privs":N,"seccomp":N,"cap_eff":"HEX",
+//                        "ptrace":R,"mount":R,...} where each R is "ok" when the attempt
+//                        succeeded, else the errno name; and the same for what a program
+//                        may do ("tcp_socket", "netlink_socket", "fork", "write_tmp").
+//
 // Started as `sandbox_probe --socket PATH ...` it is instead a hostile guest
 // agent, whose misbehaviour is named by the file hostile-mode next to PATH:
 //   silent  - connects and never says anything
@@ -18,13 +23,20 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <linux/netlink.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -60,6 +72,74 @@ bool can_connect(uint16_t port) {
   }
   ::close(fd);
   return ok;
+}
+
+// "ok" when `rc` says the call worked (>= 0), else the errno's name; closes a returned fd.
+std::string outcome(long rc, bool is_fd = false) {
+  if (rc >= 0) {
+    if (is_fd)
+      ::close(static_cast<int>(rc));
+    return "ok";
+  }
+  const char* name = strerrorname_np(errno);
+  return name != nullptr ? name : std::to_string(errno);
+}
+
+std::string status_field(const std::string& key) {
+  std::ifstream in{"/proc/self/status"};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) {
+      auto v = line.substr(key.size() + 1);
+      v.erase(0, v.find_first_not_of(" \t"));
+      return v;
+    }
+  return "?";
+}
+
+// The usual ways out of a container, each tried for real.
+std::string escapes() {
+  std::string j = "{\"uid\":" + std::to_string(::getuid()) + ",\"euid\":" + std::to_string(::geteuid())
+                  + ",\"gid\":" + std::to_string(::getgid())
+                  + ",\"no_new_privs\":" + std::to_string(::prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0))
+                  + ",\"seccomp\":\"" + status_field("Seccomp") + "\""
+                  + ",\"cap_eff\":\"" + status_field("CapEff") + "\"";
+  auto add = [&](const char* name, const std::string& r) { j += std::string{",\""} + name + "\":\"" + r + "\""; };
+  // Attach to the agent (our parent), the way a debugger or an injector would.
+  add("ptrace", outcome(::ptrace(PTRACE_ATTACH, ::getppid(), nullptr, nullptr)));
+  ::mkdir("/tmp/escape-mnt", 0755);
+  add("mount", outcome(::mount("none", "/tmp/escape-mnt", "tmpfs", 0, nullptr)));
+  add("umount", outcome(::umount2("/tmp", MNT_DETACH)));
+  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  add("module_load", outcome(::syscall(SYS_finit_module, devnull, "", 0)));
+  ::close(devnull);
+  add("init_module", outcome(::syscall(SYS_init_module, nullptr, 0, "")));
+  add("raw_socket", outcome(::socket(AF_INET, SOCK_RAW, IPPROTO_ICMP), true));
+  add("raw_socket6", outcome(::socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6), true));
+  add("packet_socket", outcome(::socket(AF_PACKET, SOCK_RAW, 0), true));
+  add("sysrq", outcome(::open("/proc/sysrq-trigger", O_WRONLY | O_CLOEXEC), true));
+  add("kmsg", outcome(::open("/dev/kmsg", O_RDONLY | O_CLOEXEC), true));
+  add("unshare_user", outcome(::unshare(CLONE_NEWUSER)));
+  add("unshare_net", outcome(::unshare(CLONE_NEWNET)));
+  add("setuid_root", outcome(::setuid(0)));
+  add("chroot", outcome(::chroot("/tmp")));
+  add("kexec", outcome(::syscall(SYS_kexec_load, 0, 0, nullptr, 0)));
+  add("bpf", outcome(::syscall(SYS_bpf, 0, nullptr, 0)));
+  add("reboot", outcome(::syscall(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, nullptr)));
+  // What a program may do.
+  add("tcp_socket", outcome(::socket(AF_INET, SOCK_STREAM, 0), true));
+  add("netlink_socket", outcome(::socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE), true));
+  pid_t pid = ::fork();
+  if (pid == 0)
+    ::_exit(0);
+  if (pid > 0)
+    ::waitpid(pid, nullptr, 0);
+  add("fork", outcome(pid));
+  int fd = ::open("/tmp/escape-probe-file", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  add("write_tmp", outcome(fd >= 0 ? ::write(fd, "x", 1) : -1));
+  if (fd >= 0)
+    ::close(fd);
+  return j + "}";
 }
 
 const char* b(bool v) {
@@ -213,6 +293,11 @@ int main(int argc, char** argv) {
                          + ",\"pid\":" + std::to_string(::getpid())
                          + ",\"hostname\":\"" + host + "\""
                          + ",\"host_port_reachable\":" + b(reachable) + "}";
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   "Content-Length: "
+                     + std::to_string(body.size()) + "\r\n\r\n" + body);
+    } else if (req.rfind("GET /escapes", 0) == 0) {
+      auto body = escapes();
       write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                    "Content-Length: "
                      + std::to_string(body.size()) + "\r\n\r\n" + body);

@@ -5,6 +5,7 @@
 #include "runtime/sandbox.hpp"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
@@ -228,6 +229,58 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
   EXPECT_EQ(::poll(&pfd, 1, 0), 0) << "the guest reached a host port";
   ::close(lfd);
 #endif
+}
+
+TEST_F(sandbox, the_usual_escapes_are_refused_and_a_program_still_works) {
+#ifndef ALEPHD_SANDBOX_PROBE
+  GTEST_SKIP() << "ALEPHD_SANDBOX_PROBE (tests/sandbox_probe.cpp) not defined";
+#else
+  if (::geteuid() != 0)
+    GTEST_SKIP() << "needs root: a sandbox started by root is the case to confine";
+  alephd::sandbox sb{options()};
+  ASSERT_EQ(sb.start(config(ALEPHD_SANDBOX_PROBE)), "");
+  auto resp = sb.request(get(1, "/escapes"), 5000ms);
+  ASSERT_EQ(resp.status, 200) << resp.error;
+  auto j = nlohmann::json::parse(resp.body, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << resp.body;
+  // An unprivileged user, no capabilities, no way to gain any, a seccomp filter.
+  EXPECT_EQ(j["uid"], alephd::sandbox_user) << resp.body;
+  EXPECT_EQ(j["euid"], alephd::sandbox_user) << resp.body;
+  EXPECT_EQ(j["gid"], alephd::sandbox_user) << resp.body;
+  EXPECT_EQ(j["no_new_privs"], 1) << resp.body;
+  EXPECT_EQ(j["seccomp"], "2") << resp.body; // filter mode
+  EXPECT_EQ(j["cap_eff"], "0000000000000000") << resp.body;
+  for (const char* attempt : {"ptrace", "mount", "umount", "module_load", "init_module",
+                              "raw_socket", "raw_socket6", "packet_socket", "sysrq", "kmsg",
+                              "unshare_user", "unshare_net", "setuid_root", "chroot", "kexec",
+                              "bpf", "reboot"})
+    EXPECT_NE(j.value(attempt, std::string{"ok"}), "ok") << attempt << " worked: " << resp.body;
+  // The filter, not only the missing capability, refuses the kernel's dangerous calls.
+  for (const char* attempt : {"ptrace", "mount", "module_load", "raw_socket", "packet_socket",
+                              "unshare_user", "kexec", "bpf"})
+    EXPECT_EQ(j.value(attempt, std::string{}), "EPERM") << attempt << ": " << resp.body;
+  // What programs legitimately do still works.
+  for (const char* allowed : {"tcp_socket", "netlink_socket", "fork", "write_tmp"})
+    EXPECT_EQ(j.value(allowed, std::string{}), "ok") << allowed << ": " << resp.body;
+#endif
+}
+
+TEST_F(sandbox, the_program_reaches_volumes_at_nested_mount_points) {
+  // bwrap would make /mnt and /mnt/deep mode 0700: out of reach of the program's user.
+  auto vol = dir_ + "/vol";
+  std::filesystem::create_directories(vol);
+  std::ofstream{vol + "/hello.txt"} << "from the volume";
+  auto o = options();
+  o.extra_args = {"--ro-bind", vol, "/mnt/deep/vol", "--perms", "1777", "--size", "1048576",
+                  "--tmpfs", "/srv/scratch/space"};
+  alephd::sandbox sb{o};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto r = sb.request(get(1, "/read", "mnt/deep/vol/hello.txt"), 5000ms);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "from the volume");
+  EXPECT_EQ(sb.request(get(2, "/write", "0:srv/scratch/space/f"), 5000ms).status, 200);
+  // Read-only stays read-only.
+  EXPECT_EQ(sb.request(get(3, "/write", "0:mnt/deep/vol/evil"), 5000ms).status, 507);
 }
 
 TEST_F(sandbox, a_crash_ends_the_guest_and_is_logged) {
