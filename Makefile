@@ -5,7 +5,7 @@ JOBS ?= 2
 CMAKE_ARGS ?=
 ARGS ?=
 
-.PHONY: all deps build run test asan-test bench clean
+.PHONY: all deps build run test asan-test bench fuzz clean
 
 all: build
 
@@ -20,9 +20,16 @@ build: deps
 run: build
 	$(BUILD)/alephd dev $(ARGS)
 
-# Builds and runs every test; each test has its own timeout.
+# Builds and runs every test; each test has its own timeout. Then each libFuzzer harness runs
+# for a short smoke time (built with clang in build-fuzz/).
 test: build
 	cd $(BUILD) && ctest --output-on-failure
+	scripts/fuzz --smoke
+
+# Each libFuzzer harness for FUZZ_SECONDS (default 60).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	scripts/fuzz $(FUZZ_SECONDS)
 
 # The unit suites under AddressSanitizer and UndefinedBehaviorSanitizer.
 asan-test: deps
@@ -42,4 +49,4 @@ bench: build
 	ALEPHD_MICROVM_ASSETS=$(BUILD)/microvm $(BUILD)/bench/microvm_bench
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

@@ -18,9 +18,6 @@ namespace {
 constexpr std::size_t max_elements = 65536;
 constexpr std::size_t max_depth = 8;
 
-template <class>
-inline constexpr bool always_false = false;
-
 using packer = msgpack::packer<msgpack::sbuffer>;
 
 void pack_str(packer& pk, std::string_view s) {
