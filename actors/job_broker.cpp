@@ -184,6 +184,7 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
           info.item_hash = i->first;
           info.kind = i->second.alloc.kind;
           info.epoch = i->second.alloc.epoch;
+          info.owner = aleph::owner_of(i->second.alloc.message_json);
           info.phase = "failed";
           info.detail = "supervisor ended: " + describe(dm.reason);
           keep_finished(self, finished_execution{info, {}});

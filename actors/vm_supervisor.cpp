@@ -884,6 +884,7 @@ void prepare(self_ptr self) {
       finish(self, "failed", "invalid message: " + (parsed.error.field + ": " + parsed.error.reason));
       return;
     }
+    self->state.info.owner = aleph::owner_of(json);
     if (auto* program = std::get_if<aleph::program_content>(&parsed.msg->content))
       prepare_program(self, json, *program);
     else if (auto* instance = std::get_if<aleph::instance_content>(&parsed.msg->content))
@@ -994,6 +995,8 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
   info.memory_mib = a.memory_mib;
   info.disk_mib = a.disk_mib;
   info.defined_at = unix_seconds();
+  if (!a.message_json.empty())
+    info.owner = aleph::owner_of(a.message_json);
   if (st.env->table)
     st.env->table->put_feed(a.item_hash, st.feed);
   std::optional<execution_record> rec;

@@ -1303,6 +1303,18 @@ message parse_envelope(const json& doc) {
 
 } // namespace
 
+std::string owner_of(std::string_view message_json) {
+  auto doc = nlohmann::json::parse(message_json, nullptr, false);
+  if (!doc.is_object())
+    return {};
+  if (auto c = doc.find("content"); c != doc.end() && c->is_object())
+    if (auto a = c->find("address"); a != c->end() && a->is_string() && !a->get<std::string>().empty())
+      return a->get<std::string>();
+  if (auto s = doc.find("sender"); s != doc.end() && s->is_string())
+    return s->get<std::string>();
+  return {};
+}
+
 std::string_view to_string(message_type x) {
   switch (x) {
     case message_type::post: return "POST";

@@ -22,6 +22,10 @@ enum class message_type { post, aggregate, store, program, instance, forget };
 /// The wire name of a message type: "POST", "AGGREGATE", "STORE", "PROGRAM", "INSTANCE", "FORGET".
 std::string_view to_string(message_type x);
 
+/// Who owns a message as stored JSON: its `content.address`, else its `sender`; empty when
+/// the text is not a message.
+std::string owner_of(std::string_view message_json);
+
 /// The message type named by its wire name (exact, upper case); nullopt for anything else.
 std::optional<message_type> parse_message_type(std::string_view text);
 

@@ -387,6 +387,7 @@ struct execution_info {
   double stopping_at = 0;
   double stopped_at = 0;
   std::string detail;
+  std::string owner; ///< `content.address` of its message: who may control it
   bool operator==(const execution_info&) const = default;
 };
 
@@ -394,7 +395,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, execution_info& x) {
   return f(caf::meta::type_name("alephd::execution_info"), x.item_hash, x.kind, x.phase, x.epoch,
            x.persistent, x.vcpus, x.memory_mib, x.disk_mib, x.defined_at, x.preparing_at,
-           x.started_at, x.stopping_at, x.stopped_at, x.detail);
+           x.started_at, x.stopping_at, x.stopped_at, x.detail, x.owner);
 }
 
 /// The CRN's view of its link to a CCN (for HTTP and metrics).

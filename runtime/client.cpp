@@ -31,7 +31,10 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "runtime/crypto.hpp"
+#include "runtime/owner_auth.hpp"
 #include "runtime/transfer.hpp"
+#include "runtime/wall_clock.hpp"
 
 namespace alephd {
 
@@ -615,6 +618,7 @@ struct options {
   std::optional<bool> progress;
   std::optional<std::string> token;
   std::optional<std::string> token_file;
+  std::optional<std::string> key; ///< a wallet key file: act as the workload's owner
   std::optional<std::string> data_dir;
   std::optional<std::string> method;
   std::optional<std::string> data;
@@ -655,6 +659,7 @@ const std::vector<option_spec>& option_specs() {
     {"json", 0, false, {"ls"}},
     {"token", 0, true, control},
     {"token-file", 0, true, control},
+    {"key", 0, true, control},
     {"data-dir", 0, true, control},
     {"follow", 'f', false, {"logs"}},
     {"interval", 0, true, {"logs"}},
@@ -715,6 +720,8 @@ void apply(options& o, const std::string& name, const std::string& value) {
     o.token = value;
   else if (name == "token-file")
     o.token_file = value;
+  else if (name == "key")
+    o.key = value;
   else if (name == "data-dir")
     o.data_dir = value;
   else if (name == "follow")
@@ -821,6 +828,30 @@ std::string resolve_token(const options& o) {
       usage_error("the login token from " + one_line(from, 200)
                   + " contains spaces or control characters");
   return token;
+}
+
+// How a control request proves it may act: with --key, as the workload's owner (a fresh P-256
+// key signed by the wallet in the key file, and the operation signed by it, aleph-vm's
+// X-SignedPubKey / X-SignedOperation); else with the node's login token.
+std::vector<std::pair<std::string, std::string>> control_auth(const options& o,
+                                                              const client::crn_url& url,
+                                                              const std::string& method,
+                                                              const std::string& path) {
+  if (!o.key)
+    return {{"X-Auth-Token", resolve_token(o)}};
+  if (o.token || o.token_file)
+    usage_error("give either --key or a login token, not both");
+  auto text = trim(read_file(*o.key, "the key file"));
+  auto secret = crypto::from_hex(text);
+  if (!secret || secret->size() != 32 || !crypto::eth_address(*secret))
+    usage_error("the key file " + one_line(*o.key, 200)
+                + " must hold a wallet's secret key: 64 hex digits (0x optional)");
+  auto eph = owner_auth::p256_generate();
+  if (!eph)
+    node_error("cannot make an ephemeral P-256 key");
+  auto now = unix_seconds();
+  return {{"X-SignedPubKey", owner_auth::signed_pubkey_eth(*secret, *eph, url.host, now + 600)},
+          {"X-SignedOperation", owner_auth::signed_operation(*eph, method, path, url.host, now)}};
 }
 
 std::string ref_argument(const options& o, const std::string& verb, std::size_t max_positional) {
@@ -1015,8 +1046,9 @@ enum class stream_result { done, unsupported };
 // Follows /control/machine/{ref}/stream_logs (a websocket) until the CRN closes it (the
 // execution ended) or SIGINT; `unsupported` when the CRN has no such route, and the caller
 // polls /logs instead.
-stream_result follow_stream(const options& o, const client::crn_url& url, const std::string& token,
+stream_result follow_stream(const options& o, const client::crn_url& url,
                             const std::string& ref, std::ostream& out, std::ostream& err) {
+  auto auth = control_auth(o, url, "GET", url.prefix + "/control/machine/" + ref + "/stream_logs");
   namespace bws = boost::beast::websocket;
   asio::io_context ioc{1};
   tcp::socket sock{ioc};
@@ -1038,9 +1070,10 @@ stream_result follow_stream(const options& o, const client::crn_url& url, const 
   if (!error.empty())
     node_error(error);
   bws::stream<tcp::socket&> ws{sock};
-  ws.set_option(bws::stream_base::decorator([&token](bws::request_type& req) {
+  ws.set_option(bws::stream_base::decorator([&auth](bws::request_type& req) {
     req.set(bhttp::field::user_agent, "alephd-client");
-    req.set("X-Auth-Token", token);
+    for (auto& [name, value] : auth)
+      req.set(name, value);
   }));
   ws.read_message_max(1u << 20);
   bws::response_type res;
@@ -1091,17 +1124,16 @@ stream_result follow_stream(const options& o, const client::crn_url& url, const 
 int verb_logs(const options& o, std::ostream& out, std::ostream& err) {
   auto ref = ref_argument(o, "logs", 1);
   auto url = resolve_crn(o);
-  auto token = resolve_token(o);
   http_call call;
   call.target = url.prefix + "/control/machine/" + ref + "/logs";
-  call.headers = {{"X-Auth-Token", token}};
+  call.headers = control_auth(o, url, "GET", call.target);
   call.timeout = o.timeout.value_or(30s);
   if (!o.follow) {
     print_logs(out, parse_logs(fetch_json(url, call)), 0);
     return 0;
   }
   sigint_catcher catcher;
-  if (follow_stream(o, url, token, ref, out, err) == stream_result::done)
+  if (follow_stream(o, url, ref, out, err) == stream_result::done)
     return 0;
   call.headers.emplace_back("Accept", "application/json");
   // Following a CRN without stream_logs: one request per interval; a 404 (the execution is
@@ -1112,6 +1144,10 @@ int verb_logs(const options& o, std::ostream& out, std::ostream& err) {
   for (bool first = true;; first = false) {
     if (!first && !pause(o.interval))
       return 0;
+    if (!first && o.key) { // a signed operation is good once
+      call.headers = control_auth(o, url, "GET", call.target);
+      call.headers.emplace_back("Accept", "application/json");
+    }
     auto r = exchange(url, call);
     if (r.result == outcome::interrupted)
       return 0;
@@ -1154,11 +1190,10 @@ int verb_logs(const options& o, std::ostream& out, std::ostream& err) {
 int verb_control(const std::string& action, const options& o, std::ostream& out) {
   auto ref = ref_argument(o, action, 1);
   auto url = resolve_crn(o);
-  auto token = resolve_token(o);
   http_call call;
   call.method = "POST";
   call.target = url.prefix + "/control/machine/" + ref + "/" + action;
-  call.headers = {{"X-Auth-Token", token}};
+  call.headers = control_auth(o, url, call.method, call.target);
   call.has_body = true;
   // The CRN itself waits up to 70 s for an execution to stop.
   call.timeout = o.timeout.value_or(90s);
@@ -1280,6 +1315,9 @@ Common options:
   --token T | --token-file FILE
                      the CRN's login token for logs, stop, reboot and erase (default
                      $ALEPHD_TOKEN, else <data-dir>/login_token)
+  --key FILE         act as the workload's owner instead: FILE holds the owner's wallet
+                     secret key (64 hex digits); each request carries X-SignedPubKey and
+                     X-SignedOperation signed with it, as aleph's console does
   --data-dir DIR     the CRN's data directory (default ./.alephd-crn)
   --ccn URL          upload: the CCN, http://host[:port] (default $ALEPHD_CCN, else
                      http://127.0.0.1:4024)

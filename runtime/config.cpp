@@ -157,6 +157,7 @@ const std::vector<option>& table() {
      [](settings& s) { s.ccn.clear(); }},
     {"crn.vcpus", "vCPUs offered (default: the host's cores)", "", integer(&settings::vcpus, 0, 4096)},
     {"crn.memory-mib", "memory offered in MiB (default: the host's memory)", "", integer(&settings::memory_mib, 0, int64_t{1} << 32)},
+    {"crn.domain", "CRN: the name owners sign their control operations for (X-SignedOperation domain); default: the host of crn.public-address", "", text(&settings::domain)},
     {"crn.public-address", "the URL clients use to reach this CRN (default http://host:port)", "", text(&settings::public_address)},
     {"execution.reuse-timeout", "an on-demand program idle this long is stopped (default 3600s)", "", duration(&settings::reuse_timeout)},
     {"execution.drain-timeout", "on SIGTERM, calls in flight get this long to finish (default 30s)", "", duration(&settings::drain_timeout)},

@@ -43,6 +43,7 @@ struct settings {
   uint32_t vcpus = 0;      ///< 0 = detect
   uint64_t memory_mib = 0; ///< 0 = detect
   std::string public_address; ///< empty = http://host:port
+  std::string domain;         ///< owners sign operations for it; empty = public-address's host
   // [execution]
   std::chrono::milliseconds reuse_timeout{3600 * 1000}; ///< an idle on-demand program stops after this
   std::chrono::milliseconds drain_timeout{30000};       ///< SIGTERM waits this long for calls in flight

@@ -1,3 +1,4 @@
+#include <functional>
 #include <set>
 
 #include <caf/all.hpp>
@@ -414,6 +415,41 @@ void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::strin
       atom::logs_v, ref);
 }
 
+// The workload's owner, proven by X-SignedPubKey and X-SignedOperation (aleph-vm's scheme):
+// runs `act` when the signer is the `content.address` of `ref`'s message. 401 for a missing,
+// bad, expired or replayed proof; 403 for a valid proof by someone else.
+void as_owner(const std::shared_ptr<const crn_context>& ctx, const http::request& req,
+              const std::string& ref, const http::responder& respond, std::function<void()> act) {
+  auto header = [&](const char* name) {
+    auto i = req.headers.find(name);
+    return i == req.headers.end() ? std::string{} : i->second;
+  };
+  auto pubkey = header("x-signedpubkey");
+  auto operation = header("x-signedoperation");
+  if (pubkey.empty() || operation.empty())
+    return respond(http::json_error(
+      401, "Authentication required: the owner's X-SignedPubKey and X-SignedOperation headers, "
+           "or the node's login token as X-Auth-Token"));
+  auto now = unix_seconds();
+  auto checked = owner_auth::verify(pubkey, operation, req.method, req.path, ctx->domain, now);
+  if (!checked.ok)
+    return respond(http::json_error(401, checked.error));
+  auto who = *checked.ok;
+  if (!ctx->replays->first_use(who.operation, who.valid_until, now))
+    return respond(http::json_error(401, "X-SignedOperation: this operation was already used (a replay)"));
+  ask(*ctx->sys, ctx->broker, timeout, respond,
+      [=](const std::vector<execution_info>& all) {
+        for (auto& e : all)
+          if (e.item_hash == ref) {
+            if (e.owner.empty() || !owner_auth::same_owner(e.owner, who))
+              return respond(http::json_error(403, who.address + " does not own " + ref));
+            return act();
+          }
+        respond(http::json_error(404, "no execution " + ref + " on this CRN"));
+      },
+      atom::list_v);
+}
+
 } // namespace
 
 http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
@@ -433,13 +469,19 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
       bool get = action == "logs" || action == "stream_logs";
       if ((get && req.method != "GET") || (!get && req.method != "POST"))
         return respond(http::json_error(405, "method " + req.method + " not allowed on " + path.substr(0, 200)));
-      if (!is_admin(*ctx, req))
-        return respond(http::json_error(401, "Authentication required: send the node's login token as X-Auth-Token"));
       if (!is_item_hash(ref))
         return respond(http::json_error(400, "malformed item_hash '" + ref.substr(0, 80) + "'"));
-      if (action == "stream_logs")
-        return stream_logs(ctx, ref, req, respond);
-      return operator_action(ctx, ref, action, respond);
+      if (is_admin(*ctx, req)) {
+        if (action == "stream_logs")
+          return stream_logs(ctx, ref, req, respond);
+        return operator_action(ctx, ref, action, respond);
+      }
+      auto shared_req = std::make_shared<const http::request>(std::move(req));
+      return as_owner(ctx, *shared_req, ref, respond, [ctx, ref, action, shared_req, respond] {
+        if (action == "stream_logs")
+          return stream_logs(ctx, ref, *shared_req, respond);
+        operator_action(ctx, ref, action, respond);
+      });
     }
     if (path.rfind("/api/v0/storage/raw/", 0) == 0) {
       // Files this CRN holds (replicas, cached volumes), for its CCN and peers.

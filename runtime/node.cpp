@@ -587,6 +587,17 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   ctx->name = info.name;
   ctx->data_dir = dir;
   ctx->login_token = token_;
+  ctx->domain = s.domain;
+  if (ctx->domain.empty()) {
+    // The host of the public address: "http://crn.example.org:4020/x" -> "crn.example.org".
+    auto host = info.address.substr(info.address.find("://") == std::string::npos ? 0 : info.address.find("://") + 3);
+    host = host.substr(0, host.find('/'));
+    if (!host.empty() && host.front() == '[')
+      host = host.substr(1, host.find(']') - 1);
+    else
+      host = host.substr(0, host.find(':'));
+    ctx->domain = host;
+  }
   for (auto& e : s.ccn)
     ctx->ccn_endpoints += (ctx->ccn_endpoints.empty() ? "" : ",") + e;
   ctx->http_endpoint = http_endpoint;

@@ -6,6 +6,7 @@
 
 #include "actors/interfaces.hpp"
 #include "runtime/http_server.hpp"
+#include "runtime/owner_auth.hpp"
 
 namespace caf {
 class actor_system;
@@ -46,6 +47,8 @@ struct crn_context {
   std::string name;
   std::string data_dir;
   std::string login_token;
+  std::string domain; ///< the name owners sign their operations for (X-SignedOperation)
+  std::shared_ptr<owner_auth::replay_guard> replays = std::make_shared<owner_auth::replay_guard>();
   std::string ccn_endpoints; ///< as configured, for /status/config
   std::string http_endpoint;
   double started = 0;

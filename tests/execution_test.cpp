@@ -27,6 +27,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "runtime/owner_auth.hpp"
+#include "runtime/wall_clock.hpp"
 #include "tests/http_client.hpp"
 #include "tests/process.hpp"
 
@@ -84,6 +86,7 @@ struct execution : ::testing::Test {
   std::vector<std::unique_ptr<process>> procs;
   uint16_t ccn_http = 0;
   std::string ccn_node;
+  std::string owner = "0xabc"; ///< sender and content.address of what the fixture publishes
 
   execution() {
     std::random_device rd;
@@ -176,16 +179,16 @@ struct execution : ::testing::Test {
     EXPECT_EQ(up.status, 200) << up.body;
     auto file = json::parse(up.body, nullptr, false).value("hash", "");
     auto store = post_message(
-      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+      {{"chain", "ETH"}, {"sender", owner}, {"type", "STORE"}, {"item_type", "inline"},
        {"time", 1700000000.0},
        {"content",
-        {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+        {{"address", owner}, {"time", 1700000000.0}, {"item_type", "storage"},
          {"item_hash", file}}}});
     return post_message(
-      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "PROGRAM"}, {"item_type", "inline"},
+      {{"chain", "ETH"}, {"sender", owner}, {"type", "PROGRAM"}, {"item_type", "inline"},
        {"time", 1700000000.0},
        {"content",
-        {{"type", "vm-function"}, {"address", "0xabc"}, {"time", 1700000000.0},
+        {{"type", "vm-function"}, {"address", owner}, {"time", 1700000000.0},
          {"allow_amend", false},
          {"code", {{"encoding", encoding}, {"entrypoint", entrypoint}, {"ref", store},
                    {"interface", "binary"}, {"use_latest", false}}},
@@ -207,9 +210,9 @@ struct execution : ::testing::Test {
     EXPECT_EQ(up.status, 200) << up.body;
     auto file = json::parse(up.body, nullptr, false).value("hash", "");
     return post_message(
-      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+      {{"chain", "ETH"}, {"sender", owner}, {"type", "STORE"}, {"item_type", "inline"},
        {"time", 1700000000.0},
-       {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+       {"content", {{"address", owner}, {"time", 1700000000.0}, {"item_type", "storage"},
                     {"item_hash", file}}}});
   }
 
@@ -386,6 +389,76 @@ std::pair<int, std::string> alephd_cli(const std::string& args) {
     out.append(buf, n);
   int status = ::pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST_F(execution, owners_control_their_own_workloads_and_only_theirs) {
+  namespace oa = alephd::owner_auth;
+  namespace crypto = alephd::crypto;
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto alice = std::string(31, '\0') + "\x0a";
+  auto bob = std::string(31, '\0') + "\x0b";
+  owner = *crypto::eth_address(alice);
+  auto hash = publish_program();
+  ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?x", {}, {}, 20s).status, 200);
+  auto base = "/control/machine/" + hash;
+  // What a client sends: a fresh key vouched for by the wallet, the operation signed by it.
+  auto proof = [&](const std::string& wallet, const std::string& method, const std::string& path,
+                   double at_offset = 0, const std::string& domain = "127.0.0.1",
+                   double expires_in = 600) {
+    auto key = *oa::p256_generate();
+    auto now = alephd::unix_seconds();
+    return std::map<std::string, std::string>{
+      {"X-SignedPubKey", oa::signed_pubkey_eth(wallet, key, domain, now + expires_in)},
+      {"X-SignedOperation", oa::signed_operation(key, method, path, domain, now + at_offset)}};
+  };
+  auto error_of = [](const alephd::test::http_result& r) {
+    auto j = json::parse(r.body, nullptr, false);
+    return j.is_object() ? j.value("error", r.body) : r.body;
+  };
+  // Bob proves who he is, but the workload is Alice's.
+  auto r = http_request(localhost, http, "POST", base + "/stop", {}, proof(bob, "POST", base + "/stop"), 20s);
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(error_of(r).find("does not own"), std::string::npos) << r.body;
+  EXPECT_EQ(http_request(localhost, http, "GET", base + "/logs", {}, proof(bob, "GET", base + "/logs")).status, 403);
+  EXPECT_EQ(http_request(localhost, http, "POST", base + "/erase", {}, proof(bob, "POST", base + "/erase")).status, 403);
+  EXPECT_EQ(phase_of(http, hash), "running") << "a refused stop must not stop it";
+  // Alice's proofs, each wrong in one way.
+  auto stale = proof(alice, "POST", base + "/stop", -300);
+  EXPECT_EQ(http_request(localhost, http, "POST", base + "/stop", {}, stale).status, 401);
+  auto elsewhere = proof(alice, "POST", base + "/stop", 0, "crn.example.org");
+  EXPECT_EQ(http_request(localhost, http, "POST", base + "/stop", {}, elsewhere).status, 401);
+  auto expired = proof(alice, "POST", base + "/stop", 0, "127.0.0.1", -1);
+  EXPECT_EQ(http_request(localhost, http, "POST", base + "/stop", {}, expired).status, 401);
+  auto for_logs = proof(alice, "GET", base + "/logs");
+  EXPECT_EQ(http_request(localhost, http, "POST", base + "/stop", {}, for_logs).status, 401);
+  EXPECT_EQ(phase_of(http, hash), "running");
+  // Her logs, once; the same proof again is a replay.
+  auto logs = http_request(localhost, http, "GET", base + "/logs", {}, for_logs);
+  ASSERT_EQ(logs.status, 200) << logs.body;
+  EXPECT_NE(logs.body.find("request GET /echo?x"), std::string::npos) << logs.body;
+  auto again = http_request(localhost, http, "GET", base + "/logs", {}, for_logs);
+  EXPECT_EQ(again.status, 401);
+  EXPECT_NE(error_of(again).find("replay"), std::string::npos) << again.body;
+  // `alephd stop --key` signs as the owner.
+  auto key_file = dir / "alice.key";
+  std::ofstream{key_file} << crypto::to_hex(alice) << "\n";
+  auto crn_url = "http://127.0.0.1:" + std::to_string(http);
+  auto [rc, text] = alephd_cli("stop " + hash + " --crn " + crn_url + " --key " + key_file.string());
+  EXPECT_EQ(rc, 0) << text;
+  EXPECT_NE(text.find("stopped"), std::string::npos) << text;
+  EXPECT_EQ(phase_of(http, hash), "stopped");
+  auto bob_file = dir / "bob.key";
+  std::ofstream{bob_file} << "0x" << crypto::to_hex(bob) << "\n";
+  auto [rc2, text2] = alephd_cli("erase " + hash + " --crn " + crn_url + " --key " + bob_file.string());
+  EXPECT_EQ(rc2, 1) << text2;
+  EXPECT_NE(text2.find("does not own"), std::string::npos) << text2;
+  auto [rc3, text3] = alephd_cli("logs " + hash + " --crn " + crn_url + " --key " + key_file.string());
+  EXPECT_EQ(rc3, 0) << text3;
+  // The node's operator keeps the admin token.
+  auto erase = http_request(localhost, http, "POST", base + "/erase", {}, {{"X-Auth-Token", token("crn")}});
+  EXPECT_EQ(erase.status, 200) << erase.body;
 }
 
 // A websocket client of stream_logs; reads time out after 10 s.

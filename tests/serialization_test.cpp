@@ -170,7 +170,7 @@ TEST_F(serialization_test, placement_roundtrip) {
 
 TEST_F(serialization_test, execution_info_roundtrip) {
   execution_info x{"hash-9", "instance", "running", 3,    true,  2,      2048,  10240,
-                   1.5,      2.5,        3.5,       4.5,  5.5,   "booted in 1 s"};
+                   1.5,      2.5,        3.5,       4.5,  5.5,   "booted in 1 s", "0xowner"};
   EXPECT_EQ(roundtrip(x), x);
 }
 
