@@ -469,9 +469,15 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
       bool get = action == "logs" || action == "stream_logs";
       if ((get && req.method != "GET") || (!get && req.method != "POST"))
         return respond(http::json_error(405, "method " + req.method + " not allowed on " + path.substr(0, 200)));
+      // Who asks comes first: a stranger learns nothing, not even whether the ref is valid.
+      bool admin = is_admin(*ctx, req);
+      if (!admin && (req.headers.count("x-signedpubkey") == 0 || req.headers.count("x-signedoperation") == 0))
+        return respond(http::json_error(
+          401, "Authentication required: the owner's X-SignedPubKey and X-SignedOperation "
+               "headers, or the node's login token as X-Auth-Token"));
       if (!is_item_hash(ref))
         return respond(http::json_error(400, "malformed item_hash '" + ref.substr(0, 80) + "'"));
-      if (is_admin(*ctx, req)) {
+      if (admin) {
         if (action == "stream_logs")
           return stream_logs(ctx, ref, req, respond);
         return operator_action(ctx, ref, action, respond);
