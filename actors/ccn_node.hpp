@@ -7,6 +7,7 @@
 #include <string>
 
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
 
 #include "actors/interfaces.hpp"
 #include "runtime/endpoint.hpp"
@@ -49,7 +50,10 @@ void connect_ccn_node(Self* self, const std::string& endpoint, caf::timespan tim
     on_error(err);
     return;
   }
-  auto mm = self->home_system().middleman().actor_handle();
+  // Over TLS when this process has the OpenSSL manager (--tls-cert/--tls-key/--tls-ca).
+  auto& sys = self->home_system();
+  auto mm = sys.has_openssl_manager() ? sys.openssl_manager().actor_handle()
+                                      : sys.middleman().actor_handle();
   self->request(mm, timeout, caf::connect_atom::value, host, port)
     .then(
       [=](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {

@@ -14,6 +14,12 @@ add_library(CAF::io SHARED IMPORTED)
 set_target_properties(CAF::io PROPERTIES
   IMPORTED_LOCATION "${CAF_IO_LIBRARY}"
   INTERFACE_LINK_LIBRARIES CAF::core)
+# TLS for node links (--tls-cert/--tls-key/--tls-ca).
+find_library(CAF_OPENSSL_LIBRARY NAMES caf_openssl REQUIRED)
+add_library(CAF::openssl SHARED IMPORTED)
+set_target_properties(CAF::openssl PROPERTIES
+  IMPORTED_LOCATION "${CAF_OPENSSL_LIBRARY}"
+  INTERFACE_LINK_LIBRARIES CAF::io)
 
 find_package(Boost 1.74 REQUIRED COMPONENTS filesystem)
 find_package(msgpack 4 CONFIG REQUIRED)

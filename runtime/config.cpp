@@ -187,6 +187,9 @@ const std::vector<option>& table() {
     {"pricing.instance", "ALEPH per compute-unit hour of an instance (default 0.055)", "", real(&settings::price_instance, 0, 1e9)},
     {"pricing.storage-gib-hour", "ALEPH per GiB-hour of storage pinned by executions (default 0.0001)", "", real(&settings::price_storage_gib_hour, 0, 1e9)},
     {"ledger.sample-interval", "CRN: each execution's CPU, memory, requests, bytes and pinned storage are written to the reward ledger this often, and when it stops (default 60s)", "", duration(&settings::sample_interval, false)},
+    {"tls.cert", "PEM certificate of this node; with tls.key and tls.ca, node links (CRN to CCN, CCN to CCN) run over TLS and each side must show a certificate the CA signed (default: plain TCP)", "tls-cert", text(&settings::tls_cert)},
+    {"tls.key", "PEM private key of tls.cert", "tls-key", text(&settings::tls_key)},
+    {"tls.ca", "PEM certificate of the CA that signed every node's certificate", "tls-ca", text(&settings::tls_ca)},
     {"security.verify-signatures", "CCN: refuse messages whose wallet signature (EVM personal_sign or Solana ed25519) does not verify, with 403 (default: true for ccn, false for dev)", "verify-signatures",
      [](settings& s, const std::string& v) -> std::string {
        if (v == "true" || v == "yes" || v == "on" || v == "1")

@@ -79,6 +79,10 @@ struct settings {
   double price_storage_gib_hour = 0.0001;
   // [ledger]: metering and the reward ledger (CRN)
   std::chrono::milliseconds sample_interval{60000}; ///< one metering sample per execution
+  // [tls]: node links (CRN to CCN, CCN to CCN) over TLS with certificates from one CA
+  std::string tls_cert; ///< PEM certificate of this node
+  std::string tls_key;  ///< PEM private key of that certificate
+  std::string tls_ca;   ///< PEM CA that signed every node's certificate
   // [security]
   /// CCN: refuse messages whose wallet signature does not verify; unset = on for `ccn`,
   /// off for `dev` (a local playground posts unsigned messages).

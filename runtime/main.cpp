@@ -11,7 +11,9 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <fstream>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -182,16 +184,45 @@ int wait_for_signal(const sigset_t& set) {
 void configure_actor_system(caf::actor_system_config& cfg, const settings& s) {
   add_message_types(cfg);
   cfg.load<caf::io::middleman>();
+  if (!s.tls_cert.empty()) {
+    // Node links over TLS; both ends must show a certificate the CA signed.
+    cfg.load<caf::openssl::manager>();
+    cfg.openssl_certificate = s.tls_cert;
+    cfg.openssl_key = s.tls_key;
+    cfg.openssl_cafile = s.tls_ca;
+  }
   cfg.set("scheduler.max-threads", static_cast<size_t>(s.threads));
   // 'sharing' halves remote latency and idles at ~0 % CPU (stack guide §4).
   cfg.set("scheduler.policy", caf::atom("sharing"));
   cfg.set("middleman.workers", size_t{0});
 }
 
+// The three TLS files go together and must be readable PEM.
+std::string check_tls(const settings& s) {
+  int given = !s.tls_cert.empty() + !s.tls_key.empty() + !s.tls_ca.empty();
+  if (given == 0)
+    return {};
+  if (given != 3)
+    return "--tls-cert, --tls-key and --tls-ca go together (node links over TLS need all three)";
+  for (auto [flag, path] : {std::pair{"--tls-cert", &s.tls_cert}, std::pair{"--tls-key", &s.tls_key},
+                            std::pair{"--tls-ca", &s.tls_ca}}) {
+    std::ifstream in{*path};
+    std::string head;
+    std::getline(in, head);
+    if (!in)
+      return std::string{flag} + ": cannot read " + *path;
+    if (head.rfind("-----BEGIN ", 0) != 0)
+      return std::string{flag} + ": " + *path + " is not a PEM file";
+  }
+  return {};
+}
+
 int run(const std::string& role, const settings& s_in) {
   auto s = s_in;
   if (!s.verify_signatures)
     s.verify_signatures = role == "ccn";
+  if (auto e = check_tls(s); !e.empty())
+    return fail_usage(e);
   if (role == "crn" && s.ccn.empty())
     return fail_usage("--crn.ccn: a CRN needs at least one CCN (--ccn host:port)");
   setup_logging(s);

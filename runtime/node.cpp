@@ -11,6 +11,8 @@
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/openssl/publish.hpp>
 #include <spdlog/spdlog.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -282,7 +284,9 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   std::string node_endpoint = "in-process";
   if (publish) {
     auto port = s.node_port < 0 ? 4025 : s.node_port;
-    auto p = sys.middleman().publish(node_, static_cast<uint16_t>(port), s.node_host.c_str(), true);
+    auto p = sys.has_openssl_manager()
+               ? caf::openssl::publish(node_, static_cast<uint16_t>(port), s.node_host.c_str(), true)
+               : sys.middleman().publish(node_, static_cast<uint16_t>(port), s.node_host.c_str(), true);
     if (!p) {
       stop();
       return "cannot listen on node port " + s.node_host + ":" + std::to_string(port) + ": "
@@ -333,7 +337,11 @@ void ccn_node_runtime::stop() {
   if (http_)
     http_->stop();
   if (node_port_ != 0) {
-    sys_->middleman().unpublish(node_, node_port_);
+    if (sys_->has_openssl_manager()) // caf/openssl/unpublish.hpp of 0.17.6 does not compile
+      caf::anon_send(sys_->openssl_manager().actor_handle(), caf::unpublish_atom::value,
+                     node_.address(), node_port_);
+    else
+      sys_->middleman().unpublish(node_, node_port_);
     node_port_ = 0;
   }
   // Reverse order of dependencies.

@@ -2,6 +2,7 @@
 // detection, durability across kill -9, CCN replication, CRN fail-over, dev.
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <mutex>
 #include <filesystem>
 #include <fstream>
@@ -514,6 +515,60 @@ TEST_F(cluster, a_crn_is_its_node_key_and_a_second_process_with_it_is_refused) {
     << json(crn_states(http)).dump();
 }
 
+// A CA and certificates for `names`, made with the openssl command line in `dir`.
+bool make_certificates(const std::filesystem::path& dir, const std::string& ca,
+                       const std::vector<std::string>& names) {
+  auto run = [](const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; };
+  auto d = dir.string() + "/";
+  if (!run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN="
+           + ca + " -keyout " + d + ca + ".key -out " + d + ca + ".pem"))
+    return false;
+  for (auto& n : names)
+    if (!run("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=" + n
+             + " -keyout " + d + n + ".key -out " + d + n + ".csr")
+        || !run("openssl x509 -req -days 2 -in " + d + n + ".csr -CA " + d + ca + ".pem -CAkey "
+                + d + ca + ".key -CAcreateserial -out " + d + n + ".pem"))
+      return false;
+  return true;
+}
+
+TEST_F(cluster, node_links_run_over_tls_and_refuse_nodes_without_a_certificate_of_the_ca) {
+  auto certs = dir / "certs";
+  std::filesystem::create_directories(certs);
+  ASSERT_TRUE(make_certificates(certs, "ca", {"ccn", "crn-ok"}));
+  ASSERT_TRUE(make_certificates(certs, "other-ca", {"crn-stranger"}));
+  auto tls = [&](const std::string& name, const std::string& ca) {
+    auto d = certs.string() + "/";
+    return std::vector<std::string>{"--tls-cert=" + d + name + ".pem", "--tls-key=" + d + name + ".key",
+                                     "--tls-ca=" + d + ca + ".pem"};
+  };
+  auto& ccn = start_ccn("ccn", tls("ccn", "ca"));
+  auto http = ccn.port("http");
+  auto with = [&](std::vector<std::string> args, const std::vector<std::string>& more) {
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
+  std::vector<std::string> crn_args{"crn", "--port=0", "--ccn=" + node_endpoint(ccn),
+                                    "--cache.max-bytes=1073741824"};
+  for (auto& a : timing())
+    crn_args.push_back(a);
+  start("crn-ok", with(crn_args, tls("crn-ok", "ca")));
+  ASSERT_TRUE(eventually([&] { return crn_states(http)["crn-ok"] == "linked"; }, 10s))
+    << json(crn_states(http)).dump();
+  // Plain TCP, and a certificate from another CA: neither gets through the handshake.
+  auto& plain = start("crn-plain", crn_args);
+  auto& stranger = start("crn-stranger", with(crn_args, tls("crn-stranger", "other-ca")));
+  ASSERT_TRUE(eventually([&] {
+    return plain.log().find("cannot connect to CCN") != std::string::npos
+           && stranger.log().find("cannot connect to CCN") != std::string::npos;
+  }, 10s)) << plain.log() << stranger.log();
+  std::this_thread::sleep_for(1s);
+  auto states = crn_states(http);
+  EXPECT_EQ(states.count("crn-plain"), 0u) << json(states).dump();
+  EXPECT_EQ(states.count("crn-stranger"), 0u) << json(states).dump();
+  EXPECT_EQ(states["crn-ok"], "linked");
+}
+
 TEST_F(cluster, help_and_version_exit_0) {
   process help{{"--help"}, (dir / "help.log").string()};
   EXPECT_EQ(help.wait_exit(10s), 0);
@@ -544,6 +599,8 @@ TEST_F(cluster, bad_arguments_exit_2_with_one_line) {
                                         {"ccn", "--rewards.stakes=ccn:addr"},
                                         {"ccn", "--pricing.program=cheap"},
                                         {"ccn", "--verify-signatures=maybe"},
+                                        {"ccn", "--tls-cert=/etc/hostname"},
+                                        {"ccn", "--tls-cert=/etc/hostname", "--tls-key=/etc/hostname", "--tls-ca=/etc/hostname"},
                                         {"ledger"},
                                         {"ledger", "verify", "--bogus"},
                                         {"rewards", "--epoch=soon"}})
