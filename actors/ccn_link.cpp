@@ -65,6 +65,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
         // Each enrollment is newer than the last (the CCN refuses replays).
         enrollment en;
         en.info = st.cfg.info;
+        en.ccn_id = ccn_id;
         en.signed_at_ms = std::max(static_cast<uint64_t>(unix_seconds() * 1000), st.session + 1);
         if (st.cfg.sign)
           en.signature = st.cfg.sign(signed_text(en));

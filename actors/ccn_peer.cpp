@@ -8,6 +8,7 @@
 
 #include "actors/ccn_node.hpp"
 #include "messages/aleph_message.hpp"
+#include "runtime/crypto.hpp"
 #include "runtime/wall_clock.hpp"
 
 namespace alephd {
@@ -205,6 +206,15 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         spdlog::warn("ccn_peer: refused an invalid replicated message {}: {} {}",
                      msg.item_hash.substr(0, 80), parsed.error.field, parsed.error.reason);
         return;
+      }
+      if (self->state.cfg.verify_signatures) {
+        const auto& m = *parsed.msg;
+        if (auto why = crypto::verify_message_signature(m.chain, m.sender, aleph::to_string(m.type),
+                                                        m.item_hash, m.signature)) {
+          spdlog::warn("ccn_peer: refused replicated message {}: invalid signature: {}",
+                       msg.item_hash, *why);
+          return;
+        }
       }
       self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
         .then([](const append_result&) {},

@@ -21,6 +21,8 @@ struct ccn_peer_config {
   /// Files up to this size travel whole over the node link; larger ones are offered and
   /// fetched over HTTP, streamed.
   uint64_t inline_bytes = 1 << 20;
+  /// Refuse replicated messages whose wallet signature does not verify (as the HTTP intake).
+  bool verify_signatures = true;
 };
 
 struct peer_entry {

@@ -121,6 +121,8 @@ std::string identity_problem(const crn_registry_state& st, const enrollment& en,
     return "CRN id " + info.id + " is not the hash of its node key";
   if (!crypto::ed25519_verify(info.public_key, signed_text(en), en.signature))
     return "the registration of CRN " + info.id + " is not signed by its node key";
+  if (en.ccn_id != st.cfg.ccn_id)
+    return "the registration of CRN " + info.id + " is meant for CCN " + en.ccn_id.substr(0, 80);
   auto now_ms = static_cast<int64_t>(unix_seconds() * 1000);
   auto skew = now_ms - static_cast<int64_t>(en.signed_at_ms);
   if (skew > st.cfg.max_clock_skew.count() || -skew > st.cfg.max_clock_skew.count())

@@ -251,6 +251,7 @@ std::string start_program(const std::string& path, const std::string& dir,
       ::close(fd);
     return std::string{"pipe: "} + std::strerror(errno);
   }
+  pid_t agent_pid = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) {
     for (int fd : {out[0], out[1], err[0], err[1], ex[0], ex[1]})
@@ -274,6 +275,11 @@ std::string start_program(const std::string& path, const std::string& dir,
     if (::chdir(dir.c_str()) != 0)
       e = errno;
     else if ((e = alephd::guest::apply(st.confine)) == 0) {
+      // A uid change clears the parent-death signal: set it again, and leave if the agent
+      // died meanwhile.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != agent_pid)
+        ::_exit(127);
       ::execve(path.c_str(), argv, envp.data());
       e = errno;
     }
@@ -368,6 +374,9 @@ std::string do_configure(const gp::configure& cfg) {
   if (ec)
     return "cannot create " + file.parent_path().string() + ": "
            + ec.message();
+  // The program (another user when confined) may write next to its code, as programs do
+  // (caches, sqlite files); the code file itself stays the agent's.
+  ::chmod(dir.c_str(), 01777);
   int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
                   0755);
   if (fd < 0)

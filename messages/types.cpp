@@ -29,7 +29,7 @@ std::string signed_text(const enrollment& x) {
   nlohmann::json fields = {x.version,   i.version,          i.id,  i.name,
                            i.address,   i.vcpus,            i.memory_mib,
                            i.disk_mib,  i.software_version, i.asn, hex(i.public_key),
-                           x.signed_at_ms};
+                           x.signed_at_ms, x.ccn_id};
   return "alephd-enrollment\n" + fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

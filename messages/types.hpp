@@ -241,13 +241,14 @@ struct enrollment {
   crn_info info;
   uint64_t signed_at_ms = 0; ///< unix ms; names the session its heartbeats sign
   std::string signature;     ///< ed25519 over signed_text(enrollment), 64 bytes
+  std::string ccn_id;        ///< the CCN it is meant for (a copy cannot enroll elsewhere)
   bool operator==(const enrollment&) const = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enrollment& x) {
   return f(caf::meta::type_name("alephd::enrollment"), x.version, x.info, x.signed_at_ms,
-           x.signature);
+           x.signature, x.ccn_id);
 }
 
 /// The exact bytes a CRN signs to register: every field of its info and the time.

@@ -435,17 +435,18 @@ void as_owner(const std::shared_ptr<const crn_context>& ctx, const http::request
   if (!checked.ok)
     return respond(http::json_error(401, checked.error));
   auto who = *checked.ok;
-  if (!ctx->replays->first_use(who.operation, who.valid_until, now))
-    return respond(http::json_error(401, "X-SignedOperation: this operation was already used (a replay)"));
   ask(*ctx->sys, ctx->broker, timeout, respond,
       [=](const std::vector<execution_info>& all) {
+        // Whether the ref exists here is only told to its owner.
+        bool owns = false;
         for (auto& e : all)
-          if (e.item_hash == ref) {
-            if (e.owner.empty() || !owner_auth::same_owner(e.owner, who))
-              return respond(http::json_error(403, who.address + " does not own " + ref));
-            return act();
-          }
-        respond(http::json_error(404, "no execution " + ref + " on this CRN"));
+          owns = owns || (e.item_hash == ref && !e.owner.empty() && owner_auth::same_owner(e.owner, who));
+        if (!owns)
+          return respond(http::json_error(403, who.address + " does not own an execution " + ref + " on this CRN"));
+        // Remembered only now: a stranger's valid proofs do not fill the guard.
+        if (!ctx->replays->first_use(who.operation, who.valid_until, unix_seconds()))
+          return respond(http::json_error(401, "X-SignedOperation: this operation was already used (a replay)"));
+        act();
       },
       atom::list_v);
 }

@@ -374,18 +374,27 @@ std::optional<ed25519_key> load_or_create_node_key(const std::string& dir, std::
   auto key = ed25519_from_seed(seed);
   auto text = to_hex(seed) + "\n";
   sodium_memzero(seed.data(), seed.size());
-  // Written whole to a temporary file, then renamed: a crash leaves no half key.
-  auto tmp = path + ".tmp";
-  ::unlink(tmp.c_str());
+  // Written whole to a file of our own, then linked into place: a crash leaves no half key, and
+  // of two processes starting on one data dir only one key wins (the other reads it).
+  auto tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(randombytes_random());
   fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  bool ok = fd >= 0 && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size())
-            && ::fsync(fd) == 0;
-  if (fd >= 0)
+  int e = fd < 0 ? errno : 0;
+  if (fd >= 0) {
+    auto n = ::write(fd, text.data(), text.size());
+    if (n != static_cast<ssize_t>(text.size()))
+      e = n < 0 ? errno : EIO;
+    else if (::fsync(fd) != 0)
+      e = errno;
     ::close(fd);
+  }
   sodium_memzero(text.data(), text.size());
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    err = "cannot write node key " + path + ": " + std::strerror(errno);
+  if (e == 0 && ::link(tmp.c_str(), path.c_str()) != 0)
+    e = errno;
+  ::unlink(tmp.c_str());
+  if (e == EEXIST)
+    return load_or_create_node_key(dir, err); // another process made it first
+  if (e != 0) {
+    err = "cannot write node key " + path + ": " + std::strerror(e);
     return std::nullopt;
   }
   return key;

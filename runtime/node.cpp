@@ -235,6 +235,7 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   pc.endpoints = s.peers;
   pc.direct = std::move(direct_peers);
   pc.http = locator;
+  pc.verify_signatures = s.verify_signatures.value_or(true);
   peer_ = sys.spawn(ccn_peer, pc, messages_, files_);
   usage_ = sys.spawn(usage_book, env_);
   prober_config prc;

@@ -341,8 +341,11 @@ outcome verify(std::string_view signed_pubkey, std::string_view signed_op,
     return {std::nullopt, "X-SignedPubKey: expires must be an ISO-8601 time with a zone"};
   if (now > *expires)
     return {std::nullopt, "X-SignedPubKey: the key expired at " + iso8601(*expires)};
-  if (auto d = text_field(key_doc, "domain"); !d.empty() && d != domain)
-    return {std::nullopt, "X-SignedPubKey: the key is for " + d + ", not " + std::string{domain}};
+  if (auto d = text_field(key_doc, "domain"); d != domain)
+    return {std::nullopt, d.empty() ? "X-SignedPubKey: no domain"
+                                    : "X-SignedPubKey: the key is for " + d + ", not " + std::string{domain}};
+  if (auto alg = text_field(key_doc, "alg"); !alg.empty() && alg != "ECDSA")
+    return {std::nullopt, "X-SignedPubKey: alg must be ECDSA"};
   if (crypto::is_evm_chain(chain)) {
     auto signer = crypto::eth_recover(key_payload, key_sig);
     if (!signer || *signer != lower(address))
@@ -385,7 +388,8 @@ outcome verify(std::string_view signed_pubkey, std::string_view signed_op,
   verified v;
   v.address = address;
   v.chain = chain;
-  v.operation = crypto::to_hex(*sig);
+  // Keyed on what was signed, not on the signature: (r, n - s) verifies as well as (r, s).
+  v.operation = crypto::to_hex(crypto::sha256(*x + *y + op_payload));
   v.valid_until = *time + max_skew_seconds;
   return {v, {}};
 }
@@ -396,9 +400,16 @@ bool same_owner(std::string_view address, const verified& who) {
 
 bool replay_guard::first_use(const std::string& key, double until, double now) {
   std::lock_guard lock{mu_};
-  for (auto i = seen_.begin(); i != seen_.end();)
-    i = i->second < now ? seen_.erase(i) : std::next(i);
-  return seen_.emplace(key, until).second;
+  while (!expiries_.empty() && expiries_.begin()->first < now) {
+    seen_.erase(expiries_.begin()->second);
+    expiries_.erase(expiries_.begin());
+  }
+  if (seen_.size() >= max_entries)
+    return false; // flooded: refuse rather than grow without bound
+  if (!seen_.emplace(key, until).second)
+    return false;
+  expiries_.emplace(until, key);
+  return true;
 }
 
 } // namespace alephd::owner_auth

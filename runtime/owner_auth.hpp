@@ -83,12 +83,16 @@ bool same_owner(std::string_view address, const verified& who);
 /// Operation signatures seen while they are valid: each is accepted once.
 class replay_guard {
 public:
-  /// False when `key` was already used; remembers it until `until`.
+  /// At most this many operations are remembered (about 4,000 a second for their 4 minutes).
+  static constexpr size_t max_entries = 1 << 20;
+
+  /// False when `key` was already used (or the guard is full); remembers it until `until`.
   bool first_use(const std::string& key, double until, double now);
 
 private:
   std::mutex mu_;
   std::map<std::string, double> seen_;
+  std::multimap<double, std::string> expiries_;
 };
 
 } // namespace alephd::owner_auth

@@ -387,12 +387,15 @@ struct sandbox::impl {
       "--dev", "/dev",
       "--perms", "1777", "--tmpfs", "/tmp",
       "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
-      // bwrap run by root keeps every capability unless told otherwise: the agent keeps only
-      // what it needs to switch the program to its uid and to signal it there; the program
-      // ends with none.
-      "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-      "--cap-add", "CAP_KILL",
     };
+    // bwrap run by root keeps every capability unless told otherwise: the agent keeps only what
+    // it needs to switch the program to its uid and to signal it there; the program ends with
+    // none. Without root, bwrap's user namespace maps only our own uid: the program runs as
+    // that (unprivileged) user, still with no_new_privs and the seccomp filter.
+    bool as_root = ::geteuid() == 0;
+    if (as_root)
+      args.insert(args.end(), {"--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add",
+                               "CAP_SETGID", "--cap-add", "CAP_KILL"});
     std::vector<std::string> mounts{
       "--ro-bind", opts.guest_binary, "/opt/alephd/guest",
       // Read-only: the guest only connects to the socket there (a socket on a read-only mount
@@ -419,7 +422,7 @@ struct sandbox::impl {
       args.emplace_back(a);
     if (opts.adopt_window.count() > 0)
       args.insert(args.end(), {"--reconnect-window", std::to_string(opts.adopt_window.count())});
-    if (opts.uid != 0 && opts.gid != 0)
+    if (as_root && opts.uid != 0 && opts.gid != 0)
       args.insert(args.end(), {"--run-as", std::to_string(opts.uid) + ":" + std::to_string(opts.gid)});
     if (opts.seccomp)
       args.emplace_back("--seccomp");

@@ -253,6 +253,7 @@ TEST_F(ccn_link_test, enrollments_and_heartbeats_are_signed_with_the_node_key) {
   ASSERT_EQ(reg(reg_a).enrollments.size(), 1u);
   auto en = reg(reg_a).enrollments[0];
   EXPECT_TRUE(crypto::ed25519_verify(key.public_key, signed_text(en), en.signature));
+  EXPECT_EQ(en.ccn_id, "ccn-A"); // bound to the CCN it enrolls with
   EXPECT_NEAR(static_cast<double>(en.signed_at_ms) / 1000, unix_seconds(), 60);
   auto beats = reg(reg_a).beats;
   ASSERT_GE(beats.size(), 2u);

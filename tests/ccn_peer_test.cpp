@@ -2,6 +2,7 @@
 #include "actors/ccn_peer.hpp"
 #include "actors/content_store.hpp"
 #include "actors/crn_registry.hpp"
+#include "runtime/crypto.hpp"
 #include "actors/message_store.hpp"
 
 #include <nlohmann/json.hpp>
@@ -15,20 +16,26 @@ using namespace alephd::test;
 
 namespace {
 
-// A valid POST message whose content carries `text`; its item_hash is derived from it.
-stored_message msg(const std::string& text, std::string origin) {
+const std::string wallet = std::string(31, '\0') + "\x2a"; // a test key, never a real wallet
+
+// A valid POST message whose content carries `text`, signed by `signer`'s wallet; its
+// item_hash is derived from the content.
+stored_message msg(const std::string& text, std::string origin, const std::string& signer = wallet) {
+  auto sender = *crypto::eth_address(wallet);
   nlohmann::ordered_json j{{"chain", "ETH"},
-                           {"sender", "0xA"},
+                           {"sender", sender},
                            {"type", "POST"},
                            {"item_type", "inline"},
                            {"time", 1700000000},
-                           {"content", {{"address", "0xA"}, {"time", 1700000000}, {"text", text}}}};
+                           {"content", {{"address", sender}, {"time", 1700000000}, {"text", text}}}};
   auto parsed = aleph::parse_message(j);
   EXPECT_TRUE(parsed.ok()) << parsed.error.field << ": " << parsed.error.reason;
+  parsed.msg->signature = crypto::eth_personal_sign(
+    signer, crypto::message_verification_text("ETH", sender, "POST", parsed.msg->item_hash));
   stored_message m;
   m.item_hash = parsed.msg->item_hash;
   m.type = "POST";
-  m.sender = "0xA";
+  m.sender = sender;
   m.origin = std::move(origin);
   m.json = aleph::to_json(*parsed.msg).dump();
   return m;
@@ -189,8 +196,19 @@ TEST_F(ccn_peer_test, a_forged_replicated_message_is_refused) {
   garbage.item_hash = hash_of("garbage");
   caf::anon_send(a->peer, atom::replicate_v, garbage);
   sched.run();
+  // Well formed, but not signed by its sender's wallet; and unsigned.
+  auto other = msg("signed by someone else", "ccn-x", std::string(31, '\0') + "\x2b");
+  caf::anon_send(a->peer, atom::replicate_v, other);
+  auto bare = msg("unsigned", "ccn-x");
+  auto doc = nlohmann::json::parse(bare.json);
+  doc.erase("signature");
+  bare.json = doc.dump();
+  caf::anon_send(a->peer, atom::replicate_v, bare);
+  sched.run();
   EXPECT_FALSE(has_message(*a, forged.item_hash));
   EXPECT_FALSE(has_message(*a, garbage.item_hash));
+  EXPECT_FALSE(has_message(*a, other.item_hash));
+  EXPECT_FALSE(has_message(*a, bare.item_hash));
   // A valid one from the same peer is stored.
   caf::anon_send(a->peer, atom::replicate_v, msg("valid", "ccn-x"));
   sched.run();

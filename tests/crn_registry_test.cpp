@@ -124,7 +124,7 @@ struct crn_registry_test : caf_fixture {
   registration enroll(const std::string& id) {
     auto link = new_link(id);
     links[id] = link;
-    auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(id), 0, {}}, link);
+    auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(id), 0, {}, "ccn-test"}, link);
     EXPECT_TRUE(r.value) << id << ": " << describe(r.error);
     return r.value.value_or(registration{});
   }
@@ -340,13 +340,13 @@ TEST_F(crn_registry_test, a_second_link_claiming_a_live_crn_is_refused_until_the
   auto old_link3 = links["c3"];
   // Another process claims c1 and c3 while their links are alive.
   for (auto id : {"c1", "c3"}) {
-    auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(id), 0, {}}, new_link(id));
+    auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(id), 0, {}, "ccn-test"}, new_link(id));
     EXPECT_TRUE(failed_with(r.error, ec::refused)) << id;
   }
   EXPECT_EQ(statuses(), (std::map<std::string, std::string>{
                           {"c1", "linked"}, {"c2", "linked"}, {"c3", "waiting"}}));
   // The same link may register again (a reconnect).
-  auto again = ask<registration>(registry, atom::enroll_v, enrollment{1, crn("c1"), 0, {}}, old_link1);
+  auto again = ask<registration>(registry, atom::enroll_v, enrollment{1, crn("c1"), 0, {}, "ccn-test"}, old_link1);
   ASSERT_TRUE(again.value) << describe(again.error);
   EXPECT_EQ(again.value->state, link_state::linked);
   // Once the first process is gone, a new one takes the id: c3 (waiting) got c1's slot.
@@ -421,7 +421,7 @@ TEST_F(crn_registry_test, a_listener_hears_a_new_link_handle) {
 TEST_F(crn_registry_test, enroll_without_an_id_is_invalid) {
   start(3);
   auto link = new_link("");
-  auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(""), 0, {}}, link);
+  auto r = ask<registration>(registry, atom::enroll_v, enrollment{1, crn(""), 0, {}, "ccn-test"}, link);
   EXPECT_FALSE(r.value);
   EXPECT_TRUE(failed_with(r.error, ec::invalid)) << describe(r.error);
   EXPECT_TRUE(statuses().empty());
@@ -545,6 +545,7 @@ struct crn_identity_test : crn_registry_restart_test {
     en.info = crn(id(name));
     en.info.public_key = key(name).public_key;
     en.signed_at_ms = at != 0 ? at : now_ms();
+    en.ccn_id = "ccn-test";
     en.signature = crypto::ed25519_sign(key(signer.empty() ? name : signer), signed_text(en));
     return en;
   }
@@ -598,6 +599,11 @@ TEST_F(crn_identity_test, enrollments_that_do_not_prove_the_id_are_refused) {
   auto no_key = signed_enrollment("alice");
   no_key.info.public_key.clear();
   expect_refused(no_key, "no node key");
+  // Signed for another CCN (a recorded enrollment played to this one).
+  auto elsewhere = signed_enrollment("alice");
+  elsewhere.ccn_id = "ccn-other";
+  elsewhere.signature = crypto::ed25519_sign(key("alice"), signed_text(elsewhere));
+  expect_refused(elsewhere, "meant for CCN ccn-other");
   // Signed ten minutes ago (a recorded enrollment played back).
   expect_refused(signed_enrollment("alice", now_ms() - 600000), "from this CCN's clock");
   EXPECT_TRUE(statuses().empty());

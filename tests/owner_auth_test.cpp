@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <openssl/bn.h>
 
 using namespace alephd;
 using namespace alephd::owner_auth;
@@ -138,6 +139,48 @@ TEST(owner_auth, malformed_headers_get_a_reason_not_a_crash) {
   auto bytes = doc.dump();
   json off_curve{{"payload", crypto::to_hex(bytes)}, {"signature", crypto::eth_personal_sign(wallet_a(), bytes)}};
   EXPECT_FALSE(verify(off_curve.dump(), h.operation, "GET", "/", "crn.test", now).ok);
+}
+
+TEST(owner_auth, the_replay_key_is_the_same_for_a_malleated_signature) {
+  // (r, n - s) is as valid an ECDSA signature as (r, s): the replay key must not tell them apart.
+  auto key = *p256_generate();
+  auto h = sign(wallet_a(), key, "POST", "/p");
+  auto doc = json::parse(h.operation);
+  auto sig = *crypto::from_hex(doc["signature"].get<std::string>());
+  BIGNUM* n = nullptr;
+  BN_hex2bn(&n, "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551");
+  BIGNUM* s = BN_bin2bn(reinterpret_cast<const unsigned char*>(sig.data()) + 32, 32, nullptr);
+  BIGNUM* flipped = BN_new();
+  BN_sub(flipped, n, s);
+  std::string s2(32, '\0');
+  BN_bn2binpad(flipped, reinterpret_cast<unsigned char*>(s2.data()), 32);
+  BN_free(n);
+  BN_free(s);
+  BN_free(flipped);
+  doc["signature"] = crypto::to_hex(sig.substr(0, 32) + s2);
+  auto a = verify(h.pubkey, h.operation, "POST", "/p", "crn.test", now);
+  auto b = verify(h.pubkey, doc.dump(), "POST", "/p", "crn.test", now);
+  ASSERT_TRUE(a.ok) << a.error;
+  if (b.ok) { // OpenSSL accepts high-s signatures
+    EXPECT_EQ(a.ok->operation, b.ok->operation);
+  }
+  replay_guard guard;
+  EXPECT_TRUE(guard.first_use(a.ok->operation, a.ok->valid_until, now));
+  if (b.ok) {
+    EXPECT_FALSE(guard.first_use(b.ok->operation, b.ok->valid_until, now));
+  }
+}
+
+TEST(owner_auth, a_key_must_name_the_domain) {
+  auto key = *p256_generate();
+  auto h = sign(wallet_a(), key, "GET", "/");
+  auto payload = json::parse(*crypto::from_hex(json::parse(h.pubkey)["payload"].get<std::string>()));
+  payload.erase("domain");
+  auto bytes = payload.dump();
+  json no_domain{{"payload", crypto::to_hex(bytes)}, {"signature", crypto::eth_personal_sign(wallet_a(), bytes)}};
+  auto out = verify(no_domain.dump(), h.operation, "GET", "/", "crn.test", now);
+  EXPECT_FALSE(out.ok);
+  EXPECT_NE(out.error.find("no domain"), std::string::npos) << out.error;
 }
 
 TEST(owner_auth, an_operation_is_accepted_once) {

@@ -116,7 +116,7 @@ TEST_F(serialization_test, registration_roundtrip) {
 }
 
 TEST_F(serialization_test, enrollment_roundtrip) {
-  enrollment x{1, sample_crn(), 1700000000123ull, std::string(64, '\xee')};
+  enrollment x{1, sample_crn(), 1700000000123ull, std::string(64, '\xee'), "ccn-a"};
   EXPECT_EQ(roundtrip(x), x);
   // What is signed covers every field.
   auto text = signed_text(x);
@@ -128,6 +128,9 @@ TEST_F(serialization_test, enrollment_roundtrip) {
   EXPECT_NE(signed_text(changed), text);
   changed = x;
   changed.info.public_key[0] = 'z';
+  EXPECT_NE(signed_text(changed), text);
+  changed = x;
+  changed.ccn_id = "ccn-b";
   EXPECT_NE(signed_text(changed), text);
   changed = x;
   changed.signature.clear(); // the signature is not part of what it signs
