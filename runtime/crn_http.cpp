@@ -377,9 +377,38 @@ void operator_action(const std::shared_ptr<const crn_context>& ctx, const std::s
       atom::logs_v, ref);
 }
 
+// Sends `ref`'s log lines on `ws`: the kept ones, then each new one while the execution runs;
+// closes when it ends (at once for a finished one).
+void pump_logs(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
+               const std::shared_ptr<http::websocket>& ws) {
+  if (auto feed = ctx->table->find_feed(ref)) {
+    auto id = std::make_shared<std::atomic<uint64_t>>(0);
+    std::weak_ptr<log_feed> weak = feed;
+    ws->on_close([weak, id] {
+      if (auto f = weak.lock())
+        f->unfollow(id->load());
+    });
+    id->store(feed->follow(
+      [ws](const timed_log& l) { ws->send_text(log_text(l.time, l.stream, l.line)); },
+      [ws] { ws->close(); }));
+    return;
+  }
+  ask(*ctx->sys, ctx->broker, timeout,
+      [ws](http::response r) { // an error: say it on the socket
+        auto j = json::parse(r.body, nullptr, false);
+        ws->send_text(json{{"type", "system"}, {"message", j.is_object() ? j.value("error", r.body) : r.body}}.dump());
+        ws->close();
+      },
+      [ws](const std::vector<log_line>& lines) {
+        for (auto& l : lines)
+          ws->send_text(log_text(l.time, l.stream, l.line));
+        ws->close();
+      },
+      atom::logs_v, ref);
+}
+
 // GET /control/machine/{ref}/stream_logs (websocket): the kept lines, then each new one as
-// {"time", "type", "message"}; closed by the server when the execution ends. A finished
-// execution sends what was kept and closes at once.
+// {"time", "type", "message"}; closed by the server when the execution ends.
 void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
                  const http::request& req, const http::responder& respond) {
   if (!http::is_websocket_upgrade(req)) {
@@ -387,21 +416,12 @@ void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::strin
     r.headers.emplace_back("Upgrade", "websocket");
     return respond(std::move(r));
   }
-  if (auto feed = ctx->table->find_feed(ref)) {
+  if (ctx->table->find_feed(ref)) {
     http::response r;
-    r.websocket_open = [feed](std::shared_ptr<http::websocket> ws) {
-      auto id = std::make_shared<std::atomic<uint64_t>>(0);
-      std::weak_ptr<log_feed> weak = feed;
-      ws->on_close([weak, id] {
-        if (auto f = weak.lock())
-          f->unfollow(id->load());
-      });
-      id->store(feed->follow(
-        [ws](const timed_log& l) { ws->send_text(log_text(l.time, l.stream, l.line)); },
-        [ws] { ws->close(); }));
-    };
+    r.websocket_open = [ctx, ref](std::shared_ptr<http::websocket> ws) { pump_logs(ctx, ref, ws); };
     return respond(std::move(r));
   }
+  // A finished or unknown execution: its kept lines, or the error (404) before any upgrade.
   ask(*ctx->sys, ctx->broker, timeout, respond,
       [respond](const std::vector<log_line>& lines) {
         http::response r;
@@ -413,6 +433,59 @@ void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::strin
         respond(std::move(r));
       },
       atom::logs_v, ref);
+}
+
+// stream_logs for a browser, which cannot set headers on a websocket (aleph's console): the
+// first message is {"auth": {"X-SignedPubKey": …, "X-SignedOperation": …}} (objects or their
+// JSON text); the answer is {"status": "connected"} and the logs, or {"status": "failed",
+// "reason"} and the socket closes.
+void stream_logs_with_auth_message(const std::shared_ptr<const crn_context>& ctx,
+                                   const std::string& ref, const std::string& path,
+                                   const http::responder& respond) {
+  http::response r;
+  r.websocket_open = [ctx, ref, path](std::shared_ptr<http::websocket> ws) {
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::weak_ptr<http::websocket> weak = ws;
+    ws->on_message([ctx, ref, path, weak, done](std::string text) {
+      auto ws = weak.lock();
+      if (!ws || done->exchange(true))
+        return; // only the first message counts
+      auto fail = [ws](const std::string& why) {
+        ws->send_text(json{{"status", "failed"}, {"reason", why}}.dump());
+        ws->close();
+      };
+      auto doc = json::parse(text, nullptr, false);
+      if (!doc.is_object() || !doc.contains("auth") || !doc["auth"].is_object())
+        return fail("the first message must be {\"auth\": {\"X-SignedPubKey\": …, \"X-SignedOperation\": …}}");
+      auto field = [&](const char* name) {
+        const auto& auth = doc["auth"];
+        if (!auth.contains(name))
+          return std::string{};
+        return auth[name].is_string() ? auth[name].get<std::string>() : auth[name].dump();
+      };
+      auto now = unix_seconds();
+      auto checked = owner_auth::verify(field("X-SignedPubKey"), field("X-SignedOperation"), "GET",
+                                        path, ctx->domain, now);
+      if (!checked.ok)
+        return fail(checked.error);
+      auto who = *checked.ok;
+      ask(*ctx->sys, ctx->broker, timeout,
+          [fail](http::response r) { fail("cannot check the owner: " + r.body); },
+          [ctx, ref, ws, who, fail](const std::vector<execution_info>& all) {
+            bool owns = false;
+            for (auto& e : all)
+              owns = owns || (e.item_hash == ref && !e.owner.empty() && owner_auth::same_owner(e.owner, who));
+            if (!owns)
+              return fail(who.address + " does not own an execution " + ref + " on this CRN");
+            if (!ctx->replays->first_use(who.operation, who.valid_until, unix_seconds()))
+              return fail("X-SignedOperation: this operation was already used (a replay)");
+            ws->send_text(json{{"status", "connected"}}.dump());
+            pump_logs(ctx, ref, ws);
+          },
+          atom::list_v);
+    });
+  };
+  respond(std::move(r));
 }
 
 // The workload's owner, proven by X-SignedPubKey and X-SignedOperation (aleph-vm's scheme):
@@ -472,7 +545,11 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
         return respond(http::json_error(405, "method " + req.method + " not allowed on " + path.substr(0, 200)));
       // Who asks comes first: a stranger learns nothing, not even whether the ref is valid.
       bool admin = is_admin(*ctx, req);
-      if (!admin && (req.headers.count("x-signedpubkey") == 0 || req.headers.count("x-signedoperation") == 0))
+      bool owner_headers = req.headers.count("x-signedpubkey") > 0 && req.headers.count("x-signedoperation") > 0;
+      if (!admin && !owner_headers && action == "stream_logs" && http::is_websocket_upgrade(req)
+          && is_item_hash(ref))
+        return stream_logs_with_auth_message(ctx, ref, req.path, respond);
+      if (!admin && !owner_headers)
         return respond(http::json_error(
           401, "Authentication required: the owner's X-SignedPubKey and X-SignedOperation "
                "headers, or the node's login token as X-Auth-Token"));

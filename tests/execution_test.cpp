@@ -391,6 +391,55 @@ std::pair<int, std::string> alephd_cli(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// A websocket client of stream_logs; reads time out after 10 s.
+struct log_stream {
+  boost::asio::io_context ioc;
+  boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws{ioc};
+  boost::beast::websocket::response_type answer;
+  boost::beast::error_code ec;
+
+  log_stream(uint16_t port, const std::string& hash, const std::string& token) {
+    ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
+    timeval tv{10, 0};
+    ::setsockopt(ws.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ws.set_option(boost::beast::websocket::stream_base::decorator(
+      [token](boost::beast::websocket::request_type& r) {
+        if (!token.empty())
+          r.set("X-Auth-Token", token);
+      }));
+    // The asynchronous handshake: Boost 1.74's blocking one leaves `answer` empty on a refusal.
+    ws.async_handshake(answer, "127.0.0.1", "/control/machine/" + hash + "/stream_logs",
+                       [this](boost::beast::error_code e) { ec = e; });
+    ioc.run();
+  }
+
+  void send(const std::string& text) {
+    ws.text(true);
+    ws.write(boost::asio::buffer(text), ec);
+  }
+
+  // The next line's JSON; a discarded value once the stream ends (then `ec` says why).
+  json next() {
+    boost::beast::flat_buffer buf;
+    ws.read(buf, ec);
+    if (ec)
+      return json::value_t::discarded;
+    return json::parse(boost::beast::buffers_to_string(buf.data()), nullptr, false);
+  }
+
+  // Reads until a message holds `text`; false if the stream ended first.
+  bool until(const std::string& text) {
+    for (int i = 0; i < 1000; ++i) {
+      auto j = next();
+      if (j.is_discarded())
+        return false;
+      if (j.value("message", "").find(text) != std::string::npos)
+        return true;
+    }
+    return false;
+  }
+};
+
 TEST_F(execution, owners_control_their_own_workloads_and_only_theirs) {
   namespace oa = alephd::owner_auth;
   namespace crypto = alephd::crypto;
@@ -441,6 +490,29 @@ TEST_F(execution, owners_control_their_own_workloads_and_only_theirs) {
   auto again = http_request(localhost, http, "GET", base + "/logs", {}, for_logs);
   EXPECT_EQ(again.status, 401);
   EXPECT_NE(error_of(again).find("replay"), std::string::npos) << again.body;
+  // A browser's way: stream_logs with the proof in the first message.
+  {
+    auto path = base + "/stream_logs";
+    auto key = *oa::p256_generate();
+    auto now = alephd::unix_seconds();
+    auto auth_message = [&](const std::string& wallet) {
+      return json{{"auth", {{"X-SignedPubKey", json::parse(oa::signed_pubkey_eth(wallet, key, "127.0.0.1", now + 600))},
+                            {"X-SignedOperation", json::parse(oa::signed_operation(key, "GET", path, "127.0.0.1", now))}}}}
+        .dump();
+    };
+    log_stream as_bob{http, hash, ""};
+    ASSERT_FALSE(as_bob.ec) << as_bob.ec.message();
+    as_bob.send(auth_message(bob));
+    auto refused = as_bob.next();
+    EXPECT_EQ(refused.value("status", ""), "failed") << refused;
+    EXPECT_NE(refused.value("reason", "").find("does not own"), std::string::npos) << refused;
+    log_stream as_alice{http, hash, ""};
+    ASSERT_FALSE(as_alice.ec) << as_alice.ec.message();
+    as_alice.send(auth_message(alice));
+    auto welcome = as_alice.next();
+    EXPECT_EQ(welcome.value("status", ""), "connected") << welcome;
+    EXPECT_TRUE(as_alice.until("request GET /echo?x"));
+  }
   // `alephd stop --key` signs as the owner.
   auto key_file = dir / "alice.key";
   std::ofstream{key_file} << crypto::to_hex(alice) << "\n";
@@ -461,49 +533,6 @@ TEST_F(execution, owners_control_their_own_workloads_and_only_theirs) {
   EXPECT_EQ(erase.status, 200) << erase.body;
 }
 
-// A websocket client of stream_logs; reads time out after 10 s.
-struct log_stream {
-  boost::asio::io_context ioc;
-  boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws{ioc};
-  boost::beast::websocket::response_type answer;
-  boost::beast::error_code ec;
-
-  log_stream(uint16_t port, const std::string& hash, const std::string& token) {
-    ws.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
-    timeval tv{10, 0};
-    ::setsockopt(ws.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ws.set_option(boost::beast::websocket::stream_base::decorator(
-      [token](boost::beast::websocket::request_type& r) {
-        if (!token.empty())
-          r.set("X-Auth-Token", token);
-      }));
-    // The asynchronous handshake: Boost 1.74's blocking one leaves `answer` empty on a refusal.
-    ws.async_handshake(answer, "127.0.0.1", "/control/machine/" + hash + "/stream_logs",
-                       [this](boost::beast::error_code e) { ec = e; });
-    ioc.run();
-  }
-
-  // The next line's JSON; a discarded value once the stream ends (then `ec` says why).
-  json next() {
-    boost::beast::flat_buffer buf;
-    ws.read(buf, ec);
-    if (ec)
-      return json::value_t::discarded;
-    return json::parse(boost::beast::buffers_to_string(buf.data()), nullptr, false);
-  }
-
-  // Reads until a message holds `text`; false if the stream ended first.
-  bool until(const std::string& text) {
-    for (int i = 0; i < 1000; ++i) {
-      auto j = next();
-      if (j.is_discarded())
-        return false;
-      if (j.value("message", "").find(text) != std::string::npos)
-        return true;
-    }
-    return false;
-  }
-};
 
 TEST_F(execution, stream_logs_follows_an_execution_live_until_it_ends) {
   start_ccn();
@@ -512,11 +541,16 @@ TEST_F(execution, stream_logs_follows_an_execution_live_until_it_ends) {
   auto hash = publish_program();
   ASSERT_EQ(http_request(localhost, http, "GET", "/vm/" + hash + "/echo?first", {}, {}, 20s).status, 200);
   auto base = "/control/machine/" + hash;
-  // Refused without the token, and without an upgrade.
+  // Without credentials the first message must prove the owner (a browser cannot set headers
+  // on a websocket); anything else fails and closes.
   {
     log_stream anonymous{http, hash, ""};
-    EXPECT_EQ(anonymous.ec, boost::beast::websocket::error::upgrade_declined);
-    EXPECT_EQ(anonymous.answer.result_int(), 401u);
+    ASSERT_FALSE(anonymous.ec) << anonymous.ec.message();
+    anonymous.send(R"({"hello": "let me in"})");
+    auto answer = anonymous.next();
+    EXPECT_EQ(answer.value("status", ""), "failed") << answer;
+    anonymous.next();
+    EXPECT_EQ(anonymous.ec, boost::beast::websocket::error::closed) << anonymous.ec.message();
   }
   std::map<std::string, std::string> auth{{"X-Auth-Token", token("crn")}};
   EXPECT_EQ(http_request(localhost, http, "GET", base + "/stream_logs", {}, auth).status, 426);
