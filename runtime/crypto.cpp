@@ -61,15 +61,15 @@ std::string address_of(const secp256k1_pubkey& pub) {
   return "0x" + to_hex(std::string_view{digest}.substr(12));
 }
 
-std::string lower(std::string_view s) {
+} // namespace
+
+std::string ascii_lower(std::string_view s) {
   std::string out{s};
   for (auto& c : out)
     if (c >= 'A' && c <= 'Z')
       c = static_cast<char>(c - 'A' + 'a');
   return out;
 }
-
-} // namespace
 
 std::string to_hex(std::string_view bytes) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -290,7 +290,7 @@ std::optional<std::string> verify_message_signature(std::string_view chain, std:
     auto signer = eth_recover(text, signature);
     if (!signer)
       return "the signature is not a valid " + std::string{chain} + " signature (65 bytes, hex)";
-    if (*signer != lower(sender))
+    if (*signer != ascii_lower(sender))
       return "the signature is by " + *signer + ", not by the sender " + std::string{sender};
     return std::nullopt;
   }

@@ -22,6 +22,9 @@ std::optional<std::string> from_hex(std::string_view text);
 std::string base58_encode(std::string_view bytes);
 std::optional<std::string> base58_decode(std::string_view text);
 
+/// ASCII letters lowercased (EVM addresses compare this way).
+std::string ascii_lower(std::string_view text);
+
 /// The 32-byte keccak-256 digest (Ethereum's, not SHA3-256).
 std::string keccak256(std::string_view bytes);
 

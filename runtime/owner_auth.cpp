@@ -85,14 +85,6 @@ std::string bn_bytes(const BIGNUM* bn) {
   return out;
 }
 
-std::string lower(std::string_view s) {
-  std::string out{s};
-  for (auto& c : out)
-    if (c >= 'A' && c <= 'Z')
-      c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 // {"payload": hex, "signature": …} -> the payload bytes, its JSON and the signature text.
 std::string unpack(std::string_view header, const char* name, std::string& payload, json& doc,
                    std::string& signature) {
@@ -348,9 +340,9 @@ outcome verify(std::string_view signed_pubkey, std::string_view signed_op,
     return {std::nullopt, "X-SignedPubKey: alg must be ECDSA"};
   if (crypto::is_evm_chain(chain)) {
     auto signer = crypto::eth_recover(key_payload, key_sig);
-    if (!signer || *signer != lower(address))
+    if (!signer || *signer != crypto::ascii_lower(address))
       return {std::nullopt, "X-SignedPubKey: not signed by " + address};
-    address = lower(address);
+    address = crypto::ascii_lower(address);
   } else if (crypto::is_svm_chain(chain)) {
     auto pub = crypto::base58_decode(address);
     auto sig = crypto::from_hex(key_sig);
@@ -395,7 +387,8 @@ outcome verify(std::string_view signed_pubkey, std::string_view signed_op,
 }
 
 bool same_owner(std::string_view address, const verified& who) {
-  return crypto::is_evm_chain(who.chain) ? lower(address) == who.address : address == who.address;
+  return crypto::is_evm_chain(who.chain) ? crypto::ascii_lower(address) == who.address
+                                         : address == who.address;
 }
 
 bool replay_guard::first_use(const std::string& key, double until, double now) {

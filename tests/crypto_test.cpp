@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -28,6 +29,18 @@ const std::string test_secret =
 std::string read_file(const std::string& path) {
   std::ifstream in{path};
   return {std::istreambuf_iterator<char>{in}, {}};
+}
+
+// The verdict on a peer-data message's own signature (nullopt: it verifies).
+std::optional<std::string> peer_data_verdict(const char* name, alephd::aleph::message& out) {
+  auto text = read_file(std::string{ALEPHD_PEER_DATA_DIR} + "/" + name);
+  auto parsed = alephd::aleph::parse_message(text);
+  EXPECT_TRUE(parsed.ok()) << name << ": " << parsed.error.reason;
+  if (!parsed.ok())
+    return "unparsable";
+  out = *parsed.msg;
+  return verify_message_signature(out.chain, out.sender, alephd::aleph::to_string(out.type),
+                                  out.item_hash, out.signature);
 }
 
 struct temp_dir {
@@ -98,12 +111,8 @@ TEST(ed25519, rfc8032_test_vector_and_tampering) {
 TEST(message_signatures, the_real_signed_message_verifies) {
   // A message as the network published it, signed by its sender's wallet.
   for (const char* name : {"instance_content.json"}) {
-    auto text = read_file(std::string{ALEPHD_PEER_DATA_DIR} + "/" + name);
-    auto parsed = alephd::aleph::parse_message(text);
-    ASSERT_TRUE(parsed.ok()) << name << ": " << parsed.error.reason;
-    auto& m = *parsed.msg;
-    auto problem = verify_message_signature(m.chain, m.sender, alephd::aleph::to_string(m.type),
-                                            m.item_hash, m.signature);
+    alephd::aleph::message m;
+    auto problem = peer_data_verdict(name, m);
     EXPECT_FALSE(problem) << name << ": " << problem.value_or("");
     // One changed character in what was signed and the same signature is refused.
     auto tampered = m.item_hash;
@@ -120,12 +129,8 @@ TEST(message_signatures, a_signature_copied_from_another_message_is_refused) {
   // The other peer-data files are schema fixtures: they carry one signature copied between them
   // and no item_hash, so what they "sign" is not what their sender signed.
   for (const char* name : {"forget.json", "machine.json", "instance_machine.json"}) {
-    auto text = read_file(std::string{ALEPHD_PEER_DATA_DIR} + "/" + name);
-    auto parsed = alephd::aleph::parse_message(text);
-    ASSERT_TRUE(parsed.ok()) << name << ": " << parsed.error.reason;
-    auto& m = *parsed.msg;
-    auto problem = verify_message_signature(m.chain, m.sender, alephd::aleph::to_string(m.type),
-                                            m.item_hash, m.signature);
+    alephd::aleph::message m;
+    auto problem = peer_data_verdict(name, m);
     ASSERT_TRUE(problem) << name;
     EXPECT_NE(problem->find("not by the sender"), std::string::npos) << *problem;
   }
