@@ -435,6 +435,25 @@ void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::strin
       atom::logs_v, ref);
 }
 
+// Runs `act` when `who` owns the execution `ref` here and the proof was not used before, else
+// hands `fail` the answer: 403 to anyone else (whether `ref` exists is only told to its owner),
+// 401 for a replay. A proof is remembered only now, so a stranger's valid proofs fill nothing.
+void when_owner(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
+                const owner_auth::verified& who, http::responder fail, std::function<void()> act) {
+  ask(*ctx->sys, ctx->broker, timeout, fail,
+      [=](const std::vector<execution_info>& all) {
+        bool owns = false;
+        for (auto& e : all)
+          owns = owns || (e.item_hash == ref && !e.owner.empty() && owner_auth::same_owner(e.owner, who));
+        if (!owns)
+          return fail(http::json_error(403, who.address + " does not own an execution " + ref + " on this CRN"));
+        if (!ctx->replays->first_use(who.operation, who.valid_until, unix_seconds()))
+          return fail(http::json_error(401, "X-SignedOperation: this operation was already used (a replay)"));
+        act();
+      },
+      atom::list_v);
+}
+
 // stream_logs for a browser, which cannot set headers on a websocket (aleph's console): the
 // first message is {"auth": {"X-SignedPubKey": …, "X-SignedOperation": …}} (objects or their
 // JSON text); the answer is {"status": "connected"} and the logs, or {"status": "failed",
@@ -454,6 +473,10 @@ void stream_logs_with_auth_message(const std::shared_ptr<const crn_context>& ctx
         ws->send_text(json{{"status", "failed"}, {"reason", why}}.dump());
         ws->close();
       };
+      auto fail_with = [fail](http::response r) {
+        auto j = json::parse(r.body, nullptr, false);
+        fail(j.is_object() ? j.value("error", r.body) : r.body);
+      };
       auto doc = json::parse(text, nullptr, false);
       if (!doc.is_object() || !doc.contains("auth") || !doc["auth"].is_object())
         return fail("the first message must be {\"auth\": {\"X-SignedPubKey\": …, \"X-SignedOperation\": …}}");
@@ -468,21 +491,10 @@ void stream_logs_with_auth_message(const std::shared_ptr<const crn_context>& ctx
                                         path, ctx->domain, now);
       if (!checked.ok)
         return fail(checked.error);
-      auto who = *checked.ok;
-      ask(*ctx->sys, ctx->broker, timeout,
-          [fail](http::response r) { fail("cannot check the owner: " + r.body); },
-          [ctx, ref, ws, who, fail](const std::vector<execution_info>& all) {
-            bool owns = false;
-            for (auto& e : all)
-              owns = owns || (e.item_hash == ref && !e.owner.empty() && owner_auth::same_owner(e.owner, who));
-            if (!owns)
-              return fail(who.address + " does not own an execution " + ref + " on this CRN");
-            if (!ctx->replays->first_use(who.operation, who.valid_until, unix_seconds()))
-              return fail("X-SignedOperation: this operation was already used (a replay)");
-            ws->send_text(json{{"status", "connected"}}.dump());
-            pump_logs(ctx, ref, ws);
-          },
-          atom::list_v);
+      when_owner(ctx, ref, *checked.ok, fail_with, [ctx, ref, ws] {
+        ws->send_text(json{{"status", "connected"}}.dump());
+        pump_logs(ctx, ref, ws);
+      });
     });
   };
   respond(std::move(r));
@@ -507,21 +519,7 @@ void as_owner(const std::shared_ptr<const crn_context>& ctx, const http::request
   auto checked = owner_auth::verify(pubkey, operation, req.method, req.path, ctx->domain, now);
   if (!checked.ok)
     return respond(http::json_error(401, checked.error));
-  auto who = *checked.ok;
-  ask(*ctx->sys, ctx->broker, timeout, respond,
-      [=](const std::vector<execution_info>& all) {
-        // Whether the ref exists here is only told to its owner.
-        bool owns = false;
-        for (auto& e : all)
-          owns = owns || (e.item_hash == ref && !e.owner.empty() && owner_auth::same_owner(e.owner, who));
-        if (!owns)
-          return respond(http::json_error(403, who.address + " does not own an execution " + ref + " on this CRN"));
-        // Remembered only now: a stranger's valid proofs do not fill the guard.
-        if (!ctx->replays->first_use(who.operation, who.valid_until, unix_seconds()))
-          return respond(http::json_error(401, "X-SignedOperation: this operation was already used (a replay)"));
-        act();
-      },
-      atom::list_v);
+  when_owner(ctx, ref, *checked.ok, respond, std::move(act));
 }
 
 } // namespace
