@@ -18,27 +18,21 @@ namespace {
 
 using json = nlohmann::json;
 
-struct pkey_free {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+// unique_ptr over an OpenSSL object, freed with its own function.
+template <auto Free>
+struct openssl_free {
+  template <class T>
+  void operator()(T* p) const {
+    Free(p);
+  }
 };
-struct pctx_free {
-  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
-};
-struct mdctx_free {
-  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
-};
-struct bn_free {
-  void operator()(BIGNUM* p) const { BN_clear_free(p); }
-};
-struct sig_free {
-  void operator()(ECDSA_SIG* p) const { ECDSA_SIG_free(p); }
-};
-struct bld_free {
-  void operator()(OSSL_PARAM_BLD* p) const { OSSL_PARAM_BLD_free(p); }
-};
-struct params_free {
-  void operator()(OSSL_PARAM* p) const { OSSL_PARAM_free(p); }
-};
+using pkey_free = openssl_free<EVP_PKEY_free>;
+using pctx_free = openssl_free<EVP_PKEY_CTX_free>;
+using mdctx_free = openssl_free<EVP_MD_CTX_free>;
+using bn_free = openssl_free<BN_clear_free>;
+using sig_free = openssl_free<ECDSA_SIG_free>;
+using bld_free = openssl_free<OSSL_PARAM_BLD_free>;
+using params_free = openssl_free<OSSL_PARAM_free>;
 using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
 
 const unsigned char* u8(std::string_view s) {
@@ -399,7 +393,7 @@ bool replay_guard::first_use(const std::string& key, double until, double now) {
   }
   if (seen_.size() >= max_entries)
     return false; // flooded: refuse rather than grow without bound
-  if (!seen_.emplace(key, until).second)
+  if (!seen_.insert(key).second)
     return false;
   expiries_.emplace(until, key);
   return true;

@@ -10,6 +10,7 @@
 // for one method, path and domain, and only once (replay_guard). No CAF here.
 
 #include <map>
+#include <set>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -91,8 +92,8 @@ public:
 
 private:
   std::mutex mu_;
-  std::map<std::string, double> seen_;
-  std::multimap<double, std::string> expiries_;
+  std::set<std::string> seen_;                    ///< operations still valid
+  std::multimap<double, std::string> expiries_; ///< when each is forgotten
 };
 
 } // namespace alephd::owner_auth
