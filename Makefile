@@ -34,7 +34,7 @@ fuzz: deps
 # The unit suites under AddressSanitizer and UndefinedBehaviorSanitizer.
 asan-test: deps
 	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DALEPHD_SANITIZE=ON $(CMAKE_ARGS) > /dev/null
-	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+	@cmake --build $(ASAN_BUILD) -j $(JOBS) --target unit-tests
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0 \
 	  UBSAN_OPTIONS=suppressions=$(CURDIR)/ubsan_suppressions.txt:halt_on_error=1:print_stacktrace=1 \
 	  ctest --output-on-failure -L unit

@@ -1,65 +1,19 @@
-// Test harness for real alephd processes: start with arguments, wait for the
-// READY line, signal, and always reap (the destructor SIGKILLs a live child).
+// The process harness of sim/ with this build's alephd as the binary.
 #pragma once
 
-#include <chrono>
-#include <cstdint>
-#include <map>
-#include <string>
-#include <thread>
-#include <vector>
-
-#include <sys/types.h>
+#include "sim/process.hpp"
 
 namespace alephd::test {
 
-class process {
+using sim::eventually;
+using sim::port_free;
+
+/// `alephd args...` of this build.
+class process : public sim::process {
 public:
-  /// Starts `alephd args...` with stdout piped and stderr to `log_path`.
-  process(std::vector<std::string> args, std::string log_path);
-  ~process();
-  process(const process&) = delete;
-  process& operator=(const process&) = delete;
-
-  /// Reads stdout until a line starting with "READY"; its key=value pairs go to `ready`.
-  bool wait_ready(std::chrono::milliseconds timeout = std::chrono::seconds(20));
-  /// Sends a signal.
-  void signal(int sig);
-  /// Waits for the exit; returns the exit code, 128+signal, or -1 on timeout.
-  int wait_exit(std::chrono::milliseconds timeout);
-  /// SIGKILL and reap.
-  void kill9();
-  bool running() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
-  /// "host:port" values from the READY line, e.g. ready.at("http").
-  std::map<std::string, std::string> ready;
-  /// The port part of a READY endpoint.
-  uint16_t port(const std::string& key) const;
-  /// Everything the process wrote to stdout so far.
-  const std::string& output() const { return out_; }
-  std::string log() const;
-
-private:
-  pid_t pid_ = -1;
-  int out_fd_ = -1;
-  std::string out_;
-  std::string log_path_;
-};
-
-/// Can 127.0.0.1:port be bound right now?
-bool port_free(uint16_t port);
-
-/// Polls `fn` every 50 ms until it is true or `timeout` passes; returns the last result.
-template <class F>
-bool eventually(F fn, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    if (fn())
-      return true;
-    if (std::chrono::steady_clock::now() > deadline)
-      return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  process(std::vector<std::string> args, std::string log_path)
+    : sim::process(ALEPHD_BINARY, std::move(args), std::move(log_path)) {
   }
-}
+};
 
 } // namespace alephd::test

@@ -1,4 +1,4 @@
-#include "tests/process.hpp"
+#include "sim/process.hpp"
 
 #include <csignal>
 #include <cstring>
@@ -9,18 +9,25 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-namespace alephd::test {
+namespace alephd::sim {
 
-process::process(std::vector<std::string> args, std::string log_path) : log_path_(std::move(log_path)) {
+process::process(const std::string& binary, std::vector<std::string> args, std::string log_path)
+  : log_path_(std::move(log_path)) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return;
+  auto parent = ::getpid();
   pid_ = ::fork();
   if (pid_ == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent)
+      ::_exit(127); // the parent died before the line above
+
     ::dup2(fds[1], STDOUT_FILENO);
     int log = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (log >= 0)
@@ -29,7 +36,7 @@ process::process(std::vector<std::string> args, std::string log_path) : log_path
     if (devnull >= 0)
       ::dup2(devnull, STDIN_FILENO);
     std::vector<char*> argv;
-    std::string bin = ALEPHD_BINARY;
+    std::string bin = binary;
     argv.push_back(bin.data());
     for (auto& a : args)
       argv.push_back(a.data());
@@ -141,4 +148,4 @@ bool port_free(uint16_t port) {
   return ok;
 }
 
-} // namespace alephd::test
+} // namespace alephd::sim

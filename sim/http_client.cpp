@@ -1,4 +1,4 @@
-#include "tests/http_client.hpp"
+#include "sim/http_client.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
@@ -10,7 +10,7 @@
 #include <limits>
 #include <string_view>
 
-namespace alephd::test {
+namespace alephd::sim {
 
 namespace {
 
@@ -223,4 +223,4 @@ std::string raw_exchange(const std::string& host, uint16_t port, const std::stri
   return out;
 }
 
-} // namespace alephd::test
+} // namespace alephd::sim
