@@ -1,5 +1,6 @@
 // alephd: one binary, several roles.
 #include <csignal>
+#include <filesystem>
 
 #include <unistd.h>
 #include <iostream>
@@ -25,6 +26,7 @@
 #include "runtime/lmdb.hpp"
 #include "runtime/reward_epoch.hpp"
 #include "runtime/node.hpp"
+#include "sim/sim.hpp"
 
 namespace {
 
@@ -36,6 +38,9 @@ Usage:
   alephd ccn [--config FILE] [options]   run a Core Channel Node
   alephd crn [--config FILE] [options]   run a Compute Resource Node (--ccn host:port[,host:port…])
   alephd dev [options]                   one CCN and three CRNs in one process, on 127.0.0.1
+  alephd sim [--config config/sim.ini] [--seed S] [--report F.json] [--html F.html]
+                                         a cluster of CCN and CRN processes with injected
+                                         faults and invariant checks (alephd sim --help)
   alephd call|ls|logs|stop|reboot|erase  talk to a CRN (see "Client commands" below)
   alephd ledger verify [--data-dir DIR]  check a CRN's reward ledger chain (default ./.alephd-crn)
   alephd rewards [--data-dir DIR] [--epoch N] [--json]
@@ -332,6 +337,17 @@ int main(int argc, char** argv) {
     return run_ledger({args.begin() + 1, args.end()});
   if (cmd == "rewards")
     return run_rewards({args.begin() + 1, args.end()});
+  if (cmd == "sim") {
+    std::vector<std::string> rest{args.begin() + 1, args.end()};
+    if (!rest.empty() && (rest[0] == "--help" || rest[0] == "-h")) {
+      std::cout << sim::help();
+      return 0;
+    }
+    // The nodes it launches are this very binary.
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return sim::run(rest, ec ? std::string(argv[0]) : self.string());
+  }
   if (cmd != "ccn" && cmd != "crn" && cmd != "dev")
     return fail_usage("unknown command '" + cmd.substr(0, 60)
                       + "' (expected ccn, crn, dev or a client verb; see alephd --help)");

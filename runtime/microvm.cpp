@@ -521,6 +521,7 @@ struct microvm::impl {
             // PDEATHSIG ends it if we die without stopping it, unless it is
             // to outlive us for a restarted CRN to adopt.
             ::setsid();
+            cloexec_from(3); // none of the CRN's sockets goes into QEMU
             if (!outlive)
               ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != parent)

@@ -1,5 +1,8 @@
 #include "runtime/process_state.hpp"
 
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -77,6 +80,9 @@ executor_usage process_usage(int pid) {
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,6 +91,7 @@ executor_usage process_usage(int pid) {
 #include <thread>
 
 #include <boost/process.hpp>
+#include <boost/process/extend.hpp>
 
 namespace alephd {
 
@@ -112,7 +119,8 @@ std::string run_tool(const std::string& exe, const std::vector<std::string>& arg
   try {
     std::error_code ec;
     bp::child c{bp::exe = exe, bp::args = args, bp::std_in < bp::null,
-                bp::std_out > bp::null, bp::std_err > err_file, ec};
+                bp::std_out > bp::null, bp::std_err > err_file,
+                bp::extend::on_exec_setup = [](auto&) { cloexec_from(3); }, ec};
     if (ec)
       return "cannot spawn " + exe + ": " + ec.message();
     pid = c.id();
@@ -221,6 +229,27 @@ std::string watched_process::start() const {
 bool watched_process::adopted() const {
   std::lock_guard lock{mu_};
   return adopted_;
+}
+
+} // namespace alephd
+
+namespace alephd {
+
+void cloexec_from(int first) noexcept {
+#ifdef CLOSE_RANGE_CLOEXEC
+  if (::close_range(static_cast<unsigned>(first), ~0u, CLOSE_RANGE_CLOEXEC) == 0)
+    return;
+#endif
+  // Kernels before 5.11: one by one, up to the soft limit.
+  rlimit rl{};
+  auto last = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                ? static_cast<int>(std::min<rlim_t>(rl.rlim_cur, 1u << 20))
+                : 65536;
+  for (int fd = first; fd < last; ++fd) {
+    int flags = ::fcntl(fd, F_GETFD);
+    if (flags >= 0 && !(flags & FD_CLOEXEC))
+      ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+  }
 }
 
 } // namespace alephd

@@ -73,3 +73,12 @@ private:
 };
 
 } // namespace alephd
+
+namespace alephd {
+
+/// In a child between fork and exec (async-signal-safe): marks every descriptor from `first` on
+/// close-on-exec, so that a sandbox, a VM or a helper never inherits the node's sockets (its
+/// HTTP listener would keep the port after the node died, and a guest could accept on it).
+void cloexec_from(int first) noexcept;
+
+} // namespace alephd

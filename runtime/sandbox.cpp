@@ -150,6 +150,7 @@ struct sandbox::impl {
     auto log = (std::filesystem::path{opts.run_dir} / "slirp4netns.log").string();
     posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 5); // none of the CRN's sockets
     auto pid_text = std::to_string(target);
     std::vector<std::string> args{opts.slirp4netns, "--configure", "--mtu=65520",
                                   "--disable-host-loopback", "--ready-fd=3", "--exit-fd=4",
@@ -446,6 +447,7 @@ struct sandbox::impl {
                   bp::std_out > (dir / "bwrap.out").string(),
                   bp::std_err > (dir / "bwrap.err").string(),
                   bp::extend::on_exec_setup = [setup, cg](auto&) {
+                    cloexec_from(3); // none of the CRN's sockets goes into the sandbox
                     // Join the cgroup before bwrap forks anything.
                     if (cg != nullptr && !cg->attach_self_in_child())
                       ::_exit(127);

@@ -35,6 +35,7 @@ process::process(const std::string& binary, std::vector<std::string> args, std::
     int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0)
       ::dup2(devnull, STDIN_FILENO);
+    ::close_range(3, ~0u, 0); // nothing of the parent's (a simulator's proxies) goes along
     std::vector<char*> argv;
     std::string bin = binary;
     argv.push_back(bin.data());
