@@ -96,7 +96,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
                 .then(
                   [=](std::vector<placement>& mine) {
                     if (gen == self->state.generation && self->state.broker)
-                      self->send(self->state.broker, atom::confirm_v, std::move(mine));
+                      self->send(self->state.broker, atom::confirm_v, ccn_id, std::move(mine));
                   },
                   [=](caf::error& err) {
                     spdlog::warn("ccn_link {}: cannot get its placements: {}",
@@ -177,6 +177,46 @@ void beat(self_ptr self) {
       });
 }
 
+// Linked away from home (the first CCN of the list, where the operator put this CRN; it went
+// elsewhere when home was gone): go back once home answers again, so that every CCN gets its
+// CRNs back after a crash and the CCN that placed our workloads confirms or fences them.
+void fail_back(self_ptr self) {
+  auto& st = self->state;
+  if (st.phase != link_phase::registered || st.endpoint_index == 0 || !st.cfg.direct.empty()
+      || st.probing_home || st.cfg.endpoints.empty())
+    return;
+  auto every = st.cfg.failback.count() > 0 ? st.cfg.failback : 4 * st.cfg.failure_timeout;
+  auto now = self->clock().now();
+  if (now - st.last_home_try < every)
+    return;
+  st.last_home_try = now;
+  st.probing_home = true;
+  auto gen = st.generation;
+  auto home = st.cfg.endpoints[0];
+  connect_ccn_node(
+    self, home, st.cfg.failure_timeout,
+    [=](const ccn_node_actor& node) {
+      auto& st = self->state;
+      st.probing_home = false;
+      if (gen != st.generation || st.phase != link_phase::registered)
+        return; // the link moved meanwhile
+      spdlog::info("ccn_link {}: CCN {} answers again; moving back to it", st.cfg.info.id, home);
+      if (st.registry) {
+        self->send(st.registry, atom::unlink_v, st.cfg.info.id);
+        self->demonitor(st.registry.address());
+      }
+      st.registry = nullptr;
+      st.node = nullptr;
+      st.phase = link_phase::connecting;
+      st.info.connected = false;
+      st.info.state = link_state::unlinked;
+      ++st.generation;
+      st.endpoint_index = 0;
+      enroll(self, node, home);
+    },
+    [=](caf::error&) { self->state.probing_home = false; });
+}
+
 // Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
 // (the highest seq it holds for us) is the acknowledgement. Sent again after a lost answer,
 // a batch is skipped by the CCN, so nothing is counted twice.
@@ -245,6 +285,7 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
     [=](atom::tick) {
       beat(self);
       ship(self);
+      fail_back(self);
       self->delayed_send(self, self->state.cfg.heartbeat, atom::tick_v);
     },
     [=](atom::status, link_state s) {

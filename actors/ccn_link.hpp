@@ -27,6 +27,9 @@ struct ccn_link_config {
   /// The CRN's reward ledger: entries the CCN has not acknowledged are shipped to it.
   reward_ledger_actor ledger;
   uint32_t ship_batch = 256;
+  /// Linked to another CCN than the first of `endpoints`, the link tries the first one again
+  /// this often and moves back to it when it answers (0 = 4 × failure_timeout).
+  std::chrono::milliseconds failback{0};
 };
 
 enum class link_phase { disconnected, connecting, registered };
@@ -46,6 +49,8 @@ struct ccn_link_state {
   uint64_t session = 0; ///< signing time (unix ms) of the current enrollment
   uint64_t generation = 0; ///< bumps on every (re)connect; stale callbacks compare it
   bool shipping = false;   ///< a batch of ledger entries is on its way
+  bool probing_home = false; ///< a connection to the first CCN is being tried
+  caf::actor_clock::time_point last_home_try;
   std::mt19937_64 rng;
 };
 

@@ -370,9 +370,11 @@ using job_broker_actor = caf::typed_actor<
   replies_to<atom::drain, bool>::with<uint32_t>,
   /// The link to fetch programs and code through (set once the link exists).
   reacts_to<atom::connect, ccn_link_actor>,
-  /// After (re)registration: what the CCN places on this CRN. Executions re-adopted after a
-  /// restart that it no longer places here (it moved them while we were gone) are stopped.
-  reacts_to<atom::confirm, std::vector<placement>>,
+  /// After (re)registration with CCN `std::string` (its id): what it places on this CRN. Its
+  /// executions here that it no longer places here (it moved them while this CRN was gone or
+  /// linked elsewhere), and executions re-adopted after a restart that it does not place here,
+  /// are stopped. Executions other CCNs placed are left alone.
+  reacts_to<atom::confirm, std::string, std::vector<placement>>,
   /// Internal: the program's answer to event `uint64_t` arrived (from an executor thread).
   reacts_to<atom::published, uint64_t, uint16_t>,
   /// Internal: a supervisor's final state and logs, sent just before it quits.

@@ -207,6 +207,7 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         // Already here and alive: a newer epoch just updates it (an on-demand execution becomes
         // persistent).
         i->second.alloc.epoch = a.epoch;
+        i->second.alloc.owner = a.owner;
         i->second.persistent = true;
         i->second.unconfirmed = false;
         caf::anon_send(i->second.supervisor, atom::allocate_v, a);
@@ -409,11 +410,16 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
       }
       return rp;
     },
-    [=](atom::confirm, const std::vector<placement>& mine) {
+    [=](atom::confirm, const std::string& ccn, const std::vector<placement>& mine) {
       auto& st = self->state;
       std::vector<std::string> stale;
       for (auto& [hash, e] : st.executions) {
-        if (!e.unconfirmed || e.stopped)
+        if (e.stopped)
+          continue;
+        // Its owner's word decides; one without an owner (an older record) is decided by the
+        // first CCN this CRN registers with after re-adopting it.
+        bool owned = e.alloc.owner.empty() ? e.unconfirmed : e.alloc.owner == ccn;
+        if (!owned)
           continue;
         auto p = std::find_if(mine.begin(), mine.end(),
                               [&](const placement& x) { return x.item_hash == hash; });
@@ -429,8 +435,8 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         }
       }
       for (auto& hash : stale) {
-        spdlog::warn("job_broker: {} was placed elsewhere while this CRN was down; stopping "
-                     "the copy left here",
+        spdlog::warn("job_broker: its CCN no longer places {} here (it moved it while this CRN "
+                     "was down or away); stopping the copy left here",
                      hash);
         auto& e = st.executions[hash];
         e.stopped = true;

@@ -134,6 +134,7 @@ void place(self_ptr self, const std::string& hash) {
     return;
   }
   w.alloc.epoch += 1;
+  w.alloc.owner = st.cfg.ccn_id;
   w.crn_id = best->info.id;
   w.state = "allocating";
   w.detail.clear();
@@ -156,6 +157,7 @@ void restore(self_ptr self) {
     scheduled_workload w;
     if (!codec::decode(v, w.alloc, w.crn_id, w.state))
       return true;
+    w.alloc.owner = st.cfg.ccn_id; // records of older versions name no owner
     if (w.state == "allocating")
       w.state = "allocated"; // unknown outcome: confirm with the CRN when it is back
     if (!w.crn_id.empty())

@@ -128,7 +128,7 @@ bool decode(std::string_view bytes, crn_info& info, link_state& state, double& r
 std::string encode(const allocation& a, const std::string& crn_id, const std::string& state) {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk{buf};
-  pk.pack_map(11);
+  pk.pack_map(12);
   pk.pack("v"), pk.pack(current_version);
   pk.pack("item_hash"), pk.pack(a.item_hash);
   pk.pack("kind"), pk.pack(a.kind);
@@ -140,6 +140,7 @@ std::string encode(const allocation& a, const std::string& crn_id, const std::st
   pk.pack("alloc_version"), pk.pack(a.version);
   pk.pack("crn_id"), pk.pack(crn_id);
   pk.pack("state"), pk.pack(state);
+  pk.pack("owner"), pk.pack(a.owner);
   return {buf.data(), buf.size()};
 }
 
@@ -155,6 +156,7 @@ bool decode(std::string_view bytes, allocation& a, std::string& crn_id, std::str
     take(m, "alloc_version", a.version);
     take(m, "crn_id", crn_id);
     take(m, "state", state);
+    take(m, "owner", a.owner); // absent from older records
   });
 }
 

@@ -330,13 +330,14 @@ struct allocation {
   uint64_t memory_mib = 128;
   uint64_t disk_mib = 0;
   std::string message_json;
+  std::string owner; ///< id of the CCN that placed it: only that CCN confirms or fences it
   bool operator==(const allocation&) const = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, allocation& x) {
   return f(caf::meta::type_name("alephd::allocation"), x.version, x.item_hash, x.kind, x.epoch,
-           x.vcpus, x.memory_mib, x.disk_mib, x.message_json);
+           x.vcpus, x.memory_mib, x.disk_mib, x.message_json, x.owner);
 }
 
 /// A CRN's answer to an allocation.

@@ -33,6 +33,7 @@ std::string execution_records::encode(const execution_record& r) {
     {"memory_mib", r.alloc.memory_mib},
     {"disk_mib", r.alloc.disk_mib},
     {"message_json", r.alloc.message_json},
+    {"owner", r.alloc.owner},
     {"persistent", r.persistent},
     {"executor", r.executor},
     {"sock_dir", r.sock_dir},
@@ -63,6 +64,7 @@ std::optional<execution_record> execution_records::decode(const std::string& tex
     r.alloc.memory_mib = j.at("memory_mib").get<uint64_t>();
     r.alloc.disk_mib = j.at("disk_mib").get<uint64_t>();
     r.alloc.message_json = j.at("message_json").get<std::string>();
+    r.alloc.owner = j.value("owner", std::string{}); // absent in records of older versions
     r.persistent = j.at("persistent").get<bool>();
     r.executor = j.value("executor", std::string{"sandbox"});
     r.sock_dir = j.value("sock_dir", std::string{});

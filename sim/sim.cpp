@@ -19,6 +19,7 @@
 #include <thread>
 #include <cmath>
 #include <iomanip>
+#include <limits>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -79,7 +80,7 @@ struct config {
   uint32_t on_demand = 1;
   // [faults]
   ms fault_interval{6000};
-  std::vector<std::string> kinds{"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition", "slow-link"};
+  std::vector<std::string> kinds{"crn-kill", "ccn-kill", "host-kill", "crn-pause", "ccn-pause", "partition", "slow-link", "restart"};
   ms down_time{3000};
   ms pause_time{3000};
   ms partition_time{4000};
@@ -89,9 +90,13 @@ struct config {
   std::string html;
   std::string dir;
   bool keep = false;
+  bool plan_only = false;
 };
 
-const std::vector<std::string> all_kinds{"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition", "slow-link"};
+// ccn-wipe loses a CCN's disk, which no single node survives unless its peers hold everything
+// it acknowledged; it is not in the default mix.
+const std::vector<std::string> all_kinds{"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition",
+                                         "slow-link", "host-kill", "restart", "ccn-wipe"};
 
 struct option {
   const char* name;
@@ -170,7 +175,7 @@ const std::vector<option>& options() {
     {"workload.persistent-programs", "persistent programs placed by the CCNs (default 2)", count(&config::persistent, 0, 100)},
     {"workload.on-demand-programs", "on-demand programs called on the CRNs (default 1)", count(&config::on_demand, 0, 100)},
     {"faults.interval", "time from one fault to the next (default 6s)", span(&config::fault_interval, 500ms)},
-    {"faults.kinds", "comma-separated; crn-kill, ccn-kill, crn-pause, ccn-pause, partition, slow-link, or none (default all)",
+    {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, partition, slow-link, restart, ccn-wipe, or none (default: all but ccn-wipe)",
      [](config& c, const std::string& v) -> std::string {
        std::vector<std::string> out;
        std::stringstream in{v};
@@ -254,8 +259,8 @@ std::string parse_args(const std::vector<std::string>& args, config& c) {
       name = name.substr(0, eq);
       has_value = true;
     }
-    if (name == "keep") {
-      c.keep = true;
+    if (name == "keep" || name == "plan") {
+      (name == "keep" ? c.keep : c.plan_only) = true;
       continue;
     }
     if (!has_value) {
@@ -290,6 +295,60 @@ const char* to_string(node_state s) {
     case node_state::paused: return "paused";
   }
   return "?";
+}
+
+// The nodes of a cluster in the order the simulator starts them: the CCNs, then each CCN's CRNs,
+// then the extra CRNs.
+std::vector<std::string> node_names(const config& c) {
+  std::vector<std::string> out;
+  for (uint32_t i = 0; i < c.ccns; ++i)
+    out.push_back("ccn-" + std::to_string(i));
+  for (uint32_t i = 0; i < c.ccns; ++i)
+    for (uint32_t k = 0; k < c.crns_per_ccn; ++k)
+      out.push_back("crn-" + std::to_string(i) + "-" + std::to_string(k));
+  for (uint32_t e = 0; e < c.extra_crns; ++e)
+    out.push_back("crn-x" + std::to_string(e));
+  return out;
+}
+
+struct planned_fault {
+  std::string kind;
+  std::size_t target = 0; ///< a node index; for host-kill, the index of a persistent program
+};
+
+// The fault schedule: a function of the seed and the cluster's shape only, so a seed repeats it.
+std::vector<planned_fault> plan_faults(const config& c) {
+  std::vector<planned_fault> out;
+  if (c.kinds.empty())
+    return out;
+  std::mt19937_64 rng{c.seed};
+  auto n_nodes = node_names(c).size();
+  auto n_crns = n_nodes - c.ccns;
+  auto count = static_cast<std::size_t>(c.duration / c.fault_interval) + 1;
+  for (std::size_t i = 0; i < count; ++i) {
+    planned_fault f;
+    f.kind = c.kinds[rng() % c.kinds.size()];
+    auto crn = [&] { return c.ccns + rng() % n_crns; };
+    auto ccn = [&] { return static_cast<std::size_t>(rng() % c.ccns); };
+    if (f.kind == "crn-kill" || f.kind == "crn-pause" || f.kind == "slow-link")
+      f.target = crn();
+    else if (f.kind == "ccn-kill" || f.kind == "ccn-pause" || f.kind == "ccn-wipe")
+      f.target = ccn();
+    else if (f.kind == "partition")
+      f.target = c.ccns > 1 && rng() % 2 == 0 ? ccn() : crn();
+    else if (f.kind == "restart")
+      f.target = rng() % n_nodes;
+    else if (f.kind == "host-kill")
+      f.target = c.persistent == 0 ? 0 : rng() % c.persistent;
+    out.push_back(f);
+  }
+  return out;
+}
+
+std::string describe(const config& c, const planned_fault& f) {
+  if (f.kind == "host-kill")
+    return "host-kill of the CRN running persistent program " + std::to_string(f.target);
+  return f.kind + " " + node_names(c).at(f.target);
 }
 
 struct node {
@@ -387,7 +446,7 @@ while (my $c = $s->accept) {
 
 class simulation {
 public:
-  simulation(config c, std::string self) : cfg_(std::move(c)), self_(std::move(self)), faults_rng_(cfg_.seed),
+  simulation(config c, std::string self) : cfg_(std::move(c)), self_(std::move(self)),
                                            work_rng_(cfg_.seed ^ 0x9e3779b97f4a7c15ull) {
     secret_ = std::string(32, '\0');
     std::mt19937_64 key_rng{cfg_.seed + 7};
@@ -501,7 +560,8 @@ private:
 
   void monitor_loop();
   void workload_loop();
-  void one_fault(std::size_t n);
+  void one_fault(std::size_t number, const planned_fault& f);
+  void sample_memory();
   void check_durability(const node& ccn, double since);
   void final_checks();
   void teardown();
@@ -516,7 +576,6 @@ private:
   std::filesystem::path dir_;
   bool made_dir_ = false;
   steady::time_point start_ = steady::now();
-  std::mt19937_64 faults_rng_;
   std::mt19937_64 work_rng_;
   std::string secret_;
   std::string sender_;
@@ -538,6 +597,8 @@ private:
   std::vector<json> reschedule_log_;
   std::map<std::string, uint32_t> max_linked_seen_;
   uint64_t faults_applied_ = 0;
+  double memory_peak_mib_ = 0;
+  std::vector<json> memory_log_;
   std::atomic<bool> failed_{false};
   std::atomic<bool> stop_workload_{false};
   std::atomic<bool> stop_monitor_{false};
@@ -554,7 +615,7 @@ bool simulation::build_cluster() {
                                   "--ccn.failure-timeout=" + dur(cfg_.failure_timeout), "--log-level=info"};
   for (uint32_t i = 0; i < cfg_.ccns; ++i) {
     node n;
-    n.name = "ccn-" + std::to_string(i);
+    n.name = node_names(cfg_)[i];
     n.ccn = true;
     n.group = i;
     n.http_port = ports[next_port++];
@@ -568,11 +629,12 @@ bool simulation::build_cluster() {
     n.http_port = ports[next_port++];
     nodes_.push_back(std::move(n));
   };
+  auto names = node_names(cfg_);
   for (uint32_t i = 0; i < cfg_.ccns; ++i)
     for (uint32_t k = 0; k < cfg_.crns_per_ccn; ++k)
-      add_crn("crn-" + std::to_string(i) + "-" + std::to_string(k), i);
+      add_crn(names[nodes_.size()], i);
   for (uint32_t e = 0; e < cfg_.extra_crns; ++e)
-    add_crn("crn-x" + std::to_string(e), e % cfg_.ccns);
+    add_crn(names[nodes_.size()], e % cfg_.ccns);
   // Every node link through a proxy of its own.
   for (auto& n : nodes_) {
     if (n.ccn) {
@@ -728,9 +790,59 @@ std::map<std::string, std::set<std::string>> simulation::running_programs() {
   return out;
 }
 
+// The memory of the whole cluster: the proportional set size (shared pages split among the
+// processes that share them, so the sum is what the cluster really uses) of every process
+// under the simulator — nodes, sandboxes and their programs.
+void simulation::sample_memory() {
+  std::map<int, int> parent;
+  for (auto& e : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream stat{e.path() / "stat"};
+    std::string line;
+    std::getline(stat, line);
+    auto paren = line.rfind(')');
+    if (paren == std::string::npos)
+      continue;
+    std::istringstream rest{line.substr(paren + 2)};
+    char state = 0;
+    int ppid = 0;
+    rest >> state >> ppid;
+    parent[std::stoi(name)] = ppid;
+  }
+  auto self = static_cast<int>(::getpid());
+  double kib = 0;
+  for (auto& [pid, ppid] : parent) {
+    int p = ppid;
+    for (int depth = 0; p > 1 && p != self && depth < 64; ++depth)
+      p = parent.count(p) ? parent[p] : 0;
+    if (p != self)
+      continue;
+    std::ifstream in{"/proc/" + std::to_string(pid) + "/smaps_rollup"};
+    for (std::string key; in >> key;) {
+      if (key == "Pss:") {
+        double v = 0;
+        in >> v;
+        kib += v;
+        break;
+      }
+      in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+    }
+  }
+  std::lock_guard<std::mutex> lock{mu_};
+  memory_peak_mib_ = std::max(memory_peak_mib_, kib / 1024);
+  memory_log_.push_back(json{{"t", std::round(now() * 10) / 10}, {"mib", std::round(kib / 1024)}});
+}
+
 void simulation::monitor_loop() {
+  auto last_memory = steady::now() - 1h;
   while (!stop_monitor_) {
     auto round = steady::now();
+    if (round - last_memory >= 1s) {
+      sample_memory();
+      last_memory = round;
+    }
     // At most max-linked-crns linked at each CCN, at every sample.
     for (auto& v : snapshot()) {
       if (!v.ccn || v.state != node_state::up)
@@ -879,21 +991,28 @@ void simulation::check_durability(const node& ccn, double since) {
   }
 }
 
-void simulation::one_fault(std::size_t number) {
-  auto kind = cfg_.kinds[faults_rng_() % cfg_.kinds.size()];
-  std::vector<node*> ccns, crns;
-  for (auto& n : nodes_)
-    (n.ccn ? ccns : crns).push_back(&n);
-  auto pick = [&](std::vector<node*>& from) { return from[faults_rng_() % from.size()]; };
+void simulation::one_fault(std::size_t number, const planned_fault& f) {
   auto hold = [&](ms d) {
     auto until = steady::now() + d;
     while (steady::now() < until && !interrupted)
       std::this_thread::sleep_for(20ms);
   };
-  ++faults_applied_;
   auto tag = "#" + std::to_string(number);
-  if (kind == "crn-kill" || kind == "ccn-kill") {
-    auto* n = pick(kind == "crn-kill" ? crns : ccns);
+  node* n = f.kind == "host-kill" ? nullptr : &nodes_.at(f.target);
+  if (f.kind == "host-kill") {
+    // The CRN that runs persistent program number `target`, as the monitor saw it last.
+    std::lock_guard<std::mutex> lock{mu_};
+    if (f.target < persistent_.size())
+      if (auto& on = placements_[persistent_[f.target]]; !on.empty())
+        n = find(*on.begin());
+  }
+  if (!n) {
+    record("observe", f.kind, "", tag + " skipped: no CRN runs that program now");
+    return;
+  }
+  ++faults_applied_;
+  if (f.kind == "crn-kill" || f.kind == "ccn-kill" || f.kind == "host-kill" || f.kind == "ccn-wipe"
+      || f.kind == "restart") {
     // The persistent programs it runs must run again within the deadline.
     if (!n->ccn) {
       std::lock_guard<std::mutex> lock{mu_};
@@ -902,26 +1021,43 @@ void simulation::one_fault(std::size_t number) {
           reschedules_.push_back(pending_reschedule{program, n->name, now()});
     }
     auto died = now();
-    kill(*n);
-    record("fault", kind, n->name, tag);
-    hold(cfg_.down_time);
+    if (f.kind == "restart") {
+      std::lock_guard<std::mutex> lock{mu_};
+      if (n->proc)
+        n->proc->signal(SIGTERM);
+    }
+    record("fault", f.kind, n->name, tag);
+    if (f.kind == "restart") {
+      std::unique_ptr<process> p;
+      {
+        std::lock_guard<std::mutex> lock{mu_};
+        p = std::move(n->proc);
+        n->state = node_state::down;
+      }
+      if (p && p->wait_exit(30s) != 0)
+        violate("clean-stop", n->name + " did not stop cleanly on SIGTERM (exit " + std::to_string(p ? p->wait_exit(1s) : -1) + ")", {n->name});
+    } else {
+      kill(*n);
+    }
+    if (f.kind == "ccn-wipe") {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_ / n->name, ec); // its disk is lost
+    }
+    hold(f.kind == "restart" ? 0ms : cfg_.down_time);
     bool ok = start(*n);
     record("heal", "restart", n->name, ok ? "" : "did not start again");
     if (!ok)
-      violate("node-restarts", n->name + " did not start again after a kill", {n->name});
+      violate("node-restarts", n->name + " did not start again after " + f.kind, {n->name});
     else if (n->ccn)
       check_durability(*n, died);
-  } else if (kind == "crn-pause" || kind == "ccn-pause") {
-    auto* n = pick(kind == "crn-pause" ? crns : ccns);
+  } else if (f.kind == "crn-pause" || f.kind == "ccn-pause") {
     pause(*n, true);
-    record("fault", kind, n->name, tag);
+    record("fault", f.kind, n->name, tag);
     hold(cfg_.pause_time);
     pause(*n, false);
     record("heal", "continue", n->name);
-  } else if (kind == "partition") {
+  } else if (f.kind == "partition") {
     // A CRN from the CCN it starts on, or a CCN from its peers.
-    bool of_crn = cfg_.ccns == 1 || faults_rng_() % 2 == 0;
-    auto* n = pick(of_crn ? crns : ccns);
     std::vector<std::size_t> links;
     std::string detail;
     if (!n->ccn) {
@@ -930,9 +1066,9 @@ void simulation::one_fault(std::size_t number) {
     } else {
       for (auto l : n->links_out)
         links.push_back(l);
-      for (auto& other : ccns)
-        if (other != n)
-          for (auto l : other->links_out)
+      for (auto& other : nodes_)
+        if (other.ccn && &other != n)
+          for (auto l : other.links_out)
             if (std::find(n->links_in.begin(), n->links_in.end(), l) != n->links_in.end())
               links.push_back(l);
       detail = "from its peer CCNs";
@@ -944,8 +1080,7 @@ void simulation::one_fault(std::size_t number) {
     for (auto l : links)
       proxies_->partition(l, false);
     record("heal", "partition", n->name);
-  } else if (kind == "slow-link") {
-    auto* n = pick(crns);
+  } else if (f.kind == "slow-link") {
     auto l = n->links_out.front();
     proxies_->delay(l, cfg_.slow_delay);
     record("fault", "slow-link", n->name, tag + " +" + dur(cfg_.slow_delay) + " to " + nodes_[n->group].name);
@@ -1202,6 +1337,14 @@ json simulation::report() {
     {"reschedules", reschedule_log_},
     {"reschedule_latency_s", {{"p50", pct(0.5)}, {"p99", pct(0.99)}, {"count", latencies.size()}}},
     {"max_linked_seen", max_linked_seen_},
+    {"memory_peak_mib", std::round(memory_peak_mib_)},
+    {"memory", memory_log_},
+    {"plan", [&] {
+       json p = json::array();
+       for (auto& f : plan_faults(cfg_))
+         p.push_back(describe(cfg_, f));
+       return p;
+     }()},
     {"link_connections", proxies_ ? proxies_->connections() : 0},
     {"invariants", invariants},
     {"violations", violations},
@@ -1268,11 +1411,13 @@ int simulation::run() {
     std::thread workload{[this] { workload_loop(); }};
     auto end = steady::now() + cfg_.duration;
     std::size_t n = 0;
+    auto plan = plan_faults(cfg_);
     // The first fault after one interval, so that placements are seen first.
     auto next = steady::now() + cfg_.fault_interval;
     while (steady::now() < end && !interrupted && !failed_) {
-      if (!cfg_.kinds.empty() && steady::now() >= next) {
-        one_fault(++n);
+      if (n < plan.size() && steady::now() >= next) {
+        one_fault(n + 1, plan[n]);
+        ++n;
         next = steady::now() + cfg_.fault_interval;
       }
       std::this_thread::sleep_for(50ms);
@@ -1300,7 +1445,7 @@ int simulation::run() {
   print_history();
   std::cout << "alephd sim: " << (code == 0 ? "PASS" : "FAIL") << ": seed " << cfg_.seed << ", " << faults_applied_
             << " faults, " << r["workload"]["messages_acked"] << " messages and " << r["workload"]["files_acked"]
-            << " files acknowledged";
+            << " files acknowledged, memory peak " << r["memory_peak_mib"] << " MiB";
   if (!r["reschedule_latency_s"]["p50"].is_null())
     std::cout << ", reschedule p50 " << r["reschedule_latency_s"]["p50"].get<double>() << " s";
   std::cout << std::endl;
@@ -1320,12 +1465,13 @@ int simulation::run() {
 std::string help() {
   std::ostringstream out;
   out << "Usage: alephd sim [--config config/sim.ini] [--seed S] [--report out.json] [--html out.html]\n"
-         "                  [--dir DIR] [--keep] [--group.option=value ...]\n\n"
+         "                  [--dir DIR] [--keep] [--plan] [--group.option=value ...]\n\n"
          "Starts N CCNs x 3 CRNs as separate alephd processes on 127.0.0.1 (node links through\n"
          "fault-injecting proxies), runs a workload, injects faults on a schedule drawn from the seed,\n"
          "checks the invariants after each fault and at the end, and stops every node.\n"
          "Exit: 0 every invariant held, 1 one was violated (seed and events printed), 2 bad usage,\n"
-         "3 the cluster did not come up, 130 interrupted.\n\nOptions (also in the INI file as `name = value` under [group]):\n";
+         "3 the cluster did not come up, 130 interrupted. --plan prints the fault schedule and exits;\n"
+         "--keep keeps the work dir (logs, data) of a passing run; a failing run always keeps it.\n\nOptions (also in the INI file as `name = value` under [group]):\n";
   for (auto& o : options())
     out << "  --" << o.name << std::string(o.name[0] ? std::max<int>(2, 30 - static_cast<int>(std::strlen(o.name))) : 2, ' ')
         << o.help << '\n';
@@ -1337,6 +1483,13 @@ int run(const std::vector<std::string>& args, const std::string& self) {
   if (auto err = parse_args(args, c); !err.empty()) {
     std::cerr << "alephd: sim: " << err << '\n';
     return 2;
+  }
+  if (c.plan_only) {
+    std::cout << "fault schedule of seed " << c.seed << ", one every " << c.fault_interval.count() << "ms:\n";
+    std::size_t i = 0;
+    for (auto& f : plan_faults(c))
+      std::cout << "  #" << ++i << " " << describe(c, f) << '\n';
+    return 0;
   }
   return simulation{std::move(c), self}.run();
 }

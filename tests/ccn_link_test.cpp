@@ -163,7 +163,7 @@ broker_double(job_broker_actor::stateful_pointer<broker_double_state> self) {
     [=](atom::published, uint64_t, uint16_t) {},
     [=](atom::connect, const ccn_link_actor&) {},
     [=](atom::exited, const execution_info&, const std::vector<log_line>&) {},
-    [=](atom::confirm, const std::vector<placement>& mine) {
+    [=](atom::confirm, const std::string&, const std::vector<placement>& mine) {
       self->state.confirms.push_back(mine);
     },
   };
@@ -378,7 +378,7 @@ TEST_F(ccn_link_test, after_each_registration_the_broker_learns_what_the_ccn_pla
 
 TEST_F(ccn_link_test, an_allocation_reaches_the_job_broker_and_its_ack_comes_back) {
   start();
-  allocation a{1, "hash-1", "instance", 3, 2, 2048, 10240, R"({"type":"INSTANCE"})"};
+  allocation a{1, "hash-1", "instance", 3, 2, 2048, 10240, R"({"type":"INSTANCE"})", "ccn-1"};
   auto ack = ask<allocation_ack>(link, atom::allocate_v, a);
   ASSERT_TRUE(ack.value) << describe(ack.error);
   EXPECT_TRUE(ack.value->accepted);

@@ -32,7 +32,7 @@ struct temp_dir {
 
 execution_record sample(const std::string& hash) {
   execution_record r;
-  r.alloc = allocation{1, hash, "program", 7, 2, 256, 10, R"({"type":"PROGRAM"})"};
+  r.alloc = allocation{1, hash, "program", 7, 2, 256, 10, R"({"type":"PROGRAM"})", "ccn-7"};
   r.persistent = true;
   r.executor = "sandbox";
   r.run_dir = "/var/lib/alephd/executions/" + hash + "/run";

@@ -66,6 +66,37 @@ std::vector<int> processes_with(const std::string& needle) {
   return out;
 }
 
+// Processes other than `owner` that hold the socket listening on 127.0.0.1:`port`.
+std::vector<int> other_holders_of_listener(uint16_t port, int owner) {
+  std::string inode;
+  std::istringstream tcp{read_file("/proc/net/tcp")};
+  char want[16];
+  std::snprintf(want, sizeof want, "0100007F:%04X", port);
+  for (std::string line; std::getline(tcp, line);) {
+    std::istringstream f{line};
+    std::string sl, local, remote, st, queues, timer, retr, uid, timeout, ino;
+    f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> ino;
+    if (local == want && st == "0A")
+      inode = ino;
+  }
+  std::vector<int> out;
+  if (inode.empty())
+    return out;
+  auto needle = "socket:[" + inode + "]";
+  for (auto& e : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos || std::stoi(name) == owner)
+      continue;
+    std::error_code ec;
+    for (auto& fd : std::filesystem::directory_iterator{e.path() / "fd", ec})
+      if (std::filesystem::read_symlink(fd.path(), ec).string() == needle) {
+        out.push_back(std::stoi(name));
+        break;
+      }
+  }
+  return out;
+}
+
 // "pid state cmdline" lines, for failure messages.
 std::string describe_processes(const std::vector<int>& pids) {
   std::string out;
@@ -646,6 +677,10 @@ TEST_F(execution, a_persistent_program_runs_where_the_scheduler_puts_it_and_come
     << executions(crn->port("http")).dump();
   auto r = http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/echo?p");
   EXPECT_EQ(r.status, 200) << r.body;
+  // The sandbox holds none of the CRN's sockets: one that outlives a killed CRN would keep its
+  // HTTP port, and the CRN could not start again on it.
+  auto holders = other_holders_of_listener(crn->port("http"), crn->pid());
+  EXPECT_TRUE(holders.empty()) << "the CRN's HTTP listener leaked into:" << describe_processes(holders);
   // Its program crashes: restarted after back-off, not dropped.
   auto first_start = executions(crn->port("http"))[hash]["status"]["started_at"];
   EXPECT_EQ(http_request(localhost, crn->port("http"), "GET", "/vm/" + hash + "/crash").status, 502);

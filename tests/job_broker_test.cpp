@@ -883,8 +883,9 @@ TEST_F(job_broker_test, executions_resumed_after_a_restart_stay_only_where_the_c
   auto moved = publish_program("#!/bin/moved\n", 128, true);
   auto c = host();
   c.env = env;
-  c.resume = {{allocation{1, kept, "program", 5, 1, 128, 0, ""}, true},
-              {allocation{1, moved, "program", 5, 1, 128, 0, ""}, true}};
+  // Records of an older version name no owner: the first CCN to confirm decides.
+  c.resume = {{allocation{1, kept, "program", 5, 1, 128, 0, "", ""}, true},
+              {allocation{1, moved, "program", 5, 1, 128, 0, "", ""}, true}};
   auto restarted = spawn(job_broker, c);
   sched.run();
   auto& ex = state_of<job_broker_state>(restarted).executions;
@@ -904,7 +905,7 @@ TEST_F(job_broker_test, executions_resumed_after_a_restart_stay_only_where_the_c
   EXPECT_EQ(phase(kept), "running");
   EXPECT_EQ(phase(moved), "running");
   // The CCN still places `kept` here (at a newer epoch) and moved `moved` elsewhere.
-  caf::anon_send(restarted, atom::confirm_v,
+  caf::anon_send(restarted, atom::confirm_v, std::string{"ccn"},
                  std::vector<placement>{placement{kept, "program", "crn", 6, "allocated", ""}});
   sched.run();
   EXPECT_FALSE(ex.at(kept).unconfirmed);
@@ -912,9 +913,48 @@ TEST_F(job_broker_test, executions_resumed_after_a_restart_stay_only_where_the_c
   EXPECT_EQ(phase(kept), "running");
   EXPECT_EQ(phase(moved), "stopped");
   // A later confirmation does not touch confirmed executions.
-  caf::anon_send(restarted, atom::confirm_v, std::vector<placement>{});
+  caf::anon_send(restarted, atom::confirm_v, std::string{"ccn"}, std::vector<placement>{});
   sched.run();
   EXPECT_EQ(phase(kept), "running");
   caf::anon_send_exit(restarted, caf::exit_reason::user_shutdown);
   sched.run();
+}
+
+// A CRN that went to another CCN while its own was away keeps the workloads its own CCN placed;
+// only the CCN that placed them confirms or stops them when the CRN comes back to it.
+TEST_F(job_broker_test, only_the_ccn_that_placed_a_workload_can_fence_it) {
+  auto a = publish_program("#!/bin/a\n", 128, true);
+  auto b = publish_program("#!/bin/b\n", 128, true);
+  auto placed = [&](const std::string& hash, const std::string& owner, uint64_t epoch) {
+    allocation x = work(hash, "program", 128, 1, 0, epoch);
+    x.message_json = ccn().messages.at(hash).json;
+    x.owner = owner;
+    return x;
+  };
+  ASSERT_TRUE(allocate(placed(a, "ccn-a", 2)).value->accepted);
+  ASSERT_TRUE(allocate(placed(b, "ccn-b", 4)).value->accepted);
+  sched.run();
+  auto phase = [&](const std::string& hash) {
+    for (auto& x : list())
+      if (x.item_hash == hash)
+        return x.phase;
+    return std::string{"unknown"};
+  };
+  ASSERT_EQ(phase(a), "running");
+  ASSERT_EQ(phase(b), "running");
+  // Registered with ccn-b, which places only `b` here: `a` is not its to stop.
+  caf::anon_send(broker, atom::confirm_v, std::string{"ccn-b"},
+                 std::vector<placement>{placement{b, "program", "crn", 4, "allocated", ""}});
+  sched.run();
+  EXPECT_EQ(phase(a), "running");
+  EXPECT_EQ(phase(b), "running");
+  // Back with ccn-a, which moved `a` to another CRN meanwhile: it no longer lists it here.
+  caf::anon_send(broker, atom::confirm_v, std::string{"ccn-a"}, std::vector<placement>{});
+  sched.run();
+  EXPECT_EQ(phase(a), "stopped");
+  EXPECT_EQ(phase(b), "running");
+  // ccn-b's word keeps `b` (an older epoch it no longer knows would stop it).
+  caf::anon_send(broker, atom::confirm_v, std::string{"ccn-b"}, std::vector<placement>{});
+  sched.run();
+  EXPECT_EQ(phase(b), "stopped");
 }

@@ -157,7 +157,7 @@ TEST_F(serialization_test, node_view_roundtrip) {
 }
 
 TEST_F(serialization_test, allocation_roundtrip) {
-  allocation x{2, "hash-9", "instance", 5, 4, 4096, 20480, R"({"type":"INSTANCE"})"};
+  allocation x{2, "hash-9", "instance", 5, 4, 4096, 20480, R"({"type":"INSTANCE"})", "ccn-3"};
   EXPECT_EQ(roundtrip(x), x);
 }
 
@@ -380,7 +380,7 @@ TEST(codec_test, registry_entry_with_an_unknown_state_is_rejected) {
 }
 
 TEST(codec_test, placement_roundtrip) {
-  allocation a{3, "hash-9", "instance", 5, 4, 4096, 20480, R"({"type":"INSTANCE"})"};
+  allocation a{3, "hash-9", "instance", 5, 4, 4096, 20480, R"({"type":"INSTANCE"})", "ccn-3"};
   auto bytes = codec::encode(a, "crn-2", "allocated");
   allocation b;
   std::string crn_id, state;
@@ -401,7 +401,7 @@ TEST(codec_test, every_truncation_of_the_new_records_is_rejected) {
                                order))
       << n << " bytes";
   }
-  allocation a{1, "h", "program", 2, 1, 128, 0, "{}"};
+  allocation a{1, "h", "program", 2, 1, 128, 0, "{}", "ccn-1"};
   auto placement = codec::encode(a, "crn-1", "pending");
   for (size_t n = 0; n < placement.size(); ++n) {
     allocation b;
