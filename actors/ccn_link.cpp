@@ -220,12 +220,66 @@ void fail_back(self_ptr self) {
 // Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
 // (the highest seq it holds for us) is the acknowledgement. Sent again after a lost answer,
 // a batch is skipped by the CCN, so nothing is counted twice.
+void ship(self_ptr self);
+
+// Asks the CCN that may hold a batch whose answer was lost what it holds, so that those entries
+// are not shipped (and counted) a second time elsewhere. Until it answers, nothing is shipped.
+void resolve_doubt(self_ptr self) {
+  auto& st = self->state;
+  if (!st.cfg.direct.empty() || st.doubt_endpoint.empty()) {
+    st.doubt_ccn.clear(); // in-process CCNs answer every request
+    st.doubt_endpoint.clear();
+    return;
+  }
+  st.shipping = true;
+  auto endpoint = st.doubt_endpoint;
+  auto done = [=](bool resolved) {
+    auto& st = self->state;
+    st.shipping = false;
+    if (resolved && st.doubt_endpoint == endpoint) {
+      st.doubt_ccn.clear();
+      st.doubt_endpoint.clear();
+      ship(self);
+    }
+  };
+  connect_ccn_node(
+    self, endpoint, st.cfg.failure_timeout,
+    [=](const ccn_node_actor& node) {
+      self->request(node, self->state.cfg.failure_timeout, atom::usage_v, self->state.cfg.info.id,
+                    std::vector<usage_entry>{})
+        .then(
+          [=](uint64_t held) {
+            spdlog::info("ccn_link {}: CCN {} holds our ledger up to entry {}", self->state.cfg.info.id,
+                         endpoint, held);
+            self->send(self->state.cfg.ledger, atom::confirm_v, held);
+            done(true);
+          },
+          [=](caf::error& err) {
+            spdlog::warn("ccn_link {}: CCN {} may hold ledger entries it did not acknowledge and "
+                         "does not say ({}); they wait", self->state.cfg.info.id, endpoint, describe(err));
+            done(false);
+          });
+    },
+    [=](caf::error&) { done(false); });
+}
+
 void ship(self_ptr self) {
   auto& st = self->state;
   if (!st.cfg.ledger || st.shipping || st.phase != link_phase::registered || !st.node)
     return;
+  if (!st.doubt_ccn.empty()) {
+    if (st.doubt_ccn != st.info.ccn_id) {
+      resolve_doubt(self);
+      return;
+    }
+    // The same CCN: it skips what it holds already.
+    st.doubt_ccn.clear();
+    st.doubt_endpoint.clear();
+  }
   st.shipping = true;
   auto gen = st.generation;
+  auto ccn = st.info.ccn_id;
+  auto endpoint = st.info.ccn_endpoint;
   auto done = [=] {
     self->state.shipping = false;
   };
@@ -251,6 +305,11 @@ void ship(self_ptr self) {
             [=](caf::error& err) {
               spdlog::warn("ccn_link {}: shipping ledger entries: {}", self->state.cfg.info.id,
                            describe(err));
+              // Unless the CCN said no, it may have stored them.
+              if (!is(err, ec::refused) && !is(err, ec::invalid)) {
+                self->state.doubt_ccn = ccn;
+                self->state.doubt_endpoint = endpoint;
+              }
               done();
             });
       },

@@ -50,6 +50,10 @@ struct ccn_link_state {
   uint64_t generation = 0; ///< bumps on every (re)connect; stale callbacks compare it
   bool shipping = false;   ///< a batch of ledger entries is on its way
   bool probing_home = false; ///< a connection to the first CCN is being tried
+  /// A batch whose answer was lost went to this CCN (id, endpoint): it may hold those entries,
+  /// so before shipping them to another CCN the link asks it what it holds.
+  std::string doubt_ccn;
+  std::string doubt_endpoint;
   caf::actor_clock::time_point last_home_try;
   std::mt19937_64 rng;
 };

@@ -866,7 +866,9 @@ void simulation::monitor_loop() {
         violate("max-linked-crns", v.name + " has " + std::to_string(linked) + " CRNs linked, more than "
                                      + std::to_string(cfg_.max_linked), who);
     }
-    // Where the persistent programs run; reschedules after a CRN's death.
+    // Where the persistent programs run; reschedules after a CRN's death (seen only by a round
+    // that began after the death).
+    auto began = now();
     auto running = running_programs();
     auto t = now();
     std::vector<pending_reschedule> late;
@@ -882,7 +884,7 @@ void simulation::monitor_loop() {
       }
       for (auto it = reschedules_.begin(); it != reschedules_.end();) {
         auto& on = running[it->program];
-        if (!on.empty()) {
+        if (!on.empty() && began > it->died) {
           reschedule_log_.push_back(json{{"program", it->program}, {"from", it->crn},
                                          {"to", std::vector<std::string>(on.begin(), on.end())},
                                          {"died", it->died}, {"latency_s", t - it->died}});
@@ -1416,9 +1418,11 @@ int simulation::run() {
     auto next = steady::now() + cfg_.fault_interval;
     while (steady::now() < end && !interrupted && !failed_) {
       if (n < plan.size() && steady::now() >= next) {
+        // One interval from the start of one fault to the start of the next (at once when a
+        // fault took longer).
+        next = steady::now() + cfg_.fault_interval;
         one_fault(n + 1, plan[n]);
         ++n;
-        next = steady::now() + cfg_.fault_interval;
       }
       std::this_thread::sleep_for(50ms);
     }

@@ -1,0 +1,197 @@
+// `alephd sim` end to end: real clusters of alephd processes with faults, the invariants it
+// checks, the JSON report, and the HTML report opened in headless Chromium.
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "tests/process.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+using alephd::test::process;
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in{p};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct sim_test : ::testing::Test {
+  std::filesystem::path dir;
+
+  sim_test() {
+    std::random_device rd;
+    dir = std::filesystem::temp_directory_path() / ("alephd-simtest-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
+    std::filesystem::create_directories(dir);
+  }
+
+  ~sim_test() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+
+  struct outcome {
+    int code = -1;
+    std::string err; ///< stderr
+  };
+
+  // Runs `alephd sim args...` to its end (bounded); its nodes die with it if the test dies.
+  outcome sim(std::vector<std::string> args, std::chrono::seconds limit = 150s) {
+    args.insert(args.begin(), "sim");
+    auto log = dir / ("sim-" + std::to_string(runs++) + ".err");
+    process p{args, log.string()};
+    outcome o;
+    o.code = p.wait_exit(limit);
+    if (o.code < 0)
+      p.kill9();
+    o.err = read_file(log);
+    return o;
+  }
+
+  int runs = 0;
+};
+
+TEST_F(sim_test, bad_options_exit_2_with_one_line_naming_them) {
+  struct bad {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  auto ini = dir / "broken.ini";
+  std::ofstream{ini} << "[cluster]\nccns = 2\nnot a setting\n";
+  for (auto& b : std::vector<bad>{
+         {{"--faults.kinds=crn-kill,meteor"}, "unknown fault kind 'meteor'"},
+         {{"--cluster.ccns=11"}, "cluster.ccns: must be between 1 and 10"},
+         {{"--run.duration=soon"}, "run.duration: must be a duration"},
+         {{"--bogus=1"}, "unknown option 'bogus'"},
+         {{"--config", (dir / "missing.ini").string()}, "cannot read"},
+         {{"--config", ini.string()}, "broken.ini:3: expected `name = value`"},
+         {{"--seed"}, "--seed needs a value"},
+       }) {
+    auto o = sim(b.args, 10s);
+    EXPECT_EQ(o.code, 2) << b.args[0];
+    EXPECT_NE(o.err.find("alephd: sim: "), std::string::npos) << o.err;
+    EXPECT_NE(o.err.find(b.says), std::string::npos) << o.err;
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+  }
+}
+
+TEST_F(sim_test, the_shipped_config_parses_and_a_seed_fixes_the_fault_schedule) {
+  auto plan = [&](const std::string& seed) {
+    auto out = dir / ("plan-" + seed);
+    process p{{"sim", "--config", ALEPHD_SIM_INI, "--plan", "--seed", seed}, (dir / "plan.err").string()};
+    // --plan writes to stdout: read it through the READY-less pipe by waiting for the exit.
+    EXPECT_FALSE(p.wait_ready(10s)); // no READY line; reads everything until the pipe closes
+    EXPECT_EQ(p.wait_exit(10s), 0) << read_file(dir / "plan.err");
+    return p.output();
+  };
+  auto a = plan("3");
+  EXPECT_NE(a.find("fault schedule of seed 3"), std::string::npos) << a;
+  EXPECT_GE(std::count(a.begin(), a.end(), '#'), 5) << a;
+  auto again = plan("3");
+  auto other = plan("4");
+  EXPECT_EQ(a, again);
+  EXPECT_NE(a.substr(a.find('\n')), other.substr(other.find('\n')));
+}
+
+// Two CCNs × 3 CRNs and an extra CRN that waits; seed 5 draws kills (a CRN, the CRN that runs a
+// persistent program, a CCN), pauses, a partition and a slow link. Every invariant must hold,
+// and the report must show it; the HTML report must render in Chromium.
+TEST_F(sim_test, a_cluster_under_faults_keeps_every_invariant_and_reports_it) {
+  auto report = dir / "report.json";
+  auto html = dir / "report.html";
+  auto o = sim({"--config", ALEPHD_SIM_INI, "--seed", "5", "--cluster.ccns=2", "--cluster.extra-crns=1",
+                "--run.duration=27s", "--faults.interval=3s", "--faults.down-time=2s", "--faults.pause-time=2s",
+                "--faults.partition-time=2s", "--run.converge-timeout=40s", "--report", report.string(),
+                "--html", html.string(), "--dir", (dir / "work").string()});
+  auto r = json::parse(read_file(report), nullptr, false);
+  ASSERT_TRUE(r.is_object()) << o.err;
+  EXPECT_EQ(o.code, 0) << o.err << "\nviolations: " << r["violations"].dump(2);
+  EXPECT_EQ(r["result"], "pass");
+  EXPECT_EQ(r["seed"], 5);
+  EXPECT_EQ(r["nodes"].size(), 9u);
+  // The faults of the plan ran (a host-kill is skipped only when no CRN runs its program).
+  std::set<std::string> kinds;
+  for (auto& e : r["events"])
+    if (e["kind"] == "fault")
+      kinds.insert(e["what"].get<std::string>());
+  EXPECT_GE(r["faults"].get<int>(), 7) << r["events"].dump(1);
+  for (auto k : {"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition", "slow-link"})
+    EXPECT_TRUE(kinds.count(k)) << "no " << k << " fault ran: " << r["events"].dump(1);
+  // Every invariant was checked, none failed.
+  for (auto name : {"max-linked-crns", "cluster-converges", "acked-messages-everywhere", "stored-files-everywhere",
+                    "replica-count", "persistent-exactly-once", "metering-exactly-once", "rewards-sum-to-pools",
+                    "acked-messages-survive"}) {
+    ASSERT_TRUE(r["invariants"].contains(name)) << name << " was never checked: " << r["invariants"].dump(1);
+    EXPECT_GE(r["invariants"][name]["checked"].get<int>(), 1) << name;
+    EXPECT_FALSE(r["invariants"][name].contains("failed")) << name << ": " << r["invariants"][name].dump();
+  }
+  // The extra CRN waited: a CCN had its three linked, never more.
+  for (auto& [ccn, most] : r["max_linked_seen"].items())
+    EXPECT_LE(most.get<int>(), 3) << ccn;
+  EXPECT_GT(r["workload"]["messages_acked"].get<int>(), 20);
+  EXPECT_GT(r["workload"]["files_acked"].get<int>(), 0);
+  EXPECT_GT(r["memory_peak_mib"].get<double>(), 10.0);
+  // The work dir of a passing run given with --dir stays; the nodes are gone.
+  EXPECT_TRUE(std::filesystem::exists(dir / "work" / "ccn-0.log"));
+
+  // The HTML report, rendered by headless Chromium: its script drew the plots.
+  auto dom = dir / "dom.html";
+  auto cmd = "timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + (dir / "chromium").string()
+             + " --dump-dom file://" + html.string() + " > " + dom.string() + " 2>/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "chromium did not render " << html;
+  auto page = read_file(dom);
+  EXPECT_NE(page.find("data-rendered=\"ok\""), std::string::npos) << page.substr(0, 2000);
+  auto count = [&](const std::string& needle) {
+    std::size_t n = 0;
+    for (auto at = page.find(needle); at != std::string::npos; at = page.find(needle, at + 1))
+      ++n;
+    return n;
+  };
+  std::size_t faults = 0;
+  for (auto& e : r["events"])
+    faults += e["kind"] == "fault" ? 1 : 0;
+  EXPECT_EQ(count("class=\"fault\""), faults) << "one bar per fault on the timeline";
+  EXPECT_EQ(count("class=\"up\""), 9u) << "one row per node";
+  EXPECT_GE(count("class=\"placement\""), 2u);
+  EXPECT_EQ(count("class=\"failure-timeout\""), 1u);
+  if (!r["reschedules"].empty()) {
+    EXPECT_EQ(count("class=\"cdf\""), 1u);
+  }
+  EXPECT_NE(page.find("PASS (seed 5)"), std::string::npos);
+}
+
+// A CCN that loses its disk loses what it acknowledged: the simulator must catch it, exit 1 and
+// print the seed and the events that show it.
+TEST_F(sim_test, a_lost_acknowledged_message_fails_the_run_with_the_seed_and_its_events) {
+  auto report = dir / "lost.json";
+  auto o = sim({"--seed", "11", "--cluster.ccns=1", "--cluster.crns-per-ccn=1", "--workload.persistent-programs=0",
+                "--workload.on-demand-programs=0", "--workload.messages-per-second=20", "--workload.uploads-per-second=0",
+                "--workload.calls-per-second=0", "--run.duration=5s", "--faults.interval=2s", "--faults.kinds=ccn-wipe",
+                "--faults.down-time=200ms", "--report", report.string(), "--dir", (dir / "lost").string()});
+  EXPECT_EQ(o.code, 1) << o.err;
+  EXPECT_NE(o.err.find("INVARIANT VIOLATED: acked-messages-survive"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("--seed 11"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("fault ccn-wipe ccn-0"), std::string::npos) << o.err;
+  auto r = json::parse(read_file(report), nullptr, false);
+  ASSERT_TRUE(r.is_object());
+  EXPECT_EQ(r["result"], "fail");
+  ASSERT_FALSE(r["violations"].empty());
+  EXPECT_EQ(r["violations"][0]["invariant"], "acked-messages-survive");
+}
+
+} // namespace
