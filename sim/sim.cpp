@@ -96,7 +96,7 @@ struct config {
 // ccn-wipe loses a CCN's disk, which no single node survives unless its peers hold everything
 // it acknowledged; it is not in the default mix.
 const std::vector<std::string> all_kinds{"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition",
-                                         "slow-link", "host-kill", "restart", "ccn-wipe"};
+                                         "slow-link", "host-kill", "host-pause", "restart", "ccn-wipe"};
 
 struct option {
   const char* name;
@@ -175,7 +175,7 @@ const std::vector<option>& options() {
     {"workload.persistent-programs", "persistent programs placed by the CCNs (default 2)", count(&config::persistent, 0, 100)},
     {"workload.on-demand-programs", "on-demand programs called on the CRNs (default 1)", count(&config::on_demand, 0, 100)},
     {"faults.interval", "time from one fault to the next (default 6s)", span(&config::fault_interval, 500ms)},
-    {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, partition, slow-link, restart, ccn-wipe, or none (default: all but ccn-wipe)",
+    {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, host-pause, partition, slow-link, restart, ccn-wipe, or none (default: all but ccn-wipe)",
      [](config& c, const std::string& v) -> std::string {
        std::vector<std::string> out;
        std::stringstream in{v};
@@ -338,7 +338,7 @@ std::vector<planned_fault> plan_faults(const config& c) {
       f.target = c.ccns > 1 && rng() % 2 == 0 ? ccn() : crn();
     else if (f.kind == "restart")
       f.target = rng() % n_nodes;
-    else if (f.kind == "host-kill")
+    else if (f.kind == "host-kill" || f.kind == "host-pause")
       f.target = c.persistent == 0 ? 0 : rng() % c.persistent;
     out.push_back(f);
   }
@@ -346,8 +346,8 @@ std::vector<planned_fault> plan_faults(const config& c) {
 }
 
 std::string describe(const config& c, const planned_fault& f) {
-  if (f.kind == "host-kill")
-    return "host-kill of the CRN running persistent program " + std::to_string(f.target);
+  if (f.kind == "host-kill" || f.kind == "host-pause")
+    return f.kind + " of the CRN running persistent program " + std::to_string(f.target);
   return f.kind + " " + node_names(c).at(f.target);
 }
 
@@ -401,6 +401,7 @@ struct pending_reschedule {
   std::string program;
   std::string crn; ///< where it ran when its CRN died
   double died = 0;
+  std::string cause = "kill"; ///< kill or pause
 };
 
 // Picks `n` distinct free loopback ports (all held open until all are chosen).
@@ -887,7 +888,7 @@ void simulation::monitor_loop() {
         if (!on.empty() && began > it->died) {
           reschedule_log_.push_back(json{{"program", it->program}, {"from", it->crn},
                                          {"to", std::vector<std::string>(on.begin(), on.end())},
-                                         {"died", it->died}, {"latency_s", t - it->died}});
+                                         {"died", it->died}, {"latency_s", t - it->died}, {"cause", it->cause}});
           it = reschedules_.erase(it);
         } else if (t - it->died > std::chrono::duration<double>(cfg_.reschedule_deadline).count()) {
           late.push_back(*it);
@@ -1000,8 +1001,9 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
       std::this_thread::sleep_for(20ms);
   };
   auto tag = "#" + std::to_string(number);
-  node* n = f.kind == "host-kill" ? nullptr : &nodes_.at(f.target);
-  if (f.kind == "host-kill") {
+  bool host = f.kind == "host-kill" || f.kind == "host-pause";
+  node* n = host ? nullptr : &nodes_.at(f.target);
+  if (host) {
     // The CRN that runs persistent program number `target`, as the monitor saw it last.
     std::lock_guard<std::mutex> lock{mu_};
     if (f.target < persistent_.size())
@@ -1052,7 +1054,15 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
       violate("node-restarts", n->name + " did not start again after " + f.kind, {n->name});
     else if (n->ccn)
       check_durability(*n, died);
-  } else if (f.kind == "crn-pause" || f.kind == "ccn-pause") {
+  } else if (f.kind == "crn-pause" || f.kind == "ccn-pause" || f.kind == "host-pause") {
+    // A paused CRN's programs are out of sight: past failure-timeout its CCN places them again,
+    // and the copies it left must stop once it continues.
+    if (!n->ccn) {
+      std::lock_guard<std::mutex> lock{mu_};
+      for (auto& [program, on] : placements_)
+        if (on.count(n->name))
+          reschedules_.push_back(pending_reschedule{program, n->name, now(), "pause"});
+    }
     pause(*n, true);
     record("fault", f.kind, n->name, tag);
     hold(cfg_.pause_time);
@@ -1231,6 +1241,8 @@ void simulation::final_checks() {
     }, left());
     std::string problem;
     for (auto& [seq, where] : counted) {
+      if (seq > head)
+        break; // written after the ledger was read
       if (where.size() > 1)
         problem = "entry " + std::to_string(seq) + " of " + crn.name + " is counted by " + std::to_string(where.size()) + " CCNs";
       else if (!ledger.count(seq) || ledger[seq] != where[0].second)
