@@ -2,6 +2,8 @@
 #include "runtime/endpoint.hpp"
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <functional>
 
 #include <caf/all.hpp>
@@ -90,13 +92,22 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
                 st.cfg.heartbeat = milliseconds{reg.heartbeat_ms};
               spdlog::info("ccn_link {}: registered with CCN {} at {} as {}", st.cfg.info.id,
                            ccn_id, endpoint, to_string(reg.state));
-              // What the CCN places here now: executions re-adopted after a restart that it
-              // moved elsewhere meanwhile must stop.
+              // What the CCN places here now: its executions here that it moved elsewhere
+              // meanwhile must stop.
+              st.fresh.clear();
+              st.listing = true;
               self->request(node, timeout, atom::list_v, st.cfg.info.id)
                 .then(
                   [=](std::vector<placement>& mine) {
-                    if (gen == self->state.generation && self->state.broker)
-                      self->send(self->state.broker, atom::confirm_v, ccn_id, std::move(mine));
+                    auto& st = self->state;
+                    if (gen != st.generation)
+                      return;
+                    st.listing = false;
+                    // Allocations that overtook this answer are placements it may not show.
+                    mine.insert(mine.end(), st.fresh.begin(), st.fresh.end());
+                    st.fresh.clear();
+                    if (st.broker)
+                      self->send(st.broker, atom::confirm_v, ccn_id, std::move(mine));
                   },
                   [=](caf::error& err) {
                     spdlog::warn("ccn_link {}: cannot get its placements: {}",
@@ -177,6 +188,8 @@ void beat(self_ptr self) {
       });
 }
 
+void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home, uint64_t gen);
+
 // Linked away from home (the first CCN of the list, where the operator put this CRN; it went
 // elsewhere when home was gone): go back once home answers again, so that every CCN gets its
 // CRNs back after a crash and the CCN that placed our workloads confirms or fences them.
@@ -196,31 +209,63 @@ void fail_back(self_ptr self) {
   connect_ccn_node(
     self, home, st.cfg.failure_timeout,
     [=](const ccn_node_actor& node) {
-      auto& st = self->state;
-      st.probing_home = false;
-      if (gen != st.generation || st.phase != link_phase::registered)
-        return; // the link moved meanwhile
-      spdlog::info("ccn_link {}: CCN {} answers again; moving back to it", st.cfg.info.id, home);
-      if (st.registry) {
-        self->send(st.registry, atom::unlink_v, st.cfg.info.id);
-        self->demonitor(st.registry.address());
-      }
-      st.registry = nullptr;
-      st.node = nullptr;
-      st.phase = link_phase::connecting;
-      st.info.connected = false;
-      st.info.state = link_state::unlinked;
-      ++st.generation;
-      st.endpoint_index = 0;
-      enroll(self, node, home);
+      // A connection CAF kept from before may connect without the CCN being there: it must
+      // answer first.
+      self->request(node, self->state.cfg.failure_timeout, atom::hello_v)
+        .then(
+          [=](const crn_registry_actor&, const caf::actor&, const std::string&) {
+            go_home(self, node, home, gen);
+          },
+          [=](caf::error&) { self->state.probing_home = false; });
     },
     [=](caf::error&) { self->state.probing_home = false; });
+}
+
+// Leaves the current CCN for home. The workloads the current CCN placed here are its to place
+// again elsewhere once we leave (it sees the unlink), so they stop here.
+void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home, uint64_t gen) {
+  auto& st = self->state;
+  st.probing_home = false;
+  if (gen != st.generation || st.phase != link_phase::registered)
+    return; // the link moved meanwhile
+  spdlog::info("ccn_link {}: CCN {} answers again; moving back to it", st.cfg.info.id, home);
+  if (st.broker && !st.info.ccn_id.empty())
+    self->send(st.broker, atom::confirm_v, st.info.ccn_id, std::vector<placement>{});
+  if (st.registry) {
+    self->send(st.registry, atom::unlink_v, st.cfg.info.id);
+    self->demonitor(st.registry.address());
+  }
+  st.registry = nullptr;
+  st.node = nullptr;
+  st.phase = link_phase::connecting;
+  st.info.connected = false;
+  st.info.state = link_state::unlinked;
+  ++st.generation;
+  st.endpoint_index = 0;
+  enroll(self, node, home);
 }
 
 // Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
 // (the highest seq it holds for us) is the acknowledgement. Sent again after a lost answer,
 // a batch is skipped by the CCN, so nothing is counted twice.
 void ship(self_ptr self);
+
+// The CCN that last received ledger entries, kept across restarts: a CRN killed while a batch
+// was on its way does not know whether that CCN stored it.
+void note_shipped_to(self_ptr self, const std::string& ccn, const std::string& endpoint) {
+  auto& st = self->state;
+  if (st.cfg.shipped_to_file.empty() || st.shipped_to == ccn)
+    return;
+  auto tmp = st.cfg.shipped_to_file + ".tmp";
+  {
+    std::ofstream out{tmp, std::ios::trunc};
+    out << ccn << ' ' << endpoint << '\n';
+    if (!out.flush())
+      return;
+  }
+  if (std::rename(tmp.c_str(), st.cfg.shipped_to_file.c_str()) == 0)
+    st.shipped_to = ccn;
+}
 
 // Asks the CCN that may hold a batch whose answer was lost what it holds, so that those entries
 // are not shipped (and counted) a second time elsewhere. Until it answers, nothing is shipped.
@@ -280,6 +325,7 @@ void ship(self_ptr self) {
   auto gen = st.generation;
   auto ccn = st.info.ccn_id;
   auto endpoint = st.info.ccn_endpoint;
+  note_shipped_to(self, ccn, endpoint);
   auto done = [=] {
     self->state.shipping = false;
   };
@@ -327,6 +373,16 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
   st.cfg = std::move(cfg);
   st.broker = std::move(broker);
   st.rng.seed(std::hash<std::string>{}(st.cfg.info.id));
+  // A previous process shipped to this CCN last: it may hold entries it never acknowledged.
+  if (!st.cfg.shipped_to_file.empty()) {
+    std::ifstream in{st.cfg.shipped_to_file};
+    std::string ccn, endpoint;
+    if (in >> ccn >> endpoint) {
+      st.shipped_to = ccn;
+      st.doubt_ccn = ccn;
+      st.doubt_endpoint = endpoint;
+    }
+  }
   self->set_down_handler([=](caf::down_msg& dm) {
     if (self->state.registry && dm.source == self->state.registry.address())
       fail(self, "CCN is gone (" + caf::to_string(dm.reason) + ")");
@@ -354,7 +410,10 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       }
     },
     [=](atom::allocate, allocation& a) {
-      return self->delegate(self->state.broker, atom::allocate_v, std::move(a));
+      auto& st = self->state;
+      if (st.listing)
+        st.fresh.push_back(placement{a.item_hash, a.kind, st.cfg.info.id, a.epoch, "allocated", {}});
+      return self->delegate(st.broker, atom::allocate_v, std::move(a));
     },
     [=](atom::get) { return self->state.info; },
     [=](atom::exited, execution_info& info) {

@@ -30,6 +30,9 @@ struct ccn_link_config {
   /// Linked to another CCN than the first of `endpoints`, the link tries the first one again
   /// this often and moves back to it when it answers (0 = 4 × failure_timeout).
   std::chrono::milliseconds failback{0};
+  /// Where the link notes the CCN that last received ledger entries ("id endpoint"), so that a
+  /// restarted CRN asks that CCN what it holds before shipping to another one. Empty = none.
+  std::string shipped_to_file;
 };
 
 enum class link_phase { disconnected, connecting, registered };
@@ -54,6 +57,11 @@ struct ccn_link_state {
   /// so before shipping them to another CCN the link asks it what it holds.
   std::string doubt_ccn;
   std::string doubt_endpoint;
+  /// Allocations that arrived after the placement list was asked for at registration: the
+  /// list may predate them, so they count as confirmed.
+  std::vector<placement> fresh;
+  bool listing = false;
+  std::string shipped_to; ///< the CCN noted in cfg.shipped_to_file
   caf::actor_clock::time_point last_home_try;
   std::mt19937_64 rng;
 };

@@ -99,11 +99,10 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
         std::vector<usage_entry>& entries) -> caf::result<uint64_t> {
       if (!usage || !registry)
         return make_error(ec::unavailable, "this CCN keeps no usage book");
-      // An empty batch asks what is held (a CRN that lost an answer of ours, now linked to
-      // another CCN, asks before it ships those entries there).
-      if (entries.empty())
-        return self->delegate(usage, atom::usage_v, std::move(crn_id), std::move(entries));
-      // Only a CRN registered here ships usage here.
+      // Only a CRN registered here ships usage here. An empty batch only asks what is held (a
+      // CRN that lost an answer of ours, now linked to another CCN, asks before it ships those
+      // entries there); it takes the same path, so it is answered after earlier batches.
+      bool query = entries.empty();
       auto rp = self->make_response_promise<uint64_t>();
       self->request(registry, std::chrono::seconds(10), atom::list_v)
         .then(
@@ -111,7 +110,7 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
             auto known = std::any_of(nodes.begin(), nodes.end(), [&](const node_view& n) {
               return n.id == crn_id && n.status != "unlinked";
             });
-            if (!known) {
+            if (!known && !query) {
               rp.deliver(make_error(ec::refused, "CRN " + crn_id.substr(0, 80) + " is not registered here"));
               return;
             }

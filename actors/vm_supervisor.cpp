@@ -1018,6 +1018,7 @@ vm_supervisor(vm_supervisor_actor::stateful_pointer<vm_supervisor_state> self, a
                                              + " is older than " + std::to_string(info.epoch));
       info.epoch = next.epoch;
       info.persistent = true;
+      self->state.alloc.owner = next.owner; // the CCN that now decides over it
       save_record(self);
       return info;
     },

@@ -21,6 +21,13 @@ process::process(const std::string& binary, std::vector<std::string> args, std::
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     return;
+  // Everything the child needs is made before fork(): after it, only async-signal-safe calls.
+  std::vector<char*> argv;
+  std::string bin = binary;
+  argv.push_back(bin.data());
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
   auto parent = ::getpid();
   pid_ = ::fork();
   if (pid_ == 0) {
@@ -35,13 +42,10 @@ process::process(const std::string& binary, std::vector<std::string> args, std::
     int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0)
       ::dup2(devnull, STDIN_FILENO);
-    ::close_range(3, ~0u, 0); // nothing of the parent's (a simulator's proxies) goes along
-    std::vector<char*> argv;
-    std::string bin = binary;
-    argv.push_back(bin.data());
-    for (auto& a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
+    // Nothing of the parent's (a simulator's proxies) goes along.
+    if (::close_range(3, ~0u, 0) != 0)
+      for (int fd = 3; fd < 4096; ++fd)
+        ::close(fd);
     ::execv(bin.c_str(), argv.data());
     ::_exit(127);
   }

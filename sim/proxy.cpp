@@ -103,9 +103,16 @@ struct link_proxies::impl {
     p.acceptor.async_accept([this, &p](error_code ec, tcp::socket sock) {
       if (ec == asio::error::operation_aborted)
         return;
-      if (!ec)
+      if (!ec) {
         start(p, std::move(sock));
-      accept(p);
+        return accept(p);
+      }
+      // Out of descriptors or the like: try again a little later instead of spinning.
+      auto t = std::make_shared<asio::steady_timer>(io, std::chrono::milliseconds(100));
+      t->async_wait([this, &p, t](error_code e) {
+        if (!e && p.acceptor.is_open())
+          accept(p);
+      });
     });
   }
 

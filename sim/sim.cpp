@@ -404,9 +404,9 @@ struct pending_reschedule {
   std::string cause = "kill"; ///< kill or pause
 };
 
-// Picks `n` distinct free loopback ports (all held open until all are chosen).
-std::vector<uint16_t> free_ports(std::size_t n) {
-  std::vector<int> fds;
+// Picks `n` distinct free loopback ports; their sockets stay open in `held` (so that nothing
+// else, e.g. a proxy, gets them) until the caller closes them just before the nodes start.
+std::vector<uint16_t> free_ports(std::size_t n, std::vector<int>& fds) {
   std::vector<uint16_t> out;
   for (std::size_t i = 0; i < n; ++i) {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -420,8 +420,6 @@ std::vector<uint16_t> free_ports(std::size_t n) {
     fds.push_back(fd);
     out.push_back(ntohs(a.sin_port));
   }
-  for (int fd : fds)
-    ::close(fd);
   return out;
 }
 
@@ -608,7 +606,16 @@ private:
 bool simulation::build_cluster() {
   proxies_ = std::make_unique<link_proxies>();
   auto n_crns = cfg_.ccns * cfg_.crns_per_ccn + cfg_.extra_crns;
-  auto ports = free_ports(cfg_.ccns * 2 + n_crns);
+  std::vector<int> held;
+  auto ports = free_ports(cfg_.ccns * 2 + n_crns, held);
+  struct closer {
+    std::vector<int>& fds;
+    ~closer() {
+      for (int fd : fds)
+        ::close(fd);
+      fds.clear();
+    }
+  } release_ports{held};
   if (ports.size() != cfg_.ccns * 2 + n_crns)
     return false;
   std::size_t next_port = 0;
@@ -668,6 +675,10 @@ bool simulation::build_cluster() {
     }
     n.args.insert(n.args.end(), timing.begin(), timing.end());
   }
+  // The proxies are bound: the nodes' ports are theirs now.
+  for (int fd : held)
+    ::close(fd);
+  held.clear();
   for (auto& n : nodes_)
     if (n.ccn && !start(n)) {
       std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << (n.proc ? n.proc->log() : "") << '\n';
@@ -1038,8 +1049,13 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
         p = std::move(n->proc);
         n->state = node_state::down;
       }
-      if (p && p->wait_exit(30s) != 0)
-        violate("clean-stop", n->name + " did not stop cleanly on SIGTERM (exit " + std::to_string(p ? p->wait_exit(1s) : -1) + ")", {n->name});
+      if (int rc = p ? p->wait_exit(30s) : 0; rc != 0) {
+        if (rc < 0)
+          p->kill9();
+        violate("clean-stop", n->name + (rc < 0 ? " did not stop within 30 s of SIGTERM"
+                                                : " exited " + std::to_string(rc) + " on SIGTERM, not 0"),
+                {n->name});
+      }
     } else {
       kill(*n);
     }
@@ -1105,6 +1121,8 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
 void simulation::final_checks() {
   auto deadline = steady::now() + cfg_.converge_timeout;
   auto left = [&] { return std::max(ms{1000}, std::chrono::duration_cast<ms>(deadline - steady::now())); };
+  // Inside one pass too: a node that accepts and never answers must not stretch the checks.
+  auto over = [&] { return interrupted || steady::now() > deadline + 1s; };
   auto nodes = snapshot();
   // Every CRN linked or waiting somewhere, and as many linked as the CCNs can take.
   bool linked = wait_linked(left());
@@ -1124,6 +1142,8 @@ void simulation::final_checks() {
   auto total = missing.size();
   eventually([&] {
     std::erase_if(missing, [&](auto& p) {
+      if (over())
+        return false;
       return http_request(localhost, port_of(p.first), "GET", "/api/v0/messages/" + p.second, {}, {}, 2s).status == 200;
     });
     return missing.empty();
@@ -1146,6 +1166,8 @@ void simulation::final_checks() {
         file_missing.emplace_back(v.name, i);
   eventually([&] {
     std::erase_if(file_missing, [&](auto& p) {
+      if (over())
+        return false;
       auto r = http_request(localhost, port_of(p.first), "GET", "/api/v0/storage/raw/" + files_[p.second].hash, {}, {}, 5s);
       return r.status == 200 && r.body == files_[p.second].content;
     });
@@ -1163,7 +1185,7 @@ void simulation::final_checks() {
   std::map<std::string, uint32_t> holders;
   bool replicas_ok = eventually([&] {
     holders.clear();
-    for (std::size_t i = 0; i < n_files; ++i)
+    for (std::size_t i = 0; i < n_files && !over(); ++i)
       for (auto& v : nodes)
         if (!v.ccn && http_request(localhost, v.http, "HEAD", "/api/v0/storage/raw/" + files_[i].hash, {}, {}, 2s).status == 200)
           ++holders[files_[i].hash];
@@ -1302,9 +1324,12 @@ void simulation::teardown() {
         live.push_back(&n);
       }
   }
-  for (auto* n : live)
-    if (n->proc->wait_exit(15s) < 0)
+  auto deadline = steady::now() + 20s; // for all of them together
+  for (auto* n : live) {
+    auto left = std::chrono::duration_cast<ms>(deadline - steady::now());
+    if (n->proc->wait_exit(std::max(left, ms{10})) < 0)
       n->proc->kill9();
+  }
   proxies_.reset();
 }
 

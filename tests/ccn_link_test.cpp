@@ -74,6 +74,10 @@ struct node_double_state {
   std::vector<std::string> placement_queries;                 ///< CRN ids asked about
   std::map<std::string, std::vector<usage_entry>> usage;      ///< metering entries by CRN
   std::map<std::string, std::vector<uint64_t>> received;      ///< every seq sent, repeats too
+  /// Answer placement queries only when asked about the CRN "release" (the test's signal; the
+  /// answers are delivered from inside the actor, as CAF requires).
+  bool hold_lists = false;
+  std::vector<std::pair<std::string, caf::typed_response_promise<std::vector<placement>>>> held_lists;
 };
 
 using hello_result = caf::result<crn_registry_actor, caf::actor, std::string>;
@@ -115,13 +119,27 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
       }
       return static_cast<uint64_t>(held.size());
     },
-    [=](atom::list, const std::string& crn) {
+    [=](atom::list, const std::string& crn) -> caf::result<std::vector<placement>> {
+      auto placed_on = [=](const std::string& id) {
+        std::vector<placement> mine;
+        for (auto& p : self->state.placed)
+          if (p.crn_id == id)
+            mine.push_back(p);
+        return mine;
+      };
+      if (crn == "release") {
+        for (auto& [id, rp] : self->state.held_lists)
+          rp.deliver(placed_on(id));
+        self->state.held_lists.clear();
+        return std::vector<placement>{};
+      }
       self->state.placement_queries.push_back(crn);
-      std::vector<placement> mine;
-      for (auto& p : self->state.placed)
-        if (p.crn_id == crn)
-          mine.push_back(p);
-      return mine;
+      if (self->state.hold_lists) {
+        auto rp = self->make_response_promise<std::vector<placement>>();
+        self->state.held_lists.emplace_back(crn, rp);
+        return rp;
+      }
+      return placed_on(crn);
     },
   };
 }
@@ -374,6 +392,35 @@ TEST_F(ccn_link_test, after_each_registration_the_broker_learns_what_the_ccn_pla
   reg(reg_a).forgetful = false;
   sched.run();
   EXPECT_EQ(confirms.size(), 2u);
+}
+
+// The CCN's answer to "what do you place here" was made before it placed a new workload here,
+// and the allocation overtakes that answer: the workload must not be taken for a stale copy.
+TEST_F(ccn_link_test, an_allocation_that_overtakes_the_placement_list_counts_as_confirmed) {
+  node(node_a).hold_lists = true;
+  start();
+  ASSERT_EQ(node(node_a).held_lists.size(), 1u);
+  allocation a{1, "hash-new", "program", 5, 1, 128, 0, "{}", "ccn-A"};
+  ASSERT_TRUE(ask<allocation_ack>(link, atom::allocate_v, a).value);
+  // Now the older view comes: nothing placed here.
+  ASSERT_TRUE(ask<std::vector<placement>>(node_a, atom::list_v, std::string{"release"}).value);
+  sched.run();
+  auto& confirms = state_of<broker_double_state>(broker).confirms;
+  ASSERT_EQ(confirms.size(), 1u);
+  ASSERT_EQ(confirms[0].size(), 1u);
+  EXPECT_EQ(confirms[0][0].item_hash, "hash-new");
+  EXPECT_EQ(confirms[0][0].epoch, 5u);
+  // Allocations after the answer are not carried into the next registration's list.
+  ASSERT_TRUE(ask<allocation_ack>(link, atom::allocate_v, allocation{1, "hash-later", "program", 1, 1, 128, 0, "{}", "ccn-A"}).value);
+  reg(reg_a).forgetful = true;
+  advance(1000ms);
+  reg(reg_a).forgetful = false;
+  sched.run();
+  ASSERT_EQ(node(node_a).held_lists.size(), 1u);
+  ASSERT_TRUE(ask<std::vector<placement>>(node_a, atom::list_v, std::string{"release"}).value);
+  sched.run();
+  ASSERT_EQ(confirms.size(), 2u);
+  EXPECT_TRUE(confirms[1].empty());
 }
 
 TEST_F(ccn_link_test, an_allocation_reaches_the_job_broker_and_its_ack_comes_back) {
