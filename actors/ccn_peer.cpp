@@ -89,6 +89,35 @@ void add_peer(self_ptr self, const std::string& id, const caf::actor& handle,
   spdlog::info("ccn_peer: {} linked with peer CCN {}", self->state.cfg.ccn_id, id);
 }
 
+// A pushed message or file could not be stored: once in a while, say hello to every peer again;
+// each one, hearing from us after a while, pushes what we lack.
+void catch_up(self_ptr self) {
+  auto& st = self->state;
+  auto now = self->clock().now();
+  if (!st.behind || now - st.last_catch_up < 5 * st.cfg.retry)
+    return;
+  st.behind = false;
+  st.last_catch_up = now;
+  for (auto& [id, p] : st.peers) {
+    if (!p.up)
+      continue;
+    st.synced_back[id] = now; // its hello back must not bounce back to it
+    auto peer = p.handle;
+    auto peer_id = id;
+    self->request(as_peer(peer), request_timeout, atom::hello_v, st.cfg.ccn_id, caf::actor_cast<caf::actor>(self))
+      .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
+            [=](caf::error& err) {
+              self->state.behind = true;
+              spdlog::warn("ccn_peer: catching up with {} failed: {}", peer_id, describe(err));
+            });
+  }
+}
+
+void fell_behind(self_ptr self, const std::string& what, const caf::error& err) {
+  spdlog::error("ccn_peer: cannot store {}: {}; the peers will be asked again", what, describe(err));
+  self->state.behind = true;
+}
+
 // Introduces ourselves to a peer's ccn_node and syncs both ways.
 void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
   self->request(node, request_timeout, atom::hello_v)
@@ -99,6 +128,7 @@ void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint
           return; // ourselves
         self->state.endpoint_peer[endpoint] = peer_id;
         add_peer(self, peer_id, peer, endpoint);
+        self->state.synced_back[peer_id] = self->clock().now(); // its hello back ends the round
         self->request(as_peer(peer), request_timeout, atom::hello_v, self->state.cfg.ccn_id,
                       caf::actor_cast<caf::actor>(self))
           .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
@@ -172,8 +202,14 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
       -> caf::result<peer_inventory> {
       auto& st = self->state;
       auto known = st.peers.find(peer_id);
-      if (known == st.peers.end() || !known->second.up || known->second.handle != peer) {
-        add_peer(self, peer_id, peer, {});
+      auto now = self->clock().now();
+      auto last = st.synced_back.find(peer_id);
+      // A peer we know that says hello again after a while is catching up: push what it lacks.
+      bool catching_up = last == st.synced_back.end() || now - last->second > st.cfg.retry;
+      if (known == st.peers.end() || !known->second.up || known->second.handle != peer || catching_up) {
+        st.synced_back[peer_id] = now;
+        if (known == st.peers.end() || !known->second.up || known->second.handle != peer)
+          add_peer(self, peer_id, peer, {});
         // Introduce ourselves back, so that the peer pushes what we lack.
         self->request(as_peer(peer), request_timeout, atom::hello_v, st.cfg.ccn_id,
                       caf::actor_cast<caf::actor>(self))
@@ -218,24 +254,17 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
       }
       self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
         .then([](const append_result&) {},
-              [=](caf::error& err) {
-                spdlog::error("ccn_peer: cannot store replicated message: {}", describe(err));
-              });
+              [=](caf::error& err) { fell_behind(self, "a replicated message", err); });
     },
     [=](atom::replicate, std::string& hash, std::string& url) {
       self->request(self->state.files, caf::infinite, atom::fetch_v, hash, url)
         .then([](const file_info&) {},
-              [=](caf::error& err) {
-                spdlog::error("ccn_peer: cannot fetch file {} a peer offered: {}", hash,
-                              describe(err));
-              });
+              [=](caf::error& err) { fell_behind(self, "file " + hash + " a peer offered", err); });
     },
     [=](atom::replicate, file_blob& blob) {
       self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
         .then([](const file_info&) {},
-              [=](caf::error& err) {
-                spdlog::error("ccn_peer: cannot store replicated file: {}", describe(err));
-              });
+              [=](caf::error& err) { fell_behind(self, "a replicated file", err); });
     },
     [=](atom::list) {
       std::vector<node_view> out;
@@ -252,6 +281,7 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
     },
     [=](atom::tick) {
       connect_all(self);
+      catch_up(self);
       self->delayed_send(self, self->state.cfg.retry, atom::tick_v);
     },
   };

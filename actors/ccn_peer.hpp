@@ -40,6 +40,11 @@ struct ccn_peer_state {
   std::map<std::string, peer_entry> peers; ///< by CCN id
   std::set<std::string> connecting;        ///< endpoints with a connect under way
   std::map<std::string, std::string> endpoint_peer; ///< endpoint -> CCN id once connected
+  /// When we last asked each peer to push what we lack (by CCN id).
+  std::map<std::string, caf::actor_clock::time_point> synced_back;
+  /// Something a peer pushed could not be stored (a full disk, say): ask the peers again.
+  bool behind = false;
+  caf::actor_clock::time_point last_catch_up;
 };
 
 ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer_state> self,

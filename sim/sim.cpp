@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -65,12 +66,14 @@ struct config {
   ms failure_timeout{1500};
   uint64_t epoch_seconds = 10;
   ms sample_interval{1000};
+  uint64_t ccn_disk_mib = 256; ///< the tmpfs of a CCN's data dir when disk-full faults run
   // [run]
   uint64_t seed = 1;
   ms duration{60000};
   ms converge_timeout{30000};
   ms reschedule_deadline{20000};
   ms poll{250};
+  std::string scenario; ///< a named fault schedule; empty = drawn from faults.kinds
   // [workload]
   double messages_per_s = 4;
   double uploads_per_s = 0.5;
@@ -95,8 +98,10 @@ struct config {
 
 // ccn-wipe loses a CCN's disk, which no single node survives unless its peers hold everything
 // it acknowledged; it is not in the default mix.
+// disk-full fills a CCN's data dir, a small tmpfs the simulator mounts (so it needs root).
 const std::vector<std::string> all_kinds{"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition",
-                                         "slow-link", "host-kill", "host-pause", "restart", "ccn-wipe"};
+                                         "slow-link", "host-kill", "host-pause", "restart", "ccn-wipe",
+                                         "disk-full"};
 
 struct option {
   const char* name;
@@ -162,11 +167,25 @@ const std::vector<option>& options() {
     {"cluster.heartbeat-interval", "the nodes' heartbeat interval (default 250ms)", span(&config::heartbeat, 50ms)},
     {"cluster.failure-timeout", "a CRN silent this long is down (default 1500ms)", span(&config::failure_timeout, 100ms)},
     {"cluster.epoch-seconds", "length of a reward epoch (default 10)", big(&config::epoch_seconds, 1, 86400)},
+    {"cluster.ccn-disk-mib", "size of the tmpfs mounted on each CCN's data dir when disk-full faults run (default 256)", big(&config::ccn_disk_mib, 16, 65536)},
     {"cluster.sample-interval", "CRN metering sample interval (default 1s)", span(&config::sample_interval, 100ms)},
     {"run.seed", "seed of the fault schedule and the workload (default 1)", big(&config::seed, 0, UINT64_MAX / 4)},
     {"run.duration", "how long faults and workload run (default 60s)", span(&config::duration, 1000ms)},
     {"run.converge-timeout", "time the cluster gets to converge after the faults (default 30s)", span(&config::converge_timeout, 1000ms)},
     {"run.reschedule-deadline", "a persistent program runs again within this time of its CRN's death (default 20s)", span(&config::reschedule_deadline, 1000ms)},
+    {"run.scenario", "a named fault schedule instead of faults.kinds: crn-crash, ccn-crash, partition-heal, flapping-node, rolling-restart, disk-full (root), or none (default none)",
+     [](config& c, const std::string& v) -> std::string {
+       static const std::vector<std::string> names{"crn-crash", "ccn-crash", "partition-heal", "flapping-node",
+                                                   "rolling-restart", "disk-full"};
+       if (v == "none" || v.empty()) {
+         c.scenario.clear();
+         return {};
+       }
+       if (std::find(names.begin(), names.end(), v) == names.end())
+         return "unknown scenario '" + v.substr(0, 40) + "'";
+       c.scenario = v;
+       return {};
+     }},
     {"run.poll-interval", "how often the monitor samples every node (default 250ms)", span(&config::poll, 50ms)},
     {"workload.messages-per-second", "signed POST messages (default 4)", rate(&config::messages_per_s)},
     {"workload.uploads-per-second", "file uploads with a STORE (default 0.5)", rate(&config::uploads_per_s)},
@@ -175,7 +194,7 @@ const std::vector<option>& options() {
     {"workload.persistent-programs", "persistent programs placed by the CCNs (default 2)", count(&config::persistent, 0, 100)},
     {"workload.on-demand-programs", "on-demand programs called on the CRNs (default 1)", count(&config::on_demand, 0, 100)},
     {"faults.interval", "time from one fault to the next (default 6s)", span(&config::fault_interval, 500ms)},
-    {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, host-pause, partition, slow-link, restart, ccn-wipe, or none (default: all but ccn-wipe)",
+    {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, host-pause, partition, slow-link, restart, ccn-wipe, disk-full (root), or none (default: all but ccn-wipe and disk-full)",
      [](config& c, const std::string& v) -> std::string {
        std::vector<std::string> out;
        std::stringstream in{v};
@@ -319,20 +338,49 @@ struct planned_fault {
 // The fault schedule: a function of the seed and the cluster's shape only, so a seed repeats it.
 std::vector<planned_fault> plan_faults(const config& c) {
   std::vector<planned_fault> out;
-  if (c.kinds.empty())
-    return out;
   std::mt19937_64 rng{c.seed};
   auto n_nodes = node_names(c).size();
   auto n_crns = n_nodes - c.ccns;
   auto count = static_cast<std::size_t>(c.duration / c.fault_interval) + 1;
+  auto kinds = c.kinds;
+  if (c.scenario == "crn-crash")
+    kinds = {"crn-kill", "host-kill"};
+  else if (c.scenario == "ccn-crash")
+    kinds = {"ccn-kill"};
+  else if (c.scenario == "partition-heal")
+    kinds = {"partition"};
+  else if (c.scenario == "disk-full")
+    kinds = {"disk-full"};
+  else if (c.scenario == "flapping-node") {
+    // One CRN, drawn from the seed, killed and back again and again.
+    auto target = c.ccns + rng() % n_crns;
+    for (std::size_t i = 0; i < count; ++i)
+      out.push_back(planned_fault{"flap", target});
+    return out;
+  } else if (c.scenario == "rolling-restart") {
+    // Every node once, a CCN after its CRNs, as an operator upgrading the network would.
+    auto names = node_names(c);
+    for (uint32_t i = 0; i < c.ccns; ++i) {
+      for (std::size_t k = 0; k < names.size(); ++k)
+        if (names[k].rfind("crn-" + std::to_string(i) + "-", 0) == 0)
+          out.push_back(planned_fault{"restart", k});
+      out.push_back(planned_fault{"restart", i});
+    }
+    for (std::size_t k = 0; k < names.size(); ++k)
+      if (names[k].rfind("crn-x", 0) == 0)
+        out.push_back(planned_fault{"restart", k});
+    return out;
+  }
+  if (kinds.empty())
+    return out;
   for (std::size_t i = 0; i < count; ++i) {
     planned_fault f;
-    f.kind = c.kinds[rng() % c.kinds.size()];
+    f.kind = kinds[rng() % kinds.size()];
     auto crn = [&] { return c.ccns + rng() % n_crns; };
     auto ccn = [&] { return static_cast<std::size_t>(rng() % c.ccns); };
     if (f.kind == "crn-kill" || f.kind == "crn-pause" || f.kind == "slow-link")
       f.target = crn();
-    else if (f.kind == "ccn-kill" || f.kind == "ccn-pause" || f.kind == "ccn-wipe")
+    else if (f.kind == "ccn-kill" || f.kind == "ccn-pause" || f.kind == "ccn-wipe" || f.kind == "disk-full")
       f.target = ccn();
     else if (f.kind == "partition")
       f.target = c.ccns > 1 && rng() % 2 == 0 ? ccn() : crn();
@@ -582,6 +630,7 @@ private:
   std::mutex mu_; // guards everything below, and the state of nodes_
   std::vector<node> nodes_;
   std::unique_ptr<link_proxies> proxies_;
+  std::vector<std::string> mounts_; ///< tmpfs data dirs to unmount at the end
   std::vector<event> events_;
   std::vector<violation> violations_;
   std::map<std::string, json> checks_;
@@ -675,6 +724,21 @@ bool simulation::build_cluster() {
     }
     n.args.insert(n.args.end(), timing.begin(), timing.end());
   }
+  // disk-full faults fill a CCN's data dir: a small tmpfs of its own.
+  auto plan = plan_faults(cfg_);
+  if (std::any_of(plan.begin(), plan.end(), [](auto& f) { return f.kind == "disk-full"; }))
+    for (auto& n : nodes_) {
+      if (!n.ccn)
+        continue;
+      auto data = dir_ / n.name;
+      std::filesystem::create_directories(data);
+      auto opts = "size=" + std::to_string(cfg_.ccn_disk_mib) + "m,mode=0700";
+      if (::mount("tmpfs", data.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) != 0) {
+        std::cerr << "alephd: sim: cannot mount a tmpfs on " << data.string() << ": " << std::strerror(errno) << '\n';
+        return false;
+      }
+      mounts_.push_back(data.string());
+    }
   // The proxies are bound: the nodes' ports are theirs now.
   for (int fd : held)
     ::close(fd);
@@ -1027,7 +1091,7 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
   }
   ++faults_applied_;
   if (f.kind == "crn-kill" || f.kind == "ccn-kill" || f.kind == "host-kill" || f.kind == "ccn-wipe"
-      || f.kind == "restart") {
+      || f.kind == "restart" || f.kind == "flap") {
     // The persistent programs it runs must run again within the deadline.
     if (!n->ccn) {
       std::lock_guard<std::mutex> lock{mu_};
@@ -1063,7 +1127,7 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
       std::error_code ec;
       std::filesystem::remove_all(dir_ / n->name, ec); // its disk is lost
     }
-    hold(f.kind == "restart" ? 0ms : cfg_.down_time);
+    hold(f.kind == "restart" ? 0ms : f.kind == "flap" ? std::min(cfg_.down_time, ms{300}) : cfg_.down_time);
     bool ok = start(*n);
     record("heal", "restart", n->name, ok ? "" : "did not start again");
     if (!ok)
@@ -1108,6 +1172,39 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
     for (auto l : links)
       proxies_->partition(l, false);
     record("heal", "partition", n->name);
+  } else if (f.kind == "disk-full") {
+    // Fill the CCN's tmpfs; it must keep answering, and refuse writes with 507, not fail.
+    auto filler = dir_ / n->name / "sim-filler";
+    {
+      std::ofstream out{filler, std::ios::binary};
+      std::string chunk(1 << 20, '\0');
+      for (uint64_t i = 0; i <= cfg_.ccn_disk_mib && out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())); ++i)
+        out.flush();
+    }
+    record("fault", "disk-full", n->name, tag);
+    auto until = steady::now() + cfg_.partition_time;
+    int probes = 0, refused = 0;
+    while (steady::now() < until && !interrupted) {
+      auto info = http_request(localhost, n->http_port, "GET", "/api/v0/info", {}, {}, 2s);
+      checked("serves-with-a-full-disk", info.status == 200);
+      if (info.status != 200)
+        violate("serves-with-a-full-disk", n->name + " did not answer GET /api/v0/info with its disk full ("
+                                             + (info.status ? std::to_string(info.status) : info.error) + ")",
+                {n->name});
+      auto up = http_request(localhost, n->http_port, "POST", "/api/v0/storage/add_file", std::string(1 << 20, 'd'), {}, 10s);
+      ++probes;
+      bool ok = up.status == 200 || up.status == 507;
+      refused += up.status == 507 ? 1 : 0;
+      checked("full-disk-answers-507", ok);
+      if (!ok)
+        violate("full-disk-answers-507", n->name + " answered an upload with its disk full with "
+                                           + (up.status ? std::to_string(up.status) + " " + up.body.substr(0, 120) : up.error),
+                {n->name});
+      std::this_thread::sleep_for(300ms);
+    }
+    std::error_code ec;
+    std::filesystem::remove(filler, ec);
+    record("heal", "disk-full", n->name, std::to_string(refused) + " of " + std::to_string(probes) + " uploads refused with 507");
   } else if (f.kind == "slow-link") {
     auto l = n->links_out.front();
     proxies_->delay(l, cfg_.slow_delay);
@@ -1331,6 +1428,9 @@ void simulation::teardown() {
       n->proc->kill9();
   }
   proxies_.reset();
+  for (auto& m : mounts_)
+    ::umount2(m.c_str(), MNT_DETACH);
+  mounts_.clear();
 }
 
 json simulation::report() {
@@ -1365,7 +1465,8 @@ json simulation::report() {
     {"config", {{"ccns", cfg_.ccns}, {"crns_per_ccn", cfg_.crns_per_ccn}, {"extra_crns", cfg_.extra_crns},
                 {"max_linked_crns", cfg_.max_linked}, {"failure_timeout_s", cfg_.failure_timeout.count() / 1000.0},
                 {"reschedule_deadline_s", cfg_.reschedule_deadline.count() / 1000.0},
-                {"run_s", cfg_.duration.count() / 1000.0}, {"fault_kinds", cfg_.kinds}}},
+                {"run_s", cfg_.duration.count() / 1000.0}, {"fault_kinds", cfg_.kinds},
+                {"scenario", cfg_.scenario.empty() ? json(nullptr) : json(cfg_.scenario)}}},
     {"nodes", nodes},
     {"events", events},
     {"faults", faults_applied_},
@@ -1453,8 +1554,10 @@ int simulation::run() {
     auto plan = plan_faults(cfg_);
     // The first fault after one interval, so that placements are seen first.
     auto next = steady::now() + cfg_.fault_interval;
-    while (steady::now() < end && !interrupted && !failed_) {
-      if (n < plan.size() && steady::now() >= next) {
+    // A rolling restart goes on until every node has restarted.
+    auto more = [&] { return steady::now() < end || (cfg_.scenario == "rolling-restart" && n < plan.size()); };
+    while (more() && !interrupted && !failed_) {
+      if (n < plan.size() && steady::now() >= next && !interrupted) {
         // One interval from the start of one fault to the start of the next (at once when a
         // fault took longer).
         next = steady::now() + cfg_.fault_interval;
@@ -1526,11 +1629,17 @@ int run(const std::vector<std::string>& args, const std::string& self) {
     return 2;
   }
   if (c.plan_only) {
-    std::cout << "fault schedule of seed " << c.seed << ", one every " << c.fault_interval.count() << "ms:\n";
+    std::cout << "fault schedule of seed " << c.seed << (c.scenario.empty() ? "" : ", scenario " + c.scenario)
+              << ", one every " << c.fault_interval.count() << "ms:\n";
     std::size_t i = 0;
     for (auto& f : plan_faults(c))
       std::cout << "  #" << ++i << " " << describe(c, f) << '\n';
     return 0;
+  }
+  auto plan = plan_faults(c);
+  if (::geteuid() != 0 && std::any_of(plan.begin(), plan.end(), [](auto& f) { return f.kind == "disk-full"; })) {
+    std::cerr << "alephd: sim: disk-full faults need root (they mount a small tmpfs on each CCN's data dir)\n";
+    return 2;
   }
   return simulation{std::move(c), self}.run();
 }
