@@ -27,20 +27,26 @@ std::string endpoint_name(const ccn_link_config& cfg, size_t i) {
   return cfg.direct.empty() ? cfg.endpoints[i] : "in-process:" + std::to_string(i);
 }
 
+// Lets go of the current CCN; callbacks of its requests see a new generation and do nothing.
+void forget_ccn(self_ptr self, link_phase next) {
+  auto& st = self->state;
+  if (st.registry)
+    self->demonitor(st.registry.address());
+  st.registry = nullptr;
+  st.node = nullptr;
+  st.phase = next;
+  st.info.connected = false;
+  st.info.state = link_state::unlinked;
+  ++st.generation;
+}
+
 // The CCN is unreachable or gone: try the next one after a jittered back-off.
 void fail(self_ptr self, const std::string& why) {
   auto& st = self->state;
   if (st.phase == link_phase::disconnected)
     return;
-  if (st.registry)
-    self->demonitor(st.registry.address());
-  st.registry = nullptr;
-  st.node = nullptr;
-  st.phase = link_phase::disconnected;
-  st.info.connected = false;
-  st.info.state = link_state::unlinked;
+  forget_ccn(self, link_phase::disconnected);
   ++st.info.reconnects;
-  ++st.generation;
   if (endpoint_count(st.cfg) > 0)
     st.endpoint_index = (st.endpoint_index + 1) % endpoint_count(st.cfg);
   st.backoff = st.backoff.count() == 0 ? st.cfg.backoff_initial
@@ -231,16 +237,9 @@ void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home,
   spdlog::info("ccn_link {}: CCN {} answers again; moving back to it", st.cfg.info.id, home);
   if (st.broker && !st.info.ccn_id.empty())
     self->send(st.broker, atom::confirm_v, st.info.ccn_id, std::vector<placement>{});
-  if (st.registry) {
+  if (st.registry)
     self->send(st.registry, atom::unlink_v, st.cfg.info.id);
-    self->demonitor(st.registry.address());
-  }
-  st.registry = nullptr;
-  st.node = nullptr;
-  st.phase = link_phase::connecting;
-  st.info.connected = false;
-  st.info.state = link_state::unlinked;
-  ++st.generation;
+  forget_ccn(self, link_phase::connecting);
   st.endpoint_index = 0;
   enroll(self, node, home);
 }
