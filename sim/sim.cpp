@@ -109,26 +109,16 @@ struct option {
   std::function<std::string(config&, const std::string&)> set; // "" or an error
 };
 
-std::function<std::string(config&, const std::string&)> count(uint32_t config::*field, uint32_t lo, uint32_t hi) {
-  return [=](config& c, const std::string& v) -> std::string {
-    if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos)
-      return "must be a whole number, got '" + v.substr(0, 40) + "'";
-    auto n = std::stoul(v);
-    if (n < lo || n > hi)
-      return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
-    c.*field = static_cast<uint32_t>(n);
-    return {};
-  };
-}
-
-std::function<std::string(config&, const std::string&)> big(uint64_t config::*field, uint64_t lo, uint64_t hi) {
+// A whole number from `lo` to `hi` into a uint32_t or uint64_t field.
+template <class T>
+std::function<std::string(config&, const std::string&)> whole(T config::*field, T lo, T hi) {
   return [=](config& c, const std::string& v) -> std::string {
     if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos)
       return "must be a whole number, got '" + v.substr(0, 40) + "'";
     auto n = std::stoull(v);
     if (n < lo || n > hi)
       return "must be between " + std::to_string(lo) + " and " + std::to_string(hi);
-    c.*field = n;
+    c.*field = static_cast<T>(n);
     return {};
   };
 }
@@ -159,17 +149,17 @@ std::function<std::string(config&, const std::string&)> span(ms config::*field, 
 
 const std::vector<option>& options() {
   static const std::vector<option> table{
-    {"cluster.ccns", "CCNs (1-10; default 3)", count(&config::ccns, 1, 10)},
-    {"cluster.crns-per-ccn", "CRNs that start on each CCN (1-3; default 3)", count(&config::crns_per_ccn, 1, 3)},
-    {"cluster.extra-crns", "more CRNs, spread over the CCNs; they start waiting (0-10; default 0)", count(&config::extra_crns, 0, 10)},
-    {"cluster.max-linked-crns", "CRNs a CCN links at most (default 3)", count(&config::max_linked, 1, 10)},
-    {"cluster.replicas", "copies of each uploaded file the CCNs keep on CRNs (default 2)", count(&config::replicas, 0, 16)},
+    {"cluster.ccns", "CCNs (1-10; default 3)", whole<uint32_t>(&config::ccns, 1, 10)},
+    {"cluster.crns-per-ccn", "CRNs that start on each CCN (1-3; default 3)", whole<uint32_t>(&config::crns_per_ccn, 1, 3)},
+    {"cluster.extra-crns", "more CRNs, spread over the CCNs; they start waiting (0-10; default 0)", whole<uint32_t>(&config::extra_crns, 0, 10)},
+    {"cluster.max-linked-crns", "CRNs a CCN links at most (default 3)", whole<uint32_t>(&config::max_linked, 1, 10)},
+    {"cluster.replicas", "copies of each uploaded file the CCNs keep on CRNs (default 2)", whole<uint32_t>(&config::replicas, 0, 16)},
     {"cluster.heartbeat-interval", "the nodes' heartbeat interval (default 250ms)", span(&config::heartbeat, 50ms)},
     {"cluster.failure-timeout", "a CRN silent this long is down (default 1500ms)", span(&config::failure_timeout, 100ms)},
-    {"cluster.epoch-seconds", "length of a reward epoch (default 10)", big(&config::epoch_seconds, 1, 86400)},
-    {"cluster.ccn-disk-mib", "size of the tmpfs mounted on each CCN's data dir when disk-full faults run (default 256)", big(&config::ccn_disk_mib, 16, 65536)},
+    {"cluster.epoch-seconds", "length of a reward epoch (default 10)", whole<uint64_t>(&config::epoch_seconds, 1, 86400)},
+    {"cluster.ccn-disk-mib", "size of the tmpfs mounted on each CCN's data dir when disk-full faults run (default 256)", whole<uint64_t>(&config::ccn_disk_mib, 16, 65536)},
     {"cluster.sample-interval", "CRN metering sample interval (default 1s)", span(&config::sample_interval, 100ms)},
-    {"run.seed", "seed of the fault schedule and the workload (default 1)", big(&config::seed, 0, UINT64_MAX / 4)},
+    {"run.seed", "seed of the fault schedule and the workload (default 1)", whole<uint64_t>(&config::seed, 0, UINT64_MAX / 4)},
     {"run.duration", "how long faults and workload run (default 60s)", span(&config::duration, 1000ms)},
     {"run.converge-timeout", "time the cluster gets to converge after the faults (default 30s)", span(&config::converge_timeout, 1000ms)},
     {"run.reschedule-deadline", "a persistent program runs again within this time of its CRN's death (default 20s)", span(&config::reschedule_deadline, 1000ms)},
@@ -190,9 +180,9 @@ const std::vector<option>& options() {
     {"workload.messages-per-second", "signed POST messages (default 4)", rate(&config::messages_per_s)},
     {"workload.uploads-per-second", "file uploads with a STORE (default 0.5)", rate(&config::uploads_per_s)},
     {"workload.calls-per-second", "calls of the on-demand programs (default 1)", rate(&config::calls_per_s)},
-    {"workload.upload-bytes", "size of each uploaded file (default 4096)", big(&config::upload_bytes, 1, 64ull << 20)},
-    {"workload.persistent-programs", "persistent programs placed by the CCNs (default 2)", count(&config::persistent, 0, 100)},
-    {"workload.on-demand-programs", "on-demand programs called on the CRNs (default 1)", count(&config::on_demand, 0, 100)},
+    {"workload.upload-bytes", "size of each uploaded file (default 4096)", whole<uint64_t>(&config::upload_bytes, 1, 64ull << 20)},
+    {"workload.persistent-programs", "persistent programs placed by the CCNs (default 2)", whole<uint32_t>(&config::persistent, 0, 100)},
+    {"workload.on-demand-programs", "on-demand programs called on the CRNs (default 1)", whole<uint32_t>(&config::on_demand, 0, 100)},
     {"faults.interval", "time from one fault to the next (default 6s)", span(&config::fault_interval, 500ms)},
     {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, host-pause, partition, slow-link, restart, ccn-wipe, disk-full (root), or none (default: all but ccn-wipe and disk-full)",
      [](config& c, const std::string& v) -> std::string {
