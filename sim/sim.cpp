@@ -430,9 +430,7 @@ struct acked_message {
 
 struct acked_file {
   std::string hash;
-  std::string content;
-  std::string ccn;
-  double t = 0;
+  std::string content; ///< checked byte for byte at the end
 };
 
 struct pending_reschedule {
@@ -1023,7 +1021,7 @@ void simulation::workload_loop() {
       }
       std::lock_guard<std::mutex> lock{mu_};
       if (acked)
-        files_.push_back(acked_file{hash, std::move(content), to.name, now()});
+        files_.push_back(acked_file{hash, std::move(content)});
       ++outcomes_[acked ? "upload acked" : "upload refused"];
     } else {
       if (crns.empty() || on_demand_.empty())
