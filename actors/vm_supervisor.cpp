@@ -116,13 +116,20 @@ void answer_waiters(self_ptr self, const caf::error& err) {
 
 // Metering (reward ledger): a sample covers the time since the last one while the execution
 // runs; CPU and counters are differences, memory the average and peak seen on ticks.
+// Milliseconds on the actor clock: steady time in a node, virtual time on the deterministic
+// scheduler (tests, the in-process simulator).
+int64_t clock_ms(self_ptr self) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(self->clock().now().time_since_epoch())
+    .count();
+}
+
 void meter_start(self_ptr self) {
   auto& st = self->state;
   st.meter = execution_meter{};
   if (!st.env->ledger || !st.exec || !st.live)
     return;
   st.meter.on = true;
-  st.meter.since_ms = live_execution::now_ms();
+  st.meter.since_ms = clock_ms(self);
   st.meter.base = st.exec->usage();
   st.meter.requests = st.live->requests.load();
   st.meter.bytes_in = st.live->bytes_in.load();
@@ -135,7 +142,7 @@ void meter_sample(self_ptr self, bool again) {
     return;
   auto& m = st.meter;
   auto now = st.exec->usage();
-  auto now_ms = live_execution::now_ms();
+  auto now_ms = clock_ms(self);
   // Each counter is read once: what this sample does not count, the next one does.
   uint64_t requests = st.live ? st.live->requests.load() : m.requests;
   uint64_t bytes_in = st.live ? st.live->bytes_in.load() : m.bytes_in;
@@ -179,7 +186,7 @@ void meter_observe(self_ptr self) {
   auto& st = self->state;
   if (!st.meter.on || !st.exec || st.info.phase != "running")
     return;
-  if (live_execution::now_ms() - st.meter.since_ms >= st.env->sample_interval.count()) {
+  if (clock_ms(self) - st.meter.since_ms >= st.env->sample_interval.count()) {
     meter_sample(self, true);
     return;
   }

@@ -90,7 +90,7 @@ std::string program_configure(const std::string& message_json, std::string code,
 /// Metering of the current run since its last sample.
 struct execution_meter {
   bool on = false;
-  int64_t since_ms = 0; ///< steady clock
+  int64_t since_ms = 0; ///< actor clock (ms)
   executor_usage base;  ///< the executor's counters at the start of the sample
   uint64_t requests = 0, bytes_in = 0, bytes_out = 0; ///< the call counters then
   uint64_t mem_sum = 0;
