@@ -27,6 +27,22 @@ std::string endpoint_name(const ccn_link_config& cfg, size_t i) {
   return cfg.direct.empty() ? cfg.endpoints[i] : "in-process:" + std::to_string(i);
 }
 
+// The CCN at `endpoint`: one of `direct` for its name ("in-process:N"), else through the
+// middleman.
+template <class OnOk, class OnError>
+void reach_ccn(self_ptr self, const std::string& endpoint, caf::timespan timeout, OnOk on_ok,
+               OnError on_error) {
+  auto& cfg = self->state.cfg;
+  if (!cfg.direct.empty()) {
+    for (size_t i = 0; i < cfg.direct.size(); ++i)
+      if (endpoint_name(cfg, i) == endpoint)
+        return on_ok(cfg.direct[i]);
+    auto err = make_error(ec::invalid, "no in-process CCN " + endpoint);
+    return on_error(err);
+  }
+  connect_ccn_node(self, endpoint, timeout, on_ok, on_error);
+}
+
 // Lets go of the current CCN; callbacks of its requests see a new generation and do nothing.
 void forget_ccn(self_ptr self, link_phase next) {
   auto& st = self->state;
@@ -201,8 +217,8 @@ void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home,
 // CRNs back after a crash and the CCN that placed our workloads confirms or fences them.
 void fail_back(self_ptr self) {
   auto& st = self->state;
-  if (st.phase != link_phase::registered || st.endpoint_index == 0 || !st.cfg.direct.empty()
-      || st.probing_home || st.cfg.endpoints.empty())
+  if (st.phase != link_phase::registered || st.endpoint_index == 0 || st.probing_home
+      || endpoint_count(st.cfg) == 0)
     return;
   auto every = st.cfg.failback.count() > 0 ? st.cfg.failback : 4 * st.cfg.failure_timeout;
   auto now = self->clock().now();
@@ -211,8 +227,8 @@ void fail_back(self_ptr self) {
   st.last_home_try = now;
   st.probing_home = true;
   auto gen = st.generation;
-  auto home = st.cfg.endpoints[0];
-  connect_ccn_node(
+  auto home = endpoint_name(st.cfg, 0);
+  reach_ccn(
     self, home, st.cfg.failure_timeout,
     [=](const ccn_node_actor& node) {
       // A connection CAF kept from before may connect without the CCN being there: it must
@@ -270,9 +286,8 @@ void note_shipped_to(self_ptr self, const std::string& ccn, const std::string& e
 // are not shipped (and counted) a second time elsewhere. Until it answers, nothing is shipped.
 void resolve_doubt(self_ptr self) {
   auto& st = self->state;
-  if (!st.cfg.direct.empty() || st.doubt_endpoint.empty()) {
-    st.doubt_ccn.clear(); // in-process CCNs answer every request
-    st.doubt_endpoint.clear();
+  if (st.doubt_endpoint.empty()) {
+    st.doubt_ccn.clear();
     return;
   }
   st.shipping = true;
@@ -286,7 +301,7 @@ void resolve_doubt(self_ptr self) {
       ship(self);
     }
   };
-  connect_ccn_node(
+  reach_ccn(
     self, endpoint, st.cfg.failure_timeout,
     [=](const ccn_node_actor& node) {
       self->request(node, self->state.cfg.failure_timeout, atom::usage_v, self->state.cfg.info.id,
