@@ -118,6 +118,22 @@ void fell_behind(self_ptr self, const std::string& what, const caf::error& err) 
   self->state.behind = true;
 }
 
+// Why a message a peer pushed is not acceptable ("" when it is), as the HTTP intake checks.
+std::string check_replicated(const stored_message& msg, bool verify_signatures) {
+  auto parsed = aleph::parse_message(std::string_view{msg.json});
+  if (!parsed.ok())
+    return "invalid: " + parsed.error.field + " " + parsed.error.reason;
+  if (parsed.msg->item_hash != msg.item_hash || aleph::to_string(parsed.msg->type) != msg.type)
+    return "its item hash or type does not match its content";
+  if (verify_signatures) {
+    const auto& m = *parsed.msg;
+    if (auto why = crypto::verify_message_signature(m.chain, m.sender, aleph::to_string(m.type),
+                                                    m.item_hash, m.signature))
+      return "invalid signature: " + *why;
+  }
+  return {};
+}
+
 // Introduces ourselves to a peer's ccn_node and syncs both ways.
 void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
   self->request(node, request_timeout, atom::hello_v)
@@ -189,9 +205,11 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
       // Peers form a full mesh: forward only what this CCN accepted, never echo.
       if (msg.origin != self->state.cfg.ccn_id)
         return;
+      // One message shared by every peer's mailbox (copied when a peer takes it).
+      auto m = caf::make_message(atom::replicate_v, msg);
       for (auto& [id, p] : self->state.peers)
         if (p.up)
-          self->send(as_peer(p.handle), atom::replicate_v, msg);
+          caf::anon_send(p.handle, m);
     },
     [=](atom::stored, const file_info& info) {
       for (auto& [id, p] : self->state.peers)
@@ -235,22 +253,22 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
       return rp;
     },
     [=](atom::replicate, stored_message& msg) {
-      // A peer's message is checked like a client's: schema and item hash.
-      auto parsed = aleph::parse_message(std::string_view{msg.json});
-      if (!parsed.ok() || parsed.msg->item_hash != msg.item_hash
-          || aleph::to_string(parsed.msg->type) != msg.type) {
-        spdlog::warn("ccn_peer: refused an invalid replicated message {}: {} {}",
-                     msg.item_hash.substr(0, 80), parsed.error.field, parsed.error.reason);
-        return;
+      // A peer's message is checked like a client's: schema, item hash, signature.
+      auto& cfg = self->state.cfg;
+      std::string key;
+      std::optional<std::string> verdict;
+      if (cfg.verdicts) {
+        key = std::string{cfg.verify_signatures ? "1 " : "0 "} + msg.item_hash + ' ' + msg.type + ' ' + msg.json;
+        verdict = cfg.verdicts->find(key);
       }
-      if (self->state.cfg.verify_signatures) {
-        const auto& m = *parsed.msg;
-        if (auto why = crypto::verify_message_signature(m.chain, m.sender, aleph::to_string(m.type),
-                                                        m.item_hash, m.signature)) {
-          spdlog::warn("ccn_peer: refused replicated message {}: invalid signature: {}",
-                       msg.item_hash, *why);
-          return;
-        }
+      if (!verdict) {
+        verdict = check_replicated(msg, cfg.verify_signatures);
+        if (cfg.verdicts)
+          cfg.verdicts->put(key, *verdict);
+      }
+      if (!verdict->empty()) {
+        spdlog::warn("ccn_peer: refused replicated message {}: {}", msg.item_hash.substr(0, 80), *verdict);
+        return;
       }
       self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
         .then([](const append_result&) {},

@@ -4,12 +4,40 @@
 #pragma once
 
 #include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
 #include <set>
 
 #include "actors/ccn_node.hpp"
 #include "actors/interfaces.hpp"
 
 namespace alephd {
+
+/// Verdicts on replicated messages, shared by the CCNs of one process (the in-process
+/// simulator): checking a message is a pure function of its bytes, so a message that reaches
+/// many of them is parsed and verified once. Bounded; thread-safe.
+class message_verdicts {
+public:
+  /// The verdict on `key` ("" = valid, else why not), if known.
+  std::optional<std::string> find(const std::string& key) const {
+    std::lock_guard lock{m_};
+    auto i = map_.find(key);
+    return i == map_.end() ? std::nullopt : std::optional<std::string>{i->second};
+  }
+  void put(const std::string& key, std::string verdict) {
+    std::lock_guard lock{m_};
+    if (map_.size() >= max_entries)
+      map_.clear();
+    map_.emplace(key, std::move(verdict));
+  }
+  static constexpr std::size_t max_entries = 200000;
+
+private:
+  mutable std::mutex m_;
+  std::unordered_map<std::string, std::string> map_;
+};
 
 struct ccn_peer_config {
   std::string ccn_id;
@@ -23,6 +51,8 @@ struct ccn_peer_config {
   uint64_t inline_bytes = 1 << 20;
   /// Refuse replicated messages whose wallet signature does not verify (as the HTTP intake).
   bool verify_signatures = true;
+  /// Shared verdicts of the CCNs in this process (null: each message is checked here).
+  std::shared_ptr<message_verdicts> verdicts;
 };
 
 struct peer_entry {
