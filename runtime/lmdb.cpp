@@ -20,7 +20,8 @@ std::string error_text(int rc) {
   return mdb_strerror(rc);
 }
 
-std::unique_ptr<env> env::open(const std::string& dir, std::string& err, uint64_t map_size) {
+std::unique_ptr<env> env::open(const std::string& dir, std::string& err, uint64_t map_size,
+                               unsigned flags) {
   std::error_code fec;
   std::filesystem::create_directories(dir, fec);
   if (fec) {
@@ -36,7 +37,7 @@ std::unique_ptr<env> env::open(const std::string& dir, std::string& err, uint64_
   mdb_env_set_maxdbs(e, 64);
   mdb_env_set_maxreaders(e, 256);
   // MDB_NOTLS: read transactions may be used by any thread (actors migrate).
-  if (int rc = mdb_env_open(e, dir.c_str(), MDB_NOTLS, 0600); rc != 0) {
+  if (int rc = mdb_env_open(e, dir.c_str(), MDB_NOTLS | flags, 0600); rc != 0) {
     err = "cannot open LMDB in " + dir + ": " + error_text(rc);
     mdb_env_close(e);
     return nullptr;

@@ -19,9 +19,10 @@ std::string error_text(int rc);
 class env {
 public:
   /// Opens or creates the environment in `dir` (created if missing). On failure returns
-  /// nullptr and sets `err` to a one-line reason.
+  /// nullptr and sets `err` to a one-line reason. `flags` adds LMDB flags (the in-process
+  /// simulator's stores on tmpfs use MDB_WRITEMAP | MDB_NOSYNC; nodes use none).
   static std::unique_ptr<env> open(const std::string& dir, std::string& err,
-                                   uint64_t map_size = uint64_t{8} << 30);
+                                   uint64_t map_size = uint64_t{8} << 30, unsigned flags = 0);
   ~env();
   env(const env&) = delete;
   env& operator=(const env&) = delete;
