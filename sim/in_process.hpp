@@ -1,0 +1,15 @@
+// `alephd sim --in-process`: the same CCN and CRN actors as the real processes (message store,
+// registry, scheduler, peers, usage book; link, job broker, supervisors, cache, reward ledger) in
+// one actor system on CAF's deterministic scheduler, in virtual time. Programs run in an executor
+// that never blocks; nodes reach each other through in-process handles. A seed replays exactly:
+// the same schedule, the same events, the same trace digest.
+#pragma once
+
+#include "sim/options.hpp"
+
+namespace alephd::sim {
+
+/// Runs the simulation in this process; exit codes as sim::run().
+int run_in_process(const config& c);
+
+} // namespace alephd::sim
