@@ -110,6 +110,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
               st.info.ccn_id = ccn_id;
               st.info.ccn_endpoint = endpoint;
               st.info.last_ack = unix_seconds();
+              st.met[ccn_id] = endpoint;
               if (reg.heartbeat_ms > 0)
                 st.cfg.heartbeat = milliseconds{reg.heartbeat_ms};
               spdlog::info("ccn_link {}: registered with CCN {} at {} as {}", st.cfg.info.id,
@@ -258,6 +259,49 @@ void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home,
   forget_ccn(self, link_phase::connecting);
   st.endpoint_index = 0;
   enroll(self, node, home);
+}
+
+// Workloads placed here by a CCN this link has left (it failed over, or that CCN froze) keep
+// running: the CCNs of a lost CCN's CRNs must not stop them. But that CCN, back, may have placed
+// them elsewhere meanwhile, and only it can fence its own workloads. So once in a while the link
+// asks every CCN it met before what it places here now, and the job broker stops that CCN's
+// executions it no longer places here (a CCN that does not answer changes nothing).
+void check_owners(self_ptr self) {
+  auto& st = self->state;
+  if (st.phase != link_phase::registered || !st.broker || st.met.size() < 2)
+    return;
+  auto every = st.cfg.failback.count() > 0 ? st.cfg.failback : 4 * st.cfg.failure_timeout;
+  auto now = self->clock().now();
+  if (now - st.last_owner_check < every)
+    return;
+  st.last_owner_check = now;
+  for (auto& [id, endpoint] : st.met) {
+    if (id == st.info.ccn_id)
+      continue;
+    auto owner = id;
+    auto timeout = st.cfg.failure_timeout;
+    reach_ccn(
+      self, endpoint, timeout,
+      [=](const ccn_node_actor& node) {
+        self->request(node, timeout, atom::hello_v)
+          .then(
+            [=](const crn_registry_actor&, const caf::actor&, const std::string& answered) {
+              if (answered != owner)
+                return; // another CCN listens there now
+              self->request(node, timeout, atom::list_v, self->state.cfg.info.id)
+                .then(
+                  [=](const std::vector<placement>& placed) {
+                    auto& st = self->state;
+                    if (owner == st.info.ccn_id)
+                      return; // linked there again: registration confirmed it
+                    self->send(st.broker, atom::confirm_v, owner, placed);
+                  },
+                  [](caf::error&) {});
+            },
+            [](caf::error&) {});
+      },
+      [](caf::error&) {});
+  }
 }
 
 // Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
@@ -415,6 +459,7 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       beat(self);
       ship(self);
       fail_back(self);
+      check_owners(self);
       self->delayed_send(self, self->state.cfg.heartbeat, atom::tick_v);
     },
     [=](atom::status, link_state s) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <random>
 #include <string_view>
 
@@ -63,6 +64,10 @@ struct ccn_link_state {
   bool listing = false;
   std::string shipped_to; ///< the CCN noted in cfg.shipped_to_file
   caf::actor_clock::time_point last_home_try;
+  /// Every CCN this link registered with (id -> endpoint name): workloads they placed here while
+  /// linked to them keep running after the link moved, until they say they moved them.
+  std::map<std::string, std::string> met;
+  caf::actor_clock::time_point last_owner_check;
   std::mt19937_64 rng;
 };
 

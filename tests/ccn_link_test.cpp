@@ -149,6 +149,7 @@ struct broker_double_state {
   bool accept = true;
   std::vector<allocation> allocations;
   std::vector<std::vector<placement>> confirms;
+  std::vector<std::string> confirm_ccns; ///< the CCN each confirm speaks for
 };
 
 job_broker_actor::behavior_type
@@ -181,8 +182,9 @@ broker_double(job_broker_actor::stateful_pointer<broker_double_state> self) {
     [=](atom::published, uint64_t, uint16_t) {},
     [=](atom::connect, const ccn_link_actor&) {},
     [=](atom::exited, const execution_info&, const std::vector<log_line>&) {},
-    [=](atom::confirm, const std::string&, const std::vector<placement>& mine) {
+    [=](atom::confirm, const std::string& ccn, const std::vector<placement>& mine) {
       self->state.confirms.push_back(mine);
+      self->state.confirm_ccns.push_back(ccn);
     },
   };
 }
@@ -361,6 +363,39 @@ TEST_F(ccn_link_test, fails_over_when_the_registry_stops_answering_heartbeats) {
   EXPECT_EQ(after.ccn_id, "ccn-B");
   EXPECT_GE(after.reconnects, 1u);
   EXPECT_EQ(reg(reg_b).enrolled.size(), 1u);
+}
+
+// Linked to A, the CRN runs what A placed; A freezes and the CRN fails over to B, which must not
+// stop A's workloads. A, back, has placed the workload elsewhere meanwhile: the link asks A what
+// it places here now, and A's answer (without it) reaches the job broker, which stops the copy.
+TEST_F(ccn_link_test, a_ccn_left_behind_is_asked_what_it_still_places_here) {
+  auto c = config();
+  c.direct = {node_b, node_a}; // B is home; it refuses at first, so the link goes to A
+  node(node_b).refuse = true;
+  node(node_a).placed = {placement{"h-moved", "program", "crn-1", 2, "allocated", ""}};
+  start(c);
+  run_for(1000ms);
+  ASSERT_EQ(info().ccn_id, "ccn-A");
+  node(node_b).refuse = false;
+  reg(reg_a).frozen = true;
+  run_for(8000ms);
+  ASSERT_EQ(info().ccn_id, "ccn-B");
+  auto& b = state_of<broker_double_state>(broker);
+  // A has moved it to another CRN and answers again.
+  node(node_a).placed = {placement{"h-moved", "program", "crn-2", 3, "allocated", ""}};
+  reg(reg_a).frozen = false;
+  auto before = b.confirms.size();
+  run_for(25000ms);
+  EXPECT_EQ(info().ccn_id, "ccn-B") << "home is B: the link stays";
+  bool told = false;
+  for (auto i = before; i < b.confirms.size(); ++i)
+    if (b.confirm_ccns[i] == "ccn-A") {
+      told = true;
+      EXPECT_TRUE(b.confirms[i].empty()) << "A places nothing on crn-1 now";
+    }
+  EXPECT_TRUE(told) << "the link never asked A";
+  for (auto i = before; i < b.confirms.size(); ++i)
+    EXPECT_NE(b.confirm_ccns[i], "ccn-B") << "B registered once, before A came back";
 }
 
 TEST_F(ccn_link_test, re_registers_when_the_ccn_forgot_it) {
