@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <ctime>
 #include <future>
 #include <thread>
 
@@ -266,10 +268,17 @@ TEST(process_usage, reads_cpu_time_and_memory_of_a_process) {
   auto before = alephd::process_usage(::getpid());
   EXPECT_GT(before.mem_current, 1u << 20);
   EXPECT_GE(before.mem_peak, before.mem_current);
-  // Burn about 200 ms of CPU (clock ticks are 10 ms).
+  // Burn 200 ms of CPU by the process's own CPU clock (clock ticks are 10 ms), however busy the
+  // machine is (bounded by 20 s of wall time).
+  auto cpu_now = [] {
+    timespec ts{};
+    ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+  };
   volatile uint64_t x = 0;
-  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-  while (std::chrono::steady_clock::now() < until)
+  auto cpu_until = cpu_now() + std::chrono::milliseconds(200);
+  auto wall_until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (cpu_now() < cpu_until && std::chrono::steady_clock::now() < wall_until)
     for (int i = 0; i < 100000; ++i)
       x = x + static_cast<uint64_t>(i);
   auto after = alephd::process_usage(::getpid());
