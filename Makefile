@@ -48,6 +48,7 @@ bench: build
 	$(BUILD)/bench/ledger_bench
 	ALEPHD_MICROVM_ASSETS=$(BUILD)/microvm $(BUILD)/bench/microvm_bench
 	bench/sim-bench $(BUILD)/alephd
+	bench/sim-in-process-bench $(BUILD)/alephd
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

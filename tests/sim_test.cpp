@@ -75,7 +75,10 @@ TEST_F(sim_test, bad_options_exit_2_with_one_line_naming_them) {
   std::ofstream{ini} << "[cluster]\nccns = 2\nnot a setting\n";
   for (auto& b : std::vector<bad>{
          {{"--faults.kinds=crn-kill,meteor"}, "unknown fault kind 'meteor'"},
-         {{"--cluster.ccns=11"}, "cluster.ccns: must be between 1 and 10"},
+         {{"--cluster.ccns=11"}, "at most 10 CCNs"},
+         {{"--cluster.ccns=1001", "--in-process"}, "cluster.ccns: must be between 1 and 1000"},
+         {{"--in-process", "--faults.kinds=crn-kill,disk-full"}, "disk-full is not simulated in-process"},
+         {{"--in-process", "--run.scenario=disk-full"}, "the disk-full scenario needs real processes"},
          {{"--run.duration=soon"}, "run.duration: must be a duration"},
          {{"--bogus=1"}, "unknown option 'bogus'"},
          {{"--config", (dir / "missing.ini").string()}, "cannot read"},
@@ -236,6 +239,108 @@ TEST_F(sim_test, a_lost_acknowledged_message_fails_the_run_with_the_seed_and_its
   EXPECT_EQ(r["result"], "fail");
   ASSERT_FALSE(r["violations"].empty());
   EXPECT_EQ(r["violations"][0]["invariant"], "acked-messages-survive");
+}
+
+// ---- --in-process: the same actors on the deterministic scheduler, in virtual time ----------
+
+struct in_process_run {
+  int code = -1;
+  std::string err;
+  json report;
+};
+
+// Three CCNs x 3 CRNs and an extra CRN that waits, 30 persistent programs, a fault every 3 s of
+// virtual time for two minutes: kills, pauses and partitions of CRNs and CCNs, and restarts.
+TEST_F(sim_test, in_process_a_seed_replays_exactly_and_every_invariant_holds) {
+  auto run = [&](const std::string& seed, const std::string& name) {
+    auto report = dir / (name + ".json");
+    auto o = sim({"--in-process", "--config", ALEPHD_SIM_INI, "--seed", seed, "--cluster.extra-crns=1",
+                  "--workload.persistent-programs=30", "--workload.on-demand-programs=2", "--run.duration=120s",
+                  "--faults.interval=3s", "--report", report.string(), "--html", (dir / (name + ".html")).string()},
+                 120s);
+    return in_process_run{o.code, o.err, json::parse(read_file(report), nullptr, false)};
+  };
+  auto a = run("3", "a");
+  ASSERT_TRUE(a.report.is_object()) << a.err;
+  EXPECT_EQ(a.code, 0) << a.err << a.report["violations"].dump(1);
+  EXPECT_EQ(a.report["mode"], "in-process");
+  EXPECT_GE(a.report["faults"].get<int>(), 25);
+  EXPECT_GE(a.report["duration_s"].get<double>(), 120.0) << "virtual seconds";
+  std::set<std::string> kinds;
+  for (auto& e : a.report["events"])
+    if (e["kind"] == "fault" && e["detail"].get<std::string>().find("skipped") == std::string::npos)
+      kinds.insert(e["what"].get<std::string>());
+  for (auto k : {"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition", "restart"})
+    EXPECT_EQ(kinds.count(k), 1u) << "no " << k << " fault applied";
+  for (auto name : {"max-linked-crns", "persistent-exactly-once", "cluster-converges", "acked-messages-everywhere",
+                    "metering-exactly-once", "reschedule-deadline"}) {
+    EXPECT_GE(a.report["invariants"][name].value("checked", 0), 1) << name << " was never checked";
+    EXPECT_FALSE(a.report["invariants"][name].contains("failed")) << name;
+  }
+  EXPECT_GE(a.report["workload"]["messages_acked"].get<int>(), 400);
+  EXPECT_FALSE(a.report["reschedules"].empty()) << "no program was placed again after its CRN went";
+  EXPECT_NE(read_file(dir / "a.html").find("<svg"), std::string::npos);
+  // The same seed: the same events at the same virtual times, the same digest of the whole run.
+  auto b = run("3", "b");
+  ASSERT_TRUE(b.report.is_object()) << b.err;
+  EXPECT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(a.report["events"], b.report["events"]);
+  EXPECT_EQ(a.report["actor_jobs"], b.report["actor_jobs"]);
+  EXPECT_EQ(a.report["trace_digest"], b.report["trace_digest"]);
+  // Another seed: another run.
+  auto c = run("4", "c");
+  ASSERT_TRUE(c.report.is_object()) << c.err;
+  EXPECT_EQ(c.code, 0) << c.err << c.report["violations"].dump(1);
+  EXPECT_NE(a.report["trace_digest"], c.report["trace_digest"]);
+}
+
+TEST_F(sim_test, in_process_the_named_scenarios_keep_every_invariant) {
+  for (std::string scenario : {"crn-crash", "ccn-crash", "partition-heal", "flapping-node", "rolling-restart"})
+    for (std::string seed : {"1", "2", "3"}) {
+      auto report = dir / (scenario + "-" + seed + ".json");
+      auto o = sim({"--in-process", "--seed", seed, "--run.scenario=" + scenario, "--cluster.ccns=3",
+                    "--workload.persistent-programs=12", "--run.duration=40s", "--faults.interval=2s",
+                    "--report", report.string()},
+                   60s);
+      auto r = json::parse(read_file(report), nullptr, false);
+      ASSERT_TRUE(r.is_object()) << scenario << " seed " << seed << ": " << o.err;
+      EXPECT_EQ(o.code, 0) << scenario << " seed " << seed << ": " << o.err << r["violations"].dump(1);
+      EXPECT_GE(r["faults"].get<int>(), 3) << scenario << " seed " << seed;
+      std::set<std::string> targets;
+      for (auto& e : r["events"])
+        if (e["kind"] == "fault")
+          targets.insert(e["node"].get<std::string>());
+      if (scenario == "flapping-node") {
+        EXPECT_EQ(targets.size(), 1u) << "one node flaps";
+      }
+      if (scenario == "rolling-restart") {
+        EXPECT_EQ(targets.size(), 12u) << "every node restarts once";
+      }
+      for (auto name : {"persistent-exactly-once", "cluster-converges", "acked-messages-everywhere", "metering-exactly-once"}) {
+        EXPECT_GE(r["invariants"][name].value("checked", 0), 1) << scenario << " " << name;
+        EXPECT_FALSE(r["invariants"][name].contains("failed")) << scenario << " " << name;
+      }
+    }
+}
+
+// A deadline shorter than the failure timeout cannot be met after a pause (the CCN only sees a
+// frozen CRN by its silence): the run must fail, with the seed and the pause that shows it.
+TEST_F(sim_test, in_process_a_missed_reschedule_deadline_fails_the_run) {
+  auto report = dir / "late.json";
+  auto o = sim({"--in-process", "--seed", "2", "--cluster.ccns=2", "--workload.persistent-programs=6",
+                "--faults.kinds=host-pause", "--faults.interval=5s", "--faults.pause-time=12s",
+                "--cluster.failure-timeout=5s", "--run.reschedule-deadline=2s", "--run.duration=20s",
+                "--report", report.string()},
+               60s);
+  EXPECT_EQ(o.code, 1) << o.err;
+  EXPECT_NE(o.err.find("INVARIANT VIOLATED: reschedule-deadline"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("--in-process --seed 2"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("fault crn-pause"), std::string::npos) << o.err;
+  auto r = json::parse(read_file(report), nullptr, false);
+  ASSERT_TRUE(r.is_object());
+  EXPECT_EQ(r["result"], "fail");
+  ASSERT_FALSE(r["violations"].empty());
+  EXPECT_EQ(r["violations"][0]["invariant"], "reschedule-deadline");
 }
 
 } // namespace
