@@ -75,6 +75,8 @@ void fail(self_ptr self, const std::string& why) {
   self->delayed_send(self, delay, atom::connect_v);
 }
 
+void remember_ccn(self_ptr self, const std::string& id, const std::string& endpoint);
+
 void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
   auto gen = self->state.generation;
   auto timeout = self->state.cfg.failure_timeout;
@@ -110,7 +112,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
               st.info.ccn_id = ccn_id;
               st.info.ccn_endpoint = endpoint;
               st.info.last_ack = unix_seconds();
-              st.met[ccn_id] = endpoint;
+              remember_ccn(self, ccn_id, endpoint);
               if (reg.heartbeat_ms > 0)
                 st.cfg.heartbeat = milliseconds{reg.heartbeat_ms};
               spdlog::info("ccn_link {}: registered with CCN {} at {} as {}", st.cfg.info.id,
@@ -264,8 +266,10 @@ void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home,
 // Workloads placed here by a CCN this link has left (it failed over, or that CCN froze) keep
 // running: the CCNs of a lost CCN's CRNs must not stop them. But that CCN, back, may have placed
 // them elsewhere meanwhile, and only it can fence its own workloads. So once in a while the link
-// asks every CCN it met before what it places here now, and the job broker stops that CCN's
-// executions it no longer places here (a CCN that does not answer changes nothing).
+// asks every CCN it registered with before what it places where, and the job broker stops that
+// CCN's executions here that it now places on another CRN, or no longer places at all. One that
+// is pending (no CRN) keeps running here; a CCN that does not answer changes nothing; an answer
+// that an allocation or a move of the link overtook is dropped (asked again next time).
 void check_owners(self_ptr self) {
   auto& st = self->state;
   if (st.phase != link_phase::registered || !st.broker || st.met.size() < 2)
@@ -280,21 +284,32 @@ void check_owners(self_ptr self) {
       continue;
     auto owner = id;
     auto timeout = st.cfg.failure_timeout;
+    auto gen = st.generation;
+    auto allocations = st.allocations;
+    auto current = [=] {
+      auto& st = self->state;
+      return st.generation == gen && st.allocations == allocations && st.phase == link_phase::registered
+             && st.info.ccn_id != owner;
+    };
     reach_ccn(
       self, endpoint, timeout,
       [=](const ccn_node_actor& node) {
         self->request(node, timeout, atom::hello_v)
           .then(
             [=](const crn_registry_actor&, const caf::actor&, const std::string& answered) {
-              if (answered != owner)
-                return; // another CCN listens there now
-              self->request(node, timeout, atom::list_v, self->state.cfg.info.id)
+              if (answered != owner || !current())
+                return; // another CCN listens there now, or the link moved
+              self->request(node, timeout, atom::list_v, std::string{})
                 .then(
-                  [=](const std::vector<placement>& placed) {
+                  [=](const std::vector<placement>& all) {
+                    if (!current())
+                      return;
                     auto& st = self->state;
-                    if (owner == st.info.ccn_id)
-                      return; // linked there again: registration confirmed it
-                    self->send(st.broker, atom::confirm_v, owner, placed);
+                    std::vector<placement> keep;
+                    for (auto& p : all)
+                      if (p.crn_id == st.cfg.info.id || p.crn_id.empty())
+                        keep.push_back(p);
+                    self->send(st.broker, atom::confirm_v, owner, std::move(keep));
                   },
                   [](caf::error&) {});
             },
@@ -302,6 +317,26 @@ void check_owners(self_ptr self) {
       },
       [](caf::error&) {});
   }
+}
+
+// Notes a CCN the link registered with, and keeps the list on disk.
+void remember_ccn(self_ptr self, const std::string& id, const std::string& endpoint) {
+  auto& st = self->state;
+  auto i = st.met.find(id);
+  if (i != st.met.end() && i->second == endpoint)
+    return;
+  st.met[id] = endpoint;
+  if (st.cfg.met_file.empty())
+    return;
+  auto tmp = st.cfg.met_file + ".tmp";
+  {
+    std::ofstream out{tmp, std::ios::trunc};
+    for (auto& [ccn, ep] : st.met)
+      out << ccn << ' ' << ep << '\n';
+    if (!out.flush())
+      return;
+  }
+  std::rename(tmp.c_str(), st.cfg.met_file.c_str());
 }
 
 // Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
@@ -363,7 +398,20 @@ void resolve_doubt(self_ptr self) {
             done(false);
           });
     },
-    [=](caf::error&) { done(false); });
+    [=](caf::error& err) {
+      if (is(err, ec::invalid)) {
+        // Not a CCN this link can name (a data dir used with other CCN settings): nobody to ask.
+        spdlog::warn("ccn_link {}: cannot ask {} about ledger entries: {}", self->state.cfg.info.id,
+                     endpoint, describe(err));
+        auto& st = self->state;
+        st.doubt_ccn.clear();
+        st.doubt_endpoint.clear();
+        st.shipping = false;
+        ship(self);
+        return;
+      }
+      done(false);
+    });
 }
 
 void ship(self_ptr self) {
@@ -441,6 +489,13 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
       st.doubt_endpoint = endpoint;
     }
   }
+  // The CCNs a previous process registered with: what they placed here may still run here.
+  if (!st.cfg.met_file.empty()) {
+    std::ifstream in{st.cfg.met_file};
+    std::string ccn, endpoint;
+    while (in >> ccn >> endpoint)
+      st.met[ccn] = endpoint;
+  }
   self->set_down_handler([=](caf::down_msg& dm) {
     if (self->state.registry && dm.source == self->state.registry.address())
       fail(self, "CCN is gone (" + caf::to_string(dm.reason) + ")");
@@ -470,6 +525,7 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
     },
     [=](atom::allocate, allocation& a) {
       auto& st = self->state;
+      ++st.allocations;
       if (st.listing)
         st.fresh.push_back(placement{a.item_hash, a.kind, st.cfg.info.id, a.epoch, "allocated", {}});
       return self->delegate(st.broker, atom::allocate_v, std::move(a));

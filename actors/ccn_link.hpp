@@ -34,6 +34,9 @@ struct ccn_link_config {
   /// Where the link notes the CCN that last received ledger entries ("id endpoint"), so that a
   /// restarted CRN asks that CCN what it holds before shipping to another one. Empty = none.
   std::string shipped_to_file;
+  /// Where the link keeps the CCNs it registered with ("id endpoint" lines), so that a restarted
+  /// CRN still asks them what became of the workloads they placed on it. Empty = not kept.
+  std::string met_file;
 };
 
 enum class link_phase { disconnected, connecting, registered };
@@ -68,6 +71,7 @@ struct ccn_link_state {
   /// linked to them keep running after the link moved, until they say they moved them.
   std::map<std::string, std::string> met;
   caf::actor_clock::time_point last_owner_check;
+  uint64_t allocations = 0; ///< allocations received (an owner's answer older than one is dropped)
   std::mt19937_64 rng;
 };
 

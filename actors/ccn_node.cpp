@@ -87,6 +87,10 @@ ccn_node_actor::behavior_type ccn_node(ccn_node_actor::pointer self, std::string
         .then(
           [=](const std::vector<placement>& all) mutable {
             std::vector<placement> mine;
+            if (crn_id.empty()) {
+              rp.deliver(all);
+              return;
+            }
             for (auto& p : all)
               if (p.crn_id == crn_id && (p.state == "allocating" || p.state == "allocated"))
                 mine.push_back(p);

@@ -258,7 +258,9 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
       std::string key;
       std::optional<std::string> verdict;
       if (cfg.verdicts) {
-        key = std::string{cfg.verify_signatures ? "1 " : "0 "} + msg.item_hash + ' ' + msg.type + ' ' + msg.json;
+        // Length-prefixed fields: no two different messages make the same key.
+        key = std::string{cfg.verify_signatures ? "1:" : "0:"} + std::to_string(msg.item_hash.size()) + ':'
+              + msg.item_hash + std::to_string(msg.type.size()) + ':' + msg.type + msg.json;
         verdict = cfg.verdicts->find(key);
       }
       if (!verdict) {

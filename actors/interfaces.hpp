@@ -308,7 +308,8 @@ using ccn_node_actor = caf::typed_actor<
   /// A CRN (its id) reports a workload that failed for good; passed to the scheduler.
   reacts_to<atom::exited, std::string, execution_info>,
   /// The workloads the scheduler places on CRN `id` now (a restarted CRN keeps the executions
-  /// it re-adopted only if they are among them).
+  /// it re-adopted only if they are among them); with an empty id, every workload it places,
+  /// wherever and in whatever state (a CRN linked elsewhere asks what became of its copies).
   replies_to<atom::list, std::string>::with<std::vector<placement>>,
   /// Metering entries from CRN `id` (registered here, else ec::refused) for the usage book;
   /// answers the highest seq held for it.

@@ -580,6 +580,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   lc.files = files_;
   lc.ledger = ledger_;
   lc.shipped_to_file = dir + "/ledger-shipped-to";
+  lc.met_file = dir + "/ccns-met";
   link_ = sys.spawn(ccn_link, lc, broker_);
   caf::anon_send(broker_, atom::connect_v, link_);
   caf::anon_send(files_, atom::connect_v, caf::actor_cast<file_source_actor>(link_));

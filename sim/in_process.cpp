@@ -13,7 +13,7 @@
 #include <queue>
 #include <random>
 #include <set>
-#include <unordered_set>
+#include <unordered_map>
 
 #include <caf/all.hpp>
 #include <caf/scheduler/test_coordinator.hpp>
@@ -39,6 +39,7 @@
 #include "runtime/ledger.hpp"
 #include "runtime/lmdb.hpp"
 #include "runtime/wall_clock.hpp"
+#include "sim/journal.hpp"
 #include "sim/report.hpp"
 
 namespace alephd::sim {
@@ -160,21 +161,6 @@ struct crn_slot {
   state st = state::down;
 };
 
-struct event {
-  double t = 0;
-  std::string kind; ///< fault, heal, start, violation
-  std::string what;
-  std::string node;
-  std::string detail;
-};
-
-struct violation {
-  std::string invariant;
-  double t = 0;
-  std::string detail;
-  std::set<std::string> nodes;
-};
-
 struct pending_reschedule {
   std::string program;
   std::string crn;
@@ -218,27 +204,29 @@ private:
   std::vector<ccn_slot> ccns_;
   std::vector<crn_slot> crns_;
   std::vector<std::string> names_;
-  std::unordered_set<caf::actor_id> held_; ///< actors of paused nodes and cut links
+  /// Actors of paused nodes and cut links, with how many faults hold each (faults overlap).
+  std::unordered_map<caf::actor_id, int> held_;
   std::shared_ptr<message_verdicts> verdicts_ = std::make_shared<message_verdicts>();
   uint64_t jobs_ = 0;
   std::string sender_, secret_;
-  std::string code_hash_, store_hash_;
+  std::string store_hash_;
   std::vector<std::string> persistent_, on_demand_;
   std::set<std::string> acked_; ///< every message a CCN acknowledged
   std::map<std::string, uint64_t> outcomes_;
   std::vector<event> events_;
   std::vector<violation> violations_;
-  std::map<std::string, json> checks_;
+  json checks_ = json::object(); ///< per invariant: checked, failed, last
   std::map<std::string, uint32_t> max_linked_seen_;
   std::map<std::string, std::set<std::string>> placements_;
   std::vector<json> placement_log_;
   std::vector<json> reschedule_log_;
   std::vector<pending_reschedule> reschedules_;
   std::size_t faults_applied_ = 0;
+  std::size_t recovered_in_place_ = 0; ///< programs whose paused or cut-off CRN came back first
   std::mt19937_64 rng_;
   bool failed_ = false;
   static constexpr uint64_t max_burst = 100'000'000;
-  bool livelocked() const { return checks_.count("no-livelock") > 0; }
+  bool livelocked() const { return checks_.contains("no-livelock"); }
 
   // -- time --
   double now() const { return virtual_wall() - virtual_epoch; }
@@ -255,14 +243,7 @@ private:
     events_.push_back(event{now(), std::move(kind), std::move(what), std::move(node), std::move(detail)});
   }
   void checked(const std::string& name, bool ok, const std::string& detail = {}) {
-    auto& c = checks_[name];
-    if (!c.is_object())
-      c = json::object();
-    c["checked"] = c.value("checked", 0) + 1;
-    if (!ok)
-      c["failed"] = c.value("failed", 0) + 1;
-    if (!detail.empty())
-      c["last"] = detail;
+    count_check(checks_, name, ok, detail);
   }
   void violate(const std::string& invariant, const std::string& detail, std::set<std::string> nodes) {
     violations_.push_back(violation{invariant, now(), detail, std::move(nodes)});
@@ -512,6 +493,7 @@ void world::start_crn(std::size_t i) {
   lc.files = n.files;
   lc.ledger = n.ledger;
   lc.shipped_to_file = (n.dir / "ledger-shipped-to").string();
+  lc.met_file = (n.dir / "ccns-met").string();
   n.link = sys.spawn(ccn_link, lc, n.broker);
   caf::anon_send(n.broker, atom::connect_v, n.link);
   caf::anon_send(n.files, atom::connect_v, caf::actor_cast<file_source_actor>(n.link));
@@ -532,7 +514,9 @@ std::vector<caf::actor> world::crn_actors(const crn_slot& n) const {
 // A job broker takes its supervisors along (its exit handler), which a kill would skip.
 void world::stop_ccn(std::size_t i, bool crash) {
   auto& n = ccns_[i];
-  hold(n.actors(), false);
+  for (auto& a : n.actors())
+    if (a)
+      held_.erase(a.id());
   *n.target = nullptr;
   for (auto& a : n.actors())
     if (a)
@@ -549,7 +533,9 @@ void world::stop_ccn(std::size_t i, bool crash) {
 
 void world::stop_crn(std::size_t i, bool crash) {
   auto& n = crns_[i];
-  hold(crn_actors(n), false);
+  for (auto& a : crn_actors(n))
+    if (a)
+      held_.erase(a.id());
   auto reason = crash ? caf::exit_reason::kill : caf::exit_reason::user_shutdown;
   caf::anon_send_exit(n.link, reason);
   caf::anon_send_exit(n.broker, crash ? caf::exit_reason::unknown : reason);
@@ -565,10 +551,11 @@ void world::stop_crn(std::size_t i, bool crash) {
 void world::hold(const std::vector<caf::actor>& xs, bool on) {
   for (auto& a : xs)
     if (a) {
-      if (on)
-        held_.insert(a.id());
-      else
-        held_.erase(a.id());
+      if (on) {
+        ++held_[a.id()];
+      } else if (auto i = held_.find(a.id()); i != held_.end() && --i->second <= 0) {
+        held_.erase(i);
+      }
     }
 }
 
@@ -579,12 +566,7 @@ std::string world::node_state(std::size_t index) const {
 // ---- workload -------------------------------------------------------------------------------------
 
 json world::signed_message(const std::string& type, const json& content) {
-  auto item_content = content.dump();
-  auto item_hash = crypto::to_hex(crypto::sha256(item_content));
-  return json{{"chain", "ETH"}, {"sender", sender_}, {"type", type}, {"item_type", "inline"},
-              {"time", content.value("time", 1700000000.0)}, {"item_content", item_content},
-              {"item_hash", item_hash},
-              {"signature", crypto::eth_personal_sign(secret_, crypto::message_verification_text("ETH", sender_, type, item_hash))}};
+  return sim::signed_message(sender_, secret_, type, content);
 }
 
 // As the HTTP intake stores a message it accepted.
@@ -805,8 +787,14 @@ void world::monitor() {
     }
   }
   for (auto it = reschedules_.begin(); it != reschedules_.end();) {
-    auto& on = running[it->program];
-    if (!on.empty()) {
+    auto on = running[it->program];
+    bool back_home = on.erase(it->crn) > 0;
+    if (on.empty() && back_home) {
+      // Its CRN came back before the CCN placed it elsewhere (a pause or a partition shorter
+      // than the failure timeout): nothing was placed again.
+      ++recovered_in_place_;
+      it = reschedules_.erase(it);
+    } else if (!on.empty()) {
       reschedule_log_.push_back(json{{"program", it->program}, {"from", it->crn},
                                      {"to", std::vector<std::string>(on.begin(), on.end())}, {"died", it->died},
                                      {"latency_s", t - it->died}, {"cause", it->cause}});
@@ -1075,26 +1063,6 @@ json world::report(double real_s) {
                          {"http", "in-process"}, {"id", ccn ? ccns_[i].id : crns_[i - ccns_.size()].id},
                          {"state", node_state(i)}});
   }
-  json events = json::array();
-  for (auto& e : events_)
-    events.push_back(json{{"t", std::round(e.t * 1000) / 1000}, {"kind", e.kind}, {"what", e.what}, {"node", e.node},
-                          {"detail", e.detail}});
-  json violations = json::array();
-  for (auto& v : violations_)
-    violations.push_back(json{{"invariant", v.invariant}, {"t", v.t}, {"detail", v.detail},
-                              {"nodes", std::vector<std::string>(v.nodes.begin(), v.nodes.end())}});
-  json invariants = json::object();
-  for (auto& [name, c] : checks_)
-    invariants[name] = c;
-  std::vector<double> latencies;
-  for (auto& r : reschedule_log_)
-    latencies.push_back(r["latency_s"].get<double>());
-  std::sort(latencies.begin(), latencies.end());
-  auto pct = [&](double q) -> json {
-    if (latencies.empty())
-      return nullptr;
-    return latencies[std::min(latencies.size() - 1, static_cast<std::size_t>(q * static_cast<double>(latencies.size())))];
-  };
   json plan = json::array();
   for (auto& f : plan_faults(cfg_))
     plan.push_back(describe(cfg_, f));
@@ -1113,60 +1081,36 @@ json world::report(double real_s) {
                 {"run_s", cfg_.duration.count() / 1000.0}, {"fault_kinds", cfg_.kinds},
                 {"scenario", cfg_.scenario.empty() ? json(nullptr) : json(cfg_.scenario)}}},
     {"nodes", nodes},
-    {"events", events},
+    {"events", to_json(events_)},
     {"faults", faults_applied_},
     {"workload", {{"messages_acked", acked_.size()}, {"files_acked", 0},
                   {"persistent_programs", shown}, {"persistent_programs_total", persistent_.size()},
                   {"on_demand_programs", on_demand_}, {"outcomes", outcomes_}}},
     {"placements", placement_log_},
     {"reschedules", reschedule_log_},
-    {"reschedule_latency_s", {{"p50", pct(0.5)}, {"p99", pct(0.99)}, {"count", latencies.size()}}},
+    {"reschedule_latency_s", latency_summary(reschedule_log_)},
+    {"recovered_in_place", recovered_in_place_},
     {"max_linked_seen", max_linked_seen_},
     {"plan", plan},
-    {"invariants", invariants},
-    {"violations", violations},
+    {"invariants", checks_},
+    {"violations", to_json(violations_)},
   };
 }
 
 void world::print_history() {
-  if (violations_.empty())
-    return;
-  auto& v = violations_.front();
-  std::cerr << "\nINVARIANT VIOLATED: " << v.invariant << ": " << v.detail << "\n  seed " << cfg_.seed
-            << " (replay exactly with --in-process --seed " << cfg_.seed << ")\n  events that show it:\n";
-  for (auto& e : events_) {
-    if (e.t > v.t + 1e-9)
-      break;
-    bool relevant = e.kind == "violation" || ((e.kind == "fault" || e.kind == "heal")
-                                              && (v.nodes.empty() || v.nodes.count(e.node)));
-    if (relevant)
-      std::cerr << "    " << std::fixed << std::setprecision(2) << e.t << "s  " << e.kind << " " << e.what << " "
-                << e.node << (e.detail.empty() ? "" : " (" + e.detail + ")") << '\n';
-  }
+  if (!violations_.empty())
+    sim::print_history(events_, violations_.front(), cfg_.seed, "replay exactly with --in-process --seed " + std::to_string(cfg_.seed));
 }
 
 // ---- the run --------------------------------------------------------------------------------------
 
 int world::run() {
   auto real_start = std::chrono::steady_clock::now();
-  if (cfg_.dir.empty()) {
-    // Many small LMDB environments: on tmpfs when there is one, where fsync costs nothing.
-    std::filesystem::path base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : std::filesystem::temp_directory_path();
-    std::string tmpl = (base / "alephd-sim-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) {
-      std::cerr << "alephd: sim: cannot make a work directory: " << std::strerror(errno) << '\n';
-      return 3;
-    }
-    dir_ = tmpl;
-    made_dir_ = true;
-  } else {
-    dir_ = cfg_.dir;
-    std::error_code ec;
-    std::filesystem::create_directories(dir_, ec);
-    if (ec) {
-      std::cerr << "alephd: sim: --dir: " << ec.message() << '\n';
-      return 2;
-    }
+  // Many small LMDB environments: on tmpfs when there is one, where writes cost least.
+  std::filesystem::path base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : std::filesystem::temp_directory_path();
+  if (auto err = make_work_dir(cfg_.dir, base, dir_, made_dir_); !err.empty()) {
+    std::cerr << "alephd: sim: " << err << '\n';
+    return cfg_.dir.empty() ? 3 : 2;
   }
   // Two LMDB environments per CRN and one per CCN, each with a few descriptors.
   rlimit lim{};
@@ -1341,6 +1285,9 @@ int world::run() {
   }
   ccns_.clear();
   crns_.clear();
+  // A request whose answer died with a killed actor waits for its timeout, which only virtual
+  // time would bring: do not wait for such actors.
+  sys_->await_actors_before_shutdown(false);
   sys_.reset();
   spdlog::set_level(old_level);
   if (made_dir_ && !cfg_.keep && code == 0) {
@@ -1357,7 +1304,6 @@ int world::run() {
 } // namespace
 
 int run_in_process(const config& c) {
-  auto plan = plan_faults(c);
   static const std::set<std::string> supported{"crn-kill", "ccn-kill", "host-kill", "crn-pause", "ccn-pause",
                                                "host-pause", "partition", "restart", "flap"};
   if (c.scenario == "disk-full") {
@@ -1365,20 +1311,16 @@ int run_in_process(const config& c) {
     return 2;
   }
   config cfg = c;
-  std::vector<std::string> kinds;
   for (auto& k : cfg.kinds) {
-    if (supported.count(k) > 0) {
-      kinds.push_back(k);
-    } else if (k == "slow-link") {
-      // In the default mix; messages between actors take no time here.
+    if (k == "slow-link") {
+      // In the default mix: planned as with processes (the same schedule for a seed), skipped.
       std::cout << "alephd sim --in-process: slow-link faults are not simulated (messages take no time "
-                   "in flight); left out of the mix\n";
-    } else {
+                   "in flight); they are skipped\n";
+    } else if (supported.count(k) == 0) {
       std::cerr << "alephd: sim: faults.kinds: " << k << " is not simulated in-process (it needs real processes)\n";
       return 2;
     }
   }
-  cfg.kinds = kinds;
   return world{std::move(cfg)}.run();
 }
 

@@ -33,6 +33,7 @@
 #include "runtime/crypto.hpp"
 #include "sim/http_client.hpp"
 #include "sim/in_process.hpp"
+#include "sim/journal.hpp"
 #include "sim/options.hpp"
 #include "sim/process.hpp"
 #include "sim/proxy.hpp"
@@ -80,25 +81,6 @@ struct node {
   std::vector<std::size_t> links_out; ///< proxies this node connects through
   std::vector<std::size_t> links_in;  ///< proxies that lead to this node
   std::string id;
-};
-
-struct event {
-  double t = 0;
-  std::string kind; ///< fault, heal, start, observe, violation
-  std::string what;
-  std::string node;
-  std::string detail;
-};
-
-json to_json(const event& e) {
-  return json{{"t", std::round(e.t * 1000) / 1000}, {"kind", e.kind}, {"what", e.what}, {"node", e.node}, {"detail", e.detail}};
-}
-
-struct violation {
-  std::string invariant;
-  double t = 0;
-  std::string detail;
-  std::set<std::string> nodes; ///< nodes it involves
 };
 
 struct acked_message {
@@ -199,14 +181,7 @@ private:
 
   void checked(const std::string& invariant, bool ok, const std::string& detail = {}) {
     std::lock_guard<std::mutex> lock{mu_};
-    auto& c = checks_[invariant];
-    if (!c.is_object())
-      c = json::object();
-    c["checked"] = c.value("checked", 0) + 1;
-    if (!ok)
-      c["failed"] = c.value("failed", 0) + 1;
-    if (!detail.empty())
-      c["last"] = detail;
+    count_check(checks_, invariant, ok, detail);
   }
 
   // ---- nodes ----
@@ -300,7 +275,7 @@ private:
   std::vector<std::string> mounts_; ///< tmpfs data dirs to unmount at the end
   std::vector<event> events_;
   std::vector<violation> violations_;
-  std::map<std::string, json> checks_;
+  json checks_ = json::object(); ///< per invariant: checked, failed, last
   std::vector<acked_message> messages_;
   std::vector<acked_file> files_;
   std::map<std::string, uint64_t> outcomes_; // workload operation -> status -> count
@@ -453,12 +428,7 @@ bool simulation::wait_linked(ms timeout) {
 }
 
 json simulation::signed_message(const std::string& type, const json& content) {
-  auto item_content = content.dump();
-  auto item_hash = crypto::to_hex(crypto::sha256(item_content));
-  return json{{"chain", "ETH"}, {"sender", sender_}, {"type", type}, {"item_type", "inline"},
-              {"time", content.value("time", 1700000000.0)}, {"item_content", item_content},
-              {"item_hash", item_hash},
-              {"signature", crypto::eth_personal_sign(secret_, crypto::message_verification_text("ETH", sender_, type, item_hash))}};
+  return sim::signed_message(sender_, secret_, type, content);
 }
 
 std::string simulation::post(uint16_t ccn_http, const json& m, std::string* error) {
@@ -1106,25 +1076,6 @@ json simulation::report() {
   for (auto& n : nodes_)
     nodes.push_back(json{{"name", n.name}, {"role", n.ccn ? "ccn" : "crn"}, {"group", n.group},
                          {"http", "127.0.0.1:" + std::to_string(n.http_port)}, {"id", n.id}, {"state", to_string(n.state)}});
-  json events = json::array();
-  for (auto& e : events_)
-    events.push_back(to_json(e));
-  json violations = json::array();
-  for (auto& v : violations_)
-    violations.push_back(json{{"invariant", v.invariant}, {"t", v.t}, {"detail", v.detail},
-                              {"nodes", std::vector<std::string>(v.nodes.begin(), v.nodes.end())}});
-  json invariants = json::object();
-  for (auto& [name, c] : checks_)
-    invariants[name] = c;
-  std::vector<double> latencies;
-  for (auto& r : reschedule_log_)
-    latencies.push_back(r["latency_s"].get<double>());
-  std::sort(latencies.begin(), latencies.end());
-  auto pct = [&](double q) -> json {
-    if (latencies.empty())
-      return nullptr;
-    return latencies[std::min(latencies.size() - 1, static_cast<std::size_t>(q * static_cast<double>(latencies.size())))];
-  };
   return json{
     {"seed", cfg_.seed},
     {"result", violations_.empty() ? "pass" : "fail"},
@@ -1135,14 +1086,14 @@ json simulation::report() {
                 {"run_s", cfg_.duration.count() / 1000.0}, {"fault_kinds", cfg_.kinds},
                 {"scenario", cfg_.scenario.empty() ? json(nullptr) : json(cfg_.scenario)}}},
     {"nodes", nodes},
-    {"events", events},
+    {"events", to_json(events_)},
     {"faults", faults_applied_},
     {"workload", {{"messages_acked", messages_.size()}, {"files_acked", files_.size()},
                   {"persistent_programs", persistent_}, {"on_demand_programs", on_demand_},
                   {"outcomes", outcomes_}}},
     {"placements", placement_log_},
     {"reschedules", reschedule_log_},
-    {"reschedule_latency_s", {{"p50", pct(0.5)}, {"p99", pct(0.99)}, {"count", latencies.size()}}},
+    {"reschedule_latency_s", latency_summary(reschedule_log_)},
     {"max_linked_seen", max_linked_seen_},
     {"memory_peak_mib", std::round(memory_peak_mib_)},
     {"memory", memory_log_},
@@ -1153,8 +1104,8 @@ json simulation::report() {
        return p;
      }()},
     {"link_connections", proxies_ ? proxies_->connections() : 0},
-    {"invariants", invariants},
-    {"violations", violations},
+    {"invariants", checks_},
+    {"violations", to_json(violations_)},
   };
 }
 
@@ -1162,39 +1113,14 @@ json simulation::report() {
 // involves (all faults when it names none), up to the moment it was seen.
 void simulation::print_history() {
   std::lock_guard<std::mutex> lock{mu_};
-  if (violations_.empty())
-    return;
-  auto& v = violations_.front();
-  std::cerr << "\nINVARIANT VIOLATED: " << v.invariant << ": " << v.detail << "\n  seed " << cfg_.seed
-            << " (repeat the schedule with --seed " << cfg_.seed << ")\n  events that show it:\n";
-  for (auto& e : events_) {
-    if (e.t > v.t + 1e-9)
-      break;
-    bool relevant = e.kind == "violation" || ((e.kind == "fault" || e.kind == "heal")
-                                              && (v.nodes.empty() || v.nodes.count(e.node)));
-    if (relevant)
-      std::cerr << "    " << std::fixed << std::setprecision(2) << e.t << "s  " << e.kind << " " << e.what << " "
-                << e.node << (e.detail.empty() ? "" : " (" + e.detail + ")") << '\n';
-  }
+  if (!violations_.empty())
+    sim::print_history(events_, violations_.front(), cfg_.seed, "repeat the schedule with --seed " + std::to_string(cfg_.seed));
 }
 
 int simulation::run() {
-  if (cfg_.dir.empty()) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "alephd-sim-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) {
-      std::cerr << "alephd: sim: cannot make a work directory: " << std::strerror(errno) << '\n';
-      return 3;
-    }
-    dir_ = tmpl;
-    made_dir_ = true;
-  } else {
-    dir_ = cfg_.dir;
-    std::error_code ec;
-    std::filesystem::create_directories(dir_, ec);
-    if (ec) {
-      std::cerr << "alephd: sim: --dir: " << ec.message() << '\n';
-      return 2;
-    }
+  if (auto err = make_work_dir(cfg_.dir, std::filesystem::temp_directory_path(), dir_, made_dir_); !err.empty()) {
+    std::cerr << "alephd: sim: " << err << '\n';
+    return cfg_.dir.empty() ? 3 : 2;
   }
   struct sigaction sa{};
   sa.sa_handler = on_interrupt;

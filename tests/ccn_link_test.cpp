@@ -133,6 +133,8 @@ ccn_node_actor::behavior_type node_double(ccn_node_actor::stateful_pointer<node_
         self->state.held_lists.clear();
         return std::vector<placement>{};
       }
+      if (crn.empty())
+        return self->state.placed; // every placement, wherever
       self->state.placement_queries.push_back(crn);
       if (self->state.hold_lists) {
         auto rp = self->make_response_promise<std::vector<placement>>();
@@ -381,19 +383,31 @@ TEST_F(ccn_link_test, a_ccn_left_behind_is_asked_what_it_still_places_here) {
   run_for(8000ms);
   ASSERT_EQ(info().ccn_id, "ccn-B");
   auto& b = state_of<broker_double_state>(broker);
-  // A has moved it to another CRN and answers again.
-  node(node_a).placed = {placement{"h-moved", "program", "crn-2", 3, "allocated", ""}};
+  // A answers again; it has not placed the workload anywhere yet (pending): the copy stays.
+  node(node_a).placed = {placement{"h-moved", "program", "", 2, "pending", ""},
+                         placement{"h-elsewhere", "program", "crn-9", 5, "allocated", ""}};
   reg(reg_a).frozen = false;
   auto before = b.confirms.size();
-  run_for(25000ms);
+  run_for(21000ms);
+  auto from_a = [&](std::size_t from) {
+    std::vector<std::vector<placement>> out;
+    for (auto i = from; i < b.confirms.size(); ++i)
+      if (b.confirm_ccns[i] == "ccn-A")
+        out.push_back(b.confirms[i]);
+    return out;
+  };
+  auto pending = from_a(before);
+  ASSERT_FALSE(pending.empty()) << "the link never asked A";
+  ASSERT_EQ(pending.back().size(), 1u) << "only what A places here or nowhere yet";
+  EXPECT_EQ(pending.back()[0].item_hash, "h-moved");
+  // Now A has placed it on another CRN: A's word no longer lists it, so the copy here stops.
+  node(node_a).placed = {placement{"h-moved", "program", "crn-2", 3, "allocated", ""}};
+  before = b.confirms.size();
+  run_for(21000ms);
   EXPECT_EQ(info().ccn_id, "ccn-B") << "home is B: the link stays";
-  bool told = false;
-  for (auto i = before; i < b.confirms.size(); ++i)
-    if (b.confirm_ccns[i] == "ccn-A") {
-      told = true;
-      EXPECT_TRUE(b.confirms[i].empty()) << "A places nothing on crn-1 now";
-    }
-  EXPECT_TRUE(told) << "the link never asked A";
+  auto moved = from_a(before);
+  ASSERT_FALSE(moved.empty()) << "the link never asked A again";
+  EXPECT_TRUE(moved.back().empty()) << "A places nothing on crn-1 now";
   for (auto i = before; i < b.confirms.size(); ++i)
     EXPECT_NE(b.confirm_ccns[i], "ccn-B") << "B registered once, before A came back";
 }

@@ -1,0 +1,100 @@
+#include "sim/journal.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+
+#include "runtime/crypto.hpp"
+
+namespace alephd::sim {
+
+using json = nlohmann::json;
+
+json to_json(const event& e) {
+  return json{{"t", std::round(e.t * 1000) / 1000}, {"kind", e.kind}, {"what", e.what}, {"node", e.node}, {"detail", e.detail}};
+}
+
+json to_json(const std::vector<event>& events) {
+  json out = json::array();
+  for (auto& e : events)
+    out.push_back(to_json(e));
+  return out;
+}
+
+json to_json(const std::vector<violation>& violations) {
+  json out = json::array();
+  for (auto& v : violations)
+    out.push_back(json{{"invariant", v.invariant}, {"t", v.t}, {"detail", v.detail},
+                       {"nodes", std::vector<std::string>(v.nodes.begin(), v.nodes.end())}});
+  return out;
+}
+
+void count_check(json& checks, const std::string& invariant, bool ok, const std::string& detail) {
+  auto& c = checks[invariant];
+  if (!c.is_object())
+    c = json::object();
+  c["checked"] = c.value("checked", 0) + 1;
+  if (!ok)
+    c["failed"] = c.value("failed", 0) + 1;
+  if (!detail.empty())
+    c["last"] = detail;
+}
+
+json latency_summary(const std::vector<json>& reschedules) {
+  std::vector<double> latencies;
+  for (auto& r : reschedules)
+    latencies.push_back(r["latency_s"].get<double>());
+  std::sort(latencies.begin(), latencies.end());
+  auto pct = [&](double q) -> json {
+    if (latencies.empty())
+      return nullptr;
+    return latencies[std::min(latencies.size() - 1, static_cast<std::size_t>(q * static_cast<double>(latencies.size())))];
+  };
+  return json{{"p50", pct(0.5)}, {"p99", pct(0.99)}, {"count", latencies.size()}};
+}
+
+void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat) {
+  std::cerr << "\nINVARIANT VIOLATED: " << v.invariant << ": " << v.detail << "\n  seed " << seed << " (" << repeat
+            << ")\n  events that show it:\n";
+  for (auto& e : events) {
+    if (e.t > v.t + 1e-9)
+      break;
+    bool relevant = e.kind == "violation" || ((e.kind == "fault" || e.kind == "heal")
+                                              && (v.nodes.empty() || v.nodes.count(e.node)));
+    if (relevant)
+      std::cerr << "    " << std::fixed << std::setprecision(2) << e.t << "s  " << e.kind << " " << e.what << " "
+                << e.node << (e.detail.empty() ? "" : " (" + e.detail + ")") << '\n';
+  }
+}
+
+json signed_message(const std::string& sender, const std::string& secret, const std::string& type, const json& content) {
+  auto item_content = content.dump();
+  auto item_hash = crypto::to_hex(crypto::sha256(item_content));
+  return json{{"chain", "ETH"}, {"sender", sender}, {"type", type}, {"item_type", "inline"},
+              {"time", content.value("time", 1700000000.0)}, {"item_content", item_content},
+              {"item_hash", item_hash},
+              {"signature", crypto::eth_personal_sign(secret, crypto::message_verification_text("ETH", sender, type, item_hash))}};
+}
+
+std::string make_work_dir(const std::string& wanted, const std::filesystem::path& base, std::filesystem::path& dir,
+                          bool& made) {
+  made = false;
+  if (wanted.empty()) {
+    std::string tmpl = (base / "alephd-sim-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data()))
+      return std::string{"cannot make a work directory: "} + std::strerror(errno);
+    dir = tmpl;
+    made = true;
+    return {};
+  }
+  dir = wanted;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  return ec ? "--dir: " + ec.message() : std::string{};
+}
+
+} // namespace alephd::sim

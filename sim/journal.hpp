@@ -1,0 +1,53 @@
+// What a simulation run records, shared by both modes of `alephd sim`: its events, the
+// invariants checked and violated, and the pieces of the report made from them.
+#pragma once
+
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace alephd::sim {
+
+struct event {
+  double t = 0;
+  std::string kind; ///< fault, heal, start, observe, violation
+  std::string what;
+  std::string node;
+  std::string detail;
+};
+
+struct violation {
+  std::string invariant;
+  double t = 0;
+  std::string detail;
+  std::set<std::string> nodes; ///< nodes it involves
+};
+
+nlohmann::json to_json(const event& e);
+nlohmann::json to_json(const std::vector<event>& events);
+nlohmann::json to_json(const std::vector<violation>& violations);
+
+/// Counts one check of `invariant` in `checks` ({"checked", "failed", "last"} per invariant).
+void count_check(nlohmann::json& checks, const std::string& invariant, bool ok, const std::string& detail);
+
+/// p50, p99 and count of reschedule latencies (the "latency_s" of each entry).
+nlohmann::json latency_summary(const std::vector<nlohmann::json>& reschedules);
+
+/// Prints the first violation, the seed and how to repeat it, and the events that show it: the
+/// faults and heals of the nodes it involves (all faults when it names none), up to the moment
+/// it was seen.
+void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat);
+
+/// An aleph message of `type` with `content` inline, signed by the wallet `secret` (`sender`).
+nlohmann::json signed_message(const std::string& sender, const std::string& secret, const std::string& type,
+                              const nlohmann::json& content);
+
+/// The run's work directory: `wanted` (made if missing), else a fresh one under `base`; `made`
+/// says whether it is a fresh one (removed after a passing run). Empty or a one-line error.
+std::string make_work_dir(const std::string& wanted, const std::filesystem::path& base,
+                          std::filesystem::path& dir, bool& made);
+
+} // namespace alephd::sim
