@@ -1306,6 +1306,10 @@ int world::run() {
 int run_in_process(const config& c) {
   static const std::set<std::string> supported{"crn-kill", "ccn-kill", "host-kill", "crn-pause", "ccn-pause",
                                                "host-pause", "partition", "restart", "flap"};
+  if (c.instances > 0) {
+    std::cerr << "alephd: sim: workload.instances: microVMs need real processes (run without --in-process)\n";
+    return 2;
+  }
   if (c.scenario == "disk-full") {
     std::cerr << "alephd: sim: the disk-full scenario needs real processes and a tmpfs (run it without --in-process)\n";
     return 2;

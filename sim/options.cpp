@@ -98,6 +98,7 @@ const std::vector<option>& options() {
     {"workload.upload-bytes", "size of each uploaded file (default 4096)", whole<uint64_t>(&config::upload_bytes, 1, 64ull << 20)},
     {"workload.persistent-programs", "persistent programs placed by the CCNs (default 2; at most 100 as processes)", whole<uint32_t>(&config::persistent, 0, 100000)},
     {"workload.on-demand-programs", "on-demand programs called on the CRNs (default 1)", whole<uint32_t>(&config::on_demand, 0, 100)},
+    {"workload.instances", "instances: QEMU microVMs on a small rootfs, placed by the CCNs in turn; a boot takes seconds under TCG (0-4; default 0; not with --in-process)", whole<uint32_t>(&config::instances, 0, 4)},
     {"faults.interval", "time from one fault to the next (default 6s)", span(&config::fault_interval, 500ms)},
     {"faults.kinds", "comma-separated: crn-kill, ccn-kill, host-kill, crn-pause, ccn-pause, host-pause, partition, slow-link, restart, ccn-wipe, disk-full (root), or none (default: all but ccn-wipe and disk-full)",
      [](config& c, const std::string& v) -> std::string {

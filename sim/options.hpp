@@ -39,6 +39,7 @@ struct config {
   uint64_t upload_bytes = 4096;
   uint32_t persistent = 2;
   uint32_t on_demand = 1;
+  uint32_t instances = 0;
   // [faults]
   ms fault_interval{6000};
   std::vector<std::string> kinds{"crn-kill", "ccn-kill", "host-kill", "crn-pause", "ccn-pause", "partition", "slow-link", "restart"};

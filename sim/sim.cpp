@@ -244,6 +244,7 @@ private:
   bool build_cluster();
   bool wait_linked(ms timeout);
   bool publish_programs();
+  bool publish_instances();
   std::string post(uint16_t ccn_http, const json& m, std::string* error = nullptr);
   json signed_message(const std::string& type, const json& content);
 
@@ -281,6 +282,7 @@ private:
   std::map<std::string, uint64_t> outcomes_; // workload operation -> status -> count
   std::vector<std::string> persistent_;
   std::vector<std::string> on_demand_;
+  std::vector<std::string> instances_; ///< also in persistent_: checked as they are
   std::map<std::string, std::set<std::string>> placements_; // program -> CRNs running it
   std::vector<json> placement_log_;
   std::vector<pending_reschedule> reschedules_;
@@ -350,7 +352,8 @@ bool simulation::build_cluster() {
         n.args.push_back("--peer=127.0.0.1:" + std::to_string(proxies_->port(id)));
       }
     } else {
-      n.args = {"crn", "--port=" + std::to_string(n.http_port), "--crn.vcpus=8", "--crn.memory-mib=8192",
+      // 8 GiB for programs, as aleph-vm reserves, plus 1 GiB for instances beyond the host's 2 GiB.
+      n.args = {"crn", "--port=" + std::to_string(n.http_port), "--crn.vcpus=8", "--crn.memory-mib=11264",
                 "--cache.max-bytes=268435456", "--ledger.sample-interval=" + dur(cfg_.sample_interval),
                 "--execution.adopt-window=60s"};
       // Its own CCN first, the next one as the fail-over.
@@ -443,7 +446,7 @@ std::string simulation::post(uint16_t ccn_http, const json& m, std::string* erro
 
 bool simulation::publish_programs() {
   if (cfg_.persistent + cfg_.on_demand == 0)
-    return true;
+    return publish_instances();
   auto& ccn = nodes_[0];
   auto up = http_request(localhost, ccn.http_port, "POST", "/api/v0/storage/add_file", program_code, {}, 10s);
   auto file = json::parse(up.body, nullptr, false);
@@ -481,6 +484,61 @@ bool simulation::publish_programs() {
     }
     (persistent ? persistent_ : on_demand_).push_back(hash);
     record("start", persistent ? "persistent-program" : "on-demand-program", to.name, hash.substr(0, 12));
+  }
+  return publish_instances();
+}
+
+// Instances (QEMU microVMs) on a 16 MiB ext4 rootfs, placed by the CCNs in turn. They are
+// checked as persistent workloads are (exactly once, running again after their CRN's death).
+bool simulation::publish_instances() {
+  if (cfg_.instances == 0)
+    return true;
+  auto content = dir_ / "rootfs-content";
+  auto image = dir_ / "rootfs.ext4";
+  std::error_code ec;
+  std::filesystem::create_directories(content / "etc", ec);
+  std::ofstream{content / "etc" / "motd"} << "an alephd sim instance\n";
+  auto mkfs = "truncate -s 16M '" + image.string() + "' && /sbin/mkfs.ext4 -q -F -d '" + content.string() + "' '"
+              + image.string() + "' >/dev/null 2>&1";
+  if (std::system(mkfs.c_str()) != 0) {
+    std::cerr << "alephd: sim: cannot make the instances' rootfs image (mkfs.ext4, from e2fsprogs)\n";
+    return false;
+  }
+  std::ifstream in{image, std::ios::binary};
+  std::string bytes{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+  auto& ccn = nodes_[0];
+  auto up = http_request(localhost, ccn.http_port, "POST", "/api/v0/storage/add_file", bytes, {}, 30s);
+  auto file = json::parse(up.body, nullptr, false);
+  if (up.status != 200 || !file.is_object()) {
+    std::cerr << "alephd: sim: uploading the instances' rootfs failed: " << up.status << ' ' << up.body.substr(0, 200) << '\n';
+    return false;
+  }
+  std::string err;
+  auto store = post(ccn.http_port, signed_message("STORE", json{{"address", sender_}, {"time", 1700000000.0},
+                                                                 {"item_type", "storage"},
+                                                                 {"item_hash", file.value("hash", "")}}),
+                    &err);
+  if (store.empty()) {
+    std::cerr << "alephd: sim: the rootfs's STORE was refused: " << err << '\n';
+    return false;
+  }
+  for (uint32_t i = 0; i < cfg_.instances; ++i) {
+    json content{{"address", sender_}, {"time", 1700001000.0 + i}, {"allow_amend", false},
+                 {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                                  {"shared_cache", false}}},
+                 {"resources", {{"vcpus", 1}, {"memory", 256}, {"seconds", 30}}},
+                 {"rootfs", {{"parent", {{"ref", store}, {"use_latest", false}}}, {"persistence", "host"},
+                             {"size_mib", 64}}},
+                 {"volumes", json::array()}};
+    auto& to = nodes_[i % cfg_.ccns];
+    auto hash = post(to.http_port, signed_message("INSTANCE", content), &err);
+    if (hash.empty()) {
+      std::cerr << "alephd: sim: INSTANCE " << i << " was refused: " << err << '\n';
+      return false;
+    }
+    persistent_.push_back(hash);
+    instances_.push_back(hash);
+    record("start", "instance", to.name, hash.substr(0, 12));
   }
   return true;
 }
@@ -1065,6 +1123,19 @@ void simulation::teardown() {
       n->proc->kill9();
   }
   proxies_.reset();
+  // A sandbox or microVM left by a killed CRN outlives it for the adopt window: whatever still
+  // runs from the work dir goes now.
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator{"/proc", ec}) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream in{e.path() / "cmdline", std::ios::binary};
+    std::string cmdline{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+    int pid = std::stoi(name);
+    if (pid != ::getpid() && cmdline.find(dir_.string() + "/") != std::string::npos)
+      ::kill(pid, SIGKILL);
+  }
   for (auto& m : mounts_)
     ::umount2(m.c_str(), MNT_DETACH);
   mounts_.clear();
@@ -1090,6 +1161,7 @@ json simulation::report() {
     {"faults", faults_applied_},
     {"workload", {{"messages_acked", messages_.size()}, {"files_acked", files_.size()},
                   {"persistent_programs", persistent_}, {"on_demand_programs", on_demand_},
+                  {"instances", instances_},
                   {"outcomes", outcomes_}}},
     {"placements", placement_log_},
     {"reschedules", reschedule_log_},

@@ -79,6 +79,8 @@ TEST_F(sim_test, bad_options_exit_2_with_one_line_naming_them) {
          {{"--cluster.ccns=1001", "--in-process"}, "cluster.ccns: must be between 1 and 1000"},
          {{"--in-process", "--faults.kinds=crn-kill,disk-full"}, "disk-full is not simulated in-process"},
          {{"--in-process", "--run.scenario=disk-full"}, "the disk-full scenario needs real processes"},
+         {{"--in-process", "--workload.instances=1"}, "microVMs need real processes"},
+         {{"--workload.instances=5"}, "workload.instances: must be between 0 and 4"},
          {{"--run.duration=soon"}, "run.duration: must be a duration"},
          {{"--bogus=1"}, "unknown option 'bogus'"},
          {{"--config", (dir / "missing.ini").string()}, "cannot read"},
@@ -239,6 +241,42 @@ TEST_F(sim_test, a_lost_acknowledged_message_fails_the_run_with_the_seed_and_its
   EXPECT_EQ(r["result"], "fail");
   ASSERT_FALSE(r["violations"].empty());
   EXPECT_EQ(r["violations"][0]["invariant"], "acked-messages-survive");
+}
+
+// An instance (a QEMU microVM) in the mix, on a CCN with two CRNs: the CRN running it is killed;
+// the CCN boots it again on the other CRN, and after convergence it runs exactly once.
+TEST_F(sim_test, an_instance_in_the_mix_runs_exactly_once_after_its_crn_is_killed) {
+  if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0 || ::access("/sbin/mkfs.ext4", X_OK) != 0)
+    GTEST_SKIP() << "needs qemu-system-x86 and e2fsprogs (scripts/install-deps installs them)";
+  auto report = dir / "instance.json";
+  auto o = sim({"--seed", "1", "--cluster.ccns=1", "--cluster.crns-per-ccn=2", "--workload.persistent-programs=0",
+                "--workload.on-demand-programs=0", "--workload.instances=1", "--workload.uploads-per-second=0",
+                "--workload.calls-per-second=0", "--run.duration=25s", "--faults.kinds=host-kill",
+                "--faults.interval=12s", "--faults.down-time=4s", "--run.converge-timeout=90s",
+                "--run.reschedule-deadline=60s", "--report", report.string(), "--dir", (dir / "instance").string()},
+               300s);
+  auto r = json::parse(read_file(report), nullptr, false);
+  ASSERT_TRUE(r.is_object()) << o.err;
+  EXPECT_EQ(o.code, 0) << o.err << r["violations"].dump(1);
+  ASSERT_EQ(r["workload"]["instances"].size(), 1u);
+  auto vm = r["workload"]["instances"][0].get<std::string>();
+  std::set<std::string> ran_on;
+  for (auto& p : r["placements"])
+    if (p["program"] == vm)
+      for (auto& c : p["crns"])
+        ran_on.insert(c.get<std::string>());
+  EXPECT_EQ(ran_on.size(), 2u) << "it ran on one CRN, then on the other after the kill: " << r["placements"].dump();
+  EXPECT_GE(r["faults"].get<int>(), 1);
+  for (auto name : {"persistent-exactly-once", "cluster-converges"}) {
+    ASSERT_TRUE(r["invariants"].contains(name)) << name << " was never checked";
+    EXPECT_GE(r["invariants"][name].value("checked", 0), 1) << name;
+    EXPECT_FALSE(r["invariants"][name].contains("failed")) << name;
+  }
+  bool moved = false; // placed again on the other CRN after the kill, within the deadline
+  for (auto& m : r["reschedules"])
+    moved |= m["program"] == vm && !m["to"].empty() && m["to"][0] != m["from"];
+  EXPECT_TRUE(moved) << r["reschedules"].dump();
+  EXPECT_FALSE(r["invariants"].contains("reschedule-deadline")) << "only a late one is recorded";
 }
 
 // ---- --in-process: the same actors on the deterministic scheduler, in virtual time ----------
