@@ -251,7 +251,7 @@ TEST_F(sim_test, an_instance_in_the_mix_runs_exactly_once_after_its_crn_is_kille
   auto report = dir / "instance.json";
   auto o = sim({"--seed", "1", "--cluster.ccns=1", "--cluster.crns-per-ccn=2", "--workload.persistent-programs=0",
                 "--workload.on-demand-programs=0", "--workload.instances=1", "--workload.uploads-per-second=0",
-                "--workload.calls-per-second=0", "--run.duration=25s", "--faults.kinds=host-kill",
+                "--workload.calls-per-second=0", "--run.duration=14s", "--faults.kinds=host-kill",
                 "--faults.interval=12s", "--faults.down-time=4s", "--run.converge-timeout=90s",
                 "--run.reschedule-deadline=60s", "--report", report.string(), "--dir", (dir / "instance").string()},
                300s);
