@@ -1290,12 +1290,7 @@ int world::run() {
   sys_->await_actors_before_shutdown(false);
   sys_.reset();
   spdlog::set_level(old_level);
-  if (made_dir_ && !cfg_.keep && code == 0) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  } else {
-    std::cout << "alephd sim: data in " << dir_.string() << std::endl;
-  }
+  close_work_dir(dir_, made_dir_ && !cfg_.keep && code == 0, "data");
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   return code;

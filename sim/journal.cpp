@@ -97,4 +97,13 @@ std::string make_work_dir(const std::string& wanted, const std::filesystem::path
   return ec ? "--dir: " + ec.message() : std::string{};
 }
 
+void close_work_dir(const std::filesystem::path& dir, bool remove, const std::string& holds) {
+  if (remove) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  } else {
+    std::cout << "alephd sim: " << holds << " in " << dir.string() << std::endl;
+  }
+}
+
 } // namespace alephd::sim

@@ -50,4 +50,7 @@ nlohmann::json signed_message(const std::string& sender, const std::string& secr
 std::string make_work_dir(const std::string& wanted, const std::filesystem::path& base,
                           std::filesystem::path& dir, bool& made);
 
+/// At the end of a run: removes the work dir (`remove`), or says where it stays and what it holds.
+void close_work_dir(const std::filesystem::path& dir, bool remove, const std::string& holds);
+
 } // namespace alephd::sim

@@ -243,6 +243,7 @@ private:
 
   bool build_cluster();
   bool wait_linked(ms timeout);
+  std::string store_file(const std::string& bytes, const std::string& what);
   bool publish_programs();
   bool publish_instances();
   std::string post(uint16_t ccn_http, const json& m, std::string* error = nullptr);
@@ -444,25 +445,33 @@ std::string simulation::post(uint16_t ccn_http, const json& m, std::string* erro
   return {};
 }
 
-bool simulation::publish_programs() {
-  if (cfg_.persistent + cfg_.on_demand == 0)
-    return publish_instances();
+// Uploads `bytes` to the first CCN and posts a STORE for them; the STORE's hash, or "" after a
+// one-line error naming `what`.
+std::string simulation::store_file(const std::string& bytes, const std::string& what) {
   auto& ccn = nodes_[0];
-  auto up = http_request(localhost, ccn.http_port, "POST", "/api/v0/storage/add_file", program_code, {}, 10s);
+  auto up = http_request(localhost, ccn.http_port, "POST", "/api/v0/storage/add_file", bytes, {}, 30s);
   auto file = json::parse(up.body, nullptr, false);
   if (up.status != 200 || !file.is_object()) {
-    std::cerr << "alephd: sim: uploading the program code failed: " << up.status << ' ' << up.body << '\n';
-    return false;
+    std::cerr << "alephd: sim: uploading " << what << " failed: " << up.status << ' ' << up.body.substr(0, 200) << '\n';
+    return {};
   }
   std::string err;
   auto store = post(ccn.http_port, signed_message("STORE", json{{"address", sender_}, {"time", 1700000000.0},
                                                                  {"item_type", "storage"},
                                                                  {"item_hash", file.value("hash", "")}}),
                     &err);
-  if (store.empty()) {
-    std::cerr << "alephd: sim: the program's STORE was refused: " << err << '\n';
+  if (store.empty())
+    std::cerr << "alephd: sim: the STORE of " << what << " was refused: " << err << '\n';
+  return store;
+}
+
+bool simulation::publish_programs() {
+  if (cfg_.persistent + cfg_.on_demand == 0)
+    return publish_instances();
+  auto store = store_file(program_code, "the program code");
+  if (store.empty())
     return false;
-  }
+  std::string err;
   for (uint32_t i = 0; i < cfg_.persistent + cfg_.on_demand; ++i) {
     bool persistent = i < cfg_.persistent;
     auto name = (persistent ? "persistent-" : "on-demand-") + std::to_string(persistent ? i : i - cfg_.persistent);
@@ -505,23 +514,11 @@ bool simulation::publish_instances() {
     return false;
   }
   std::ifstream in{image, std::ios::binary};
-  std::string bytes{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
-  auto& ccn = nodes_[0];
-  auto up = http_request(localhost, ccn.http_port, "POST", "/api/v0/storage/add_file", bytes, {}, 30s);
-  auto file = json::parse(up.body, nullptr, false);
-  if (up.status != 200 || !file.is_object()) {
-    std::cerr << "alephd: sim: uploading the instances' rootfs failed: " << up.status << ' ' << up.body.substr(0, 200) << '\n';
+  auto store = store_file({std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}},
+                          "the instances' rootfs");
+  if (store.empty())
     return false;
-  }
   std::string err;
-  auto store = post(ccn.http_port, signed_message("STORE", json{{"address", sender_}, {"time", 1700000000.0},
-                                                                 {"item_type", "storage"},
-                                                                 {"item_hash", file.value("hash", "")}}),
-                    &err);
-  if (store.empty()) {
-    std::cerr << "alephd: sim: the rootfs's STORE was refused: " << err << '\n';
-    return false;
-  }
   for (uint32_t i = 0; i < cfg_.instances; ++i) {
     json content{{"address", sender_}, {"time", 1700001000.0 + i}, {"allow_amend", false},
                  {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
@@ -1258,12 +1255,7 @@ int simulation::run() {
   if (!r["reschedule_latency_s"]["p50"].is_null())
     std::cout << ", reschedule p50 " << r["reschedule_latency_s"]["p50"].get<double>() << " s";
   std::cout << std::endl;
-  if (made_dir_ && !cfg_.keep && code == 0) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  } else {
-    std::cout << "alephd sim: logs and data in " << dir_.string() << std::endl;
-  }
+  close_work_dir(dir_, made_dir_ && !cfg_.keep && code == 0, "logs and data");
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   return code;
