@@ -14,6 +14,14 @@ namespace alephd::sim {
 
 using json = nlohmann::json;
 
+json config_json(const config& c) {
+  return json{{"ccns", c.ccns}, {"crns_per_ccn", c.crns_per_ccn}, {"extra_crns", c.extra_crns},
+              {"max_linked_crns", c.max_linked}, {"failure_timeout_s", c.failure_timeout.count() / 1000.0},
+              {"reschedule_deadline_s", c.reschedule_deadline.count() / 1000.0},
+              {"run_s", c.duration.count() / 1000.0}, {"fault_kinds", c.kinds},
+              {"scenario", c.scenario.empty() ? json(nullptr) : json(c.scenario)}};
+}
+
 json to_json(const event& e) {
   return json{{"t", std::round(e.t * 1000) / 1000}, {"kind", e.kind}, {"what", e.what}, {"node", e.node}, {"detail", e.detail}};
 }

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sim/options.hpp"
+
 namespace alephd::sim {
 
 struct event {
@@ -25,6 +27,9 @@ struct violation {
   std::string detail;
   std::set<std::string> nodes; ///< nodes it involves
 };
+
+/// The cluster's shape and the run's settings, as the reports show them.
+nlohmann::json config_json(const config& c);
 
 nlohmann::json to_json(const event& e);
 nlohmann::json to_json(const std::vector<event>& events);
