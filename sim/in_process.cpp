@@ -40,7 +40,6 @@
 #include "runtime/lmdb.hpp"
 #include "runtime/wall_clock.hpp"
 #include "sim/journal.hpp"
-#include "sim/report.hpp"
 
 namespace alephd::sim {
 
@@ -185,6 +184,8 @@ class world {
 public:
   explicit world(config c) : cfg_(std::move(c)) {}
   int run();
+  /// What the run ended with (after run()).
+  run_outcome outcome(int code) const { return run_outcome{code, events_, violations_, faults_started_, report_}; }
 
 private:
   struct sys_config : caf::actor_system_config {
@@ -222,6 +223,8 @@ private:
   std::vector<json> reschedule_log_;
   std::vector<pending_reschedule> reschedules_;
   std::size_t faults_applied_ = 0;
+  std::vector<std::size_t> faults_started_;
+  json report_;
   std::size_t recovered_in_place_ = 0; ///< programs whose paused or cut-off CRN came back first
   std::mt19937_64 rng_;
   bool failed_ = false;
@@ -279,7 +282,6 @@ private:
   bool converged(std::string& why) const;
   void final_checks();
   json report(double real_s);
-  void print_history();
   std::string digest() const;
 };
 
@@ -816,11 +818,13 @@ void world::monitor() {
 void world::one_fault(std::size_t number, const planned_fault& f,
                       std::function<void(double, std::function<void()>)> later) {
   auto secs = [](ms d) { return std::chrono::duration<double>(d).count(); };
+  auto tag = "#" + std::to_string(number);
+  faults_started_.push_back(number);
   auto target = f.target;
   if (f.kind == "host-kill" || f.kind == "host-pause") {
     auto name = crn_of_program(f.target);
     if (name.empty()) {
-      record("fault", f.kind, "", "persistent program " + std::to_string(f.target) + " runs nowhere reachable: skipped");
+      record("fault", f.kind, "", tag + " persistent program " + std::to_string(f.target) + " runs nowhere reachable: skipped");
       return;
     }
     target = static_cast<std::size_t>(std::find(names_.begin(), names_.end(), name) - names_.begin());
@@ -828,7 +832,7 @@ void world::one_fault(std::size_t number, const planned_fault& f,
   auto& name = names_.at(target);
   bool is_ccn = target < ccns_.size();
   if (node_state(target) != "up") {
-    record("fault", f.kind, name, "node is " + node_state(target) + ": skipped");
+    record("fault", f.kind, name, tag + " node is " + node_state(target) + ": skipped");
     return;
   }
   ++faults_applied_;
@@ -842,7 +846,7 @@ void world::one_fault(std::size_t number, const planned_fault& f,
         reschedules_.push_back(pending_reschedule{p, name, now(), cause});
   };
   if (kind == "crn-kill" || kind == "ccn-kill" || kind == "flap") {
-    record("fault", kind, name);
+    record("fault", kind, name, tag);
     if (is_ccn) {
       stop_ccn(target, true);
     } else {
@@ -858,7 +862,7 @@ void world::one_fault(std::size_t number, const planned_fault& f,
       record("heal", "restart", name);
     });
   } else if (kind == "crn-pause" || kind == "ccn-pause") {
-    record("fault", kind, name);
+    record("fault", kind, name, tag);
     std::vector<caf::actor> xs;
     if (is_ccn) {
       xs = ccns_[target].actors();
@@ -882,11 +886,11 @@ void world::one_fault(std::size_t number, const planned_fault& f,
     std::vector<caf::actor> xs;
     if (is_ccn) {
       xs = {caf::actor_cast<caf::actor>(ccns_[target].peer)};
-      record("fault", kind, name, "from its peer CCNs");
+      record("fault", kind, name, tag + " from its peer CCNs");
     } else {
       watch("partition");
       xs = {caf::actor_cast<caf::actor>(crns_[target - ccns_.size()].link)};
-      record("fault", kind, name, "from its CCN");
+      record("fault", kind, name, tag + " from its CCN");
     }
     hold(xs, true);
     later(secs(cfg_.partition_time), [this, name, xs] {
@@ -894,7 +898,7 @@ void world::one_fault(std::size_t number, const planned_fault& f,
       record("heal", "partition", name);
     });
   } else if (kind == "restart") {
-    record("fault", kind, name);
+    record("fault", kind, name, tag);
     if (!is_ccn)
       watch("restart");
     if (is_ccn)
@@ -909,7 +913,7 @@ void world::one_fault(std::size_t number, const planned_fault& f,
       record("heal", "started", name);
     });
   } else {
-    record("fault", kind, name, "not simulated in-process: skipped");
+    record("fault", kind, name, tag + " not simulated in-process: skipped");
     --faults_applied_;
   }
 }
@@ -1093,11 +1097,6 @@ json world::report(double real_s) {
   };
 }
 
-void world::print_history() {
-  if (!violations_.empty())
-    sim::print_history(events_, violations_.front(), cfg_.seed, "replay exactly with --in-process --seed " + std::to_string(cfg_.seed));
-}
-
 // ---- the run --------------------------------------------------------------------------------------
 
 int world::run() {
@@ -1178,8 +1177,9 @@ int world::run() {
     auto plan = plan_faults(cfg_);
     auto interval = std::chrono::duration<double>(cfg_.fault_interval).count();
     for (std::size_t i = 0; i < plan.size(); ++i)
-      queue.push(timed{start + interval * static_cast<double>(i + 1), order++,
-                       [&, i] { one_fault(i + 1, plan[i], later); }});
+      if (selected(cfg_, i + 1))
+          queue.push(timed{start + interval * static_cast<double>(i + 1), order++,
+                         [&, i] { one_fault(i + 1, plan[i], later); }});
     // Poisson arrivals of messages and calls; a monitor round every poll interval.
     std::function<void()> next_message, next_call, next_round;
     auto gap = [&](double rate) { return std::exponential_distribution<double>(rate)(rng_); };
@@ -1266,11 +1266,7 @@ int world::run() {
   sched_->run();
   wall_clock_override = nullptr;
   if (code != 3) {
-    if (!cfg_.report.empty())
-      std::ofstream{cfg_.report} << r.dump(2) << '\n';
-    if (!cfg_.html.empty())
-      std::ofstream{cfg_.html} << html_report(r);
-    print_history();
+    report_ = r; // written by the caller, with the shortest history of a violation
     std::cout << "alephd sim --in-process: " << (code == 0 ? "PASS" : "FAIL") << ": seed " << cfg_.seed << ", "
               << faults_applied_ << " faults, " << persistent_.size() << " persistent programs, " << acked_.size()
               << " messages acknowledged, " << std::fixed << std::setprecision(1) << now() << " s virtual in "
@@ -1286,7 +1282,7 @@ int world::run() {
   sys_->await_actors_before_shutdown(false);
   sys_.reset();
   spdlog::set_level(old_level);
-  close_work_dir(dir_, made_dir_ && !cfg_.keep && code == 0, "data");
+  close_work_dir(dir_, made_dir_ && ((!cfg_.keep && code == 0) || cfg_.rerun), "data");
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   return code;
@@ -1294,7 +1290,7 @@ int world::run() {
 
 } // namespace
 
-int run_in_process(const config& c) {
+int run_in_process(const config& c, run_outcome* out) {
   static const std::set<std::string> supported{"crn-kill", "ccn-kill", "host-kill", "crn-pause", "ccn-pause",
                                                "host-pause", "partition", "restart", "flap"};
   if (c.instances > 0) {
@@ -1316,7 +1312,11 @@ int run_in_process(const config& c) {
       return 2;
     }
   }
-  return world{std::move(cfg)}.run();
+  world w{std::move(cfg)};
+  auto code = w.run();
+  if (out)
+    *out = w.outcome(code);
+  return code;
 }
 
 } // namespace alephd::sim

@@ -5,11 +5,13 @@
 // the same schedule, the same events, the same trace digest.
 #pragma once
 
+#include "sim/journal.hpp"
 #include "sim/options.hpp"
 
 namespace alephd::sim {
 
-/// Runs the simulation in this process; exit codes as sim::run().
-int run_in_process(const config& c);
+/// Runs the simulation in this process; exit codes as sim::run(). `out` (if given) gets the
+/// events, violations and faults of the run; its history is the caller's to print.
+int run_in_process(const config& c, run_outcome* out = nullptr);
 
 } // namespace alephd::sim

@@ -19,7 +19,8 @@ json config_json(const config& c) {
               {"max_linked_crns", c.max_linked}, {"failure_timeout_s", c.failure_timeout.count() / 1000.0},
               {"reschedule_deadline_s", c.reschedule_deadline.count() / 1000.0},
               {"run_s", c.duration.count() / 1000.0}, {"fault_kinds", c.kinds},
-              {"scenario", c.scenario.empty() ? json(nullptr) : json(c.scenario)}};
+              {"scenario", c.scenario.empty() ? json(nullptr) : json(c.scenario)},
+              {"only_faults", c.only_faults ? json(*c.only_faults) : json(nullptr)}};
 }
 
 json to_json(const event& e) {
@@ -65,18 +66,37 @@ json latency_summary(const std::vector<json>& reschedules) {
   return json{{"p50", pct(0.5)}, {"p99", pct(0.99)}, {"count", latencies.size()}};
 }
 
-void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat) {
+namespace {
+
+bool shows(const event& e, const violation& v, bool every_fault) {
+  return e.kind == "violation"
+         || ((e.kind == "fault" || e.kind == "heal") && (every_fault || v.nodes.empty() || v.nodes.count(e.node)));
+}
+
+} // namespace
+
+void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat,
+                   const std::string& heading, bool every_fault) {
   std::cerr << "\nINVARIANT VIOLATED: " << v.invariant << ": " << v.detail << "\n  seed " << seed << " (" << repeat
-            << ")\n  events that show it:\n";
+            << ")\n  " << heading << ":\n";
   for (auto& e : events) {
     if (e.t > v.t + 1e-9)
       break;
-    bool relevant = e.kind == "violation" || ((e.kind == "fault" || e.kind == "heal")
-                                              && (v.nodes.empty() || v.nodes.count(e.node)));
-    if (relevant)
+    if (shows(e, v, every_fault))
       std::cerr << "    " << std::fixed << std::setprecision(2) << e.t << "s  " << e.kind << " " << e.what << " "
                 << e.node << (e.detail.empty() ? "" : " (" + e.detail + ")") << '\n';
   }
+}
+
+json history_json(const std::vector<event>& events, const violation& v, bool every_fault) {
+  json out = json::array();
+  for (auto& e : events) {
+    if (e.t > v.t + 1e-9)
+      break;
+    if (shows(e, v, every_fault))
+      out.push_back(to_json(e));
+  }
+  return out;
 }
 
 json signed_message(const std::string& sender, const std::string& secret, const std::string& type, const json& content) {

@@ -28,6 +28,15 @@ struct violation {
   std::set<std::string> nodes; ///< nodes it involves
 };
 
+/// What a run ended with, for whoever runs it (and may run it again with fewer faults).
+struct run_outcome {
+  int code = 0; ///< the exit code of sim::run()
+  std::vector<event> events;
+  std::vector<violation> violations;
+  std::vector<std::size_t> faults_started; ///< numbers of the scheduled faults injected (or skipped as moot)
+  nlohmann::json report; ///< the JSON report (null when the cluster did not come up)
+};
+
 /// The cluster's shape and the run's settings, as the reports show them.
 nlohmann::json config_json(const config& c);
 
@@ -41,10 +50,14 @@ void count_check(nlohmann::json& checks, const std::string& invariant, bool ok, 
 /// p50, p99 and count of reschedule latencies (the "latency_s" of each entry).
 nlohmann::json latency_summary(const std::vector<nlohmann::json>& reschedules);
 
-/// Prints the first violation, the seed and how to repeat it, and the events that show it: the
-/// faults and heals of the nodes it involves (all faults when it names none), up to the moment
-/// it was seen.
-void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat);
+/// Prints a violation, the seed and how to repeat it (`repeat`), and the events that show it up
+/// to the moment it was seen: its faults and heals (of the nodes it involves only, unless
+/// `every_fault`), under `heading`.
+void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat,
+                   const std::string& heading, bool every_fault);
+
+/// The events print_history() shows, as JSON.
+nlohmann::json history_json(const std::vector<event>& events, const violation& v, bool every_fault);
 
 /// An aleph message of `type` with `content` inline, signed by the wallet `secret` (`sender`).
 nlohmann::json signed_message(const std::string& sender, const std::string& secret, const std::string& type,

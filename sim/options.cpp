@@ -91,6 +91,18 @@ const std::vector<option>& options() {
        c.scenario = v;
        return {};
      }},
+    {"run.minimise-runs", "a failing run is run again with fewer of its faults, this many times at most, to find the fewest that still break the same invariant; auto = 30 with --in-process, where a seed replays exactly, 0 as processes (default auto)",
+     [](config& c, const std::string& v) -> std::string {
+       if (v == "auto") {
+         c.minimise_runs = -1;
+         return {};
+       }
+       if (v.empty() || v.size() > 6 || v.find_first_not_of("0123456789") != std::string::npos || std::stoul(v) > 1000)
+         return "must be auto or a whole number from 0 to 1000, got '" + v.substr(0, 40) + "'";
+       c.minimise_runs = static_cast<int64_t>(std::stoul(v));
+       return {};
+     }},
+    {"run.minimise-time", "wall time those re-runs may take in all (default 10m)", span(&config::minimise_time, 1000ms)},
     {"run.poll-interval", "how often the monitor samples every node (default 250ms)", span(&config::poll, 50ms)},
     {"workload.messages-per-second", "signed POST messages (default 4)", rate(&config::messages_per_s)},
     {"workload.uploads-per-second", "file uploads with a STORE (default 0.5)", rate(&config::uploads_per_s)},
@@ -114,6 +126,30 @@ const std::vector<option>& options() {
          out.push_back(k);
        }
        c.kinds = out;
+       return {};
+     }},
+    {"faults.only", "inject only these faults of the schedule, by number as --plan shows them (e.g. 3,7), or none; the others are skipped at their times (default: all)",
+     [](config& c, const std::string& v) -> std::string {
+       if (v == "all") {
+         c.only_faults.reset();
+         return {};
+       }
+       std::vector<std::size_t> out;
+       if (v != "none") {
+         std::stringstream in{v};
+         for (std::string k; std::getline(in, k, ',');) {
+           k.erase(0, k.find_first_not_of(' '));
+           k.erase(k.find_last_not_of(' ') + 1);
+           if (k.empty() || k.size() > 6 || k.find_first_not_of("0123456789") != std::string::npos || std::stoul(k) == 0)
+             return "expected fault numbers from 1 such as 3,7, or none or all, got '" + v.substr(0, 40) + "'";
+           out.push_back(std::stoul(k));
+         }
+         if (out.empty())
+           return "expected fault numbers from 1 such as 3,7, or none or all";
+       }
+       std::sort(out.begin(), out.end());
+       out.erase(std::unique(out.begin(), out.end()), out.end());
+       c.only_faults = out;
        return {};
      }},
     {"faults.down-time", "a killed node restarts after this (default 3s)", span(&config::down_time, 0ms)},
@@ -287,6 +323,19 @@ std::string describe(const config& c, const planned_fault& f) {
   if (f.kind == "host-kill" || f.kind == "host-pause")
     return f.kind + " of the CRN running persistent program " + std::to_string(f.target);
   return f.kind + " " + node_names(c).at(f.target);
+}
+
+bool selected(const config& c, std::size_t number) {
+  return !c.only_faults || std::binary_search(c.only_faults->begin(), c.only_faults->end(), number);
+}
+
+std::string fault_list(const std::vector<std::size_t>& numbers) {
+  if (numbers.empty())
+    return "none";
+  std::string out;
+  for (auto n : numbers)
+    out += (out.empty() ? "" : ",") + std::to_string(n);
+  return out;
 }
 
 } // namespace alephd::sim

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,10 @@ struct config {
   ms reschedule_deadline{20000};
   ms poll{250};
   std::string scenario; ///< a named fault schedule; empty = drawn from faults.kinds
+  /// Re-runs a failing run may take to find the fewest faults that still break the same
+  /// invariant; -1 = the mode's default (30 in-process, 0 as processes).
+  int64_t minimise_runs = -1;
+  ms minimise_time{600000}; ///< and the wall time they may take
   // [workload]
   double messages_per_s = 4;
   double uploads_per_s = 0.5;
@@ -47,6 +52,9 @@ struct config {
   ms pause_time{3000};
   ms partition_time{4000};
   ms slow_delay{200};
+  /// The numbers (from 1, as --plan shows them) of the scheduled faults to inject, the others
+  /// skipped at their times; unset = every one.
+  std::optional<std::vector<std::size_t>> only_faults;
   // command line only
   std::string report;
   std::string html;
@@ -54,6 +62,7 @@ struct config {
   bool keep = false;
   bool plan_only = false;
   bool in_process = false; ///< --in-process: one actor system on the deterministic scheduler
+  bool rerun = false;      ///< a minimiser's re-run: no progress lines, nothing written or kept
 };
 
 /// Every fault kind either simulator knows.
@@ -84,5 +93,11 @@ struct planned_fault {
 std::vector<planned_fault> plan_faults(const config& c);
 
 std::string describe(const config& c, const planned_fault& f);
+
+/// Whether fault `number` (from 1) of the schedule is injected (faults.only).
+bool selected(const config& c, std::size_t number);
+
+/// "3,7", or "none" for no fault: the value of faults.only that selects `numbers`.
+std::string fault_list(const std::vector<std::size_t>& numbers);
 
 } // namespace alephd::sim

@@ -35,6 +35,7 @@ svg{background:#fafafa;border:1px solid #ddd}
 <table id="invariants"><tr><th>invariant</th><th>checks</th><th>failed</th><th>last</th></tr></table>
 <h2>Violations</h2>
 <ul id="violations"></ul>
+<div id="shortest"></div>
 <h2>Events</h2>
 <table id="events"><tr><th>t (s)</th><th>kind</th><th>what</th><th>node</th><th>detail</th></tr></table>
 <script id="report" type="application/json">)";
@@ -148,6 +149,24 @@ const char* page_tail = R"(</script>
       li.textContent = v.t.toFixed(2) + ' s ' + v.invariant + ': ' + v.detail;
       vl.appendChild(li);
     });
+    const sh = r.shortest_history;
+    if (sh) {
+      const box = document.getElementById('shortest');
+      const h = document.createElement('h3');
+      h.textContent = 'Shortest history: ' + sh.faults.length + ' of ' + sh.faults_in_run.length + ' faults' +
+        (sh.minimised ? ' after ' + sh.runs + ' re-runs' + (sh.minimal ? ', none of which can go' : ' (limit reached)') : ' (not shortened)');
+      box.appendChild(h);
+      const p = document.createElement('p');
+      p.textContent = 'repeat with ' + sh.repeat;
+      box.appendChild(p);
+      const ul = document.createElement('ul');
+      sh.events.forEach(e => {
+        const li = document.createElement('li');
+        li.textContent = e.t.toFixed(2) + ' s ' + e.kind + ' ' + e.what + ' ' + e.node + (e.detail ? ' (' + e.detail + ')' : '');
+        ul.appendChild(li);
+      });
+      box.appendChild(ul);
+    }
     const ev = document.getElementById('events');
     r.events.filter(e => e.kind !== 'observe').forEach(e => {
       const tr = document.createElement('tr');

@@ -34,6 +34,7 @@
 #include "sim/http_client.hpp"
 #include "sim/in_process.hpp"
 #include "sim/journal.hpp"
+#include "sim/minimise.hpp"
 #include "sim/options.hpp"
 #include "sim/process.hpp"
 #include "sim/proxy.hpp"
@@ -152,6 +153,11 @@ public:
   }
 
   int run();
+  /// What the run ended with (after run()).
+  run_outcome outcome(int code) {
+    std::lock_guard<std::mutex> lock{mu_};
+    return run_outcome{code, events_, violations_, faults_started_, report_};
+  }
 
 private:
   // ---- time and records ----
@@ -257,7 +263,6 @@ private:
   void final_checks();
   void teardown();
   json report();
-  void print_history();
 
   std::map<std::string, std::set<std::string>> running_programs();
   std::map<std::string, std::string> crn_states_at(uint16_t http);
@@ -290,6 +295,8 @@ private:
   std::vector<json> reschedule_log_;
   std::map<std::string, uint32_t> max_linked_seen_;
   uint64_t faults_applied_ = 0;
+  std::vector<std::size_t> faults_started_;
+  nlohmann::json report_;
   double memory_peak_mib_ = 0;
   std::vector<json> memory_log_;
   std::atomic<bool> failed_{false};
@@ -768,6 +775,7 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
       std::this_thread::sleep_for(20ms);
   };
   auto tag = "#" + std::to_string(number);
+  faults_started_.push_back(number);
   bool host = f.kind == "host-kill" || f.kind == "host-pause";
   node* n = host ? nullptr : &nodes_.at(f.target);
   if (host) {
@@ -1176,12 +1184,6 @@ json simulation::report() {
 
 // The seed and the events that show the first violation: the faults and heals of the nodes it
 // involves (all faults when it names none), up to the moment it was seen.
-void simulation::print_history() {
-  std::lock_guard<std::mutex> lock{mu_};
-  if (!violations_.empty())
-    sim::print_history(events_, violations_.front(), cfg_.seed, "repeat the schedule with --seed " + std::to_string(cfg_.seed));
-}
-
 int simulation::run() {
   if (auto err = make_work_dir(cfg_.dir, std::filesystem::temp_directory_path(), dir_, made_dir_); !err.empty()) {
     std::cerr << "alephd: sim: " << err << '\n';
@@ -1219,7 +1221,8 @@ int simulation::run() {
         // One interval from the start of one fault to the start of the next (at once when a
         // fault took longer).
         next = steady::now() + cfg_.fault_interval;
-        one_fault(n + 1, plan[n]);
+        if (selected(cfg_, n + 1))
+          one_fault(n + 1, plan[n]);
         ++n;
       }
       std::this_thread::sleep_for(50ms);
@@ -1240,21 +1243,126 @@ int simulation::run() {
   }
   teardown();
   auto r = report();
-  if (!cfg_.report.empty())
-    std::ofstream{cfg_.report} << r.dump(2) << '\n';
-  if (!cfg_.html.empty())
-    std::ofstream{cfg_.html} << html_report(r);
-  print_history();
+  report_ = r; // written by the caller, with the shortest history of a violation
   std::cout << "alephd sim: " << (code == 0 ? "PASS" : "FAIL") << ": seed " << cfg_.seed << ", " << faults_applied_
             << " faults, " << r["workload"]["messages_acked"] << " messages and " << r["workload"]["files_acked"]
             << " files acknowledged, memory peak " << r["memory_peak_mib"] << " MiB";
   if (!r["reschedule_latency_s"]["p50"].is_null())
     std::cout << ", reschedule p50 " << r["reschedule_latency_s"]["p50"].get<double>() << " s";
   std::cout << std::endl;
-  close_work_dir(dir_, made_dir_ && !cfg_.keep && code == 0, "logs and data");
+  close_work_dir(dir_, made_dir_ && ((!cfg_.keep && code == 0) || cfg_.rerun), "logs and data");
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   return code;
+}
+
+// Sends this process's terminal output nowhere while it lives (a minimiser's re-runs).
+class silence {
+public:
+  silence() : null_{"/dev/null"}, out_(std::cout.rdbuf(null_.rdbuf())), err_(std::cerr.rdbuf(null_.rdbuf())) {}
+  ~silence() {
+    std::cout.rdbuf(out_);
+    std::cerr.rdbuf(err_);
+  }
+  silence(const silence&) = delete;
+  silence& operator=(const silence&) = delete;
+
+private:
+  std::ofstream null_;
+  std::streambuf* out_;
+  std::streambuf* err_;
+};
+
+// A run failed: runs it again with fewer of its faults (see minimise.hpp) as far as the limits
+// allow, prints the shortest history found and how to repeat it, and adds it to the report.
+void explain_violation(const config& c, run_outcome& first, const std::function<run_outcome(const config&)>& once) {
+  const auto& invariant = first.violations.front().invariant;
+  auto runs = c.minimise_runs < 0 ? (c.in_process ? 30 : 0) : c.minimise_runs;
+  run_outcome best = first;
+  shrink_result m;
+  m.faults = first.faults_started;
+  bool tried = runs > 0 && !first.faults_started.empty();
+  if (tried) {
+    std::cout << "alephd sim: shortening the history: seed " << c.seed << " again with fewer of its "
+              << first.faults_started.size() << " faults, until no fault can go and " << invariant
+              << " still fails (at most " << runs << " runs, " << c.minimise_time.count() / 1000 << " s)" << std::endl;
+    config again = c;
+    again.rerun = true;
+    again.report.clear();
+    again.html.clear();
+    again.dir.clear();
+    again.keep = false;
+    auto started = std::chrono::steady_clock::now();
+    std::size_t k = 0;
+    m = shrink(first.faults_started, [&](const std::vector<std::size_t>& subset) {
+      again.only_faults = subset;
+      run_outcome o;
+      {
+        silence quiet;
+        o = once(again);
+      }
+      trial t;
+      t.stopped = o.code == 130;
+      t.failed = o.code == 1 && !o.violations.empty() && o.violations.front().invariant == invariant;
+      t.used = o.faults_started;
+      if (t.failed)
+        best = std::move(o);
+      std::cout << "  run " << ++k << " with faults " << fault_list(subset) << ": "
+                << (t.stopped ? "interrupted"
+                    : t.failed ? invariant + " fails again"
+                    : o.code == 1 && !o.violations.empty() ? "fails otherwise (" + o.violations.front().invariant + ")"
+                    : o.code == 0 ? "every invariant holds"
+                                   : "exit " + std::to_string(o.code))
+                << std::endl;
+      return t;
+    }, shrink_limits{static_cast<std::size_t>(runs), c.minimise_time});
+    std::cout << "alephd sim: " << m.faults.size() << " of " << first.faults_started.size() << " faults ("
+              << fault_list(m.faults) << ") after " << m.runs << " runs in " << std::fixed << std::setprecision(1)
+              << std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() << " s"
+              << (m.minimal ? "; no fault of them can go" : m.stopped ? "; interrupted" : "; limit reached before no fault could go")
+              << std::endl;
+  }
+  auto& v = best.violations.front();
+  // The faults to repeat: those of the shortest history, or the run's own selection.
+  std::string only;
+  if (tried)
+    only = " --faults.only=" + fault_list(m.faults);
+  else if (c.only_faults)
+    only = " --faults.only=" + fault_list(*c.only_faults);
+  auto repeat = c.in_process ? "replay exactly with --in-process --seed " + std::to_string(c.seed) + only
+                             : "repeat the schedule with --seed " + std::to_string(c.seed) + only
+                                 + (tried ? "; processes do not replay exactly" : "");
+  std::string heading;
+  if (!tried)
+    heading = "events that show it";
+  else if (m.minimal)
+    heading = "the shortest history found: " + std::to_string(m.faults.size()) + " of " +
+              std::to_string(first.faults_started.size()) + " faults, none of which can go";
+  else
+    heading = "the shortest history found within the limits: " + std::to_string(m.faults.size()) + " of " +
+              std::to_string(first.faults_started.size()) + " faults";
+  print_history(best.events, v, c.seed, repeat, heading, tried);
+  if (!first.report.is_object())
+    return;
+  first.report["shortest_history"] = nlohmann::json{
+    {"minimised", tried}, {"runs", m.runs}, {"minimal", tried && m.minimal},
+    {"faults_in_run", first.faults_started}, {"faults", tried ? m.faults : first.faults_started},
+    {"repeat", "--seed " + std::to_string(c.seed) + only}, {"violation", to_json(std::vector<violation>{v})[0]},
+    {"events", history_json(best.events, v, tried)}};
+}
+
+// One run, then the shortest history of a violation, then the reports.
+int run_and_report(const config& c, const std::function<run_outcome(const config&)>& once) {
+  auto first = once(c);
+  if (first.code == 1 && !first.violations.empty())
+    explain_violation(c, first, once);
+  if (first.report.is_object()) {
+    if (!c.report.empty())
+      std::ofstream{c.report} << first.report.dump(2) << '\n';
+    if (!c.html.empty())
+      std::ofstream{c.html} << html_report(first.report);
+  }
+  return first.code;
 }
 
 } // namespace
@@ -1287,12 +1395,33 @@ int run(const std::vector<std::string>& args, const std::string& self) {
     std::cout << "fault schedule of seed " << c.seed << (c.scenario.empty() ? "" : ", scenario " + c.scenario)
               << ", one every " << c.fault_interval.count() << "ms:\n";
     std::size_t i = 0;
-    for (auto& f : plan_faults(c))
-      std::cout << "  #" << ++i << " " << describe(c, f) << '\n';
+    for (auto& f : plan_faults(c)) {
+      ++i;
+      std::cout << "  #" << i << " " << describe(c, f) << (selected(c, i) ? "" : "  (skipped: faults.only)") << '\n';
+    }
     return 0;
   }
+  if (c.only_faults && !c.only_faults->empty()) {
+    auto n = plan_faults(c).size();
+    if (c.only_faults->back() > n) {
+      std::cerr << "alephd: sim: faults.only: fault " << c.only_faults->back() << " is not in the schedule (it has "
+                << n << "; see --plan)\n";
+      return 2;
+    }
+  }
+  auto once = [&self](const config& cc) {
+    run_outcome o;
+    if (cc.in_process) {
+      o.code = run_in_process(cc, &o);
+    } else {
+      simulation s{cc, self};
+      int code = s.run();
+      o = s.outcome(code);
+    }
+    return o;
+  };
   if (c.in_process)
-    return run_in_process(c);
+    return run_and_report(c, once);
   if (c.ccns > 10 || c.persistent > 100 || c.extra_crns > 10) {
     std::cerr << "alephd: sim: as separate processes at most 10 CCNs, 10 extra CRNs and 100 persistent "
                  "programs (use --in-process for more)\n";
@@ -1303,7 +1432,7 @@ int run(const std::vector<std::string>& args, const std::string& self) {
     std::cerr << "alephd: sim: disk-full faults need root (they mount a small tmpfs on each CCN's data dir)\n";
     return 2;
   }
-  return simulation{std::move(c), self}.run();
+  return run_and_report(c, once);
 }
 
 } // namespace alephd::sim

@@ -86,6 +86,11 @@ TEST_F(sim_test, bad_options_exit_2_with_one_line_naming_them) {
          {{"--config", (dir / "missing.ini").string()}, "cannot read"},
          {{"--config", ini.string()}, "broken.ini:3: expected `name = value`"},
          {{"--seed"}, "--seed needs a value"},
+         {{"--faults.only=2,x"}, "faults.only: expected fault numbers from 1"},
+         {{"--faults.only=0"}, "faults.only: expected fault numbers from 1"},
+         {{"--faults.only=3,99", "--in-process"}, "faults.only: fault 99 is not in the schedule (it has 11"},
+         {{"--run.minimise-runs=-1"}, "run.minimise-runs: must be auto or a whole number from 0 to 1000"},
+         {{"--run.minimise-time=0s"}, "run.minimise-time: must be at least 1000ms"},
        }) {
     auto o = sim(b.args, 10s);
     EXPECT_EQ(o.code, 2) << b.args[0];
@@ -231,7 +236,8 @@ TEST_F(sim_test, a_lost_acknowledged_message_fails_the_run_with_the_seed_and_its
   auto o = sim({"--seed", "11", "--cluster.ccns=1", "--cluster.crns-per-ccn=1", "--workload.persistent-programs=0",
                 "--workload.on-demand-programs=0", "--workload.messages-per-second=20", "--workload.uploads-per-second=0",
                 "--workload.calls-per-second=0", "--run.duration=5s", "--faults.interval=2s", "--faults.kinds=ccn-wipe",
-                "--faults.down-time=200ms", "--report", report.string(), "--dir", (dir / "lost").string()});
+                "--faults.down-time=200ms", "--run.minimise-runs=1", "--report", report.string(),
+                "--dir", (dir / "lost").string()});
   EXPECT_EQ(o.code, 1) << o.err;
   EXPECT_NE(o.err.find("INVARIANT VIOLATED: acked-messages-survive"), std::string::npos) << o.err;
   EXPECT_NE(o.err.find("--seed 11"), std::string::npos) << o.err;
@@ -241,6 +247,16 @@ TEST_F(sim_test, a_lost_acknowledged_message_fails_the_run_with_the_seed_and_its
   EXPECT_EQ(r["result"], "fail");
   ASSERT_FALSE(r["violations"].empty());
   EXPECT_EQ(r["violations"][0]["invariant"], "acked-messages-survive");
+  // One re-run to shorten the history (processes do not replay exactly, so it is asked for):
+  // the cluster again without any fault keeps what it acknowledged, so the first wipe (the run
+  // stops there) is the shortest history.
+  auto h = r["shortest_history"];
+  EXPECT_EQ(h["minimised"], true) << h;
+  EXPECT_EQ(h["runs"], 1) << h;
+  EXPECT_EQ(h["faults_in_run"], json::array({1})) << h;
+  EXPECT_EQ(h["faults"], json::array({1})) << h;
+  EXPECT_EQ(h["minimal"], true) << h;
+  EXPECT_NE(o.err.find("--seed 11 --faults.only=1; processes do not replay exactly"), std::string::npos) << o.err;
 }
 
 // An instance (a QEMU microVM) in the mix, on a CCN with two CRNs: the CRN running it is killed;
@@ -382,6 +398,72 @@ TEST_F(sim_test, in_process_a_missed_reschedule_deadline_fails_the_run) {
   EXPECT_EQ(r["result"], "fail");
   ASSERT_FALSE(r["violations"].empty());
   EXPECT_EQ(r["violations"][0]["invariant"], "reschedule-deadline");
+}
+
+// A violation is shown with the fewest faults that still cause it: the seed is replayed with
+// fewer of its faults (exactly, in-process) until none can go, and that list replays it again.
+TEST_F(sim_test, in_process_a_violation_is_shown_with_the_fewest_faults_that_still_cause_it) {
+  auto report = dir / "short.json";
+  std::vector<std::string> args{"--in-process", "--seed", "5", "--cluster.ccns=2", "--workload.persistent-programs=6",
+                                "--faults.kinds=ccn-pause,partition,host-pause", "--faults.interval=3s",
+                                "--faults.pause-time=12s", "--cluster.failure-timeout=5s",
+                                "--run.reschedule-deadline=2s", "--run.duration=30s"};
+  auto with = [&](std::vector<std::string> more) {
+    auto a = args;
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  auto html = dir / "short.html";
+  auto o = sim(with({"--report", report.string(), "--html", html.string()}), 60s);
+  EXPECT_EQ(o.code, 1) << o.err;
+  EXPECT_NE(o.err.find("INVARIANT VIOLATED: reschedule-deadline"), std::string::npos) << o.err;
+  auto r = json::parse(read_file(report), nullptr, false);
+  ASSERT_TRUE(r.is_object());
+  auto h = r["shortest_history"];
+  ASSERT_TRUE(h.is_object()) << r.dump().substr(0, 400);
+  EXPECT_EQ(h["minimised"], true);
+  EXPECT_EQ(h["minimal"], true) << h;
+  EXPECT_EQ(h["violation"]["invariant"], "reschedule-deadline");
+  auto in_run = h["faults_in_run"].get<std::vector<std::size_t>>();
+  auto left = h["faults"].get<std::vector<std::size_t>>();
+  ASSERT_GE(in_run.size(), 3u) << "the faults before the one that matters make the history long";
+  EXPECT_LT(left.size(), in_run.size()) << h;
+  EXPECT_GE(left.size(), 1u) << "the run holds without faults: " << h;
+  EXPECT_LE(h["runs"].get<std::size_t>(), 30u);
+  // The history printed and reported is those faults (each once, by its number), then the violation.
+  std::vector<std::string> shown;
+  for (auto& e : h["events"])
+    if (e["kind"] == "fault")
+      shown.push_back(e["detail"].get<std::string>().substr(0, e["detail"].get<std::string>().find(' ')));
+  ASSERT_EQ(shown.size(), left.size()) << h;
+  for (std::size_t i = 0; i < left.size(); ++i)
+    EXPECT_EQ(shown[i], "#" + std::to_string(left[i])) << h;
+  EXPECT_EQ(h["events"].back()["kind"], "violation");
+  std::string only;
+  for (auto n : left)
+    only += (only.empty() ? "" : ",") + std::to_string(n);
+  EXPECT_NE(o.err.find("replay exactly with --in-process --seed 5 --faults.only=" + only), std::string::npos) << o.err;
+  // The HTML report shows it too (rendered by headless Chromium).
+  auto dom = dir / "short-dom.html";
+  auto cmd = "timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + (dir / "chromium").string()
+             + " --dump-dom file://" + html.string() + " > " + dom.string() + " 2>/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "chromium did not render " << html;
+  auto page = read_file(dom);
+  EXPECT_NE(page.find("data-rendered=\"ok\""), std::string::npos) << page.substr(0, 2000);
+  EXPECT_NE(page.find("Shortest history: " + std::to_string(left.size()) + " of " + std::to_string(in_run.size()) +
+                      " faults after " + std::to_string(h["runs"].get<std::size_t>()) + " re-runs, none of which can go"),
+            std::string::npos);
+  EXPECT_NE(page.find("repeat with --seed 5 --faults.only=" + only), std::string::npos);
+  // Replayed with those faults only (no more shortening): the same violation, at the same time.
+  auto replay = dir / "replay.json";
+  auto again = sim(with({"--faults.only=" + only, "--run.minimise-runs=0", "--report", replay.string()}), 60s);
+  EXPECT_EQ(again.code, 1) << again.err;
+  auto r2 = json::parse(read_file(replay), nullptr, false);
+  ASSERT_TRUE(r2.is_object());
+  ASSERT_FALSE(r2["violations"].empty());
+  EXPECT_EQ(r2["violations"][0], h["violation"]);
+  EXPECT_EQ(r2["shortest_history"]["minimised"], false);
+  EXPECT_EQ(r2["shortest_history"]["faults"].get<std::vector<std::size_t>>(), left);
 }
 
 } // namespace
