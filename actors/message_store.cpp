@@ -1,5 +1,7 @@
 #include "actors/message_store.hpp"
 
+#include <cerrno>
+
 #include <algorithm>
 #include <chrono>
 
@@ -47,8 +49,11 @@ void commit_pending(self_ptr self) {
   if (rc != 0) {
     spdlog::error("message_store: commit of {} messages failed: {}", batch.size(),
                   lmdb::error_text(rc));
+    // A full disk (or LMDB map) is the operator's to fix, and the sender's to retry: 507.
+    bool full = rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT;
     for (auto& [msg, rp] : batch)
-      rp.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
+      rp.deliver(full ? make_error(ec::no_space, "the node's storage is full: cannot store message: " + lmdb::error_text(rc))
+                      : make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
     return;
   }
   st.next_seq = seq;

@@ -217,4 +217,26 @@ TEST_F(message_store_test, messages_survive_reopening_the_store) {
   EXPECT_EQ(inv.value->size(), 3u);
 }
 
+// A full disk: appends are refused with no_space (HTTP 507), nothing half-stored is visible,
+// reads go on, and appends work again once there is room.
+TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recovers) {
+  auto store = spawn(message_store, env, true);
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("before")).value);
+  // The map shrunk to what is used (LMDB keeps at least that): new pages cannot be had.
+  ASSERT_EQ(mdb_env_set_mapsize(env->get(), 1), 0);
+  auto big = msg("too-big");
+  big.json = std::string(1 << 20, 'x');
+  auto r = ask<append_result>(store, atom::append_v, big);
+  EXPECT_FALSE(r.value);
+  EXPECT_TRUE(is(r.error, ec::no_space)) << describe(r.error);
+  EXPECT_NE(describe(r.error).find("storage is full"), std::string::npos) << describe(r.error);
+  EXPECT_TRUE(is(ask<stored_message>(store, atom::get_v, std::string{"too-big"}).error, ec::not_found));
+  EXPECT_TRUE(ask<stored_message>(store, atom::get_v, std::string{"before"}).value);
+  ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
+  auto again = ask<append_result>(store, atom::append_v, big);
+  ASSERT_TRUE(again.value) << describe(again.error);
+  EXPECT_FALSE(again.value->duplicate);
+  EXPECT_EQ(ask<stored_message>(store, atom::get_v, std::string{"too-big"}).value->json.size(), std::size_t{1} << 20);
+}
+
 } // namespace
