@@ -198,7 +198,8 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         spdlog::warn("ccn_peer: peer CCN {} is down", id);
       }
   });
-  if (!st.cfg.endpoints.empty())
+  // Ticks connect to endpoints and catch up after a failed store: needed with direct peers too.
+  if (!st.cfg.endpoints.empty() || !st.cfg.direct.empty())
     self->send(self, atom::tick_v);
   return {
     [=](atom::published, const stored_message& msg) {

@@ -173,6 +173,45 @@ TEST_F(ccn_peer_test, peers_swap_what_the_other_lacks_when_they_meet) {
   EXPECT_TRUE(has_message(*a, hash_of("old-b")));
 }
 
+// A CCN whose disk was full when a peer pushed a message asks its peers again later (with
+// direct peers, as in `alephd dev` and the in-process simulator, as with endpoints).
+TEST_F(ccn_peer_test, a_peer_that_could_not_store_a_pushed_message_catches_up_later) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node});
+  sched.run();
+  // B's disk fills: its map shrinks to the pages in use and a ballast takes the free ones.
+  MDB_dbi ballast = 0;
+  std::string err;
+  ASSERT_TRUE(b->env->open_db("ballast", ballast, err)) << err;
+  ASSERT_EQ(mdb_env_set_mapsize(b->env->get(), 1), 0);
+  for (uint64_t k = 0;; ++k) {
+    ASSERT_LT(k, 100000u);
+    lmdb::txn t{*b->env, true};
+    int rc = t.put(ballast, lmdb::be64(k), std::string(1500, 'b'));
+    if (rc == 0)
+      rc = t.commit();
+    if (rc != 0) {
+      ASSERT_EQ(rc, MDB_MAP_FULL);
+      break;
+    }
+  }
+  ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("while-full", "ccn-a")).value);
+  sched.run();
+  EXPECT_FALSE(has_message(*b, hash_of("while-full"))) << "B's disk is full";
+  EXPECT_TRUE(state_of<ccn_peer_state>(b->peer).behind);
+  // Room again; a few retry intervals later B holds the message.
+  ASSERT_EQ(mdb_env_set_mapsize(b->env->get(), uint64_t{1} << 30), 0);
+  {
+    lmdb::txn t{*b->env, true};
+    ASSERT_EQ(mdb_drop(t.get(), ballast, 0), 0);
+    ASSERT_EQ(t.commit(), 0);
+  }
+  for (int i = 0; i < 10 && !has_message(*b, hash_of("while-full")); ++i)
+    advance(std::chrono::seconds{1});
+  EXPECT_TRUE(has_message(*b, hash_of("while-full")));
+  EXPECT_FALSE(state_of<ccn_peer_state>(b->peer).behind);
+}
+
 TEST_F(ccn_peer_test, replicated_items_are_not_echoed_back) {
   auto a = make("ccn-a");
   auto b = make("ccn-b", {a->node});
