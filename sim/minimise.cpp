@@ -1,6 +1,7 @@
 #include "sim/minimise.hpp"
 
 #include <algorithm>
+#include <map>
 #include <optional>
 
 namespace alephd::sim {
@@ -12,11 +13,19 @@ shrink_result shrink(const std::vector<std::size_t>& faults,
   auto deadline = std::chrono::steady_clock::now() + limits.time;
   // One more run, unless a limit is reached or a run was interrupted: nullopt then. A failing
   // run's faults become the current set.
+  std::map<std::vector<std::size_t>, trial> seen; // a set tried before is not run again
   auto attempt = [&](const std::vector<std::size_t>& subset) -> std::optional<bool> {
-    if (out.stopped || out.runs >= limits.runs || std::chrono::steady_clock::now() >= deadline)
-      return std::nullopt;
-    ++out.runs;
-    auto t = run(subset);
+    trial t;
+    if (auto i = seen.find(subset); i != seen.end()) {
+      t = i->second;
+    } else {
+      if (out.stopped || out.runs >= limits.runs || std::chrono::steady_clock::now() >= deadline)
+        return std::nullopt;
+      ++out.runs;
+      t = run(subset);
+      if (!t.stopped)
+        seen.emplace(subset, t);
+    }
     if (t.stopped) {
       out.stopped = true;
       return std::nullopt;

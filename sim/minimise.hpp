@@ -32,7 +32,9 @@ struct shrink_result {
 
 /// Tries subsets of `faults` (a run with them failed) with `run`. The empty set is tried first;
 /// then, as ddmin, the complements of ever smaller chunks of the current set; a failing run
-/// makes the faults it used the current set. Within the limits; else the smallest set so far.
+/// makes the faults it used the current set. A set is run once (its answer is remembered). The
+/// limits are checked before each run starts (a run under way is not cut short); when one is
+/// reached, the smallest failing set so far.
 shrink_result shrink(const std::vector<std::size_t>& faults,
                      const std::function<trial(const std::vector<std::size_t>&)>& run, shrink_limits limits);
 

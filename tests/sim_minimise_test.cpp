@@ -52,6 +52,7 @@ TEST(sim_minimise, two_faults_that_break_it_together_are_what_is_left_of_ten) {
   EXPECT_FALSE(r.stopped);
   EXPECT_EQ(r.runs, run.tried.size());
   EXPECT_TRUE(run.tried.front().empty()) << "no fault at all is tried first";
+  EXPECT_EQ(std::set<faults>(run.tried.begin(), run.tried.end()).size(), run.tried.size()) << "no set runs twice";
   EXPECT_LE(r.runs, 20u);
 }
 
