@@ -125,6 +125,8 @@ struct ccn_slot {
   std::string id;
   std::filesystem::path dir;
   std::shared_ptr<lmdb::env> env; ///< outlives the actors: the CCN's disk
+  MDB_dbi ballast = 0;            ///< what fills the disk during a disk-full fault
+  bool full = false;
   std::shared_ptr<blob_store> blobs;
   std::shared_ptr<caf::actor> target = std::make_shared<caf::actor>();
   caf::actor front;
@@ -229,6 +231,7 @@ private:
   std::mt19937_64 rng_;
   bool failed_ = false;
   static constexpr uint64_t max_burst = 100'000'000;
+  static constexpr uint64_t ccn_map_size = uint64_t{1} << 30;
   bool livelocked() const { return checks_.contains("no-livelock"); }
 
   // -- time --
@@ -265,6 +268,9 @@ private:
   void stop_ccn(std::size_t i, bool crash);
   void stop_crn(std::size_t i, bool crash);
   void hold(const std::vector<caf::actor>& xs, bool on);
+  std::string fill_disk(ccn_slot& n);
+  void free_disk(ccn_slot& n);
+  void probe_full_disk(std::size_t i, std::shared_ptr<std::pair<int, int>> refused);
   std::vector<caf::actor> crn_actors(const crn_slot& n) const;
   std::string node_state(std::size_t index) const;
 
@@ -372,8 +378,8 @@ std::string world::prepare() {
       n.name = names_[i];
       n.id = crypto::node_id_of(key->public_key);
       n.dir = path;
-      n.env = lmdb::env::open((path / "lmdb").string(), err, uint64_t{1} << 30, store_flags);
-      if (!n.env)
+      n.env = lmdb::env::open((path / "lmdb").string(), err, ccn_map_size, store_flags);
+      if (!n.env || !n.env->open_db("sim-ballast", n.ballast, err))
         return err;
       n.blobs = std::make_shared<blob_store>((path / "blobs").string());
       n.front = sys_->spawn(ccn_front, n.target);
@@ -559,6 +565,83 @@ void world::hold(const std::vector<caf::actor>& xs, bool on) {
         held_.erase(i);
       }
     }
+}
+
+// A CCN's disk fills up: its LMDB map shrinks to the pages in use (LMDB keeps at least those)
+// and a ballast takes every free page, so no write of the CCN gets a page until free_disk().
+// Between two jobs of the single-threaded scheduler, no transaction is open.
+std::string world::fill_disk(ccn_slot& n) {
+  if (int rc = mdb_env_set_mapsize(n.env->get(), 1); rc != 0)
+    return "cannot shrink its store: " + lmdb::error_text(rc);
+  n.full = true;
+  const std::string page(1500, 'b');
+  uint64_t key = 0;
+  std::size_t batch = 64;
+  for (int round = 0; round < 100000; ++round) {
+    lmdb::txn t{*n.env, true};
+    int rc = t.status();
+    for (std::size_t k = 0; rc == 0 && k < batch; ++k)
+      rc = t.put(n.ballast, lmdb::be64(key + k), page);
+    if (rc == 0)
+      rc = t.commit();
+    if (rc == 0) {
+      key += batch;
+    } else if (batch > 1) {
+      batch = 1; // the last pages, one value at a time
+    } else {
+      return rc == MDB_MAP_FULL ? std::string{} : "filling its store: " + lmdb::error_text(rc);
+    }
+  }
+  return "its store did not fill up";
+}
+
+void world::free_disk(ccn_slot& n) {
+  if (!n.full)
+    return;
+  n.full = false;
+  mdb_env_set_mapsize(n.env->get(), ccn_map_size);
+  lmdb::txn t{*n.env, true};
+  if (t.status() == 0 && mdb_drop(t.get(), n.ballast, 0) == 0)
+    t.commit();
+}
+
+// CCN i's disk is full: a message posted to it must be stored or
+// refused with no_space (HTTP 507), never another error or no answer; and it must go on
+// answering (what it places, from its scheduler).
+void world::probe_full_disk(std::size_t i, std::shared_ptr<std::pair<int, int>> refused) {
+  auto& n = ccns_[i];
+  if (!n.full || n.st != state::up)
+    return;
+  auto m = signed_message("POST", json{{"address", sender_}, {"time", virtual_wall()}, {"type", "sim-probe"},
+                                        {"content", {{"at", now()}}}});
+  auto hash = m["item_hash"].get<std::string>();
+  auto name = n.name;
+  ++refused->second;
+  sys_->spawn([=, this, store = n.messages, sm = to_stored(m, n)](caf::event_based_actor* self) {
+    self->request(store, 5s, atom::append_v, sm)
+      .then(
+        [=, this](const append_result&) {
+          acked_.insert(hash);
+          checked("full-disk-answers-507", true);
+        },
+        [=, this](caf::error& err) {
+          bool ok = err.category() == caf::atom("alephd") && static_cast<ec>(err.code()) == ec::no_space;
+          refused->first += ok ? 1 : 0;
+          checked("full-disk-answers-507", ok, ok ? "" : name + ": " + alephd::describe(err));
+          if (!ok)
+            violate("full-disk-answers-507", name + " answered a message posted with its disk full with '" +
+                                                 alephd::describe(err) + "', not no_space (507)", {name});
+        });
+  });
+  sys_->spawn([=, this, node = n.node](caf::event_based_actor* self) {
+    self->request(node, 2s, atom::list_v, std::string{})
+      .then([=, this](const std::vector<placement>&) { checked("serves-with-a-full-disk", true); },
+            [=, this](caf::error& err) {
+              checked("serves-with-a-full-disk", false, name + ": " + alephd::describe(err));
+              violate("serves-with-a-full-disk", name + " did not answer with its disk full: " + alephd::describe(err),
+                      {name});
+            });
+  });
 }
 
 std::string world::node_state(std::size_t index) const {
@@ -897,6 +980,31 @@ void world::one_fault(std::size_t number, const planned_fault& f,
       hold(xs, false);
       record("heal", "partition", name);
     });
+  } else if (kind == "disk-full" && is_ccn && ccns_[target].full) {
+    record("fault", kind, name, tag + " its disk is full already: skipped");
+    --faults_applied_;
+  } else if (kind == "disk-full" && is_ccn) {
+    auto& n = ccns_[target];
+    auto err = fill_disk(n);
+    record("fault", kind, name, tag + (err.empty() ? "" : " " + err));
+    // Probes every half second while it lasts: refused (of probes) in the heal's detail.
+    auto refused = std::make_shared<std::pair<int, int>>(0, 0);
+    auto until = now() + secs(cfg_.partition_time);
+    auto probe = std::make_shared<std::function<void()>>();
+    std::weak_ptr<std::function<void()>> again = probe; // the heal below keeps it alive
+    *probe = [this, target, refused, until, again, later] {
+      if (now() + 0.5 < until) {
+        probe_full_disk(target, refused);
+        if (auto p = again.lock())
+          later(0.5, *p);
+      }
+    };
+    later(0.25, *probe);
+    later(secs(cfg_.partition_time), [this, target, name, refused, probe] {
+      free_disk(ccns_[target]);
+      record("heal", "disk-full", name,
+             std::to_string(refused->first) + " of " + std::to_string(refused->second) + " posts refused with no_space");
+    });
   } else if (kind == "restart") {
     record("fault", kind, name, tag);
     if (!is_ccn)
@@ -972,22 +1080,33 @@ void world::final_checks() {
     violate("reschedule-deadline", "persistent program " + r.program.substr(0, 12) + " of " + r.crn + " never ran again", {r.crn});
   }
   reschedules_.clear();
-  // Every acknowledged message at every CCN (peers replicate; a restarted CCN catches up).
-  for (auto& c : ccns_) {
+  // Every acknowledged message at every CCN (peers replicate; a restarted CCN, or one whose disk
+  // was full, catches up): within what is left of converge-timeout.
+  struct lack {
+    std::size_t missing = 0;
+    std::string example;
+  };
+  auto lacking = [&](ccn_slot& c) {
+    lack out;
     auto have = ask<std::vector<std::string>>(c.messages, atom::inventory_v);
     std::set<std::string> held(have ? have->begin() : std::vector<std::string>::const_iterator{},
                                have ? have->end() : std::vector<std::string>::const_iterator{});
-    std::size_t missing = 0;
-    std::string example;
     for (auto& h : acked_)
       if (held.count(h) == 0) {
-        ++missing;
-        example = h;
+        ++out.missing;
+        out.example = h;
       }
-    checked("acked-messages-everywhere", missing == 0, c.name);
-    if (missing > 0)
-      violate("acked-messages-everywhere", c.name + " lacks " + std::to_string(missing) + " acknowledged messages, e.g. "
-                                             + example.substr(0, 12), {c.name});
+    return out;
+  };
+  while (!interrupted && now() < until
+         && std::any_of(ccns_.begin(), ccns_.end(), [&](auto& c) { return lacking(c).missing > 0; }))
+    step({}, std::min(now() + poll, until));
+  for (auto& c : ccns_) {
+    auto l = lacking(c);
+    checked("acked-messages-everywhere", l.missing == 0, c.name);
+    if (l.missing > 0)
+      violate("acked-messages-everywhere", c.name + " lacks " + std::to_string(l.missing) + " acknowledged messages, e.g. "
+                                             + l.example.substr(0, 12), {c.name});
   }
   // Each CRN ledger entry counted by exactly one CCN, as the CRN wrote it: the entries written by
   // now, once their CRNs have shipped them (metering goes on meanwhile).
@@ -1100,6 +1219,8 @@ json world::report(double real_s) {
 // ---- the run --------------------------------------------------------------------------------------
 
 int world::run() {
+  if (interrupted)
+    return 130; // a Ctrl-C during an earlier run of this process (a minimiser's search)
   auto real_start = std::chrono::steady_clock::now();
   // Many small LMDB environments: on tmpfs when there is one, where writes cost least.
   std::filesystem::path base = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : std::filesystem::temp_directory_path();
@@ -1227,13 +1348,18 @@ int world::run() {
     if (!interrupted && !failed_)
       step({}, end);
     // The end of the faults: whatever is still down, paused or cut off comes back now.
-    for (std::size_t i = 0; i < ccns_.size(); ++i)
+    for (std::size_t i = 0; i < ccns_.size(); ++i) {
+      if (ccns_[i].full) {
+        free_disk(ccns_[i]);
+        record("heal", "disk-full", ccns_[i].name, "end of faults");
+      }
       if (ccns_[i].st != state::up) {
         if (ccns_[i].st == state::down)
           start_ccn(i);
         ccns_[i].st = state::up;
         record("heal", "end of faults", ccns_[i].name);
       }
+    }
     for (std::size_t i = 0; i < crns_.size(); ++i)
       if (crns_[i].st != state::up) {
         if (crns_[i].st == state::down)
@@ -1292,13 +1418,9 @@ int world::run() {
 
 int run_in_process(const config& c, run_outcome* out) {
   static const std::set<std::string> supported{"crn-kill", "ccn-kill", "host-kill", "crn-pause", "ccn-pause",
-                                               "host-pause", "partition", "restart", "flap"};
+                                               "host-pause", "partition", "restart", "flap", "disk-full"};
   if (c.instances > 0) {
     std::cerr << "alephd: sim: workload.instances: microVMs need real processes (run without --in-process)\n";
-    return 2;
-  }
-  if (c.scenario == "disk-full") {
-    std::cerr << "alephd: sim: the disk-full scenario needs real processes and a tmpfs (run it without --in-process)\n";
     return 2;
   }
   config cfg = c;

@@ -73,15 +73,26 @@ bool shows(const event& e, const violation& v, bool every_fault) {
          || ((e.kind == "fault" || e.kind == "heal") && (every_fault || v.nodes.empty() || v.nodes.count(e.node)));
 }
 
+// The events up to the violation's own (heals recorded at the same moment come after it).
+std::vector<event> upto(const std::vector<event>& events, const violation& v) {
+  std::vector<event> out;
+  for (auto& e : events) {
+    if (e.t > v.t + 1e-9)
+      break;
+    out.push_back(e);
+    if (e.kind == "violation" && e.what == v.invariant && e.detail == v.detail)
+      break;
+  }
+  return out;
+}
+
 } // namespace
 
 void print_history(const std::vector<event>& events, const violation& v, uint64_t seed, const std::string& repeat,
                    const std::string& heading, bool every_fault) {
   std::cerr << "\nINVARIANT VIOLATED: " << v.invariant << ": " << v.detail << "\n  seed " << seed << " (" << repeat
             << ")\n  " << heading << ":\n";
-  for (auto& e : events) {
-    if (e.t > v.t + 1e-9)
-      break;
+  for (auto& e : upto(events, v)) {
     if (shows(e, v, every_fault))
       std::cerr << "    " << std::fixed << std::setprecision(2) << e.t << "s  " << e.kind << " " << e.what << " "
                 << e.node << (e.detail.empty() ? "" : " (" + e.detail + ")") << '\n';
@@ -90,9 +101,7 @@ void print_history(const std::vector<event>& events, const violation& v, uint64_
 
 json history_json(const std::vector<event>& events, const violation& v, bool every_fault) {
   json out = json::array();
-  for (auto& e : events) {
-    if (e.t > v.t + 1e-9)
-      break;
+  for (auto& e : upto(events, v)) {
     if (shows(e, v, every_fault))
       out.push_back(to_json(e));
   }

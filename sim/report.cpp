@@ -154,7 +154,10 @@ const char* page_tail = R"(</script>
       const box = document.getElementById('shortest');
       const h = document.createElement('h3');
       h.textContent = 'Shortest history: ' + sh.faults.length + ' of ' + sh.faults_in_run.length + ' faults' +
-        (sh.minimised ? ' after ' + sh.runs + ' re-runs' + (sh.minimal ? ', none of which can go' : ' (limit reached)') : ' (not shortened)');
+        (sh.minimised ? ' after ' + sh.runs + ' re-runs' +
+         (!sh.minimal ? ' (the search stopped first)' : sh.exact_replay ? ', none of which can go'
+                                                         : ', without any one of them a re-run held')
+                      : ' (not shortened)');
       box.appendChild(h);
       const p = document.createElement('p');
       p.textContent = 'repeat with ' + sh.repeat;

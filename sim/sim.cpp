@@ -1185,6 +1185,8 @@ json simulation::report() {
 // The seed and the events that show the first violation: the faults and heals of the nodes it
 // involves (all faults when it names none), up to the moment it was seen.
 int simulation::run() {
+  if (interrupted)
+    return 130;
   if (auto err = make_work_dir(cfg_.dir, std::filesystem::temp_directory_path(), dir_, made_dir_); !err.empty()) {
     std::cerr << "alephd: sim: " << err << '\n';
     return cfg_.dir.empty() ? 3 : 2;
@@ -1273,94 +1275,160 @@ private:
   std::streambuf* err_;
 };
 
+// Set by Ctrl-C or SIGTERM between the re-runs of a search (each run has its own handler).
+std::atomic<bool> search_interrupted{false};
+
+extern "C" void on_interrupt_search(int) {
+  search_interrupted = true;
+}
+
+// An argument as a POSIX shell reads it back.
+std::string shell_quoted(const std::string& a) {
+  if (!a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=./,:@%+") == std::string::npos)
+    return a;
+  std::string out = "'";
+  for (char ch : a)
+    out += ch == '\'' ? std::string{"'\\''"} : std::string(1, ch);
+  return out + "'";
+}
+
+// The command that repeats a run with faults `only` and no search: the arguments it was given
+// (the cluster's shape and the schedule depend on them), less any faults.only or
+// run.minimise-runs and the report, HTML and work dir paths, plus those two options.
+std::string repeat_command(const std::vector<std::string>& args, const std::vector<std::size_t>& only) {
+  std::string out = "alephd sim";
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    auto& a = args[i];
+    // The search's own options, and the outputs of the failing run (not to be overwritten).
+    bool ours = a.rfind("--faults.only", 0) == 0 || a.rfind("--run.minimise-runs", 0) == 0;
+    bool output = a == "--report" || a == "--html" || a == "--dir" || a.rfind("--report=", 0) == 0
+                  || a.rfind("--html=", 0) == 0 || a.rfind("--dir=", 0) == 0;
+    if (ours || output) {
+      if (a.find('=') == std::string::npos)
+        ++i; // its value follows
+      continue;
+    }
+    out += " " + shell_quoted(a);
+  }
+  return out + " --faults.only=" + fault_list(only) + " --run.minimise-runs=0";
+}
+
 // A run failed: runs it again with fewer of its faults (see minimise.hpp) as far as the limits
 // allow, prints the shortest history found and how to repeat it, and adds it to the report.
-void explain_violation(const config& c, run_outcome& first, const std::function<run_outcome(const config&)>& once) {
+void explain_violation(const config& c, const std::vector<std::string>& args, run_outcome& first,
+                       const std::function<run_outcome(const config&)>& once) {
   const auto& invariant = first.violations.front().invariant;
   auto runs = c.minimise_runs < 0 ? (c.in_process ? 30 : 0) : c.minimise_runs;
   run_outcome best = first;
   shrink_result m;
   m.faults = first.faults_started;
   bool tried = runs > 0 && !first.faults_started.empty();
+  std::string stop_reason;
   if (tried) {
     std::cout << "alephd sim: shortening the history: seed " << c.seed << " again with fewer of its "
               << first.faults_started.size() << " faults, until no fault can go and " << invariant
-              << " still fails (at most " << runs << " runs, " << c.minimise_time.count() / 1000 << " s)" << std::endl;
+              << " still fails (at most " << runs << " runs, started within " << c.minimise_time.count() / 1000
+              << " s)" << std::endl;
     config again = c;
     again.rerun = true;
     again.report.clear();
     again.html.clear();
     again.dir.clear();
     again.keep = false;
+    // Ctrl-C between two re-runs ends the search too (a run installs its own handler).
+    search_interrupted = false;
+    struct sigaction sa{};
+    sa.sa_handler = on_interrupt_search;
+    sigemptyset(&sa.sa_mask);
+    struct sigaction old_int{}, old_term{};
+    ::sigaction(SIGINT, &sa, &old_int);
+    ::sigaction(SIGTERM, &sa, &old_term);
     auto started = std::chrono::steady_clock::now();
     std::size_t k = 0;
     m = shrink(first.faults_started, [&](const std::vector<std::size_t>& subset) {
-      again.only_faults = subset;
+      trial t;
+      if (search_interrupted) {
+        t.stopped = true;
+        stop_reason = "interrupted";
+        return t;
+      }
+      auto sorted = subset;
+      std::sort(sorted.begin(), sorted.end());
+      again.only_faults = sorted;
       run_outcome o;
       {
         silence quiet;
         o = once(again);
       }
-      trial t;
-      t.stopped = o.code == 130;
-      t.failed = o.code == 1 && !o.violations.empty() && o.violations.front().invariant == invariant;
+      // Anything but "held" (0) or "violated" (1) leaves the question open: the search stops.
+      t.stopped = search_interrupted || (o.code != 0 && o.code != 1);
+      t.failed = !t.stopped && o.code == 1 && !o.violations.empty() && o.violations.front().invariant == invariant;
       t.used = o.faults_started;
-      if (t.failed)
-        best = std::move(o);
-      std::cout << "  run " << ++k << " with faults " << fault_list(subset) << ": "
-                << (t.stopped ? "interrupted"
+      if (t.stopped)
+        stop_reason = o.code == 130 || search_interrupted ? "interrupted"
+                                                          : "a re-run exited " + std::to_string(o.code);
+      std::cout << "  run " << ++k << " with faults " << fault_list(sorted) << ": "
+                << (t.stopped ? stop_reason
                     : t.failed ? invariant + " fails again"
                     : o.code == 1 && !o.violations.empty() ? "fails otherwise (" + o.violations.front().invariant + ")"
-                    : o.code == 0 ? "every invariant holds"
-                                   : "exit " + std::to_string(o.code))
+                                                            : "every invariant holds")
                 << std::endl;
+      if (t.failed)
+        best = std::move(o);
       return t;
     }, shrink_limits{static_cast<std::size_t>(runs), c.minimise_time});
+    ::sigaction(SIGINT, &old_int, nullptr);
+    ::sigaction(SIGTERM, &old_term, nullptr);
     std::cout << "alephd sim: " << m.faults.size() << " of " << first.faults_started.size() << " faults ("
               << fault_list(m.faults) << ") after " << m.runs << " runs in " << std::fixed << std::setprecision(1)
               << std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() << " s"
-              << (m.minimal ? "; no fault of them can go" : m.stopped ? "; interrupted" : "; limit reached before no fault could go")
+              << (m.minimal ? "; no fault of them can go" : m.stopped ? "; stopped: " + stop_reason
+                                                                      : "; a limit was reached first")
               << std::endl;
   }
   auto& v = best.violations.front();
-  // The faults to repeat: those of the shortest history, or the run's own selection.
-  std::string only;
-  if (tried)
-    only = " --faults.only=" + fault_list(m.faults);
-  else if (c.only_faults)
-    only = " --faults.only=" + fault_list(*c.only_faults);
-  auto repeat = c.in_process ? "replay exactly with --in-process --seed " + std::to_string(c.seed) + only
-                             : "repeat the schedule with --seed " + std::to_string(c.seed) + only
-                                 + (tried ? "; processes do not replay exactly" : "");
+  // The faults to repeat: those of the shortest history, or the run's own.
+  auto faults = tried ? m.faults : first.faults_started;
+  auto command = repeat_command(args, faults);
+  auto repeat = (c.in_process ? "replays exactly: " : "repeats the schedule, not the timing: ") + command;
   std::string heading;
+  auto of = std::to_string(m.faults.size()) + " of " + std::to_string(first.faults_started.size()) + " faults";
   if (!tried)
     heading = "events that show it";
+  else if (m.minimal && c.in_process)
+    heading = "the shortest history found: " + of + ", none of which can go";
   else if (m.minimal)
-    heading = "the shortest history found: " + std::to_string(m.faults.size()) + " of " +
-              std::to_string(first.faults_started.size()) + " faults, none of which can go";
+    heading = "the shortest history found: " + of + "; without any one of them a re-run held (once each)";
   else
-    heading = "the shortest history found within the limits: " + std::to_string(m.faults.size()) + " of " +
-              std::to_string(first.faults_started.size()) + " faults";
+    heading = "the shortest history found before the search stopped: " + of;
   print_history(best.events, v, c.seed, repeat, heading, tried);
   if (!first.report.is_object())
     return;
   first.report["shortest_history"] = nlohmann::json{
-    {"minimised", tried}, {"runs", m.runs}, {"minimal", tried && m.minimal},
-    {"faults_in_run", first.faults_started}, {"faults", tried ? m.faults : first.faults_started},
-    {"repeat", "--seed " + std::to_string(c.seed) + only}, {"violation", to_json(std::vector<violation>{v})[0]},
-    {"events", history_json(best.events, v, tried)}};
+    {"minimised", tried}, {"runs", m.runs}, {"minimal", tried && m.minimal}, {"exact_replay", c.in_process},
+    {"stopped", stop_reason.empty() ? nlohmann::json(nullptr) : nlohmann::json(stop_reason)},
+    {"faults_in_run", first.faults_started}, {"faults", faults}, {"repeat", command},
+    {"violation", to_json(std::vector<violation>{v})[0]}, {"events", history_json(best.events, v, tried)}};
 }
 
-// One run, then the shortest history of a violation, then the reports.
-int run_and_report(const config& c, const std::function<run_outcome(const config&)>& once) {
+void write_reports(const config& c, const nlohmann::json& r) {
+  if (!r.is_object())
+    return;
+  if (!c.report.empty())
+    std::ofstream{c.report} << r.dump(2) << '\n';
+  if (!c.html.empty())
+    std::ofstream{c.html} << html_report(r);
+}
+
+// One run and its reports; after a violation, the search for its shortest history and the
+// reports again with it.
+int run_and_report(const config& c, const std::vector<std::string>& args,
+                   const std::function<run_outcome(const config&)>& once) {
   auto first = once(c);
-  if (first.code == 1 && !first.violations.empty())
-    explain_violation(c, first, once);
-  if (first.report.is_object()) {
-    if (!c.report.empty())
-      std::ofstream{c.report} << first.report.dump(2) << '\n';
-    if (!c.html.empty())
-      std::ofstream{c.html} << html_report(first.report);
+  write_reports(c, first.report);
+  if (first.code == 1 && !first.violations.empty()) {
+    explain_violation(c, args, first, once);
+    write_reports(c, first.report);
   }
   return first.code;
 }
@@ -1391,6 +1459,14 @@ int run(const std::vector<std::string>& args, const std::string& self) {
     std::cerr << "alephd: sim: " << err << '\n';
     return 2;
   }
+  if (c.only_faults && !c.only_faults->empty()) {
+    auto n = plan_faults(c).size();
+    if (c.only_faults->back() > n) {
+      std::cerr << "alephd: sim: faults.only: fault " << c.only_faults->back() << " is not in the schedule (it has "
+                << n << "; see --plan)\n";
+      return 2;
+    }
+  }
   if (c.plan_only) {
     std::cout << "fault schedule of seed " << c.seed << (c.scenario.empty() ? "" : ", scenario " + c.scenario)
               << ", one every " << c.fault_interval.count() << "ms:\n";
@@ -1400,14 +1476,6 @@ int run(const std::vector<std::string>& args, const std::string& self) {
       std::cout << "  #" << i << " " << describe(c, f) << (selected(c, i) ? "" : "  (skipped: faults.only)") << '\n';
     }
     return 0;
-  }
-  if (c.only_faults && !c.only_faults->empty()) {
-    auto n = plan_faults(c).size();
-    if (c.only_faults->back() > n) {
-      std::cerr << "alephd: sim: faults.only: fault " << c.only_faults->back() << " is not in the schedule (it has "
-                << n << "; see --plan)\n";
-      return 2;
-    }
   }
   auto once = [&self](const config& cc) {
     run_outcome o;
@@ -1421,7 +1489,7 @@ int run(const std::vector<std::string>& args, const std::string& self) {
     return o;
   };
   if (c.in_process)
-    return run_and_report(c, once);
+    return run_and_report(c, args, once);
   if (c.ccns > 10 || c.persistent > 100 || c.extra_crns > 10) {
     std::cerr << "alephd: sim: as separate processes at most 10 CCNs, 10 extra CRNs and 100 persistent "
                  "programs (use --in-process for more)\n";
@@ -1432,7 +1500,7 @@ int run(const std::vector<std::string>& args, const std::string& self) {
     std::cerr << "alephd: sim: disk-full faults need root (they mount a small tmpfs on each CCN's data dir)\n";
     return 2;
   }
-  return run_and_report(c, once);
+  return run_and_report(c, args, once);
 }
 
 } // namespace alephd::sim

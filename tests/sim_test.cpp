@@ -4,6 +4,7 @@
 #include <chrono>
 #include <set>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -77,8 +78,7 @@ TEST_F(sim_test, bad_options_exit_2_with_one_line_naming_them) {
          {{"--faults.kinds=crn-kill,meteor"}, "unknown fault kind 'meteor'"},
          {{"--cluster.ccns=11"}, "at most 10 CCNs"},
          {{"--cluster.ccns=1001", "--in-process"}, "cluster.ccns: must be between 1 and 1000"},
-         {{"--in-process", "--faults.kinds=crn-kill,disk-full"}, "disk-full is not simulated in-process"},
-         {{"--in-process", "--run.scenario=disk-full"}, "the disk-full scenario needs real processes"},
+         {{"--in-process", "--faults.kinds=crn-kill,ccn-wipe"}, "ccn-wipe is not simulated in-process"},
          {{"--in-process", "--workload.instances=1"}, "microVMs need real processes"},
          {{"--workload.instances=5"}, "workload.instances: must be between 0 and 4"},
          {{"--run.duration=soon"}, "run.duration: must be a duration"},
@@ -256,7 +256,15 @@ TEST_F(sim_test, a_lost_acknowledged_message_fails_the_run_with_the_seed_and_its
   EXPECT_EQ(h["faults_in_run"], json::array({1})) << h;
   EXPECT_EQ(h["faults"], json::array({1})) << h;
   EXPECT_EQ(h["minimal"], true) << h;
-  EXPECT_NE(o.err.find("--seed 11 --faults.only=1; processes do not replay exactly"), std::string::npos) << o.err;
+  EXPECT_EQ(h["exact_replay"], false) << h;
+  EXPECT_NE(o.err.find("without any one of them a re-run held (once each)"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("repeats the schedule, not the timing: alephd sim --seed 11 --cluster.ccns=1"), std::string::npos)
+    << o.err;
+  EXPECT_EQ(h["repeat"].get<std::string>().find("--report"), std::string::npos) << h;
+  EXPECT_NE(h["repeat"].get<std::string>().find("--faults.kinds=ccn-wipe --faults.down-time=200ms --faults.only=1 "
+                                                 "--run.minimise-runs=0"),
+            std::string::npos)
+    << h;
 }
 
 // An instance (a QEMU microVM) in the mix, on a CCN with two CRNs: the CRN running it is killed;
@@ -352,7 +360,7 @@ TEST_F(sim_test, in_process_a_seed_replays_exactly_and_every_invariant_holds) {
 }
 
 TEST_F(sim_test, in_process_the_named_scenarios_keep_every_invariant) {
-  for (std::string scenario : {"crn-crash", "ccn-crash", "partition-heal", "flapping-node", "rolling-restart"})
+  for (std::string scenario : {"crn-crash", "ccn-crash", "partition-heal", "flapping-node", "rolling-restart", "disk-full"})
     for (std::string seed : {"1", "2", "3"}) {
       auto report = dir / (scenario + "-" + seed + ".json");
       auto o = sim({"--in-process", "--seed", seed, "--run.scenario=" + scenario, "--cluster.ccns=3",
@@ -372,6 +380,18 @@ TEST_F(sim_test, in_process_the_named_scenarios_keep_every_invariant) {
       }
       if (scenario == "rolling-restart") {
         EXPECT_EQ(targets.size(), 12u) << "every node restarts once";
+      }
+      if (scenario == "disk-full") {
+        // The disks were really full (posts refused), and the CCNs kept answering.
+        int refused = 0;
+        for (auto& e : r["events"])
+          if (e["kind"] == "heal" && e["what"] == "disk-full")
+            refused += std::atoi(e["detail"].get<std::string>().c_str());
+        EXPECT_GE(refused, 3) << scenario << " seed " << seed;
+        for (auto name : {"serves-with-a-full-disk", "full-disk-answers-507"}) {
+          EXPECT_GE(r["invariants"][name].value("checked", 0), 3) << scenario << " " << name;
+          EXPECT_FALSE(r["invariants"][name].contains("failed")) << scenario << " " << name;
+        }
       }
       for (auto name : {"persistent-exactly-once", "cluster-converges", "acked-messages-everywhere", "metering-exactly-once"}) {
         EXPECT_GE(r["invariants"][name].value("checked", 0), 1) << scenario << " " << name;
@@ -442,7 +462,13 @@ TEST_F(sim_test, in_process_a_violation_is_shown_with_the_fewest_faults_that_sti
   std::string only;
   for (auto n : left)
     only += (only.empty() ? "" : ",") + std::to_string(n);
-  EXPECT_NE(o.err.find("replay exactly with --in-process --seed 5 --faults.only=" + only), std::string::npos) << o.err;
+  // The command printed repeats it: the run's own options, those faults, no search.
+  auto command = h["repeat"].get<std::string>();
+  EXPECT_NE(o.err.find("replays exactly: " + command), std::string::npos) << o.err;
+  ASSERT_EQ(command.rfind("alephd sim --in-process --seed 5 --cluster.ccns=2", 0), 0u) << command;
+  EXPECT_NE(command.find(" --faults.only=" + only + " --run.minimise-runs=0"), std::string::npos) << command;
+  EXPECT_EQ(command.find("--report"), std::string::npos) << command;
+  EXPECT_EQ(command.find("--html"), std::string::npos) << command;
   // The HTML report shows it too (rendered by headless Chromium).
   auto dom = dir / "short-dom.html";
   auto cmd = "timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + (dir / "chromium").string()
@@ -453,10 +479,15 @@ TEST_F(sim_test, in_process_a_violation_is_shown_with_the_fewest_faults_that_sti
   EXPECT_NE(page.find("Shortest history: " + std::to_string(left.size()) + " of " + std::to_string(in_run.size()) +
                       " faults after " + std::to_string(h["runs"].get<std::size_t>()) + " re-runs, none of which can go"),
             std::string::npos);
-  EXPECT_NE(page.find("repeat with --seed 5 --faults.only=" + only), std::string::npos);
-  // Replayed with those faults only (no more shortening): the same violation, at the same time.
+  EXPECT_NE(page.find("repeat with " + command), std::string::npos);
+  // Replayed by that command (no more shortening): the same violation, at the same time.
+  std::vector<std::string> words;
+  std::istringstream in{command.substr(std::string{"alephd sim "}.size())};
+  for (std::string w; in >> w;)
+    words.push_back(w);
   auto replay = dir / "replay.json";
-  auto again = sim(with({"--faults.only=" + only, "--run.minimise-runs=0", "--report", replay.string()}), 60s);
+  words.insert(words.end(), {"--report", replay.string()});
+  auto again = sim(words, 60s);
   EXPECT_EQ(again.code, 1) << again.err;
   auto r2 = json::parse(read_file(replay), nullptr, false);
   ASSERT_TRUE(r2.is_object());
