@@ -29,6 +29,7 @@
 #include "actors/crn_registry.hpp"
 #include "actors/job_broker.hpp"
 #include "actors/message_store.hpp"
+#include "actors/replicator.hpp"
 #include "actors/reward_ledger.hpp"
 #include "actors/scheduler.hpp"
 #include "actors/usage_book.hpp"
@@ -134,15 +135,16 @@ struct ccn_slot {
   content_store_actor files;
   crn_registry_actor registry;
   scheduler_actor scheduler;
+  replicator_actor replicator;
   ccn_peer_actor peer;
   usage_book_actor usage;
   ccn_node_actor node;
   state st = state::down;
   std::vector<caf::actor> actors() const {
-    return {caf::actor_cast<caf::actor>(node),     caf::actor_cast<caf::actor>(usage),
-            caf::actor_cast<caf::actor>(peer),     caf::actor_cast<caf::actor>(scheduler),
-            caf::actor_cast<caf::actor>(registry), caf::actor_cast<caf::actor>(files),
-            caf::actor_cast<caf::actor>(messages)};
+    return {caf::actor_cast<caf::actor>(node),       caf::actor_cast<caf::actor>(usage),
+            caf::actor_cast<caf::actor>(peer),       caf::actor_cast<caf::actor>(replicator),
+            caf::actor_cast<caf::actor>(scheduler),  caf::actor_cast<caf::actor>(registry),
+            caf::actor_cast<caf::actor>(files),      caf::actor_cast<caf::actor>(messages)};
   }
 };
 
@@ -215,6 +217,7 @@ private:
   std::string store_hash_;
   std::vector<std::string> persistent_, on_demand_;
   std::set<std::string> acked_; ///< every message a CCN acknowledged
+  std::vector<std::pair<std::string, std::string>> files_; ///< files stored with a STORE: hash, bytes
   std::map<std::string, uint64_t> outcomes_;
   std::vector<event> events_;
   std::vector<violation> violations_;
@@ -279,6 +282,7 @@ private:
   stored_message to_stored(const json& m, const ccn_slot& at) const;
   bool publish_programs();
   void post_message();
+  void upload_file();
   void call_program();
   std::map<std::string, std::set<std::string>> running_programs(bool available_only) const;
   std::string crn_of_program(std::size_t k) const;
@@ -432,6 +436,15 @@ void world::start_ccn(std::size_t i) {
   n.scheduler = sys.spawn(scheduler, sc);
   caf::anon_send(n.messages, atom::subscribe_v, caf::actor_cast<message_listener_actor>(n.scheduler));
   caf::anon_send(n.registry, atom::subscribe_v, caf::actor_cast<node_listener_actor>(n.scheduler));
+  // Copies of stored files on CRNs; the source of a file this CCN lost.
+  replicator_config rpc;
+  rpc.ccn_id = n.id;
+  rpc.env = n.env;
+  rpc.default_replicas = cfg_.replicas;
+  n.replicator = sys.spawn(replicator, rpc, n.files);
+  caf::anon_send(n.messages, atom::subscribe_v, caf::actor_cast<message_listener_actor>(n.replicator));
+  caf::anon_send(n.registry, atom::subscribe_v, caf::actor_cast<node_listener_actor>(n.replicator));
+  caf::anon_send(n.files, atom::connect_v, caf::actor_cast<file_source_actor>(n.replicator));
   ccn_peer_config pc;
   pc.ccn_id = n.id;
   for (std::size_t k = 0; k < ccns_.size(); ++k)
@@ -533,6 +546,7 @@ void world::stop_ccn(std::size_t i, bool crash) {
   n.files = nullptr;
   n.registry = nullptr;
   n.scheduler = nullptr;
+  n.replicator = nullptr;
   n.peer = nullptr;
   n.usage = nullptr;
   n.node = nullptr;
@@ -751,6 +765,40 @@ void world::post_message() {
           ++(*outcomes)["message acked"];
         },
         [=](caf::error&) { ++(*outcomes)["message refused"]; });
+  });
+}
+
+// A file stored on a live CCN, then a STORE naming it: acknowledged once both are, then it must
+// be on every CCN and on `cluster.replicas` CRNs.
+void world::upload_file() {
+  std::vector<std::size_t> up;
+  for (std::size_t i = 0; i < ccns_.size(); ++i)
+    if (ccns_[i].st == state::up)
+      up.push_back(i);
+  if (up.empty())
+    return;
+  auto& to = ccns_[up[rng_() % up.size()]];
+  std::mt19937_64 bytes_rng{rng_()};
+  std::string bytes(cfg_.upload_bytes, '\0');
+  for (auto& ch : bytes)
+    ch = static_cast<char>(bytes_rng() & 0xff);
+  auto ccn = &to;
+  sys_->spawn([=, this, files = to.files, store = to.messages](caf::event_based_actor* self) {
+    self->request(files, 10s, atom::put_v, bytes)
+      .then(
+        [=, this](const file_info& f) {
+          auto m = signed_message("STORE", json{{"address", sender_}, {"time", virtual_wall()}, {"item_type", "storage"},
+                                                {"item_hash", f.hash}});
+          self->request(store, 10s, atom::append_v, to_stored(m, *ccn))
+            .then(
+              [=, this](const append_result&) {
+                acked_.insert(m["item_hash"].get<std::string>());
+                files_.emplace_back(f.hash, bytes);
+                ++outcomes_["file acked"];
+              },
+              [=, this](caf::error&) { ++outcomes_["file's STORE refused"]; });
+        },
+        [=, this](caf::error&) { ++outcomes_["file refused"]; });
   });
 }
 
@@ -1108,6 +1156,45 @@ void world::final_checks() {
       violate("acked-messages-everywhere", c.name + " lacks " + std::to_string(l.missing) + " acknowledged messages, e.g. "
                                              + l.example.substr(0, 12), {c.name});
   }
+  // Every stored file, byte for byte, at every CCN, and on `cluster.replicas` CRNs (as many as
+  // there are): within what is left of converge-timeout.
+  if (!files_.empty()) {
+    std::vector<std::pair<std::string, std::string>> file_missing; // ccn, hash
+    std::map<std::string, uint32_t> holders;
+    auto want = std::min<uint32_t>(cfg_.replicas, static_cast<uint32_t>(crns_.size()));
+    auto look = [&] {
+      file_missing.clear();
+      holders.clear();
+      for (auto& c : ccns_)
+        for (auto& [hash, bytes] : files_) {
+          auto got = ask<file_blob>(c.files, atom::read_v, hash);
+          if (!got || got->data != bytes)
+            file_missing.emplace_back(c.name, hash);
+        }
+      for (auto& n : crns_)
+        for (auto& [hash, bytes] : files_)
+          if (ask<file_info>(n.files, atom::get_v, hash))
+            ++holders[hash];
+      return file_missing.empty()
+             && std::all_of(files_.begin(), files_.end(), [&](auto& f) { return holders[f.first] >= want; });
+    };
+    while (!interrupted && !look() && now() < until)
+      step({}, std::min(now() + poll, until));
+    checked("stored-files-everywhere", file_missing.empty(), std::to_string(files_.size()) + " files");
+    if (!file_missing.empty())
+      violate("stored-files-everywhere", std::to_string(file_missing.size()) + " stored file copies missing or wrong, e.g. "
+                                           + file_missing[0].second.substr(0, 12) + " at " + file_missing[0].first,
+              {file_missing[0].first});
+    bool replicas_ok = std::all_of(files_.begin(), files_.end(), [&](auto& f) { return holders[f.first] >= want; });
+    checked("replica-count", replicas_ok, std::to_string(files_.size()) + " files");
+    if (!replicas_ok)
+      for (auto& [hash, bytes] : files_)
+        if (holders[hash] < want) {
+          violate("replica-count", "file " + hash.substr(0, 12) + " is on " + std::to_string(holders[hash])
+                                     + " CRNs, fewer than " + std::to_string(want), {});
+          break;
+        }
+  }
   // Each CRN ledger entry counted by exactly one CCN, as the CRN wrote it: the entries written by
   // now, once their CRNs have shipped them (metering goes on meanwhile).
   std::vector<uint64_t> heads;
@@ -1202,7 +1289,7 @@ json world::report(double real_s) {
     {"nodes", nodes},
     {"events", to_json(events_)},
     {"faults", faults_applied_},
-    {"workload", {{"messages_acked", acked_.size()}, {"files_acked", 0},
+    {"workload", {{"messages_acked", acked_.size()}, {"files_acked", files_.size()},
                   {"persistent_programs", shown}, {"persistent_programs_total", persistent_.size()},
                   {"on_demand_programs", on_demand_}, {"outcomes", outcomes_}}},
     {"placements", placement_log_},
@@ -1302,11 +1389,15 @@ int world::run() {
           queue.push(timed{start + interval * static_cast<double>(i + 1), order++,
                          [&, i] { one_fault(i + 1, plan[i], later); }});
     // Poisson arrivals of messages and calls; a monitor round every poll interval.
-    std::function<void()> next_message, next_call, next_round;
+    std::function<void()> next_message, next_upload, next_call, next_round;
     auto gap = [&](double rate) { return std::exponential_distribution<double>(rate)(rng_); };
     next_message = [&] {
       post_message();
       later(gap(cfg_.messages_per_s), next_message);
+    };
+    next_upload = [&] {
+      upload_file();
+      later(gap(cfg_.uploads_per_s), next_upload);
     };
     next_call = [&] {
       call_program();
@@ -1318,6 +1409,8 @@ int world::run() {
     };
     if (cfg_.messages_per_s > 0)
       later(gap(cfg_.messages_per_s), next_message);
+    if (cfg_.uploads_per_s > 0)
+      later(gap(cfg_.uploads_per_s), next_upload);
     if (cfg_.calls_per_s > 0)
       later(gap(cfg_.calls_per_s), next_call);
     later(0, next_round);

@@ -318,7 +318,9 @@ TEST_F(sim_test, in_process_a_seed_replays_exactly_and_every_invariant_holds) {
     auto report = dir / (name + ".json");
     auto o = sim({"--in-process", "--config", ALEPHD_SIM_INI, "--seed", seed, "--cluster.extra-crns=1",
                   "--workload.persistent-programs=30", "--workload.on-demand-programs=2", "--run.duration=120s",
-                  "--faults.interval=3s", "--report", report.string(), "--html", (dir / (name + ".html")).string()},
+                  "--faults.interval=3s",
+                  "--faults.kinds=crn-kill,ccn-kill,host-kill,crn-pause,ccn-pause,partition,slow-link,restart,disk-full",
+                  "--report", report.string(), "--html", (dir / (name + ".html")).string()},
                  120s);
     return in_process_run{o.code, o.err, json::parse(read_file(report), nullptr, false)};
   };
@@ -332,14 +334,16 @@ TEST_F(sim_test, in_process_a_seed_replays_exactly_and_every_invariant_holds) {
   for (auto& e : a.report["events"])
     if (e["kind"] == "fault" && e["detail"].get<std::string>().find("skipped") == std::string::npos)
       kinds.insert(e["what"].get<std::string>());
-  for (auto k : {"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition", "restart"})
+  for (auto k : {"crn-kill", "ccn-kill", "crn-pause", "ccn-pause", "partition", "restart", "disk-full"})
     EXPECT_EQ(kinds.count(k), 1u) << "no " << k << " fault applied";
   for (auto name : {"max-linked-crns", "persistent-exactly-once", "cluster-converges", "acked-messages-everywhere",
-                    "metering-exactly-once", "reschedule-deadline"}) {
+                    "metering-exactly-once", "reschedule-deadline", "stored-files-everywhere", "replica-count",
+                    "serves-with-a-full-disk", "full-disk-answers-507"}) {
     EXPECT_GE(a.report["invariants"][name].value("checked", 0), 1) << name << " was never checked";
     EXPECT_FALSE(a.report["invariants"][name].contains("failed")) << name;
   }
   EXPECT_GE(a.report["workload"]["messages_acked"].get<int>(), 400);
+  EXPECT_GE(a.report["workload"]["files_acked"].get<int>(), 20) << "uploads with replicas";
   ASSERT_FALSE(a.report["reschedules"].empty()) << "no program was placed again after its CRN went";
   for (auto& r : a.report["reschedules"])
     for (auto& to : r["to"])
