@@ -50,27 +50,40 @@ void push_file(self_ptr self, const caf::actor& to, const std::string& hash) {
       fail);
 }
 
+// What `ours` holds that `theirs` lacks. Both are usually sorted (LMDB lists keys in order):
+// then a linear merge, without building a set of either.
+std::vector<std::string> lacking(const std::vector<std::string>& ours, std::vector<std::string>& theirs) {
+  if (!std::is_sorted(theirs.begin(), theirs.end()))
+    std::sort(theirs.begin(), theirs.end());
+  std::vector<std::string> out;
+  if (!std::is_sorted(ours.begin(), ours.end())) {
+    for (auto& h : ours)
+      if (!std::binary_search(theirs.begin(), theirs.end(), h))
+        out.push_back(h);
+    return out;
+  }
+  std::set_difference(ours.begin(), ours.end(), theirs.begin(), theirs.end(), std::back_inserter(out));
+  return out;
+}
+
 // Pushes to `to` everything we hold that its inventory lacks.
-void sync_with(self_ptr self, const caf::actor& to, const peer_inventory& theirs) {
-  std::set<std::string> their_msgs(theirs.messages.begin(), theirs.messages.end());
-  std::set<std::string> their_files(theirs.files.begin(), theirs.files.end());
+void sync_with(self_ptr self, const caf::actor& to, peer_inventory theirs) {
+  auto inv = std::make_shared<peer_inventory>(std::move(theirs));
   auto log_error = [](caf::error& err) {
     spdlog::warn("ccn_peer: cannot list what to send a peer: {}", describe(err));
   };
   self->request(self->state.messages, request_timeout, atom::inventory_v)
     .then(
       [=](const std::vector<std::string>& ours) {
-        for (auto& h : ours)
-          if (their_msgs.count(h) == 0)
-            push_message(self, to, h);
+        for (auto& h : lacking(ours, inv->messages))
+          push_message(self, to, h);
       },
       log_error);
   self->request(self->state.files, request_timeout, atom::inventory_v)
     .then(
       [=](const std::vector<std::string>& ours) {
-        for (auto& h : ours)
-          if (their_files.count(h) == 0)
-            push_file(self, to, h);
+        for (auto& h : lacking(ours, inv->files))
+          push_file(self, to, h);
       },
       log_error);
 }
@@ -105,7 +118,7 @@ void catch_up(self_ptr self) {
     auto peer = p.handle;
     auto peer_id = id;
     self->request(as_peer(peer), request_timeout, atom::hello_v, st.cfg.ccn_id, caf::actor_cast<caf::actor>(self))
-      .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
+      .then([=](peer_inventory& inv) { sync_with(self, peer, std::move(inv)); },
             [=](caf::error& err) {
               self->state.behind = true;
               spdlog::warn("ccn_peer: catching up with {} failed: {}", peer_id, describe(err));
@@ -116,6 +129,80 @@ void catch_up(self_ptr self) {
 void fell_behind(self_ptr self, const std::string& what, const caf::error& err) {
   spdlog::error("ccn_peer: cannot store {}: {}; the peers will be asked again", what, describe(err));
   self->state.behind = true;
+}
+
+// Something a peer pushed could not be stored: kept to be stored again on the next ticks (a
+// full disk frees up), unless that would hold too much — then the peers are asked again.
+// `again`: it was kept before (logged then).
+template <class T>
+void hold(self_ptr self, std::deque<T>& queue, T item, uint64_t bytes, const std::string& what,
+          const caf::error& err, bool again) {
+  auto& st = self->state;
+  if (st.held_bytes + bytes > st.cfg.max_held_bytes) {
+    fell_behind(self, what, err);
+    return;
+  }
+  if (!again)
+    spdlog::warn("ccn_peer: cannot store {}: {}; kept to store again", what, describe(err));
+  st.held_bytes += bytes;
+  queue.push_back(std::move(item));
+}
+
+void hold_message(self_ptr self, stored_message m, const caf::error& err, bool again) {
+  auto bytes = m.json.size() + m.item_hash.size();
+  hold(self, self->state.held_messages, std::move(m), bytes, "a replicated message", err, again);
+}
+
+void hold_file(self_ptr self, file_blob b, const caf::error& err, bool again) {
+  auto bytes = b.data.size();
+  hold(self, self->state.held_files, std::move(b), bytes, "a replicated file", err, again);
+}
+
+void hold_offer(self_ptr self, std::string hash, std::string url, const caf::error& err, bool again) {
+  auto bytes = hash.size() + url.size();
+  hold(self, self->state.held_offers, std::make_pair(std::move(hash), std::move(url)), bytes,
+       "a file a peer offered", err, again);
+}
+
+// One round of storing again what peers pushed and was kept; what fails again is kept again.
+void store_held(self_ptr self) {
+  auto& st = self->state;
+  if (st.storing_held || (st.held_messages.empty() && st.held_files.empty() && st.held_offers.empty()))
+    return;
+  st.storing_held = true;
+  auto messages = std::move(st.held_messages);
+  auto files = std::move(st.held_files);
+  auto offers = std::move(st.held_offers);
+  st.held_messages.clear();
+  st.held_files.clear();
+  st.held_offers.clear();
+  st.held_bytes = 0;
+  auto left = std::make_shared<std::size_t>(messages.size() + files.size() + offers.size());
+  auto done = [=] {
+    if (--*left == 0)
+      self->state.storing_held = false;
+  };
+  for (auto& m : messages)
+    self->request(st.messages, request_timeout, atom::append_v, m)
+      .then([=](const append_result&) { done(); },
+            [=](caf::error& err) {
+              hold_message(self, m, err, true);
+              done();
+            });
+  for (auto& b : files)
+    self->request(st.files, request_timeout, atom::put_v, b)
+      .then([=](const file_info&) { done(); },
+            [=](caf::error& err) {
+              hold_file(self, b, err, true);
+              done();
+            });
+  for (auto& [hash, url] : offers)
+    self->request(st.files, caf::infinite, atom::fetch_v, hash, url)
+      .then([=](const file_info&) { done(); },
+            [=, hash = hash, url = url](caf::error& err) {
+              hold_offer(self, hash, url, err, true);
+              done();
+            });
 }
 
 // Why a message a peer pushed is not acceptable ("" when it is), as the HTTP intake checks.
@@ -147,7 +234,7 @@ void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint
         self->state.synced_back[peer_id] = self->clock().now(); // its hello back ends the round
         self->request(as_peer(peer), request_timeout, atom::hello_v, self->state.cfg.ccn_id,
                       caf::actor_cast<caf::actor>(self))
-          .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
+          .then([=](peer_inventory& inv) { sync_with(self, peer, std::move(inv)); },
                 [=](caf::error& err) {
                   spdlog::warn("ccn_peer: hello to {} failed: {}", peer_id, describe(err));
                 });
@@ -232,7 +319,7 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         // Introduce ourselves back, so that the peer pushes what we lack.
         self->request(as_peer(peer), request_timeout, atom::hello_v, st.cfg.ccn_id,
                       caf::actor_cast<caf::actor>(self))
-          .then([=](const peer_inventory& inv) { sync_with(self, peer, inv); },
+          .then([=](peer_inventory& inv) { sync_with(self, peer, std::move(inv)); },
                 [=](caf::error& err) {
                   spdlog::warn("ccn_peer: hello back to {} failed: {}", peer_id, describe(err));
                 });
@@ -273,19 +360,20 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         spdlog::warn("ccn_peer: refused replicated message {}: {}", msg.item_hash.substr(0, 80), *verdict);
         return;
       }
-      self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
+      // Kept only if the store fails (a full disk): then stored again on the next ticks.
+      auto kept = std::make_shared<stored_message>(std::move(msg));
+      self->request(self->state.messages, request_timeout, atom::append_v, *kept)
         .then([](const append_result&) {},
-              [=](caf::error& err) { fell_behind(self, "a replicated message", err); });
+              [=](caf::error& err) { hold_message(self, std::move(*kept), err, false); });
     },
     [=](atom::replicate, std::string& hash, std::string& url) {
       self->request(self->state.files, caf::infinite, atom::fetch_v, hash, url)
-        .then([](const file_info&) {},
-              [=](caf::error& err) { fell_behind(self, "file " + hash + " a peer offered", err); });
+        .then([](const file_info&) {}, [=](caf::error& err) { hold_offer(self, hash, url, err, false); });
     },
     [=](atom::replicate, file_blob& blob) {
-      self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
-        .then([](const file_info&) {},
-              [=](caf::error& err) { fell_behind(self, "a replicated file", err); });
+      auto kept = std::make_shared<file_blob>(std::move(blob));
+      self->request(self->state.files, request_timeout, atom::put_v, *kept)
+        .then([](const file_info&) {}, [=](caf::error& err) { hold_file(self, std::move(*kept), err, false); });
     },
     [=](atom::list) {
       std::vector<node_view> out;
@@ -302,6 +390,7 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
     },
     [=](atom::tick) {
       connect_all(self);
+      store_held(self);
       catch_up(self);
       self->delayed_send(self, self->state.cfg.retry, atom::tick_v);
     },

@@ -3,6 +3,8 @@
 // pushes what the other lacks, so a peer that was down catches up.
 #pragma once
 
+#include <deque>
+
 #include <map>
 #include <memory>
 #include <mutex>
@@ -53,6 +55,9 @@ struct ccn_peer_config {
   bool verify_signatures = true;
   /// Shared verdicts of the CCNs in this process (null: each message is checked here).
   std::shared_ptr<message_verdicts> verdicts;
+  /// What peers pushed that could not be stored (a full disk, say) is kept, up to this many
+  /// bytes, and stored again every `retry`; past that the peers are asked again instead.
+  uint64_t max_held_bytes = uint64_t{64} << 20;
 };
 
 struct peer_entry {
@@ -72,7 +77,14 @@ struct ccn_peer_state {
   std::map<std::string, std::string> endpoint_peer; ///< endpoint -> CCN id once connected
   /// When we last asked each peer to push what we lack (by CCN id).
   std::map<std::string, caf::actor_clock::time_point> synced_back;
-  /// Something a peer pushed could not be stored (a full disk, say): ask the peers again.
+  /// Pushed by peers, not stored yet (see max_held_bytes): messages, small files, offers of large
+  /// files (hash, URL).
+  std::deque<stored_message> held_messages;
+  std::deque<file_blob> held_files;
+  std::deque<std::pair<std::string, std::string>> held_offers;
+  uint64_t held_bytes = 0;
+  bool storing_held = false; ///< a round of storing them again is under way
+  /// Something a peer pushed could not be stored, nor kept: ask the peers again.
   bool behind = false;
   caf::actor_clock::time_point last_catch_up;
 };

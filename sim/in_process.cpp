@@ -1146,11 +1146,22 @@ void world::final_checks() {
       }
     return out;
   };
-  while (!interrupted && now() < until
-         && std::any_of(ccns_.begin(), ccns_.end(), [&](auto& c) { return lacking(c).missing > 0; }))
+  // Each CCN looked at again only while it lacks some (nothing is deleted meanwhile).
+  std::map<std::size_t, lack> lacks;
+  for (std::size_t i = 0; i < ccns_.size(); ++i)
+    lacks[i] = lacking(ccns_[i]);
+  auto all_held = [&] {
+    return std::all_of(lacks.begin(), lacks.end(), [](auto& l) { return l.second.missing == 0; });
+  };
+  while (!interrupted && now() < until && !all_held()) {
     step({}, std::min(now() + poll, until));
-  for (auto& c : ccns_) {
-    auto l = lacking(c);
+    for (auto& [i, l] : lacks)
+      if (l.missing > 0)
+        l = lacking(ccns_[i]);
+  }
+  for (std::size_t i = 0; i < ccns_.size(); ++i) {
+    auto& c = ccns_[i];
+    auto& l = lacks[i];
     checked("acked-messages-everywhere", l.missing == 0, c.name);
     if (l.missing > 0)
       violate("acked-messages-everywhere", c.name + " lacks " + std::to_string(l.missing) + " acknowledged messages, e.g. "
@@ -1501,7 +1512,9 @@ int world::run() {
   sys_->await_actors_before_shutdown(false);
   sys_.reset();
   spdlog::set_level(old_level);
-  close_work_dir(dir_, made_dir_ && ((!cfg_.keep && code == 0) || cfg_.rerun), "data");
+  // A made work dir goes even after a failure (a seed replays exactly; --keep keeps it): its
+  // stores can take gigabytes of /dev/shm.
+  close_work_dir(dir_, made_dir_ && (!cfg_.keep || cfg_.rerun), "data");
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);
   return code;

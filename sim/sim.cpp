@@ -1444,7 +1444,8 @@ std::string help() {
          "checks the invariants after each fault and at the end, and stops every node.\n"
          "Exit: 0 every invariant held, 1 one was violated (seed and events printed), 2 bad usage,\n"
          "3 the cluster did not come up, 130 interrupted. --plan prints the fault schedule and exits;\n"
-         "--keep keeps the work dir (logs, data) of a passing run; a failing run always keeps it.\n"
+         "--keep keeps the work dir (logs, data) of a passing run; a failing run always keeps it\n"
+         "(in-process, only with --keep or --dir: a seed replays exactly, and the stores are big).\n"
          "--in-process runs every node's actors in this one process on CAF's deterministic scheduler\n"
          "in virtual time instead (a seed replays exactly; see README: Cluster simulation).\n\nOptions (also in the INI file as `name = value` under [group]):\n";
   for (auto& o : options())

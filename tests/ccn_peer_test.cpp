@@ -64,7 +64,8 @@ ccn_peer_config peer_config(const std::string& id, std::vector<ccn_node_actor> d
 }
 
 struct ccn_peer_test : caf_fixture {
-  std::unique_ptr<ccn_parts> make(const std::string& id, std::vector<ccn_node_actor> direct = {}) {
+  std::unique_ptr<ccn_parts> make(const std::string& id, std::vector<ccn_node_actor> direct = {},
+                                  uint64_t max_held_bytes = uint64_t{64} << 20) {
     auto p = std::make_unique<ccn_parts>();
     p->env = open_test_env(p->dir);
     p->messages = spawn(message_store, p->env, true);
@@ -77,7 +78,9 @@ struct ccn_peer_test : caf_fixture {
     crn_registry_config rc;
     rc.ccn_id = id;
     p->registry = spawn(crn_registry, rc);
-    p->peer = spawn(ccn_peer, peer_config(id, std::move(direct)), p->messages, p->files);
+    auto pc = peer_config(id, std::move(direct));
+    pc.max_held_bytes = max_held_bytes;
+    p->peer = spawn(ccn_peer, pc, p->messages, p->files);
     p->node = spawn(ccn_node, id, p->registry, p->peer, p->messages, p->files, scheduler_actor{},
                     std::shared_ptr<const http_locator>{}, usage_book_actor{});
     return p;
@@ -173,39 +176,73 @@ TEST_F(ccn_peer_test, peers_swap_what_the_other_lacks_when_they_meet) {
   EXPECT_TRUE(has_message(*a, hash_of("old-b")));
 }
 
-// A CCN whose disk was full when a peer pushed a message asks its peers again later (with
-// direct peers, as in `alephd dev` and the in-process simulator, as with endpoints).
-TEST_F(ccn_peer_test, a_peer_that_could_not_store_a_pushed_message_catches_up_later) {
-  auto a = make("ccn-a");
-  auto b = make("ccn-b", {a->node});
-  sched.run();
-  // B's disk fills: its map shrinks to the pages in use and a ballast takes the free ones.
+// Fills a CCN's store as a full disk would: its map shrinks to the pages in use and a ballast
+// takes the free ones. Returns the ballast, for free_store().
+MDB_dbi fill_store(lmdb::env& env) {
   MDB_dbi ballast = 0;
   std::string err;
-  ASSERT_TRUE(b->env->open_db("ballast", ballast, err)) << err;
-  ASSERT_EQ(mdb_env_set_mapsize(b->env->get(), 1), 0);
-  for (uint64_t k = 0;; ++k) {
-    ASSERT_LT(k, 100000u);
-    lmdb::txn t{*b->env, true};
+  EXPECT_TRUE(env.open_db("ballast", ballast, err)) << err;
+  EXPECT_EQ(mdb_env_set_mapsize(env.get(), 1), 0);
+  for (uint64_t k = 0; k < 100000; ++k) {
+    lmdb::txn t{env, true};
     int rc = t.put(ballast, lmdb::be64(k), std::string(1500, 'b'));
     if (rc == 0)
       rc = t.commit();
     if (rc != 0) {
-      ASSERT_EQ(rc, MDB_MAP_FULL);
+      EXPECT_EQ(rc, MDB_MAP_FULL);
       break;
     }
   }
+  return ballast;
+}
+
+void free_store(lmdb::env& env, MDB_dbi ballast) {
+  ASSERT_EQ(mdb_env_set_mapsize(env.get(), uint64_t{1} << 30), 0);
+  lmdb::txn t{env, true};
+  ASSERT_EQ(mdb_drop(t.get(), ballast, 0), 0);
+  ASSERT_EQ(t.commit(), 0);
+}
+
+// A message a peer pushed while this CCN's disk was full is kept and stored once there is room,
+// even if that peer is gone by then (with direct peers, as in `alephd dev` and the in-process
+// simulator, as with endpoints).
+TEST_F(ccn_peer_test, a_message_pushed_while_the_disk_was_full_is_stored_once_there_is_room) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node});
+  sched.run();
+  auto ballast = fill_store(*b->env);
   ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("while-full", "ccn-a")).value);
   sched.run();
   EXPECT_FALSE(has_message(*b, hash_of("while-full"))) << "B's disk is full";
+  EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_messages.size(), 1u);
+  advance(std::chrono::seconds{3}); // still full: kept, tried again
+  EXPECT_FALSE(has_message(*b, hash_of("while-full")));
+  EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_messages.size(), 1u);
+  // A goes; room again: B stores what it kept.
+  caf::anon_send_exit(a->peer, caf::exit_reason::kill);
+  caf::anon_send_exit(a->node, caf::exit_reason::kill);
+  sched.run();
+  free_store(*b->env, ballast);
+  for (int i = 0; i < 5 && !has_message(*b, hash_of("while-full")); ++i)
+    advance(std::chrono::seconds{1});
+  EXPECT_TRUE(has_message(*b, hash_of("while-full")));
+  EXPECT_TRUE(state_of<ccn_peer_state>(b->peer).held_messages.empty());
+  EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_bytes, 0u);
+  EXPECT_FALSE(state_of<ccn_peer_state>(b->peer).behind);
+}
+
+// With no room to keep what could not be stored, the CCN asks its peers again later.
+TEST_F(ccn_peer_test, what_cannot_be_kept_is_asked_of_the_peers_again) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node}, 16); // keeps nothing
+  sched.run();
+  auto ballast = fill_store(*b->env);
+  ASSERT_TRUE(ask<append_result>(a->messages, atom::append_v, msg("while-full", "ccn-a")).value);
+  sched.run();
+  EXPECT_FALSE(has_message(*b, hash_of("while-full")));
+  EXPECT_TRUE(state_of<ccn_peer_state>(b->peer).held_messages.empty());
   EXPECT_TRUE(state_of<ccn_peer_state>(b->peer).behind);
-  // Room again; a few retry intervals later B holds the message.
-  ASSERT_EQ(mdb_env_set_mapsize(b->env->get(), uint64_t{1} << 30), 0);
-  {
-    lmdb::txn t{*b->env, true};
-    ASSERT_EQ(mdb_drop(t.get(), ballast, 0), 0);
-    ASSERT_EQ(t.commit(), 0);
-  }
+  free_store(*b->env, ballast);
   for (int i = 0; i < 10 && !has_message(*b, hash_of("while-full")); ++i)
     advance(std::chrono::seconds{1});
   EXPECT_TRUE(has_message(*b, hash_of("while-full")));
