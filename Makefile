@@ -23,7 +23,7 @@ run: build
 # Builds and runs every test; each test has its own timeout. Then each libFuzzer harness runs
 # for a short smoke time (built with clang in build-fuzz/).
 test: build
-	cd $(BUILD) && ctest --output-on-failure
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	scripts/fuzz --smoke
 
 # Each libFuzzer harness for FUZZ_SECONDS (default 60).

@@ -127,82 +127,122 @@ void catch_up(self_ptr self) {
 }
 
 void fell_behind(self_ptr self, const std::string& what, const caf::error& err) {
-  spdlog::error("ccn_peer: cannot store {}: {}; the peers will be asked again", what, describe(err));
-  self->state.behind = true;
+  auto& st = self->state;
+  if (!st.behind)
+    spdlog::error("ccn_peer: cannot store {}: {}; the peers will be asked again", what, describe(err));
+  else
+    spdlog::debug("ccn_peer: cannot store {}: {}", what, describe(err));
+  st.behind = true;
+}
+
+// A failure that may pass by itself: a full disk, a store too busy to answer in time.
+bool passing(const caf::error& err) {
+  return (err.category() == caf::atom("alephd") && static_cast<ec>(err.code()) == ec::no_space)
+         || err == caf::sec::request_timeout;
+}
+
+bool room_for(self_ptr self, uint64_t bytes) {
+  auto& st = self->state;
+  return st.held_bytes + bytes <= st.cfg.max_held_bytes;
+}
+
+void release(self_ptr self, const std::string& key, uint64_t bytes) {
+  auto& st = self->state;
+  st.held_keys.erase(key);
+  st.held_bytes -= std::min(bytes, st.held_bytes);
 }
 
 // Something a peer pushed could not be stored: kept to be stored again on the next ticks (a
-// full disk frees up), unless that would hold too much — then the peers are asked again.
-// `again`: it was kept before (logged then).
+// full disk frees up) when the failure may pass and there is room, else the peers are asked
+// again. Counted in held_bytes until it is stored or given up.
 template <class T>
-void hold(self_ptr self, std::deque<T>& queue, T item, uint64_t bytes, const std::string& what,
-          const caf::error& err, bool again) {
+void hold_new(self_ptr self, std::deque<T>& queue, const std::string& key, T item, uint64_t bytes,
+              const std::string& what, const caf::error& err) {
   auto& st = self->state;
-  if (st.held_bytes + bytes > st.cfg.max_held_bytes) {
+  if (st.held_keys.count(key) > 0)
+    return; // kept already (pushed twice)
+  if (!passing(err) || !room_for(self, bytes)) {
     fell_behind(self, what, err);
     return;
   }
-  if (!again)
+  if (st.held_keys.empty())
     spdlog::warn("ccn_peer: cannot store {}: {}; kept to store again", what, describe(err));
+  st.held_keys.insert(key);
   st.held_bytes += bytes;
   queue.push_back(std::move(item));
 }
 
-void hold_message(self_ptr self, stored_message m, const caf::error& err, bool again) {
-  auto bytes = m.json.size() + m.item_hash.size();
-  hold(self, self->state.held_messages, std::move(m), bytes, "a replicated message", err, again);
+// A kept item failed again: kept on (still counted), unless the failure will not pass.
+template <class T>
+void hold_again(self_ptr self, std::deque<T>& queue, const std::string& key, T item, uint64_t bytes,
+                const std::string& what, const caf::error& err) {
+  if (!passing(err)) {
+    release(self, key, bytes);
+    fell_behind(self, what, err);
+    return;
+  }
+  queue.push_back(std::move(item));
 }
 
-void hold_file(self_ptr self, file_blob b, const caf::error& err, bool again) {
-  auto bytes = b.data.size();
-  hold(self, self->state.held_files, std::move(b), bytes, "a replicated file", err, again);
+uint64_t size_of(const stored_message& m) {
+  return m.json.size() + m.item_hash.size();
 }
 
-void hold_offer(self_ptr self, std::string hash, std::string url, const caf::error& err, bool again) {
-  auto bytes = hash.size() + url.size();
-  hold(self, self->state.held_offers, std::make_pair(std::move(hash), std::move(url)), bytes,
-       "a file a peer offered", err, again);
+uint64_t size_of(const file_blob& b) {
+  return b.data.size() + b.hash.size();
+}
+
+uint64_t size_of(const std::pair<std::string, std::string>& offer) {
+  return offer.first.size() + offer.second.size();
 }
 
 // One round of storing again what peers pushed and was kept; what fails again is kept again.
+// Offers of large files are fetched one by one, apart from the round (a fetch can take long).
 void store_held(self_ptr self) {
   auto& st = self->state;
-  if (st.storing_held || (st.held_messages.empty() && st.held_files.empty() && st.held_offers.empty()))
+  while (!st.held_offers.empty()) {
+    auto offer = std::move(st.held_offers.front());
+    st.held_offers.pop_front();
+    self->request(st.files, caf::infinite, atom::fetch_v, offer.first, offer.second)
+      .then([=](const file_info&) { release(self, offer.first, size_of(offer)); },
+            [=](caf::error& err) {
+              hold_again(self, self->state.held_offers, offer.first, offer, size_of(offer), "a file a peer offered", err);
+            });
+  }
+  if (st.storing_held || (st.held_messages.empty() && st.held_files.empty()))
     return;
   st.storing_held = true;
   auto messages = std::move(st.held_messages);
   auto files = std::move(st.held_files);
-  auto offers = std::move(st.held_offers);
   st.held_messages.clear();
   st.held_files.clear();
-  st.held_offers.clear();
-  st.held_bytes = 0;
-  auto left = std::make_shared<std::size_t>(messages.size() + files.size() + offers.size());
+  auto left = std::make_shared<std::size_t>(messages.size() + files.size());
   auto done = [=] {
     if (--*left == 0)
       self->state.storing_held = false;
   };
   for (auto& m : messages)
     self->request(st.messages, request_timeout, atom::append_v, m)
-      .then([=](const append_result&) { done(); },
-            [=](caf::error& err) {
-              hold_message(self, m, err, true);
-              done();
-            });
+      .then(
+        [=](const append_result&) {
+          release(self, m.item_hash, size_of(m));
+          done();
+        },
+        [=](caf::error& err) {
+          hold_again(self, self->state.held_messages, m.item_hash, m, size_of(m), "a replicated message", err);
+          done();
+        });
   for (auto& b : files)
     self->request(st.files, request_timeout, atom::put_v, b)
-      .then([=](const file_info&) { done(); },
-            [=](caf::error& err) {
-              hold_file(self, b, err, true);
-              done();
-            });
-  for (auto& [hash, url] : offers)
-    self->request(st.files, caf::infinite, atom::fetch_v, hash, url)
-      .then([=](const file_info&) { done(); },
-            [=, hash = hash, url = url](caf::error& err) {
-              hold_offer(self, hash, url, err, true);
-              done();
-            });
+      .then(
+        [=](const file_info&) {
+          release(self, b.hash, size_of(b));
+          done();
+        },
+        [=](caf::error& err) {
+          hold_again(self, self->state.held_files, b.hash, b, size_of(b), "a replicated file", err);
+          done();
+        });
 }
 
 // Why a message a peer pushed is not acceptable ("" when it is), as the HTTP intake checks.
@@ -360,20 +400,51 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         spdlog::warn("ccn_peer: refused replicated message {}: {}", msg.item_hash.substr(0, 80), *verdict);
         return;
       }
-      // Kept only if the store fails (a full disk): then stored again on the next ticks.
-      auto kept = std::make_shared<stored_message>(std::move(msg));
-      self->request(self->state.messages, request_timeout, atom::append_v, *kept)
-        .then([](const append_result&) {},
-              [=](caf::error& err) { hold_message(self, std::move(*kept), err, false); });
+      if (self->state.held_keys.count(msg.item_hash) > 0)
+        return; // kept from an earlier push: stored on a tick
+      // A copy kept while the store answers, if there is room to keep it should the store fail
+      // (a full disk): then it is stored again on the next ticks.
+      if (room_for(self, size_of(msg))) {
+        auto kept = std::make_shared<stored_message>(msg);
+        self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
+          .then([](const append_result&) {},
+                [=](caf::error& err) {
+                  auto key = kept->item_hash;
+                  auto bytes = size_of(*kept);
+                  hold_new(self, self->state.held_messages, key, std::move(*kept), bytes, "a replicated message", err);
+                });
+      } else {
+        self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
+          .then([](const append_result&) {},
+                [=](caf::error& err) { fell_behind(self, "a replicated message", err); });
+      }
     },
     [=](atom::replicate, std::string& hash, std::string& url) {
+      if (self->state.held_keys.count(hash) > 0)
+        return;
       self->request(self->state.files, caf::infinite, atom::fetch_v, hash, url)
-        .then([](const file_info&) {}, [=](caf::error& err) { hold_offer(self, hash, url, err, false); });
+        .then([](const file_info&) {},
+              [=](caf::error& err) {
+                auto offer = std::make_pair(hash, url);
+                hold_new(self, self->state.held_offers, hash, offer, size_of(offer), "a file a peer offered", err);
+              });
     },
     [=](atom::replicate, file_blob& blob) {
-      auto kept = std::make_shared<file_blob>(std::move(blob));
-      self->request(self->state.files, request_timeout, atom::put_v, *kept)
-        .then([](const file_info&) {}, [=](caf::error& err) { hold_file(self, std::move(*kept), err, false); });
+      if (self->state.held_keys.count(blob.hash) > 0)
+        return;
+      if (room_for(self, size_of(blob))) {
+        auto kept = std::make_shared<file_blob>(blob);
+        self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
+          .then([](const file_info&) {},
+                [=](caf::error& err) {
+                  auto key = kept->hash;
+                  auto bytes = size_of(*kept);
+                  hold_new(self, self->state.held_files, key, std::move(*kept), bytes, "a replicated file", err);
+                });
+      } else {
+        self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
+          .then([](const file_info&) {}, [=](caf::error& err) { fell_behind(self, "a replicated file", err); });
+      }
     },
     [=](atom::list) {
       std::vector<node_view> out;

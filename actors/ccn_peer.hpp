@@ -4,6 +4,7 @@
 #pragma once
 
 #include <deque>
+#include <unordered_set>
 
 #include <map>
 #include <memory>
@@ -82,7 +83,8 @@ struct ccn_peer_state {
   std::deque<stored_message> held_messages;
   std::deque<file_blob> held_files;
   std::deque<std::pair<std::string, std::string>> held_offers;
-  uint64_t held_bytes = 0;
+  std::unordered_set<std::string> held_keys; ///< hashes kept or being stored again
+  uint64_t held_bytes = 0;                   ///< their bytes
   bool storing_held = false; ///< a round of storing them again is under way
   /// Something a peer pushed could not be stored, nor kept: ask the peers again.
   bool behind = false;

@@ -1,6 +1,8 @@
 #include "actors/message_store.hpp"
 
 #include <cerrno>
+#include <string_view>
+#include <unordered_set>
 
 #include <algorithm>
 #include <chrono>
@@ -33,14 +35,18 @@ void commit_pending(self_ptr self) {
   auto seq = st.next_seq;
   // Known hashes are found here (MDB_NOOVERWRITE) rather than by a read per append.
   std::vector<bool> duplicate(batch.size(), false);
+  std::vector<bool> stored_before(batch.size(), false); // durable already, whatever this commit does
+  std::unordered_set<std::string_view> in_batch;
   for (size_t i = 0; i < batch.size() && rc == 0; ++i) {
     auto& msg = batch[i].first;
     rc = t.put(st.by_hash, msg.item_hash, codec::encode(msg), MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST) {
       duplicate[i] = true;
+      stored_before[i] = in_batch.count(msg.item_hash) == 0;
       rc = 0;
       continue;
     }
+    in_batch.insert(msg.item_hash);
     if (rc == 0)
       rc = t.put(st.by_seq, lmdb::be64(seq++), msg.item_hash);
   }
@@ -51,9 +57,15 @@ void commit_pending(self_ptr self) {
                   lmdb::error_text(rc));
     // A full disk (or LMDB map) is the operator's to fix, and the sender's to retry: 507.
     bool full = rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT;
-    for (auto& [msg, rp] : batch)
-      rp.deliver(full ? make_error(ec::no_space, "the node's storage is full: cannot store message: " + lmdb::error_text(rc))
-                      : make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto& [msg, rp] = batch[i];
+      if (stored_before[i])
+        rp.deliver(append_result{msg.item_hash, "processed", true}); // it was on disk before
+      else if (full)
+        rp.deliver(make_error(ec::no_space, "the node's storage is full: cannot store message: " + lmdb::error_text(rc)));
+      else
+        rp.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
+    }
     return;
   }
   st.next_seq = seq;

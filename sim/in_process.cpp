@@ -128,6 +128,7 @@ struct ccn_slot {
   std::shared_ptr<lmdb::env> env; ///< outlives the actors: the CCN's disk
   MDB_dbi ballast = 0;            ///< what fills the disk during a disk-full fault
   bool full = false;
+  std::shared_ptr<std::pair<int, int>> refused; ///< posts refused, of probes, while full
   std::shared_ptr<blob_store> blobs;
   std::shared_ptr<caf::actor> target = std::make_shared<caf::actor>();
   caf::actor front;
@@ -272,7 +273,7 @@ private:
   void stop_crn(std::size_t i, bool crash);
   void hold(const std::vector<caf::actor>& xs, bool on);
   std::string fill_disk(ccn_slot& n);
-  void free_disk(ccn_slot& n);
+  std::string free_disk(ccn_slot& n);
   void probe_full_disk(std::size_t i, std::shared_ptr<std::pair<int, int>> refused);
   std::vector<caf::actor> crn_actors(const crn_slot& n) const;
   std::string node_state(std::size_t index) const;
@@ -588,35 +589,47 @@ std::string world::fill_disk(ccn_slot& n) {
   if (int rc = mdb_env_set_mapsize(n.env->get(), 1); rc != 0)
     return "cannot shrink its store: " + lmdb::error_text(rc);
   n.full = true;
-  const std::string page(1500, 'b');
+  // Big values in big batches first, then smaller and smaller ones one at a time, until not even
+  // a byte fits (the room left in pages the last commits freed).
   uint64_t key = 0;
-  std::size_t batch = 64;
+  std::size_t batch = 64, value = 1500;
   for (int round = 0; round < 100000; ++round) {
+    const std::string bytes(value, 'b');
     lmdb::txn t{*n.env, true};
     int rc = t.status();
     for (std::size_t k = 0; rc == 0 && k < batch; ++k)
-      rc = t.put(n.ballast, lmdb::be64(key + k), page);
+      rc = t.put(n.ballast, lmdb::be64(key + k), bytes);
     if (rc == 0)
       rc = t.commit();
     if (rc == 0) {
       key += batch;
+    } else if (rc != MDB_MAP_FULL) {
+      return "filling its store: " + lmdb::error_text(rc);
     } else if (batch > 1) {
-      batch = 1; // the last pages, one value at a time
+      batch = 1;
+    } else if (value > 1) {
+      value = value > 100 ? 100 : 1;
     } else {
-      return rc == MDB_MAP_FULL ? std::string{} : "filling its store: " + lmdb::error_text(rc);
+      return {};
     }
   }
   return "its store did not fill up";
 }
 
-void world::free_disk(ccn_slot& n) {
+// Room again: the map back to its size, the ballast gone. "" or what went wrong.
+std::string world::free_disk(ccn_slot& n) {
   if (!n.full)
-    return;
+    return {};
   n.full = false;
-  mdb_env_set_mapsize(n.env->get(), ccn_map_size);
+  if (int rc = mdb_env_set_mapsize(n.env->get(), ccn_map_size); rc != 0)
+    return "cannot grow its store again: " + lmdb::error_text(rc);
   lmdb::txn t{*n.env, true};
-  if (t.status() == 0 && mdb_drop(t.get(), n.ballast, 0) == 0)
-    t.commit();
+  int rc = t.status();
+  if (rc == 0)
+    rc = mdb_drop(t.get(), n.ballast, 0);
+  if (rc == 0)
+    rc = t.commit();
+  return rc == 0 ? std::string{} : "cannot drop the ballast: " + lmdb::error_text(rc);
 }
 
 // CCN i's disk is full: a message posted to it must be stored or
@@ -1037,6 +1050,7 @@ void world::one_fault(std::size_t number, const planned_fault& f,
     record("fault", kind, name, tag + (err.empty() ? "" : " " + err));
     // Probes every half second while it lasts: refused (of probes) in the heal's detail.
     auto refused = std::make_shared<std::pair<int, int>>(0, 0);
+    n.refused = refused;
     auto until = now() + secs(cfg_.partition_time);
     auto probe = std::make_shared<std::function<void()>>();
     std::weak_ptr<std::function<void()>> again = probe; // the heal below keeps it alive
@@ -1049,7 +1063,9 @@ void world::one_fault(std::size_t number, const planned_fault& f,
     };
     later(0.25, *probe);
     later(secs(cfg_.partition_time), [this, target, name, refused, probe] {
-      free_disk(ccns_[target]);
+      auto err = free_disk(ccns_[target]);
+      if (!err.empty())
+        violate("simulator", name + ": " + err, {name});
       record("heal", "disk-full", name,
              std::to_string(refused->first) + " of " + std::to_string(refused->second) + " posts refused with no_space");
     });
@@ -1454,8 +1470,12 @@ int world::run() {
     // The end of the faults: whatever is still down, paused or cut off comes back now.
     for (std::size_t i = 0; i < ccns_.size(); ++i) {
       if (ccns_[i].full) {
-        free_disk(ccns_[i]);
-        record("heal", "disk-full", ccns_[i].name, "end of faults");
+        auto err = free_disk(ccns_[i]);
+        if (!err.empty())
+          violate("simulator", ccns_[i].name + ": " + err, {ccns_[i].name});
+        auto& r = *ccns_[i].refused;
+        record("heal", "disk-full", ccns_[i].name,
+               std::to_string(r.first) + " of " + std::to_string(r.second) + " posts refused with no_space (end of faults)");
       }
       if (ccns_[i].st != state::up) {
         if (ccns_[i].st == state::down)

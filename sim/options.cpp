@@ -91,7 +91,7 @@ const std::vector<option>& options() {
        c.scenario = v;
        return {};
      }},
-    {"run.minimise-runs", "a failing run is run again with fewer of its faults, this many times at most, to find the fewest that still break the same invariant; auto = 30 with --in-process, where a seed replays exactly, 0 as processes (default auto)",
+    {"run.minimise-runs", "a failing run is run again with fewer of its faults, this many times at most, to find the fewest that still break the same invariant; auto = 30 with --in-process, where a seed replays exactly, 8 as processes, where each is a whole cluster run (default auto)",
      [](config& c, const std::string& v) -> std::string {
        if (v == "auto") {
          c.minimise_runs = -1;

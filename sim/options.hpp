@@ -34,7 +34,7 @@ struct config {
   ms poll{250};
   std::string scenario; ///< a named fault schedule; empty = drawn from faults.kinds
   /// Re-runs a failing run may take to find the fewest faults that still break the same
-  /// invariant; -1 = the mode's default (30 in-process, 0 as processes).
+  /// invariant; -1 = the mode's default (30 in-process, 8 as processes).
   int64_t minimise_runs = -1;
   ms minimise_time{600000}; ///< and the wall time they may take
   // [workload]

@@ -1318,7 +1318,7 @@ std::string repeat_command(const std::vector<std::string>& args, const std::vect
 void explain_violation(const config& c, const std::vector<std::string>& args, run_outcome& first,
                        const std::function<run_outcome(const config&)>& once) {
   const auto& invariant = first.violations.front().invariant;
-  auto runs = c.minimise_runs < 0 ? (c.in_process ? 30 : 0) : c.minimise_runs;
+  auto runs = c.minimise_runs < 0 ? (c.in_process ? 30 : 8) : c.minimise_runs;
   run_outcome best = first;
   shrink_result m;
   m.faults = first.faults_started;

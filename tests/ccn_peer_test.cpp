@@ -215,9 +215,15 @@ TEST_F(ccn_peer_test, a_message_pushed_while_the_disk_was_full_is_stored_once_th
   sched.run();
   EXPECT_FALSE(has_message(*b, hash_of("while-full"))) << "B's disk is full";
   EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_messages.size(), 1u);
+  auto held = state_of<ccn_peer_state>(b->peer).held_bytes;
+  EXPECT_GT(held, 0u);
+  // A pushes it again (as a catch-up would): kept once.
+  caf::anon_send(b->peer, atom::replicate_v, msg("while-full", "ccn-a"));
   advance(std::chrono::seconds{3}); // still full: kept, tried again
   EXPECT_FALSE(has_message(*b, hash_of("while-full")));
   EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_messages.size(), 1u);
+  EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_bytes, held);
+  EXPECT_FALSE(state_of<ccn_peer_state>(b->peer).storing_held) << "each round ends";
   // A goes; room again: B stores what it kept.
   caf::anon_send_exit(a->peer, caf::exit_reason::kill);
   caf::anon_send_exit(a->node, caf::exit_reason::kill);
@@ -247,6 +253,19 @@ TEST_F(ccn_peer_test, what_cannot_be_kept_is_asked_of_the_peers_again) {
     advance(std::chrono::seconds{1});
   EXPECT_TRUE(has_message(*b, hash_of("while-full")));
   EXPECT_FALSE(state_of<ccn_peer_state>(b->peer).behind);
+}
+
+// A pushed file that can never be stored (its bytes do not match its hash) is not kept for
+// retries: the peers are asked again instead.
+TEST_F(ccn_peer_test, what_can_never_be_stored_is_not_kept) {
+  auto a = make("ccn-a");
+  auto b = make("ccn-b", {a->node});
+  sched.run();
+  caf::anon_send(b->peer, atom::replicate_v, file_blob{std::string(64, 'a'), "not those bytes"});
+  sched.run();
+  EXPECT_TRUE(state_of<ccn_peer_state>(b->peer).held_files.empty());
+  EXPECT_EQ(state_of<ccn_peer_state>(b->peer).held_bytes, 0u);
+  EXPECT_TRUE(state_of<ccn_peer_state>(b->peer).behind);
 }
 
 TEST_F(ccn_peer_test, replicated_items_are_not_echoed_back) {

@@ -232,6 +232,15 @@ TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recove
   EXPECT_NE(describe(r.error).find("storage is full"), std::string::npos) << describe(r.error);
   EXPECT_TRUE(is(ask<stored_message>(store, atom::get_v, std::string{"too-big"}).error, ec::not_found));
   EXPECT_TRUE(ask<stored_message>(store, atom::get_v, std::string{"before"}).value);
+  // A message stored before is still answered as a duplicate when it shares a failing commit.
+  auto commits = state_of<message_store_state>(store).commits;
+  auto dup = ask_later<append_result>(store, atom::append_v, msg("before"));
+  auto big2 = ask_later<append_result>(store, atom::append_v, big);
+  sched.run();
+  EXPECT_EQ(state_of<message_store_state>(store).commits, commits) << "the two shared one commit, which failed";
+  ASSERT_TRUE(dup->value) << describe(dup->error);
+  EXPECT_TRUE(dup->value->duplicate);
+  EXPECT_TRUE(is(big2->error, ec::no_space)) << describe(big2->error);
   ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
   auto again = ask<append_result>(store, atom::append_v, big);
   ASSERT_TRUE(again.value) << describe(again.error);
