@@ -196,6 +196,26 @@ uint64_t size_of(const std::pair<std::string, std::string>& offer) {
   return offer.first.size() + offer.second.size();
 }
 
+// Stores what a peer pushed (not kept already). A copy is kept while the store answers if there
+// is room to hold it should the store fail (a full disk): then it is stored again on the next
+// ticks; else the peers are asked again.
+template <class Result, class Dest, class Atom, class T>
+void store_pushed(self_ptr self, const Dest& dest, Atom op, T item, const std::string& key,
+                  std::deque<T> ccn_peer_state::*queue, const char* what) {
+  if (self->state.held_keys.count(key) > 0)
+    return; // kept from an earlier push: stored on a tick
+  auto bytes = size_of(item);
+  if (!room_for(self, bytes)) {
+    self->request(dest, request_timeout, op, std::move(item))
+      .then([](const Result&) {}, [=](caf::error& err) { fell_behind(self, what, err); });
+    return;
+  }
+  auto kept = std::make_shared<T>(item);
+  self->request(dest, request_timeout, op, std::move(item))
+    .then([](const Result&) {},
+          [=](caf::error& err) { hold_new(self, self->state.*queue, key, std::move(*kept), bytes, what, err); });
+}
+
 // One round of storing again what peers pushed and was kept; what fails again is kept again.
 // Offers of large files are fetched one by one, apart from the round (a fetch can take long).
 void store_held(self_ptr self) {
@@ -400,24 +420,9 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
         spdlog::warn("ccn_peer: refused replicated message {}: {}", msg.item_hash.substr(0, 80), *verdict);
         return;
       }
-      if (self->state.held_keys.count(msg.item_hash) > 0)
-        return; // kept from an earlier push: stored on a tick
-      // A copy kept while the store answers, if there is room to keep it should the store fail
-      // (a full disk): then it is stored again on the next ticks.
-      if (room_for(self, size_of(msg))) {
-        auto kept = std::make_shared<stored_message>(msg);
-        self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
-          .then([](const append_result&) {},
-                [=](caf::error& err) {
-                  auto key = kept->item_hash;
-                  auto bytes = size_of(*kept);
-                  hold_new(self, self->state.held_messages, key, std::move(*kept), bytes, "a replicated message", err);
-                });
-      } else {
-        self->request(self->state.messages, request_timeout, atom::append_v, std::move(msg))
-          .then([](const append_result&) {},
-                [=](caf::error& err) { fell_behind(self, "a replicated message", err); });
-      }
+      auto hash = msg.item_hash;
+      store_pushed<append_result>(self, self->state.messages, atom::append_v, std::move(msg), hash,
+                                  &ccn_peer_state::held_messages, "a replicated message");
     },
     [=](atom::replicate, std::string& hash, std::string& url) {
       if (self->state.held_keys.count(hash) > 0)
@@ -430,21 +435,9 @@ ccn_peer_actor::behavior_type ccn_peer(ccn_peer_actor::stateful_pointer<ccn_peer
               });
     },
     [=](atom::replicate, file_blob& blob) {
-      if (self->state.held_keys.count(blob.hash) > 0)
-        return;
-      if (room_for(self, size_of(blob))) {
-        auto kept = std::make_shared<file_blob>(blob);
-        self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
-          .then([](const file_info&) {},
-                [=](caf::error& err) {
-                  auto key = kept->hash;
-                  auto bytes = size_of(*kept);
-                  hold_new(self, self->state.held_files, key, std::move(*kept), bytes, "a replicated file", err);
-                });
-      } else {
-        self->request(self->state.files, request_timeout, atom::put_v, std::move(blob))
-          .then([](const file_info&) {}, [=](caf::error& err) { fell_behind(self, "a replicated file", err); });
-      }
+      auto hash = blob.hash;
+      store_pushed<file_info>(self, self->state.files, atom::put_v, std::move(blob), hash, &ccn_peer_state::held_files,
+                              "a replicated file");
     },
     [=](atom::list) {
       std::vector<node_view> out;

@@ -282,6 +282,7 @@ private:
   json signed_message(const std::string& type, const json& content);
   stored_message to_stored(const json& m, const ccn_slot& at) const;
   bool publish_programs();
+  ccn_slot* any_up_ccn();
   void post_message();
   void upload_file();
   void call_program();
@@ -757,14 +758,20 @@ bool world::publish_programs() {
   return true;
 }
 
-void world::post_message() {
+// A live CCN drawn by the workload's generator (one draw); null when none is up.
+ccn_slot* world::any_up_ccn() {
   std::vector<std::size_t> up;
   for (std::size_t i = 0; i < ccns_.size(); ++i)
     if (ccns_[i].st == state::up)
       up.push_back(i);
-  if (up.empty())
+  return up.empty() ? nullptr : &ccns_[up[rng_() % up.size()]];
+}
+
+void world::post_message() {
+  auto* ccn = any_up_ccn();
+  if (!ccn)
     return;
-  auto& to = ccns_[up[rng_() % up.size()]];
+  auto& to = *ccn;
   auto m = signed_message("POST", json{{"address", sender_}, {"time", virtual_wall()}, {"type", "sim"},
                                         {"content", {{"n", rng_() % 1000000}}}});
   auto hash = m["item_hash"].get<std::string>();
@@ -784,18 +791,14 @@ void world::post_message() {
 // A file stored on a live CCN, then a STORE naming it: acknowledged once both are, then it must
 // be on every CCN and on `cluster.replicas` CRNs.
 void world::upload_file() {
-  std::vector<std::size_t> up;
-  for (std::size_t i = 0; i < ccns_.size(); ++i)
-    if (ccns_[i].st == state::up)
-      up.push_back(i);
-  if (up.empty())
+  auto* ccn = any_up_ccn();
+  if (!ccn)
     return;
-  auto& to = ccns_[up[rng_() % up.size()]];
+  auto& to = *ccn;
   std::mt19937_64 bytes_rng{rng_()};
   std::string bytes(cfg_.upload_bytes, '\0');
   for (auto& ch : bytes)
     ch = static_cast<char>(bytes_rng() & 0xff);
-  auto ccn = &to;
   sys_->spawn([=, this, files = to.files, store = to.messages](caf::event_based_actor* self) {
     self->request(files, 10s, atom::put_v, bytes)
       .then(
@@ -1348,12 +1351,7 @@ int world::run() {
     lim.rlim_cur = lim.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &lim);
   }
-  struct sigaction sa{};
-  sa.sa_handler = on_interrupt_in_process;
-  sigemptyset(&sa.sa_mask);
-  struct sigaction old_int{}, old_term{};
-  ::sigaction(SIGINT, &sa, &old_int);
-  ::sigaction(SIGTERM, &sa, &old_term);
+  interrupt_handler on_signal{on_interrupt_in_process};
   // The nodes log to a file: warnings and errors only (thousands of actors are chatty).
   auto old_level = spdlog::get_level();
   spdlog::set_level(spdlog::level::off);
@@ -1535,8 +1533,6 @@ int world::run() {
   // A made work dir goes even after a failure (a seed replays exactly; --keep keeps it): its
   // stores can take gigabytes of /dev/shm.
   close_work_dir(dir_, made_dir_ && (!cfg_.keep || cfg_.rerun), "data");
-  ::sigaction(SIGINT, &old_int, nullptr);
-  ::sigaction(SIGTERM, &old_term, nullptr);
   return code;
 }
 

@@ -134,6 +134,19 @@ std::string make_work_dir(const std::string& wanted, const std::filesystem::path
   return ec ? "--dir: " + ec.message() : std::string{};
 }
 
+interrupt_handler::interrupt_handler(void (*handler)(int)) {
+  struct sigaction sa {};
+  sa.sa_handler = handler;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, &old_int_);
+  ::sigaction(SIGTERM, &sa, &old_term_);
+}
+
+interrupt_handler::~interrupt_handler() {
+  ::sigaction(SIGINT, &old_int_, nullptr);
+  ::sigaction(SIGTERM, &old_term_, nullptr);
+}
+
 void close_work_dir(const std::filesystem::path& dir, bool remove, const std::string& holds) {
   if (remove) {
     std::error_code ec;

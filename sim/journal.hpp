@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <signal.h>
 #include <set>
 #include <string>
 #include <vector>
@@ -67,6 +68,19 @@ nlohmann::json signed_message(const std::string& sender, const std::string& secr
 /// says whether it is a fresh one (removed after a passing run). Empty or a one-line error.
 std::string make_work_dir(const std::string& wanted, const std::filesystem::path& base,
                           std::filesystem::path& dir, bool& made);
+
+/// While it lives, SIGINT and SIGTERM call `handler`; the handlers before come back after.
+class interrupt_handler {
+public:
+  explicit interrupt_handler(void (*handler)(int));
+  ~interrupt_handler();
+  interrupt_handler(const interrupt_handler&) = delete;
+  interrupt_handler& operator=(const interrupt_handler&) = delete;
+
+private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
 
 /// At the end of a run: removes the work dir (`remove`), or says where it stays and what it holds.
 void close_work_dir(const std::filesystem::path& dir, bool remove, const std::string& holds);

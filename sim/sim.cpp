@@ -1191,12 +1191,7 @@ int simulation::run() {
     std::cerr << "alephd: sim: " << err << '\n';
     return cfg_.dir.empty() ? 3 : 2;
   }
-  struct sigaction sa{};
-  sa.sa_handler = on_interrupt;
-  sigemptyset(&sa.sa_mask);
-  struct sigaction old_int{}, old_term{};
-  ::sigaction(SIGINT, &sa, &old_int);
-  ::sigaction(SIGTERM, &sa, &old_term);
+  interrupt_handler on_signal{on_interrupt};
   std::cout << "alephd sim: seed " << cfg_.seed << ", " << cfg_.ccns << " CCNs x " << cfg_.crns_per_ccn << " CRNs"
             << (cfg_.extra_crns ? " + " + std::to_string(cfg_.extra_crns) : "") << ", work dir " << dir_.string()
             << std::endl;
@@ -1253,8 +1248,6 @@ int simulation::run() {
     std::cout << ", reschedule p50 " << r["reschedule_latency_s"]["p50"].get<double>() << " s";
   std::cout << std::endl;
   close_work_dir(dir_, made_dir_ && ((!cfg_.keep && code == 0) || cfg_.rerun), "logs and data");
-  ::sigaction(SIGINT, &old_int, nullptr);
-  ::sigaction(SIGTERM, &old_term, nullptr);
   return code;
 }
 
@@ -1337,12 +1330,7 @@ void explain_violation(const config& c, const std::vector<std::string>& args, ru
     again.keep = false;
     // Ctrl-C between two re-runs ends the search too (a run installs its own handler).
     search_interrupted = false;
-    struct sigaction sa{};
-    sa.sa_handler = on_interrupt_search;
-    sigemptyset(&sa.sa_mask);
-    struct sigaction old_int{}, old_term{};
-    ::sigaction(SIGINT, &sa, &old_int);
-    ::sigaction(SIGTERM, &sa, &old_term);
+    interrupt_handler on_signal{on_interrupt_search};
     auto started = std::chrono::steady_clock::now();
     std::size_t k = 0;
     m = shrink(first.faults_started, [&](const std::vector<std::size_t>& subset) {
@@ -1377,8 +1365,6 @@ void explain_violation(const config& c, const std::vector<std::string>& args, ru
         best = std::move(o);
       return t;
     }, shrink_limits{static_cast<std::size_t>(runs), c.minimise_time});
-    ::sigaction(SIGINT, &old_int, nullptr);
-    ::sigaction(SIGTERM, &old_term, nullptr);
     std::cout << "alephd sim: " << m.faults.size() << " of " << first.faults_started.size() << " faults ("
               << fault_list(m.faults) << ") after " << m.runs << " runs in " << std::fixed << std::setprecision(1)
               << std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() << " s"
