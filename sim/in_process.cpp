@@ -1532,7 +1532,7 @@ int world::run() {
   spdlog::set_level(old_level);
   // A made work dir goes even after a failure (a seed replays exactly; --keep keeps it): its
   // stores can take gigabytes of /dev/shm.
-  close_work_dir(dir_, made_dir_ && (!cfg_.keep || cfg_.rerun), "data");
+  close_work_dir(dir_, made_dir_ && !cfg_.keep, "data");
   return code;
 }
 
