@@ -65,6 +65,14 @@ struct sim_test : ::testing::Test {
   }
 
   int runs = 0;
+
+  // The page of an HTML report after its scripts ran in headless Chromium; empty if it failed.
+  std::string rendered(const std::filesystem::path& html) {
+    auto dom = dir / (html.stem().string() + "-dom.html");
+    auto cmd = "timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + (dir / "chromium").string()
+               + " --dump-dom file://" + html.string() + " > " + dom.string() + " 2>/dev/null";
+    return std::system(cmd.c_str()) == 0 ? read_file(dom) : std::string{};
+  }
 };
 
 TEST_F(sim_test, bad_options_exit_2_with_one_line_naming_them) {
@@ -160,11 +168,8 @@ TEST_F(sim_test, a_cluster_under_faults_keeps_every_invariant_and_reports_it) {
   EXPECT_TRUE(std::filesystem::exists(dir / "work" / "ccn-0.log"));
 
   // The HTML report, rendered by headless Chromium: its script drew the plots.
-  auto dom = dir / "dom.html";
-  auto cmd = "timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + (dir / "chromium").string()
-             + " --dump-dom file://" + html.string() + " > " + dom.string() + " 2>/dev/null";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << "chromium did not render " << html;
-  auto page = read_file(dom);
+  auto page = rendered(html);
+  ASSERT_FALSE(page.empty()) << "chromium did not render " << html;
   EXPECT_NE(page.find("data-rendered=\"ok\""), std::string::npos) << page.substr(0, 2000);
   auto count = [&](const std::string& needle) {
     std::size_t n = 0;
@@ -477,11 +482,8 @@ TEST_F(sim_test, in_process_a_violation_is_shown_with_the_fewest_faults_that_sti
   EXPECT_EQ(command.find("--report"), std::string::npos) << command;
   EXPECT_EQ(command.find("--html"), std::string::npos) << command;
   // The HTML report shows it too (rendered by headless Chromium).
-  auto dom = dir / "short-dom.html";
-  auto cmd = "timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + (dir / "chromium").string()
-             + " --dump-dom file://" + html.string() + " > " + dom.string() + " 2>/dev/null";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << "chromium did not render " << html;
-  auto page = read_file(dom);
+  auto page = rendered(html);
+  ASSERT_FALSE(page.empty()) << "chromium did not render " << html;
   EXPECT_NE(page.find("data-rendered=\"ok\""), std::string::npos) << page.substr(0, 2000);
   EXPECT_NE(page.find("Shortest history: " + std::to_string(left.size()) + " of " + std::to_string(in_run.size()) +
                       " faults after " + std::to_string(h["runs"].get<std::size_t>()) + " re-runs, none of which can go"),
