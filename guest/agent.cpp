@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -50,6 +51,11 @@ constexpr const char* agent_version = "0.1.0";
 constexpr std::size_t max_log_line = 64 * 1024;
 constexpr int max_inflight = 256;
 constexpr auto connect_window = 5s;
+// A program that is not listening yet is asked again every `first_retry` for `eager_retries`
+// (most start within a few ms; a refused loopback connect costs a few µs), then less and less
+// often, up to every 200 ms.
+constexpr std::chrono::microseconds first_retry{100};
+constexpr auto eager_retries = 50ms;
 constexpr auto response_timeout = 600s;
 constexpr auto halt_grace = 5s;
 // Room left in a frame for the status, headers and msgpack overhead.
@@ -94,6 +100,7 @@ struct agent_state {
   std::atomic<bool> finishing{false}; // wait_program() is reporting the end
   std::string work_dir = "/tmp/alephd-guest";
   std::string keys_file; // where configure's authorized_keys go ("": dropped)
+  std::string host_dir;  // the host's read-only directory, where the socket is ("": a VM)
   alephd::guest::confinement confine; // applied to the program between fork and exec
 };
 
@@ -335,6 +342,56 @@ std::string write_authorized_keys(const std::vector<std::string>& keys) {
   return ok ? "" : "cannot write " + st.keys_file;
 }
 
+// Writes the program's bytes to `file` (mode 0755).
+std::string write_code(const std::string& code, const std::filesystem::path& file) {
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+  if (fd < 0)
+    return "cannot write " + file.string() + ": " + std::strerror(errno);
+  const char* p = code.data();
+  std::size_t left = code.size();
+  while (left > 0) {
+    auto n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      int e = errno;
+      ::close(fd);
+      return "cannot write " + file.string() + ": " + std::strerror(e);
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  ::fchmod(fd, 0755);
+  ::close(fd);
+  return {};
+}
+
+// Copies the program from `source` to `file` (mode 0755) inside the kernel (sendfile).
+std::string copy_code(int source, const std::filesystem::path& file) {
+  struct stat sb{};
+  if (::fstat(source, &sb) != 0 || !S_ISREG(sb.st_mode))
+    return "code_file is not a regular file";
+  if (sb.st_size == 0)
+    return "code_file is empty";
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+  if (fd < 0)
+    return "cannot write " + file.string() + ": " + std::strerror(errno);
+  off_t off = 0;
+  while (off < sb.st_size) {
+    auto n = ::sendfile(fd, source, &off, static_cast<std::size_t>(sb.st_size - off));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      int e = n < 0 ? errno : EIO; // 0: the file shrank under us
+      ::close(fd);
+      return "cannot copy the code to " + file.string() + ": " + std::strerror(e);
+    }
+  }
+  ::fchmod(fd, 0755);
+  ::close(fd);
+  return {};
+}
+
 std::string do_configure(const gp::configure& cfg) {
   if (cfg.interface != "binary")
     return "interface '" + cfg.interface + "' not supported";
@@ -360,43 +417,51 @@ std::string do_configure(const gp::configure& cfg) {
       return "entrypoint " + cfg.entrypoint + " is not an executable file in the code";
     return start_program(file.string(), "/opt/code", cfg);
   }
-  if (cfg.code.empty())
+  int source = -1; // the code in a file of the host's directory (code_file)
+  if (!cfg.code_file.empty()) {
+    if (!cfg.code.empty())
+      return "code and code_file are both set";
+    if (st.host_dir.empty())
+      return "code_file needs a host directory (a sandbox)";
+    if (cfg.code_file.find('/') != std::string::npos || cfg.code_file == "."
+        || cfg.code_file == "..")
+      return "code_file must be a file name: " + cfg.code_file.substr(0, 64);
+    auto path = st.host_dir + "/" + cfg.code_file;
+    source = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (source < 0)
+      return "cannot open " + path + ": " + std::strerror(errno);
+  } else if (cfg.code.empty()) {
     return "entrypoint file " + cfg.entrypoint + " is missing (empty code)";
-  if (cfg.app_port == 0)
-    return "app_port must not be 0";
-  if (!st.keys_file.empty() && !cfg.authorized_keys.empty())
-    if (auto error = write_authorized_keys(cfg.authorized_keys); !error.empty())
-      return error;
+  }
+  auto error = [&]() -> std::string {
+    if (cfg.app_port == 0)
+      return "app_port must not be 0";
+    if (!st.keys_file.empty() && !cfg.authorized_keys.empty())
+      if (auto error = write_authorized_keys(cfg.authorized_keys); !error.empty())
+        return error;
+    return {};
+  }();
+  if (!error.empty()) {
+    if (source >= 0)
+      ::close(source);
+    return error;
+  }
   std::filesystem::path dir = std::filesystem::path{st.work_dir} / "code";
   auto file = dir / rel;
   std::error_code ec;
   std::filesystem::create_directories(file.parent_path(), ec);
-  if (ec)
-    return "cannot create " + file.parent_path().string() + ": "
-           + ec.message();
-  // The program (another user when confined) may write next to its code, as programs do
-  // (caches, sqlite files); the code file itself stays the agent's.
-  ::chmod(dir.c_str(), 01777);
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                  0755);
-  if (fd < 0)
-    return "cannot write " + file.string() + ": " + std::strerror(errno);
-  const char* p = cfg.code.data();
-  std::size_t left = cfg.code.size();
-  while (left > 0) {
-    auto n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      int e = errno;
-      ::close(fd);
-      return "cannot write " + file.string() + ": " + std::strerror(e);
-    }
-    p += n;
-    left -= static_cast<std::size_t>(n);
+  if (!ec) {
+    // The program (another user when confined) may write next to its code, as programs do
+    // (caches, sqlite files); the code file itself stays the agent's.
+    ::chmod(dir.c_str(), 01777);
+    error = source >= 0 ? copy_code(source, file) : write_code(cfg.code, file);
+  } else {
+    error = "cannot create " + file.parent_path().string() + ": " + ec.message();
   }
-  ::fchmod(fd, 0755);
-  ::close(fd);
+  if (source >= 0)
+    ::close(source);
+  if (!error.empty())
+    return error;
   return start_program(file.string(), dir.string(), cfg);
 }
 
@@ -437,7 +502,8 @@ struct forward_call {
   clock_type::time_point connect_deadline; // give up connecting (program not listening)
   clock_type::time_point deadline;         // give up waiting for the answer
   clock_type::time_point retry_at;         // waiting: when to connect again
-  std::chrono::microseconds backoff{250};
+  clock_type::time_point first_refused;    // the first refused connect (none yet: epoch)
+  std::chrono::microseconds backoff = first_retry;
 
   forward_call(gp::http_request r, std::string bytes)
     : req(std::move(r)), raw(std::move(bytes)),
@@ -487,12 +553,11 @@ public:
   bool poll(std::chrono::milliseconds max_wait) {
     flush(); // answers made while the host's frames were handled
     auto now = clock_type::now();
-    auto wait = max_wait;
+    clock_type::duration wait = max_wait;
     for (auto& c : waiting_)
-      wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::max(c->retry_at - now, clock_type::duration::zero())));
+      wait = std::min(wait, std::max(c->retry_at - now, clock_type::duration::zero()));
     epoll_event events[64];
-    int n = ::epoll_wait(ep_, events, 64, static_cast<int>(wait.count()));
+    int n = wait_events(events, 64, wait);
     bool host = false;
     for (int i = 0; i < n; ++i) {
       int fd = events[i].data.fd;
@@ -511,6 +576,21 @@ public:
 
 private:
   using call_map = std::map<int, std::unique_ptr<forward_call>>;
+
+  // epoll_wait to the microsecond (a retry 100 µs away must neither spin nor wait 1 ms);
+  // kernels before 5.11 have no epoll_pwait2: the wait is rounded up to milliseconds there.
+  int wait_events(epoll_event* events, int max, clock_type::duration wait) {
+    if (have_pwait2_) {
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+      timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+      int n = ::epoll_pwait2(ep_, events, max, &ts, nullptr);
+      if (n >= 0 || errno != ENOSYS)
+        return n;
+      have_pwait2_ = false;
+    }
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(wait).count();
+    return ::epoll_wait(ep_, events, max, static_cast<int>(ms));
+  }
 
   void finish(std::unique_ptr<forward_call> c, gp::http_response resp) {
     if (c->fd >= 0) {
@@ -586,9 +666,12 @@ private:
       fail(std::move(c), 503, "program is not listening on port " + std::to_string(app_port));
       return;
     }
+    if (c->first_refused == clock_type::time_point{})
+      c->first_refused = now;
     c->at = forward_call::phase::waiting;
     c->retry_at = now + c->backoff;
-    c->backoff = std::min<std::chrono::microseconds>(c->backoff * 2, 200ms);
+    if (now - c->first_refused >= eager_retries)
+      c->backoff = std::min<std::chrono::microseconds>(c->backoff * 2, 200ms);
     waiting_.push_back(std::move(c));
   }
 
@@ -683,6 +766,7 @@ private:
 
   int ep_ = -1;
   int host_fd_ = -1;
+  bool have_pwait2_ = true;
   call_map calls_;
   std::vector<std::unique_ptr<forward_call>> waiting_;
   clock_type::time_point next_expiry_{};
@@ -890,6 +974,8 @@ int main(int argc, char** argv) {
   }
   if (socket_path.empty() == device_path.empty())
     return usage();
+  if (!socket_path.empty())
+    st.host_dir = std::filesystem::path{socket_path}.parent_path().string();
   // As init we may start without stdin/stdout/stderr; keep 0-2 taken so that
   // pipes never land there.
   for (;;) {

@@ -57,7 +57,7 @@ void pack_fields(packer& pk, const ready& m) {
 }
 
 void pack_fields(packer& pk, const configure& m) {
-  pack_head(pk, "configure", 8);
+  pack_head(pk, "configure", 9);
   pack_str(pk, "code");
   pack_bin(pk, m.code);
   pack_str(pk, "encoding");
@@ -89,6 +89,8 @@ void pack_fields(packer& pk, const configure& m) {
     pack_str(pk, key);
   pack_str(pk, "app_port");
   pk.pack_uint16(m.app_port);
+  pack_str(pk, "code_file");
+  pack_str(pk, m.code_file);
 }
 
 void pack_fields(packer& pk, const configure_result& m) {
@@ -342,7 +344,8 @@ bool read_fields(const fields& f, configure& m) {
          && f.get("interface", m.interface) && f.get("variables", m.variables)
          && f.get("volumes", m.volumes)
          && f.get("authorized_keys", m.authorized_keys)
-         && f.get("app_port", m.app_port);
+         && f.get("app_port", m.app_port)
+         && (f.find("code_file") == nullptr || f.get("code_file", m.code_file));
 }
 
 bool read_fields(const fields& f, configure_result& m) {

@@ -58,6 +58,10 @@ struct configure {
   std::vector<volume> volumes;
   std::vector<std::string> authorized_keys;
   uint16_t app_port = 8080;
+  /// With `code` empty and encoding "plain": the program is this file in the host's directory
+  /// that the guest sees read-only (a sandbox's /run/alephd); a plain name, no '/'. The agent
+  /// copies it in, so that the bytes do not cross the socket and are not decoded.
+  std::string code_file;
   bool operator==(const configure&) const = default;
 };
 

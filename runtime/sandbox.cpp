@@ -42,6 +42,7 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+constexpr const char* program_file = "program"; // a plain program on its way to the guest
 constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
@@ -56,7 +57,7 @@ std::vector<std::string> parent_dirs(const std::vector<std::string>& mounts) {
   for (size_t i = 0; i < mounts.size(); ++i) {
     const auto& a = mounts[i];
     size_t dest = 0;
-    if ((a == "--bind" || a == "--ro-bind" || a == "--dev-bind") && i + 2 < mounts.size())
+    if ((a == "--bind" || a == "--ro-bind" || a == "--dev-bind" || a == "--ro-bind-try") && i + 2 < mounts.size())
       dest = i + 2;
     else if ((a == "--tmpfs" || a == "--dir") && i + 1 < mounts.size())
       dest = i + 1;
@@ -370,7 +371,7 @@ struct sandbox::impl {
     if (ec)
       return fail_start("cannot create " + opts.run_dir + ": " + ec.message());
     // Stale files of an earlier run would be read as this run's errors.
-    for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err"})
+    for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err", program_file})
       std::filesystem::remove(dir / name, ec);
     auto sock_path = (dir / "guest.sock").string();
     std::string listen_error;
@@ -402,6 +403,9 @@ struct sandbox::impl {
       // Read-only: the guest only connects to the socket there (a socket on a read-only mount
       // still accepts connections), and may not fill the host's disk through it.
       "--ro-bind", opts.run_dir, "/run/alephd",
+      // The dynamic linker's cache of the /usr above: without it every program probes a dozen
+      // directories for each library it loads.
+      "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
     };
     if (opts.network) {
       // DNS through slirp's resolver (there is no other /etc in the sandbox).
@@ -559,9 +563,56 @@ struct sandbox::impl {
   std::string configure(const guest::configure& cfg, clock_type::time_point deadline) {
     if (!link->ready_seen())
       return "not booted";
-    if (auto error = link->configure(cfg, deadline); !error.empty())
+    // A plain program goes to the guest as a file in run_dir (its /run/alephd, read-only), which
+    // the agent copies in the kernel: a large program does not cross the socket in a frame
+    // that both sides must build, copy and decode (most of a pre-started sandbox's cold start).
+    std::string error;
+    auto code_file = std::filesystem::path{opts.run_dir} / program_file;
+    if (auto light = code_as_file(cfg, code_file)) {
+      error = link->configure(*light, deadline);
+      std::error_code ec;
+      std::filesystem::remove(code_file, ec); // copied by now, or of no use
+    } else {
+      error = link->configure(cfg, deadline);
+    }
+    if (!error.empty())
       return error == "already configured" ? error : fail_start(error);
     return {};
+  }
+
+  // `cfg` without its code, written to `file` instead; nothing when that cannot be done (the
+  // code then goes in the frame).
+  static std::optional<guest::configure> code_as_file(const guest::configure& cfg,
+                                                       const std::filesystem::path& file) {
+    if (cfg.encoding != "plain" || cfg.code.empty() || !cfg.code_file.empty())
+      return std::nullopt;
+    int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+      return std::nullopt;
+    bool ok = true;
+    for (size_t off = 0; ok && off < cfg.code.size();) {
+      auto n = ::write(fd, cfg.code.data() + off, cfg.code.size() - off);
+      if (n < 0 && errno == EINTR)
+        continue;
+      ok = n > 0;
+      off += ok ? static_cast<size_t>(n) : 0;
+    }
+    ::close(fd);
+    if (!ok) { // a full disk: the frame still works
+      std::error_code ec;
+      std::filesystem::remove(file, ec);
+      return std::nullopt;
+    }
+    guest::configure light;
+    light.encoding = cfg.encoding;
+    light.entrypoint = cfg.entrypoint;
+    light.interface = cfg.interface;
+    light.variables = cfg.variables;
+    light.volumes = cfg.volumes;
+    light.authorized_keys = cfg.authorized_keys;
+    light.app_port = cfg.app_port;
+    light.code_file = file.filename().string();
+    return light;
   }
 
   int stop(std::chrono::milliseconds grace) {

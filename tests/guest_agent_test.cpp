@@ -454,6 +454,64 @@ TEST_F(guest_agent, halt_before_configure_exits_cleanly) {
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
 }
 
+TEST_F(guest_agent, the_code_can_come_as_a_file_in_the_host_directory) {
+  // The host directory is where the agent's socket is (a sandbox's /run/alephd).
+  auto cfg = app_config();
+  {
+    std::ofstream out{dir_ + "/program", std::ios::binary};
+    out << cfg.code;
+  }
+  auto size = cfg.code.size();
+  cfg.code.clear();
+  cfg.code_file = "program";
+  start_app(cfg);
+  // Copied in: the program runs from the agent's work dir, whole.
+  std::error_code ec;
+  EXPECT_EQ(std::filesystem::file_size(dir_ + "/work/code/app", ec), size);
+  send(get(1, "/echo", "f=1"));
+  auto resp = next_as<gp::http_response>();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->status, 200);
+  EXPECT_EQ(resp->body, "f=1 hello-from-variables");
+}
+
+TEST_F(guest_agent, a_bad_code_file_is_refused_with_a_reason) {
+  ASSERT_TRUE(next_as<gp::ready>());
+  {
+    std::ofstream out{dir_ + "/empty"};
+  }
+  std::filesystem::create_directory(dir_ + "/adir");
+  std::filesystem::create_symlink(ALEPHD_GUEST_TEST_APP, dir_ + "/link");
+  auto code = app_config().code;
+  struct bad_case {
+    std::string file;
+    bool with_code;
+    std::string why;
+  };
+  for (const auto& c : std::vector<bad_case>{{"../program", false, "must be a file name"},
+                                             {"sub/program", false, "must be a file name"},
+                                             {"..", false, "must be a file name"},
+                                             {"missing", false, "cannot open"},
+                                             {"link", false, "cannot open"}, // no symlinks out
+                                             {"adir", false, "not a regular file"},
+                                             {"empty", false, "empty"},
+                                             {"empty", true, "both set"}}) {
+    auto cfg = app_config();
+    cfg.code = c.with_code ? code : std::string{};
+    cfg.code_file = c.file;
+    send(cfg);
+    auto res = next_as<gp::configure_result>();
+    ASSERT_TRUE(res) << c.file;
+    EXPECT_FALSE(res->success) << c.file;
+    EXPECT_NE(res->error.find(c.why), std::string::npos) << c.file << ": " << res->error;
+  }
+  // Still usable after refusals.
+  send(app_config());
+  auto res = next_as<gp::configure_result>();
+  ASSERT_TRUE(res);
+  EXPECT_TRUE(res->success) << res->error;
+}
+
 TEST_F(guest_agent, bad_configures_are_refused_with_a_reason) {
   ASSERT_TRUE(next_as<gp::ready>());
   // Not executable: text without a shebang.

@@ -403,3 +403,48 @@ TEST(guest_protocol, random_garbage_never_crashes) {
   }
   EXPECT_GT(errors, 1000); // garbage is recognized as such
 }
+
+TEST(guest_protocol, configure_with_the_code_in_a_file_round_trips_and_the_field_is_optional) {
+  auto cfg = std::get<gp::configure>(samples()[1]);
+  cfg.code.clear();
+  cfg.code_file = "program";
+  auto bytes = gp::encode(cfg);
+  gp::decoder dec;
+  dec.feed(bytes.data(), bytes.size());
+  std::string error;
+  auto back = dec.next(error);
+  ASSERT_TRUE(back) << error;
+  EXPECT_EQ(std::get<gp::configure>(*back), cfg);
+  // A host that does not know the field (the frame of protocol version 1 before it) still
+  // configures: no code_file.
+  auto old = raw_frame([](auto& pk) {
+    pk.pack_map(10);
+    for (auto [k, v] : {std::pair{"type", "configure"}, {"encoding", "plain"},
+                        {"entrypoint", "main"}, {"interface", "binary"}}) {
+      pk.pack(std::string{k});
+      pk.pack(std::string{v});
+    }
+    pk.pack(std::string{"v"});
+    pk.pack_uint32(gp::protocol_version);
+    pk.pack(std::string{"code"});
+    pk.pack_bin(2);
+    pk.pack_bin_body("ab", 2);
+    pk.pack(std::string{"variables"});
+    pk.pack_map(0);
+    pk.pack(std::string{"volumes"});
+    pk.pack_array(0);
+    pk.pack(std::string{"authorized_keys"});
+    pk.pack_array(0);
+    pk.pack(std::string{"app_port"});
+    pk.pack_uint16(8080);
+  });
+  gp::decoder dec2;
+  dec2.feed(old.data(), old.size());
+  auto got = dec2.next(error);
+  ASSERT_TRUE(got) << error;
+  auto& c = std::get<gp::configure>(*got);
+  EXPECT_EQ(c.code, "ab");
+  EXPECT_EQ(c.code_file, "");
+  EXPECT_EQ(c.entrypoint, "main");
+  EXPECT_EQ(c.app_port, 8080);
+}

@@ -162,6 +162,8 @@ TEST_F(sandbox, serves_a_request) {
   EXPECT_EQ(resp.status, 200) << resp.error;
   EXPECT_EQ(resp.error, "");
   EXPECT_EQ(resp.body, "hello hello-from-sandbox");
+  // The program went in as a file of the run dir, which the agent copied: gone from there.
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/run/program"));
   EXPECT_TRUE(wait_for(
     [&] {
       for (const auto& l : sb.logs())
