@@ -35,6 +35,10 @@ struct sandbox_options {
   /// 10.0.2.100/24, DNS 10.0.2.3), with the host's loopback unreachable.
   bool network = false;
   std::string slirp4netns = "/usr/bin/slirp4netns";
+  /// Enter a fresh namespace made ahead by netns_pool::shared() when one is ready (a faster
+  /// start); otherwise, or false, bwrap makes it (--unshare-net). Either way it is the
+  /// sandbox's alone.
+  bool spare_netns = true;
   std::chrono::milliseconds ready_timeout{10000};
   /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
   std::vector<std::string> extra_args;

@@ -2,6 +2,7 @@
 // with tests/guest_test_app.cpp (and tests/sandbox_probe.cpp) as the program.
 // Needs bwrap and the permission to create namespaces (root here).
 
+#include "runtime/netns_pool.hpp"
 #include "runtime/sandbox.hpp"
 
 #include <gtest/gtest.h>
@@ -13,7 +14,12 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,6 +28,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -152,6 +159,72 @@ protected:
 
 } // namespace
 
+// What a child process sees in the namespace of `fd`: 1 = only `lo`, and up; 0 = not so;
+// -1 = cannot enter it.
+static int only_loopback_up_in(int fd) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    if (::setns(fd, CLONE_NEWNET) != 0)
+      ::_exit(2);
+    auto* names = ::if_nameindex();
+    int count = 0;
+    bool only_lo = true;
+    for (auto* n = names; n != nullptr && n->if_index != 0; ++n, ++count)
+      only_lo = only_lo && std::string{n->if_name} == "lo";
+    if (names != nullptr)
+      ::if_freenameindex(names);
+    int s = ::socket(AF_INET, SOCK_DGRAM, 0);
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    bool up = s >= 0 && ::ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_UP) != 0;
+    ::_exit(only_lo && count == 1 && up ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) == 2)
+    return -1;
+  return WEXITSTATUS(status) == 0 ? 1 : 0;
+}
+
+static ino_t inode_of(int fd) {
+  struct stat st{};
+  return ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+TEST(netns_pool, spare_namespaces_are_fresh_with_only_lo_up_and_each_handed_out_once) {
+  alephd::netns_pool pool{2};
+  if (::geteuid() != 0) {
+    // Without the privilege to make namespaces the pool stays empty: sandboxes use bwrap's.
+    EXPECT_FALSE(pool.wait_ready(1, 5000ms));
+    EXPECT_EQ(pool.take(), -1);
+    EXPECT_FALSE(pool.usable());
+    return;
+  }
+  ASSERT_TRUE(pool.wait_ready(2, 5000ms));
+  EXPECT_TRUE(pool.usable());
+  struct stat mine{};
+  ASSERT_EQ(::stat("/proc/self/ns/net", &mine), 0);
+  std::set<ino_t> seen{mine.st_ino};
+  std::vector<int> taken;
+  for (int round = 0; round < 3; ++round) { // taken ones are made again
+    ASSERT_TRUE(pool.wait_ready(2, 5000ms)) << "round " << round;
+    for (int i = 0; i < 2; ++i) {
+      int fd = pool.take();
+      ASSERT_GE(fd, 0);
+      taken.push_back(fd);
+      EXPECT_TRUE(seen.insert(inode_of(fd)).second) << "a namespace handed out twice, or ours";
+      EXPECT_EQ(only_loopback_up_in(fd), 1);
+      EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0); // never leaks into a child
+    }
+  }
+  // The pool's thread stays where it was: our namespace is unchanged.
+  struct stat after{};
+  ASSERT_EQ(::stat("/proc/self/ns/net", &after), 0);
+  EXPECT_EQ(after.st_ino, mine.st_ino);
+  for (int fd : taken)
+    ::close(fd);
+}
+
 TEST_F(sandbox, serves_a_request) {
   alephd::sandbox sb{options()};
   ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
@@ -209,26 +282,43 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
   ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
   auto host_port = std::to_string(ntohs(addr.sin_port));
 
-  alephd::sandbox sb{options()};
-  auto cfg = config(ALEPHD_SANDBOX_PROBE);
-  cfg.variables["PROBE_PORT"] = host_port;
-  ASSERT_EQ(sb.start(cfg), "");
-  auto resp = sb.request(get(1, "/probe"), 5000ms);
-  ASSERT_EQ(resp.status, 200) << resp.error;
-  const auto& j = resp.body;
-  EXPECT_NE(j.find("\"work\":false"), std::string::npos) << j;
-  EXPECT_NE(j.find("\"etc_hostname\":false"), std::string::npos) << j;
-  EXPECT_NE(j.find("\"root\":false"), std::string::npos) << j;
-  EXPECT_NE(j.find("\"hostname\":\"sandbox-test\""), std::string::npos) << j;
-  EXPECT_NE(j.find("\"host_port_reachable\":false"), std::string::npos) << j;
-  // bwrap's init is pid 1, the agent 2, the program 3: its own pid namespace.
-  auto pos = j.find("\"pid\":");
-  ASSERT_NE(pos, std::string::npos) << j;
-  int pid = std::atoi(j.c_str() + pos + 6);
-  EXPECT_GE(pid, 1) << j;
-  EXPECT_LE(pid, 3) << j;
-  pollfd pfd{lfd, POLLIN, 0};
-  EXPECT_EQ(::poll(&pfd, 1, 0), 0) << "the guest reached a host port";
+  // Both ways to a network namespace: one made ahead (root only; the pool is full by now or
+  // soon), and one bwrap makes.
+  if (::geteuid() == 0) {
+    ASSERT_TRUE(alephd::netns_pool::shared().wait_ready(1, 5000ms));
+  }
+  for (bool spare : {true, false}) {
+    SCOPED_TRACE(spare ? "a namespace made ahead" : "a namespace made by bwrap");
+    auto o = options();
+    o.spare_netns = spare;
+    o.run_dir += spare ? "-spare" : "-bwrap";
+    alephd::sandbox sb{o};
+    auto cfg = config(ALEPHD_SANDBOX_PROBE);
+    cfg.variables["PROBE_PORT"] = host_port;
+    ASSERT_EQ(sb.start(cfg), "");
+    auto resp = sb.request(get(1, "/probe"), 5000ms);
+    ASSERT_EQ(resp.status, 200) << resp.error;
+    const auto& j = resp.body;
+    EXPECT_NE(j.find("\"work\":false"), std::string::npos) << j;
+    EXPECT_NE(j.find("\"etc_hostname\":false"), std::string::npos) << j;
+    EXPECT_NE(j.find("\"root\":false"), std::string::npos) << j;
+    EXPECT_NE(j.find("\"hostname\":\"sandbox-test\""), std::string::npos) << j;
+    EXPECT_NE(j.find("\"host_port_reachable\":false"), std::string::npos) << j;
+    // bwrap's init is pid 1, the agent 2, the program 3: its own pid namespace.
+    auto pos = j.find("\"pid\":");
+    ASSERT_NE(pos, std::string::npos) << j;
+    int pid = std::atoi(j.c_str() + pos + 6);
+    EXPECT_GE(pid, 1) << j;
+    EXPECT_LE(pid, 3) << j;
+    // Its own network namespace, not ours.
+    auto h = sb.handle();
+    struct stat mine{}, theirs{};
+    ASSERT_EQ(::stat("/proc/self/ns/net", &mine), 0);
+    ASSERT_EQ(::stat(("/proc/" + std::to_string(h.ns_init) + "/ns/net").c_str(), &theirs), 0);
+    EXPECT_NE(mine.st_ino, theirs.st_ino);
+    pollfd pfd{lfd, POLLIN, 0};
+    EXPECT_EQ(::poll(&pfd, 1, 0), 0) << "the guest reached a host port";
+  }
   ::close(lfd);
 #endif
 }
