@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/interfaces.hpp"
+#include "runtime/cgroup.hpp"
 #include "runtime/client.hpp"
 #include "runtime/config.hpp"
 #include "runtime/ledger.hpp"
@@ -232,6 +233,16 @@ int run(const std::string& role, const settings& s_in) {
     return fail_usage("--crn.ccn: a CRN needs at least one CCN (--ccn host:port)");
   setup_logging(s);
   auto sigs = block_signals();
+  // Declared before the actor system, so it runs after every actor (and the sandbox each
+  // execution or pool held) has ended: the CRNs' empty cgroup roots go too; a group a kept
+  // workload still uses stays, and so does its root.
+  struct remove_cgroup_roots {
+    std::vector<std::string> roots;
+    ~remove_cgroup_roots() {
+      for (const auto& r : roots)
+        cgroup::remove_orphans(r, [](const std::string&) { return true; });
+    }
+  } cgroup_roots;
   caf::actor_system_config cfg;
   configure_actor_system(cfg, s);
   caf::actor_system sys{cfg};
@@ -250,6 +261,7 @@ int run(const std::string& role, const settings& s_in) {
   } else if (role == "crn") {
     crns.push_back(std::make_unique<crn_node_runtime>(on_fatal));
     err = crns[0]->start(sys, s);
+    cgroup_roots.roots.push_back(crns[0]->cgroup_root());
     if (err.empty())
       std::cout << "READY role=crn id=" << crns[0]->id() << " http=" << s.http_host << ':'
                 << crns[0]->http_port() << std::endl;
@@ -276,6 +288,7 @@ int run(const std::string& role, const settings& s_in) {
       rs.name = "dev-crn-" + std::to_string(i);
       crns.push_back(std::make_unique<crn_node_runtime>(on_fatal));
       err = crns.back()->start(sys, rs, {ccn->node()});
+      cgroup_roots.roots.push_back(crns.back()->cgroup_root());
       if (err.empty())
         table += "  CRN  " + crns.back()->id() + "  http://" + s.http_host + ":"
                  + std::to_string(crns.back()->http_port()) + "  token " + crns.back()->login_token()

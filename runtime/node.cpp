@@ -419,6 +419,8 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   env->pids_max = s.pids_max;
   env->cgroups = s.cgroups && cgroup::version() != 0 && ::geteuid() == 0;
   env->cgroup_root = "alephd-" + id_.substr(0, 12);
+  if (env->cgroups)
+    cgroup_root_ = env->cgroup_root;
   env->table = table_;
   if (::access(env->guest_binary.c_str(), X_OK) != 0)
     spdlog::warn("crn {}: guest agent {} is missing: programs cannot run (set execution.guest-binary)",

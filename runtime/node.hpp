@@ -100,6 +100,9 @@ public:
   job_broker_actor broker() const { return broker_; }
   /// The CRN's file cache.
   content_store_actor files() const { return files_; }
+  /// The parent of its executions' cgroups ("" without cgroups), for the process to remove
+  /// once every actor has ended (see cgroup::remove_orphans).
+  const std::string& cgroup_root() const { return cgroup_root_; }
 
 private:
   caf::actor_system* sys_ = nullptr;
@@ -108,6 +111,7 @@ private:
   std::string public_key_;
   std::string secret_key_;
   std::string token_;
+  std::string cgroup_root_;
   std::shared_ptr<execution_table> table_;
   job_broker_actor broker_;
   ccn_link_actor link_;

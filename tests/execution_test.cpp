@@ -27,6 +27,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "runtime/cgroup.hpp"
 #include "runtime/owner_auth.hpp"
 #include "runtime/wall_clock.hpp"
 #include "tests/http_client.hpp"
@@ -846,9 +847,25 @@ TEST_F(execution, prealloc_keeps_sandboxes_ready_and_gives_them_the_programs_lim
   ASSERT_TRUE(eventually([&] { return phase_of(http, hash) == "stopped"; }, 10s));
   EXPECT_NE(executions(http)[hash].value("detail", "").find("out of memory"), std::string::npos)
     << executions(http)[hash].dump();
+  // The CRN's parent of its executions' groups, where this process's hierarchies have it.
+  std::vector<std::string> roots;
+  auto layout = alephd::cgroup_layout::detect();
+  auto root_name = "alephd-" + crn.ready.at("id").substr(0, 12);
+  for (const auto& [controller, dir] : layout.v1)
+    roots.push_back(dir + "/" + root_name);
+  if (!layout.v2_self.empty()) {
+    roots.push_back(layout.v2_self + "/" + root_name);
+    roots.push_back(layout.v2_self.substr(0, layout.v2_self.rfind('/')) + "/" + root_name);
+  }
+  auto any_root = [&] {
+    return std::any_of(roots.begin(), roots.end(),
+                       [](const std::string& r) { return std::filesystem::is_directory(r); });
+  };
+  EXPECT_TRUE(any_root()) << "the executions ran without a cgroup";
   crn.signal(SIGTERM);
   EXPECT_EQ(crn.wait_exit(30s), 0);
   EXPECT_TRUE(processes_with(pool).empty()) << "a pre-started sandbox outlived its CRN";
+  EXPECT_FALSE(any_root()) << "a CRN that stopped left its empty cgroup root behind";
 }
 
 TEST_F(execution, a_zipped_program_is_unpacked_and_mounted_read_only) {
