@@ -18,6 +18,16 @@ namespace {
 
 using self_ptr = message_store_actor::stateful_pointer<message_store_state>;
 
+// Why a flush message was sent.
+// A burst of thousands of posts must not make the next ones wait for as many.
+constexpr size_t max_target = 256;
+
+enum flush_kind : uint64_t {
+  flush_now = 0,    // `target` appends pend
+  flush_linger = 1, // the wait for more is over
+  flush_count = 2,  // behind every append that arrived during the last commit
+};
+
 void commit_pending(self_ptr self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -30,6 +40,16 @@ void commit_pending(self_ptr self) {
   auto started = self->clock().now();
   auto batch = std::move(st.pending);
   st.pending.clear();
+  st.last_batch = batch.size();
+  // Once committed (or failed): whatever arrived while the commit blocked the actor is in the
+  // mailbox before this message, and is counted on its way (see `target`).
+  auto count_arrivals = [&] {
+    if (!st.group_commit)
+      return;
+    st.counting = true;
+    st.arrived = 0;
+    self->send(self, atom::flush_v, st.round, uint64_t{flush_count});
+  };
   lmdb::txn t{*st.env, true};
   int rc = t.status();
   auto seq = st.next_seq;
@@ -66,12 +86,13 @@ void commit_pending(self_ptr self) {
       else
         rp.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
     }
+    count_arrivals();
     return;
   }
   st.next_seq = seq;
   ++st.commits;
-  st.last_batch = batch.size();
   st.last_commit = self->clock().now() - started;
+  count_arrivals();
   for (size_t i = 0; i < batch.size(); ++i) {
     auto& [msg, rp] = batch[i];
     rp.deliver(append_result{msg.item_hash, "processed", duplicate[i]});
@@ -81,6 +102,25 @@ void commit_pending(self_ptr self) {
       for (auto& l : st.listeners)
         caf::anon_send(caf::actor_cast<caf::actor>(l), m);
     }
+  }
+}
+
+// Commits at once when `target` appends pend (appends already in the mailbox land before the
+// flush and join the transaction); else waits for more, at most twice as long as the last commit
+// took (writers just answered need about that to send again: their next appends are parsed and
+// checked first), and never more than 2 ms.
+void schedule_flush(self_ptr self) {
+  auto& st = self->state;
+  if (st.pending.size() >= st.target) {
+    if (!st.flush_scheduled) {
+      st.flush_scheduled = true;
+      self->send(self, atom::flush_v, st.round, uint64_t{flush_now});
+    }
+  } else if (!st.linger_armed) {
+    st.linger_armed = true;
+    auto wait = std::clamp<caf::timespan>(2 * st.last_commit, std::chrono::microseconds{50},
+                                          std::chrono::milliseconds{2});
+    self->delayed_send(self, wait, atom::flush_v, st.round, uint64_t{flush_linger});
   }
 }
 
@@ -117,26 +157,33 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
       // first copy durable (MDB_NOOVERWRITE finds it within the same transaction).
       auto rp = self->make_response_promise<append_result>();
       st.pending.emplace_back(std::move(msg), rp);
-      if (!st.group_commit) {
+      if (st.counting)
+        ++st.arrived;
+      if (!st.group_commit)
         commit_pending(self);
-      } else if (st.pending.size() >= std::max<size_t>(st.last_batch, 1)) {
-        // As many as last time: commit now. Appends already in the mailbox land before
-        // this flush, so they join the same transaction.
-        if (!st.flush_scheduled) {
-          st.flush_scheduled = true;
-          self->send(self, atom::flush_v, st.round);
-        }
-      } else if (!st.linger_armed && !st.flush_scheduled) {
-        st.linger_armed = true;
-        auto wait = std::clamp<caf::timespan>(st.last_commit, std::chrono::microseconds{50},
-                                              std::chrono::milliseconds{2});
-        self->delayed_send(self, wait, atom::flush_v, st.round);
-      }
+      else
+        schedule_flush(self);
       return rp;
     },
-    [=](atom::flush, uint64_t round) {
-      if (round == self->state.round)
-        commit_pending(self);
+    [=](atom::flush, uint64_t round, uint64_t kind) {
+      auto& st = self->state;
+      if (kind == flush_count) {
+        st.counting = false;
+        st.target = std::clamp<size_t>(st.last_batch + st.arrived, 1, max_target);
+        if (!st.pending.empty())
+          schedule_flush(self);
+        return;
+      }
+      if (round != st.round)
+        return; // a commit came first
+      if (kind == flush_now) {
+        st.flush_scheduled = false;
+        if (st.pending.size() < st.target) { // the writers seen at work are more than these
+          schedule_flush(self);
+          return;
+        }
+      }
+      commit_pending(self);
     },
     [=](atom::get, const std::string& hash) -> caf::result<stored_message> {
       auto& st = self->state;

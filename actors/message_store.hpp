@@ -1,9 +1,11 @@
 // CCN: the durable message log. Appends are committed in groups: every append
 // that arrives while a commit runs shares the next transaction (and its fsync).
-// After a commit of N appends the next commit waits until N are pending again,
-// but never longer than the last commit took: concurrent clients that were
-// just answered get into the same transaction instead of splitting into two.
-// A lone writer (N = 1) never waits.
+// A commit of N appends, during which M more arrived, shows N + M writers at
+// work: the next commit waits until that many are pending, but never longer
+// than two commits take (2 ms at most). Clients that were just answered join the
+// same transaction, instead of the writers settling into two halves that
+// commit in turn (each commit costs about the same whatever its size).
+// A lone writer (N = 1, M = 0) never waits.
 #pragma once
 
 #include <memory>
@@ -27,6 +29,9 @@ struct message_store_state {
   bool linger_armed = false;    ///< a delayed flush is on the clock
   uint64_t round = 0;           ///< bumps at every commit; stale flushes are ignored
   size_t last_batch = 0;        ///< appends in the previous commit
+  size_t target = 1;            ///< writers seen at work: commit at once when this many pend
+  bool counting = false;        ///< appends queued during the last commit are being counted
+  size_t arrived = 0;           ///< ... this many so far
   caf::timespan last_commit{0}; ///< how long the previous commit took
   std::vector<std::pair<stored_message, caf::typed_response_promise<append_result>>> pending;
   std::vector<message_listener_actor> listeners;

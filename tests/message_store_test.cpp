@@ -95,6 +95,64 @@ TEST_F(message_store_test, after_a_busy_commit_the_next_waits_briefly_for_compan
   EXPECT_EQ(state_of<message_store_state>(store).commits, 3u);
 }
 
+// Eight writers that settled into two halves committing in turn (each half's appends arrive
+// while the other half's commit runs) are brought back into one commit of eight.
+TEST_F(message_store_test, writers_split_into_halves_are_merged_into_one_commit) {
+  auto store = spawn(message_store, env, true);
+  auto& st = state_of<message_store_state>(store);
+  // One request from a fresh actor, which the test runs itself (the store does not run).
+  auto send_one = [&](const std::string& hash) {
+    auto out = std::make_shared<reply<append_result>>();
+    auto requester = sys.spawn([=](caf::event_based_actor* self) {
+      self->request(store, caf::infinite, atom::append_v, msg(hash))
+        .then([out](append_result& r) { out->value = r; out->done = true; },
+              [out](caf::error& e) { out->error = e; out->done = true; });
+    });
+    sched.prioritize(requester); // ahead of the store's own turn
+    sched.run_once();
+    return out;
+  };
+  std::vector<std::shared_ptr<reply<append_result>>> a, b, c;
+  for (int i = 0; i < 4; ++i)
+    a.push_back(ask_later<append_result>(store, atom::append_v, msg("a" + std::to_string(i))));
+  sched.run();
+  ASSERT_EQ(st.commits, 1u);
+  ASSERT_EQ(st.target, 4u); // four writers seen
+  // Half B: four appends, then the store runs until it has decided to commit them ...
+  for (int i = 0; i < 4; ++i)
+    b.push_back(send_one("b" + std::to_string(i)));
+  while (!st.flush_scheduled && sched.try_run_once()) {
+  }
+  ASSERT_TRUE(st.flush_scheduled);
+  // ... and half A's next appends arrive behind that decision, i.e. during B's commit.
+  for (int i = 0; i < 4; ++i)
+    c.push_back(send_one("c" + std::to_string(i)));
+  sched.run();
+  EXPECT_EQ(st.commits, 2u);
+  for (auto& r : b)
+    EXPECT_TRUE(r->done);
+  EXPECT_EQ(st.target, 8u) << "four committed and four arrived meanwhile";
+  for (auto& r : c)
+    EXPECT_FALSE(r->done) << "four of eight writers wait (briefly) for the other four";
+  // B's writers come back: all eight go in one commit at once, no timer needed.
+  for (int i = 0; i < 4; ++i)
+    b.push_back(ask_later<append_result>(store, atom::append_v, msg("d" + std::to_string(i))));
+  sched.run();
+  EXPECT_EQ(st.commits, 3u);
+  for (auto& r : c)
+    EXPECT_TRUE(r->done && r->value);
+  for (auto& r : b)
+    EXPECT_TRUE(r->done && r->value);
+  EXPECT_EQ(st.last_batch, 8u);
+  // When fewer writers are left, the next commit waits at most one commit's time.
+  auto lone = ask_later<append_result>(store, atom::append_v, msg("lone"));
+  sched.run();
+  EXPECT_FALSE(lone->done);
+  advance(std::chrono::milliseconds(2));
+  EXPECT_TRUE(lone->done && lone->value);
+  EXPECT_EQ(st.target, 1u);
+}
+
 TEST_F(message_store_test, a_lone_writer_never_waits) {
   auto store = spawn(message_store, env, true);
   for (int i = 0; i < 3; ++i) {
@@ -242,7 +300,10 @@ TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recove
   EXPECT_TRUE(dup->value->duplicate);
   EXPECT_TRUE(is(big2->error, ec::no_space)) << describe(big2->error);
   ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
-  auto again = ask<append_result>(store, atom::append_v, big);
+  // Alone after a commit of two, it waits one commit's time for company.
+  auto again_later = ask_later<append_result>(store, atom::append_v, big);
+  advance(std::chrono::milliseconds(2));
+  auto again = *again_later;
   ASSERT_TRUE(again.value) << describe(again.error);
   EXPECT_FALSE(again.value->duplicate);
   EXPECT_EQ(ask<stored_message>(store, atom::get_v, std::string{"too-big"}).value->json.size(), std::size_t{1} << 20);
