@@ -37,8 +37,8 @@ using message_store_actor = caf::typed_actor<
   replies_to<atom::inventory>::with<std::vector<std::string>>,
   /// Adds a listener for new messages.
   reacts_to<atom::subscribe, message_listener_actor>,
-  /// Internal: commit the pending appends as one transaction (if the round still matches);
-  /// the second value says why (see message_store.cpp).
+  /// Internal: commit the pending appends as one transaction (if the round still matches), or
+  /// count the writers after a commit; the second value says which (see message_store.cpp).
   reacts_to<atom::flush, uint64_t, uint64_t>>;
 
 /// CRN: its link to a CCN, as the CCN sees it.

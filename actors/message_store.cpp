@@ -73,6 +73,7 @@ void commit_pending(self_ptr self) {
   if (rc == 0)
     rc = t.commit();
   if (rc != 0) {
+    count_arrivals(); // before the answers: a quick retry is not one more writer
     spdlog::error("message_store: commit of {} messages failed: {}", batch.size(),
                   lmdb::error_text(rc));
     // A full disk (or LMDB map) is the operator's to fix, and the sender's to retry: 507.
@@ -86,7 +87,6 @@ void commit_pending(self_ptr self) {
       else
         rp.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
     }
-    count_arrivals();
     return;
   }
   st.next_seq = seq;

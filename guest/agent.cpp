@@ -52,8 +52,9 @@ constexpr std::size_t max_log_line = 64 * 1024;
 constexpr int max_inflight = 256;
 constexpr auto connect_window = 5s;
 // A program that is not listening yet is asked again every `first_retry` for `eager_retries`
-// (most start within a few ms; a refused loopback connect costs a few µs), then less and less
-// often, up to every 200 ms.
+// after it first refused (most start within a few ms; a refused loopback connect costs a few
+// µs), then less and less often, up to every 200 ms. The window is the program's, not each
+// call's: calls arriving later while it still refuses back off at once.
 constexpr std::chrono::microseconds first_retry{100};
 constexpr auto eager_retries = 50ms;
 constexpr auto response_timeout = 600s;
@@ -212,6 +213,14 @@ void wait_program(pid_t pid) {
   }
   send_frame(gp::halted{code});
   ::_exit(0);
+}
+
+// `ready`, with what this agent can do: the code as a file needs the host's directory.
+gp::ready hello(bool configured) {
+  gp::ready r{agent_version, configured, {}};
+  if (!st.host_dir.empty())
+    r.features.push_back("code_file");
+  return r;
 }
 
 // --- configure ----------------------------------------------------------------
@@ -502,7 +511,6 @@ struct forward_call {
   clock_type::time_point connect_deadline; // give up connecting (program not listening)
   clock_type::time_point deadline;         // give up waiting for the answer
   clock_type::time_point retry_at;         // waiting: when to connect again
-  clock_type::time_point first_refused;    // the first refused connect (none yet: epoch)
   std::chrono::microseconds backoff = first_retry;
 
   forward_call(gp::http_request r, std::string bytes)
@@ -584,8 +592,9 @@ private:
       auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
       timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
       int n = ::epoll_pwait2(ep_, events, max, &ts, nullptr);
-      if (n >= 0 || errno != ENOSYS)
+      if (n >= 0 || errno == EINTR)
         return n;
+      // ENOSYS, or EPERM from a seccomp filter that does not know it: epoll_wait from now on.
       have_pwait2_ = false;
     }
     auto ms = std::chrono::ceil<std::chrono::milliseconds>(wait).count();
@@ -641,6 +650,7 @@ private:
       refused(std::move(c));
       return;
     }
+    refusing_since_ = {}; // it listens (a refusal on loopback is immediate)
     // On loopback the handshake is usually done when connect() returns, even with
     // EINPROGRESS: write at once; a send that cannot go yet waits for EPOLLOUT.
     c->at = forward_call::phase::writing;
@@ -666,11 +676,11 @@ private:
       fail(std::move(c), 503, "program is not listening on port " + std::to_string(app_port));
       return;
     }
-    if (c->first_refused == clock_type::time_point{})
-      c->first_refused = now;
+    if (refusing_since_ == clock_type::time_point{})
+      refusing_since_ = now;
     c->at = forward_call::phase::waiting;
     c->retry_at = now + c->backoff;
-    if (now - c->first_refused >= eager_retries)
+    if (now - refusing_since_ >= eager_retries)
       c->backoff = std::min<std::chrono::microseconds>(c->backoff * 2, 200ms);
     waiting_.push_back(std::move(c));
   }
@@ -767,6 +777,7 @@ private:
   int ep_ = -1;
   int host_fd_ = -1;
   bool have_pwait2_ = true;
+  clock_type::time_point refusing_since_{}; // the program refused since then (epoch: it listens)
   call_map calls_;
   std::vector<std::unique_ptr<forward_call>> waiting_;
   clock_type::time_point next_expiry_{};
@@ -842,7 +853,7 @@ void dispatch(gp::frame f) {
   if (std::holds_alternative<gp::ready>(f)) {
     // A host that took over (a restarted CRN) asks who we are: a VM's agent may not have
     // noticed that its port changed hands.
-    send_frame(gp::ready{agent_version, st.configured});
+    send_frame(hello(st.configured));
     return;
   }
   say("ignoring unexpected frame '" + std::string{gp::type_name(f)} + "'");
@@ -922,7 +933,7 @@ bool reconnect(const std::string& socket_path, std::chrono::seconds window) {
         std::lock_guard guard{st.write_mu};
         st.host_fd = fd;
       }
-      send_frame(gp::ready{agent_version, true});
+      send_frame(hello(true));
       return true;
     }
     std::this_thread::sleep_for(100ms);
@@ -1001,7 +1012,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   fwd.watch_host(-1, st.host_fd);
-  send_frame(gp::ready{agent_version});
+  send_frame(hello(false));
 
   gp::decoder dec;
   std::vector<char> buf(64 * 1024);
@@ -1035,7 +1046,7 @@ int main(int argc, char** argv) {
         die(1, "the host did not come back within " + std::to_string(reconnect_window.count())
                  + " s");
       dec = gp::decoder{};
-      send_frame(gp::ready{agent_version, st.configured});
+      send_frame(hello(st.configured));
       continue;
     }
     dec.feed(buf.data(), static_cast<std::size_t>(n));

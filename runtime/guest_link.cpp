@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -54,6 +55,7 @@ struct guest_link::impl {
   std::string gone_reason;
   bool ready_seen = false;
   bool ready_configured = false;
+  std::vector<std::string> features; ///< from the last `ready`
   bool configure_sent = false;
   std::optional<guest::configure_result> cfg_result;
   bool halted_seen = false;
@@ -263,6 +265,7 @@ struct guest_link::impl {
     if (auto* r = std::get_if<guest::ready>(&f)) {
       ready_seen = true;
       ready_configured = r->configured;
+      features = r->features;
     } else if (auto* res = std::get_if<guest::configure_result>(&f)) {
       cfg_result = std::move(*res);
     } else if (auto* resp = std::get_if<guest::http_response>(&f)) {
@@ -411,6 +414,12 @@ bool guest_link::ready_seen() const {
 bool guest_link::ready_configured() const {
   std::lock_guard lock{impl_->mu};
   return impl_->ready_configured;
+}
+
+bool guest_link::guest_has(const std::string& feature) const {
+  std::lock_guard lock{impl_->mu};
+  const auto& f = impl_->features;
+  return std::find(f.begin(), f.end(), feature) != f.end();
 }
 
 std::string guest_link::take_over(int fd, clock_type::time_point deadline) {

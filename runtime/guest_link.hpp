@@ -53,6 +53,8 @@ public:
   /// Whether the guest said in `ready` that it already runs a program (a
   /// re-adopted guest after a CRN restart).
   bool ready_configured() const;
+  /// Whether the guest's `ready` listed `feature` (e.g. "code_file").
+  bool guest_has(const std::string& feature) const;
 
   /// For a host that takes over a running guest (a restarted CRN): attaches
   /// `fd`, asks the agent to say `ready` again, and waits for it; "" when it

@@ -49,11 +49,15 @@ void pack_head(packer& pk, std::string_view type, uint32_t fields) {
 }
 
 void pack_fields(packer& pk, const ready& m) {
-  pack_head(pk, "ready", 2);
+  pack_head(pk, "ready", 3);
   pack_str(pk, "version");
   pack_str(pk, m.version);
   pack_str(pk, "configured");
   pk.pack(m.configured);
+  pack_str(pk, "features");
+  pk.pack_array(static_cast<uint32_t>(m.features.size()));
+  for (const auto& f : m.features)
+    pack_str(pk, f);
 }
 
 void pack_fields(packer& pk, const configure& m) {
@@ -334,8 +338,10 @@ private:
 
 bool read_fields(const fields& f, ready& m) {
   m.configured = false;
+  m.features.clear();
   return f.get("version", m.version)
-         && (f.find("configured") == nullptr || f.get("configured", m.configured));
+         && (f.find("configured") == nullptr || f.get("configured", m.configured))
+         && (f.find("features") == nullptr || f.get("features", m.features));
 }
 
 bool read_fields(const fields& f, configure& m) {

@@ -37,6 +37,9 @@ struct ready {
   /// The agent already runs a configured program: it reconnected to a CRN
   /// that restarted, and must not be configured again. Optional on the wire.
   bool configured = false;
+  /// What this agent can do beyond protocol version 1, e.g. "code_file" (see configure).
+  /// Optional on the wire: an older agent sends none, and gets the code in the frame.
+  std::vector<std::string> features;
   bool operator==(const ready&) const = default;
 };
 
@@ -60,7 +63,8 @@ struct configure {
   uint16_t app_port = 8080;
   /// With `code` empty and encoding "plain": the program is this file in the host's directory
   /// that the guest sees read-only (a sandbox's /run/alephd); a plain name, no '/'. The agent
-  /// copies it in, so that the bytes do not cross the socket and are not decoded.
+  /// copies it in, so that the bytes do not cross the socket and are not decoded. Only sent to
+  /// an agent whose `ready` lists the feature "code_file".
   std::string code_file;
   bool operator==(const configure&) const = default;
 };

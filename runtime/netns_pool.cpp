@@ -1,13 +1,14 @@
 #include "runtime/netns_pool.hpp"
 
 #include <fcntl.h>
-#include <pthread.h>
 #include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 
@@ -97,9 +98,10 @@ bool netns_pool::usable() const {
 }
 
 void netns_pool::fill() {
-  // Only on a CPU nobody else wants: a refill must not slow down the start that took a spare.
-  sched_param idle{};
-  ::pthread_setschedparam(::pthread_self(), SCHED_IDLE, &idle);
+  // Behind everything else: a refill must not slow down the start that took a spare. Nice 19,
+  // not SCHED_IDLE: making a namespace takes global kernel locks (rtnl), which a starved
+  // thread must not sit on.
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
   int home = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
   std::unique_lock lock{mu_};
   for (;;) {
@@ -108,8 +110,14 @@ void netns_pool::fill() {
       break;
     lock.unlock();
     int fd = home >= 0 ? make_namespace(home) : -1;
+    auto why = errno;
     lock.lock();
-    if (fd < 0) { // no privilege (EPERM), or no /proc: sandboxes make their own
+    if (fd == -1 && (why == ENOMEM || why == EMFILE || why == ENFILE || why == ENOSPC)) {
+      // Short of something for now: sandboxes make their own meanwhile; try again later.
+      cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_; });
+      continue;
+    }
+    if (fd < 0) { // no privilege (EPERM), no /proc, or stranded: sandboxes make their own
       usable_ = false;
       cv_.notify_all();
       break;

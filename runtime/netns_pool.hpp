@@ -1,11 +1,11 @@
 #pragma once
 
 // Network namespaces made ahead of need for sandboxes. A sandbox always gets a namespace of its
-// own (only `lo`, up); making one is the dearest step of bwrap's start (~1.4 ms of a ~7 ms cold
-// start on a 2-core VM), so a thread keeps a few fresh ones ready and a sandbox enters one
-// (setns) before bwrap starts, instead of bwrap's --unshare-net. Each namespace is handed out
-// once. Making one needs CAP_SYS_ADMIN: without it the pool stays empty and sandboxes fall back
-// to --unshare-net.
+// own (`lo` up, nothing else up); making one is the dearest step of bwrap's start (~1 ms of a
+// ~7 ms cold start on a 2-core VM), so a thread keeps a few fresh ones ready and a sandbox
+// enters one (setns) before bwrap starts, instead of bwrap's --unshare-net. Each namespace is
+// handed out once. Making one needs CAP_SYS_ADMIN: without it the pool stays empty and
+// sandboxes fall back to --unshare-net; short of memory or fds, it tries again a second later.
 
 #include <condition_variable>
 #include <cstddef>

@@ -415,7 +415,9 @@ struct sandbox::impl {
       "--unshare-pid", "--unshare-ipc", "--unshare-uts",
     };
     // A namespace made ahead, entered by the child before bwrap runs; or bwrap makes one.
-    int netns = opts.spare_netns ? netns_pool::shared().take() : -1;
+    // Root only: bwrap run by another user makes a user namespace, which must own the network
+    // namespace too (slirp4netns configures it from there).
+    int netns = opts.spare_netns && ::geteuid() == 0 ? netns_pool::shared().take() : -1;
     if (netns < 0)
       args.emplace_back("--unshare-net");
     struct fd_closer {
@@ -443,7 +445,7 @@ struct sandbox::impl {
       "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
     };
     if (opts.network) {
-      // DNS through slirp's resolver (there is no other /etc in the sandbox).
+      // DNS through slirp's resolver (the sandbox's /etc has only this and ld.so.cache).
       std::ofstream{(dir / "resolv.conf").string()} << "nameserver 10.0.2.3\n";
       mounts.insert(mounts.end(), {"--ro-bind", (dir / "resolv.conf").string(), "/etc/resolv.conf"});
     }
@@ -500,7 +502,18 @@ struct sandbox::impl {
                       ::_exit(127);
                     if (setup)
                       setup();
-                    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+                    // Our handlers must not run here, on memory shared with us (the handler
+                    // table is the child's own copy): caught signals go back to their default.
+                    for (int sig = 1; sig < NSIG; ++sig) {
+                      struct sigaction sa {};
+                      if (::sigaction(sig, nullptr, &sa) == 0 && sa.sa_handler != SIG_DFL
+                          && sa.sa_handler != SIG_IGN) {
+                        sa = {};
+                        sa.sa_handler = SIG_DFL;
+                        ::sigaction(sig, &sa, nullptr);
+                      }
+                    }
+                    ::sigprocmask(SIG_SETMASK, &old, nullptr);
                   },
                   spawn_ec};
       blocked.restore();
@@ -613,7 +626,10 @@ struct sandbox::impl {
     // that both sides must build, copy and decode (most of a pre-started sandbox's cold start).
     std::string error;
     auto code_file = std::filesystem::path{opts.run_dir} / program_file;
-    if (auto light = code_as_file(cfg, code_file)) {
+    std::optional<guest::configure> light;
+    if (link->guest_has("code_file")) // an older agent gets the code in the frame
+      light = code_as_file(cfg, code_file);
+    if (light) {
       error = link->configure(*light, deadline);
       std::error_code ec;
       std::filesystem::remove(code_file, ec); // copied by now, or of no use
@@ -631,7 +647,8 @@ struct sandbox::impl {
                                                        const std::filesystem::path& file) {
     if (cfg.encoding != "plain" || cfg.code.empty() || !cfg.code_file.empty())
       return std::nullopt;
-    int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    // O_EXCL: a configure racing this one (refused as "already configured") leaves it alone.
+    int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0)
       return std::nullopt;
     bool ok = true;
@@ -648,14 +665,9 @@ struct sandbox::impl {
       std::filesystem::remove(file, ec);
       return std::nullopt;
     }
-    guest::configure light;
-    light.encoding = cfg.encoding;
-    light.entrypoint = cfg.entrypoint;
-    light.interface = cfg.interface;
-    light.variables = cfg.variables;
-    light.volumes = cfg.volumes;
-    light.authorized_keys = cfg.authorized_keys;
-    light.app_port = cfg.app_port;
+    auto light = cfg;
+    light.code.clear();
+    light.code.shrink_to_fit();
     light.code_file = file.filename().string();
     return light;
   }

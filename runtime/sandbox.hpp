@@ -35,15 +35,16 @@ struct sandbox_options {
   /// 10.0.2.100/24, DNS 10.0.2.3), with the host's loopback unreachable.
   bool network = false;
   std::string slirp4netns = "/usr/bin/slirp4netns";
-  /// Enter a fresh namespace made ahead by netns_pool::shared() when one is ready (a faster
-  /// start); otherwise, or false, bwrap makes it (--unshare-net). Either way it is the
-  /// sandbox's alone.
+  /// Enter a fresh namespace made ahead by netns_pool::shared() when one is ready and we are
+  /// root (a faster start); otherwise, or false, bwrap makes it (--unshare-net). Either way it
+  /// is the sandbox's alone.
   bool spare_netns = true;
   std::chrono::milliseconds ready_timeout{10000};
   /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
   std::vector<std::string> extra_args;
-  /// Runs in the child between fork and exec; must only make
-  /// async-signal-safe calls.
+  /// Runs in the child between vfork and exec, on memory it shares with the
+  /// CRN: async-signal-safe calls only, no allocation, no locks, no writes
+  /// to shared state.
   std::function<void()> child_setup;
   /// When set, the sandbox runs in its own cgroup `cgroup_root/cgroup_name`
   /// with these limits (created by start(), removed when it stops); an OOM

@@ -256,6 +256,8 @@ TEST_F(guest_agent, ready_arrives_with_a_version) {
   auto r = next_as<gp::ready>();
   ASSERT_TRUE(r);
   EXPECT_FALSE(r->version.empty());
+  // Over a socket the host has a directory the agent sees: the code may come as a file.
+  EXPECT_EQ(r->features, std::vector<std::string>{"code_file"});
 }
 
 TEST_F(guest_agent, configure_succeeds_and_forwards_a_request) {

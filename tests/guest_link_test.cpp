@@ -76,10 +76,20 @@ struct link_fixture : ::testing::Test {
   }
 
   void ready() {
-    guest.send(gp::ready{"test", false});
+    guest.send(gp::ready{"test", false, {}});
     ASSERT_EQ(link->wait_ready(std::chrono::steady_clock::now() + 2s), "");
   }
 };
+
+template <class F>
+bool eventually_true(F f) {
+  for (int i = 0; i < 200; ++i) {
+    if (f())
+      return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return f();
+}
 
 gp::http_request get(uint64_t id, std::string path = "/") {
   gp::http_request r;
@@ -237,7 +247,7 @@ TEST_F(link_fixture, queued_frames_arrive_whole_and_in_order) {
 }
 
 TEST_F(link_fixture, configure_reports_the_guests_refusal_and_ready_tells_an_adopted_guest) {
-  guest.send(gp::ready{"test", true});
+  guest.send(gp::ready{"test", true, {}});
   ASSERT_EQ(link->wait_ready(std::chrono::steady_clock::now() + 2s), "");
   EXPECT_TRUE(link->ready_configured());
   std::thread answer{[&] {
@@ -252,6 +262,14 @@ TEST_F(link_fixture, configure_reports_the_guests_refusal_and_ready_tells_an_ado
   EXPECT_TRUE(answered);
   EXPECT_EQ(link->configure(gp::configure{}, std::chrono::steady_clock::now() + 1s),
             "already configured");
+}
+
+TEST_F(link_fixture, the_guest_says_in_ready_what_it_can_do) {
+  ready(); // an older agent: no features
+  EXPECT_FALSE(link->guest_has("code_file"));
+  guest.send(gp::ready{"test", false, {"something", "code_file"}});
+  ASSERT_TRUE(eventually_true([&] { return link->guest_has("code_file"); }));
+  EXPECT_FALSE(link->guest_has("code"));
 }
 
 TEST_F(link_fixture, requests_after_close_get_502_at_once) {

@@ -27,7 +27,7 @@ std::vector<gp::frame> samples() {
                        std::string{"{\"k\":\0}", 7}};
   gp::http_response resp{42, 201, {{"Location", "/api/items/7"}},
                          std::string{"\0\1\2", 3}, ""};
-  return {gp::ready{"0.1.0"},
+  return {gp::ready{"0.1.0", false, {}},
           cfg,
           gp::configure_result{false, "zip not supported yet"},
           req,
@@ -137,7 +137,7 @@ TEST(guest_protocol, three_frames_in_one_buffer) {
   gp::frame c = gp::halted{3};
   auto bytes = gp::encode(a) + gp::encode(b) + gp::encode(c);
   // Plus the first half of a fourth frame, which must wait.
-  auto fourth = gp::encode(gp::ready{"x"});
+  auto fourth = gp::encode(gp::ready{"x", false, {}});
   bytes += fourth.substr(0, fourth.size() / 2);
   gp::decoder dec;
   dec.feed(bytes.data(), bytes.size());
@@ -154,7 +154,7 @@ TEST(guest_protocol, three_frames_in_one_buffer) {
   dec.feed(fourth.data() + fourth.size() / 2, fourth.size() - fourth.size() / 2);
   auto f4 = dec.next(error);
   ASSERT_TRUE(f4) << error;
-  EXPECT_EQ(*f4, gp::frame{gp::ready{"x"}});
+  EXPECT_EQ(*f4, (gp::frame{gp::ready{"x", false, {}}}));
 }
 
 TEST(guest_protocol, huge_length_prefix_fails_without_waiting_for_bytes) {
@@ -402,6 +402,34 @@ TEST(guest_protocol, random_garbage_never_crashes) {
       ++errors;
   }
   EXPECT_GT(errors, 1000); // garbage is recognized as such
+}
+
+TEST(guest_protocol, ready_with_features_round_trips_and_the_field_is_optional) {
+  gp::ready r{"0.2.0", true, {"code_file"}};
+  auto bytes = gp::encode(r);
+  gp::decoder dec;
+  dec.feed(bytes.data(), bytes.size());
+  std::string error;
+  auto back = dec.next(error);
+  ASSERT_TRUE(back) << error;
+  EXPECT_EQ(std::get<gp::ready>(*back), r);
+  // An older agent's ready: version and configured only.
+  auto old = raw_frame([](auto& pk) {
+    pk.pack_map(4);
+    pk.pack(std::string{"type"});
+    pk.pack(std::string{"ready"});
+    pk.pack(std::string{"v"});
+    pk.pack_uint32(gp::protocol_version);
+    pk.pack(std::string{"version"});
+    pk.pack(std::string{"0.1.0"});
+    pk.pack(std::string{"configured"});
+    pk.pack(false);
+  });
+  gp::decoder dec2;
+  dec2.feed(old.data(), old.size());
+  auto got = dec2.next(error);
+  ASSERT_TRUE(got) << error;
+  EXPECT_EQ(std::get<gp::ready>(*got), (gp::ready{"0.1.0", false, {}}));
 }
 
 TEST(guest_protocol, configure_with_the_code_in_a_file_round_trips_and_the_field_is_optional) {

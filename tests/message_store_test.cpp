@@ -72,7 +72,7 @@ TEST_F(message_store_test, after_a_busy_commit_the_next_waits_briefly_for_compan
     first.push_back(ask_later<append_result>(store, atom::append_v, msg("b" + std::to_string(i))));
   sched.run();
   EXPECT_EQ(state_of<message_store_state>(store).commits, 1u);
-  // One append alone after a commit of four: it waits (at most one commit's time).
+  // One append alone after a commit of four: it waits (at most twice a commit's time).
   auto lone = ask_later<append_result>(store, atom::append_v, msg("lone"));
   sched.run();
   EXPECT_FALSE(lone->done);
@@ -144,7 +144,7 @@ TEST_F(message_store_test, writers_split_into_halves_are_merged_into_one_commit)
   for (auto& r : b)
     EXPECT_TRUE(r->done && r->value);
   EXPECT_EQ(st.last_batch, 8u);
-  // When fewer writers are left, the next commit waits at most one commit's time.
+  // When fewer writers are left, the next commit waits at most twice a commit's time.
   auto lone = ask_later<append_result>(store, atom::append_v, msg("lone"));
   sched.run();
   EXPECT_FALSE(lone->done);
@@ -300,7 +300,7 @@ TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recove
   EXPECT_TRUE(dup->value->duplicate);
   EXPECT_TRUE(is(big2->error, ec::no_space)) << describe(big2->error);
   ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
-  // Alone after a commit of two, it waits one commit's time for company.
+  // Alone after a commit of two, it waits (at most twice a commit's time) for company.
   auto again_later = ask_later<append_result>(store, atom::append_v, big);
   advance(std::chrono::milliseconds(2));
   auto again = *again_later;
