@@ -18,10 +18,10 @@ namespace {
 
 using self_ptr = message_store_actor::stateful_pointer<message_store_state>;
 
-// Why a flush message was sent.
 // A burst of thousands of posts must not make the next ones wait for as many.
 constexpr size_t max_target = 256;
 
+// Why a flush message was sent.
 enum flush_kind : uint64_t {
   flush_now = 0,    // `target` appends pend
   flush_linger = 1, // the wait for more is over

@@ -426,7 +426,14 @@ std::string do_configure(const gp::configure& cfg) {
       return "entrypoint " + cfg.entrypoint + " is not an executable file in the code";
     return start_program(file.string(), "/opt/code", cfg);
   }
-  int source = -1; // the code in a file of the host's directory (code_file)
+  // The code in a file of the host's directory (code_file), closed on every way out.
+  struct fd_holder {
+    int fd = -1;
+    ~fd_holder() {
+      if (fd >= 0)
+        ::close(fd);
+    }
+  } source;
   if (!cfg.code_file.empty()) {
     if (!cfg.code.empty())
       return "code and code_file are both set";
@@ -436,39 +443,27 @@ std::string do_configure(const gp::configure& cfg) {
         || cfg.code_file == "..")
       return "code_file must be a file name: " + cfg.code_file.substr(0, 64);
     auto path = st.host_dir + "/" + cfg.code_file;
-    source = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (source < 0)
+    source.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (source.fd < 0)
       return "cannot open " + path + ": " + std::strerror(errno);
   } else if (cfg.code.empty()) {
     return "entrypoint file " + cfg.entrypoint + " is missing (empty code)";
   }
-  auto error = [&]() -> std::string {
-    if (cfg.app_port == 0)
-      return "app_port must not be 0";
-    if (!st.keys_file.empty() && !cfg.authorized_keys.empty())
-      if (auto error = write_authorized_keys(cfg.authorized_keys); !error.empty())
-        return error;
-    return {};
-  }();
-  if (!error.empty()) {
-    if (source >= 0)
-      ::close(source);
-    return error;
-  }
+  if (cfg.app_port == 0)
+    return "app_port must not be 0";
+  if (!st.keys_file.empty() && !cfg.authorized_keys.empty())
+    if (auto error = write_authorized_keys(cfg.authorized_keys); !error.empty())
+      return error;
   std::filesystem::path dir = std::filesystem::path{st.work_dir} / "code";
   auto file = dir / rel;
   std::error_code ec;
   std::filesystem::create_directories(file.parent_path(), ec);
-  if (!ec) {
-    // The program (another user when confined) may write next to its code, as programs do
-    // (caches, sqlite files); the code file itself stays the agent's.
-    ::chmod(dir.c_str(), 01777);
-    error = source >= 0 ? copy_code(source, file) : write_code(cfg.code, file);
-  } else {
-    error = "cannot create " + file.parent_path().string() + ": " + ec.message();
-  }
-  if (source >= 0)
-    ::close(source);
+  if (ec)
+    return "cannot create " + file.parent_path().string() + ": " + ec.message();
+  // The program (another user when confined) may write next to its code, as programs do
+  // (caches, sqlite files); the code file itself stays the agent's.
+  ::chmod(dir.c_str(), 01777);
+  auto error = source.fd >= 0 ? copy_code(source.fd, file) : write_code(cfg.code, file);
   if (!error.empty())
     return error;
   return start_program(file.string(), dir.string(), cfg);

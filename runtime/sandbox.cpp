@@ -81,7 +81,8 @@ std::vector<std::string> parent_dirs(const std::vector<std::string>& mounts) {
   for (size_t i = 0; i < mounts.size(); ++i) {
     const auto& a = mounts[i];
     size_t dest = 0;
-    if ((a == "--bind" || a == "--ro-bind" || a == "--dev-bind" || a == "--ro-bind-try") && i + 2 < mounts.size())
+    bool bind = a == "--bind" || a == "--ro-bind" || a == "--dev-bind" || a == "--ro-bind-try";
+    if (bind && i + 2 < mounts.size())
       dest = i + 2;
     else if ((a == "--tmpfs" || a == "--dir") && i + 1 < mounts.size())
       dest = i + 1;
