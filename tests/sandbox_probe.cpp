@@ -36,6 +36,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <dirent.h>
+#include <vector>
 #include <fstream>
 #include <cerrno>
 #include <cstdio>
@@ -144,6 +146,39 @@ std::string escapes() {
 
 const char* b(bool v) {
   return v ? "true" : "false";
+}
+
+std::string link_of(const char* path) {
+  char buf[128];
+  auto n = ::readlink(path, buf, sizeof buf);
+  return n > 0 ? std::string{buf, static_cast<std::size_t>(n)} : "";
+}
+
+// What /dev holds and allows: its names, and whether the harmless devices work.
+std::string dev_report() {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir("/dev")) {
+    while (auto* e = ::readdir(d))
+      if (std::string_view{e->d_name} != "." && std::string_view{e->d_name} != "..")
+        names.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  std::string j = "\"dev\":[";
+  for (std::size_t i = 0; i < names.size(); ++i)
+    j += (i ? ",\"" : "\"") + names[i] + "\"";
+  j += "]";
+  int fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+  j += ",\"dev_null_write\":\"" + outcome(fd >= 0 ? ::write(fd, "x", 1) : -1) + "\"";
+  if (fd >= 0)
+    ::close(fd);
+  char buf[16];
+  fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  j += ",\"dev_urandom_read\":\"" + outcome(fd >= 0 && ::read(fd, buf, sizeof buf) == sizeof buf ? 0 : -1) + "\"";
+  if (fd >= 0)
+    ::close(fd);
+  j += ",\"dev_create\":\"" + outcome(::open("/dev/probe-file", O_WRONLY | O_CREAT | O_CLOEXEC, 0644), true) + "\"";
+  return j;
 }
 
 void write_all(int fd, const std::string& s) {
@@ -292,7 +327,11 @@ int main(int argc, char** argv) {
                          + ",\"root\":" + b(exists("/root"))
                          + ",\"pid\":" + std::to_string(::getpid())
                          + ",\"hostname\":\"" + host + "\""
-                         + ",\"host_port_reachable\":" + b(reachable) + "}";
+                         + ",\"host_port_reachable\":" + b(reachable)
+                         + ",\"ns\":{\"net\":\"" + link_of("/proc/self/ns/net")
+                         + "\",\"ipc\":\"" + link_of("/proc/self/ns/ipc")
+                         + "\",\"uts\":\"" + link_of("/proc/self/ns/uts") + "\"},"
+                         + dev_report() + "}";
       write_all(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                    "Content-Length: "
                      + std::to_string(body.size()) + "\r\n\r\n" + body);

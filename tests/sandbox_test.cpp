@@ -2,7 +2,7 @@
 // with tests/guest_test_app.cpp (and tests/sandbox_probe.cpp) as the program.
 // Needs bwrap and the permission to create namespaces (root here).
 
-#include "runtime/netns_pool.hpp"
+#include "runtime/namespace_pool.hpp"
 #include "runtime/sandbox.hpp"
 
 #include <gtest/gtest.h>
@@ -17,6 +17,8 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -127,6 +129,7 @@ protected:
     o.guest_binary = ALEPHD_GUEST_BINARY;
     o.run_dir = dir_ + "/run";
     o.hostname = "sandbox-test";
+    o.dev_dir = dir_ + "/dev"; // as a CRN run by root has it (bwrap's --dev otherwise)
     o.ready_timeout = 5000ms;
     return o;
   }
@@ -190,41 +193,115 @@ static int only_loopback_up_in(int fd) {
   return WEXITSTATUS(status) == 0 ? 1 : 0;
 }
 
-static ino_t inode_of(int fd) {
-  struct stat st{};
-  return ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+static std::string ns_link(const std::string& path) {
+  char buf[64];
+  auto n = ::readlink(path.c_str(), buf, sizeof buf);
+  return n > 0 ? std::string{buf, static_cast<std::size_t>(n)} : "";
 }
 
-TEST(netns_pool, spare_namespaces_are_fresh_with_only_lo_up_and_each_handed_out_once) {
-  alephd::netns_pool pool{2};
+TEST(namespace_pool, spare_namespaces_are_fresh_with_only_lo_up_and_each_handed_out_once) {
+  alephd::namespace_pool pool{2};
   if (::geteuid() != 0) {
     // Without the privilege to make namespaces the pool stays empty: sandboxes use bwrap's.
     EXPECT_FALSE(pool.wait_ready(1, 10000ms));
-    EXPECT_EQ(pool.take(), -1);
+    EXPECT_FALSE(pool.take());
     EXPECT_FALSE(pool.usable());
     return;
   }
   if (!pool.wait_ready(2, 10000ms) && !pool.usable())
-    GTEST_SKIP() << "root without CAP_SYS_ADMIN: no network namespaces here";
+    GTEST_SKIP() << "root without CAP_SYS_ADMIN: no namespaces here";
   ASSERT_TRUE(pool.wait_ready(2, 10000ms));
   EXPECT_TRUE(pool.usable());
-  struct stat mine{};
-  ASSERT_EQ(::stat("/proc/self/ns/net", &mine), 0);
-  std::set<ino_t> seen{mine.st_ino};
-  std::vector<int> taken;
+  std::set<std::string> seen;
+  for (const char* kind : {"net", "ipc", "uts"})
+    seen.insert(ns_link(std::string{"/proc/self/ns/"} + kind));
+  ASSERT_EQ(seen.size(), 3u);
+  std::vector<alephd::spare_namespaces> taken;
   for (int round = 0; round < 3; ++round) { // taken ones are made again
     ASSERT_TRUE(pool.wait_ready(2, 10000ms)) << "round " << round;
     for (int i = 0; i < 2; ++i) {
-      int fd = pool.take();
-      ASSERT_GE(fd, 0);
-      taken.push_back(fd);
-      EXPECT_TRUE(seen.insert(inode_of(fd)).second) << "a namespace handed out twice, or ours";
-      EXPECT_EQ(only_loopback_up_in(fd), 1);
-      EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0); // never leaks into a child
+      auto set = pool.take();
+      ASSERT_TRUE(set);
+      for (auto [fd, kind] : {std::pair{set.net, "net"}, {set.ipc, "ipc"}, {set.uts, "uts"}}) {
+        auto link = ns_link("/proc/self/fd/" + std::to_string(fd));
+        EXPECT_EQ(link.rfind(std::string{kind} + ":[", 0), 0u) << link;
+        EXPECT_TRUE(seen.insert(link).second) << "a namespace handed out twice, or ours: " << link;
+        EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0); // never leaks into a child
+      }
+      EXPECT_EQ(only_loopback_up_in(set.net), 1);
+      taken.push_back(std::move(set));
     }
   }
-  for (int fd : taken)
-    ::close(fd);
+  // This thread is still where it was: the pool's thread made them, not us.
+  for (const char* kind : {"net", "ipc", "uts"})
+    EXPECT_EQ(seen.count(ns_link(std::string{"/proc/self/ns/"} + kind)), 1u);
+  auto fd = taken.front().net;
+  taken.front().close();
+  EXPECT_EQ(taken.front().net, -1);
+  EXPECT_EQ(::fcntl(fd, F_GETFD), -1); // closed
+}
+
+TEST(prepare_dev_dir, makes_a_dev_of_root_owned_nodes_and_links_and_remakes_a_wrong_one) {
+  char tmpl[] = "/tmp/dev_dir_test_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string root = tmpl;
+  auto dev = root + "/dev";
+  if (::geteuid() != 0) {
+    EXPECT_NE(alephd::prepare_dev_dir(dev), "");
+    EXPECT_FALSE(std::filesystem::exists(dev));
+    std::filesystem::remove_all(root);
+    return;
+  }
+  ASSERT_EQ(alephd::prepare_dev_dir(dev), "");
+  std::set<std::string> names;
+  for (auto& e : std::filesystem::directory_iterator{dev})
+    names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"core", "fd", "full", "null", "ptmx", "pts", "random",
+                                          "shm", "stderr", "stdin", "stdout", "tty", "urandom",
+                                          "zero"}));
+  struct stat st {};
+  ASSERT_EQ(::lstat((dev + "/null").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(1, 3));
+  EXPECT_EQ(st.st_mode & 07777, 0666u);
+  EXPECT_EQ(st.st_uid, 0u);
+  ASSERT_EQ(::lstat(dev.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0555u); // not even its owner adds to it without a chmod
+  EXPECT_EQ(ns_link(dev + "/fd"), "/proc/self/fd");
+  // Each call checks the one there is still there: gone, it is made again.
+  std::filesystem::remove_all(dev);
+  ASSERT_EQ(alephd::prepare_dev_dir(dev), "");
+  EXPECT_TRUE(std::filesystem::exists(dev + "/urandom"));
+  // A wrong one left by someone else (an extra file, a node with other rights) is remade.
+  auto other = root + "/other";
+  std::filesystem::create_directories(other);
+  ASSERT_EQ(::mknod((other + "/null").c_str(), S_IFCHR | 0600, makedev(1, 3)), 0);
+  std::ofstream{other + "/extra"} << "x";
+  ASSERT_EQ(alephd::prepare_dev_dir(other), "");
+  EXPECT_FALSE(std::filesystem::exists(other + "/extra"));
+  ASSERT_EQ(::lstat((other + "/null").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0666u);
+  // On a filesystem mounted nodev its nodes could not be opened: refused (sandboxes then get
+  // bwrap's --dev). Tried in a child with a mount namespace of its own.
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    auto mnt = root + "/nodev";
+    bool ok = ::unshare(CLONE_NEWNS) == 0
+              && ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0
+              && ::mkdir(mnt.c_str(), 0755) == 0
+              && ::mount("tmpfs", mnt.c_str(), "tmpfs", MS_NODEV, nullptr) == 0;
+    if (!ok)
+      ::_exit(3);
+    auto why = alephd::prepare_dev_dir(mnt + "/dev");
+    ::_exit(why.find("nodev") != std::string::npos && !std::filesystem::exists(mnt + "/dev") ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 3)
+    GTEST_SKIP() << "cannot mount a tmpfs here";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "a dev dir on a nodev filesystem was accepted";
+  std::filesystem::remove_all(root);
 }
 
 TEST_F(sandbox, serves_a_request) {
@@ -284,16 +361,19 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
   ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
   auto host_port = std::to_string(ntohs(addr.sin_port));
 
-  // Both ways to a network namespace: one made ahead (root only; the pool is full by now or
-  // soon), and one bwrap makes.
+  // Both ways to the namespaces and /dev: made ahead (root only; the pool is full by now or
+  // soon) with our dev dir, and made by bwrap with its --dev.
   if (::geteuid() == 0) {
-    auto& pool = alephd::netns_pool::shared();
+    auto& pool = alephd::namespace_pool::shared();
     EXPECT_TRUE(pool.wait_ready(1, 10000ms) || !pool.usable());
   }
+  std::set<std::string> sandbox_namespaces;
   for (bool spare : {true, false}) {
-    SCOPED_TRACE(spare ? "a namespace made ahead" : "a namespace made by bwrap");
+    SCOPED_TRACE(spare ? "namespaces made ahead" : "namespaces made by bwrap");
     auto o = options();
-    o.spare_netns = spare;
+    o.use_namespace_pool = spare;
+    if (!spare)
+      o.dev_dir.clear();
     o.run_dir += spare ? "-spare" : "-bwrap";
     alephd::sandbox sb{o};
     auto cfg = config(ALEPHD_SANDBOX_PROBE);
@@ -307,18 +387,28 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
     EXPECT_NE(j.find("\"root\":false"), std::string::npos) << j;
     EXPECT_NE(j.find("\"hostname\":\"sandbox-test\""), std::string::npos) << j;
     EXPECT_NE(j.find("\"host_port_reachable\":false"), std::string::npos) << j;
-    // bwrap's init is pid 1, the agent 2, the program 3: its own pid namespace.
-    auto pos = j.find("\"pid\":");
-    ASSERT_NE(pos, std::string::npos) << j;
-    int pid = std::atoi(j.c_str() + pos + 6);
-    EXPECT_GE(pid, 1) << j;
-    EXPECT_LE(pid, 3) << j;
-    // Its own network namespace, not ours.
-    auto h = sb.handle();
-    struct stat mine{}, theirs{};
-    ASSERT_EQ(::stat("/proc/self/ns/net", &mine), 0);
-    ASSERT_EQ(::stat(("/proc/" + std::to_string(h.ns_init) + "/ns/net").c_str(), &theirs), 0);
-    EXPECT_NE(mine.st_ino, theirs.st_ino);
+    auto probe = nlohmann::json::parse(j);
+    // The agent is pid 1, the program 2: its own pid namespace.
+    EXPECT_EQ(probe["pid"], 2) << j;
+    // Its own network, IPC and UTS namespaces: not ours, not the other sandbox's.
+    for (const char* kind : {"net", "ipc", "uts"}) {
+      auto theirs = probe["ns"][kind].get<std::string>();
+      EXPECT_EQ(theirs.rfind(std::string{kind} + ":[", 0), 0u) << j;
+      EXPECT_NE(theirs, ns_link(std::string{"/proc/self/ns/"} + kind)) << j;
+      EXPECT_TRUE(sandbox_namespaces.insert(theirs).second) << j;
+    }
+    // /dev: the harmless devices work, nothing of the host's is there, nothing can be added.
+    auto devs = probe["dev"].get<std::vector<std::string>>();
+    for (const char* need : {"null", "zero", "full", "random", "urandom", "tty", "fd", "shm"})
+      EXPECT_NE(std::find(devs.begin(), devs.end(), need), devs.end()) << need << ": " << j;
+    for (const char* host_only : {"kmsg", "mem", "vda", "sda", "kvm", "loop0", "fuse"})
+      EXPECT_EQ(std::find(devs.begin(), devs.end(), host_only), devs.end()) << host_only << ": " << j;
+    EXPECT_EQ(probe["dev_null_write"], "ok") << j;
+    EXPECT_EQ(probe["dev_urandom_read"], "ok") << j;
+    EXPECT_NE(probe["dev_create"], "ok") << j;
+    if (spare && ::geteuid() == 0) {
+      EXPECT_EQ(devs.size(), 14u) << j; // exactly what prepare_dev_dir makes
+    }
     pollfd pfd{lfd, POLLIN, 0};
     EXPECT_EQ(::poll(&pfd, 1, 0), 0) << "the guest reached a host port";
   }
@@ -405,7 +495,7 @@ TEST_F(sandbox, stop_halts_promptly_and_leaves_no_process) {
   ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
   ASSERT_EQ(sb.request(get(1, "/echo", "x"), 5000ms).status, 200);
   auto tree = process_tree(sb.pid());
-  EXPECT_GE(tree.size(), 4u) << "bwrap, its init, the agent and the program";
+  EXPECT_GE(tree.size(), 3u) << "bwrap, the agent (the namespace's init) and the program";
   auto t0 = clock_type::now();
   EXPECT_EQ(sb.stop(), 128 + SIGTERM);
   EXPECT_LT(clock_type::now() - t0, 3s);
@@ -463,7 +553,7 @@ TEST_F(sandbox, the_destructor_leaves_no_process) {
     ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
     ASSERT_EQ(sb.request(get(1, "/echo", "x"), 5000ms).status, 200);
     tree = process_tree(sb.pid());
-    EXPECT_GE(tree.size(), 4u);
+    EXPECT_GE(tree.size(), 3u); // bwrap, the agent and the program
   }
   for (int p : tree)
     EXPECT_FALSE(running_process(p)) << "pid " << p << " survived the destructor";
