@@ -942,6 +942,7 @@ int main(int argc, char** argv) {
   std::string socket_path;
   std::string device_path;
   std::chrono::seconds reconnect_window{0};
+  bool seccomp = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view a{argv[i]};
     if (a == "--socket" && i + 1 < argc)
@@ -969,12 +970,7 @@ int main(int argc, char** argv) {
       st.confine.uid = static_cast<uid_t>(uid);
       st.confine.gid = static_cast<gid_t>(gid);
     } else if (a == "--seccomp") {
-      std::string err;
-      st.confine.filter = alephd::guest::compile_filter(err);
-      if (st.confine.filter.empty()) {
-        say("cannot build the seccomp filter: " + err);
-        return 70; // never run a program unconfined when confinement was asked for
-      }
+      seccomp = true;
     } else
       return usage();
   }
@@ -1008,6 +1004,13 @@ int main(int argc, char** argv) {
   }
   fwd.watch_host(-1, st.host_fd);
   send_frame(hello(false));
+  if (seccomp) {
+    // Built while the host gets `configure` ready, not before `ready`: off the cold start's path.
+    std::string err;
+    st.confine.filter = alephd::guest::compile_filter(err);
+    if (st.confine.filter.empty())
+      die(70, "cannot build the seccomp filter: " + err); // never run a program unconfined
+  }
 
   gp::decoder dec;
   std::vector<char> buf(64 * 1024);

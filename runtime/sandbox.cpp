@@ -396,6 +396,11 @@ struct sandbox::impl {
   std::string fail_start(std::string error) {
     link->expect_end(); // start() reports this failure itself
     teardown();
+    if (prepared) {
+      prepared.reset();
+      std::error_code ec;
+      std::filesystem::remove(std::filesystem::path{opts.run_dir} / program_file, ec);
+    }
     auto err = first_line((std::filesystem::path{opts.run_dir} / "bwrap.err").string());
     if (!err.empty())
       error += " (bwrap: " + err + ")";
@@ -404,7 +409,7 @@ struct sandbox::impl {
 
   std::string start(const guest::configure& cfg) {
     auto deadline = clock_type::now() + opts.ready_timeout;
-    if (auto error = boot(deadline); !error.empty())
+    if (auto error = boot(deadline, &cfg); !error.empty())
       return error;
     return configure(cfg, deadline);
   }
@@ -469,7 +474,8 @@ struct sandbox::impl {
   }
 
   // Spawns the sandbox and waits for the agent's `ready`.
-  std::string boot(clock_type::time_point deadline) {
+  // With `cfg`, a plain program is written for the agent (see configure()) while bwrap starts.
+  std::string boot(clock_type::time_point deadline, const guest::configure* cfg = nullptr) {
     {
       std::lock_guard lock{mu};
       if (started)
@@ -628,6 +634,8 @@ struct sandbox::impl {
       ::close(listen_fd);
       return fail_start("cannot spawn " + opts.bwrap + ": " + e.what());
     }
+    if (cfg != nullptr)
+      prepared = code_as_file(*cfg, dir / program_file);
 
     // Accept in slices so that a bwrap that exits early fails at once.
     int fd = -1;
@@ -725,14 +733,17 @@ struct sandbox::impl {
     // that both sides must build, copy and decode (most of a pre-started sandbox's cold start).
     std::string error;
     auto code_file = std::filesystem::path{opts.run_dir} / program_file;
-    std::optional<guest::configure> light;
-    if (link->guest_has("code_file")) // an older agent gets the code in the frame
+    auto light = std::exchange(prepared, std::nullopt); // written during boot()
+    if (!link->guest_has("code_file")) // an older agent gets the code in the frame
+      light.reset();
+    else if (!light)
       light = code_as_file(cfg, code_file);
+    std::error_code ec;
     if (light) {
       error = link->configure(*light, deadline);
-      std::error_code ec;
       std::filesystem::remove(code_file, ec); // copied by now, or of no use
     } else {
+      std::filesystem::remove(code_file, ec); // not for an older agent
       error = link->configure(cfg, deadline);
     }
     if (!error.empty())
@@ -785,6 +796,9 @@ struct sandbox::impl {
     stop_code = link->halted_code();
     return stop_code;
   }
+
+  // `configure` with the code as a file, written by boot() for start()'s configure().
+  std::optional<guest::configure> prepared;
 
   // Declared last: destroyed first, so its threads are gone before the rest.
   std::unique_ptr<guest_link> link;
