@@ -303,7 +303,6 @@ sandbox_options sandbox_for(self_ptr self, const std::string& run_dir, bool netw
   sandbox_options o;
   o.bwrap = st.env->bwrap;
   o.guest_binary = st.env->guest_binary;
-  o.dev_dir = st.env->sandbox_dev_dir;
   o.run_dir = run_dir;
   o.hostname = st.info.item_hash.substr(0, 12);
   o.network = network;

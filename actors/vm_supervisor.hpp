@@ -45,8 +45,6 @@ struct execution_env {
   std::string data_dir;     ///< the CRN's data dir: cache/ and executions/ live here
   std::string guest_binary; ///< the static alephd-guest
   std::string bwrap = "/usr/bin/bwrap";
-  /// The sandboxes' /dev (sandbox_options::dev_dir); empty: bwrap's --dev.
-  std::string sandbox_dev_dir;
   std::string microvm_kernel; ///< vmlinuz for instances (scripts/build-microvm-assets)
   std::string microvm_initrd; ///< initramfs.cpio.gz with the guest agent
   std::chrono::milliseconds reuse_timeout{3600 * 1000};

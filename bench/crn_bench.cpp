@@ -285,8 +285,8 @@ int main(int argc, char** argv) {
         ++bwraps;
       }
     double per_crn = static_cast<double>(after - before) / 1024.0 / idle_n;
-    // Two bwrap processes per sandbox (its monitor and the namespace's init); the warm-call
-    // program's sandbox is running too. RSS counts shared pages: an upper bound.
+    // One bwrap process per sandbox (its monitor; the agent is the namespace's init); the
+    // warm-call program's sandbox is running too. RSS counts shared pages: an upper bound.
     auto sandboxes = static_cast<double>(idle_n + 1);
     double per_bwrap = static_cast<double>(bwrap_kib) / 1024.0 / sandboxes;
     std::printf("memory per idle sandbox execution (%d executions, %zu sandbox processes before)\n",

@@ -118,7 +118,6 @@ alephd::guest::http_request first_request() {
 double sandbox_once(const std::filesystem::path& dir, const std::string& code, int i) {
   alephd::sandbox_options o;
   o.guest_binary = ALEPHD_GUEST_BINARY;
-  o.dev_dir = (dir / "dev").string(); // as a CRN run by root has it (bwrap's --dev otherwise)
   o.run_dir = (dir / ("run-" + std::to_string(i))).string();
   auto cfg = program_config(code);
   auto req = first_request();
@@ -187,7 +186,6 @@ int main(int argc, char** argv) {
   {
     alephd::sandbox_options o;
     o.guest_binary = ALEPHD_GUEST_BINARY;
-    o.dev_dir = (dir / "dev").string();
     alephd::sandbox_pool pool{o, 1, (dir / "pool").string()};
     pooled_once(pool, code); // warm-up
     for (int i = 0; i < n; ++i)

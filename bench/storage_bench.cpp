@@ -16,8 +16,11 @@
 #include <vector>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <caf/all.hpp>
@@ -98,6 +101,71 @@ uint64_t http_read(uint16_t port, const std::string& target) {
   ::close(fd);
   return total;
 }
+
+// The least any HTTP server over loopback can do: a thread that answers `count` requests with
+// `path` by sendfile(2), with no parsing, routing, index, checks or actors. Its rate is the
+// ceiling for GET over TCP on this machine, measured with the same client.
+class bare_sendfile_server {
+public:
+  bare_sendfile_server(std::string path, int count) : path_{std::move(path)} {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+        || ::listen(fd_, 4) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      return;
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread{[this, count] {
+      for (int i = 0; i < count; ++i)
+        serve_one();
+    }};
+  }
+  ~bare_sendfile_server() {
+    if (fd_ >= 0)
+      ::shutdown(fd_, SHUT_RDWR); // wakes an accept() that no request will end
+    if (thread_.joinable())
+      thread_.join();
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+  uint16_t port() const { return port_; }
+
+private:
+  void serve_one() {
+    int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0)
+      return;
+    std::string req;
+    char buf[4096];
+    while (req.find("\r\n\r\n") == std::string::npos) {
+      auto n = ::read(c, buf, sizeof buf);
+      if (n <= 0)
+        break;
+      req.append(buf, static_cast<size_t>(n));
+    }
+    int f = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (f >= 0 && ::fstat(f, &st) == 0) {
+      auto head = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(st.st_size)
+                  + "\r\nConnection: close\r\n\r\n";
+      if (::write(c, head.data(), head.size()) == static_cast<ssize_t>(head.size())) {
+        off_t off = 0;
+        while (off < st.st_size && ::sendfile(c, f, &off, static_cast<size_t>(st.st_size - off)) > 0) {
+        }
+      }
+    }
+    if (f >= 0)
+      ::close(f);
+    ::close(c);
+  }
+
+  std::string path_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
 
 struct origin_state {
   std::string url;
@@ -182,7 +250,8 @@ int main() {
 
   // 1. Cache-hit reads (the page cache is warm for both).
   std::system(("cat " + blob.string() + " > /dev/null").c_str());
-  std::vector<double> null_s, cat_s, get_s;
+  std::vector<double> null_s, cat_s, get_s, bare_s;
+  bare_sendfile_server bare{blob.string(), runs};
   for (int i = 0; i < runs; ++i) {
     auto t = steady_clock::now();
     std::system(("cat " + blob.string() + " > /dev/null").c_str());
@@ -200,16 +269,26 @@ int main() {
       std::fprintf(stderr, "short read: %llu bytes\n", static_cast<unsigned long long>(n));
       return 1;
     }
+    t = steady_clock::now();
+    n = http_read(bare.port(), "/");
+    bare_s.push_back(seconds_since(t));
+    if (n < (file_mib << 20)) {
+      std::fprintf(stderr, "bare server: short read: %llu bytes\n", static_cast<unsigned long long>(n));
+      return 1;
+    }
   }
   auto null_rate = mib / median(null_s), cat_rate = mib / median(cat_s),
-       get_rate = mib / median(get_s);
+       get_rate = mib / median(get_s), bare_rate = mib / median(bare_s);
   std::printf("\n1. cache-hit read (both delivered to this process, read 256 KiB at a time)\n"
               "   %-44s %8.0f MiB/s\n   %-44s %8.0f MiB/s\n",
               "baseline: cat blob | this process", cat_rate,
               "alephd: GET /api/v0/storage/raw (loopback)", get_rate);
   std::printf("   ratio: %.2f  (target >= 0.80)\n", get_rate / cat_rate);
-  std::printf("   (for reference: cat blob > /dev/null, which delivers nothing: %.0f MiB/s)\n",
-              null_rate);
+  std::printf("   (for reference: cat blob > /dev/null, which delivers nothing: %.0f MiB/s;\n"
+              "    a bare sendfile(2) server on loopback, no HTTP stack, read the same way:\n"
+              "    %.0f MiB/s, the ceiling for any server here: alephd reaches %.2f of it,\n"
+              "    and it reaches %.2f of cat > /dev/null)\n",
+              null_rate, bare_rate, get_rate / bare_rate, bare_rate / null_rate);
 
   // 2. Miss fetches: a fresh cache each run.
   config cfg;

@@ -1008,8 +1008,10 @@ int main(int argc, char** argv) {
     // Built while the host gets `configure` ready, not before `ready`: off the cold start's path.
     std::string err;
     st.confine.filter = alephd::guest::compile_filter(err);
-    if (st.confine.filter.empty())
-      die(70, "cannot build the seccomp filter: " + err); // never run a program unconfined
+    if (st.confine.filter.empty()) { // never run a program unconfined
+      send_frame(gp::log{"system", "cannot build the seccomp filter: " + err});
+      die(70, "cannot build the seccomp filter: " + err);
+    }
   }
 
   gp::decoder dec;

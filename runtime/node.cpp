@@ -478,20 +478,11 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   }
   if (::access(env->bwrap.c_str(), X_OK) != 0)
     spdlog::warn("crn {}: {} is missing: programs cannot run (install bubblewrap)", id_, env->bwrap);
-  if (::geteuid() == 0) {
-    // One /dev for every sandbox (bound read-only): a faster start than bwrap's --dev.
-    auto dev = dir + "/sandbox-dev";
-    if (auto why = prepare_dev_dir(dev); why.empty())
-      env->sandbox_dev_dir = dev;
-    else
-      spdlog::warn("crn {}: sandboxes get bwrap's /dev, which is slower to set up: {}", id_, why);
-  }
   if (s.prealloc > 0 && ::access(env->bwrap.c_str(), X_OK) == 0
       && ::access(env->guest_binary.c_str(), X_OK) == 0) {
     sandbox_options base;
     base.bwrap = env->bwrap;
     base.guest_binary = env->guest_binary;
-    base.dev_dir = env->sandbox_dev_dir;
     if (env->cgroups) {
       // Until taken: the smallest program's limits; taking sets the execution's own.
       base.limits = cgroup_limits{128ull << 20, env->pids_max, 1.0};

@@ -19,8 +19,6 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -113,93 +111,6 @@ pid_t first_child(pid_t pid) {
   in >> c;
   return c;
 }
-
-
-// What prepare_dev_dir() puts in a sandbox's /dev: what bwrap's --dev has, but devpts.
-struct dev_node {
-  const char* name;
-  unsigned major, minor;
-};
-constexpr dev_node dev_nodes[] = {{"null", 1, 3},   {"zero", 1, 5},    {"full", 1, 7},
-                                  {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
-constexpr std::pair<const char*, const char*> dev_links[] = {
-  {"fd", "/proc/self/fd"},         {"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"},
-  {"stderr", "/proc/self/fd/2"},   {"ptmx", "pts/ptmx"},         {"core", "/proc/kcore"}};
-constexpr const char* dev_subdirs[] = {"shm", "pts"};
-
-bool root_owned(const std::string& path, mode_t type, mode_t perms, struct stat& st) {
-  return ::lstat(path.c_str(), &st) == 0 && st.st_uid == 0 && st.st_gid == 0
-         && (st.st_mode & S_IFMT) == type && (st.st_mode & 07777) == perms;
-}
-
-// Whether `dir` holds exactly what make_dev_dir() puts there.
-bool dev_dir_is_right(const std::string& dir) {
-  struct stat st {};
-  if (!root_owned(dir, S_IFDIR, 0555, st))
-    return false;
-  std::size_t entries = 0;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator{dir, ec};
-       !ec && it != std::filesystem::directory_iterator{}; it.increment(ec))
-    ++entries;
-  if (ec || entries != std::size(dev_nodes) + std::size(dev_links) + std::size(dev_subdirs))
-    return false;
-  for (const auto& n : dev_nodes)
-    if (!root_owned(dir + "/" + n.name, S_IFCHR, 0666, st) || st.st_rdev != makedev(n.major, n.minor))
-      return false;
-  for (const auto& [name, target] : dev_links) {
-    char buf[64];
-    auto len = ::readlink((dir + "/" + name).c_str(), buf, sizeof buf);
-    if (len < 0 || std::string_view{buf, static_cast<std::size_t>(len)} != target)
-      return false;
-  }
-  for (const char* d : dev_subdirs) {
-    auto path = dir + "/" + d;
-    if (!root_owned(path, S_IFDIR, 0755, st) || !std::filesystem::is_empty(path, ec) || ec)
-      return false;
-  }
-  return true;
-}
-
-// Builds the directory beside `dir` and renames it into place; "" or why not.
-std::string make_dev_dir(const std::string& dir) {
-  auto tmp = dir + ".tmp-" + std::to_string(::getpid());
-  std::error_code ec;
-  std::filesystem::remove_all(tmp, ec);
-  auto fail = [&](const std::string& what) {
-    auto why = what + ": " + std::strerror(errno);
-    std::filesystem::remove_all(tmp, ec);
-    return why;
-  };
-  auto owned = [](const std::string& path, mode_t perms) {
-    return ::lchown(path.c_str(), 0, 0) == 0 && ::chmod(path.c_str(), perms) == 0;
-  };
-  if (::mkdir(tmp.c_str(), 0755) != 0 || !owned(tmp, 0755))
-    return fail("cannot create " + tmp);
-  for (const auto& n : dev_nodes) {
-    auto path = tmp + "/" + n.name;
-    if (::mknod(path.c_str(), S_IFCHR | 0666, makedev(n.major, n.minor)) != 0 || !owned(path, 0666))
-      return fail("cannot create " + path);
-  }
-  for (const auto& [name, target] : dev_links) {
-    auto path = tmp + "/" + name;
-    if (::symlink(target, path.c_str()) != 0 || ::lchown(path.c_str(), 0, 0) != 0)
-      return fail("cannot create " + path);
-  }
-  for (const char* d : dev_subdirs) {
-    auto path = tmp + "/" + d;
-    if (::mkdir(path.c_str(), 0755) != 0 || !owned(path, 0755))
-      return fail("cannot create " + path);
-  }
-  // Read-only even for its owner (root in the sandbox, the agent, has no CAP_DAC_OVERRIDE).
-  if (::chmod(tmp.c_str(), 0555) != 0)
-    return fail("cannot chmod " + tmp);
-  std::filesystem::remove_all(dir, ec); // a wrong one
-  if (::rename(tmp.c_str(), dir.c_str()) != 0)
-    return fail("cannot rename " + tmp + " to " + dir);
-  return {};
-}
-
 
 } // namespace
 
@@ -507,18 +418,12 @@ struct sandbox::impl {
       "--symlink", "usr/bin", "/bin",
       "--symlink", "usr/sbin", "/sbin",
       "--proc", "/proc",
+      "--dev", "/dev",
       "--perms", "1777", "--tmpfs", "/tmp",
       // The agent is the namespace's init (it reaps orphans as PID 1, as in a microVM): no
       // reaper process of bwrap's own, one process (and its memory) less per sandbox.
       "--unshare-pid", "--as-pid-1",
     };
-    // The dev dir is shared (and bound writable: bwrap's --remount-ro would add nodev), so only
-    // for a program that runs as another user than root, who cannot change it.
-    bool run_as = ::geteuid() == 0 && opts.uid != 0 && opts.gid != 0;
-    if (run_as && !opts.dev_dir.empty() && prepare_dev_dir(opts.dev_dir).empty())
-      args.insert(args.end(), {"--dev-bind", opts.dev_dir, "/dev"});
-    else
-      args.insert(args.end(), {"--dev", "/dev"});
     // Namespaces made ahead, entered by the child before bwrap runs; or bwrap makes them.
     // Root only: bwrap run by another user makes a user namespace, which must own the network
     // namespace too (slirp4netns configures it from there).
@@ -564,7 +469,7 @@ struct sandbox::impl {
       args.emplace_back(a);
     if (opts.adopt_window.count() > 0)
       args.insert(args.end(), {"--reconnect-window", std::to_string(opts.adopt_window.count())});
-    if (run_as)
+    if (as_root && opts.uid != 0 && opts.gid != 0)
       args.insert(args.end(), {"--run-as", std::to_string(opts.uid) + ":" + std::to_string(opts.gid)});
     if (opts.seccomp)
       args.emplace_back("--seccomp");
@@ -803,31 +708,6 @@ struct sandbox::impl {
   // Declared last: destroyed first, so its threads are gone before the rest.
   std::unique_ptr<guest_link> link;
 };
-
-std::string prepare_dev_dir(const std::string& path) {
-  static std::mutex mu;
-  static std::map<std::string, std::string> verdicts; // path -> "" or why not
-  std::lock_guard lock{mu};
-  auto it = verdicts.find(path);
-  // A good one is checked again only when something took it away meanwhile.
-  struct stat st {};
-  if (it != verdicts.end() && (!it->second.empty() || ::lstat((path + "/null").c_str(), &st) == 0))
-    return it->second;
-  std::string why;
-  struct statvfs fs {};
-  auto parent = std::filesystem::path{path}.parent_path();
-  if (::geteuid() != 0)
-    why = "only root can make device nodes";
-  else if (path.empty() || parent.empty())
-    why = "no directory given";
-  else if (::statvfs(parent.c_str(), &fs) != 0)
-    why = "cannot reach " + parent.string() + ": " + std::strerror(errno);
-  else if ((fs.f_flag & ST_NODEV) != 0)
-    why = parent.string() + " is on a filesystem mounted nodev";
-  else if (!dev_dir_is_right(path))
-    why = make_dev_dir(path);
-  return verdicts[path] = why;
-}
 
 sandbox::sandbox(sandbox_options o)
   : impl_{std::make_unique<impl>(std::move(o))} {

@@ -39,13 +39,6 @@ struct sandbox_options {
   /// set is ready and we are root (a faster start); otherwise, or false, bwrap makes them
   /// (--unshare-net/-ipc/-uts). Either way they are the sandbox's alone.
   bool use_namespace_pool = true;
-  /// A directory bound as the sandbox's /dev (made and checked by prepare_dev_dir() on first
-  /// use): one bind mount instead of the eight or so of bwrap's --dev, about 1 ms of each cold
-  /// start. Only when root starts a program that runs as another user (the directory is
-  /// shared, and only root could change it); otherwise, empty, or when it cannot be prepared,
-  /// bwrap's --dev. Either way /dev holds null, zero, full, random, urandom, tty, the fd links
-  /// and shm/; this one has no devpts (no pseudo-terminals).
-  std::string dev_dir;
   std::chrono::milliseconds ready_timeout{10000};
   /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
   std::vector<std::string> extra_args;
@@ -70,13 +63,6 @@ struct sandbox_options {
   uint32_t gid = sandbox_user;
   bool seccomp = true;
 };
-
-/// Makes `path` (or checks the one there) a /dev for sandboxes: the six device nodes of
-/// sandbox_options::dev_dir, the links fd, stdin, stdout, stderr, ptmx and core, and empty shm/
-/// and pts/, all owned by root, nothing else; the directory itself mode 0555. A wrong one is made again. "" or why it cannot be
-/// used (not root, a filesystem mounted nodev, …). Thread-safe; the verdict on a path is kept
-/// for the life of the process.
-std::string prepare_dev_dir(const std::string& path);
 
 /// What identifies a running sandbox across CRN processes: bwrap and the
 /// namespace's init, each with its start time (against pid reuse).

@@ -17,8 +17,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/ioctl.h>
-#include <sys/mount.h>
-#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -129,7 +127,6 @@ protected:
     o.guest_binary = ALEPHD_GUEST_BINARY;
     o.run_dir = dir_ + "/run";
     o.hostname = "sandbox-test";
-    o.dev_dir = dir_ + "/dev"; // as a CRN run by root has it (bwrap's --dev otherwise)
     o.ready_timeout = 5000ms;
     return o;
   }
@@ -241,69 +238,6 @@ TEST(namespace_pool, spare_namespaces_are_fresh_with_only_lo_up_and_each_handed_
   EXPECT_EQ(::fcntl(fd, F_GETFD), -1); // closed
 }
 
-TEST(prepare_dev_dir, makes_a_dev_of_root_owned_nodes_and_links_and_remakes_a_wrong_one) {
-  char tmpl[] = "/tmp/dev_dir_test_XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  std::string root = tmpl;
-  auto dev = root + "/dev";
-  if (::geteuid() != 0) {
-    EXPECT_NE(alephd::prepare_dev_dir(dev), "");
-    EXPECT_FALSE(std::filesystem::exists(dev));
-    std::filesystem::remove_all(root);
-    return;
-  }
-  ASSERT_EQ(alephd::prepare_dev_dir(dev), "");
-  std::set<std::string> names;
-  for (auto& e : std::filesystem::directory_iterator{dev})
-    names.insert(e.path().filename().string());
-  EXPECT_EQ(names, (std::set<std::string>{"core", "fd", "full", "null", "ptmx", "pts", "random",
-                                          "shm", "stderr", "stdin", "stdout", "tty", "urandom",
-                                          "zero"}));
-  struct stat st {};
-  ASSERT_EQ(::lstat((dev + "/null").c_str(), &st), 0);
-  EXPECT_TRUE(S_ISCHR(st.st_mode));
-  EXPECT_EQ(st.st_rdev, makedev(1, 3));
-  EXPECT_EQ(st.st_mode & 07777, 0666u);
-  EXPECT_EQ(st.st_uid, 0u);
-  ASSERT_EQ(::lstat(dev.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0555u); // not even its owner adds to it without a chmod
-  EXPECT_EQ(ns_link(dev + "/fd"), "/proc/self/fd");
-  // Each call checks the one there is still there: gone, it is made again.
-  std::filesystem::remove_all(dev);
-  ASSERT_EQ(alephd::prepare_dev_dir(dev), "");
-  EXPECT_TRUE(std::filesystem::exists(dev + "/urandom"));
-  // A wrong one left by someone else (an extra file, a node with other rights) is remade.
-  auto other = root + "/other";
-  std::filesystem::create_directories(other);
-  ASSERT_EQ(::mknod((other + "/null").c_str(), S_IFCHR | 0600, makedev(1, 3)), 0);
-  std::ofstream{other + "/extra"} << "x";
-  ASSERT_EQ(alephd::prepare_dev_dir(other), "");
-  EXPECT_FALSE(std::filesystem::exists(other + "/extra"));
-  ASSERT_EQ(::lstat((other + "/null").c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0666u);
-  // On a filesystem mounted nodev its nodes could not be opened: refused (sandboxes then get
-  // bwrap's --dev). Tried in a child with a mount namespace of its own.
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    auto mnt = root + "/nodev";
-    bool ok = ::unshare(CLONE_NEWNS) == 0
-              && ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0
-              && ::mkdir(mnt.c_str(), 0755) == 0
-              && ::mount("tmpfs", mnt.c_str(), "tmpfs", MS_NODEV, nullptr) == 0;
-    if (!ok)
-      ::_exit(3);
-    auto why = alephd::prepare_dev_dir(mnt + "/dev");
-    ::_exit(why.find("nodev") != std::string::npos && !std::filesystem::exists(mnt + "/dev") ? 0 : 1);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 3)
-    GTEST_SKIP() << "cannot mount a tmpfs here";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "a dev dir on a nodev filesystem was accepted";
-  std::filesystem::remove_all(root);
-}
-
 TEST_F(sandbox, serves_a_request) {
   alephd::sandbox sb{options()};
   ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
@@ -361,8 +295,8 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
   ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
   auto host_port = std::to_string(ntohs(addr.sin_port));
 
-  // Both ways to the namespaces and /dev: made ahead (root only; the pool is full by now or
-  // soon) with our dev dir, and made by bwrap with its --dev.
+  // Both ways to the namespaces: made ahead (root only; the pool is full by now or soon), and
+  // made by bwrap.
   if (::geteuid() == 0) {
     auto& pool = alephd::namespace_pool::shared();
     EXPECT_TRUE(pool.wait_ready(1, 10000ms) || !pool.usable());
@@ -372,8 +306,6 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
     SCOPED_TRACE(spare ? "namespaces made ahead" : "namespaces made by bwrap");
     auto o = options();
     o.use_namespace_pool = spare;
-    if (!spare)
-      o.dev_dir.clear();
     o.run_dir += spare ? "-spare" : "-bwrap";
     alephd::sandbox sb{o};
     auto cfg = config(ALEPHD_SANDBOX_PROBE);
@@ -406,9 +338,6 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
     EXPECT_EQ(probe["dev_null_write"], "ok") << j;
     EXPECT_EQ(probe["dev_urandom_read"], "ok") << j;
     EXPECT_NE(probe["dev_create"], "ok") << j;
-    if (spare && ::geteuid() == 0) {
-      EXPECT_EQ(devs.size(), 14u) << j; // exactly what prepare_dev_dir makes
-    }
     pollfd pfd{lfd, POLLIN, 0};
     EXPECT_EQ(::poll(&pfd, 1, 0), 0) << "the guest reached a host port";
   }
