@@ -6,8 +6,14 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -29,6 +35,84 @@ using error_code = boost::system::error_code;
 
 constexpr std::size_t chunk = 1 << 20;
 constexpr uint64_t progress_step = 64 << 10;
+// Hashes the pieces of a download in order on a thread of its own, while the next piece is
+// read and written: the sha256 (~1.2 GB/s here) no longer adds to the socket and the disk.
+// A piece's bytes must stay untouched until wait_for(its number) returns.
+class background_hash {
+public:
+  explicit background_hash(sha256_stream& sha) : sha_{sha}, thread_{[this] { run(); }} {}
+  /// Hashes what was submitted, then ends the thread.
+  ~background_hash() {
+    {
+      std::lock_guard lock{mu_};
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  background_hash(const background_hash&) = delete;
+  background_hash& operator=(const background_hash&) = delete;
+
+  /// Queues [p, p + n); returns the piece's number (from 1).
+  uint64_t submit(const char* p, std::size_t n) {
+    std::lock_guard lock{mu_};
+    queue_.emplace_back(p, n);
+    cv_.notify_all();
+    return ++submitted_;
+  }
+  /// Blocks until piece `number` (and all before it) is hashed; 0 returns at once.
+  void wait_for(uint64_t number) {
+    std::unique_lock lock{mu_};
+    cv_.wait(lock, [&] { return hashed_ >= number; });
+  }
+
+private:
+  void run() {
+    std::unique_lock lock{mu_};
+    for (;;) {
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty())
+        return;
+      auto [p, n] = queue_.front();
+      lock.unlock();
+      sha_.update(p, n);
+      lock.lock();
+      queue_.pop_front();
+      ++hashed_;
+      cv_.notify_all();
+    }
+  }
+
+  sha256_stream& sha_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<const char*, std::size_t>> queue_;
+  uint64_t submitted_ = 0, hashed_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// A download's bytes go to the disk while it runs, this much at a time (see write_behind).
+constexpr uint64_t writeback_step = 8 << 20;
+
+// Starts the disk writing each `writeback_step` of the file as soon as it is there, and waits
+// for the step before it: the final fsync then finds little left to write, and the dirty pages
+// of one download stay bounded. Only a hint: the fsync at the end is what makes it durable.
+struct write_behind {
+  int fd;
+  uint64_t started = 0; // bytes handed to the disk so far
+
+  void wrote(uint64_t size) {
+    while (size - started >= writeback_step) {
+      ::sync_file_range(fd, static_cast<off_t>(started), writeback_step, SYNC_FILE_RANGE_WRITE);
+      if (started >= writeback_step)
+        ::sync_file_range(fd, static_cast<off_t>(started - writeback_step), writeback_step,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                            | SYNC_FILE_RANGE_WAIT_AFTER);
+      started += writeback_step;
+    }
+  }
+};
 
 // Runs one asynchronous operation to completion on `ioc` (each op carries its own deadline
 // through the stream's expiry).
@@ -164,9 +248,12 @@ result download(const std::string& base_url, const std::string& target, const st
   std::vector<char> data(chunk);
   sha256_stream sha;
   uint64_t reported = 0;
-  // Appends received bytes to the file and the hash; false (with r.error set) on failure.
-  auto take = [&](const char* p, std::size_t n) {
-    sha.update(p, n);
+  write_behind behind{fd};
+  // Appends received bytes to the file (and the hash unless `hashed_later`); false (with
+  // r.error set) on failure.
+  auto take = [&](const char* p, std::size_t n, bool hashed_later = false) {
+    if (!hashed_later)
+      sha.update(p, n);
     for (auto left = n; left > 0;) {
       auto w = ::write(fd, p, left);
       if (w < 0 && errno == EINTR)
@@ -180,6 +267,7 @@ result download(const std::string& base_url, const std::string& target, const st
       left -= static_cast<std::size_t>(w);
     }
     r.size += n;
+    behind.wrote(r.size);
     if (o.progress && r.size - reported >= progress_step) {
       reported = r.size;
       o.progress(r.size, total);
@@ -202,20 +290,36 @@ result download(const std::string& base_url, const std::string& target, const st
     tv.tv_sec = static_cast<time_t>(o.idle_timeout.count() / 1000);
     tv.tv_usec = static_cast<suseconds_t>((o.idle_timeout.count() % 1000) * 1000);
     ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    while (left > 0) {
+    // A large file is hashed on another thread, piece by piece, in buffers taken in turn.
+    std::array<std::vector<char>, 4> bufs;
+    std::array<uint64_t, 4> pieces{}; // the piece each buffer holds, 0: none
+    std::optional<background_hash> hasher;
+    if (left >= 4 * chunk) {
+      for (auto& b : bufs)
+        b.resize(chunk);
+      hasher.emplace(sha);
+    }
+    for (std::size_t turn = 0; left > 0; ++turn) {
       if (cancelled(o))
         return fail("cancelled");
-      auto n = ::read(sock.native_handle(), data.data(), std::min<uint64_t>(left, data.size()));
+      auto slot = turn % bufs.size();
+      if (hasher)
+        hasher->wait_for(pieces[slot]);
+      auto& into = hasher ? bufs[slot] : data;
+      auto n = ::read(sock.native_handle(), into.data(), std::min<uint64_t>(left, into.size()));
       if (n < 0 && errno == EINTR)
         continue;
       if (n <= 0)
         return fail("download interrupted after " + std::to_string(r.size) + " bytes: "
                     + (n == 0 ? std::string{"the connection closed"}
                               : errno == EAGAIN ? std::string{"timed out"} : std::strerror(errno)));
-      if (!take(data.data(), static_cast<std::size_t>(n)))
+      if (!take(into.data(), static_cast<std::size_t>(n), hasher.has_value()))
         return fail(r.error);
+      if (hasher)
+        pieces[slot] = hasher->submit(into.data(), static_cast<std::size_t>(n));
       left -= static_cast<uint64_t>(n);
     }
+    hasher.reset(); // every piece hashed: the hash is complete
   } else {
     while (!parser.is_done()) {
       if (cancelled(o))
