@@ -13,6 +13,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -297,7 +298,11 @@ result download(const std::string& base_url, const std::string& target, const st
     if (left >= 4 * chunk) {
       for (auto& b : bufs)
         b.resize(chunk);
-      hasher.emplace(sha);
+      try {
+        hasher.emplace(sha);
+      } catch (const std::system_error&) {
+        // No thread to be had: hashed here as it comes.
+      }
     }
     for (std::size_t turn = 0; left > 0; ++turn) {
       if (cancelled(o))
