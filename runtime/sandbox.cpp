@@ -125,7 +125,7 @@ struct sandbox::impl {
 
   sandbox_options opts;
 
-  std::mutex mu;
+  std::mutex mu; // guards started and prepared
   bool started = false; // boot() was called
 
   // The bwrap process (our child, or adopted from an earlier CRN process).
@@ -307,8 +307,12 @@ struct sandbox::impl {
   std::string fail_start(std::string error) {
     link->expect_end(); // start() reports this failure itself
     teardown();
-    if (prepared) {
-      prepared.reset();
+    bool written;
+    {
+      std::lock_guard lock{mu};
+      written = std::exchange(prepared, std::nullopt).has_value();
+    }
+    if (written) {
       std::error_code ec;
       std::filesystem::remove(std::filesystem::path{opts.run_dir} / program_file, ec);
     }
@@ -539,8 +543,11 @@ struct sandbox::impl {
       ::close(listen_fd);
       return fail_start("cannot spawn " + opts.bwrap + ": " + e.what());
     }
-    if (cfg != nullptr)
-      prepared = code_as_file(*cfg, dir / program_file);
+    if (cfg != nullptr) {
+      auto light = code_as_file(*cfg, dir / program_file);
+      std::lock_guard lock{mu};
+      prepared = std::move(light);
+    }
 
     // Accept in slices so that a bwrap that exits early fails at once.
     int fd = -1;
@@ -638,19 +645,22 @@ struct sandbox::impl {
     // that both sides must build, copy and decode (most of a pre-started sandbox's cold start).
     std::string error;
     auto code_file = std::filesystem::path{opts.run_dir} / program_file;
-    auto light = std::exchange(prepared, std::nullopt); // written during boot()
+    std::optional<guest::configure> light;
+    {
+      std::lock_guard lock{mu};
+      light = std::exchange(prepared, std::nullopt); // written during boot()
+    }
+    bool ours = light.has_value();
     if (!link->guest_has("code_file")) // an older agent gets the code in the frame
       light.reset();
     else if (!light)
-      light = code_as_file(cfg, code_file);
+      ours = (light = code_as_file(cfg, code_file)).has_value();
+    error = link->configure(light ? *light : cfg, deadline);
+    // Only a file this call wrote goes (O_EXCL): a configure racing this one, refused as
+    // "already configured", leaves the other's alone.
     std::error_code ec;
-    if (light) {
-      error = link->configure(*light, deadline);
+    if (ours)
       std::filesystem::remove(code_file, ec); // copied by now, or of no use
-    } else {
-      std::filesystem::remove(code_file, ec); // not for an older agent
-      error = link->configure(cfg, deadline);
-    }
     if (!error.empty())
       return error == "already configured" ? error : fail_start(error);
     return {};
