@@ -296,12 +296,12 @@ result download(const std::string& base_url, const std::string& target, const st
     std::array<uint64_t, 4> pieces{}; // the piece each buffer holds, 0: none
     std::optional<background_hash> hasher;
     if (left >= 4 * chunk) {
-      for (auto& b : bufs)
-        b.resize(chunk);
       try {
         hasher.emplace(sha);
+        for (auto& b : bufs)
+          b.resize(chunk);
       } catch (const std::system_error&) {
-        // No thread to be had: hashed here as it comes.
+        // No thread to be had: hashed here as it comes, in `data`.
       }
     }
     for (std::size_t turn = 0; left > 0; ++turn) {
