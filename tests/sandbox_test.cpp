@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <cerrno>
 #include <chrono>
@@ -302,12 +303,14 @@ TEST_F(sandbox, the_guest_sees_no_host_files_pids_or_network) {
     EXPECT_TRUE(pool.wait_ready(1, 10000ms) || !pool.usable());
   }
   std::set<std::string> sandbox_namespaces;
+  // Both alive at once: the kernel reuses the number of a namespace that is gone.
+  std::vector<std::unique_ptr<alephd::sandbox>> sandboxes;
   for (bool spare : {true, false}) {
     SCOPED_TRACE(spare ? "namespaces made ahead" : "namespaces made by bwrap");
     auto o = options();
     o.use_namespace_pool = spare;
     o.run_dir += spare ? "-spare" : "-bwrap";
-    alephd::sandbox sb{o};
+    auto& sb = *sandboxes.emplace_back(std::make_unique<alephd::sandbox>(o));
     auto cfg = config(ALEPHD_SANDBOX_PROBE);
     cfg.variables["PROBE_PORT"] = host_port;
     ASSERT_EQ(sb.start(cfg), "");
