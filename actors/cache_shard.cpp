@@ -15,7 +15,6 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = cache_shard_pointer;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
@@ -42,14 +41,14 @@ bool decode(std::string_view text, cache_entry& e) {
   return true;
 }
 
-const char* shard_tag(self_ptr self) {
+const char* shard_tag(cache_shard_pointer self) {
   static thread_local std::string tag;
   tag = "cache_shard " + std::to_string(self->state.cfg.index);
   return tag.c_str();
 }
 
 // Writes (or, with null, deletes) one index record; logs a failure.
-void persist(self_ptr self, const std::string& hash, const cache_entry* e) {
+void persist(cache_shard_pointer self, const std::string& hash, const cache_entry* e) {
   auto& st = self->state;
   lmdb::txn t{*st.cfg.env, true};
   int rc = e != nullptr ? t.put(st.db, hash, encode(*e)) : t.del(st.db, hash);
@@ -60,11 +59,11 @@ void persist(self_ptr self, const std::string& hash, const cache_entry* e) {
                   lmdb::error_text(rc));
 }
 
-file_info info_of(self_ptr self, const std::string& hash, const cache_entry& e) {
+file_info info_of(cache_shard_pointer self, const std::string& hash, const cache_entry& e) {
   return file_info{hash, e.size, self->state.cfg.blobs->path_of(hash), e.created};
 }
 
-bool pinned(self_ptr self, const std::string& hash) {
+bool pinned(cache_shard_pointer self, const std::string& hash) {
   auto it = self->state.pins.find(hash);
   return it != self->state.pins.end() && !it->second.empty();
 }
@@ -76,7 +75,7 @@ std::string duty_owner(const std::string& hash) {
 // An execution's pins live in memory (a re-adopted execution pins its files again). A storage
 // duty pin ("replica:<hash>") is also written to the index, so that it holds across a restart;
 // the CCN confirms the full list when the CRN links (atom::confirm) and stale ones end then.
-void pin(self_ptr self, const std::string& hash, const std::string& owner) {
+void pin(cache_shard_pointer self, const std::string& hash, const std::string& owner) {
   if (owner.empty())
     return;
   auto& st = self->state;
@@ -89,10 +88,10 @@ void pin(self_ptr self, const std::string& hash, const std::string& owner) {
   }
 }
 
-void unpin(self_ptr self, const std::string& owner);
+void unpin(cache_shard_pointer self, const std::string& owner);
 
 // Deletes a blob and its index record (its pins stay: a re-fetched copy is pinned again).
-void drop(self_ptr self, const std::string& hash) {
+void drop(cache_shard_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto it = st.entries.find(hash);
   if (it == st.entries.end())
@@ -106,14 +105,14 @@ void drop(self_ptr self, const std::string& hash) {
   persist(self, hash, nullptr);
 }
 
-void maybe_evict(self_ptr self) {
+void maybe_evict(cache_shard_pointer self) {
   auto& st = self->state;
   if (st.cfg.high_bytes > 0 && st.cfg.total_bytes->load() > st.cfg.high_bytes)
     self->send(caf::actor_cast<content_store_actor>(st.store), atom::evict_v);
 }
 
 // Indexes a blob that is now in place.
-file_info add(self_ptr self, const std::string& hash, uint64_t size, const std::string& origin) {
+file_info add(cache_shard_pointer self, const std::string& hash, uint64_t size, const std::string& origin) {
   auto& st = self->state;
   auto now = unix_seconds();
   if (auto it = st.entries.find(hash); it != st.entries.end()) {
@@ -141,7 +140,7 @@ file_info add(self_ptr self, const std::string& hash, uint64_t size, const std::
 
 // The entry of a held, intact blob; null when missing. A blob changed on disk since it was last
 // verified is hashed again, and deleted when it no longer matches its name: never served.
-const cache_entry* verified(self_ptr self, const std::string& hash) {
+const cache_entry* verified(cache_shard_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto it = st.entries.find(hash);
   if (it == st.entries.end())
@@ -166,7 +165,7 @@ const cache_entry* verified(self_ptr self, const std::string& hash) {
   return &it->second;
 }
 
-void touch(self_ptr self, const std::string& hash) {
+void touch(cache_shard_pointer self, const std::string& hash) {
   auto& st = self->state;
   if (auto it = st.entries.find(hash); it != st.entries.end()) {
     it->second.last_access = unix_seconds();
@@ -181,7 +180,7 @@ caf::error blob_failure(const blob_error& e) {
 enum class fetch_kind : uint8_t { ok = 0, not_found, no_space, failed };
 
 // Answers everyone waiting for a download of `hash` (and pins it for their owners).
-void finish_download(self_ptr self, const std::string& hash, caf::error failure) {
+void finish_download(cache_shard_pointer self, const std::string& hash, caf::error failure) {
   auto& st = self->state;
   auto it = st.flights.find(hash);
   if (it == st.flights.end())
@@ -207,7 +206,7 @@ void finish_download(self_ptr self, const std::string& hash, caf::error failure)
 }
 
 // Streams the file from the CCN's HTTP API on a thread of its own (the actor stays free).
-void download_http(self_ptr self, const std::string& hash, const std::string& base_url) {
+void download_http(cache_shard_pointer self, const std::string& hash, const std::string& base_url) {
   auto& st = self->state;
   auto& f = st.flights[hash];
   auto dest = st.cfg.blobs->temp_path("fetch");
@@ -242,7 +241,7 @@ void download_http(self_ptr self, const std::string& hash, const std::string& ba
 }
 
 // Asks the CCN for the file's bytes over the link itself (no HTTP address known).
-void download_link(self_ptr self, const std::string& hash) {
+void download_link(cache_shard_pointer self, const std::string& hash) {
   auto& st = self->state;
   self->request(st.link, st.cfg.fetch_timeout, atom::read_v, hash)
     .then(
@@ -266,7 +265,7 @@ void download_link(self_ptr self, const std::string& hash) {
 }
 
 // Starts the one download of `hash` that every waiter in its flight shares.
-void start_download(self_ptr self, const std::string& hash) {
+void start_download(cache_shard_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto& f = st.flights[hash];
   if (f.cancel)
@@ -292,7 +291,7 @@ void start_download(self_ptr self, const std::string& hash) {
 }
 
 // A download thread ended: the temp file becomes the blob.
-void downloaded(self_ptr self, const std::string& hash, const std::string& temp,
+void downloaded(cache_shard_pointer self, const std::string& hash, const std::string& temp,
                 const std::string& err, fetch_kind kind) {
   auto& st = self->state;
   if (st.flights.count(hash) == 0) {
@@ -318,7 +317,7 @@ void downloaded(self_ptr self, const std::string& hash, const std::string& temp,
   finish_download(self, hash, caf::error{});
 }
 
-void unpin(self_ptr self, const std::string& owner) {
+void unpin(cache_shard_pointer self, const std::string& owner) {
   auto& st = self->state;
   auto it = st.owned.find(owner);
   if (it == st.owned.end())
@@ -348,7 +347,7 @@ void unpin(self_ptr self, const std::string& owner) {
 // Loads the index and reconciles it with the blob directory: records whose blob is gone are
 // dropped, blobs without a record (an index lost, or written by an older version) are verified
 // and indexed.
-void load(self_ptr self) {
+void load(cache_shard_pointer self) {
   auto& st = self->state;
   std::vector<std::string> gone;
   {
@@ -396,7 +395,7 @@ void load(self_ptr self) {
                  shard_tag(self), recovered, gone.size());
 }
 
-void flush_access(self_ptr self) {
+void flush_access(cache_shard_pointer self) {
   auto& st = self->state;
   if (st.dirty.empty())
     return;
@@ -413,7 +412,7 @@ void flush_access(self_ptr self) {
 }
 
 // Re-hashes blobs in hash order from where the last round stopped, up to scrub_bytes.
-void scrub_round(self_ptr self) {
+void scrub_round(cache_shard_pointer self) {
   auto& st = self->state;
   std::vector<std::string> keys;
   keys.reserve(st.entries.size());

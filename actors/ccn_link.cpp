@@ -16,7 +16,7 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = ccn_link_actor::stateful_pointer<ccn_link_state>;
+using ccn_link_pointer = ccn_link_actor::stateful_pointer<ccn_link_state>;
 using std::chrono::milliseconds;
 
 size_t endpoint_count(const ccn_link_config& cfg) {
@@ -30,7 +30,7 @@ std::string endpoint_name(const ccn_link_config& cfg, size_t i) {
 // The CCN at `endpoint`: one of `direct` for its name ("in-process:N"), else through the
 // middleman.
 template <class OnOk, class OnError>
-void reach_ccn(self_ptr self, const std::string& endpoint, caf::timespan timeout, OnOk on_ok,
+void reach_ccn(ccn_link_pointer self, const std::string& endpoint, caf::timespan timeout, OnOk on_ok,
                OnError on_error) {
   auto& cfg = self->state.cfg;
   if (!cfg.direct.empty()) {
@@ -44,7 +44,7 @@ void reach_ccn(self_ptr self, const std::string& endpoint, caf::timespan timeout
 }
 
 // Lets go of the current CCN; callbacks of its requests see a new generation and do nothing.
-void forget_ccn(self_ptr self, link_phase next) {
+void forget_ccn(ccn_link_pointer self, link_phase next) {
   auto& st = self->state;
   if (st.registry)
     self->demonitor(st.registry.address());
@@ -57,7 +57,7 @@ void forget_ccn(self_ptr self, link_phase next) {
 }
 
 // The CCN is unreachable or gone: try the next one after a jittered back-off.
-void fail(self_ptr self, const std::string& why) {
+void fail(ccn_link_pointer self, const std::string& why) {
   auto& st = self->state;
   if (st.phase == link_phase::disconnected)
     return;
@@ -75,9 +75,9 @@ void fail(self_ptr self, const std::string& why) {
   self->delayed_send(self, delay, atom::connect_v);
 }
 
-void remember_ccn(self_ptr self, const std::string& id, const std::string& endpoint);
+void remember_ccn(ccn_link_pointer self, const std::string& id, const std::string& endpoint);
 
-void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
+void enroll(ccn_link_pointer self, const ccn_node_actor& node, const std::string& endpoint) {
   auto gen = self->state.generation;
   auto timeout = self->state.cfg.failure_timeout;
   self->request(node, timeout, atom::hello_v)
@@ -150,7 +150,7 @@ void enroll(self_ptr self, const ccn_node_actor& node, const std::string& endpoi
       });
 }
 
-void connect(self_ptr self) {
+void connect(ccn_link_pointer self) {
   auto& st = self->state;
   if (st.phase != link_phase::disconnected || endpoint_count(st.cfg) == 0)
     return;
@@ -174,7 +174,7 @@ void connect(self_ptr self) {
     });
 }
 
-void beat(self_ptr self) {
+void beat(ccn_link_pointer self) {
   auto& st = self->state;
   if (st.phase != link_phase::registered)
     return;
@@ -213,12 +213,12 @@ void beat(self_ptr self) {
       });
 }
 
-void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home, uint64_t gen);
+void go_home(ccn_link_pointer self, const ccn_node_actor& node, const std::string& home, uint64_t gen);
 
 // Linked away from home (the first CCN of the list, where the operator put this CRN; it went
 // elsewhere when home was gone): go back once home answers again, so that every CCN gets its
 // CRNs back after a crash and the CCN that placed our workloads confirms or fences them.
-void fail_back(self_ptr self) {
+void fail_back(ccn_link_pointer self) {
   auto& st = self->state;
   if (st.phase != link_phase::registered || st.endpoint_index == 0 || st.probing_home
       || endpoint_count(st.cfg) == 0)
@@ -248,7 +248,7 @@ void fail_back(self_ptr self) {
 
 // Leaves the current CCN for home. The workloads the current CCN placed here are its to place
 // again elsewhere once we leave (it sees the unlink), so they stop here.
-void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home, uint64_t gen) {
+void go_home(ccn_link_pointer self, const ccn_node_actor& node, const std::string& home, uint64_t gen) {
   auto& st = self->state;
   st.probing_home = false;
   if (gen != st.generation || st.phase != link_phase::registered)
@@ -270,7 +270,7 @@ void go_home(self_ptr self, const ccn_node_actor& node, const std::string& home,
 // CCN's executions here that it now places on another CRN, or no longer places at all. One that
 // is pending (no CRN) keeps running here; a CCN that does not answer changes nothing; an answer
 // that an allocation or a move of the link overtook is dropped (asked again next time).
-void check_owners(self_ptr self) {
+void check_owners(ccn_link_pointer self) {
   auto& st = self->state;
   if (st.phase != link_phase::registered || !st.broker || st.met.size() < 2)
     return;
@@ -320,7 +320,7 @@ void check_owners(self_ptr self) {
 }
 
 // Notes a CCN the link registered with, and keeps the list on disk.
-void remember_ccn(self_ptr self, const std::string& id, const std::string& endpoint) {
+void remember_ccn(ccn_link_pointer self, const std::string& id, const std::string& endpoint) {
   auto& st = self->state;
   auto i = st.met.find(id);
   if (i != st.met.end() && i->second == endpoint)
@@ -342,11 +342,11 @@ void remember_ccn(self_ptr self, const std::string& id, const std::string& endpo
 // Ships the ledger entries the CCN has not acknowledged, a batch at a time; the CCN's answer
 // (the highest seq it holds for us) is the acknowledgement. Sent again after a lost answer,
 // a batch is skipped by the CCN, so nothing is counted twice.
-void ship(self_ptr self);
+void ship(ccn_link_pointer self);
 
 // The CCN that last received ledger entries, kept across restarts: a CRN killed while a batch
 // was on its way does not know whether that CCN stored it.
-void note_shipped_to(self_ptr self, const std::string& ccn, const std::string& endpoint) {
+void note_shipped_to(ccn_link_pointer self, const std::string& ccn, const std::string& endpoint) {
   auto& st = self->state;
   if (st.cfg.shipped_to_file.empty() || st.shipped_to == ccn)
     return;
@@ -363,7 +363,7 @@ void note_shipped_to(self_ptr self, const std::string& ccn, const std::string& e
 
 // Asks the CCN that may hold a batch whose answer was lost what it holds, so that those entries
 // are not shipped (and counted) a second time elsewhere. Until it answers, nothing is shipped.
-void resolve_doubt(self_ptr self) {
+void resolve_doubt(ccn_link_pointer self) {
   auto& st = self->state;
   if (st.doubt_endpoint.empty()) {
     st.doubt_ccn.clear();
@@ -414,7 +414,7 @@ void resolve_doubt(self_ptr self) {
     });
 }
 
-void ship(self_ptr self) {
+void ship(ccn_link_pointer self) {
   auto& st = self->state;
   if (!st.cfg.ledger || st.shipping || st.phase != link_phase::registered || !st.node)
     return;

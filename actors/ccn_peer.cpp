@@ -15,14 +15,14 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = ccn_peer_actor::stateful_pointer<ccn_peer_state>;
+using ccn_peer_pointer = ccn_peer_actor::stateful_pointer<ccn_peer_state>;
 constexpr auto request_timeout = std::chrono::seconds(30);
 
 ccn_peer_actor as_peer(const caf::actor& a) {
   return caf::actor_cast<ccn_peer_actor>(a);
 }
 
-void push_message(self_ptr self, const caf::actor& to, const std::string& hash) {
+void push_message(ccn_peer_pointer self, const caf::actor& to, const std::string& hash) {
   self->request(self->state.messages, request_timeout, atom::get_v, hash)
     .then([=](const stored_message& m) { self->send(as_peer(to), atom::replicate_v, m); },
           [=](caf::error& err) {
@@ -31,7 +31,7 @@ void push_message(self_ptr self, const caf::actor& to, const std::string& hash) 
 }
 
 // A small file travels whole; a large one is offered for the peer to fetch over HTTP.
-void push_file(self_ptr self, const caf::actor& to, const std::string& hash) {
+void push_file(ccn_peer_pointer self, const caf::actor& to, const std::string& hash) {
   auto fail = [=](caf::error& err) {
     spdlog::warn("ccn_peer: cannot read file {}: {}", hash, describe(err));
   };
@@ -67,7 +67,7 @@ std::vector<std::string> lacking(const std::vector<std::string>& ours, std::vect
 }
 
 // Pushes to `to` everything we hold that its inventory lacks.
-void sync_with(self_ptr self, const caf::actor& to, peer_inventory theirs) {
+void sync_with(ccn_peer_pointer self, const caf::actor& to, peer_inventory theirs) {
   auto inv = std::make_shared<peer_inventory>(std::move(theirs));
   auto log_error = [](caf::error& err) {
     spdlog::warn("ccn_peer: cannot list what to send a peer: {}", describe(err));
@@ -88,7 +88,7 @@ void sync_with(self_ptr self, const caf::actor& to, peer_inventory theirs) {
       log_error);
 }
 
-void add_peer(self_ptr self, const std::string& id, const caf::actor& handle,
+void add_peer(ccn_peer_pointer self, const std::string& id, const caf::actor& handle,
               const std::string& endpoint) {
   auto& p = self->state.peers[id];
   if (p.handle && p.handle != handle)
@@ -104,7 +104,7 @@ void add_peer(self_ptr self, const std::string& id, const caf::actor& handle,
 
 // A pushed message or file could not be stored: once in a while, say hello to every peer again;
 // each one, hearing from us after a while, pushes what we lack.
-void catch_up(self_ptr self) {
+void catch_up(ccn_peer_pointer self) {
   auto& st = self->state;
   auto now = self->clock().now();
   if (!st.behind || now - st.last_catch_up < 5 * st.cfg.retry)
@@ -126,7 +126,7 @@ void catch_up(self_ptr self) {
   }
 }
 
-void fell_behind(self_ptr self, const std::string& what, const caf::error& err) {
+void fell_behind(ccn_peer_pointer self, const std::string& what, const caf::error& err) {
   auto& st = self->state;
   if (!st.behind)
     spdlog::error("ccn_peer: cannot store {}: {}; the peers will be asked again", what, describe(err));
@@ -141,12 +141,12 @@ bool passing(const caf::error& err) {
          || err == caf::sec::request_timeout;
 }
 
-bool room_for(self_ptr self, uint64_t bytes) {
+bool room_for(ccn_peer_pointer self, uint64_t bytes) {
   auto& st = self->state;
   return st.held_bytes + bytes <= st.cfg.max_held_bytes;
 }
 
-void release(self_ptr self, const std::string& key, uint64_t bytes) {
+void release(ccn_peer_pointer self, const std::string& key, uint64_t bytes) {
   auto& st = self->state;
   st.held_keys.erase(key);
   st.held_bytes -= std::min(bytes, st.held_bytes);
@@ -156,7 +156,7 @@ void release(self_ptr self, const std::string& key, uint64_t bytes) {
 // full disk frees up) when the failure may pass and there is room, else the peers are asked
 // again. Counted in held_bytes until it is stored or given up.
 template <class T>
-void hold_new(self_ptr self, std::deque<T>& queue, const std::string& key, T item, uint64_t bytes,
+void hold_new(ccn_peer_pointer self, std::deque<T>& queue, const std::string& key, T item, uint64_t bytes,
               const std::string& what, const caf::error& err) {
   auto& st = self->state;
   if (st.held_keys.count(key) > 0)
@@ -174,7 +174,7 @@ void hold_new(self_ptr self, std::deque<T>& queue, const std::string& key, T ite
 
 // A kept item failed again: kept on (still counted), unless the failure will not pass.
 template <class T>
-void hold_again(self_ptr self, std::deque<T>& queue, const std::string& key, T item, uint64_t bytes,
+void hold_again(ccn_peer_pointer self, std::deque<T>& queue, const std::string& key, T item, uint64_t bytes,
                 const std::string& what, const caf::error& err) {
   if (!passing(err)) {
     release(self, key, bytes);
@@ -200,7 +200,7 @@ uint64_t size_of(const std::pair<std::string, std::string>& offer) {
 // is room to hold it should the store fail (a full disk): then it is stored again on the next
 // ticks; else the peers are asked again.
 template <class Result, class Dest, class Atom, class T>
-void store_pushed(self_ptr self, const Dest& dest, Atom op, T item, const std::string& key,
+void store_pushed(ccn_peer_pointer self, const Dest& dest, Atom op, T item, const std::string& key,
                   std::deque<T> ccn_peer_state::*queue, const char* what) {
   if (self->state.held_keys.count(key) > 0)
     return; // kept from an earlier push: stored on a tick
@@ -218,7 +218,7 @@ void store_pushed(self_ptr self, const Dest& dest, Atom op, T item, const std::s
 
 // One round of storing again what peers pushed and was kept; what fails again is kept again.
 // Offers of large files are fetched one by one, apart from the round (a fetch can take long).
-void store_held(self_ptr self) {
+void store_held(ccn_peer_pointer self) {
   auto& st = self->state;
   while (!st.held_offers.empty()) {
     auto offer = std::move(st.held_offers.front());
@@ -282,7 +282,7 @@ std::string check_replicated(const stored_message& msg, bool verify_signatures) 
 }
 
 // Introduces ourselves to a peer's ccn_node and syncs both ways.
-void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint) {
+void meet(ccn_peer_pointer self, const ccn_node_actor& node, const std::string& endpoint) {
   self->request(node, request_timeout, atom::hello_v)
     .then(
       [=](const crn_registry_actor&, const caf::actor& peer, const std::string& peer_id) {
@@ -305,7 +305,7 @@ void meet(self_ptr self, const ccn_node_actor& node, const std::string& endpoint
       });
 }
 
-bool connected(self_ptr self, const std::string& endpoint) {
+bool connected(ccn_peer_pointer self, const std::string& endpoint) {
   auto i = self->state.endpoint_peer.find(endpoint);
   if (i == self->state.endpoint_peer.end())
     return false;
@@ -313,7 +313,7 @@ bool connected(self_ptr self, const std::string& endpoint) {
   return p != self->state.peers.end() && p->second.up;
 }
 
-void connect_all(self_ptr self) {
+void connect_all(ccn_peer_pointer self) {
   auto& st = self->state;
   for (auto& ep : st.cfg.endpoints) {
     if (connected(self, ep) || st.connecting.count(ep) > 0)

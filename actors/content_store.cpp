@@ -12,9 +12,9 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = content_store_actor::stateful_pointer<content_store_state>;
+using content_store_pointer = content_store_actor::stateful_pointer<content_store_state>;
 
-const cache_shard_actor& shard(self_ptr self, const std::string& hash) {
+const cache_shard_actor& shard(content_store_pointer self, const std::string& hash) {
   auto& st = self->state;
   return st.shards[shard_of(hash, static_cast<unsigned>(st.shards.size()))];
 }
@@ -26,7 +26,7 @@ caf::error bad_hash(const std::string& hash) {
 
 // Asks every shard and combines the answers; `done` gets them all (or the first error).
 template <class T, class Done, class... Ts>
-void ask_all(self_ptr self, Done done, Ts... xs) {
+void ask_all(content_store_pointer self, Done done, Ts... xs) {
   auto& st = self->state;
   auto results = std::make_shared<std::vector<T>>();
   auto pending = std::make_shared<size_t>(st.shards.size());
@@ -48,7 +48,7 @@ void ask_all(self_ptr self, Done done, Ts... xs) {
 }
 
 // Frees space down to the low watermark: the least recently used unpinned files of all shards.
-void evict(self_ptr self) {
+void evict(content_store_pointer self) {
   auto& st = self->state;
   auto high = static_cast<uint64_t>(static_cast<double>(st.cfg.max_bytes) * st.cfg.high_watermark);
   auto low = static_cast<uint64_t>(static_cast<double>(st.cfg.max_bytes) * st.cfg.low_watermark);

@@ -11,7 +11,7 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = crn_registry_actor::stateful_pointer<crn_registry_state>;
+using crn_registry_pointer = crn_registry_actor::stateful_pointer<crn_registry_state>;
 
 // Slots taken: linked CRNs plus the slots kept for CRNs that were linked before a restart.
 size_t taken_slots(const crn_registry_state& st) {
@@ -21,7 +21,7 @@ size_t taken_slots(const crn_registry_state& st) {
   return n;
 }
 
-void persist(self_ptr self, const crn_entry& e) {
+void persist(crn_registry_pointer self, const crn_entry& e) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
@@ -31,7 +31,7 @@ void persist(self_ptr self, const crn_entry& e) {
     spdlog::error("crn_registry: cannot persist CRN {}: {}", e.info.id, lmdb::error_text(rc));
 }
 
-void restore(self_ptr self) {
+void restore(crn_registry_pointer self) {
   auto& st = self->state;
   std::string err;
   if (!st.cfg.env->open_db("registry", st.db, err)) {
@@ -56,7 +56,7 @@ void restore(self_ptr self) {
     spdlog::info("crn_registry: restored {} CRNs", st.crns.size());
 }
 
-void set_state(self_ptr self, crn_entry& e, link_state s) {
+void set_state(crn_registry_pointer self, crn_entry& e, link_state s) {
   if (e.state == s)
     return;
   spdlog::info("crn_registry: CRN {} ({}) {} -> {}", e.info.id, e.info.name, to_string(e.state),
@@ -72,7 +72,7 @@ void set_state(self_ptr self, crn_entry& e, link_state s) {
 }
 
 // Fills free slots with the CRNs that have waited longest.
-void promote(self_ptr self) {
+void promote(crn_registry_pointer self) {
   auto& st = self->state;
   while (taken_slots(st) < st.cfg.max_linked) {
     crn_entry* best = nullptr;
@@ -85,7 +85,7 @@ void promote(self_ptr self) {
   }
 }
 
-void mark_down(self_ptr self, crn_entry& e, link_state to, const char* why) {
+void mark_down(crn_registry_pointer self, crn_entry& e, link_state to, const char* why) {
   if (e.state != link_state::linked && e.state != link_state::waiting)
     return;
   spdlog::warn("crn_registry: CRN {} is {}: {}", e.info.id, to_string(to), why);
@@ -96,7 +96,7 @@ void mark_down(self_ptr self, crn_entry& e, link_state to, const char* why) {
 }
 
 // Linked when its slot was kept for it or a slot is free, else waiting.
-void admit(self_ptr self, crn_entry& e) {
+void admit(crn_registry_pointer self, crn_entry& e) {
   if (e.state == link_state::linked)
     return;
   auto to = link_state::waiting;

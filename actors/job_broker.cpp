@@ -13,14 +13,14 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = job_broker_actor::stateful_pointer<job_broker_state>;
+using job_broker_pointer = job_broker_actor::stateful_pointer<job_broker_state>;
 using promise = caf::typed_response_promise<execution_info>;
 
 std::shared_ptr<const execution_env> env_of(const job_broker_config& cfg) {
   return cfg.env ? cfg.env : std::make_shared<const execution_env>();
 }
 
-void keep_finished(self_ptr self, finished_execution f) {
+void keep_finished(job_broker_pointer self, finished_execution f) {
   auto& fin = self->state.finished;
   // One entry per workload: the latest run.
   for (auto i = fin.begin(); i != fin.end(); ++i)
@@ -33,14 +33,14 @@ void keep_finished(self_ptr self, finished_execution f) {
     fin.pop_front();
 }
 
-const finished_execution* finished_of(self_ptr self, const std::string& hash) {
+const finished_execution* finished_of(job_broker_pointer self, const std::string& hash) {
   for (auto& f : self->state.finished)
     if (f.info.item_hash == hash)
       return &f;
   return nullptr;
 }
 
-vm_supervisor_actor start_supervisor(self_ptr self, const allocation& a, bool persistent) {
+vm_supervisor_actor start_supervisor(job_broker_pointer self, const allocation& a, bool persistent) {
   auto& st = self->state;
   auto sup = self->spawn<caf::monitored>(vm_supervisor, a, persistent, env_of(st.cfg), st.link,
                                          caf::actor_cast<job_broker_actor>(self));
@@ -49,14 +49,14 @@ vm_supervisor_actor start_supervisor(self_ptr self, const allocation& a, bool pe
 }
 
 // Answers `waiters` once `sup` runs (or cannot).
-void when_running(self_ptr self, const vm_supervisor_actor& sup, std::vector<promise> waiters) {
+void when_running(job_broker_pointer self, const vm_supervisor_actor& sup, std::vector<promise> waiters) {
   for (auto& w : waiters)
     self->request(sup, caf::infinite, atom::run_v)
       .then([w](const execution_info& info) mutable { w.deliver(info); },
             [w](caf::error& err) mutable { w.deliver(std::move(err)); });
 }
 
-void fail_pending(self_ptr self, const std::string& hash, const caf::error& err) {
+void fail_pending(job_broker_pointer self, const std::string& hash, const caf::error& err) {
   auto i = self->state.pending.find(hash);
   if (i == self->state.pending.end())
     return;
@@ -67,7 +67,7 @@ void fail_pending(self_ptr self, const std::string& hash, const caf::error& err)
 }
 
 // The program message arrived for an on-demand start: admit it and start a supervisor.
-void start_on_demand(self_ptr self, const std::string& hash, const stored_message& m) {
+void start_on_demand(job_broker_pointer self, const std::string& hash, const stored_message& m) {
   auto& st = self->state;
   auto parsed = aleph::parse_message(m.json);
   if (!parsed.msg) {
@@ -109,7 +109,7 @@ void start_on_demand(self_ptr self, const std::string& hash, const stored_messag
 }
 
 // Asks `sup` to stop (or erase), then marks the entry.
-caf::result<execution_info> stop_entry(self_ptr self, const std::string& hash, bool erase) {
+caf::result<execution_info> stop_entry(job_broker_pointer self, const std::string& hash, bool erase) {
   auto& ex = self->state.executions;
   auto i = ex.find(hash);
   if (i == ex.end()) {

@@ -16,7 +16,7 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = message_store_actor::stateful_pointer<message_store_state>;
+using message_store_pointer = message_store_actor::stateful_pointer<message_store_state>;
 
 // A burst of thousands of posts must not make the next ones wait for as many.
 constexpr size_t max_target = 256;
@@ -28,7 +28,7 @@ enum flush_kind : uint64_t {
   flush_count = 2,  // behind every append that arrived during the last commit
 };
 
-void commit_pending(self_ptr self) {
+void commit_pending(message_store_pointer self) {
   auto& st = self->state;
   st.flush_scheduled = false;
   st.linger_armed = false;
@@ -109,7 +109,7 @@ void commit_pending(self_ptr self) {
 // flush and join the transaction); else waits for more, at most twice as long as the last commit
 // took (writers just answered need about that to send again: their next appends are parsed and
 // checked first), and never more than 2 ms.
-void schedule_flush(self_ptr self) {
+void schedule_flush(message_store_pointer self) {
   auto& st = self->state;
   if (st.pending.size() >= st.target) {
     if (!st.flush_scheduled) {

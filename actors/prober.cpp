@@ -17,7 +17,7 @@ using nlohmann::json;
 
 namespace {
 
-using self_ptr = prober_actor::stateful_pointer<prober_state>;
+using prober_pointer = prober_actor::stateful_pointer<prober_state>;
 
 json opt(const std::optional<double>& v) {
   return v ? json(*v) : json(nullptr);
@@ -34,7 +34,7 @@ std::string probe_key(const std::string& id, double time) {
   return id + '\0' + lmdb::be64(static_cast<uint64_t>(std::max(0.0, time) * 1000));
 }
 
-void keep(self_ptr self, const std::string& id, rewards::crn_probe p) {
+void keep(prober_pointer self, const std::string& id, rewards::crn_probe p) {
   auto& st = self->state;
   auto& list = st.probes[id];
   list.push_back(std::move(p));
@@ -44,7 +44,7 @@ void keep(self_ptr self, const std::string& id, rewards::crn_probe p) {
 }
 
 // Deletes stored probes older than the window (all nodes), one transaction.
-void trim_store(self_ptr self) {
+void trim_store(prober_pointer self) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
@@ -64,7 +64,7 @@ void trim_store(self_ptr self) {
   t.commit();
 }
 
-void start_round(self_ptr self) {
+void start_round(prober_pointer self) {
   auto& st = self->state;
   if (st.busy || st.nodes.empty())
     return;

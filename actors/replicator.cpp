@@ -13,10 +13,10 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = replicator_actor::stateful_pointer<replicator_state>;
+using replicator_pointer = replicator_actor::stateful_pointer<replicator_state>;
 using nlohmann::json;
 
-void place(self_ptr self, const std::string& hash);
+void place(replicator_pointer self, const std::string& hash);
 
 std::string encode(const replica_set& r) {
   return json{{"stores", r.stores}, {"owner", r.owner}, {"wanted", r.wanted}, {"holders", r.holders}}
@@ -34,7 +34,7 @@ bool decode(std::string_view text, replica_set& r) {
   return true;
 }
 
-void persist(self_ptr self, const std::string& hash) {
+void persist(replicator_pointer self, const std::string& hash) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
@@ -45,7 +45,7 @@ void persist(self_ptr self, const std::string& hash) {
     spdlog::error("replicator: cannot persist the replicas of {}: {}", hash, lmdb::error_text(rc));
 }
 
-void arm_retry(self_ptr self) {
+void arm_retry(replicator_pointer self) {
   if (self->state.retry_armed)
     return;
   self->state.retry_armed = true;
@@ -53,7 +53,7 @@ void arm_retry(self_ptr self) {
 }
 
 // Asks a CRN to hold a copy; it becomes a holder once it has the file.
-void assign(self_ptr self, const std::string& hash, const std::string& crn_id) {
+void assign(replicator_pointer self, const std::string& hash, const std::string& crn_id) {
   auto& st = self->state;
   auto& set = st.sets.at(hash);
   set.pending.insert(crn_id);
@@ -83,7 +83,7 @@ void assign(self_ptr self, const std::string& hash, const std::string& crn_id) {
 }
 
 // Tops up the copies of a file on linked CRNs that hold none yet, the least loaded first.
-void place(self_ptr self, const std::string& hash) {
+void place(replicator_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto& set = st.sets.at(hash);
   auto have = set.holders.size() + set.pending.size();
@@ -113,7 +113,7 @@ void place(self_ptr self, const std::string& hash) {
     arm_retry(self); // fewer linked CRNs than copies asked for: when more link
 }
 
-void record_store(self_ptr self, const stored_message& msg, const aleph::message& m,
+void record_store(replicator_pointer self, const stored_message& msg, const aleph::message& m,
                   const aleph::store_content& sc) {
   auto& st = self->state;
   if (sc.item_type != "storage" || !is_sha256_hex(sc.item_hash))
@@ -136,7 +136,7 @@ void record_store(self_ptr self, const stored_message& msg, const aleph::message
 
 // FORGET: each STORE it names (by its owner) no longer names its file; a file no STORE names
 // is dropped from every CRN and from this CCN.
-void forget(self_ptr self, const aleph::message& m, const aleph::forget_content& fc) {
+void forget(replicator_pointer self, const aleph::message& m, const aleph::forget_content& fc) {
   auto& st = self->state;
   std::set<std::string> named{fc.hashes.begin(), fc.hashes.end()};
   std::vector<std::string> dropped;
@@ -168,7 +168,7 @@ void forget(self_ptr self, const aleph::message& m, const aleph::forget_content&
   }
 }
 
-void restore(self_ptr self) {
+void restore(replicator_pointer self) {
   auto& st = self->state;
   std::string err;
   if (!st.cfg.env->open_db("replicas", st.db, err)) {

@@ -13,7 +13,7 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = reward_epochs_actor::stateful_pointer<reward_epochs_state>;
+using reward_epochs_pointer = reward_epochs_actor::stateful_pointer<reward_epochs_state>;
 
 constexpr auto ask_timeout = std::chrono::seconds(30);
 
@@ -35,17 +35,17 @@ std::map<std::string, double> stakes_of(const reward_epochs_config& cfg, const s
   return out;
 }
 
-void compute(self_ptr self, uint64_t epoch);
+void compute(reward_epochs_pointer self, uint64_t epoch);
 
 // Computes the next epoch if one ended and nothing is being computed.
-void maybe_compute(self_ptr self) {
+void maybe_compute(reward_epochs_pointer self) {
   auto& st = self->state;
   if (!st.busy && st.last + 1 < epoch_now(st.cfg) && wall_now(st.cfg) >= st.retry_at)
     compute(self, st.last + 1);
 }
 
 // Everything gathered, the epoch is computed and stored.
-void finish(self_ptr self, uint64_t epoch, const std::vector<node_score>& scores,
+void finish(reward_epochs_pointer self, uint64_t epoch, const std::vector<node_score>& scores,
             const std::vector<node_view>& crns, const std::vector<node_view>& peers) {
   auto& st = self->state;
   auto& cfg = st.cfg;
@@ -103,7 +103,7 @@ void finish(self_ptr self, uint64_t epoch, const std::vector<node_score>& scores
   maybe_compute(self); // another epoch may be due
 }
 
-void compute(self_ptr self, uint64_t epoch) {
+void compute(reward_epochs_pointer self, uint64_t epoch) {
   auto& st = self->state;
   st.busy = true;
   auto fail = [=](const char* what) {

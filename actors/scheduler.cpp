@@ -11,9 +11,9 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = scheduler_actor::stateful_pointer<scheduler_state>;
+using scheduler_pointer = scheduler_actor::stateful_pointer<scheduler_state>;
 
-void place(self_ptr self, const std::string& hash);
+void place(scheduler_pointer self, const std::string& hash);
 
 bool holds_resources(const scheduled_workload& w) {
   return !w.crn_id.empty() && (w.state == "allocating" || w.state == "allocated");
@@ -35,7 +35,7 @@ uint64_t used_memory(const std::map<std::string, execution_entry>& placed) {
   return n;
 }
 
-void persist(self_ptr self, const scheduled_workload& w) {
+void persist(scheduler_pointer self, const scheduled_workload& w) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
@@ -46,14 +46,14 @@ void persist(self_ptr self, const scheduled_workload& w) {
                   lmdb::error_text(rc));
 }
 
-void arm_retry(self_ptr self) {
+void arm_retry(scheduler_pointer self) {
   if (self->state.retry_armed)
     return;
   self->state.retry_armed = true;
   self->delayed_send(self, self->state.cfg.retry, atom::tick_v);
 }
 
-void make_pending(self_ptr self, scheduled_workload& w, std::string why) {
+void make_pending(scheduler_pointer self, scheduled_workload& w, std::string why) {
   w.crn_id.clear();
   w.state = "pending";
   w.detail = std::move(why);
@@ -62,7 +62,7 @@ void make_pending(self_ptr self, scheduled_workload& w, std::string why) {
 }
 
 // Sends (or re-sends) the workload's allocation to the CRN it is placed on.
-void send_allocation(self_ptr self, const std::string& hash, const ccn_link_actor& link) {
+void send_allocation(scheduler_pointer self, const std::string& hash, const ccn_link_actor& link) {
   auto& w = self->state.workloads.at(hash);
   auto epoch = w.alloc.epoch;
   auto crn_id = w.crn_id;
@@ -98,7 +98,7 @@ void send_allocation(self_ptr self, const std::string& hash, const ccn_link_acto
       });
 }
 
-void place(self_ptr self, const std::string& hash) {
+void place(scheduler_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto wi = st.workloads.find(hash);
   if (wi == st.workloads.end() || wi->second.state != "pending")
@@ -143,7 +143,7 @@ void place(self_ptr self, const std::string& hash) {
   send_allocation(self, hash, best->link);
 }
 
-void restore(self_ptr self) {
+void restore(scheduler_pointer self) {
   auto& st = self->state;
   std::string err;
   if (!st.cfg.env->open_db("placements", st.db, err)) {

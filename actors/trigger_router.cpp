@@ -15,19 +15,19 @@ namespace alephd {
 
 namespace {
 
-using json = nlohmann::ordered_json;
-using self_ptr = trigger_router_actor::stateful_pointer<trigger_router_state>;
+using nlohmann::ordered_json;
+using trigger_router_pointer = trigger_router_actor::stateful_pointer<trigger_router_state>;
 
 constexpr uint32_t record_version = 1;
 
-bool satisfies(const json& value, const json& want) {
+bool satisfies(const ordered_json& value, const ordered_json& want) {
   if (want.is_object())
     return value.is_object() && trigger_matches(value, want);
   if (want.is_array()) {
     if (value == want)
       return true;
     return std::any_of(want.begin(), want.end(),
-                       [&](const json& alt) { return satisfies(value, alt); });
+                       [&](const ordered_json& alt) { return satisfies(value, alt); });
   }
   return value == want;
 }
@@ -73,7 +73,7 @@ std::optional<trigger_subscription> decode(std::string_view bytes) {
     take("sender", s.sender);
     take("address", s.address);
     take("filters", filters);
-    s.filters = json::parse(filters, nullptr, false);
+    s.filters = ordered_json::parse(filters, nullptr, false);
     if (s.program.empty() || !s.filters.is_array() || s.filters.empty())
       return std::nullopt;
     return s;
@@ -82,7 +82,7 @@ std::optional<trigger_subscription> decode(std::string_view bytes) {
   }
 }
 
-void persist(self_ptr self, const trigger_subscription& s) {
+void persist(trigger_router_pointer self, const trigger_subscription& s) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
@@ -92,7 +92,7 @@ void persist(self_ptr self, const trigger_subscription& s) {
                   lmdb::error_text(rc));
 }
 
-void unpersist(self_ptr self, const std::string& program) {
+void unpersist(trigger_router_pointer self, const std::string& program) {
   auto& st = self->state;
   if (!st.cfg.env)
     return;
@@ -110,7 +110,7 @@ void unpersist(self_ptr self, const std::string& program) {
                   lmdb::error_text(rc));
 }
 
-void restore(self_ptr self) {
+void restore(trigger_router_pointer self) {
   auto& st = self->state;
   std::string err;
   if (!st.cfg.env->open_db("triggers", st.db, err)) {
@@ -140,7 +140,7 @@ void recount(trigger_router_state& st) {
 
 // ---- subscriptions -----------------------------------------------------------------------
 
-void subscribe(self_ptr self, const stored_message& msg) {
+void subscribe(trigger_router_pointer self, const stored_message& msg) {
   auto& st = self->state;
   if (st.subscriptions.count(msg.item_hash) > 0)
     return;
@@ -164,7 +164,7 @@ void subscribe(self_ptr self, const stored_message& msg) {
   st.subscriptions.emplace(s.program, std::move(s));
 }
 
-void forget(self_ptr self, const stored_message& msg) {
+void forget(trigger_router_pointer self, const stored_message& msg) {
   auto& st = self->state;
   auto parsed = aleph::parse_message(std::string_view{msg.json});
   if (!parsed.ok())
@@ -197,12 +197,12 @@ void forget(self_ptr self, const stored_message& msg) {
 }
 
 // The message as the filters see it: top-level fields plus the signed content object.
-std::optional<json> match_document(const stored_message& msg) {
-  auto doc = json::parse(msg.json, nullptr, false);
+std::optional<ordered_json> match_document(const stored_message& msg) {
+  auto doc = ordered_json::parse(msg.json, nullptr, false);
   if (doc.is_discarded() || !doc.is_object())
     return std::nullopt;
   if (auto i = doc.find("item_content"); i != doc.end() && i->is_string()) {
-    auto content = json::parse(i->get_ref<const std::string&>(), nullptr, false);
+    auto content = ordered_json::parse(i->get_ref<const std::string&>(), nullptr, false);
     if (!content.is_discarded() && content.is_object())
       doc["content"] = std::move(content);
   }
@@ -211,13 +211,13 @@ std::optional<json> match_document(const stored_message& msg) {
 
 // ---- dispatch ----------------------------------------------------------------------------
 
-void drop(self_ptr self, const trigger_dispatch& d, const std::string& why) {
+void drop(trigger_router_pointer self, const trigger_dispatch& d, const std::string& why) {
   ++self->state.dropped;
   spdlog::warn("trigger_router: dropping the run of program {} for message {}: {}", d.program,
                d.event->item_hash, why);
 }
 
-void enqueue(self_ptr self, trigger_dispatch d) {
+void enqueue(trigger_router_pointer self, trigger_dispatch d) {
   auto& st = self->state;
   auto bytes = d.event->json.size();
   while (!st.pending.empty()
@@ -235,7 +235,7 @@ void enqueue(self_ptr self, trigger_dispatch d) {
 
 // Re-arms the tick for the earliest back-off still running; runs that only wait for a linked
 // CRN need no tick (a CRN linking drains the queue).
-void arm_tick(self_ptr self) {
+void arm_tick(trigger_router_pointer self) {
   auto& st = self->state;
   if (st.tick_armed)
     return;
@@ -277,7 +277,7 @@ const std::pair<const std::string, trigger_crn>* pick(const trigger_router_state
   return fallback;
 }
 
-void failed(self_ptr self, trigger_dispatch d, const std::string& crn_id, const std::string& why) {
+void failed(trigger_router_pointer self, trigger_dispatch d, const std::string& crn_id, const std::string& why) {
   auto& st = self->state;
   if (st.subscriptions.count(d.program) == 0)
     return; // forgotten meanwhile
@@ -295,7 +295,7 @@ void failed(self_ptr self, trigger_dispatch d, const std::string& crn_id, const 
   arm_tick(self);
 }
 
-void send_run(self_ptr self, trigger_dispatch d) {
+void send_run(trigger_router_pointer self, trigger_dispatch d) {
   auto& st = self->state;
   if (st.subscriptions.count(d.program) == 0)
     return;
@@ -329,7 +329,7 @@ void send_run(self_ptr self, trigger_dispatch d) {
 }
 
 // Sends every queued run whose back-off is over, oldest first, if a CRN is linked.
-void drain(self_ptr self) {
+void drain(trigger_router_pointer self) {
   auto& st = self->state;
   if (st.pending.empty() || !any_linked(st))
     return;
@@ -347,7 +347,7 @@ void drain(self_ptr self) {
     send_run(self, std::move(d));
 }
 
-void trigger(self_ptr self, const stored_message& msg) {
+void trigger(trigger_router_pointer self, const stored_message& msg) {
   auto& st = self->state;
   if (st.subscriptions.empty() || msg.origin != st.cfg.ccn_id)
     return;
@@ -359,7 +359,7 @@ void trigger(self_ptr self, const stored_message& msg) {
     if (hash == msg.item_hash)
       continue; // a program never triggers itself
     bool hit = std::any_of(s.filters.begin(), s.filters.end(),
-                           [&](const json& f) { return trigger_matches(*doc, f); });
+                           [&](const ordered_json& f) { return trigger_matches(*doc, f); });
     if (!hit)
       continue;
     trigger_dispatch d;
@@ -386,7 +386,7 @@ caf::error check(const trigger_router_config& cfg) {
 
 } // namespace
 
-bool trigger_matches(const json& message, const json& filter) {
+bool trigger_matches(const ordered_json& message, const ordered_json& filter) {
   if (!message.is_object() || !filter.is_object())
     return false;
   for (const auto& [key, want] : filter.items()) {

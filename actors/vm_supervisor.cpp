@@ -26,11 +26,11 @@ namespace alephd {
 
 namespace {
 
-using self_ptr = vm_supervisor_actor::stateful_pointer<vm_supervisor_state>;
+using vm_supervisor_pointer = vm_supervisor_actor::stateful_pointer<vm_supervisor_state>;
 using std::chrono::milliseconds;
 namespace fs = std::filesystem;
 
-void note(self_ptr self, const std::string& line) {
+void note(vm_supervisor_pointer self, const std::string& line) {
   self->state.feed->push(timed_log{unix_seconds(), "system", line});
 }
 
@@ -53,7 +53,7 @@ std::string read_all(const std::string& path) {
 }
 
 // Who holds the pins of this execution's files in the cache.
-std::string pin_owner(self_ptr self) {
+std::string pin_owner(vm_supervisor_pointer self) {
   return self->state.info.item_hash + "#" + std::to_string(self->id());
 }
 
@@ -84,7 +84,7 @@ caf::behavior exec_host(caf::event_based_actor* self, std::shared_ptr<executor> 
 
 // ---- phases ----------------------------------------------------------------------------------
 
-void set_phase(self_ptr self, const std::string& phase, const std::string& detail) {
+void set_phase(vm_supervisor_pointer self, const std::string& phase, const std::string& detail) {
   auto& info = self->state.info;
   if (info.phase == phase && info.detail == detail)
     return;
@@ -103,7 +103,7 @@ void set_phase(self_ptr self, const std::string& phase, const std::string& detai
                detail.empty() ? "" : ": ", detail);
 }
 
-void answer_waiters(self_ptr self, const caf::error& err) {
+void answer_waiters(vm_supervisor_pointer self, const caf::error& err) {
   auto waiters = std::move(self->state.waiters);
   self->state.waiters.clear();
   for (auto& w : waiters) {
@@ -118,12 +118,12 @@ void answer_waiters(self_ptr self, const caf::error& err) {
 // runs; CPU and counters are differences, memory the average and peak seen on ticks.
 // Milliseconds on the actor clock: steady time in a node, virtual time on the deterministic
 // scheduler (tests, the in-process simulator).
-int64_t clock_ms(self_ptr self) {
+int64_t clock_ms(vm_supervisor_pointer self) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(self->clock().now().time_since_epoch())
     .count();
 }
 
-void meter_start(self_ptr self) {
+void meter_start(vm_supervisor_pointer self) {
   auto& st = self->state;
   st.meter = execution_meter{};
   if (!st.env->ledger || !st.exec || !st.live)
@@ -136,7 +136,7 @@ void meter_start(self_ptr self) {
   st.meter.bytes_out = st.live->bytes_out.load();
 }
 
-void meter_sample(self_ptr self, bool again) {
+void meter_sample(vm_supervisor_pointer self, bool again) {
   auto& st = self->state;
   if (!st.meter.on || !st.exec)
     return;
@@ -182,7 +182,7 @@ void meter_sample(self_ptr self, bool again) {
 }
 
 // On every tick: memory seen now, and a sample once `sample_interval` has passed.
-void meter_observe(self_ptr self) {
+void meter_observe(vm_supervisor_pointer self) {
   auto& st = self->state;
   if (!st.meter.on || !st.exec || st.info.phase != "running")
     return;
@@ -198,7 +198,7 @@ void meter_observe(self_ptr self) {
 
 // Takes the execution out of the HTTP table and lets its executor go (the host thread stops it;
 // `then` runs once it is stopped, with its last output in the feed).
-void release_executor(self_ptr self, std::function<void()> then) {
+void release_executor(vm_supervisor_pointer self, std::function<void()> then) {
   auto& st = self->state;
   meter_sample(self, false);
   if (st.live && st.env->table)
@@ -228,7 +228,7 @@ void release_executor(self_ptr self, std::function<void()> then) {
 }
 
 // The execution is over for good: tell the broker and quit.
-void finish(self_ptr self, const std::string& phase, const std::string& detail) {
+void finish(vm_supervisor_pointer self, const std::string& phase, const std::string& detail) {
   set_phase(self, phase, detail);
   note(self, "execution " + phase + (detail.empty() ? "" : ": " + detail));
   answer_waiters(self, make_error(ec::workload_failed, "execution " + phase + ": " + detail));
@@ -248,11 +248,11 @@ void finish(self_ptr self, const std::string& phase, const std::string& detail) 
   self->quit();
 }
 
-void boot(self_ptr self);
-void prepare(self_ptr self);
+void boot(vm_supervisor_pointer self);
+void prepare(vm_supervisor_pointer self);
 
 // The next back-off: doubled from restart_initial up to restart_max, with ±50 % jitter.
-milliseconds next_backoff(self_ptr self) {
+milliseconds next_backoff(vm_supervisor_pointer self) {
   auto& st = self->state;
   st.backoff = st.backoff.count() == 0 ? st.env->restart_initial
                                        : std::min(st.backoff * 2, st.env->restart_max);
@@ -263,7 +263,7 @@ milliseconds next_backoff(self_ptr self) {
 
 // Fetching what a workload needs failed. The CCN may have it later: a persistent workload tries
 // again with back-off (not counted as a crash); an on-demand call fails now.
-void fetch_failed(self_ptr self, const std::string& why) {
+void fetch_failed(vm_supervisor_pointer self, const std::string& why) {
   auto& st = self->state;
   if (!st.info.persistent) {
     finish(self, "failed", why);
@@ -277,7 +277,7 @@ void fetch_failed(self_ptr self, const std::string& why) {
 }
 
 // A persistent execution failed: restart after back-off, or give up in a crash loop.
-void schedule_restart(self_ptr self, const std::string& why) {
+void schedule_restart(vm_supervisor_pointer self, const std::string& why) {
   auto& st = self->state;
   auto now = self->clock().now();
   st.failures.push_back(now);
@@ -298,7 +298,7 @@ void schedule_restart(self_ptr self, const std::string& why) {
 }
 
 // The options of this execution's sandbox in `run_dir` (a cgroup with its limits if `cgroup`).
-sandbox_options sandbox_for(self_ptr self, const std::string& run_dir, bool network, bool cgroup) {
+sandbox_options sandbox_for(vm_supervisor_pointer self, const std::string& run_dir, bool network, bool cgroup) {
   auto& st = self->state;
   sandbox_options o;
   o.bwrap = st.env->bwrap;
@@ -317,7 +317,7 @@ sandbox_options sandbox_for(self_ptr self, const std::string& run_dir, bool netw
 
 // Writes the durable record of a running sandbox that can outlive the CRN (see
 // execution_records), so that a restarted CRN finds it again.
-void save_record(self_ptr self) {
+void save_record(vm_supervisor_pointer self) {
   auto& st = self->state;
   auto sb = std::dynamic_pointer_cast<sandbox>(st.exec);
   auto vm = std::dynamic_pointer_cast<microvm>(st.exec);
@@ -350,7 +350,7 @@ void save_record(self_ptr self) {
 
 // Runs `start` (blocking) for `exec` on a thread of its own; publishes the execution once it
 // runs, or lets the executor go and calls `on_fail` with the error.
-void launch(self_ptr self, uint64_t run, std::shared_ptr<executor> exec,
+void launch(vm_supervisor_pointer self, uint64_t run, std::shared_ptr<executor> exec,
             std::function<std::string()> start, std::function<void(const std::string&)> on_fail) {
   auto& st = self->state;
   exec->on_log([feed = st.feed](const timed_log& l) { feed->push(l); });
@@ -402,7 +402,7 @@ void launch(self_ptr self, uint64_t run, std::shared_ptr<executor> exec,
 
 // Takes over the sandbox that the previous CRN process left running (its record says where),
 // instead of starting the program again.
-void adopt(self_ptr self, const execution_record& rec) {
+void adopt(vm_supervisor_pointer self, const execution_record& rec) {
   auto& st = self->state;
   auto run = ++st.run;
   auto what = rec.executor == "microvm" ? std::string{"microVM"} : std::string{"sandbox"};
@@ -456,7 +456,7 @@ void adopt(self_ptr self, const execution_record& rec) {
          });
 }
 
-void boot(self_ptr self) {
+void boot(vm_supervisor_pointer self) {
   auto& st = self->state;
   auto run = ++st.run;
   st.adoptable = false;
@@ -534,7 +534,7 @@ void boot(self_ptr self) {
 // Makes sure the file named by `ref` (a STORE message's item_hash, or a bare file hash) is in
 // the cache (verified, downloaded when missing, pinned while this execution lives), then calls
 // `on_ok` with it; finishes the execution on failure.
-void resolve_file(self_ptr self, const std::string& what, const std::string& ref, bool latest,
+void resolve_file(vm_supervisor_pointer self, const std::string& what, const std::string& ref, bool latest,
                   std::function<void(const file_info&)> on_ok,
                   std::function<void(const std::string&)> on_missing = {}) {
   if (!self->state.link) {
@@ -598,7 +598,7 @@ echo "instance $(hostname)" > /tmp/www/index.html
 exec /bin/busybox httpd -f -p 8080 -h /tmp/www
 )sh";
 
-void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
+void prepare_instance(vm_supervisor_pointer self, const aleph::instance_content& ic) {
   auto& st = self->state;
   st.internet = ic.environment.internet;
   auto keys = ic.authorized_keys;
@@ -628,7 +628,7 @@ void prepare_instance(self_ptr self, const aleph::instance_content& ic) {
 
 // Unpacks a cached zip (bounded: size, file count, ratio, paths) into the execution's code
 // dir, once per code hash; "" or why not.
-std::string unpack_zip(self_ptr self, const file_info& file, const std::string& prefix,
+std::string unpack_zip(vm_supervisor_pointer self, const file_info& file, const std::string& prefix,
                        std::string& dir_out) {
   auto& file_hash = file.hash;
   auto& st = self->state;
@@ -704,7 +704,7 @@ struct volume_plan {
 
 // Sets up volumes[i..] in order (fetching immutable ones), adding bwrap mount arguments, then
 // calls `done`.
-void prepare_volumes(self_ptr self, std::shared_ptr<std::vector<volume_plan>> plan, size_t i,
+void prepare_volumes(vm_supervisor_pointer self, std::shared_ptr<std::vector<volume_plan>> plan, size_t i,
                      std::function<void()> done) {
   auto& st = self->state;
   if (i == plan->size()) {
@@ -844,7 +844,7 @@ std::string plan_volumes(const aleph::program_content& p, std::vector<volume_pla
   return {};
 }
 
-void prepare_program(self_ptr self, const std::string& json, const aleph::program_content& p) {
+void prepare_program(vm_supervisor_pointer self, const std::string& json, const aleph::program_content& p) {
   self->state.internet = p.environment.internet;
   bool zip = p.code.encoding == "zip";
   auto program = p;
@@ -882,7 +882,7 @@ void prepare_program(self_ptr self, const std::string& json, const aleph::progra
 }
 
 // Fetches what the execution needs (message, code or rootfs) through the CCN link, then boots.
-void prepare(self_ptr self) {
+void prepare(vm_supervisor_pointer self) {
   auto& st = self->state;
   set_phase(self, "preparing", "fetching the " + st.info.kind);
   auto with_message = [=](const std::string& json) {
@@ -914,7 +914,7 @@ void prepare(self_ptr self) {
           });
 }
 
-void stop_now(self_ptr self, const std::string& why, bool erase,
+void stop_now(vm_supervisor_pointer self, const std::string& why, bool erase,
               caf::typed_response_promise<execution_info> rp, bool requested = true) {
   auto& st = self->state;
   if (st.info.phase == "stopping") {

@@ -18,7 +18,7 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 using gateway::ask;
-constexpr auto timeout = std::chrono::milliseconds{30s};
+constexpr auto ccn_ask_timeout = std::chrono::milliseconds{30s};
 
 bool starts_with(std::string_view s, std::string_view p) {
   return s.substr(0, p.size()) == p;
@@ -84,7 +84,7 @@ void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& 
   sm.received = unix_seconds();
   sm.origin = ctx->id;
   sm.json = aleph::to_json(m).dump(-1, ' ', false, json::error_handler_t::replace);
-  ask(*ctx->sys, ctx->messages, timeout, respond,
+  ask(*ctx->sys, ctx->messages, ccn_ask_timeout, respond,
       [respond](const append_result& r) {
         respond(gateway::json(200, json{{"item_hash", r.item_hash},
                                         {"status", r.status},
@@ -133,7 +133,7 @@ void list_messages(const std::shared_ptr<const ccn_context>& ctx, const http::re
     respond(http::json_error(400, "pagination must be an integer between 1 and 500"));
     return;
   }
-  ask(*ctx->sys, ctx->messages, timeout, respond,
+  ask(*ctx->sys, ctx->messages, ccn_ask_timeout, respond,
       [respond](const message_page& page) {
         json msgs = json::array();
         for (auto& m : page.messages)
@@ -173,7 +173,7 @@ void add_file(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
         return too_large();
       src.sha256 = req.body_sha256;
     }
-    return ask(*ctx->sys, ctx->files, timeout, respond, stored, atom::put_v, std::move(src));
+    return ask(*ctx->sys, ctx->files, ccn_ask_timeout, respond, stored, atom::put_v, std::move(src));
   }
   std::string data;
   if (is_multipart) {
@@ -192,7 +192,7 @@ void add_file(const std::shared_ptr<const ccn_context>& ctx, http::request& req,
     return respond(http::json_error(400, "empty file"));
   if (data.size() > ctx->max_file_bytes)
     return too_large();
-  ask(*ctx->sys, ctx->files, timeout, respond, stored, atom::put_v, std::move(data));
+  ask(*ctx->sys, ctx->files, ccn_ask_timeout, respond, stored, atom::put_v, std::move(data));
 }
 
 json node_json(const node_view& v) {
@@ -211,9 +211,9 @@ json node_json(const node_view& v) {
 }
 
 void nodes(const std::shared_ptr<const ccn_context>& ctx, const http::responder& respond) {
-  ask(*ctx->sys, ctx->registry, timeout, respond,
+  ask(*ctx->sys, ctx->registry, ccn_ask_timeout, respond,
       [ctx, respond](const std::vector<node_view>& crns) {
-        ask(*ctx->sys, ctx->peer, timeout, respond,
+        ask(*ctx->sys, ctx->peer, ccn_ask_timeout, respond,
             [ctx, respond, crns](const std::vector<node_view>& peers) {
               json ccns = json::array();
               ccns.push_back(json{{"id", ctx->id},
@@ -237,7 +237,7 @@ void nodes(const std::shared_ptr<const ccn_context>& ctx, const http::responder&
 }
 
 void metrics(const std::shared_ptr<const ccn_context>& ctx, const http::responder& respond) {
-  ask(*ctx->sys, ctx->registry, timeout, respond,
+  ask(*ctx->sys, ctx->registry, ccn_ask_timeout, respond,
       [ctx, respond](const std::vector<node_view>& crns) {
         std::map<std::string, int> by_state{{"linked", 0}, {"waiting", 0}, {"down", 0}, {"unlinked", 0}};
         for (auto& c : crns)
@@ -279,7 +279,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
       auto hash = path.substr(17);
       if (!aleph::is_item_hash(hash))
         return respond(http::json_error(400, "not an item hash: " + hash.substr(0, 80)));
-      return ask(*ctx->sys, ctx->messages, timeout, respond,
+      return ask(*ctx->sys, ctx->messages, ccn_ask_timeout, respond,
                  [respond](const stored_message& m) {
                    respond(gateway::json(200, json{{"status", "processed"},
                                                    {"item_hash", m.item_hash},
@@ -298,7 +298,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
       auto hash = path.substr(20);
       if (!is_sha256_hex(hash))
         return respond(http::json_error(400, "not a sha256 hash: " + hash.substr(0, 80)));
-      return ask(*ctx->sys, ctx->files, timeout, respond,
+      return ask(*ctx->sys, ctx->files, ccn_ask_timeout, respond,
                  [respond](const file_info& f) { respond(gateway::file_response(f)); },
                  atom::fetch_v, hash, std::string{}, caf::actor{}); // a lost copy comes back from a replica
     }
@@ -310,7 +310,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
     if (path == "/api/v0/allocations") {
       if (!get)
         return wrong_method();
-      return ask(*ctx->sys, ctx->scheduler, timeout, respond,
+      return ask(*ctx->sys, ctx->scheduler, ccn_ask_timeout, respond,
                  [respond](const std::vector<placement>& ps) {
                    json out = json::array();
                    for (auto& p : ps)
@@ -326,7 +326,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
         return wrong_method();
       if (!ctx->prober)
         return respond(http::json_error(404, "this CCN does not score CRNs"));
-      return ask(*ctx->sys, ctx->prober, timeout, respond,
+      return ask(*ctx->sys, ctx->prober, ccn_ask_timeout, respond,
                  [respond](const std::vector<node_score>& scores) {
                    json out = json::array();
                    for (auto& s : scores)
@@ -351,7 +351,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
         return respond(http::json_error(400, "epoch must be an epoch number"));
       if (!ctx->epochs)
         return respond(http::json_error(404, "this CCN computes no reward epochs"));
-      return ask(*ctx->sys, ctx->epochs, timeout, respond,
+      return ask(*ctx->sys, ctx->epochs, ccn_ask_timeout, respond,
                  [respond](const std::string& text) {
                    http::response r;
                    r.status = 200;
@@ -366,7 +366,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
         return wrong_method();
       if (!ctx->usage)
         return respond(http::json_error(404, "this CCN keeps no usage book"));
-      return ask(*ctx->sys, ctx->usage, timeout, respond,
+      return ask(*ctx->sys, ctx->usage, ccn_ask_timeout, respond,
                  [respond](const std::map<std::string, uint64_t>& heads) {
                    respond(gateway::json(200, json{{"nodes", heads}}));
                  },
@@ -383,7 +383,7 @@ http::handler ccn_routes(std::shared_ptr<const ccn_context> ctx) {
         return;
       if (!ctx->usage)
         return respond(http::json_error(404, "this CCN keeps no usage book"));
-      return ask(*ctx->sys, ctx->usage, timeout, respond,
+      return ask(*ctx->sys, ctx->usage, ccn_ask_timeout, respond,
                  [respond](const std::vector<usage_entry>& entries) {
                    respond(gateway::usage_page(entries));
                  },

@@ -18,7 +18,7 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 using gateway::ask;
-constexpr auto timeout = std::chrono::milliseconds{10s};
+constexpr auto crn_ask_timeout = std::chrono::milliseconds{10s};
 
 json time_or_null(double t) {
   return t > 0 ? json(gateway::iso_time(t)) : json(nullptr);
@@ -67,7 +67,7 @@ void usage_system_with(const std::shared_ptr<const crn_context>& ctx, const cach
 
 void usage_system(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
   if (ctx->files)
-    return ask(*ctx->sys, ctx->files, timeout, respond,
+    return ask(*ctx->sys, ctx->files, crn_ask_timeout, respond,
                [ctx, respond](const cache_usage& c) { usage_system_with(ctx, &c, respond); },
                atom::usage_v);
   usage_system_with(ctx, nullptr, respond);
@@ -82,13 +82,13 @@ void execution_records_route(const std::shared_ptr<const crn_context>& ctx, cons
     return;
   if (!ctx->ledger)
     return respond(http::json_error(404, "this CRN keeps no reward ledger"));
-  ask(*ctx->sys, ctx->ledger, timeout, respond,
+  ask(*ctx->sys, ctx->ledger, crn_ask_timeout, respond,
       [respond](const std::vector<usage_entry>& entries) { respond(gateway::usage_page(entries)); },
       atom::list_v, page->after, page->limit);
 }
 
 void executions(const std::shared_ptr<const crn_context>& ctx, bool v2, const http::responder& respond) {
-  ask(*ctx->sys, ctx->broker, timeout, respond,
+  ask(*ctx->sys, ctx->broker, crn_ask_timeout, respond,
       [respond, v2](const std::vector<execution_info>& xs) {
         json out = json::object();
         for (auto& e : xs) {
@@ -121,7 +121,7 @@ void executions(const std::shared_ptr<const crn_context>& ctx, bool v2, const ht
 }
 
 void status_config(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
-  ask(*ctx->sys, ctx->link, timeout, respond,
+  ask(*ctx->sys, ctx->link, crn_ask_timeout, respond,
       [ctx, respond](const link_info& li) {
         respond(gateway::json(200, json{{"DOMAIN_NAME", ctx->http_endpoint},
                                         {"version", ALEPHD_VERSION},
@@ -140,7 +140,7 @@ void status_config(const std::shared_ptr<const crn_context>& ctx, const http::re
 }
 
 void metrics(const std::shared_ptr<const crn_context>& ctx, const http::responder& respond) {
-  ask(*ctx->sys, ctx->link, timeout, respond,
+  ask(*ctx->sys, ctx->link, crn_ask_timeout, respond,
       [ctx, respond](const link_info& li) {
         std::string out;
         auto gauge = [&](const char* name, const char* help, const std::string& value, const char* type = "gauge") {
@@ -367,7 +367,7 @@ void operator_action(const std::shared_ptr<const crn_context>& ctx, const std::s
     return ask(*ctx->sys, ctx->broker, std::chrono::milliseconds{70000}, respond, done, atom::erase_v, ref);
   if (action == "reboot")
     return ask(*ctx->sys, ctx->broker, std::chrono::milliseconds{70000}, respond, done, atom::reboot_v, ref);
-  ask(*ctx->sys, ctx->broker, timeout, respond,
+  ask(*ctx->sys, ctx->broker, crn_ask_timeout, respond,
       [respond](const std::vector<log_line>& lines) {
         json out = json::array();
         for (auto& l : lines)
@@ -393,7 +393,7 @@ void pump_logs(const std::shared_ptr<const crn_context>& ctx, const std::string&
       [ws] { ws->close(); }));
     return;
   }
-  ask(*ctx->sys, ctx->broker, timeout,
+  ask(*ctx->sys, ctx->broker, crn_ask_timeout,
       [ws](http::response r) { // an error: say it on the socket
         auto j = json::parse(r.body, nullptr, false);
         ws->send_text(json{{"type", "system"}, {"message", j.is_object() ? j.value("error", r.body) : r.body}}.dump());
@@ -422,7 +422,7 @@ void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::strin
     return respond(std::move(r));
   }
   // A finished or unknown execution: its kept lines, or the error (404) before any upgrade.
-  ask(*ctx->sys, ctx->broker, timeout, respond,
+  ask(*ctx->sys, ctx->broker, crn_ask_timeout, respond,
       [respond](const std::vector<log_line>& lines) {
         http::response r;
         r.websocket_open = [lines](std::shared_ptr<http::websocket> ws) {
@@ -440,7 +440,7 @@ void stream_logs(const std::shared_ptr<const crn_context>& ctx, const std::strin
 // 401 for a replay. A proof is remembered only now, so a stranger's valid proofs fill nothing.
 void when_owner(const std::shared_ptr<const crn_context>& ctx, const std::string& ref,
                 const owner_auth::verified& who, http::responder fail, std::function<void()> act) {
-  ask(*ctx->sys, ctx->broker, timeout, fail,
+  ask(*ctx->sys, ctx->broker, crn_ask_timeout, fail,
       [=](const std::vector<execution_info>& all) {
         bool owns = false;
         for (auto& e : all)
@@ -574,7 +574,7 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
         return respond(http::json_error(400, "not a sha256 hash: " + hash.substr(0, 80)));
       if (!ctx->files)
         return respond(http::json_error(404, "file " + hash + " not found"));
-      return ask(*ctx->sys, ctx->files, timeout, respond,
+      return ask(*ctx->sys, ctx->files, crn_ask_timeout, respond,
                  [respond](const file_info& f) { respond(gateway::file_response(f)); },
                  atom::get_v, hash);
     }
@@ -613,7 +613,7 @@ http::handler crn_routes(std::shared_ptr<const crn_context> ctx) {
         return respond(http::json_error(503, "Server is draining"));
       if (!ctx->files)
         return respond(gateway::json(200, json{{"status", "ok"}}));
-      return ask(*ctx->sys, ctx->files, timeout, respond,
+      return ask(*ctx->sys, ctx->files, crn_ask_timeout, respond,
                  [respond](const cache_usage& c) {
                    respond(gateway::json(200, json{{"status", "ok"}, {"cache_files", c.files}}));
                  },

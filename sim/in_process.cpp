@@ -61,10 +61,10 @@ double virtual_wall() {
          + std::chrono::duration<double>(virtual_sched->clock().current_time - virtual_start).count();
 }
 
-std::atomic<bool> interrupted{false};
+std::atomic<bool> in_process_interrupted{false};
 
 extern "C" void on_interrupt_in_process(int) {
-  interrupted = true;
+  in_process_interrupted = true;
 }
 
 // ---- doubles of the outside world ---------------------------------------------------------------
@@ -163,13 +163,6 @@ struct crn_slot {
   job_broker_actor broker;
   ccn_link_actor link;
   state st = state::down;
-};
-
-struct pending_reschedule {
-  std::string program;
-  std::string crn;
-  double died = 0;
-  std::string cause;
 };
 
 /// A stateful actor's state, read between two jobs of the single-threaded scheduler.
@@ -310,7 +303,7 @@ void world::run_jobs() {
   // ever letting time pass are a livelock, reported as a violation.
   auto& q = sched_->jobs;
   uint64_t burst = 0;
-  while (!q.empty() && !interrupted) {
+  while (!q.empty() && !in_process_interrupted) {
     auto i = std::find_if(q.begin(), q.end(), runnable);
     if (i == q.end())
       return;
@@ -328,7 +321,7 @@ void world::run_jobs() {
 // Runs jobs and fires timers in time order until `until` holds or virtual time reaches
 // `deadline` (then the clock stands at the deadline).
 void world::step(std::function<bool()> until, double deadline) {
-  while (!interrupted && !(failed_ && livelocked())) {
+  while (!in_process_interrupted && !(failed_ && livelocked())) {
     run_jobs();
     if (until && until())
       return;
@@ -1121,7 +1114,7 @@ void world::final_checks() {
   auto poll = std::chrono::duration<double>(cfg_.poll).count();
   std::string why;
   // A monitor round and a look at convergence every poll interval.
-  while (!interrupted) {
+  while (!in_process_interrupted) {
     step({}, std::min(now() + poll, until));
     monitor();
     if (converged(why) || now() >= until)
@@ -1172,7 +1165,7 @@ void world::final_checks() {
   auto all_held = [&] {
     return std::all_of(lacks.begin(), lacks.end(), [](auto& l) { return l.second.missing == 0; });
   };
-  while (!interrupted && now() < until && !all_held()) {
+  while (!in_process_interrupted && now() < until && !all_held()) {
     step({}, std::min(now() + poll, until));
     for (auto& [i, l] : lacks)
       if (l.missing > 0)
@@ -1208,7 +1201,7 @@ void world::final_checks() {
       return file_missing.empty()
              && std::all_of(files_.begin(), files_.end(), [&](auto& f) { return holders[f.first] >= want; });
     };
-    while (!interrupted && !look() && now() < until)
+    while (!in_process_interrupted && !look() && now() < until)
       step({}, std::min(now() + poll, until));
     checked("stored-files-everywhere", file_missing.empty(), std::to_string(files_.size()) + " files");
     if (!file_missing.empty())
@@ -1336,7 +1329,7 @@ json world::report(double real_s) {
 // ---- the run --------------------------------------------------------------------------------------
 
 int world::run() {
-  if (interrupted)
+  if (in_process_interrupted)
     return 130; // a Ctrl-C during an earlier run of this process (a minimiser's search)
   auto real_start = std::chrono::steady_clock::now();
   // Many small LMDB environments: on tmpfs when there is one, where writes cost least.
@@ -1457,13 +1450,13 @@ int world::run() {
       later(tenth, progress);
     };
     later(tenth, progress);
-    while (!queue.empty() && queue.top().t <= end && !interrupted && !failed_) {
+    while (!queue.empty() && queue.top().t <= end && !in_process_interrupted && !failed_) {
       auto next = queue.top();
       queue.pop();
       step({}, next.t);
       next.run();
     }
-    if (!interrupted && !failed_)
+    if (!in_process_interrupted && !failed_)
       step({}, end);
     // The end of the faults: whatever is still down, paused or cut off comes back now.
     for (std::size_t i = 0; i < ccns_.size(); ++i) {
@@ -1491,12 +1484,12 @@ int world::run() {
       }
     held_.clear();
     record("start", "converge", "");
-    if (!interrupted && !failed_)
+    if (!in_process_interrupted && !failed_)
       final_checks();
     code = failed_ ? 1 : 0;
   }
-  if (interrupted) {
-    std::cerr << "alephd: sim: interrupted\n";
+  if (in_process_interrupted) {
+    std::cerr << "alephd: sim: in_process_interrupted\n";
     code = code == 0 ? 130 : code;
   }
   auto real_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - real_start).count();

@@ -29,6 +29,15 @@ struct violation {
   std::set<std::string> nodes; ///< nodes it involves
 };
 
+/// A program whose CRN died or froze, awaiting its move to another CRN (the invariant
+/// `reschedule-deadline` checks that it happens in time).
+struct pending_reschedule {
+  std::string program;
+  std::string crn; ///< where it ran when its CRN died
+  double died = 0;
+  std::string cause = "kill"; ///< kill or pause
+};
+
 /// What a run ended with, for whoever runs it (and may run it again with fewer faults).
 struct run_outcome {
   int code = 0; ///< the exit code of sim::run()

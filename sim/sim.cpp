@@ -95,13 +95,6 @@ struct acked_file {
   std::string content; ///< checked byte for byte at the end
 };
 
-struct pending_reschedule {
-  std::string program;
-  std::string crn; ///< where it ran when its CRN died
-  double died = 0;
-  std::string cause = "kill"; ///< kill or pause
-};
-
 // Picks `n` distinct free loopback ports; their sockets stay open in `held` (so that nothing
 // else, e.g. a proxy, gets them) until the caller closes them just before the nodes start.
 std::vector<uint16_t> free_ports(std::size_t n, std::vector<int>& fds) {
