@@ -17,6 +17,9 @@ using namespace alephd::test;
 
 namespace fs = std::filesystem;
 
+// Named so that the suites can share one unity-built test binary.
+namespace cache_shard_tests {
+
 namespace {
 
 struct origin_state {
@@ -384,3 +387,5 @@ TEST(multipart_test, finds_the_file_part_across_window_boundaries) {
 }
 
 } // namespace
+
+} // namespace cache_shard_tests

@@ -14,6 +14,9 @@ using namespace alephd::test;
 using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
+// Named so that the suites can share one unity-built test binary.
+namespace ccn_link_tests {
+
 namespace {
 
 // -- test doubles ---------------------------------------------------------------
@@ -654,3 +657,5 @@ TEST_F(ccn_link_test, retries_alternate_between_ccns_and_the_back_off_resets_onc
 }
 
 } // namespace
+
+} // namespace ccn_link_tests

@@ -14,6 +14,9 @@
 using namespace alephd;
 using namespace alephd::test;
 
+// Named so that the suites can share one unity-built test binary.
+namespace ccn_peer_tests {
+
 namespace {
 
 const std::string wallet = std::string(31, '\0') + "\x2a"; // a test key, never a real wallet
@@ -328,3 +331,5 @@ TEST_F(ccn_peer_test, list_shows_peers_and_marks_a_dead_one_down) {
 }
 
 } // namespace
+
+} // namespace ccn_peer_tests

@@ -10,6 +10,9 @@ using namespace alephd::test;
 using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
+// Named so that the suites can share one unity-built test binary.
+namespace config_tests {
+
 namespace {
 
 const std::filesystem::path config_dir =
@@ -406,3 +409,5 @@ TEST(config_limits, dev_crns_above_four_would_collide_with_the_ccn_ports) {
 }
 
 } // namespace
+
+} // namespace config_tests

@@ -13,6 +13,9 @@ using namespace alephd::test;
 
 namespace fs = std::filesystem;
 
+// Named so that the suites can share one unity-built test binary.
+namespace content_store_tests {
+
 namespace {
 
 const std::string abc_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -262,3 +265,5 @@ TEST_F(content_store_test, files_survive_reopening_the_store) {
 }
 
 } // namespace
+
+} // namespace content_store_tests

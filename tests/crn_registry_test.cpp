@@ -12,6 +12,9 @@ using namespace alephd;
 using namespace alephd::test;
 using namespace std::chrono_literals;
 
+// Named so that the suites can share one unity-built test binary.
+namespace crn_registry_tests {
+
 namespace {
 
 // is() must not see an empty error (see serialization_test: is_on_no_error_is_false).
@@ -672,3 +675,5 @@ TEST_F(crn_identity_test, a_replay_is_refused_after_a_ccn_restart_too) {
 }
 
 } // namespace
+
+} // namespace crn_registry_tests

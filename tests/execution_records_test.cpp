@@ -15,6 +15,9 @@
 
 using namespace alephd;
 
+// Named so that the suites can share one unity-built test binary.
+namespace execution_records_tests {
+
 namespace {
 
 struct temp_dir {
@@ -123,3 +126,5 @@ TEST(execution_records, a_dead_or_forged_handle_is_not_alive) {
   EXPECT_FALSE(r.alive());
   r.kill(); // must not signal this process: its start time does not match (we would die)
 }
+
+} // namespace execution_records_tests

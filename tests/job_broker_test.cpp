@@ -13,6 +13,9 @@
 using namespace alephd;
 using namespace alephd::test;
 
+// Named so that the suites can share one unity-built test binary.
+namespace job_broker_tests {
+
 namespace {
 
 // is() must not see an empty error (see serialization_test: is_on_no_error_is_false).
@@ -958,3 +961,5 @@ TEST_F(job_broker_test, only_the_ccn_that_placed_a_workload_can_fence_it) {
   sched.run();
   EXPECT_EQ(phase(b), "stopped");
 }
+
+} // namespace job_broker_tests

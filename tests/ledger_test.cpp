@@ -15,6 +15,9 @@
 using namespace alephd;
 namespace fs = std::filesystem;
 
+// Named so that the suites can share one unity-built test binary.
+namespace ledger_tests {
+
 namespace {
 
 usage_entry sample(uint64_t cpu, const std::string& item = "item-1") {
@@ -248,3 +251,5 @@ TEST_F(ledger_test, an_unreadable_last_entry_refuses_to_open) {
   EXPECT_EQ(c.first_bad, 5u);
   EXPECT_EQ(c.reason, "not a well-formed entry");
 }
+
+} // namespace ledger_tests

@@ -5,6 +5,9 @@
 using namespace alephd;
 using namespace alephd::test;
 
+// Named so that the suites can share one unity-built test binary.
+namespace message_store_tests {
+
 namespace {
 
 stored_message msg(std::string hash, std::string type = "POST", std::string sender = "0xA") {
@@ -310,3 +313,5 @@ TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recove
 }
 
 } // namespace
+
+} // namespace message_store_tests

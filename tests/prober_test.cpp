@@ -8,6 +8,9 @@ using namespace alephd;
 using namespace alephd::test;
 using namespace std::chrono_literals;
 
+// Named so that the suites can share one unity-built test binary.
+namespace prober_tests {
+
 namespace {
 
 crn_info crn(const std::string& id, const std::string& asn) {
@@ -121,3 +124,5 @@ TEST(probe_codec, roundtrip_and_hostile_text) {
   for (std::string bad : {"", "[]", "{}", "{\"t\":\"x\"}", "nope"})
     EXPECT_FALSE(decode_probe(bad)) << bad;
 }
+
+} // namespace prober_tests

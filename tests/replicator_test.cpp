@@ -12,6 +12,9 @@
 using namespace alephd;
 using namespace alephd::test;
 
+// Named so that the suites can share one unity-built test binary.
+namespace replicator_tests {
+
 namespace {
 
 const std::string ccn_id = "ccn-1";
@@ -234,3 +237,5 @@ TEST_F(replicator_test, locate_names_a_linked_holder_and_placements_survive_a_re
 }
 
 } // namespace
+
+} // namespace replicator_tests

@@ -15,6 +15,9 @@ using namespace alephd::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
+// Named so that the suites can share one unity-built test binary.
+namespace reward_epochs_tests {
+
 namespace {
 
 struct registry_list_state {
@@ -227,3 +230,5 @@ TEST(reward_epoch_codec, stakes_parse_and_refuse_bad_items) {
   EXPECT_DOUBLE_EQ(compute_units(1, 4097), 3);
   EXPECT_DOUBLE_EQ(compute_units(4, 2048), 4);
 }
+
+} // namespace reward_epochs_tests

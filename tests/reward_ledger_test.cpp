@@ -10,6 +10,9 @@ using namespace alephd;
 using namespace alephd::test;
 using namespace std::chrono_literals;
 
+// Named so that the suites can share one unity-built test binary.
+namespace reward_ledger_tests {
+
 namespace {
 
 usage_entry sample(uint64_t cpu) {
@@ -232,3 +235,5 @@ TEST_F(usage_book_test, a_node_first_seen_mid_chain_is_taken_from_there) {
   ASSERT_EQ(h.size(), 2u);
   EXPECT_EQ(h[0].seq, 4u);
 }
+
+} // namespace reward_ledger_tests

@@ -14,6 +14,9 @@ using namespace alephd;
 using namespace alephd::test;
 using namespace std::chrono_literals;
 
+// Named so that the suites can share one unity-built test binary.
+namespace scheduler_tests {
+
 namespace {
 
 const std::string ccn_id = "ccn-1";
@@ -607,3 +610,5 @@ TEST_F(scheduler_test, a_host_too_small_for_instances_gets_no_allocation_it_woul
 }
 
 } // namespace
+
+} // namespace scheduler_tests

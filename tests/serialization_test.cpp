@@ -10,6 +10,9 @@
 using namespace alephd;
 using namespace alephd::test;
 
+// Named so that the suites can share one unity-built test binary.
+namespace serialization_tests {
+
 namespace {
 
 struct serialization_test : caf_fixture {
@@ -434,3 +437,5 @@ TEST(codec_test, a_field_of_the_wrong_type_is_rejected) {
 }
 
 } // namespace
+
+} // namespace serialization_tests

@@ -16,6 +16,9 @@ using namespace alephd;
 using namespace alephd::test;
 using namespace std::chrono_literals;
 
+// Named so that the suites can share one unity-built test binary.
+namespace trigger_router_tests {
+
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -682,3 +685,5 @@ TEST_F(trigger_router_test, a_bad_config_stops_the_actor) {
 }
 
 } // namespace
+
+} // namespace trigger_router_tests

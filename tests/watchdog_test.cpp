@@ -5,6 +5,9 @@
 using namespace alephd;
 using namespace alephd::test;
 
+// Named so that the suites can share one unity-built test binary.
+namespace watchdog_tests {
+
 namespace {
 
 // Quits with whatever error it is sent, like an actor whose LMDB failed.
@@ -45,3 +48,5 @@ TEST_F(watchdog_test, a_shutdown_is_not_a_failure) {
 }
 
 } // namespace
+
+} // namespace watchdog_tests
