@@ -20,11 +20,18 @@ build: deps
 run: build
 	$(BUILD)/alephd dev $(ARGS)
 
+# The sanitizer tree: clang (which builds it about a third faster than GCC), Debug, ASan+UBSan
+# and libFuzzer's coverage. The fuzz harnesses of `make test` and the unit suites of
+# `make asan-test` are built in it on the same libraries.
+ASAN_CONFIGURE = cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DCMAKE_CXX_COMPILER=clang++ -DALEPHD_SANITIZE=ON -DALEPHD_FUZZ=ON $(CMAKE_ARGS) > /dev/null
+
 # Builds and runs every test; each test has its own timeout. Then each libFuzzer harness runs
-# for a short smoke time (built with clang in build-fuzz/).
+# for a short smoke time (built in the sanitizer tree).
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
-	scripts/fuzz --smoke
+	@$(ASAN_CONFIGURE)
+	FUZZ_BUILD=$(ASAN_BUILD) scripts/fuzz --smoke
 
 # Each libFuzzer harness for FUZZ_SECONDS (default 60).
 FUZZ_SECONDS ?= 60
@@ -33,7 +40,7 @@ fuzz: deps
 
 # The unit suites under AddressSanitizer and UndefinedBehaviorSanitizer.
 asan-test: deps
-	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DALEPHD_SANITIZE=ON $(CMAKE_ARGS) > /dev/null
+	@$(ASAN_CONFIGURE)
 	@cmake --build $(ASAN_BUILD) -j $(JOBS) --target unit-tests
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0 \
 	  UBSAN_OPTIONS=suppressions=$(CURDIR)/ubsan_suppressions.txt:halt_on_error=1:print_stacktrace=1 \

@@ -421,8 +421,10 @@ job_broker(job_broker_actor::stateful_pointer<job_broker_state> self, job_broker
         bool owned = e.alloc.owner.empty() ? e.unconfirmed : e.alloc.owner == ccn;
         if (!owned)
           continue;
+        // (An init-capture: clang 14, which builds the sanitizer tree, cannot capture a
+        // structured binding.)
         auto p = std::find_if(mine.begin(), mine.end(),
-                              [&](const placement& x) { return x.item_hash == hash; });
+                              [&h = hash](const placement& x) { return x.item_hash == h; });
         if (p != mine.end() && p->epoch >= e.alloc.epoch) {
           e.unconfirmed = false;
           if (p->epoch > e.alloc.epoch) {
