@@ -44,7 +44,7 @@ asan-test: deps
 	@cmake --build $(ASAN_BUILD) -j $(JOBS) --target unit-tests
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0 \
 	  UBSAN_OPTIONS=suppressions=$(CURDIR)/ubsan_suppressions.txt:halt_on_error=1:print_stacktrace=1 \
-	  ctest --output-on-failure -L unit
+	  ctest --output-on-failure -j $(JOBS) -L unit
 
 bench: build
 	@cmake --build $(BUILD) -j $(JOBS) --target benchmarks
