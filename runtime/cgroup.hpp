@@ -139,6 +139,12 @@ public:
   /// 1 or 2 for the running host, 0 if no hierarchy is usable.
   static int version();
 
+  /// The root group a CRN makes its executions' groups under: "alephd-" and the first 12
+  /// characters of its node id.
+  static std::string root_name_for(const std::string& node_id) {
+    return "alephd-" + node_id.substr(0, 12);
+  }
+
   /// Kills and removes every group under root_name for which keep(name) is
   /// false (a null keep keeps nothing), e.g. at startup after a crash; returns
   /// how many were removed. When nothing remains, the root group is removed

@@ -418,7 +418,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   env->reuse_timeout = s.reuse_timeout;
   env->pids_max = s.pids_max;
   env->cgroups = s.cgroups && cgroup::version() != 0 && ::geteuid() == 0;
-  env->cgroup_root = "alephd-" + id_.substr(0, 12);
+  env->cgroup_root = cgroup::root_name_for(id_);
   if (env->cgroups)
     cgroup_root_ = env->cgroup_root;
   env->table = table_;

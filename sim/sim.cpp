@@ -29,6 +29,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/cgroup.hpp"
 #include "runtime/config.hpp"
 #include "runtime/crypto.hpp"
 #include "sim/http_client.hpp"
@@ -1134,7 +1135,8 @@ void simulation::teardown() {
   }
   proxies_.reset();
   // A sandbox or microVM left by a killed CRN outlives it for the adopt window: whatever still
-  // runs from the work dir goes now.
+  // runs from the work dir goes now (QEMU; a sandbox's process is the agent, which bwrap
+  // execs, and its command line does not name the work dir: its cgroup finds it, below).
   std::error_code ec;
   for (auto& e : std::filesystem::directory_iterator{"/proc", ec}) {
     auto name = e.path().filename().string();
@@ -1146,6 +1148,17 @@ void simulation::teardown() {
     if (pid != ::getpid() && cmdline.find(dir_.string() + "/") != std::string::npos)
       ::kill(pid, SIGKILL);
   }
+  // The killed CRNs' execution cgroups: what still runs in them, the groups and their parent
+  // (a CRN that exits removes these itself).
+  std::vector<std::string> crn_ids;
+  {
+    std::lock_guard<std::mutex> lock{mu_};
+    for (auto& n : nodes_)
+      if (!n.ccn && !n.id.empty())
+        crn_ids.push_back(n.id);
+  }
+  for (const auto& id : crn_ids)
+    cgroup::remove_orphans(cgroup::root_name_for(id), nullptr);
   for (auto& m : mounts_)
     ::umount2(m.c_str(), MNT_DETACH);
   mounts_.clear();

@@ -40,6 +40,8 @@ struct cluster : ::testing::Test {
   ~cluster() override {
     for (auto& p : procs)
       p->kill9();
+    for (auto& p : procs)
+      remove_crn_cgroups(*p);
     if (HasFailure())
       for (auto& p : procs)
         std::cerr << "---- log of pid " << p->pid() << " ----\n" << p->log() << '\n';

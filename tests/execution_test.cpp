@@ -142,7 +142,11 @@ struct execution : ::testing::Test {
     }
     for (auto& p : points)
       ::umount2(p.c_str(), MNT_DETACH);
-    // Sandboxes outlive a killed CRN for its adopt window: end them with the test.
+    // Sandboxes outlive a killed CRN for its adopt window: end them with the test. A sandbox's
+    // process is the agent (bwrap execs it), whose command line does not name our dir: its
+    // cgroup finds it; the command line finds QEMU.
+    for (auto& p : procs)
+      remove_crn_cgroups(*p);
     for (int pid : processes_with(dir.string()))
       ::kill(pid, SIGKILL);
     if (HasFailure())
@@ -850,7 +854,7 @@ TEST_F(execution, prealloc_keeps_sandboxes_ready_and_gives_them_the_programs_lim
   // The CRN's parent of its executions' groups, where this process's hierarchies have it.
   std::vector<std::string> roots;
   auto layout = alephd::cgroup_layout::detect();
-  auto root_name = "alephd-" + crn.ready.at("id").substr(0, 12);
+  auto root_name = alephd::cgroup::root_name_for(crn.ready.at("id"));
   for (const auto& [controller, dir] : layout.v1)
     roots.push_back(dir + "/" + root_name);
   if (!layout.v2_self.empty()) {
