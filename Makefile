@@ -23,7 +23,11 @@ run: build
 # The sanitizer tree: clang (which builds it about a third faster than GCC), Debug, ASan+UBSan
 # and libFuzzer's coverage. The fuzz harnesses of `make test` and the unit suites of
 # `make asan-test` are built in it on the same libraries.
-ASAN_CONFIGURE = cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+# A tree configured by GCC before (CMake would drop every other -D when the compiler changes) is
+# made again.
+ASAN_CONFIGURE = if [ -f $(ASAN_BUILD)/CMakeCache.txt ] && \
+  ! grep -qs '^CMAKE_CXX_COMPILER:.*clang' $(ASAN_BUILD)/CMakeCache.txt; then rm -rf $(ASAN_BUILD); fi; \
+  cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
   -DCMAKE_CXX_COMPILER=clang++ -DALEPHD_SANITIZE=ON -DALEPHD_FUZZ=ON $(CMAKE_ARGS) > /dev/null
 
 # Builds and runs every test; each test has its own timeout. Then each libFuzzer harness runs
