@@ -1489,7 +1489,7 @@ int world::run() {
     code = failed_ ? 1 : 0;
   }
   if (in_process_interrupted) {
-    std::cerr << "alephd: sim: in_process_interrupted\n";
+    std::cerr << "alephd: sim: interrupted\n";
     code = code == 0 ? 130 : code;
   }
   auto real_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - real_start).count();
