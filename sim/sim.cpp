@@ -1149,7 +1149,7 @@ void simulation::teardown() {
       ::kill(pid, SIGKILL);
   }
   // The killed CRNs' execution cgroups: what still runs in them, the groups and their parent
-  // (a CRN that exits removes these itself).
+  // (a CRN that exits cleanly removes its parent group itself once it is empty).
   std::vector<std::string> crn_ids;
   {
     std::lock_guard<std::mutex> lock{mu_};

@@ -18,8 +18,9 @@ public:
 };
 
 /// After a CRN was SIGKILLed: kills what still runs in its executions' cgroups (an adoptable
-/// sandbox outlives its CRN for the reconnect window) and removes the groups and their parent,
-/// which a CRN that exits removes itself. Needs root (without it, there are no groups).
+/// sandbox outlives its CRN for the reconnect window) and removes the groups and their parent
+/// (a CRN that exits cleanly removes its parent group itself once it is empty). Needs root
+/// (without it, there are no groups).
 inline void remove_crn_cgroups(const process& p) {
   if (p.ready.count("role") && p.ready.at("role") == "crn" && p.ready.count("id"))
     cgroup::remove_orphans(cgroup::root_name_for(p.ready.at("id")), nullptr);
