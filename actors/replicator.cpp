@@ -66,6 +66,7 @@ void assign(replicator_pointer self, const std::string& hash, const std::string&
         if (it == st.sets.end() || it->second.pending.erase(crn_id) == 0)
           return; // forgotten, or the CRN went down meanwhile
         it->second.holders.insert(crn_id);
+        it->second.refused.erase(crn_id);
         persist(self, hash);
         spdlog::info("replicator: {} holds a replica of {} ({} of {})", crn_id, hash,
                      it->second.holders.size(), it->second.wanted);
@@ -77,7 +78,18 @@ void assign(replicator_pointer self, const std::string& hash, const std::string&
           return;
         spdlog::warn("replicator: {} could not take a replica of {}: {}", crn_id, hash,
                      describe(err));
-        it->second.refused[crn_id] = self->clock().now();
+        // A CRN that said no for want of room is left alone for a while; one that could not
+        // fetch for now (e.g. it was asked while still registering with its CCN) is asked
+        // again at the next retry, or a lone CRN would stay short of a copy for the pause.
+        bool passing = is(err, ec::unavailable) || err == caf::sec::request_timeout
+                       || err == caf::sec::request_receiver_down;
+        auto& r = it->second.refused[crn_id];
+        auto pause = st.cfg.refusal_pause;
+        if (passing) {
+          auto n = std::min<uint32_t>(r.in_a_row++, 16);
+          pause = std::min<std::chrono::milliseconds>(st.cfg.retry * (1u << n), pause);
+        }
+        r.until = self->clock().now() + pause;
         place(self, hash); // another CRN, if there is one
       });
 }
@@ -94,12 +106,14 @@ void place(replicator_pointer self, const std::string& hash) {
     for (auto& c : s.holders)
       ++load[c];
   auto now = self->clock().now();
-  for (auto it = set.refused.begin(); it != set.refused.end();)
-    it = now - it->second >= st.cfg.refusal_pause ? set.refused.erase(it) : std::next(it);
+  auto resting = [&](const std::string& id) {
+    auto r = set.refused.find(id);
+    return r != set.refused.end() && now < r->second.until;
+  };
   std::vector<std::string> candidates;
   for (auto& [id, c] : st.crns)
     if (c.state == link_state::linked && c.link && set.holders.count(id) == 0
-        && set.pending.count(id) == 0 && set.refused.count(id) == 0)
+        && set.pending.count(id) == 0 && !resting(id))
       candidates.push_back(id);
   std::stable_sort(candidates.begin(), candidates.end(),
                    [&](auto& a, auto& b) { return load[a] < load[b]; });

@@ -28,15 +28,22 @@ struct replicator_config {
   std::shared_ptr<lmdb::env> env; ///< none: in memory only
 };
 
+struct refusal {
+  caf::actor_clock::time_point until;
+  uint32_t in_a_row = 0; ///< passing failures in a row
+};
+
 struct replica_set {
   std::set<std::string> stores;  ///< STORE messages naming the file
   std::string owner;             ///< content.address of the first STORE
   uint32_t wanted = 0;           ///< copies on CRNs (0: not placed by this CCN)
   std::set<std::string> holders; ///< CRNs that confirmed a copy
   std::set<std::string> pending; ///< CRNs fetching one
-  /// CRNs that could not take one, and when: asked again after `refusal_pause` or when they
-  /// link again.
-  std::map<std::string, caf::actor_clock::time_point> refused;
+  /// CRNs that could not take one, and until when they are left alone: `refusal_pause` after
+  /// a refusal (no room, too large); after a passing failure (the CRN was between two CCNs, or
+  /// did not answer) `retry`, doubled at each one in a row up to `refusal_pause`. Cleared when
+  /// the CRN takes the copy or links again.
+  std::map<std::string, refusal> refused;
 };
 
 struct replicator_state {

@@ -24,6 +24,7 @@ struct holder_state {
   std::vector<std::string> replicated; ///< every replicate asked, in order
   std::vector<std::string> removed;
   bool full = false; ///< refuses replicas (its cache is full of pinned files)
+  int not_ready = 0;  ///< answers this many more replicas "not connected to a CCN"
   std::vector<std::string> confirmed; ///< the last duty list its CCN sent
 };
 
@@ -43,6 +44,10 @@ ccn_link_actor::behavior_type holder(ccn_link_actor::stateful_pointer<holder_sta
       self->state.replicated.push_back(h);
       if (self->state.full)
         return make_error(ec::no_space, "no room for another replica");
+      if (self->state.not_ready > 0) {
+        --self->state.not_ready;
+        return make_error(ec::unavailable, "not connected to a CCN");
+      }
       return file_info{h, 1, "/cache/" + h, 0};
     },
     [=](atom::remove, const std::string& h) { self->state.removed.push_back(h); },
@@ -183,6 +188,29 @@ TEST_F(replicator_test, a_crn_without_room_is_skipped_for_a_while) {
   crn("a").full = false;
   advance(std::chrono::seconds(61));
   EXPECT_EQ(holders(file).size(), 2u) << "asked again after the pause";
+}
+
+// Seen in the simulator: a CRN asked for a copy in the instant between its CCN counting it
+// linked and its own link hearing so cannot fetch yet; as the only other CRN, it must be asked
+// again soon, not after the pause of a CRN without room. Failures in a row back off.
+TEST_F(replicator_test, a_crn_that_cannot_fetch_for_now_is_asked_again_at_the_next_retry) {
+  link("a");
+  link("b");
+  crn("b").not_ready = 3;
+  auto file = std::string(64, 'f');
+  publish(store_doc(file));
+  EXPECT_EQ(holders(file), std::vector<std::string>{"a"});
+  EXPECT_EQ(crn("b").replicated.size(), 1u);
+  advance(std::chrono::milliseconds(2100)); // retry: 2 s
+  EXPECT_EQ(crn("b").replicated.size(), 2u) << "asked again at the next retry";
+  advance(std::chrono::milliseconds(2100)); // the second in a row rests 4 s
+  EXPECT_EQ(crn("b").replicated.size(), 2u) << "failures in a row back off";
+  advance(std::chrono::milliseconds(2100));
+  EXPECT_EQ(crn("b").replicated.size(), 3u);
+  advance(std::chrono::seconds(9)); // the third rests 8 s; the fourth ask succeeds
+  EXPECT_EQ(crn("b").replicated.size(), 4u);
+  auto h = holders(file);
+  EXPECT_EQ(h, (std::vector<std::string>{"a", "b"}));
 }
 
 TEST_F(replicator_test, fewer_crns_than_replicas_fill_up_when_more_link) {
