@@ -168,7 +168,11 @@ private:
                 << e.node << (e.detail.empty() ? "" : " — " + e.detail) << std::endl;
   }
 
+  // After Ctrl-C or SIGTERM the checks still running see nodes that are being stopped: what
+  // they find is not the cluster's fault, and the run ends as interrupted (130).
   void violate(std::string invariant, std::string detail, std::set<std::string> nodes = {}) {
+    if (interrupted)
+      return;
     {
       std::lock_guard<std::mutex> lock{mu_};
       if (!violations_.empty() && violations_.back().invariant == invariant && violations_.back().detail == detail)
@@ -180,6 +184,8 @@ private:
   }
 
   void checked(const std::string& invariant, bool ok, const std::string& detail = {}) {
+    if (interrupted)
+      return;
     std::lock_guard<std::mutex> lock{mu_};
     count_check(checks_, invariant, ok, detail);
   }
@@ -914,6 +920,8 @@ void simulation::final_checks() {
   auto left = [&] { return std::max(ms{1000}, std::chrono::duration_cast<ms>(deadline - steady::now())); };
   // Inside one pass too: a node that accepts and never answers must not stretch the checks.
   auto over = [&] { return interrupted || steady::now() > deadline + 1s; };
+  // Waits for a check to hold, and no longer once the run is interrupted.
+  auto settle = [&](auto fn, ms timeout) { return eventually([&] { return interrupted || fn(); }, timeout); };
   auto nodes = snapshot();
   // Every CRN linked or waiting somewhere, and as many linked as the CCNs can take.
   bool linked = wait_linked(left());
@@ -943,7 +951,7 @@ void simulation::final_checks() {
   }
   auto port_of = [&](const std::string& name) { return find(name)->http_port; };
   auto total = missing.size();
-  eventually([&] {
+  settle([&] {
     std::erase_if(missing, [&](auto& p) {
       if (over())
         return false;
@@ -967,7 +975,7 @@ void simulation::final_checks() {
     if (v.ccn)
       for (std::size_t i = 0; i < n_files; ++i)
         file_missing.emplace_back(v.name, i);
-  eventually([&] {
+  settle([&] {
     std::erase_if(file_missing, [&](auto& p) {
       if (over())
         return false;
@@ -986,7 +994,7 @@ void simulation::final_checks() {
     n_crns += v.ccn ? 0 : 1;
   auto want = std::min(cfg_.replicas, n_crns);
   std::map<std::string, uint32_t> holders;
-  bool replicas_ok = eventually([&] {
+  bool replicas_ok = settle([&] {
     holders.clear();
     for (std::size_t i = 0; i < n_files && !over(); ++i)
       for (auto& v : nodes)
@@ -1007,7 +1015,7 @@ void simulation::final_checks() {
       }
   // Each persistent program runs exactly once.
   std::map<std::string, std::set<std::string>> running;
-  bool once = eventually([&] {
+  bool once = settle([&] {
     running = running_programs();
     for (auto& p : persistent_)
       if (running[p].size() != 1)
@@ -1044,7 +1052,7 @@ void simulation::final_checks() {
       continue;
     auto head = ledger.rbegin()->first;
     std::map<uint64_t, std::vector<std::pair<std::string, std::string>>> counted; // seq -> (ccn, hash)
-    bool covered = eventually([&] {
+    bool covered = settle([&] {
       counted.clear();
       for (auto& v : nodes) {
         if (!v.ccn)

@@ -1,12 +1,14 @@
 // `alephd sim` end to end: real clusters of alephd processes with faults, the invariants it
 // checks, the JSON report, and the HTML report opened in headless Chromium.
 #include <algorithm>
+#include <csignal>
 #include <chrono>
 #include <set>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -24,6 +26,7 @@ namespace {
 using namespace std::chrono_literals;
 using json = nlohmann::json;
 using alephd::test::process;
+using alephd::test::eventually;
 
 std::string read_file(const std::filesystem::path& p) {
   std::ifstream in{p};
@@ -43,7 +46,28 @@ struct sim_test : ::testing::Test {
 
   ~sim_test() override {
     std::error_code ec;
+    if (HasFailure())
+      keep_logs();
     std::filesystem::remove_all(dir, ec);
+  }
+
+  // A failed test leaves its runs' node logs, reports and stderr next to the test binary (the
+  // data dirs go), so that a rare failure in CI can be read afterwards.
+  void keep_logs() {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    auto kept = fs::current_path() / ("sim_test-failed-" + std::string{info ? info->name() : "run"} + "-"
+                                      + std::to_string(::getpid()));
+    for (fs::recursive_directory_iterator it{dir, ec}, end; !ec && it != end; it.increment(ec)) {
+      auto ext = it->path().extension();
+      if (!it->is_regular_file() || (ext != ".log" && ext != ".json" && ext != ".err"))
+        continue;
+      auto to = kept / fs::relative(it->path(), dir);
+      fs::create_directories(to.parent_path(), ec);
+      fs::copy_file(it->path(), to, fs::copy_options::overwrite_existing, ec);
+    }
+    std::cerr << "sim_test: the failed runs' logs and reports are kept in " << kept.string() << "\n";
   }
 
   struct outcome {
@@ -234,6 +258,39 @@ TEST_F(sim_test, the_named_scenarios_keep_every_invariant) {
         EXPECT_TRUE(saw_507) << "no upload was refused: the disk was not full";
       }
     }
+}
+
+// SIGTERM (or Ctrl-C) ends a run at once: every node stopped, exit 130, and nothing reported
+// against nodes that were being stopped.
+TEST_F(sim_test, sigterm_stops_the_run_and_every_node_with_130) {
+  auto work = dir / "stopped";
+  auto log = dir / "stopped.log";
+  process p{{"sim", "--seed", "3", "--cluster.ccns=1", "--cluster.crns-per-ccn=2", "--workload.persistent-programs=1",
+             "--run.duration=120s", "--faults.interval=2s", "--run.converge-timeout=60s", "--run.minimise-runs=0",
+             "--dir", work.string()},
+            log.string()};
+  // The run's progress is on its stdout (read while waiting for a READY line it never prints).
+  auto faulting = [&] { return p.output().find("] fault ") != std::string::npos; };
+  ASSERT_TRUE(eventually([&] { return p.wait_ready(200ms), faulting(); }, 90s)) << p.output() << p.log();
+  auto sent = std::chrono::steady_clock::now();
+  p.signal(SIGTERM);
+  int code = p.wait_exit(60s);
+  if (code < 0)
+    p.kill9();
+  auto took = std::chrono::steady_clock::now() - sent;
+  p.wait_ready(1s); // the rest of stdout
+  auto out = p.output() + p.log();
+  EXPECT_EQ(code, 130) << out;
+  EXPECT_LT(took, 30s) << "a fault's hold and the teardown, not the rest of the run";
+  EXPECT_NE(out.find("interrupted"), std::string::npos) << out;
+  EXPECT_EQ(out.find("INVARIANT VIOLATED"), std::string::npos) << out;
+  int left = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it{"/proc", ec}, end; !ec && it != end; it.increment(ec)) {
+    auto cmd = read_file(it->path() / "cmdline");
+    left += cmd.find(work.string()) != std::string::npos ? 1 : 0;
+  }
+  EXPECT_EQ(left, 0) << "node processes outlived the run";
 }
 
 // A CCN that loses its disk loses what it acknowledged: the simulator must catch it, exit 1 and
