@@ -171,6 +171,15 @@ uint16_t link_proxies::port(std::size_t id) const {
   return impl_->proxies.at(id)->acceptor.local_endpoint().port();
 }
 
+void link_proxies::retarget(std::size_t id, uint16_t target_port) {
+  proxy* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock{impl_->mu};
+    p = impl_->proxies.at(id).get();
+  }
+  asio::post(impl_->io, [p, target_port] { p->target = target_port; });
+}
+
 void link_proxies::partition(std::size_t id, bool on) {
   proxy* p = nullptr;
   {

@@ -192,17 +192,68 @@ private:
 
   // ---- nodes ----
   bool start(node& n) {
-    auto args = n.args;
-    args.push_back("--data-dir=" + (dir_ / n.name).string());
-    args.push_back("--name=" + n.name);
-    auto p = std::make_unique<process>(self_, args, (dir_ / (n.name + ".log")).string());
-    bool ok = p->wait_ready(30s);
+    auto log = dir_ / (n.name + ".log");
+    std::unique_ptr<process> p;
+    bool ok = false;
+    // A port picked for a node can be taken before it binds it (any process's outgoing
+    // connection may get it): the node then starts again on fresh ports.
+    for (int attempt = 0; attempt < 3 && !ok; ++attempt) {
+      std::error_code ec;
+      auto before = std::filesystem::file_size(log, ec);
+      if (ec)
+        before = 0;
+      auto args = n.args;
+      args.push_back("--data-dir=" + (dir_ / n.name).string());
+      args.push_back("--name=" + n.name);
+      p = std::make_unique<process>(self_, args, log.string());
+      ok = p->wait_ready(30s);
+      if (ok || !port_taken(log, before) || !new_ports(n))
+        break;
+      p.reset();
+    }
     std::lock_guard<std::mutex> lock{mu_};
     n.proc = std::move(p);
     n.state = ok ? node_state::up : node_state::down;
     if (ok)
       n.id = n.proc->ready.count("id") ? n.proc->ready.at("id") : "";
     return ok;
+  }
+
+  // Did the node's log since `from` say that a port was taken?
+  static bool port_taken(const std::filesystem::path& log, uintmax_t from) {
+    std::ifstream in{log, std::ios::binary};
+    in.seekg(static_cast<std::streamoff>(from));
+    std::string line;
+    while (std::getline(in, line))
+      if (line.find("cannot listen on") != std::string::npos) // HTTP or node port
+        return true;
+    return false;
+  }
+
+  // Fresh ports for a node's HTTP (and, for a CCN, its node port: the proxies to it follow).
+  bool new_ports(node& n) {
+    std::vector<int> held;
+    auto ports = free_ports(n.ccn ? 2 : 1, held);
+    for (int fd : held)
+      ::close(fd);
+    if (ports.size() != (n.ccn ? 2u : 1u))
+      return false;
+    std::lock_guard<std::mutex> lock{mu_};
+    auto set = [&](const std::string& flag, uint16_t port) {
+      for (auto& a : n.args)
+        if (a.rfind(flag, 0) == 0)
+          a = flag + std::to_string(port);
+    };
+    n.http_port = ports[0];
+    set("--port=", n.http_port);
+    if (n.ccn) {
+      n.node_port = ports[1];
+      set("--node-port=", n.node_port);
+      for (auto id : n.links_in)
+        proxies_->retarget(id, n.node_port);
+    }
+    std::cerr << "alephd: sim: " << n.name << " found a port taken; starting it on " << n.http_port << '\n';
+    return true;
   }
 
   void kill(node& n) {
