@@ -563,7 +563,7 @@ ccn_link_actor::behavior_type ccn_link(ccn_link_actor::stateful_pointer<ccn_link
     [=](atom::replicate, const std::string& hash) -> caf::result<file_info> {
       auto& st = self->state;
       if (!st.cfg.files)
-        return make_error(ec::unavailable, "this CRN keeps no files");
+        return make_error(ec::refused, "this CRN keeps no files");
       return self->delegate(st.cfg.files, atom::fetch_v, hash, "replica:" + hash, caf::actor{});
     },
     [=](atom::remove, const std::string& hash) {

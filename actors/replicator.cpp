@@ -84,12 +84,15 @@ void assign(replicator_pointer self, const std::string& hash, const std::string&
         bool passing = is(err, ec::unavailable) || err == caf::sec::request_timeout
                        || err == caf::sec::request_receiver_down;
         auto& r = it->second.refused[crn_id];
+        auto now = self->clock().now();
+        if (now > r.until + st.cfg.refusal_pause)
+          r.in_a_row = 0; // the last failure was long ago: start over
         auto pause = st.cfg.refusal_pause;
         if (passing) {
           auto n = std::min<uint32_t>(r.in_a_row++, 16);
           pause = std::min<std::chrono::milliseconds>(st.cfg.retry * (1u << n), pause);
         }
-        r.until = self->clock().now() + pause;
+        r.until = now + pause;
         place(self, hash); // another CRN, if there is one
       });
 }
@@ -106,6 +109,9 @@ void place(replicator_pointer self, const std::string& hash) {
     for (auto& c : s.holders)
       ++load[c];
   auto now = self->clock().now();
+  // Refusals long past are forgotten (a CRN that never links again leaves none behind).
+  for (auto it = set.refused.begin(); it != set.refused.end();)
+    it = now > it->second.until + st.cfg.refusal_pause ? set.refused.erase(it) : std::next(it);
   auto resting = [&](const std::string& id) {
     auto r = set.refused.find(id);
     return r != set.refused.end() && now < r->second.until;

@@ -42,7 +42,7 @@ struct replica_set {
   /// CRNs that could not take one, and until when they are left alone: `refusal_pause` after
   /// a refusal (no room, too large); after a passing failure (the CRN was between two CCNs, or
   /// did not answer) `retry`, doubled at each one in a row up to `refusal_pause`. Cleared when
-  /// the CRN takes the copy or links again.
+  /// the CRN takes the copy or links again, or `refusal_pause` after the rest ends.
   std::map<std::string, refusal> refused;
 };
 
