@@ -177,7 +177,14 @@ void link_proxies::retarget(std::size_t id, uint16_t target_port) {
     std::lock_guard<std::mutex> lock{impl_->mu};
     p = impl_->proxies.at(id).get();
   }
-  asio::post(impl_->io, [p, target_port] { p->target = target_port; });
+  // Connections made to the old port (something else listens there) end too.
+  asio::post(impl_->io, [this, p, target_port] {
+    p->target = target_port;
+    for (auto& w : p->sessions)
+      if (auto s = w.lock())
+        s->close();
+    std::erase_if(impl_->held_, [p](auto& s) { return &s->owner == p; });
+  });
 }
 
 void link_proxies::partition(std::size_t id, bool on) {

@@ -28,7 +28,8 @@ public:
   /// id. Its port is `port(id)`.
   std::size_t add(uint16_t target_port);
   uint16_t port(std::size_t id) const;
-  /// Points the proxy's new connections at another port (its node came back on another one).
+  /// Points the proxy at another port (its node came back on another one); its connections to
+  /// the old one end.
   void retarget(std::size_t id, uint16_t target_port);
 
   /// Partitions (true) or heals (false) the link.
