@@ -197,7 +197,7 @@ private:
     bool ok = false;
     // A port picked for a node can be taken before it binds it (any process's outgoing
     // connection may get it): the node then starts again on fresh ports.
-    for (int attempt = 0; attempt < 3 && !ok; ++attempt) {
+    for (int attempt = 0; attempt < 3 && !ok && !interrupted; ++attempt) {
       std::error_code ec;
       auto before = std::filesystem::file_size(log, ec);
       if (ec)
@@ -207,7 +207,7 @@ private:
       args.push_back("--name=" + n.name);
       p = std::make_unique<process>(self_, args, log.string());
       ok = p->wait_ready(30s);
-      if (ok || !port_taken(log, before) || !new_ports(n))
+      if (ok || attempt == 2 || interrupted || !port_taken(log, before) || !new_ports(n))
         break;
       p.reset();
     }
@@ -217,6 +217,15 @@ private:
     if (ok)
       n.id = n.proc->ready.count("id") ? n.proc->ready.at("id") : "";
     return ok;
+  }
+
+  // The last few KiB of a log file.
+  static std::string tail_of(const std::filesystem::path& log) {
+    std::ifstream in{log, std::ios::binary};
+    std::stringstream ss;
+    ss << in.rdbuf();
+    auto t = ss.str();
+    return t.size() > 6000 ? "…" + t.substr(t.size() - 6000) : t;
   }
 
   // Did the node's log since `from` say that a port was taken?
@@ -449,12 +458,16 @@ bool simulation::build_cluster() {
   held.clear();
   for (auto& n : nodes_)
     if (n.ccn && !start(n)) {
-      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << (n.proc ? n.proc->log() : "") << '\n';
+      if (interrupted)
+        return false;
+      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << tail_of(dir_ / (n.name + ".log")) << '\n';
       return false;
     }
   for (auto& n : nodes_)
     if (!n.ccn && !start(n)) {
-      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << (n.proc ? n.proc->log() : "") << '\n';
+      if (interrupted)
+        return false;
+      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << tail_of(dir_ / (n.name + ".log")) << '\n';
       return false;
     }
   record("start", "cluster", "", std::to_string(cfg_.ccns) + " CCNs, " + std::to_string(n_crns) + " CRNs");
@@ -879,6 +892,8 @@ void simulation::one_fault(std::size_t number, const planned_fault& f) {
       std::filesystem::remove_all(dir_ / n->name, ec); // its disk is lost
     }
     hold(f.kind == "restart" ? 0ms : f.kind == "flap" ? std::min(cfg_.down_time, ms{300}) : cfg_.down_time);
+    if (interrupted)
+      return; // the node stays down: every node is about to stop
     bool ok = start(*n);
     record("heal", "restart", n->name, ok ? "" : "did not start again");
     if (!ok)
@@ -1015,6 +1030,8 @@ void simulation::final_checks() {
     violate("acked-messages-everywhere", std::to_string(missing.size()) + " of " + std::to_string(total)
                                            + " acknowledged message copies missing, e.g. " + missing[0].second
                                            + " at " + missing[0].first, {missing[0].first});
+  if (interrupted)
+    return;
   // Stored files: the same bytes from every CCN, and on enough CRNs.
   std::vector<std::pair<std::string, std::size_t>> file_missing; // ccn, file index
   std::size_t n_files = 0;
@@ -1064,6 +1081,8 @@ void simulation::final_checks() {
                                    + " CRNs, fewer than " + std::to_string(want));
         break;
       }
+  if (interrupted)
+    return;
   // Each persistent program runs exactly once.
   std::map<std::string, std::set<std::string>> running;
   bool once = settle([&] {
@@ -1085,6 +1104,8 @@ void simulation::final_checks() {
                 running[p]);
         break;
       }
+  if (interrupted)
+    return;
   // Metering: each entry of each CRN's ledger counted by exactly one CCN, as the CRN wrote it.
   for (auto& crn : nodes) {
     if (crn.ccn || crn.state != node_state::up)
@@ -1144,6 +1165,8 @@ void simulation::final_checks() {
     if (!problem.empty())
       violate("metering-exactly-once", problem, {crn.name});
   }
+  if (interrupted)
+    return;
   // Rewards: each epoch's payouts add up to its pools.
   for (auto& v : nodes) {
     if (!v.ccn)
@@ -1273,8 +1296,9 @@ int simulation::run() {
             << (cfg_.extra_crns ? " + " + std::to_string(cfg_.extra_crns) : "") << ", work dir " << dir_.string()
             << std::endl;
   int code = 0;
-  if (!build_cluster() || !wait_linked(cfg_.converge_timeout)) {
-    std::cerr << "alephd: sim: the cluster did not come up (logs in " << dir_.string() << ")\n";
+  if (!build_cluster() || !wait_linked(cfg_.converge_timeout) || interrupted) {
+    if (!interrupted)
+      std::cerr << "alephd: sim: the cluster did not come up (logs in " << dir_.string() << ")\n";
     code = 3;
   } else if (!publish_programs()) {
     code = 3;
@@ -1313,7 +1337,7 @@ int simulation::run() {
   }
   if (interrupted) {
     std::cerr << "alephd: sim: interrupted; stopping every node\n";
-    code = code == 0 ? 130 : code;
+    code = code == 0 || code == 3 ? 130 : code; // a violation seen before the signal stays 1
   }
   teardown();
   auto r = report();

@@ -13,6 +13,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -51,8 +52,9 @@ struct sim_test : ::testing::Test {
     std::filesystem::remove_all(dir, ec);
   }
 
-  // A failed test leaves its runs' node logs, reports and stderr next to the test binary (the
-  // data dirs go), so that a rare failure in CI can be read afterwards.
+  // A failed test leaves its runs' node logs, reports and stderr in its working directory
+  // (build/tests under ctest; the node data dirs go), so that a rare failure in CI can be read
+  // afterwards.
   void keep_logs() {
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -61,9 +63,11 @@ struct sim_test : ::testing::Test {
                                       + std::to_string(::getpid()));
     for (fs::recursive_directory_iterator it{dir, ec}, end; !ec && it != end; it.increment(ec)) {
       auto ext = it->path().extension();
-      if (!it->is_regular_file() || (ext != ".log" && ext != ".json" && ext != ".err"))
+      auto rel = fs::relative(it->path(), dir);
+      if (!it->is_regular_file() || (ext != ".log" && ext != ".json" && ext != ".err")
+          || std::distance(rel.begin(), rel.end()) > 2) // <run dir>/<node>.log at most
         continue;
-      auto to = kept / fs::relative(it->path(), dir);
+      auto to = kept / rel;
       fs::create_directories(to.parent_path(), ec);
       fs::copy_file(it->path(), to, fs::copy_options::overwrite_existing, ec);
     }
@@ -291,6 +295,48 @@ TEST_F(sim_test, sigterm_stops_the_run_and_every_node_with_130) {
     left += cmd.find(work.string()) != std::string::npos ? 1 : 0;
   }
   EXPECT_EQ(left, 0) << "node processes outlived the run";
+}
+
+// The same in the final checks, with a CRN frozen so that they cannot end by themselves: the
+// run stops at once, exit 130, nothing judged on the way (it used to wait out converge-timeout
+// and report what it had not checked as violations).
+TEST_F(sim_test, sigterm_during_the_final_checks_stops_them_at_once) {
+  auto work = dir / "checking";
+  process p{{"sim", "--seed", "5", "--cluster.ccns=1", "--cluster.crns-per-ccn=2", "--workload.persistent-programs=0",
+             "--workload.on-demand-programs=0", "--workload.messages-per-second=10", "--run.duration=4s",
+             "--faults.interval=3600s", "--run.converge-timeout=90s", "--run.minimise-runs=0", "--dir", work.string()},
+            (dir / "checking.log").string()};
+  auto saw = [&](const std::string& what) {
+    return eventually([&] { return p.wait_ready(200ms), p.output().find(what) != std::string::npos; }, 90s);
+  };
+  ASSERT_TRUE(saw("] start workload")) << p.output() << p.log();
+  // Freeze one CRN: it goes down at its CCN, and the checks wait for it to link again.
+  pid_t frozen = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it{"/proc", ec}, end; !ec && it != end && frozen == 0; it.increment(ec)) {
+    auto cmd = read_file(it->path() / "cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(" crn ") != std::string::npos && cmd.find((work / "crn-0-0").string()) != std::string::npos)
+      frozen = std::stoi(it->path().filename().string());
+  }
+  ASSERT_GT(frozen, 0) << "crn-0-0 not found";
+  ::kill(frozen, SIGSTOP);
+  bool converging = saw("] start converge");
+  std::this_thread::sleep_for(1s);
+  auto sent = std::chrono::steady_clock::now();
+  p.signal(SIGTERM);
+  ::kill(frozen, SIGCONT); // to stop as the others do
+  int code = p.wait_exit(120s);
+  if (code < 0)
+    p.kill9();
+  auto took = std::chrono::steady_clock::now() - sent;
+  p.wait_ready(1s);
+  auto out = p.output() + p.log();
+  ASSERT_TRUE(converging) << out;
+  EXPECT_EQ(code, 130) << out;
+  EXPECT_LT(took, 30s) << "the checks waited on after the signal";
+  EXPECT_EQ(out.find("] violation "), std::string::npos) << out;
+  EXPECT_EQ(out.find("INVARIANT VIOLATED"), std::string::npos) << out;
 }
 
 // A CCN that loses its disk loses what it acknowledged: the simulator must catch it, exit 1 and
