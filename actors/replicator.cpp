@@ -101,6 +101,10 @@ void assign(replicator_pointer self, const std::string& hash, const std::string&
 void place(replicator_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto& set = st.sets.at(hash);
+  auto now = self->clock().now();
+  // Refusals long past are forgotten (a CRN that never links again leaves none behind).
+  for (auto it = set.refused.begin(); it != set.refused.end();)
+    it = now > it->second.until + st.cfg.refusal_pause ? set.refused.erase(it) : std::next(it);
   auto have = set.holders.size() + set.pending.size();
   if (have >= set.wanted)
     return;
@@ -108,10 +112,6 @@ void place(replicator_pointer self, const std::string& hash) {
   for (auto& [h, s] : st.sets)
     for (auto& c : s.holders)
       ++load[c];
-  auto now = self->clock().now();
-  // Refusals long past are forgotten (a CRN that never links again leaves none behind).
-  for (auto it = set.refused.begin(); it != set.refused.end();)
-    it = now > it->second.until + st.cfg.refusal_pause ? set.refused.erase(it) : std::next(it);
   auto resting = [&](const std::string& id) {
     auto r = set.refused.find(id);
     return r != set.refused.end() && now < r->second.until;

@@ -213,6 +213,24 @@ TEST_F(replicator_test, a_crn_that_cannot_fetch_for_now_is_asked_again_at_the_ne
   EXPECT_EQ(h, (std::vector<std::string>{"a", "b"}));
 }
 
+// Failures long past do not lengthen a CRN's rest now.
+TEST_F(replicator_test, failures_long_past_are_forgotten) {
+  link("a");
+  link("b");
+  link("c");
+  crn("b").not_ready = 1;
+  auto file = std::string(64, 'f');
+  publish(store_doc(file));
+  EXPECT_EQ(holders(file), (std::vector<std::string>{"a", "c"})) << "c took b's place";
+  advance(std::chrono::minutes(3));
+  crn("b").not_ready = 1;
+  link("c", link_state::down); // b is asked again, and fails again
+  EXPECT_EQ(crn("b").replicated.size(), 2u);
+  advance(std::chrono::milliseconds(2100)); // a first failure's rest, not a second one's
+  EXPECT_EQ(crn("b").replicated.size(), 3u);
+  EXPECT_EQ(holders(file), (std::vector<std::string>{"a", "b"}));
+}
+
 TEST_F(replicator_test, fewer_crns_than_replicas_fill_up_when_more_link) {
   link("a");
   auto file = std::string(64, 'f');
