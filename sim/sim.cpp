@@ -1108,6 +1108,8 @@ void simulation::final_checks() {
     return;
   // Metering: each entry of each CRN's ledger counted by exactly one CCN, as the CRN wrote it.
   for (auto& crn : nodes) {
+    if (interrupted)
+      return;
     if (crn.ccn || crn.state != node_state::up)
       continue;
     std::map<uint64_t, std::string> ledger;
