@@ -99,6 +99,12 @@ struct link_proxies::impl {
   std::atomic<uint64_t> accepted{0};
   std::thread thread;
 
+  // A proxy by id (they live as long as this object; the list only grows).
+  proxy* find(std::size_t id) {
+    std::lock_guard<std::mutex> lock{mu};
+    return proxies.at(id).get();
+  }
+
   void accept(proxy& p) {
     p.acceptor.async_accept([this, &p](error_code ec, tcp::socket sock) {
       if (ec == asio::error::operation_aborted)
@@ -172,11 +178,7 @@ uint16_t link_proxies::port(std::size_t id) const {
 }
 
 void link_proxies::retarget(std::size_t id, uint16_t target_port) {
-  proxy* p = nullptr;
-  {
-    std::lock_guard<std::mutex> lock{impl_->mu};
-    p = impl_->proxies.at(id).get();
-  }
+  proxy* p = impl_->find(id);
   // Connections made to the old port (something else listens there) end too.
   asio::post(impl_->io, [this, p, target_port] {
     p->target = target_port;
@@ -188,11 +190,7 @@ void link_proxies::retarget(std::size_t id, uint16_t target_port) {
 }
 
 void link_proxies::partition(std::size_t id, bool on) {
-  proxy* p = nullptr;
-  {
-    std::lock_guard<std::mutex> lock{impl_->mu};
-    p = impl_->proxies.at(id).get();
-  }
+  proxy* p = impl_->find(id);
   asio::post(impl_->io, [this, p, on] {
     p->cut = on;
     p->sessions.remove_if([](auto& w) { return w.expired(); });
@@ -213,11 +211,7 @@ void link_proxies::partition(std::size_t id, bool on) {
 }
 
 void link_proxies::delay(std::size_t id, std::chrono::milliseconds d) {
-  proxy* p = nullptr;
-  {
-    std::lock_guard<std::mutex> lock{impl_->mu};
-    p = impl_->proxies.at(id).get();
-  }
+  proxy* p = impl_->find(id);
   asio::post(impl_->io, [p, d] { p->delay = d; });
 }
 
