@@ -133,7 +133,11 @@ void process::kill9() {
 }
 
 std::string process::log() const {
-  std::ifstream in{log_path_};
+  return log_tail(log_path_);
+}
+
+std::string log_tail(const std::string& path) {
+  std::ifstream in{path};
   std::stringstream ss;
   ss << in.rdbuf();
   auto s = ss.str();

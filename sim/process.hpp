@@ -47,6 +47,9 @@ private:
   std::string log_path_;
 };
 
+/// The last 6000 bytes of a log file (all of a shorter one).
+std::string log_tail(const std::string& path);
+
 /// Can 127.0.0.1:port be bound right now?
 bool port_free(uint16_t port);
 

@@ -219,15 +219,6 @@ private:
     return ok;
   }
 
-  // The last few KiB of a log file.
-  static std::string tail_of(const std::filesystem::path& log) {
-    std::ifstream in{log, std::ios::binary};
-    std::stringstream ss;
-    ss << in.rdbuf();
-    auto t = ss.str();
-    return t.size() > 6000 ? "…" + t.substr(t.size() - 6000) : t;
-  }
-
   // Did the node's log since `from` say that a port was taken?
   static bool port_taken(const std::filesystem::path& log, uintmax_t from) {
     std::ifstream in{log, std::ios::binary};
@@ -460,14 +451,14 @@ bool simulation::build_cluster() {
     if (n.ccn && !start(n)) {
       if (interrupted)
         return false;
-      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << tail_of(dir_ / (n.name + ".log")) << '\n';
+      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << log_tail((dir_ / (n.name + ".log")).string()) << '\n';
       return false;
     }
   for (auto& n : nodes_)
     if (!n.ccn && !start(n)) {
       if (interrupted)
         return false;
-      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << tail_of(dir_ / (n.name + ".log")) << '\n';
+      std::cerr << "alephd: sim: " << n.name << " did not start; its log:\n" << log_tail((dir_ / (n.name + ".log")).string()) << '\n';
       return false;
     }
   record("start", "cluster", "", std::to_string(cfg_.ccns) + " CCNs, " + std::to_string(n_crns) + " CRNs");
