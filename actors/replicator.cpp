@@ -18,6 +18,11 @@ using nlohmann::json;
 
 void place(replicator_pointer self, const std::string& hash);
 
+// A refusal whose rest ended `refusal_pause` ago or more is forgotten.
+bool long_past(replicator_pointer self, const refusal& r) {
+  return self->clock().now() > r.until + self->state.cfg.refusal_pause;
+}
+
 std::string encode(const replica_set& r) {
   return json{{"stores", r.stores}, {"owner", r.owner}, {"wanted", r.wanted}, {"holders", r.holders}}
     .dump();
@@ -84,15 +89,14 @@ void assign(replicator_pointer self, const std::string& hash, const std::string&
         bool passing = is(err, ec::unavailable) || err == caf::sec::request_timeout
                        || err == caf::sec::request_receiver_down;
         auto& r = it->second.refused[crn_id];
-        auto now = self->clock().now();
-        if (now > r.until + st.cfg.refusal_pause)
+        if (long_past(self, r))
           r.in_a_row = 0; // the last failure was long ago: start over
         auto pause = st.cfg.refusal_pause;
         if (passing) {
           auto n = std::min<uint32_t>(r.in_a_row++, 16);
           pause = std::min<std::chrono::milliseconds>(st.cfg.retry * (1u << n), pause);
         }
-        r.until = now + pause;
+        r.until = self->clock().now() + pause;
         place(self, hash); // another CRN, if there is one
       });
 }
@@ -101,10 +105,9 @@ void assign(replicator_pointer self, const std::string& hash, const std::string&
 void place(replicator_pointer self, const std::string& hash) {
   auto& st = self->state;
   auto& set = st.sets.at(hash);
+  // A CRN that never links again leaves no refusal behind.
+  std::erase_if(set.refused, [&](auto& r) { return long_past(self, r.second); });
   auto now = self->clock().now();
-  // Refusals long past are forgotten (a CRN that never links again leaves none behind).
-  for (auto it = set.refused.begin(); it != set.refused.end();)
-    it = now > it->second.until + st.cfg.refusal_pause ? set.refused.erase(it) : std::next(it);
   auto have = set.holders.size() + set.pending.size();
   if (have >= set.wanted)
     return;

@@ -96,6 +96,28 @@ struct sim_test : ::testing::Test {
 
   int runs = 0;
 
+  // Waits until a sim run printed `what` (its progress is on stdout, read while waiting for a
+  // READY line it never prints).
+  static bool printed(process& p, const std::string& what, std::chrono::seconds limit) {
+    return eventually([&] { return p.wait_ready(200ms), p.output().find(what) != std::string::npos; }, limit);
+  }
+
+  // The processes whose command line has every one of `parts`.
+  static std::vector<pid_t> pids_naming(const std::vector<std::string>& parts) {
+    std::vector<pid_t> out;
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it{"/proc", ec}, end; !ec && it != end; it.increment(ec)) {
+      auto name = it->path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos)
+        continue;
+      auto cmd = read_file(it->path() / "cmdline");
+      std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+      if (std::all_of(parts.begin(), parts.end(), [&](auto& x) { return cmd.find(x) != std::string::npos; }))
+        out.push_back(std::stoi(name));
+    }
+    return out;
+  }
+
   // The page of an HTML report after its scripts ran in headless Chromium; empty if it failed.
   std::string rendered(const std::filesystem::path& html) {
     auto dom = dir / (html.stem().string() + "-dom.html");
@@ -275,9 +297,7 @@ TEST_F(sim_test, sigterm_stops_the_run_and_every_node_with_130) {
              "--run.duration=120s", "--faults.interval=2s", "--run.converge-timeout=60s", "--run.minimise-runs=0",
              "--dir", work.string()},
             log.string()};
-  // The run's progress is on its stdout (read while waiting for a READY line it never prints).
-  auto faulting = [&] { return p.output().find("] fault ") != std::string::npos; };
-  ASSERT_TRUE(eventually([&] { return p.wait_ready(200ms), faulting(); }, 90s)) << p.output() << p.log();
+  ASSERT_TRUE(printed(p, "] fault ", 90s)) << p.output() << p.log();
   auto sent = std::chrono::steady_clock::now();
   p.signal(SIGTERM);
   int code = p.wait_exit(60s);
@@ -290,13 +310,7 @@ TEST_F(sim_test, sigterm_stops_the_run_and_every_node_with_130) {
   EXPECT_LT(took, 30s) << "a fault's hold and the teardown, not the rest of the run";
   EXPECT_NE(out.find("interrupted"), std::string::npos) << out;
   EXPECT_EQ(out.find("INVARIANT VIOLATED"), std::string::npos) << out;
-  int left = 0;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it{"/proc", ec}, end; !ec && it != end; it.increment(ec)) {
-    auto cmd = read_file(it->path() / "cmdline");
-    left += cmd.find(work.string()) != std::string::npos ? 1 : 0;
-  }
-  EXPECT_EQ(left, 0) << "node processes outlived the run";
+  EXPECT_EQ(pids_naming({work.string()}).size(), 0u) << "node processes outlived the run";
 }
 
 // The same in the final checks, with a CRN frozen so that they cannot end by themselves: the
@@ -308,22 +322,13 @@ TEST_F(sim_test, sigterm_during_the_final_checks_stops_them_at_once) {
              "--workload.on-demand-programs=0", "--workload.messages-per-second=10", "--run.duration=4s",
              "--faults.interval=3600s", "--run.converge-timeout=90s", "--run.minimise-runs=0", "--dir", work.string()},
             (dir / "checking.log").string()};
-  auto saw = [&](const std::string& what) {
-    return eventually([&] { return p.wait_ready(200ms), p.output().find(what) != std::string::npos; }, 90s);
-  };
-  ASSERT_TRUE(saw("] start workload")) << p.output() << p.log();
+  ASSERT_TRUE(printed(p, "] start workload", 90s)) << p.output() << p.log();
   // Freeze one CRN: it goes down at its CCN, and the checks wait for it to link again.
-  pid_t frozen = 0;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it{"/proc", ec}, end; !ec && it != end && frozen == 0; it.increment(ec)) {
-    auto cmd = read_file(it->path() / "cmdline");
-    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
-    if (cmd.find(" crn ") != std::string::npos && cmd.find((work / "crn-0-0").string()) != std::string::npos)
-      frozen = std::stoi(it->path().filename().string());
-  }
-  ASSERT_GT(frozen, 0) << "crn-0-0 not found";
+  auto crns = pids_naming({" crn ", (work / "crn-0-0").string()});
+  ASSERT_EQ(crns.size(), 1u) << "crn-0-0 not found";
+  pid_t frozen = crns[0];
   ::kill(frozen, SIGSTOP);
-  bool converging = saw("] start converge");
+  bool converging = printed(p, "] start converge", 90s);
   std::this_thread::sleep_for(1s);
   auto sent = std::chrono::steady_clock::now();
   p.signal(SIGTERM); // the CRN stays frozen: the sim's teardown continues it to stop it
