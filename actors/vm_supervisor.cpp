@@ -307,6 +307,7 @@ sandbox_options sandbox_for(vm_supervisor_pointer self, const std::string& run_d
   o.hostname = st.info.item_hash.substr(0, 12);
   o.network = network;
   o.adopt_window = st.env->adopt_window;
+  o.scratch_group = st.env->cgroup_root; // one name per CRN
   if (cgroup) {
     o.limits = cgroup_limits{st.info.memory_mib << 20, st.env->pids_max,
                              static_cast<double>(st.info.vcpus)};

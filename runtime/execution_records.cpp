@@ -1,5 +1,7 @@
 #include "runtime/execution_records.hpp"
 
+#include <utility>
+
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -36,7 +38,7 @@ std::string execution_records::encode(const execution_record& r) {
     {"owner", r.alloc.owner},
     {"persistent", r.persistent},
     {"executor", r.executor},
-    {"sock_dir", r.sock_dir},
+    {"sock_dir", r.executor == "microvm" ? r.sock_dir : r.handle.scratch_dir},
     {"run_dir", r.run_dir},
     {"network", r.network},
     {"pid", r.handle.pid},
@@ -75,6 +77,8 @@ std::optional<execution_record> execution_records::decode(const std::string& tex
     r.handle.ns_init = j.at("ns_init").get<int>();
     r.handle.ns_init_start = j.at("ns_init_start").get<std::string>();
     r.handle.cgroup_name = j.at("cgroup_name").get<std::string>();
+    if (r.executor != "microvm") // a sandbox's scratch dir (none in records of older versions)
+      r.handle.scratch_dir = std::exchange(r.sock_dir, std::string{});
     r.started_at = j.at("started_at").get<double>();
     r.request_timeout_ms = j.value("request_timeout_ms", int64_t{1000});
     r.files = j.value("files", std::vector<std::string>{});

@@ -29,7 +29,7 @@ struct execution_record {
   std::string run_dir;
   bool network = false;
   sandbox_handle handle; ///< a microVM uses pid and pid_start (QEMU)
-  std::string sock_dir;  ///< a microVM's sockets
+  std::string sock_dir;  ///< a microVM's sockets (a sandbox's scratch dir is in `handle`)
   double started_at = 0;
   int64_t request_timeout_ms = 1000; ///< per call (resources.seconds)
   std::vector<std::string> files;    ///< cached files it uses (pinned again when re-adopted)

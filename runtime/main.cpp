@@ -26,6 +26,7 @@
 #include "runtime/ledger.hpp"
 #include "runtime/lmdb.hpp"
 #include "runtime/reward_epoch.hpp"
+#include "runtime/sandbox.hpp"
 #include "runtime/node.hpp"
 #include "sim/sim.hpp"
 
@@ -239,8 +240,10 @@ int run(const std::string& role, const settings& s_in) {
   struct remove_cgroup_roots {
     std::vector<std::string> roots;
     ~remove_cgroup_roots() {
-      for (const auto& r : roots)
+      for (const auto& r : roots) {
         cgroup::remove_orphans(r, [](const std::string&) { return true; });
+        sandbox::release_scratch_group(r); // named alike (see vm_supervisor's sandbox_for)
+      }
     }
   } cgroup_roots;
   caf::actor_system_config cfg;

@@ -430,7 +430,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   env->adopt_window = std::chrono::duration_cast<std::chrono::seconds>(
     s.adopt_window + std::chrono::milliseconds{999});
   std::vector<execution_record> resume;
-  std::set<std::string> keep_groups, keep_dirs;
+  std::set<std::string> keep_groups, keep_dirs, keep_scratch;
   {
     std::string rerr;
     env->records = execution_records::open(dir, rerr);
@@ -441,6 +441,8 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
       if (alive && env->adopt_window.count() > 0) {
         keep_groups.insert(r.handle.cgroup_name);
         keep_dirs.insert(r.run_dir);
+        if (r.executor == "sandbox" && !r.handle.scratch_dir.empty())
+          keep_scratch.insert(r.handle.scratch_dir);
         resume.push_back(r);
         continue;
       }
@@ -466,6 +468,13 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
       for (const char* sock : {"guest.sock", "qmp.sock"})
         std::filesystem::remove(run / sock, ec);
     }
+    // The same for the scratch dirs of sandboxes (on a tmpfs: sandbox_options::scratch_on_tmpfs),
+    // and for those of CRNs whose data dir is gone.
+    sandbox::claim_scratch_group(env->cgroup_root, std::filesystem::absolute(dir, ec).string());
+    if (auto n = sandbox::remove_scratch_orphans(env->cgroup_root, keep_scratch); n > 0)
+      spdlog::info("crn {}: removed {} sandbox scratch dirs left by an earlier run", id_, n);
+    if (auto n = sandbox::remove_abandoned_scratch_groups(); n > 0)
+      spdlog::info("crn {}: removed the sandbox scratch dirs of {} CRNs whose data dir is gone", id_, n);
   }
   if (s.cgroups) {
     // Groups of sandboxes that died with an earlier CRN process (not the re-adopted ones).
@@ -488,6 +497,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
       base.limits = cgroup_limits{128ull << 20, env->pids_max, 1.0};
       base.cgroup_root = env->cgroup_root;
     }
+    base.scratch_group = env->cgroup_root;
     std::error_code ec;
     std::filesystem::remove_all(dir + "/pool", ec); // run dirs of an earlier run
     env->pool = std::make_shared<sandbox_pool>(base, s.prealloc, dir + "/pool");

@@ -18,7 +18,9 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -50,6 +52,7 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 constexpr const char* program_file = "program"; // a plain program on its way to the guest
+constexpr const char* scratch_owner_file = ".owner"; // in a scratch group: whose it is
 constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
@@ -103,6 +106,61 @@ std::vector<std::string> parent_dirs(const std::vector<std::string>& mounts) {
   return out;
 }
 
+bool on_tmpfs(const std::string& path) {
+  struct statfs fs {};
+  return ::statfs(path.c_str(), &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+}
+
+// Where the scratch directories of this process's sandboxes go (see
+// sandbox_options::scratch_on_tmpfs), made once; "" when no tmpfs is to be had. A directory of
+// our own (0700, ours, no symlink), as /dev/shm is everyone's.
+const std::string& scratch_root_dir() {
+  static const std::string root = [] {
+    auto uid = ::geteuid();
+    std::vector<std::string> candidates;
+    if (uid == 0)
+      candidates.emplace_back("/run/alephd-sandboxes");
+    if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x != nullptr && x[0] == '/')
+      candidates.push_back(std::string{x} + "/alephd-sandboxes");
+    candidates.push_back("/dev/shm/alephd-sandboxes-" + std::to_string(uid));
+    for (auto& c : candidates) {
+      auto parent = std::filesystem::path{c}.parent_path().string();
+      if (!on_tmpfs(parent))
+        continue;
+      if (::mkdir(c.c_str(), 0700) != 0 && errno != EEXIST)
+        continue;
+      struct stat st {};
+      if (::lstat(c.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid
+          && (st.st_mode & 077) == 0)
+        return c;
+    }
+    return std::string{};
+  }();
+  return root;
+}
+
+// The directory of `group`'s scratch dirs under the scratch root ("" without a root): one per
+// CRN, where it finds the leftovers of its earlier runs. A group that is not one plain name
+// is the root itself.
+std::string scratch_group_dir(const std::string& group) {
+  const auto& root = scratch_root_dir();
+  if (root.empty() || group.empty() || group == "." || group == ".."
+      || group.find('/') != std::string::npos)
+    return root;
+  return root + "/" + group;
+}
+
+// A new scratch directory for one sandbox, or "" (its files then go to run_dir).
+std::string make_scratch_dir(const std::string& group) {
+  auto parent = scratch_group_dir(group);
+  if (parent.empty() || (::mkdir(parent.c_str(), 0700) != 0 && errno != EEXIST))
+    return {};
+  auto tmpl = parent + "/XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr)
+    return {};
+  return tmpl;
+}
+
 // The first child of `pid` (the guest agent, init of the new pid namespace), or 0.
 pid_t first_child(pid_t pid) {
   std::ifstream in{"/proc/" + std::to_string(pid) + "/task/"
@@ -125,8 +183,30 @@ struct sandbox::impl {
 
   sandbox_options opts;
 
-  std::mutex mu; // guards started and prepared
+  std::mutex mu; // guards started, prepared, share and scratch
   bool started = false; // boot() was called
+  // What the sandbox sees as /run/alephd (its socket, bwrap's output, a plain program on its
+  // way in): a scratch directory on a tmpfs, ours to remove (`scratch`), or run_dir.
+  std::filesystem::path share;
+  bool scratch = false;
+
+  std::filesystem::path share_dir() {
+    std::lock_guard lock{mu};
+    return share;
+  }
+
+  // Removes the scratch directory, if there is one: the sandbox is gone.
+  void remove_scratch() {
+    std::filesystem::path dir;
+    {
+      std::lock_guard lock{mu};
+      if (!std::exchange(scratch, false))
+        return;
+      dir = share;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
 
   // The bwrap process (our child, or adopted from an earlier CRN process).
   watched_process proc;
@@ -312,13 +392,15 @@ struct sandbox::impl {
       std::lock_guard lock{mu};
       written = std::exchange(prepared, std::nullopt).has_value();
     }
+    auto dir = share_dir();
     if (written) {
       std::error_code ec;
-      std::filesystem::remove(std::filesystem::path{opts.run_dir} / program_file, ec);
+      std::filesystem::remove(dir / program_file, ec);
     }
-    auto err = first_line((std::filesystem::path{opts.run_dir} / "bwrap.err").string());
+    auto err = dir.empty() ? std::string{} : first_line((dir / "bwrap.err").string());
     if (!err.empty())
       error += " (bwrap: " + err + ")";
+    remove_scratch();
     return error;
   }
 
@@ -329,9 +411,9 @@ struct sandbox::impl {
     return configure(cfg, deadline);
   }
 
-  // Listens on run_dir/guest.sock (replacing a stale one); the fd, or -1 with `error`.
+  // Listens on guest.sock in the share dir (replacing a stale one); the fd, or -1 with `error`.
   int listen_guest(std::string& error) {
-    std::filesystem::path dir{opts.run_dir};
+    auto dir = share_dir();
     auto sock_path = (dir / "guest.sock").string();
     std::error_code ec;
     std::filesystem::remove(sock_path, ec);
@@ -344,7 +426,7 @@ struct sandbox::impl {
     if (bind_path.size() >= sizeof addr.sun_path) {
       dir_fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
       if (dir_fd < 0) {
-        error = "cannot open " + opts.run_dir + ": " + std::strerror(errno);
+        error = "cannot open " + dir.string() + ": " + std::strerror(errno);
         return -1;
       }
       bind_path = "/proc/self/fd/" + std::to_string(dir_fd) + "/guest.sock";
@@ -406,10 +488,19 @@ struct sandbox::impl {
     std::filesystem::create_directories(dir, ec);
     if (ec)
       return fail_start("cannot create " + opts.run_dir + ": " + ec.message());
-    // Stale files of an earlier run would be read as this run's errors.
-    for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err", program_file})
-      std::filesystem::remove(dir / name, ec);
-    auto sock_path = (dir / "guest.sock").string();
+    std::filesystem::path io = opts.scratch_on_tmpfs ? make_scratch_dir(opts.scratch_group)
+                                                     : std::string{};
+    {
+      std::lock_guard lock{mu};
+      scratch = !io.empty();
+      share = scratch ? io : dir;
+      io = share;
+    }
+    // Stale files of an earlier run would be read as this run's errors (a scratch dir is new).
+    if (io == dir)
+      for (const char* name : {"guest.sock", "bwrap.out", "bwrap.err", program_file})
+        std::filesystem::remove(dir / name, ec);
+    auto sock_path = (io / "guest.sock").string();
     std::string listen_error;
     int listen_fd = listen_guest(listen_error);
     if (listen_fd < 0)
@@ -449,15 +540,15 @@ struct sandbox::impl {
       "--ro-bind", opts.guest_binary, "/opt/alephd/guest",
       // Read-only: the guest only connects to the socket there (a socket on a read-only mount
       // still accepts connections), and may not fill the host's disk through it.
-      "--ro-bind", opts.run_dir, "/run/alephd",
+      "--ro-bind", io.string(), "/run/alephd",
       // The dynamic linker's cache of the /usr above: without it every program probes a dozen
       // directories for each library it loads.
       "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
     };
     if (opts.network) {
       // DNS through slirp's resolver (the sandbox's /etc has only this and ld.so.cache).
-      std::ofstream{(dir / "resolv.conf").string()} << "nameserver 10.0.2.3\n";
-      mounts.insert(mounts.end(), {"--ro-bind", (dir / "resolv.conf").string(), "/etc/resolv.conf"});
+      std::ofstream{(io / "resolv.conf").string()} << "nameserver 10.0.2.3\n";
+      mounts.insert(mounts.end(), {"--ro-bind", (io / "resolv.conf").string(), "/etc/resolv.conf"});
     }
     mounts.insert(mounts.end(), opts.extra_args.begin(), opts.extra_args.end());
     // bwrap makes the missing parents of a mount point mode 0700: the program's user could not
@@ -477,6 +568,9 @@ struct sandbox::impl {
       args.insert(args.end(), {"--run-as", std::to_string(opts.uid) + ":" + std::to_string(opts.gid)});
     if (opts.seccomp)
       args.emplace_back("--seccomp");
+    // The run dir names the sandbox in ps (bwrap's command line and the agent's), as it did
+    // when it was the sandbox's /run/alephd.
+    args.insert(args.end(), {"--label", opts.run_dir});
 
     try {
       std::error_code spawn_ec;
@@ -499,8 +593,8 @@ struct sandbox::impl {
       auto old = blocked.old;
       bp::child c{bp::exe = opts.bwrap, bp::args = args,
                   bp::std_in < bp::null,
-                  bp::std_out > (dir / "bwrap.out").string(),
-                  bp::std_err > (dir / "bwrap.err").string(),
+                  bp::std_out > (io / "bwrap.out").string(),
+                  bp::std_err > (io / "bwrap.err").string(),
                   bp::posix::use_vfork,
                   bp::extend::on_exec_setup = [setup, cg, old, &spare,
                                                host = opts.hostname.c_str()](auto&) {
@@ -544,7 +638,7 @@ struct sandbox::impl {
       return fail_start("cannot spawn " + opts.bwrap + ": " + e.what());
     }
     if (cfg != nullptr) {
-      auto light = code_as_file(*cfg, dir / program_file);
+      auto light = code_as_file(*cfg, io / program_file);
       std::lock_guard lock{mu};
       prepared = std::move(light);
     }
@@ -591,6 +685,11 @@ struct sandbox::impl {
       return fail_start("the sandbox is no longer running");
     proc.adopt(h.pid, h.pid_start);
     {
+      std::lock_guard lock{mu};
+      scratch = !h.scratch_dir.empty();
+      share = scratch ? std::filesystem::path{h.scratch_dir} : std::filesystem::path{opts.run_dir};
+    }
+    {
       std::lock_guard lock{proc_mu};
       ns_init = h.ns_init;
       ns_init_start = h.ns_init_start;
@@ -610,7 +709,7 @@ struct sandbox::impl {
       return fail_start(e == "exited" ? "the sandbox exited before its guest came back"
                                       : "its guest did not come back in time");
     std::error_code ec;
-    std::filesystem::remove(std::filesystem::path{opts.run_dir} / "guest.sock", ec);
+    std::filesystem::remove(share_dir() / "guest.sock", ec);
     if (opts.network) {
       // slirp4netns ended with the CRN that started it: a new one serves the namespace.
       if (auto e = start_slirp(deadline); !e.empty()) {
@@ -640,11 +739,11 @@ struct sandbox::impl {
   std::string configure(const guest::configure& cfg, clock_type::time_point deadline) {
     if (!link->ready_seen())
       return "not booted";
-    // A plain program goes to the guest as a file in run_dir (its /run/alephd, read-only), which
+    // A plain program goes to the guest as a file in its /run/alephd (read-only there), which
     // the agent copies in the kernel: a large program does not cross the socket in a frame
     // that both sides must build, copy and decode (most of a pre-started sandbox's cold start).
     std::string error;
-    auto code_file = std::filesystem::path{opts.run_dir} / program_file;
+    auto code_file = share_dir() / program_file;
     std::optional<guest::configure> light;
     {
       std::lock_guard lock{mu};
@@ -708,6 +807,7 @@ struct sandbox::impl {
     while (!try_reap() && clock_type::now() < deadline)
       std::this_thread::sleep_for(10ms);
     teardown();
+    remove_scratch();
     stop_code = link->halted_code();
     return stop_code;
   }
@@ -754,11 +854,17 @@ void sandbox::detach() {
 }
 
 sandbox_handle sandbox::handle() const {
+  std::string scratch;
+  {
+    std::lock_guard lock{impl_->mu};
+    if (impl_->scratch)
+      scratch = impl_->share.string();
+  }
   std::lock_guard lock{impl_->proc_mu};
   auto name = impl_->group ? std::filesystem::path{impl_->group->path()}.filename().string()
                            : std::string{};
   return sandbox_handle{impl_->proc.pid(), impl_->proc.start(), impl_->ns_init,
-                        impl_->ns_init_start, name};
+                        impl_->ns_init_start, name, scratch};
 }
 
 bool sandbox::alive(const sandbox_handle& h) {
@@ -775,6 +881,70 @@ void sandbox::kill(const sandbox_handle& h) {
     if (st && st->second == start)
       ::kill(pid, SIGKILL);
   }
+  if (!h.scratch_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(h.scratch_dir, ec);
+  }
+}
+
+std::string sandbox::scratch_root() {
+  return scratch_root_dir();
+}
+
+void sandbox::claim_scratch_group(const std::string& group, const std::string& owner) {
+  auto dir = scratch_group_dir(group);
+  if (dir.empty() || dir == scratch_root_dir()
+      || (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST))
+    return;
+  std::ofstream{dir + "/" + scratch_owner_file, std::ios::trunc} << owner << '\n';
+}
+
+void sandbox::release_scratch_group(const std::string& group) {
+  auto dir = scratch_group_dir(group);
+  if (dir.empty() || dir == scratch_root_dir())
+    return;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator{dir, ec})
+    if (e.path().filename() != scratch_owner_file)
+      return; // a kept workload's: the next run of its CRN takes it over
+  std::filesystem::remove(std::filesystem::path{dir} / scratch_owner_file, ec);
+  std::filesystem::remove(dir, ec);
+}
+
+size_t sandbox::remove_abandoned_scratch_groups() {
+  const auto& root = scratch_root_dir();
+  if (root.empty())
+    return 0;
+  std::vector<std::filesystem::path> gone;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator{root, ec}) {
+    std::ifstream in{(e.path() / scratch_owner_file).string()};
+    std::string owner;
+    if (in && std::getline(in, owner) && !owner.empty() && !std::filesystem::exists(owner, ec))
+      gone.push_back(e.path());
+  }
+  size_t removed = 0;
+  for (auto& p : gone)
+    if (std::filesystem::remove_all(p, ec) > 0)
+      ++removed;
+  return removed;
+}
+
+size_t sandbox::remove_scratch_orphans(const std::string& group,
+                                       const std::set<std::string>& keep) {
+  auto dir = scratch_group_dir(group);
+  if (dir.empty() || dir == scratch_root_dir()) // another process's may be there too
+    return 0;
+  std::vector<std::filesystem::path> gone;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator{dir, ec})
+    if (e.path().filename() != scratch_owner_file && keep.count(e.path().string()) == 0)
+      gone.push_back(e.path());
+  size_t removed = 0;
+  for (auto& p : gone)
+    if (std::filesystem::remove_all(p, ec) > 0)
+      ++removed;
+  return removed;
 }
 
 bool sandbox::set_limits(const cgroup_limits& limits, std::string& err) {

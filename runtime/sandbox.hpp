@@ -16,6 +16,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,15 @@ struct sandbox_options {
   /// set is ready and we are root (a faster start); otherwise, or false, bwrap makes them
   /// (--unshare-net/-ipc/-uts). Either way they are the sandbox's alone.
   bool use_namespace_pool = true;
+  /// The files of each start (the guest's socket, a plain program on its way in, bwrap's output)
+  /// go to a directory of its own on a tmpfs, which the sandbox sees as /run/alephd: on a
+  /// journalled disk, making and deleting them cost up to several ms of every cold start. The
+  /// tmpfs is /run (root), $XDG_RUNTIME_DIR or /dev/shm, whichever is one; with none, or false,
+  /// they go to run_dir.
+  bool scratch_on_tmpfs = true;
+  /// The scratch dirs go in a directory of this name under that tmpfs (one per CRN: see
+  /// remove_scratch_orphans); "" puts them at its top.
+  std::string scratch_group;
   std::chrono::milliseconds ready_timeout{10000};
   /// Extra bwrap arguments before the command (bind mounts of volumes, tmpfs).
   std::vector<std::string> extra_args;
@@ -72,6 +82,7 @@ struct sandbox_handle {
   int ns_init = 0;
   std::string ns_init_start;
   std::string cgroup_name; ///< its group under cgroup_root ("" without one)
+  std::string scratch_dir; ///< its /run/alephd on a tmpfs ("": run_dir)
 };
 
 /// One guest agent in a bubblewrap sandbox. All members are thread-safe.
@@ -112,8 +123,21 @@ public:
 
   /// Whether both processes of `h` still run.
   static bool alive(const sandbox_handle& h);
-  /// SIGKILLs what is left of `h` (an orphan nobody adopts).
+  /// SIGKILLs what is left of `h` (an orphan nobody adopts) and removes its scratch dir.
   static void kill(const sandbox_handle& h);
+  /// Removes the scratch dirs of `group` (sandbox_options::scratch_group) but those in `keep`:
+  /// the leftovers of sandboxes that died with an earlier run of the CRN. Returns how many.
+  static size_t remove_scratch_orphans(const std::string& group, const std::set<std::string>& keep);
+  /// The tmpfs directory this process's scratch dirs go under, made on first use; "" without one.
+  static std::string scratch_root();
+  /// Makes `group`'s directory and names `owner` (a CRN's data dir) in it: once `owner` is gone
+  /// (the CRN with it), remove_abandoned_scratch_groups() takes the group away.
+  static void claim_scratch_group(const std::string& group, const std::string& owner);
+  /// Removes `group`'s directory if no scratch dir is left in it (a CRN that stops).
+  static void release_scratch_group(const std::string& group);
+  /// Removes every group whose owner no longer exists (nobody can re-adopt its sandboxes), with
+  /// what is in it. Returns how many.
+  static size_t remove_abandoned_scratch_groups();
 
   /// Changes the limits of the sandbox's cgroup (a pooled sandbox gets the
   /// execution's limits when it is taken). False with `err` without a cgroup.

@@ -40,7 +40,7 @@ execution_record sample(const std::string& hash) {
   r.executor = "sandbox";
   r.run_dir = "/var/lib/alephd/executions/" + hash + "/run";
   r.network = true;
-  r.handle = sandbox_handle{4242, "123456", 4243, "123457", "abcd-1-1"};
+  r.handle = sandbox_handle{4242, "123456", 4243, "123457", "abcd-1-1", "/dev/shm/x/abc123"};
   r.started_at = 1700000000.5;
   r.request_timeout_ms = 30000;
   r.files = {std::string(64, 'a'), std::string(64, 'b')};
@@ -63,6 +63,8 @@ TEST(execution_records, a_record_survives_its_json_form) {
   EXPECT_EQ(back->handle.ns_init, 4243);
   EXPECT_EQ(back->handle.ns_init_start, "123457");
   EXPECT_EQ(back->handle.cgroup_name, "abcd-1-1");
+  EXPECT_EQ(back->handle.scratch_dir, "/dev/shm/x/abc123");
+  EXPECT_EQ(back->sock_dir, "") << "a sandbox's scratch dir is its handle's, not a microVM's sockets";
   EXPECT_DOUBLE_EQ(back->started_at, r.started_at);
   EXPECT_EQ(back->request_timeout_ms, 30000);
   EXPECT_EQ(back->files, r.files);
@@ -72,6 +74,7 @@ TEST(execution_records, a_record_survives_its_json_form) {
   auto vm_back = execution_records::decode(execution_records::encode(vm));
   ASSERT_TRUE(vm_back);
   EXPECT_EQ(vm_back->vm_handle().sock_dir, "/tmp/alephd-vm-x");
+  EXPECT_EQ(vm_back->handle.scratch_dir, "");
   EXPECT_EQ(vm_back->vm_handle().pid, 4242);
 }
 
@@ -86,6 +89,7 @@ TEST(execution_records, broken_records_are_refused_and_optional_fields_default) 
   auto old = execution_records::decode(j.dump());
   ASSERT_TRUE(old) << "a record from before these fields must still load";
   EXPECT_EQ(old->executor, "sandbox");
+  EXPECT_EQ(old->handle.scratch_dir, "") << "its sandbox has its files in run_dir";
   EXPECT_EQ(old->request_timeout_ms, 1000);
   j["pid"] = "not a number";
   EXPECT_FALSE(execution_records::decode(j.dump()));
@@ -120,7 +124,7 @@ TEST(execution_records, a_dead_or_forged_handle_is_not_alive) {
   auto r = sample("c");
   r.handle.pid = 0;
   EXPECT_FALSE(r.alive());
-  r.handle = sandbox_handle{static_cast<int>(::getpid()), "1", static_cast<int>(::getpid()), "1", ""};
+  r.handle = sandbox_handle{static_cast<int>(::getpid()), "1", static_cast<int>(::getpid()), "1", "", ""};
   EXPECT_FALSE(r.alive()) << "a pid whose start time differs is another process";
   r.executor = "microvm";
   EXPECT_FALSE(r.alive());

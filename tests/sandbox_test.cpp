@@ -18,7 +18,9 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -149,6 +151,7 @@ protected:
     auto o = options();
     o.guest_binary = ALEPHD_SANDBOX_PROBE;
     o.ready_timeout = 1000ms;
+    o.scratch_on_tmpfs = false; // the probe reads hostile-mode next to its socket
     std::filesystem::create_directories(o.run_dir);
     std::ofstream{o.run_dir + "/hostile-mode"} << mode << "\n";
     return o;
@@ -472,6 +475,79 @@ TEST_F(sandbox, a_binary_that_is_not_the_agent_fails_start_in_time) {
   EXPECT_EQ(sb.request(get(1, "/echo"), 500ms).status, 502);
 }
 
+// /dev/shm is a tmpfs on every machine this runs on (Debian mounts one); /run is one under systemd.
+static bool a_tmpfs_is_at_hand() {
+  struct statfs fs {};
+  return ::statfs("/dev/shm", &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+}
+
+static bool on_tmpfs(const std::string& path) {
+  struct statfs fs {};
+  return ::statfs(path.c_str(), &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+}
+
+// The scratch dirs of `group` that sandboxes which ended without their owner left: each is
+// swept by the group's next owner; then the group goes when it is empty.
+static void sweep_scratch_group(const std::string& group, size_t expected) {
+  if (alephd::sandbox::scratch_root().empty())
+    return;
+  EXPECT_EQ(alephd::sandbox::remove_scratch_orphans(group, {}), expected);
+  alephd::sandbox::release_scratch_group(group);
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path{alephd::sandbox::scratch_root()} / group));
+}
+
+TEST_F(sandbox, the_files_of_a_start_are_on_a_tmpfs_and_leave_with_the_sandbox) {
+  if (!a_tmpfs_is_at_hand())
+    GTEST_SKIP() << "no tmpfs at /dev/shm";
+  auto o = options();
+  o.scratch_group = "test-" + std::to_string(::getpid());
+  alephd::sandbox sb{o};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto scratch = sb.handle().scratch_dir;
+  ASSERT_NE(scratch, "");
+  EXPECT_TRUE(on_tmpfs(scratch)) << scratch;
+  EXPECT_EQ(std::filesystem::path{scratch}.parent_path(),
+            std::filesystem::path{alephd::sandbox::scratch_root()} / o.scratch_group);
+  struct stat st {};
+  ASSERT_EQ(::stat(scratch.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u) << "only its owner (and the agent, root) goes there";
+  EXPECT_EQ(sb.request(get(1, "/echo", "x"), 5000ms).body, "x hello-from-sandbox");
+  // Nothing of the start on the run dir's disk.
+  for (const char* name : {"guest.sock", "program", "bwrap.err", "bwrap.out"})
+    EXPECT_FALSE(std::filesystem::exists(o.run_dir + "/" + name)) << name;
+  sb.stop();
+  EXPECT_FALSE(std::filesystem::exists(scratch)) << "left behind";
+  EXPECT_EQ(sb.handle().scratch_dir, "");
+
+  // Turned off: the files are in the run dir, as before.
+  o.scratch_on_tmpfs = false;
+  alephd::sandbox plain{o};
+  ASSERT_EQ(plain.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  EXPECT_EQ(plain.handle().scratch_dir, "");
+  EXPECT_TRUE(std::filesystem::exists(o.run_dir + "/bwrap.err"));
+  EXPECT_EQ(plain.request(get(2, "/echo", "y"), 5000ms).body, "y hello-from-sandbox");
+  plain.stop();
+  std::error_code ec;
+  std::filesystem::remove(std::filesystem::path{alephd::sandbox::scratch_root()} / o.scratch_group, ec);
+}
+
+TEST_F(sandbox, bwraps_complaint_is_in_the_start_error_and_no_scratch_dir_is_left) {
+  auto o = options();
+  o.guest_binary = dir_ + "/no-such-agent"; // bwrap cannot bind it
+  o.scratch_group = "test-fail-" + std::to_string(::getpid());
+  alephd::sandbox sb{o};
+  auto error = sb.start(config(ALEPHD_GUEST_TEST_APP));
+  EXPECT_NE(error.find("(bwrap: "), std::string::npos) << error;
+  EXPECT_NE(error.find("no-such-agent"), std::string::npos) << error;
+  EXPECT_EQ(sb.handle().scratch_dir, "");
+  auto group = std::filesystem::path{alephd::sandbox::scratch_root()} / o.scratch_group;
+  if (!alephd::sandbox::scratch_root().empty()) {
+    std::error_code ec;
+    EXPECT_TRUE(std::filesystem::is_empty(group, ec)) << "a scratch dir was left in " << group;
+    std::filesystem::remove(group, ec);
+  }
+}
+
 TEST_F(sandbox, a_refused_configure_fails_start) {
   alephd::sandbox sb{options()};
   auto cfg = config(ALEPHD_GUEST_TEST_APP);
@@ -768,9 +844,15 @@ TEST_F(sandbox, a_detached_sandbox_is_adopted_by_a_new_owner_with_its_program_st
     h = first.handle();
     EXPECT_GT(h.pid, 0);
     EXPECT_GT(h.ns_init, 0);
+    if (a_tmpfs_is_at_hand()) {
+      EXPECT_NE(h.scratch_dir, "");
+    }
     first.detach(); // as a CRN that exits and leaves it running
   }
   ASSERT_TRUE(alephd::sandbox::alive(h));
+  if (!h.scratch_dir.empty()) {
+    EXPECT_TRUE(std::filesystem::exists(h.scratch_dir)) << "a detached sandbox keeps its scratch dir";
+  }
   // The new owner: the same options, and the handle the old one recorded.
   alephd::sandbox second{o};
   ASSERT_EQ(second.adopt(h, 5000ms), "");
@@ -786,11 +868,56 @@ TEST_F(sandbox, a_detached_sandbox_is_adopted_by_a_new_owner_with_its_program_st
   EXPECT_FALSE(running_process(h.ns_init));
   std::string err;
   EXPECT_FALSE(alephd::cgroup::open(o.cgroup_root, o.cgroup_name, err)) << "cgroup left behind";
+  if (!h.scratch_dir.empty()) {
+    EXPECT_FALSE(std::filesystem::exists(h.scratch_dir)) << "scratch dir left behind";
+  }
+}
+
+TEST_F(sandbox, scratch_dirs_left_by_an_earlier_owner_are_removed_but_those_of_live_sandboxes) {
+  if (!a_tmpfs_is_at_hand())
+    GTEST_SKIP() << "no tmpfs at /dev/shm";
+  auto o = options();
+  o.adopt_window = 30s;
+  o.scratch_group = "test-orphans-" + std::to_string(::getpid());
+  auto start_detached = [&](const std::string& run) {
+    auto oo = o;
+    oo.run_dir = dir_ + "/" + run;
+    alephd::sandbox sb{oo};
+    EXPECT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    auto h = sb.handle();
+    sb.detach();
+    return h;
+  };
+  auto live = start_detached("live");
+  auto dead = start_detached("dead");
+  ASSERT_NE(live.scratch_dir, "");
+  ASSERT_NE(dead.scratch_dir, "");
+  // One dies without its owner (as with a CRN killed by the OOM killer): its dir stays.
+  ::kill(dead.ns_init, SIGKILL);
+  ::kill(dead.pid, SIGKILL);
+  EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(dead); }, 3000ms));
+  EXPECT_TRUE(std::filesystem::exists(dead.scratch_dir));
+  // The next owner keeps the dirs of the sandboxes it re-adopts.
+  EXPECT_EQ(alephd::sandbox::remove_scratch_orphans(o.scratch_group, {live.scratch_dir}), 1u);
+  EXPECT_FALSE(std::filesystem::exists(dead.scratch_dir));
+  EXPECT_TRUE(std::filesystem::exists(live.scratch_dir));
+  auto oo = o;
+  oo.run_dir = dir_ + "/live";
+  alephd::sandbox adopter{oo};
+  ASSERT_EQ(adopter.adopt(live, 5000ms), "");
+  EXPECT_EQ(adopter.request(get(1, "/echo", "still"), 5000ms).body, "still hello-from-sandbox");
+  EXPECT_EQ(adopter.handle().scratch_dir, live.scratch_dir);
+  adopter.stop();
+  EXPECT_FALSE(std::filesystem::exists(live.scratch_dir));
+  // The top of the tmpfs dir (other processes' sandboxes) is never swept.
+  EXPECT_EQ(alephd::sandbox::remove_scratch_orphans("", {}), 0u);
+  sweep_scratch_group(o.scratch_group, 0);
 }
 
 TEST_F(sandbox, an_orphan_nobody_adopts_ends_after_its_window) {
   auto o = options();
   o.adopt_window = 1s;
+  o.scratch_group = "test-window-" + std::to_string(::getpid());
   alephd::sandbox_handle h;
   {
     alephd::sandbox sb{o};
@@ -801,6 +928,41 @@ TEST_F(sandbox, an_orphan_nobody_adopts_ends_after_its_window) {
   EXPECT_TRUE(alephd::sandbox::alive(h));
   EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 6000ms))
     << "the agent did not give up after its reconnect window";
+  sweep_scratch_group(o.scratch_group, 1);
+}
+
+TEST_F(sandbox, a_scratch_group_whose_owner_is_gone_is_removed_whole) {
+  if (!a_tmpfs_is_at_hand())
+    GTEST_SKIP() << "no tmpfs at /dev/shm";
+  auto pid = std::to_string(::getpid());
+  auto root = std::filesystem::path{alephd::sandbox::scratch_root()};
+  auto owner = dir_ + "/crn-data";
+  std::filesystem::create_directories(owner);
+  auto o = options();
+  o.scratch_group = "test-owned-" + pid;
+  alephd::sandbox::claim_scratch_group(o.scratch_group, owner);
+  alephd::sandbox::claim_scratch_group("test-owner-gone-" + pid, dir_ + "/deleted-crn-data");
+  std::filesystem::create_directories(root / ("test-no-owner-" + pid));
+  alephd::sandbox sb{o};
+  ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+  auto scratch = sb.handle().scratch_dir;
+  EXPECT_EQ(std::filesystem::path{scratch}.parent_path(), root / o.scratch_group);
+  // Only the group whose owner does not exist goes; a claimed group keeps its running sandbox's.
+  // (Other tests' CRNs whose data dir is gone may go too: at least ours.)
+  EXPECT_GE(alephd::sandbox::remove_abandoned_scratch_groups(), 1u);
+  EXPECT_FALSE(std::filesystem::exists(root / ("test-owner-gone-" + pid)));
+  EXPECT_TRUE(std::filesystem::exists(root / ("test-no-owner-" + pid)));
+  EXPECT_TRUE(std::filesystem::exists(scratch));
+  // The owner's data dir goes (and the CRN with it): its group goes whole, running or not.
+  alephd::sandbox::release_scratch_group(o.scratch_group); // not empty: stays
+  EXPECT_TRUE(std::filesystem::exists(root / o.scratch_group));
+  std::filesystem::remove_all(owner);
+  EXPECT_GE(alephd::sandbox::remove_abandoned_scratch_groups(), 1u);
+  EXPECT_FALSE(std::filesystem::exists(root / o.scratch_group));
+  EXPECT_EQ(sb.request(get(1, "/echo", "z"), 5000ms).body, "z hello-from-sandbox")
+    << "a running sandbox keeps working without its scratch dir";
+  sb.stop();
+  std::filesystem::remove(root / ("test-no-owner-" + pid));
 }
 
 TEST_F(sandbox, an_orphan_can_be_killed_and_a_dead_one_is_not_adopted) {
@@ -816,6 +978,9 @@ TEST_F(sandbox, an_orphan_can_be_killed_and_a_dead_one_is_not_adopted) {
   ASSERT_TRUE(alephd::sandbox::alive(h));
   alephd::sandbox::kill(h);
   EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 3000ms));
+  if (!h.scratch_dir.empty()) {
+    EXPECT_FALSE(std::filesystem::exists(h.scratch_dir)) << "kill() leaves its scratch dir";
+  }
   alephd::sandbox late{o};
   auto err = late.adopt(h, 1000ms);
   EXPECT_NE(err.find("no longer running"), std::string::npos) << err;
@@ -827,12 +992,15 @@ TEST_F(sandbox, an_orphan_can_be_killed_and_a_dead_one_is_not_adopted) {
 
 TEST_F(sandbox, a_sandbox_without_an_adopt_window_dies_with_its_owner) {
   // The default: bwrap --die-with-parent, and an agent that exits when its host goes away.
+  auto o = options();
+  o.scratch_group = "test-dies-" + std::to_string(::getpid());
   alephd::sandbox_handle h;
   {
-    alephd::sandbox sb{options()};
+    alephd::sandbox sb{o};
     ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
     h = sb.handle();
     sb.detach();
   }
   EXPECT_TRUE(wait_for([&] { return !alephd::sandbox::alive(h); }, 5000ms));
+  sweep_scratch_group(o.scratch_group, 1);
 }
