@@ -856,7 +856,7 @@ void dispatch(gp::frame f) {
 
 int usage() {
   say("usage: alephd-guest (--socket PATH | --device PATH) [--reconnect-window SECONDS] "
-      "[--work-dir DIR] [--authorized-keys FILE] [--run-as UID:GID] [--seccomp] [--label TEXT]");
+      "[--work-dir DIR] [--authorized-keys FILE] [--run-as UID:GID] [--seccomp]");
   return 64;
 }
 
@@ -971,8 +971,6 @@ int main(int argc, char** argv) {
       st.confine.gid = static_cast<gid_t>(gid);
     } else if (a == "--seccomp") {
       seccomp = true;
-    } else if (a == "--label" && i + 1 < argc) {
-      ++i; // names the sandbox in ps (a CRN passes the execution's run dir); nothing else
     } else
       return usage();
   }

@@ -236,14 +236,15 @@ int run(const std::string& role, const settings& s_in) {
   auto sigs = block_signals();
   // Declared before the actor system, so it runs after every actor (and the sandbox each
   // execution or pool held) has ended: the CRNs' empty cgroup roots go too; a group a kept
-  // workload still uses stays, and so does its root.
+  // workload still uses stays, and so does its root. The same for their sandboxes' scratch
+  // dirs (sandbox::release_scratch_group).
   struct remove_cgroup_roots {
-    std::vector<std::string> roots;
+    std::vector<std::string> roots, scratch_groups;
     ~remove_cgroup_roots() {
-      for (const auto& r : roots) {
+      for (const auto& r : roots)
         cgroup::remove_orphans(r, [](const std::string&) { return true; });
-        sandbox::release_scratch_group(r); // named alike (see vm_supervisor's sandbox_for)
-      }
+      for (const auto& g : scratch_groups)
+        sandbox::release_scratch_group(g);
     }
   } cgroup_roots;
   caf::actor_system_config cfg;
@@ -265,6 +266,7 @@ int run(const std::string& role, const settings& s_in) {
     crns.push_back(std::make_unique<crn_node_runtime>(on_fatal));
     err = crns[0]->start(sys, s);
     cgroup_roots.roots.push_back(crns[0]->cgroup_root());
+    cgroup_roots.scratch_groups.push_back(crns[0]->scratch_group());
     if (err.empty())
       std::cout << "READY role=crn id=" << crns[0]->id() << " http=" << s.http_host << ':'
                 << crns[0]->http_port() << std::endl;
@@ -292,6 +294,7 @@ int run(const std::string& role, const settings& s_in) {
       crns.push_back(std::make_unique<crn_node_runtime>(on_fatal));
       err = crns.back()->start(sys, rs, {ccn->node()});
       cgroup_roots.roots.push_back(crns.back()->cgroup_root());
+      cgroup_roots.scratch_groups.push_back(crns.back()->scratch_group());
       if (err.empty())
         table += "  CRN  " + crns.back()->id() + "  http://" + s.http_host + ":"
                  + std::to_string(crns.back()->http_port()) + "  token " + crns.back()->login_token()

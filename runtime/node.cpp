@@ -470,7 +470,8 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
     }
     // The same for the scratch dirs of sandboxes (on a tmpfs: sandbox_options::scratch_on_tmpfs),
     // and for those of CRNs whose data dir is gone.
-    sandbox::claim_scratch_group(env->cgroup_root, std::filesystem::absolute(dir, ec).string());
+    scratch_group_ = env->cgroup_root; // one name per CRN, as its cgroups'
+    sandbox::claim_scratch_group(scratch_group_, std::filesystem::absolute(dir, ec).string());
     if (auto n = sandbox::remove_scratch_orphans(env->cgroup_root, keep_scratch); n > 0)
       spdlog::info("crn {}: removed {} sandbox scratch dirs left by an earlier run", id_, n);
     if (auto n = sandbox::remove_abandoned_scratch_groups(); n > 0)

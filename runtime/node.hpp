@@ -103,6 +103,9 @@ public:
   /// The parent of its executions' cgroups ("" without cgroups), for the process to remove
   /// once every actor has ended (see cgroup::remove_orphans).
   const std::string& cgroup_root() const { return cgroup_root_; }
+  /// The group of its sandboxes' scratch dirs (sandbox_options::scratch_group), for the process
+  /// to release once every actor has ended (see sandbox::release_scratch_group).
+  const std::string& scratch_group() const { return scratch_group_; }
 
 private:
   caf::actor_system* sys_ = nullptr;
@@ -112,6 +115,7 @@ private:
   std::string secret_key_;
   std::string token_;
   std::string cgroup_root_;
+  std::string scratch_group_;
   std::shared_ptr<execution_table> table_;
   job_broker_actor broker_;
   ccn_link_actor link_;

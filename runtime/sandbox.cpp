@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
@@ -53,6 +54,16 @@ namespace {
 
 constexpr const char* program_file = "program"; // a plain program on its way to the guest
 constexpr const char* scratch_owner_file = ".owner"; // in a scratch group: whose it is
+
+// The owner files this process holds (claim_scratch_group), by group.
+std::mutex& claims_mu() {
+  static std::mutex mu;
+  return mu;
+}
+std::map<std::string, int>& claims() {
+  static std::map<std::string, int> held;
+  return held;
+}
 constexpr auto destructor_grace = 2s;
 constexpr auto accept_slice = 50ms;
 constexpr auto namespace_exit_timeout = 2s;
@@ -117,15 +128,20 @@ bool on_tmpfs(const std::string& path) {
 const std::string& scratch_root_dir() {
   static const std::string root = [] {
     auto uid = ::geteuid();
-    std::vector<std::string> candidates;
+    // /dev/shm first: sticky (nobody can swap our directory there for another) and the largest
+    // (a program waits there on its way in). Root never takes a directory its environment
+    // names ($XDG_RUNTIME_DIR under sudo -E is a user's), only /run when no one else may write
+    // to it.
+    std::vector<std::string> candidates{"/dev/shm/alephd-sandboxes-" + std::to_string(uid)};
     if (uid == 0)
       candidates.emplace_back("/run/alephd-sandboxes");
-    if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x != nullptr && x[0] == '/')
+    else if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x != nullptr && x[0] == '/')
       candidates.push_back(std::string{x} + "/alephd-sandboxes");
-    candidates.push_back("/dev/shm/alephd-sandboxes-" + std::to_string(uid));
     for (auto& c : candidates) {
       auto parent = std::filesystem::path{c}.parent_path().string();
-      if (!on_tmpfs(parent))
+      struct stat ps {};
+      if (!on_tmpfs(parent) || ::stat(parent.c_str(), &ps) != 0
+          || ((ps.st_mode & S_ISVTX) == 0 && (ps.st_uid != uid || (ps.st_mode & 022) != 0)))
         continue;
       if (::mkdir(c.c_str(), 0700) != 0 && errno != EEXIST)
         continue;
@@ -137,6 +153,23 @@ const std::string& scratch_root_dir() {
     return std::string{};
   }();
   return root;
+}
+
+// Whether `path` has the shape of a scratch dir of ours (root/XXXXXX or root/group/XXXXXX):
+// what a record names is removed only then.
+bool is_scratch_dir(const std::string& path, const std::string& root) {
+  auto p = std::filesystem::path{path}.lexically_normal();
+  auto name = p.filename().string();
+  auto parent = p.parent_path();
+  return !root.empty() && name.size() == 6 && name[0] != '.'
+         && (parent == root || parent.parent_path() == root);
+}
+
+// Removes `path` (a dir or a file) and what is in it; whether anything went.
+bool remove_tree(const std::filesystem::path& path) {
+  std::error_code ec;
+  auto n = std::filesystem::remove_all(path, ec);
+  return !ec && n > 0;
 }
 
 // The directory of `group`'s scratch dirs under the scratch root ("" without a root): one per
@@ -507,6 +540,10 @@ struct sandbox::impl {
       return fail_start(listen_error);
 
     std::vector<std::string> args{
+      // An empty environment but what --setenv adds after this (extra_args may add some): the
+      // run dir names the sandbox in ps (bwrap's command line), as when it was /run/alephd.
+      // The agent keeps it to itself: a program gets its own variables only.
+      "--clearenv", "--setenv", "ALEPHD_RUN_DIR", opts.run_dir,
       "--ro-bind", "/usr", "/usr",
       "--symlink", "usr/lib", "/lib",
       "--symlink", "usr/lib64", "/lib64",
@@ -559,8 +596,8 @@ struct sandbox::impl {
     // An adoptable sandbox outlives a CRN that dies, for a restarted one to adopt it.
     if (opts.adopt_window.count() == 0)
       args.emplace_back("--die-with-parent");
-    for (const char* a : {"--new-session", "--clearenv", "--chdir", "/tmp", "/opt/alephd/guest",
-                          "--socket", "/run/alephd/guest.sock", "--work-dir", "/tmp/work"})
+    for (const char* a : {"--new-session", "--chdir", "/tmp", "/opt/alephd/guest", "--socket",
+                          "/run/alephd/guest.sock", "--work-dir", "/tmp/work"})
       args.emplace_back(a);
     if (opts.adopt_window.count() > 0)
       args.insert(args.end(), {"--reconnect-window", std::to_string(opts.adopt_window.count())});
@@ -568,9 +605,6 @@ struct sandbox::impl {
       args.insert(args.end(), {"--run-as", std::to_string(opts.uid) + ":" + std::to_string(opts.gid)});
     if (opts.seccomp)
       args.emplace_back("--seccomp");
-    // The run dir names the sandbox in ps (bwrap's command line and the agent's), as it did
-    // when it was the sandbox's /run/alephd.
-    args.insert(args.end(), {"--label", opts.run_dir});
 
     try {
       std::error_code spawn_ec;
@@ -681,8 +715,11 @@ struct sandbox::impl {
         return "already started";
       started = true;
     }
-    if (!sandbox::alive(h))
+    if (!sandbox::alive(h)) {
+      if (is_scratch_dir(h.scratch_dir, scratch_root_dir()))
+        remove_tree(h.scratch_dir); // nothing uses it any more
       return fail_start("the sandbox is no longer running");
+    }
     proc.adopt(h.pid, h.pid_start);
     {
       std::lock_guard lock{mu};
@@ -881,10 +918,8 @@ void sandbox::kill(const sandbox_handle& h) {
     if (st && st->second == start)
       ::kill(pid, SIGKILL);
   }
-  if (!h.scratch_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::remove_all(h.scratch_dir, ec);
-  }
+  if (is_scratch_dir(h.scratch_dir, scratch_root_dir()))
+    remove_tree(h.scratch_dir);
 }
 
 std::string sandbox::scratch_root() {
@@ -896,19 +931,45 @@ void sandbox::claim_scratch_group(const std::string& group, const std::string& o
   if (dir.empty() || dir == scratch_root_dir()
       || (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST))
     return;
-  std::ofstream{dir + "/" + scratch_owner_file, std::ios::trunc} << owner << '\n';
+  // Held (shared) while this process lives: a group whose file nobody holds has no CRN at work.
+  int fd = ::open((dir + "/" + scratch_owner_file).c_str(),
+                  O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return;
+  if (::flock(fd, LOCK_SH) != 0 || ::ftruncate(fd, 0) != 0) {
+    ::close(fd);
+    return;
+  }
+  auto text = owner + "\n";
+  if (::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
+    ::close(fd);
+    return;
+  }
+  std::lock_guard lock{claims_mu()};
+  if (auto [it, added] = claims().emplace(group, fd); !added) {
+    ::close(it->second); // claimed again: the newer file descriptor holds it
+    it->second = fd;
+  }
 }
 
 void sandbox::release_scratch_group(const std::string& group) {
   auto dir = scratch_group_dir(group);
   if (dir.empty() || dir == scratch_root_dir())
     return;
+  bool empty = true;
   std::error_code ec;
   for (auto& e : std::filesystem::directory_iterator{dir, ec})
     if (e.path().filename() != scratch_owner_file)
-      return; // a kept workload's: the next run of its CRN takes it over
-  std::filesystem::remove(std::filesystem::path{dir} / scratch_owner_file, ec);
-  std::filesystem::remove(dir, ec);
+      empty = false; // a kept workload's: the next run of its CRN takes it over
+  if (empty) {
+    std::filesystem::remove(std::filesystem::path{dir} / scratch_owner_file, ec);
+    std::filesystem::remove(dir, ec);
+  }
+  std::lock_guard lock{claims_mu()};
+  if (auto it = claims().find(group); it != claims().end()) {
+    ::close(it->second);
+    claims().erase(it);
+  }
 }
 
 size_t sandbox::remove_abandoned_scratch_groups() {
@@ -918,15 +979,27 @@ size_t sandbox::remove_abandoned_scratch_groups() {
   std::vector<std::filesystem::path> gone;
   std::error_code ec;
   for (auto& e : std::filesystem::directory_iterator{root, ec}) {
-    std::ifstream in{(e.path() / scratch_owner_file).string()};
-    std::string owner;
-    if (in && std::getline(in, owner) && !owner.empty() && !std::filesystem::exists(owner, ec))
+    // Abandoned: no process holds its owner file, and the owner's data dir does not exist (a
+    // CRN stopped or dead may come back to re-adopt its sandboxes while its data dir is there).
+    int fd = ::open((e.path() / scratch_owner_file).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+      continue;
+    char buf[4096];
+    auto n = ::pread(fd, buf, sizeof buf - 1, 0);
+    bool unheld = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    ::close(fd);
+    if (!unheld || n <= 0)
+      continue;
+    std::string owner{buf, static_cast<size_t>(n)};
+    if (auto nl = owner.find('\n'); nl != std::string::npos)
+      owner.resize(nl);
+    struct stat st {};
+    if (!owner.empty() && owner[0] == '/' && ::stat(owner.c_str(), &st) != 0 && errno == ENOENT)
       gone.push_back(e.path());
   }
   size_t removed = 0;
   for (auto& p : gone)
-    if (std::filesystem::remove_all(p, ec) > 0)
-      ++removed;
+    removed += remove_tree(p) ? 1 : 0;
   return removed;
 }
 
@@ -935,15 +1008,18 @@ size_t sandbox::remove_scratch_orphans(const std::string& group,
   auto dir = scratch_group_dir(group);
   if (dir.empty() || dir == scratch_root_dir()) // another process's may be there too
     return 0;
+  std::set<std::string> kept;
+  for (const auto& k : keep)
+    kept.insert(std::filesystem::path{k}.lexically_normal().string());
   std::vector<std::filesystem::path> gone;
   std::error_code ec;
   for (auto& e : std::filesystem::directory_iterator{dir, ec})
-    if (e.path().filename() != scratch_owner_file && keep.count(e.path().string()) == 0)
+    if (e.path().filename() != scratch_owner_file
+        && kept.count(e.path().lexically_normal().string()) == 0)
       gone.push_back(e.path());
   size_t removed = 0;
   for (auto& p : gone)
-    if (std::filesystem::remove_all(p, ec) > 0)
-      ++removed;
+    removed += remove_tree(p) ? 1 : 0;
   return removed;
 }
 

@@ -29,7 +29,7 @@ inline constexpr uint32_t sandbox_user = 65534;
 struct sandbox_options {
   std::string bwrap = "/usr/bin/bwrap";
   std::string guest_binary; ///< path of the static alephd-guest
-  std::string run_dir;      ///< per-execution host dir (created): guest.sock, logs
+  std::string run_dir;      ///< per-execution host dir (created): logs; see scratch_on_tmpfs
   std::string hostname = "alephd";
   /// The sandbox always has its own network namespace. false: only `lo`.
   /// true: outbound access through slirp4netns (user-mode NAT on tap0,
@@ -43,7 +43,7 @@ struct sandbox_options {
   /// The files of each start (the guest's socket, a plain program on its way in, bwrap's output)
   /// go to a directory of its own on a tmpfs, which the sandbox sees as /run/alephd: on a
   /// journalled disk, making and deleting them cost up to several ms of every cold start. The
-  /// tmpfs is /run (root), $XDG_RUNTIME_DIR or /dev/shm, whichever is one; with none, or false,
+  /// tmpfs is /dev/shm, else /run (root) or $XDG_RUNTIME_DIR (others); with none, or false,
   /// they go to run_dir.
   bool scratch_on_tmpfs = true;
   /// The scratch dirs go in a directory of this name under that tmpfs (one per CRN: see
@@ -109,7 +109,8 @@ public:
 
   /// Instead of start(): takes over a sandbox that an earlier CRN process
   /// started with an adopt window (same options: run_dir, cgroup, network) and
-  /// left running. Its agent reconnects to run_dir/guest.sock and must say that
+  /// left running. Its agent reconnects to guest.sock in its /run/alephd (h.scratch_dir, or
+  /// run_dir for a sandbox without one) and must say that
   /// it runs a program, within `timeout`. "" or a one-line error (then what is
   /// left of it is killed).
   std::string adopt(const sandbox_handle& h, std::chrono::milliseconds timeout);

@@ -151,9 +151,7 @@ protected:
     auto o = options();
     o.guest_binary = ALEPHD_SANDBOX_PROBE;
     o.ready_timeout = 1000ms;
-    o.scratch_on_tmpfs = false; // the probe reads hostile-mode next to its socket
-    std::filesystem::create_directories(o.run_dir);
-    std::ofstream{o.run_dir + "/hostile-mode"} << mode << "\n";
+    o.extra_args = {"--setenv", "ALEPHD_HOSTILE_MODE", mode};
     return o;
   }
 #endif
@@ -931,7 +929,7 @@ TEST_F(sandbox, an_orphan_nobody_adopts_ends_after_its_window) {
   sweep_scratch_group(o.scratch_group, 1);
 }
 
-TEST_F(sandbox, a_scratch_group_whose_owner_is_gone_is_removed_whole) {
+TEST_F(sandbox, a_scratch_group_nobody_holds_whose_owner_is_gone_is_removed_whole) {
   if (!a_tmpfs_is_at_hand())
     GTEST_SKIP() << "no tmpfs at /dev/shm";
   auto pid = std::to_string(::getpid());
@@ -940,23 +938,34 @@ TEST_F(sandbox, a_scratch_group_whose_owner_is_gone_is_removed_whole) {
   std::filesystem::create_directories(owner);
   auto o = options();
   o.scratch_group = "test-owned-" + pid;
-  alephd::sandbox::claim_scratch_group(o.scratch_group, owner);
-  alephd::sandbox::claim_scratch_group("test-owner-gone-" + pid, dir_ + "/deleted-crn-data");
+  alephd::sandbox::claim_scratch_group(o.scratch_group, owner); // held while we run
+  // The group of a CRN that died and whose data dir was deleted: nobody holds its owner file.
+  auto dead = root / ("test-owner-gone-" + pid);
+  std::filesystem::create_directories(dead / "AbCdEf");
+  std::ofstream{(dead / ".owner").string()} << dir_ << "/deleted-crn-data\n";
+  // Its data dir is there: a CRN that stopped may come back to re-adopt.
+  auto stopped = root / ("test-owner-stopped-" + pid);
+  std::filesystem::create_directories(stopped / "GhIjKl");
+  std::ofstream{(stopped / ".owner").string()} << owner << "\n";
   std::filesystem::create_directories(root / ("test-no-owner-" + pid));
   alephd::sandbox sb{o};
   ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
   auto scratch = sb.handle().scratch_dir;
   EXPECT_EQ(std::filesystem::path{scratch}.parent_path(), root / o.scratch_group);
-  // Only the group whose owner does not exist goes; a claimed group keeps its running sandbox's.
-  // (Other tests' CRNs whose data dir is gone may go too: at least ours.)
+  // (Other tests' CRNs whose data dir is gone may go too: at least the dead one.)
   EXPECT_GE(alephd::sandbox::remove_abandoned_scratch_groups(), 1u);
-  EXPECT_FALSE(std::filesystem::exists(root / ("test-owner-gone-" + pid)));
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists(stopped / "GhIjKl"));
   EXPECT_TRUE(std::filesystem::exists(root / ("test-no-owner-" + pid)));
   EXPECT_TRUE(std::filesystem::exists(scratch));
-  // The owner's data dir goes (and the CRN with it): its group goes whole, running or not.
-  alephd::sandbox::release_scratch_group(o.scratch_group); // not empty: stays
-  EXPECT_TRUE(std::filesystem::exists(root / o.scratch_group));
+  // Its data dir gone, a group whose CRN still runs (holds it) stays.
   std::filesystem::remove_all(owner);
+  alephd::sandbox::remove_abandoned_scratch_groups();
+  EXPECT_TRUE(std::filesystem::exists(scratch)) << "a running CRN's group was swept";
+  EXPECT_FALSE(std::filesystem::exists(stopped)) << "its owner's data dir is gone too";
+  // The CRN ends (its running sandbox kept): the group stays until a sweep finds it abandoned.
+  alephd::sandbox::release_scratch_group(o.scratch_group);
+  EXPECT_TRUE(std::filesystem::exists(root / o.scratch_group));
   EXPECT_GE(alephd::sandbox::remove_abandoned_scratch_groups(), 1u);
   EXPECT_FALSE(std::filesystem::exists(root / o.scratch_group));
   EXPECT_EQ(sb.request(get(1, "/echo", "z"), 5000ms).body, "z hello-from-sandbox")
