@@ -46,6 +46,11 @@ struct sandbox_options {
   /// tmpfs is /dev/shm, else /run (root) or $XDG_RUNTIME_DIR (others); with none, or false,
   /// they go to run_dir.
   bool scratch_on_tmpfs = true;
+  /// Run by root with a scratch dir on a tmpfs that allows devices (root mounts its own at
+  /// /run/alephd-sandboxes): /dev is a directory of the sandbox's own there with the harmless
+  /// devices (mknod), bound in one mount. Otherwise, or false, bwrap's --dev (a tmpfs with each
+  /// device bound from the host's /dev, and a devpts).
+  bool own_dev = true;
   /// The scratch dirs go in a directory of this name under that tmpfs (one per CRN: see
   /// remove_scratch_orphans); "" puts them at its top.
   std::string scratch_group;

@@ -21,6 +21,8 @@
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -527,6 +529,41 @@ TEST_F(sandbox, the_files_of_a_start_are_on_a_tmpfs_and_leave_with_the_sandbox) 
   plain.stop();
   std::error_code ec;
   std::filesystem::remove(std::filesystem::path{alephd::sandbox::scratch_root()} / o.scratch_group, ec);
+}
+
+TEST_F(sandbox, a_dev_of_its_own_works_and_takes_no_file_from_the_program) {
+  auto root = alephd::sandbox::scratch_root();
+  struct statvfs vfs {};
+  if (::geteuid() != 0 || root.empty() || ::statvfs(root.c_str(), &vfs) != 0
+      || (vfs.f_flag & ST_NODEV) != 0)
+    GTEST_SKIP() << "needs root and a scratch tmpfs that allows devices";
+  for (bool own : {true, false}) {
+    auto o = options();
+    o.own_dev = own;
+    alephd::sandbox sb{o};
+    ASSERT_EQ(sb.start(config(ALEPHD_GUEST_TEST_APP)), "");
+    auto dev = std::filesystem::path{sb.handle().scratch_dir} / "dev";
+    struct stat st {};
+    if (own) {
+      ASSERT_EQ(::stat((dev / "null").c_str(), &st), 0) << dev;
+      EXPECT_TRUE(S_ISCHR(st.st_mode));
+      EXPECT_EQ(st.st_rdev, makedev(1, 3));
+      EXPECT_EQ(st.st_mode & 0777, 0666u);
+      ASSERT_EQ(::stat(dev.c_str(), &st), 0);
+      EXPECT_EQ(st.st_mode & 0777, 0555u);
+    } else {
+      EXPECT_FALSE(std::filesystem::exists(dev)) << "bwrap's --dev was asked for";
+    }
+    // Either way the program writes to /dev/null but adds nothing to /dev.
+    auto wrote = sb.request(get(1, "/write", "0:dev/null"), 5000ms);
+    EXPECT_EQ(wrote.status, 200) << own << ": " << wrote.body;
+    auto added = sb.request(get(2, "/write", "0:dev/planted"), 5000ms);
+    EXPECT_EQ(added.status, 507) << own << ": " << added.body;
+    sb.stop();
+    if (own) {
+      EXPECT_FALSE(std::filesystem::exists(dev));
+    }
+  }
 }
 
 TEST_F(sandbox, bwraps_complaint_is_in_the_start_error_and_no_scratch_dir_is_left) {
