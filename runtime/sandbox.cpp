@@ -144,8 +144,9 @@ std::string own_tmpfs(const std::string& dir) {
     bool is_dir = ::lstat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
     bool mounted = is_dir && st.st_dev != ps.st_dev;
     if (is_dir && !mounted)
-      mounted = ::mount("alephd-sandboxes", dir.c_str(), "tmpfs", MS_NOSUID | MS_NOEXEC,
-                        "mode=0700") == 0;
+      // Not noexec: a sandbox's /dev is bound from here, with these flags (a program may map
+      // /dev/zero executable, as it may bwrap's).
+      mounted = ::mount("alephd-sandboxes", dir.c_str(), "tmpfs", MS_NOSUID, "mode=0700") == 0;
     if (mounted && on_tmpfs(dir) && ::lstat(dir.c_str(), &st) == 0 && st.st_uid == 0
         && (st.st_mode & 077) == 0)
       out = dir;
@@ -225,16 +226,24 @@ std::string make_scratch_dir(const std::string& group) {
   return tmpl;
 }
 
+// Whether device nodes work on the scratch root (root's own tmpfs; not systemd's /dev/shm).
+bool scratch_root_allows_devices() {
+  static const bool yes = [] {
+    struct statvfs vfs {};
+    const auto& root = scratch_root_dir();
+    return ::geteuid() == 0 && !root.empty() && ::statvfs(root.c_str(), &vfs) == 0
+           && (vfs.f_flag & ST_NODEV) == 0;
+  }();
+  return yes;
+}
+
 // Makes `dir` a sandbox's /dev: the harmless devices (made with mknod: bwrap's --dev binds each
 // from the host's /dev, six bind mounts and their remounts, ~1 ms of every cold start here),
 // the /proc/self/fd links and an empty shm, in a directory the program may not write (root's,
-// 0555). "" when made; else why not (the caller uses --dev): a filesystem without devices.
+// 0755). "" when made; else why not (the caller uses --dev).
 std::string make_dev_dir(const std::filesystem::path& dir) {
   if (::mkdir(dir.c_str(), 0755) != 0)
     return std::string{"cannot create "} + dir.string() + ": " + std::strerror(errno);
-  struct statvfs vfs {};
-  if (::statvfs(dir.c_str(), &vfs) != 0 || (vfs.f_flag & ST_NODEV) != 0)
-    return dir.string() + " is on a filesystem without devices";
   int fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
     return std::string{"cannot open "} + dir.string() + ": " + std::strerror(errno);
@@ -260,8 +269,6 @@ std::string make_dev_dir(const std::filesystem::path& dir) {
   if (error.empty() && ::mkdirat(fd, "shm", 0755) != 0)
     error = std::string{"cannot make shm: "} + std::strerror(errno);
   ::close(fd);
-  if (error.empty() && ::chmod(dir.c_str(), 0555) != 0)
-    error = "cannot make " + dir.string() + " read-only: " + std::strerror(errno);
   return error;
 }
 
@@ -628,7 +635,8 @@ struct sandbox::impl {
     };
     // The sandbox's own /dev in its scratch dir (root, on a tmpfs that allows devices: see
     // own_tmpfs); else bwrap's. Without root bwrap works in a user namespace: no mknod there.
-    if (io != dir && opts.own_dev && ::geteuid() == 0 && make_dev_dir(io / "dev").empty())
+    if (io != dir && opts.own_dev && scratch_root_allows_devices()
+        && make_dev_dir(io / "dev").empty())
       args.insert(args.end(), {"--dev-bind", (io / "dev").string(), "/dev"});
     else
       args.insert(args.end(), {"--dev", "/dev"});

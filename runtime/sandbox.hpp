@@ -43,8 +43,8 @@ struct sandbox_options {
   /// The files of each start (the guest's socket, a plain program on its way in, bwrap's output)
   /// go to a directory of its own on a tmpfs, which the sandbox sees as /run/alephd: on a
   /// journalled disk, making and deleting them cost up to several ms of every cold start. The
-  /// tmpfs is /dev/shm, else /run (root) or $XDG_RUNTIME_DIR (others); with none, or false,
-  /// they go to run_dir.
+  /// tmpfs is root's own at /run/alephd-sandboxes, else /dev/shm or (not root) $XDG_RUNTIME_DIR;
+  /// with none, or false, they go to run_dir.
   bool scratch_on_tmpfs = true;
   /// Run by root with a scratch dir on a tmpfs that allows devices (root mounts its own at
   /// /run/alephd-sandboxes): /dev is a directory of the sandbox's own there with the harmless
