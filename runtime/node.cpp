@@ -472,7 +472,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
     // and for those of CRNs whose data dir is gone.
     scratch_group_ = env->cgroup_root; // one name per CRN, as its cgroups'
     sandbox::claim_scratch_group(scratch_group_, std::filesystem::absolute(dir, ec).string());
-    if (auto n = sandbox::remove_scratch_orphans(env->cgroup_root, keep_scratch); n > 0)
+    if (auto n = sandbox::remove_scratch_orphans(scratch_group_, keep_scratch); n > 0)
       spdlog::info("crn {}: removed {} sandbox scratch dirs left by an earlier run", id_, n);
     if (auto n = sandbox::remove_abandoned_scratch_groups(); n > 0)
       spdlog::info("crn {}: removed the sandbox scratch dirs of {} CRNs whose data dir is gone", id_, n);
@@ -498,7 +498,7 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
       base.limits = cgroup_limits{128ull << 20, env->pids_max, 1.0};
       base.cgroup_root = env->cgroup_root;
     }
-    base.scratch_group = env->cgroup_root;
+    base.scratch_group = scratch_group_;
     std::error_code ec;
     std::filesystem::remove_all(dir + "/pool", ec); // run dirs of an earlier run
     env->pool = std::make_shared<sandbox_pool>(base, s.prealloc, dir + "/pool");

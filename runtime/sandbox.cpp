@@ -57,6 +57,9 @@ namespace {
 
 constexpr const char* program_file = "program"; // a plain program on its way to the guest
 constexpr const char* scratch_owner_file = ".owner"; // in a scratch group: whose it is
+constexpr auto destructor_grace = 2s;
+constexpr auto accept_slice = 50ms;
+constexpr auto namespace_exit_timeout = 2s;
 
 // The owner files this process holds (claim_scratch_group), by group.
 std::mutex& claims_mu() {
@@ -67,9 +70,6 @@ std::map<std::string, int>& claims() {
   static std::map<std::string, int> held;
   return held;
 }
-constexpr auto destructor_grace = 2s;
-constexpr auto accept_slice = 50ms;
-constexpr auto namespace_exit_timeout = 2s;
 
 // Blocks every signal in this thread until restore() or the end of the scope.
 struct signals_blocked {
@@ -315,8 +315,7 @@ struct sandbox::impl {
         return;
       dir = share;
     }
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
+    remove_tree(dir);
   }
 
   // The bwrap process (our child, or adopted from an earlier CRN process).
