@@ -45,8 +45,8 @@ struct execution_env {
   std::string data_dir;     ///< the CRN's data dir: cache/ and executions/ live here
   std::string guest_binary; ///< the static alephd-guest
   std::string bwrap = "/usr/bin/bwrap";
-  std::string microvm_kernel; ///< vmlinuz for instances (scripts/build-microvm-assets)
-  std::string microvm_initrd; ///< initramfs.cpio.gz with the guest agent
+  std::string microvm_kernel; ///< the kernel for instances (scripts/build-microvm-assets)
+  std::string microvm_initrd; ///< the initramfs with the guest agent
   std::chrono::milliseconds reuse_timeout{3600 * 1000};
   std::chrono::milliseconds tick{1000};
   std::chrono::milliseconds stop_grace{6000};

@@ -54,8 +54,8 @@ struct sample {
 
 sample boot_once(const fs::path& assets, const fs::path& run_dir, bool kvm) {
   alephd::microvm_options o;
-  o.kernel = (assets / "vmlinuz").string();
-  o.initrd = (assets / "initramfs.cpio.gz").string();
+  o.kernel = (assets / "kernel").string();
+  o.initrd = (assets / "initrd").string();
   o.run_dir = run_dir.string();
   o.kvm = kvm ? alephd::kvm_mode::on : alephd::kvm_mode::off;
   o.ready_timeout = std::chrono::seconds(20);

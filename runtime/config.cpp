@@ -167,7 +167,7 @@ const std::vector<option>& table() {
     {"execution.pids-max", "processes per execution, cgroup pids.max (default 512)", "", integer(&settings::pids_max, 8, 1 << 22)},
     {"execution.cgroups", "give each execution a cgroup with memory, pids and CPU limits (default true)", "", boolean(&settings::cgroups)},
     {"execution.guest-binary", "the static guest agent (default: alephd-guest next to alephd)", "", text(&settings::guest_binary)},
-    {"execution.microvm-assets", "dir with vmlinuz and initramfs.cpio.gz for instances (default: microvm/ next to alephd)", "", text(&settings::microvm_assets)},
+    {"execution.microvm-assets", "dir with the kernel and initrd for instances (default: microvm/ next to alephd)", "", text(&settings::microvm_assets)},
     {"execution.bwrap", "the bubblewrap binary (default /usr/bin/bwrap)", "", text(&settings::bwrap, true)},
     {"cache.shards", "cache shard actors, files split by hash prefix (default 4)", "", integer(&settings::cache_shards, 1, 64)},
     {"cache.max-bytes", "CRN: bound of the file cache in bytes; 0 = 10 GiB, at most a fifth of the data dir's file system (default 0)", "", integer(&settings::cache_max_bytes, 0, int64_t{1} << 50)},

@@ -34,8 +34,8 @@ enum class kvm_mode : uint8_t {
 struct microvm_options {
   std::string qemu = "/usr/bin/qemu-system-x86_64";
   std::string qemu_img = "/usr/bin/qemu-img"; ///< for the rootfs overlay
-  std::string kernel; ///< vmlinuz (scripts/build-microvm-assets)
-  std::string initrd; ///< initramfs.cpio.gz with the guest agent and /init
+  std::string kernel; ///< an ELF with a PVH entry or a bzImage (scripts/build-microvm-assets)
+  std::string initrd; ///< an initramfs with the guest agent and /init (any compression the kernel reads)
   std::string run_dir; ///< per-execution host dir (created): sockets, logs, overlay
   std::string hostname = "alephd"; ///< letters, digits, '-' and '.'; at most 63
   unsigned memory_mib = 256;

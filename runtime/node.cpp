@@ -410,8 +410,13 @@ std::string crn_node_runtime::start(caf::actor_system& sys, const settings& s,
   auto assets = s.microvm_assets.empty()
                   ? std::filesystem::path{default_guest_binary()}.parent_path().string() + "/microvm"
                   : s.microvm_assets;
-  env->microvm_kernel = assets + "/vmlinuz";
-  env->microvm_initrd = assets + "/initramfs.cpio.gz";
+  env->microvm_kernel = assets + "/kernel";
+  env->microvm_initrd = assets + "/initrd";
+  // Assets made by builds before 2026-12-07 have other names.
+  if (::access(env->microvm_kernel.c_str(), F_OK) != 0 && ::access((assets + "/vmlinuz").c_str(), F_OK) == 0) {
+    env->microvm_kernel = assets + "/vmlinuz";
+    env->microvm_initrd = assets + "/initramfs.cpio.gz";
+  }
   if (::access(env->microvm_kernel.c_str(), R_OK) != 0)
     spdlog::warn("crn {}: no microVM kernel in {}: instances cannot run (make builds it; or set "
                  "execution.microvm-assets)", id_, assets);
