@@ -122,11 +122,16 @@ std::string cpio_with(const std::string& name, const std::string& data) {
 // `data` as the next member of an LZ4 legacy stream (the kernel's LZ4 initramfs): the
 // magic, then one block of literals only, which is valid LZ4 without compressing.
 std::string lz4_legacy_member(const std::string& data) {
-  std::string block(1, static_cast<char>(0xF0)); // 15 or more literals, no match
-  for (auto n = data.size() - 15;; n -= 255) {
-    block.push_back(static_cast<char>(std::min<std::size_t>(n, 255)));
-    if (n < 255)
-      break;
+  std::string block;
+  if (data.size() < 15) {
+    block.push_back(static_cast<char>(data.size() << 4)); // the count in the token
+  } else {
+    block.push_back(static_cast<char>(0xF0)); // 15 or more literals, no match
+    for (auto n = data.size() - 15;; n -= 255) {
+      block.push_back(static_cast<char>(std::min<std::size_t>(n, 255)));
+      if (n < 255)
+        break;
+    }
   }
   block += data;
   std::string out;
