@@ -11,7 +11,7 @@
 //                        may do ("tcp_socket", "netlink_socket", "fork", "write_tmp").
 //
 // Started as `sandbox_probe --socket PATH ...` it is instead a hostile guest
-// agent, whose misbehaviour is named by the file hostile-mode next to PATH:
+// agent, whose misbehaviour is named by $ALEPHD_HOSTILE_MODE (set with bwrap's --setenv):
 //   silent  - connects and never says anything
 //   garbage - sends `ready`, then an impossible frame length
 //   stuck   - accepts `configure`, then ignores everything (and SIGTERM)
@@ -240,19 +240,8 @@ void read_frame(int fd) {
 int hostile(const std::string& socket_path) {
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGPIPE, SIG_IGN);
-  auto slash = socket_path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : socket_path.substr(0, slash);
-  std::string mode;
-  if (const char* m = std::getenv("ALEPHD_HOSTILE_MODE"))
-    mode = m;
-  else if (FILE* f = std::fopen((dir + "/hostile-mode").c_str(), "r")) {
-    char buf[64] = {};
-    if (std::fgets(buf, sizeof buf, f) != nullptr)
-      mode = buf;
-    std::fclose(f);
-  }
-  while (!mode.empty() && (mode.back() == '\n' || mode.back() == ' '))
-    mode.pop_back();
+  const char* env_mode = std::getenv("ALEPHD_HOSTILE_MODE");
+  std::string mode = env_mode != nullptr ? env_mode : "";
   int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
