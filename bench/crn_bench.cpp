@@ -3,7 +3,9 @@
 //      32 concurrent clients: throughput ratio (target >= 0.5) and p99 (target <= 5 ms);
 //   4. memory overhead per idle sandbox execution on the CRN side (target <= 8 MiB).
 // A CCN and a CRN run as `alephd` processes on loopback; the program is
-// tests/guest_test_app.cpp, which serves one request per connection.
+// tests/guest_test_app.cpp. Warm calls are measured twice: with the program serving one
+// request per connection, and with it keeping connections alive (KEEPALIVE=1, a thread per
+// connection, as most real servers), each against its own direct baseline.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -175,7 +177,10 @@ struct network {
   }
 
   // A PROGRAM running the test app; `tag` makes distinct programs of the same code.
-  std::string program(const std::string& code_store, const std::string& tag) {
+  std::string program(const std::string& code_store, const std::string& tag, bool keepalive = false) {
+    json variables{{"GREETING", tag}, {"APP_PORT", "8080"}};
+    if (keepalive)
+      variables["KEEPALIVE"] = "1";
     return post({{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "PROGRAM"}, {"item_type", "inline"},
                  {"time", 1700000000.0},
                  {"content",
@@ -183,7 +188,7 @@ struct network {
                    {"allow_amend", false},
                    {"code", {{"encoding", "plain"}, {"entrypoint", "app"}, {"ref", code_store},
                              {"interface", "binary"}, {"use_latest", false}}},
-                   {"variables", {{"GREETING", tag}, {"APP_PORT", "8080"}}},
+                   {"variables", variables},
                    {"on", {{"http", true}, {"persistent", false}}},
                    {"environment", {{"reproducible", false}, {"internet", false},
                                     {"aleph_api", false}, {"shared_cache", false}}},
@@ -214,52 +219,78 @@ int main(int argc, char** argv) {
   int rc = 0;
   try {
     // ---- 2. warm calls ----
-    // Baseline: the program's own server on the host, one connection per call (it does not
-    // keep connections alive).
-    auto port = free_port();
-    auto port_env = "APP_PORT=" + std::to_string(port);
-    std::string greeting = "GREETING=bench";
-    char* envp[] = {port_env.data(), greeting.data(), nullptr};
-    std::string path = ALEPHD_GUEST_TEST_APP;
-    char* args[] = {path.data(), nullptr};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-    pid_t app = 0;
-    posix_spawn(&app, path.c_str(), &fa, nullptr, args, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    alephd::test::eventually([&] { return http_request(localhost, port, "GET", "/echo").status == 200; }, 5s);
-    auto direct = load(clients, duration, [&](int) {
-      return http_request(localhost, port, "GET", "/echo?x", {}, {}, 10s).status == 200;
-    });
-    ::kill(app, SIGKILL);
-    ::waitpid(app, nullptr, 0);
+    // Baseline: the program's own server on the host, called by the same clients: one connection
+    // per call when the program closes each (the default), kept-alive connections when it keeps
+    // them (KEEPALIVE=1).
+    auto direct = [&](bool keepalive) {
+      auto port = free_port();
+      auto port_env = "APP_PORT=" + std::to_string(port);
+      std::string greeting = "GREETING=bench";
+      std::string keepalive_env = std::string{"KEEPALIVE="} + (keepalive ? "1" : "0");
+      char* envp[] = {port_env.data(), greeting.data(), keepalive_env.data(), nullptr};
+      std::string path = ALEPHD_GUEST_TEST_APP;
+      char* args[] = {path.data(), nullptr};
+      posix_spawn_file_actions_t fa;
+      posix_spawn_file_actions_init(&fa);
+      posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+      posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+      pid_t app = 0;
+      posix_spawn(&app, path.c_str(), &fa, nullptr, args, envp);
+      posix_spawn_file_actions_destroy(&fa);
+      alephd::test::eventually([&] { return http_request(localhost, port, "GET", "/echo").status == 200; }, 5s);
+      load_result r;
+      if (keepalive) {
+        std::vector<std::unique_ptr<alephd::test::http_connection>> conns;
+        for (int c = 0; c < clients; ++c)
+          conns.push_back(std::make_unique<alephd::test::http_connection>(localhost, port, 10s));
+        r = load(clients, duration, [&](int c) {
+          return conns[static_cast<size_t>(c)]->request("GET", "/echo?x").status == 200;
+        });
+      } else {
+        r = load(clients, duration, [&](int) {
+          return http_request(localhost, port, "GET", "/echo?x", {}, {}, 10s).status == 200;
+        });
+      }
+      ::kill(app, SIGKILL);
+      ::waitpid(app, nullptr, 0);
+      return r;
+    };
+    auto direct_close = direct(false);
+    auto direct_keepalive = direct(true);
 
     network net{dir};
     auto store = net.upload_code();
-    auto hash = net.program(store, "bench");
-    auto first = http_request(localhost, net.crn_http, "GET", "/vm/" + hash + "/echo?x", {}, {}, 20s);
-    if (first.status != 200)
-      throw std::runtime_error("the first call failed: " + std::to_string(first.status) + " " + first.body);
-    std::vector<std::unique_ptr<alephd::test::http_connection>> conns;
-    for (int c = 0; c < clients; ++c)
-      conns.push_back(std::make_unique<alephd::test::http_connection>(localhost, net.crn_http, 10s));
-    auto target = "/vm/" + hash + "/echo?x";
-    auto via = load(clients, duration, [&](int c) {
-      return conns[static_cast<size_t>(c)]->request("GET", target).status == 200;
-    });
-    conns.clear();
-    std::printf("warm calls, %d concurrent clients, %.1f s each\n", clients, duration.count() / 1000.0);
-    std::printf("%-44s %10s %9s %9s %8s\n", "", "calls/s", "p50 ms", "p99 ms", "failed");
-    std::printf("%-44s %10.0f %9.2f %9.2f %8llu\n", "baseline: the program's server directly",
-                direct.rps(), direct.p50, direct.p99, static_cast<unsigned long long>(direct.failed));
-    std::printf("%-44s %10.0f %9.2f %9.2f %8llu\n", "through the CRN: /vm/{ref} (keep-alive)",
-                via.rps(), via.p50, via.p99, static_cast<unsigned long long>(via.failed));
-    std::printf("throughput ratio (CRN / direct): %.2f  (target >= 0.5; p99 target <= 5 ms)\n\n",
-                via.rps() / direct.rps());
-    if (direct.failed + via.failed > 0)
-      rc = 1;
+    // Through the CRN: clients keep their connections to it alive in both cases.
+    auto via = [&](const std::string& tag, bool keepalive) {
+      auto hash = net.program(store, tag, keepalive);
+      auto first = http_request(localhost, net.crn_http, "GET", "/vm/" + hash + "/echo?x", {}, {}, 20s);
+      if (first.status != 200)
+        throw std::runtime_error("the first call failed: " + std::to_string(first.status) + " " + first.body);
+      std::vector<std::unique_ptr<alephd::test::http_connection>> conns;
+      for (int c = 0; c < clients; ++c)
+        conns.push_back(std::make_unique<alephd::test::http_connection>(localhost, net.crn_http, 10s));
+      auto target = "/vm/" + hash + "/echo?x";
+      return load(clients, duration, [&](int c) {
+        return conns[static_cast<size_t>(c)]->request("GET", target).status == 200;
+      });
+    };
+    auto via_close = via("bench", false);
+    auto via_keepalive = via("bench-keepalive", true);
+    auto report = [&](const char* title, const load_result& d, const load_result& v) {
+      std::printf("warm calls, %s: %d concurrent clients, %.1f s each\n", title, clients,
+                  duration.count() / 1000.0);
+      std::printf("%-44s %10s %9s %9s %8s\n", "", "calls/s", "p50 ms", "p99 ms", "failed");
+      std::printf("%-44s %10.0f %9.2f %9.2f %8llu\n", "baseline: the program's server directly",
+                  d.rps(), d.p50, d.p99, static_cast<unsigned long long>(d.failed));
+      std::printf("%-44s %10.0f %9.2f %9.2f %8llu\n", "through the CRN: /vm/{ref} (keep-alive)",
+                  v.rps(), v.p50, v.p99, static_cast<unsigned long long>(v.failed));
+      std::printf("throughput ratio (CRN / direct): %.2f  (target >= 0.5; p99 target <= 5 ms)\n\n",
+                  v.rps() / d.rps());
+      if (d.failed + v.failed > 0)
+        rc = 1;
+    };
+    report("a program that closes each connection", direct_close, via_close);
+    report("a program that keeps connections alive", direct_keepalive, via_keepalive);
 
     // ---- 4. memory per idle execution ----
     auto crn_pid = net.crn->pid();
@@ -286,8 +317,8 @@ int main(int argc, char** argv) {
       }
     double per_crn = static_cast<double>(after - before) / 1024.0 / idle_n;
     // One bwrap process per sandbox (its monitor; the agent is the namespace's init); the
-    // warm-call program's sandbox is running too. RSS counts shared pages: an upper bound.
-    auto sandboxes = static_cast<double>(idle_n + 1);
+    // two warm-call programs' sandboxes are running too. RSS counts shared pages: an upper bound.
+    auto sandboxes = static_cast<double>(idle_n + 2);
     double per_bwrap = static_cast<double>(bwrap_kib) / 1024.0 / sandboxes;
     std::printf("memory per idle sandbox execution (%d executions, %zu sandbox processes before)\n",
                 idle_n, sandboxes_before);

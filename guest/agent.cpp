@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -58,6 +59,11 @@ constexpr auto connect_window = 5s;
 constexpr std::chrono::microseconds first_retry{100};
 constexpr auto eager_retries = 50ms;
 constexpr auto response_timeout = 600s;
+// Connections to the program kept open between requests (when its answers allow it), and for
+// how long: below the idle timeouts of common servers (uvicorn 5 s, gunicorn 2 s), so that the
+// program rarely closes one just as a request goes out on it.
+constexpr std::size_t max_idle_connections = 64;
+constexpr auto idle_connection_age = 1500ms;
 constexpr auto halt_grace = 5s;
 // Room left in a frame for the status, headers and msgpack overhead.
 constexpr std::size_t max_body = gp::max_frame_size - 2 * ag::max_head_size;
@@ -495,12 +501,21 @@ uint16_t app_port = 8080;
 // connection. No thread per request and no hand-off between threads: on a small VM the
 // context switches cost more than the requests themselves. Concurrent requests overlap as
 // far as the program lets them.
+//
+// A connection whose answer was complete and did not ask to close goes to a pool and carries a
+// later request (HTTP/1.1 keep-alive): no TCP handshake, no accept in the program. A program may
+// still close a pooled connection just as a request goes out on it; that request is sent again
+// on a new connection when nothing came back and repeating it is safe: the program cannot have
+// read it (nothing was sent), or its method is idempotent. POST and PATCH go out on pooled
+// connections only once the program has answered on a reused one, and a program that closes
+// connections without saying so is not pooled at all.
 
 struct forward_call {
   gp::http_request req;
   std::string raw;          // the request bytes for the program
   std::size_t sent = 0;
   int fd = -1;
+  bool reused = false; // on a pooled connection
   enum class phase { writing, reading, waiting } at = phase::writing;
   ag::response_parser parser;
   clock_type::time_point connect_deadline; // give up connecting (program not listening)
@@ -548,6 +563,11 @@ public:
     auto now = clock_type::now();
     c->connect_deadline = now + connect_window;
     c->deadline = now + response_timeout;
+    if (take_idle(*c)) {
+      int fd = c->fd;
+      progress(calls_.emplace(fd, std::move(c)).first);
+      return;
+    }
     connect(std::move(c));
   }
 
@@ -570,6 +590,8 @@ public:
       }
       if (auto it = calls_.find(fd); it != calls_.end())
         progress(it);
+      else if (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        idle_closed(fd); // the program closed (or wrote on) an idle connection
     }
     retry_due();
     expire();
@@ -579,6 +601,90 @@ public:
 
 private:
   using call_map = std::map<int, std::unique_ptr<forward_call>>;
+
+  struct idle_connection {
+    int fd;
+    clock_type::time_point since;
+  };
+
+  static bool idempotent(const std::string& method) {
+    for (auto m : {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+      if (method == m)
+        return true;
+    return false;
+  }
+
+  // A pooled connection for `c`, newest first; false if none may be used.
+  bool take_idle(forward_call& c) {
+    if (!reuse_proven_ && !idempotent(c.req.method))
+      return false;
+    auto now = clock_type::now();
+    while (!idle_.empty()) {
+      auto conn = idle_.back();
+      idle_.pop_back();
+      if (now - conn.since > idle_connection_age) {
+        ::close(conn.fd); // the rest are older still: closed in this loop as well
+        continue;
+      }
+      c.fd = conn.fd;
+      c.reused = true;
+      c.at = forward_call::phase::writing;
+      return true;
+    }
+    return false;
+  }
+
+  void idle_closed(int fd) {
+    auto it = std::find_if(idle_.begin(), idle_.end(), [fd](auto& i) { return i.fd == fd; });
+    if (it == idle_.end())
+      return;
+    // Closed soon after its answer, before any reuse worked: a program that ends every
+    // connection without saying so. Pooling only costs it more wake-ups.
+    if (!reuse_proven_ && clock_type::now() - it->since < 1s)
+      pooling_ = false;
+    ::close(fd);
+    idle_.erase(it);
+  }
+
+  // Nothing more to read on `fd`: no stray bytes, and the program has not closed it already (a
+  // program that closes every connection without saying so is noticed here, mostly).
+  bool quiet(int fd) {
+    char byte;
+    auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return true;
+    if (n == 0 && !reuse_proven_)
+      pooling_ = false;
+    return false;
+  }
+
+  void expire_idle(clock_type::time_point now) {
+    std::erase_if(idle_, [now](const idle_connection& i) {
+      if (now - i.since <= idle_connection_age)
+        return false;
+      ::close(i.fd);
+      return true;
+    });
+  }
+
+  // The program closed a reused connection before answering: sends the request again on a new
+  // connection when that is safe (see above). `unread`: no byte of it went out.
+  bool retry_fresh(call_map::iterator it, bool unread) {
+    auto& c = *it->second;
+    if (!c.reused || c.parser.received() != 0 || !(unread || idempotent(c.req.method)))
+      return false;
+    auto node = calls_.extract(it);
+    auto call = std::move(node.mapped());
+    ::close(call->fd);
+    call->fd = -1;
+    call->reused = false;
+    call->sent = 0;
+    call->parser = ag::response_parser{ag::iequals(call->req.method, "HEAD"), max_body};
+    if (!reuse_proven_)
+      pooling_ = false;
+    connect(std::move(call));
+    return true;
+  }
 
   // epoll_wait to the microsecond (a retry 100 µs away must neither spin nor wait 1 ms);
   // kernels before 5.11 have no epoll_pwait2: the wait is rounded up to milliseconds there.
@@ -596,9 +702,13 @@ private:
     return ::epoll_wait(ep_, events, max, static_cast<int>(ms));
   }
 
-  void finish(std::unique_ptr<forward_call> c, gp::http_response resp) {
+  // `keep`: the connection may carry another request.
+  void finish(std::unique_ptr<forward_call> c, gp::http_response resp, bool keep = false) {
     if (c->fd >= 0) {
-      ::close(c->fd); // which also takes it out of the epoll set
+      if (keep && pooling_ && idle_.size() < max_idle_connections)
+        idle_.push_back({c->fd, clock_type::now()}); // stays in the epoll set, to see a close
+      else
+        ::close(c->fd); // which also takes it out of the epoll set
       c->fd = -1;
     }
     resp.id = c->req.id;
@@ -703,6 +813,7 @@ private:
     if (now < next_expiry_)
       return;
     next_expiry_ = now + 100ms;
+    expire_idle(now);
     std::vector<int> late;
     for (auto& [fd, c] : calls_)
       if (c->deadline <= now)
@@ -726,6 +837,8 @@ private:
           continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
           return; // EPOLLOUT again
+        if (n <= 0 && retry_fresh(it, c.sent == 0))
+          return;
         if (n < 0 && c.sent == 0
             && (errno == ECONNREFUSED || errno == ENOTCONN || errno == ECONNRESET)) {
           refused(take()); // the connect failed: the program is not listening (yet)
@@ -755,10 +868,15 @@ private:
         r.status = static_cast<uint16_t>(c.parser.status());
         r.headers = c.parser.headers();
         r.body = std::move(c.parser.body());
-        finish(take(), std::move(r));
+        if (c.reused)
+          reuse_proven_ = true;
+        bool keep = pooling_ && c.parser.keep_alive() && quiet(c.fd);
+        finish(take(), std::move(r), keep);
         return;
       }
       if (s == ag::response_parser::state::error) {
+        if (n <= 0 && retry_fresh(it, false))
+          return;
         auto why = n < 0 ? std::string{"read failed: "} + std::strerror(errno)
                          : "bad response from program: " + c.parser.error();
         fail(take(), 502, why);
@@ -777,6 +895,9 @@ private:
   std::vector<std::unique_ptr<forward_call>> waiting_;
   clock_type::time_point next_expiry_{};
   std::string out_; // encoded answers not yet written to the host
+  std::vector<idle_connection> idle_; // pooled connections to the program, oldest first
+  bool pooling_ = true;               // false once the program closes what it could keep
+  bool reuse_proven_ = false;         // a reused connection carried an answer
 };
 
 forwarder fwd;

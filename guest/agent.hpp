@@ -100,14 +100,16 @@ build_request(std::string_view method, std::string_view path,
   }
   if (!has_host)
     out.append("Host: 127.0.0.1:").append(std::to_string(port)).append("\r\n");
-  out.append("Content-Length: ").append(std::to_string(body.size()));
-  out.append("\r\nConnection: close\r\n\r\n");
+  // HTTP/1.1 keeps the connection open unless a side says otherwise: the agent reuses it for the
+  // next request when the answer allows (response_parser::keep_alive()).
+  out.append("Content-Length: ").append(std::to_string(body.size())).append("\r\n\r\n");
   out.append(body);
   return out;
 }
 
-/// Incremental parser of one HTTP/1.x response read from a connection that
-/// the peer closes after it (we always send `Connection: close`).
+/// Incremental parser of one HTTP/1.x response: framed by Content-Length or
+/// chunked coding (the connection may then carry the next request), or ended
+/// by the program closing the connection.
 class response_parser {
 public:
   enum class state { head, length_body, chunk_size, chunk_data, chunk_crlf,
@@ -121,6 +123,8 @@ public:
 
   /// Feeds bytes; returns the state after consuming them.
   state feed(std::string_view data) {
+    if (state_ == state::done && !data.empty())
+      stray_ = true; // bytes after the answer: the connection is out of step
     if (state_ == state::done || state_ == state::error)
       return state_;
     total_ += data.size();
@@ -142,6 +146,16 @@ public:
 
   state current() const {
     return state_;
+  }
+  /// Bytes fed so far (0: the program sent nothing).
+  std::size_t received() const {
+    return total_;
+  }
+  /// Whether the connection may carry another request: the response is complete, HTTP/1.1,
+  /// framed (not ended by a close), without `Connection: close`, and nothing followed it.
+  bool keep_alive() const {
+    return state_ == state::done && http11_ && !close_ && !close_delimited_ && !stray_
+           && pos_ == buf_.size();
   }
   const std::string& error() const {
     return error_;
@@ -221,6 +235,7 @@ private:
       return false;
     }
     status_ = code;
+    http11_ = status_line[7] == '1';
     headers_.clear();
     bool chunked = false;
     std::optional<std::size_t> length;
@@ -253,6 +268,16 @@ private:
           return false;
         }
         length = n;
+      } else if (iequals(name, "connection")) {
+        // A comma-separated list of tokens; "close" ends the connection after this response.
+        for (std::size_t at = 0; at <= value.size();) {
+          auto comma = value.find(',', at);
+          if (comma == std::string_view::npos)
+            comma = value.size();
+          if (iequals(trim(value.substr(at, comma - at)), "close"))
+            close_ = true;
+          at = comma + 1;
+        }
       } else if (iequals(name, "transfer-encoding")) {
         auto v = value;
         // Only "chunked" as the last coding is supported.
@@ -284,8 +309,10 @@ private:
       remaining_ = *length;
       body_.reserve(*length);
       state_ = remaining_ == 0 ? state::done : state::length_body;
-    } else
+    } else {
       state_ = state::close_body;
+      close_delimited_ = true;
+    }
     return true;
   }
 
@@ -393,6 +420,10 @@ private:
   std::size_t pos_ = 0;
   std::size_t remaining_ = 0;
   int status_ = 0;
+  bool http11_ = false;          // HTTP/1.1 (1.0 closes unless it asks otherwise: not reused)
+  bool close_ = false;           // Connection: close
+  bool close_delimited_ = false; // the body ends when the program closes
+  bool stray_ = false;           // bytes came after the answer
   std::vector<std::pair<std::string, std::string>> headers_;
   std::string body_;
 };

@@ -239,6 +239,18 @@ protected:
     return {id, "GET", std::move(path), std::move(query), {}, ""};
   }
 
+  // Sends `req` and returns the body of its answer, which must be a 200.
+  std::string call(const gp::http_request& req) {
+    send(req);
+    auto resp = next_as<gp::http_response>();
+    if (!resp) {
+      ADD_FAILURE() << "no answer to request " << req.id;
+      return "";
+    }
+    EXPECT_EQ(resp->status, 200) << resp->error << resp->body;
+    return resp->body;
+  }
+
   std::string dir_;
   int listen_fd_ = -1;
   int conn_ = -1;
@@ -329,6 +341,59 @@ TEST_F(guest_agent, slow_requests_do_not_starve_a_concurrent_program) {
     if (auto r = next_as<gp::http_response>(5000ms))
       slow.insert(r->id);
   EXPECT_EQ(slow.size(), 12u);
+}
+
+TEST_F(guest_agent, connections_the_program_keeps_alive_carry_later_requests) {
+  auto cfg = app_config();
+  cfg.variables["KEEPALIVE"] = "1";
+  start_app(cfg);
+  auto post = [](uint64_t id) { return gp::http_request{id, "POST", "/conn", "", {}, "data"}; };
+  // Before a reuse has worked, a POST takes a new connection: it could not be sent again safely
+  // if the program closed a pooled one under it.
+  EXPECT_EQ(call(post(1)), "1 1");
+  EXPECT_EQ(call(get(2, "/conn")), "1 2");
+  EXPECT_EQ(call(get(3, "/conn")), "1 3");
+  EXPECT_EQ(call(post(4)), "1 4");
+  // Concurrent requests take connections of their own, and leave them in the pool.
+  for (uint64_t id = 10; id < 13; ++id)
+    send(get(id, "/sleep", "ms=200"));
+  for (int i = 0; i < 3; ++i) {
+    auto resp = next_as<gp::http_response>();
+    ASSERT_TRUE(resp);
+    EXPECT_EQ(resp->body, "slept");
+  }
+  std::set<std::string> conns;
+  for (uint64_t id = 20; id < 23; ++id)
+    send(get(id, "/conn"));
+  for (int i = 0; i < 3; ++i) {
+    auto resp = next_as<gp::http_response>();
+    ASSERT_TRUE(resp);
+    conns.insert(resp->body.substr(0, resp->body.find(' ')));
+  }
+  for (auto& c : conns)
+    EXPECT_LE(std::stoi(c), 3) << "a pooled connection was not used";
+}
+
+TEST_F(guest_agent, a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one) {
+  auto cfg = app_config();
+  cfg.variables["KEEPALIVE"] = "1";
+  cfg.variables["DROP_REUSED"] = "1"; // closes a connection, unanswered, at its 2nd request
+  start_app(cfg);
+  EXPECT_EQ(call(get(1, "/conn")), "1 1");
+  EXPECT_EQ(call(get(2, "/conn")), "2 1"); // sent on connection 1, closed unanswered, sent again
+  // A program that closes pooled connections is not pooled any more.
+  EXPECT_EQ(call(get(3, "/conn")), "3 1");
+  EXPECT_EQ(call({4, "POST", "/conn", "", {}, "x"}), "4 1");
+}
+
+TEST_F(guest_agent, a_program_that_closes_every_connection_unannounced_answers_every_call) {
+  start_app(); // answers HTTP/1.1 without `Connection: close`, then closes
+  for (uint64_t id = 1; id <= 30; ++id) {
+    if (id % 2 == 1)
+      EXPECT_EQ(call(get(id, "/echo", std::to_string(id))), std::to_string(id) + " hello-from-variables");
+    else
+      EXPECT_EQ(call({id, "POST", "/aleph/event", "", {}, "event-" + std::to_string(id)}), "stored");
+  }
 }
 
 TEST_F(guest_agent, program_output_arrives_as_log_frames) {
@@ -687,5 +752,32 @@ TEST(guest_agent_parser, request_builder_refuses_injection) {
                               {{"Content-Length", "999"}, {"X", "1"}}, "body", 81);
   ASSERT_TRUE(ok);
   EXPECT_EQ(*ok, "POST /p?q=1 HTTP/1.1\r\nX: 1\r\nHost: 127.0.0.1:81\r\n"
-                 "Content-Length: 4\r\nConnection: close\r\n\r\nbody");
+                 "Content-Length: 4\r\n\r\nbody");
+}
+
+TEST(guest_agent_parser, keep_alive_only_after_a_complete_framed_http11_answer) {
+  for (std::size_t step : {1u, 5u, 1000u}) {
+    EXPECT_TRUE(parse_all("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", step, false)
+                  .keep_alive());
+    EXPECT_TRUE(parse_all("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          "2\r\nhi\r\n0\r\n\r\n", step, false)
+                  .keep_alive());
+    EXPECT_TRUE(parse_all("HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n", step, false)
+                  .keep_alive());
+    // Asked to close, HTTP/1.0, ended by the close, incomplete, or followed by stray bytes.
+    EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\n"
+                           "Content-Length: 2\r\n\r\nhi", step, false)
+                   .keep_alive());
+    EXPECT_FALSE(parse_all("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", step, false)
+                   .keep_alive());
+    EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\n\r\nuntil close", step).keep_alive());
+    EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", step, false)
+                   .keep_alive());
+    EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1", step, false)
+                   .keep_alive());
+  }
+  ag::response_parser none;
+  EXPECT_EQ(none.received(), 0u);
+  none.feed("HTTP/1.1");
+  EXPECT_EQ(none.received(), 8u);
 }

@@ -6,7 +6,13 @@
 //   GET /big?N   -> 200 with a body of N bytes
 //   GET /garbage -> a response that is not HTTP
 //   GET /instance -> 200, a random token drawn at start (tells one run from another)
+//   GET /conn    -> 200 "C N": the N-th request on the program's C-th connection
 // With IGNORE_SIGTERM=1 it ignores SIGTERM (to test the SIGKILL escalation).
+// It closes each connection after one answer (without saying so in the answer), unless
+// KEEPALIVE=1: then each connection has its own thread and carries requests until the client
+// closes it or sends `Connection: close`; with DROP_REUSED=1 as well, it closes a connection
+// without answering when a second request arrives on it (a server closing an idle connection
+// just as the next request comes).
 // Prints "listening on PORT" and one line per request to stdout, and dies with
 // its parent (so a killed test leaves nothing behind).
 
@@ -19,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -89,15 +96,48 @@ int main() {
   // THREADED=1: each connection on its own thread (a concurrent program); else one at a time.
   const char* threaded_env = std::getenv("THREADED");
   bool threaded = threaded_env != nullptr && std::string{threaded_env} == "1";
-  auto serve = [greeting, instance](int c) {
-      std::string req;
+  auto flag = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string{v} == "1";
+  };
+  bool keepalive = flag("KEEPALIVE");
+  bool drop_reused = flag("DROP_REUSED");
+  static std::atomic<int> connections{0};
+  auto serve = [greeting, instance, keepalive, drop_reused](int c) {
+    int connection = ++connections;
+    std::string pending; // bytes read past the request in hand
+    for (int nth = 1;; ++nth) {
       char buf[4096];
-      while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
+      while (pending.find("\r\n\r\n") == std::string::npos && pending.size() < 65536) {
         auto n = ::read(c, buf, sizeof buf);
         if (n <= 0)
           break;
-        req.append(buf, static_cast<std::size_t>(n));
+        pending.append(buf, static_cast<std::size_t>(n));
       }
+      auto head_end = pending.find("\r\n\r\n");
+      if (head_end == std::string::npos) { // the client closed, or a head too large
+        ::close(c);
+        return;
+      }
+      std::string head_lower = pending.substr(0, head_end + 2);
+      for (auto& ch : head_lower)
+        ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      std::size_t body_length = 0;
+      if (auto at = head_lower.find("\r\ncontent-length:"); at != std::string::npos)
+        body_length = std::strtoull(head_lower.c_str() + at + 17, nullptr, 10);
+      while (pending.size() < head_end + 4 + body_length) {
+        auto n = ::read(c, buf, sizeof buf);
+        if (n <= 0)
+          break;
+        pending.append(buf, static_cast<std::size_t>(n));
+      }
+      std::string req = pending.substr(0, std::min(pending.size(), head_end + 4 + body_length));
+      pending.erase(0, req.size());
+      if (drop_reused && nth > 1) {
+        ::close(c);
+        return;
+      }
+      bool close_after = !keepalive || head_lower.find("\r\nconnection: close\r\n") != std::string::npos;
       auto line_end = req.find("\r\n");
       std::string line = req.substr(0, line_end);
       std::printf("request %s\n", line.c_str());
@@ -112,7 +152,11 @@ int main() {
       std::string query = q == std::string::npos ? "" : target.substr(q + 1);
       if (path == "/crash")
         std::exit(3);
-      if (path == "/instance") {
+      if (path == "/conn") {
+        auto body = std::to_string(connection) + " " + std::to_string(nth);
+        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+                       + "\r\n\r\n" + body);
+      } else if (path == "/instance") {
         write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(instance.size())
                        + "\r\n\r\n" + instance);
       } else if (path == "/echo") {
@@ -277,13 +321,17 @@ int main() {
       } else {
         write_all(c, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found");
       }
-      ::close(c);
+      if (close_after) {
+        ::close(c);
+        return;
+      }
+    }
   };
   for (;;) {
     int c = ::accept(fd, nullptr, nullptr);
     if (c < 0)
       continue;
-    if (threaded)
+    if (threaded || keepalive)
       std::thread{serve, c}.detach();
     else
       serve(c);
