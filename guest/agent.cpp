@@ -64,6 +64,13 @@ constexpr auto response_timeout = 600s;
 // program rarely closes one just as a request goes out on it.
 constexpr std::size_t max_idle_connections = 64;
 constexpr auto idle_connection_age = 1500ms;
+// A call on a new connection that has had no answer for this long while connections sit in the
+// pool may be waiting for a program that serves one connection at a time, held by a pooled one
+// (see check_stall()).
+constexpr auto pool_stall = 50ms;
+// A reused connection closed unanswered is the program's idle close racing the request only
+// when it comes this soon after the request went out; later it is the program failing.
+constexpr auto idle_close_race = 1s;
 constexpr auto halt_grace = 5s;
 // Room left in a frame for the status, headers and msgpack overhead.
 constexpr std::size_t max_body = gp::max_frame_size - 2 * ag::max_head_size;
@@ -506,9 +513,11 @@ uint16_t app_port = 8080;
 // later request (HTTP/1.1 keep-alive): no TCP handshake, no accept in the program. A program may
 // still close a pooled connection just as a request goes out on it; that request is sent again
 // on a new connection when nothing came back and repeating it is safe: the program cannot have
-// read it (nothing was sent), or its method is idempotent. POST and PATCH go out on pooled
-// connections only once the program has answered on a reused one, and a program that closes
-// connections without saying so is not pooled at all.
+// read it (nothing was sent), or its method is idempotent. Other methods (POST, PATCH, …) go out
+// on pooled connections only once the program has answered on a reused one. Pooling stops for
+// good when the program closes connections without saying so before a reuse has worked, and
+// when it serves one connection at a time (it would never accept a new connection while a
+// pooled one holds it; see check_stall()).
 
 struct forward_call {
   gp::http_request req;
@@ -517,6 +526,8 @@ struct forward_call {
   int fd = -1;
   bool reused = false; // on a pooled connection
   enum class phase { writing, reading, waiting } at = phase::writing;
+  clock_type::time_point reading_since; // the request was out
+  bool stall_probed = false;            // the pool was closed while it waited (check_stall())
   ag::response_parser parser;
   clock_type::time_point connect_deadline; // give up connecting (program not listening)
   clock_type::time_point deadline;         // give up waiting for the answer
@@ -579,6 +590,8 @@ public:
     clock_type::duration wait = max_wait;
     for (auto& c : waiting_)
       wait = std::min(wait, std::max(c->retry_at - now, clock_type::duration::zero()));
+    if (!idle_.empty() && !calls_.empty())
+      wait = std::min<clock_type::duration>(wait, pool_stall / 2); // see check_stall()
     epoll_event events[64];
     int n = wait_events(events, 64, wait);
     bool host = false;
@@ -594,6 +607,7 @@ public:
         idle_closed(fd); // the program closed (or wrote on) an idle connection
     }
     retry_due();
+    check_stall();
     expire();
     flush();
     return host;
@@ -622,8 +636,10 @@ private:
     while (!idle_.empty()) {
       auto conn = idle_.back();
       idle_.pop_back();
-      if (now - conn.since > idle_connection_age) {
-        ::close(conn.fd); // the rest are older still: closed in this loop as well
+      // Too old (the rest are older still: closed in this loop as well), or closed or written
+      // on by the program since (its event may not have been handled yet).
+      if (now - conn.since > idle_connection_age || !quiet(conn.fd, conn.since)) {
+        ::close(conn.fd);
         continue;
       }
       c.fd = conn.fd;
@@ -638,24 +654,64 @@ private:
     auto it = std::find_if(idle_.begin(), idle_.end(), [fd](auto& i) { return i.fd == fd; });
     if (it == idle_.end())
       return;
-    // Closed soon after its answer, before any reuse worked: a program that ends every
-    // connection without saying so. Pooling only costs it more wake-ups.
-    if (!reuse_proven_ && clock_type::now() - it->since < 1s)
-      pooling_ = false;
+    auto since = it->since;
     ::close(fd);
     idle_.erase(it);
+    closed_unannounced(since);
   }
 
-  // Nothing more to read on `fd`: no stray bytes, and the program has not closed it already (a
-  // program that closes every connection without saying so is noticed here, mostly).
-  bool quiet(int fd) {
+  // The program closed a connection it had answered on without `Connection: close`, `since`
+  // then. Soon after, before any reuse worked: a program that ends every connection that way,
+  // which pooling only costs more wake-ups.
+  void closed_unannounced(clock_type::time_point since) {
+    if (!reuse_proven_ && clock_type::now() - since < 1s)
+      stop_pooling();
+  }
+
+  void stop_pooling() {
+    pooling_ = false;
+    for (auto& i : idle_)
+      ::close(i.fd);
+    idle_.clear();
+  }
+
+  // Nothing to read on `fd`: no stray bytes, and the program has not closed it (a program
+  // that closes every connection without saying so is mostly noticed here). `since`: when its
+  // last answer came.
+  bool quiet(int fd, clock_type::time_point since) {
     char byte;
     auto n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
       return true;
-    if (n == 0 && !reuse_proven_)
-      pooling_ = false;
+    if (n == 0)
+      closed_unannounced(since);
     return false;
+  }
+
+  // A call on a new connection without an answer while connections have sat in the pool for
+  // `pool_stall`: the program may serve one connection at a time and be waiting on a pooled
+  // one. The pooled connections are closed, which frees such a program; if the call is then
+  // answered at once, that is what it was, and pooling stops. A program that is merely slow
+  // only loses its pooled connections, once per slow call.
+  void check_stall() {
+    if (idle_.empty())
+      return;
+    auto now = clock_type::now();
+    if (now - idle_since_ < pool_stall)
+      return;
+    bool stalled = false;
+    for (auto& [fd, c] : calls_)
+      if (!c->reused && !c->stall_probed && c->at == forward_call::phase::reading
+          && c->parser.received() == 0 && now - c->reading_since >= pool_stall) {
+        c->stall_probed = true;
+        stalled = true;
+      }
+    if (!stalled)
+      return;
+    for (auto& i : idle_)
+      ::close(i.fd);
+    idle_.clear();
+    pool_closed_at_ = now;
   }
 
   void expire_idle(clock_type::time_point now) {
@@ -673,6 +729,8 @@ private:
     auto& c = *it->second;
     if (!c.reused || c.parser.received() != 0 || !(unread || idempotent(c.req.method)))
       return false;
+    if (c.at == forward_call::phase::reading && clock_type::now() - c.reading_since > idle_close_race)
+      return false; // it was read and worked on, then the program failed: not sent twice
     auto node = calls_.extract(it);
     auto call = std::move(node.mapped());
     ::close(call->fd);
@@ -681,7 +739,7 @@ private:
     call->sent = 0;
     call->parser = ag::response_parser{ag::iequals(call->req.method, "HEAD"), max_body};
     if (!reuse_proven_)
-      pooling_ = false;
+      stop_pooling();
     connect(std::move(call));
     return true;
   }
@@ -705,9 +763,12 @@ private:
   // `keep`: the connection may carry another request.
   void finish(std::unique_ptr<forward_call> c, gp::http_response resp, bool keep = false) {
     if (c->fd >= 0) {
-      if (keep && pooling_ && idle_.size() < max_idle_connections)
-        idle_.push_back({c->fd, clock_type::now()}); // stays in the epoll set, to see a close
-      else
+      if (keep && pooling_ && idle_.size() < max_idle_connections) {
+        auto now = clock_type::now();
+        if (idle_.empty())
+          idle_since_ = now;
+        idle_.push_back({c->fd, now}); // stays in the epoll set, to see a close
+      } else
         ::close(c->fd); // which also takes it out of the epoll set
       c->fd = -1;
     }
@@ -851,6 +912,7 @@ private:
         c.sent += static_cast<std::size_t>(n);
       }
       c.at = forward_call::phase::reading;
+      c.reading_since = clock_type::now();
       // The answer is often there already on loopback: fall through and try.
     }
     char buf[64 * 1024];
@@ -860,6 +922,9 @@ private:
         continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
+      if (n > 0 && c.stall_probed && c.parser.received() == 0
+          && clock_type::now() - pool_closed_at_ < pool_stall)
+        stop_pooling(); // answered as soon as the pool was closed: one connection at a time
       auto s = n > 0 ? c.parser.feed({buf, static_cast<std::size_t>(n)}) : c.parser.eof();
       if (n < 0)
         s = ag::response_parser::state::error;
@@ -870,7 +935,9 @@ private:
         r.body = std::move(c.parser.body());
         if (c.reused)
           reuse_proven_ = true;
-        bool keep = pooling_ && c.parser.keep_alive() && quiet(c.fd);
+        // Not after HEAD: a program may send a body anyway, after the head.
+        bool keep = pooling_ && c.parser.keep_alive() && !ag::iequals(c.req.method, "HEAD")
+                    && quiet(c.fd, clock_type::now());
         finish(take(), std::move(r), keep);
         return;
       }
@@ -897,6 +964,8 @@ private:
   std::string out_; // encoded answers not yet written to the host
   std::vector<idle_connection> idle_; // pooled connections to the program, oldest first
   bool pooling_ = true;               // false once the program closes what it could keep
+  clock_type::time_point idle_since_{};     // the pool has not been empty since then
+  clock_type::time_point pool_closed_at_{}; // check_stall() closed the pool then
   bool reuse_proven_ = false;         // a reused connection carried an answer
 };
 

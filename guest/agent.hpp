@@ -92,7 +92,8 @@ build_request(std::string_view method, std::string_view path,
   for (const auto& [name, value] : headers) {
     if (!is_token(name) || !is_line_safe(value))
       return std::nullopt;
-    if (hop_by_hop(name))
+    // Not `Expect` either: the body goes out with the head, without waiting for 100 Continue.
+    if (hop_by_hop(name) || iequals(name, "expect"))
       continue;
     if (iequals(name, "host"))
       has_host = true;
@@ -292,6 +293,8 @@ private:
         headers_.emplace_back(std::string{name}, std::string{value});
     }
     compact();
+    if (chunked && length)
+      close_ = true; // both framings (RFC 9112 §6.3): chunked wins, but do not trust the rest
     if (code >= 100 && code < 200) {
       // Interim response (100 Continue, 103 Early Hints): skip it.
       state_ = state::head;

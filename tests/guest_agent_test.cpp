@@ -348,13 +348,13 @@ TEST_F(guest_agent, connections_the_program_keeps_alive_carry_later_requests) {
   cfg.variables["KEEPALIVE"] = "1";
   start_app(cfg);
   auto post = [](uint64_t id) { return gp::http_request{id, "POST", "/conn", "", {}, "data"}; };
+  EXPECT_EQ(call(get(1, "/conn")), "1 1");
   // Before a reuse has worked, a POST takes a new connection: it could not be sent again safely
   // if the program closed a pooled one under it.
-  EXPECT_EQ(call(post(1)), "1 1");
-  EXPECT_EQ(call(get(2, "/conn")), "1 2");
-  EXPECT_EQ(call(get(3, "/conn")), "1 3");
-  EXPECT_EQ(call(post(4)), "1 4");
-  // Concurrent requests take connections of their own, and leave them in the pool.
+  EXPECT_EQ(call(post(2)), "2 1");
+  EXPECT_EQ(call(get(3, "/conn")), "2 2"); // the newest pooled connection
+  EXPECT_EQ(call(post(4)), "2 3");
+  // Concurrent requests take pooled connections or new ones, and leave them all in the pool.
   for (uint64_t id = 10; id < 13; ++id)
     send(get(id, "/sleep", "ms=200"));
   for (int i = 0; i < 3; ++i) {
@@ -362,16 +362,14 @@ TEST_F(guest_agent, connections_the_program_keeps_alive_carry_later_requests) {
     ASSERT_TRUE(resp);
     EXPECT_EQ(resp->body, "slept");
   }
-  std::set<std::string> conns;
   for (uint64_t id = 20; id < 23; ++id)
     send(get(id, "/conn"));
   for (int i = 0; i < 3; ++i) {
     auto resp = next_as<gp::http_response>();
     ASSERT_TRUE(resp);
-    conns.insert(resp->body.substr(0, resp->body.find(' ')));
+    EXPECT_LE(std::stoi(resp->body.substr(0, resp->body.find(' '))), 3)
+      << "a new connection while three were pooled";
   }
-  for (auto& c : conns)
-    EXPECT_LE(std::stoi(c), 3) << "a pooled connection was not used";
 }
 
 TEST_F(guest_agent, a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one) {
@@ -381,9 +379,42 @@ TEST_F(guest_agent, a_pooled_connection_closed_under_a_request_is_retried_on_a_n
   start_app(cfg);
   EXPECT_EQ(call(get(1, "/conn")), "1 1");
   EXPECT_EQ(call(get(2, "/conn")), "2 1"); // sent on connection 1, closed unanswered, sent again
-  // A program that closes pooled connections is not pooled any more.
+  // A program that closes pooled connections is not pooled any more: one request each now.
   EXPECT_EQ(call(get(3, "/conn")), "3 1");
   EXPECT_EQ(call({4, "POST", "/conn", "", {}, "x"}), "4 1");
+  // The program read request 2 twice and the others once (with pooling still on, request 3
+  // would have been read twice as well).
+  auto reads = [&] {
+    return std::count_if(logs_.begin(), logs_.end(), [](const gp::log& l) {
+      return l.line.find("request GET /conn") != std::string::npos
+             || l.line.find("request POST /conn") != std::string::npos;
+    });
+  };
+  auto until = clock_type::now() + 3000ms;
+  while (reads() < 5 && pump(until)) {
+  }
+  pump(clock_type::now() + 200ms); // anything more would arrive now
+  EXPECT_EQ(reads(), 5);
+}
+
+TEST_F(guest_agent, a_program_serving_one_connection_at_a_time_is_not_held_by_the_pool) {
+  auto cfg = app_config();
+  cfg.variables["KEEPALIVE"] = "serial"; // blocks reading its current connection
+  start_app(cfg);
+  EXPECT_EQ(call(get(1, "/conn")), "1 1");
+  // One request takes the pooled connection (which the program is waiting on), the other a new
+  // one, which the program accepts only once the pooled connection is closed. Pooling keeps the
+  // connection at most 1.5 s; the agent must close it well before.
+  send(get(2, "/conn"));
+  send(get(3, "/conn"));
+  std::set<std::string> bodies;
+  for (int i = 0; i < 2; ++i) {
+    auto resp = next_as<gp::http_response>(1000ms);
+    ASSERT_TRUE(resp) << "a call waited behind the pooled connection";
+    bodies.insert(resp->body);
+  }
+  EXPECT_EQ(bodies, (std::set<std::string>{"1 2", "2 1"}));
+  EXPECT_EQ(call(get(4, "/conn")), "3 1"); // no pooling any more
 }
 
 TEST_F(guest_agent, a_program_that_closes_every_connection_unannounced_answers_every_call) {
@@ -748,6 +779,8 @@ TEST(guest_agent_parser, request_builder_refuses_injection) {
   EXPECT_FALSE(ag::build_request("GE T", "/", "", {}, "", 80));
   EXPECT_FALSE(ag::build_request("GET", "/", "", {{"X", "a\r\nb"}}, "", 80));
   EXPECT_FALSE(ag::build_request("GET", "/", "", {{"X Y", "a"}}, "", 80));
+  EXPECT_EQ(*ag::build_request("PUT", "/", "", {{"Expect", "100-continue"}}, "", 80),
+            "PUT / HTTP/1.1\r\nHost: 127.0.0.1:80\r\nContent-Length: 0\r\n\r\n");
   auto ok = ag::build_request("POST", "/p", "q=1",
                               {{"Content-Length", "999"}, {"X", "1"}}, "body", 81);
   ASSERT_TRUE(ok);
@@ -775,6 +808,15 @@ TEST(guest_agent_parser, keep_alive_only_after_a_complete_framed_http11_answer) 
                    .keep_alive());
     EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1", step, false)
                    .keep_alive());
+    EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           "2\r\nhi\r\n0\r\n\r\n", step, false)
+                   .keep_alive());
+    EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           "2\r\nhi\r\n0\r\nT: 1\r\n\r\nX", step, false)
+                   .keep_alive());
+    EXPECT_TRUE(parse_all("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+                          step, false)
+                  .keep_alive());
   }
   ag::response_parser none;
   EXPECT_EQ(none.received(), 0u);

@@ -10,7 +10,8 @@
 // With IGNORE_SIGTERM=1 it ignores SIGTERM (to test the SIGKILL escalation).
 // It closes each connection after one answer (without saying so in the answer), unless
 // KEEPALIVE=1: then each connection has its own thread and carries requests until the client
-// closes it or sends `Connection: close`; with DROP_REUSED=1 as well, it closes a connection
+// closes it or sends `Connection: close` (KEEPALIVE=serial: the same, one connection at a time,
+// as a blocking single-threaded server); with DROP_REUSED=1 as well, it closes a connection
 // without answering when a second request arrives on it (a server closing an idle connection
 // just as the next request comes).
 // Prints "listening on PORT" and one line per request to stdout, and dies with
@@ -100,7 +101,9 @@ int main() {
     const char* v = std::getenv(name);
     return v != nullptr && std::string{v} == "1";
   };
-  bool keepalive = flag("KEEPALIVE");
+  const char* keepalive_env = std::getenv("KEEPALIVE");
+  std::string keepalive_mode = keepalive_env ? keepalive_env : "";
+  bool keepalive = keepalive_mode == "1" || keepalive_mode == "serial";
   bool drop_reused = flag("DROP_REUSED");
   static std::atomic<int> connections{0};
   auto serve = [greeting, instance, keepalive, drop_reused](int c) {
@@ -133,15 +136,15 @@ int main() {
       }
       std::string req = pending.substr(0, std::min(pending.size(), head_end + 4 + body_length));
       pending.erase(0, req.size());
-      if (drop_reused && nth > 1) {
-        ::close(c);
-        return;
-      }
       bool close_after = !keepalive || head_lower.find("\r\nconnection: close\r\n") != std::string::npos;
       auto line_end = req.find("\r\n");
       std::string line = req.substr(0, line_end);
       std::printf("request %s\n", line.c_str());
       std::fflush(stdout);
+      if (drop_reused && nth > 1) {
+        ::close(c);
+        return;
+      }
       auto sp1 = line.find(' ');
       auto sp2 = line.find(' ', sp1 + 1);
       std::string target = sp1 == std::string::npos || sp2 == std::string::npos
@@ -178,7 +181,7 @@ int main() {
         for (std::size_t sent = 0; sent < n; sent += block.size())
           write_all(c, block.substr(0, std::min(block.size(), n - sent)));
       } else if (path == "/sleep") {
-        // ?ms=N: answers after N milliseconds (the app serves one request at a time).
+        // ?ms=N: answers after N milliseconds.
         auto ms = query.rfind("ms=", 0) == 0 ? std::atoi(query.c_str() + 3) : 0;
         ::usleep(static_cast<useconds_t>(ms) * 1000);
         write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslept");
@@ -331,7 +334,7 @@ int main() {
     int c = ::accept(fd, nullptr, nullptr);
     if (c < 0)
       continue;
-    if (threaded || keepalive)
+    if (threaded || keepalive_mode == "1")
       std::thread{serve, c}.detach();
     else
       serve(c);
