@@ -61,9 +61,11 @@ constexpr auto eager_retries = 50ms;
 constexpr auto response_timeout = 600s;
 // Connections to the program kept open between requests (when its answers allow it), and for
 // how long: below the idle timeouts of common servers (uvicorn 5 s, gunicorn 2 s), so that the
-// program rarely closes one just as a request goes out on it.
+// program rarely closes one just as a request goes out on it; a program that states a shorter
+// one (`Keep-Alive: timeout=N`) has its connections kept `idle_margin` less than that.
 constexpr std::size_t max_idle_connections = 64;
-constexpr auto idle_connection_age = 1500ms;
+constexpr std::chrono::milliseconds idle_connection_age{1500};
+constexpr std::chrono::milliseconds idle_margin{500};
 // A call on a new connection that has had no answer for this long while connections sit in the
 // pool may be waiting for a program that serves one connection at a time, held by a pooled one
 // (see check_stall()).
@@ -619,6 +621,7 @@ private:
   struct idle_connection {
     int fd;
     clock_type::time_point since;
+    clock_type::duration max_age;
   };
 
   static bool idempotent(const std::string& method) {
@@ -636,9 +639,9 @@ private:
     while (!idle_.empty()) {
       auto conn = idle_.back();
       idle_.pop_back();
-      // Too old (the rest are older still: closed in this loop as well), or closed or written
-      // on by the program since (its event may not have been handled yet).
-      if (now - conn.since > idle_connection_age || !quiet(conn.fd, conn.since)) {
+      // Too old (and closed: older ones are closed in this loop as well, or by expire_idle()),
+      // or closed or written on by the program since (its event may not have been handled).
+      if (now - conn.since > conn.max_age || !quiet(conn.fd, conn.since)) {
         ::close(conn.fd);
         continue;
       }
@@ -716,7 +719,7 @@ private:
 
   void expire_idle(clock_type::time_point now) {
     std::erase_if(idle_, [now](const idle_connection& i) {
-      if (now - i.since <= idle_connection_age)
+      if (now - i.since <= i.max_age)
         return false;
       ::close(i.fd);
       return true;
@@ -760,14 +763,15 @@ private:
     return ::epoll_wait(ep_, events, max, static_cast<int>(ms));
   }
 
-  // `keep`: the connection may carry another request.
-  void finish(std::unique_ptr<forward_call> c, gp::http_response resp, bool keep = false) {
+  // `keep`: the connection may carry another request, for `max_age` at most.
+  void finish(std::unique_ptr<forward_call> c, gp::http_response resp, bool keep = false,
+              clock_type::duration max_age = idle_connection_age) {
     if (c->fd >= 0) {
-      if (keep && pooling_ && idle_.size() < max_idle_connections) {
+      if (keep && pooling_ && idle_.size() < max_idle_connections && max_age > max_age.zero()) {
         auto now = clock_type::now();
         if (idle_.empty())
           idle_since_ = now;
-        idle_.push_back({c->fd, now}); // stays in the epoll set, to see a close
+        idle_.push_back({c->fd, now, max_age}); // stays in the epoll set, to see a close
       } else
         ::close(c->fd); // which also takes it out of the epoll set
       c->fd = -1;
@@ -938,7 +942,10 @@ private:
         // Not after HEAD: a program may send a body anyway, after the head.
         bool keep = pooling_ && c.parser.keep_alive() && !ag::iequals(c.req.method, "HEAD")
                     && quiet(c.fd, clock_type::now());
-        finish(take(), std::move(r), keep);
+        clock_type::duration max_age = idle_connection_age;
+        if (auto t = c.parser.keep_alive_timeout())
+          max_age = std::min<clock_type::duration>(max_age, std::chrono::seconds{*t} - idle_margin);
+        finish(take(), std::move(r), keep, max_age);
         return;
       }
       if (s == ag::response_parser::state::error) {

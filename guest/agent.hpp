@@ -148,6 +148,10 @@ public:
   state current() const {
     return state_;
   }
+  /// The `timeout` of the answer's `Keep-Alive` header, in seconds, if it had one.
+  std::optional<unsigned> keep_alive_timeout() const {
+    return keep_alive_timeout_;
+  }
   /// Bytes fed so far (0: the program sent nothing).
   std::size_t received() const {
     return total_;
@@ -269,6 +273,24 @@ private:
           return false;
         }
         length = n;
+      } else if (iequals(name, "keep-alive")) {
+        // "timeout=5, max=100": how long the program keeps an idle connection open.
+        for (std::size_t at = 0; at < value.size();) {
+          auto comma = value.find(',', at);
+          if (comma == std::string_view::npos)
+            comma = value.size();
+          auto param = trim(value.substr(at, comma - at));
+          auto digits = param.size() > 8 && iequals(param.substr(0, 8), "timeout=")
+                          ? param.substr(8) : std::string_view{};
+          if (!digits.empty() && digits.size() <= 6
+              && std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+            unsigned n = 0;
+            for (char ch : digits)
+              n = n * 10 + static_cast<unsigned>(ch - '0');
+            keep_alive_timeout_ = n;
+          }
+          at = comma + 1;
+        }
       } else if (iequals(name, "connection")) {
         // A comma-separated list of tokens; "close" ends the connection after this response.
         for (std::size_t at = 0; at <= value.size();) {
@@ -427,6 +449,7 @@ private:
   bool close_ = false;           // Connection: close
   bool close_delimited_ = false; // the body ends when the program closes
   bool stray_ = false;           // bytes came after the answer
+  std::optional<unsigned> keep_alive_timeout_;
   std::vector<std::pair<std::string, std::string>> headers_;
   std::string body_;
 };

@@ -372,6 +372,20 @@ TEST_F(guest_agent, connections_the_program_keeps_alive_carry_later_requests) {
   }
 }
 
+TEST_F(guest_agent, a_program_that_states_a_short_keep_alive_timeout_gets_its_connections_back_sooner) {
+  auto cfg = app_config();
+  cfg.variables["KEEPALIVE"] = "1";
+  start_app(cfg);
+  EXPECT_EQ(call(get(1, "/conn")), "1 1");
+  // `Keep-Alive: timeout=1` in the last answer: kept 0.5 s (1 s less the margin), not 1.5 s.
+  EXPECT_EQ(call(get(2, "/conn", "timeout=1")), "1 2");
+  std::this_thread::sleep_for(1000ms);
+  EXPECT_EQ(call(get(3, "/conn")), "2 1");
+  // Without the header, a connection idle as long is still used.
+  std::this_thread::sleep_for(1000ms);
+  EXPECT_EQ(call(get(4, "/conn")), "2 2");
+}
+
 TEST_F(guest_agent, a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one) {
   auto cfg = app_config();
   cfg.variables["KEEPALIVE"] = "1";
@@ -402,10 +416,11 @@ TEST_F(guest_agent, a_program_serving_one_connection_at_a_time_is_not_held_by_th
   cfg.variables["KEEPALIVE"] = "serial"; // blocks reading its current connection
   start_app(cfg);
   EXPECT_EQ(call(get(1, "/conn")), "1 1");
-  // One request takes the pooled connection (which the program is waiting on), the other a new
-  // one, which the program accepts only once the pooled connection is closed. Pooling keeps the
-  // connection at most 1.5 s; the agent must close it well before.
-  send(get(2, "/conn"));
+  // A slow request takes the pooled connection (which the program is waiting on), the next a
+  // new one, which the program accepts only once the pooled connection, back in the pool after
+  // the slow answer, is closed. Pooling keeps a connection up to 1.5 s; the agent must close it
+  // well before.
+  send(get(2, "/sleep", "ms=200"));
   send(get(3, "/conn"));
   std::set<std::string> bodies;
   for (int i = 0; i < 2; ++i) {
@@ -413,7 +428,7 @@ TEST_F(guest_agent, a_program_serving_one_connection_at_a_time_is_not_held_by_th
     ASSERT_TRUE(resp) << "a call waited behind the pooled connection";
     bodies.insert(resp->body);
   }
-  EXPECT_EQ(bodies, (std::set<std::string>{"1 2", "2 1"}));
+  EXPECT_EQ(bodies, (std::set<std::string>{"slept", "2 1"}));
   EXPECT_EQ(call(get(4, "/conn")), "3 1"); // no pooling any more
 }
 
@@ -818,6 +833,12 @@ TEST(guest_agent_parser, keep_alive_only_after_a_complete_framed_http11_answer) 
                           step, false)
                   .keep_alive());
   }
+  auto t = parse_all("HTTP/1.1 200 OK\r\nKeep-Alive: max=100, Timeout=3\r\nContent-Length: 0\r\n\r\n", 4,
+                     false);
+  EXPECT_TRUE(t.keep_alive());
+  EXPECT_EQ(t.keep_alive_timeout(), 3u);
+  EXPECT_FALSE(parse_all("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=x\r\nContent-Length: 0\r\n\r\n", 4, false)
+                 .keep_alive_timeout());
   ag::response_parser none;
   EXPECT_EQ(none.received(), 0u);
   none.feed("HTTP/1.1");

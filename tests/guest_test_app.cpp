@@ -7,6 +7,7 @@
 //   GET /garbage -> a response that is not HTTP
 //   GET /instance -> 200, a random token drawn at start (tells one run from another)
 //   GET /conn    -> 200 "C N": the N-th request on the program's C-th connection
+//                   (?timeout=N: with `Keep-Alive: timeout=N`)
 // With IGNORE_SIGTERM=1 it ignores SIGTERM (to test the SIGKILL escalation).
 // It closes each connection after one answer (without saying so in the answer), unless
 // KEEPALIVE=1: then each connection has its own thread and carries requests until the client
@@ -156,8 +157,10 @@ int main() {
       if (path == "/crash")
         std::exit(3);
       if (path == "/conn") {
+        // ?timeout=N: says `Keep-Alive: timeout=N`.
         auto body = std::to_string(connection) + " " + std::to_string(nth);
-        write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size())
+        std::string extra = query.rfind("timeout=", 0) == 0 ? "Keep-Alive: " + query + "\r\n" : "";
+        write_all(c, "HTTP/1.1 200 OK\r\n" + extra + "Content-Length: " + std::to_string(body.size())
                        + "\r\n\r\n" + body);
       } else if (path == "/instance") {
         write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(instance.size())
