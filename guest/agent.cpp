@@ -700,7 +700,7 @@ private:
     if (idle_.empty())
       return;
     auto now = clock_type::now();
-    if (now - idle_since_ < pool_stall)
+    if (now - idle_.front().since < pool_stall) // the oldest idle connection
       return;
     bool stalled = false;
     for (auto& [fd, c] : calls_)
@@ -768,10 +768,7 @@ private:
               clock_type::duration max_age = idle_connection_age) {
     if (c->fd >= 0) {
       if (keep && pooling_ && idle_.size() < max_idle_connections && max_age > max_age.zero()) {
-        auto now = clock_type::now();
-        if (idle_.empty())
-          idle_since_ = now;
-        idle_.push_back({c->fd, now, max_age}); // stays in the epoll set, to see a close
+        idle_.push_back({c->fd, clock_type::now(), max_age}); // stays in the epoll set, to see a close
       } else
         ::close(c->fd); // which also takes it out of the epoll set
       c->fd = -1;
@@ -971,7 +968,6 @@ private:
   std::string out_; // encoded answers not yet written to the host
   std::vector<idle_connection> idle_; // pooled connections to the program, oldest first
   bool pooling_ = true;               // false once the program closes what it could keep
-  clock_type::time_point idle_since_{};     // the pool has not been empty since then
   clock_type::time_point pool_closed_at_{}; // check_stall() closed the pool then
   bool reuse_proven_ = false;         // a reused connection carried an answer
 };

@@ -98,14 +98,11 @@ int main() {
   // THREADED=1: each connection on its own thread (a concurrent program); else one at a time.
   const char* threaded_env = std::getenv("THREADED");
   bool threaded = threaded_env != nullptr && std::string{threaded_env} == "1";
-  auto flag = [](const char* name) {
-    const char* v = std::getenv(name);
-    return v != nullptr && std::string{v} == "1";
-  };
   const char* keepalive_env = std::getenv("KEEPALIVE");
   std::string keepalive_mode = keepalive_env ? keepalive_env : "";
   bool keepalive = keepalive_mode == "1" || keepalive_mode == "serial";
-  bool drop_reused = flag("DROP_REUSED");
+  const char* drop_env = std::getenv("DROP_REUSED");
+  bool drop_reused = drop_env != nullptr && std::string{drop_env} == "1";
   static std::atomic<int> connections{0};
   auto serve = [greeting, instance, keepalive, drop_reused](int c) {
     int connection = ++connections;
@@ -228,24 +225,9 @@ int main() {
                        + "\r\n\r\n" + body);
       } else if (path == "/aleph/event") {
       // A message event (message-triggered programs): keep its body for /last-event.
-      std::string lower = req;
-      for (auto& ch : lower)
-        ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-      std::size_t length = 0;
-      if (auto at = lower.find("\r\ncontent-length:"); at != std::string::npos)
-        length = std::strtoull(lower.c_str() + at + 17, nullptr, 10);
-      auto head_end = req.find("\r\n\r\n") + 4;
-      std::string body = req.substr(std::min(head_end, req.size()));
-      while (body.size() < length) {
-        char more[4096];
-        auto n = ::read(c, more, sizeof more);
-        if (n <= 0)
-          break;
-        body.append(more, static_cast<std::size_t>(n));
-      }
       {
         std::lock_guard lock{event_mu};
-        last_event = body;
+        last_event = req.substr(head_end + 4);
       }
       write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstored");
     } else if (path == "/headers") {
