@@ -6,9 +6,17 @@
 // same transaction, instead of the writers settling into two halves that
 // commit in turn (each commit costs about the same whatever its size).
 // A lone writer (N = 1, M = 0) never waits.
+//
+// With a write-ahead log (message_store_wal, the node's default) a commit is one
+// append and sync to the log (runtime/message_wal.hpp); the appends are answered
+// and published then, and indexed into LMDB by a writer of their own, many
+// groups to a transaction. Until indexed they are kept in memory: `get` finds
+// them there, and `list` and `inventory` wait until every append answered
+// before them is indexed. At start, what the log holds is indexed first.
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <caf/typed_response_promise.hpp>
@@ -17,6 +25,9 @@
 #include "runtime/lmdb.hpp"
 
 namespace alephd {
+
+class message_wal;
+struct message_wal_state; // the log, its writer into LMDB, and the appends not yet indexed
 
 struct message_store_state {
   static inline const char* name = "message_store";
@@ -35,12 +46,25 @@ struct message_store_state {
   caf::timespan last_commit{0}; ///< how long the previous commit took
   std::vector<std::pair<stored_message, caf::typed_response_promise<append_result>>> pending;
   std::vector<message_listener_actor> listeners;
-  uint64_t commits = 0; ///< transactions committed (for tests and metrics)
+  uint64_t commits = 0; ///< group commits made durable (for tests and metrics)
+  std::shared_ptr<message_wal_state> wal; ///< null: appends commit straight to LMDB
+  uint64_t indexed = 0; ///< batches from the log written into LMDB (for tests)
 };
 
 /// `group_commit = false` commits every append on its own (the benchmark's baseline).
 message_store_actor::behavior_type
 message_store(message_store_actor::stateful_pointer<message_store_state> self,
               std::shared_ptr<lmdb::env> env, bool group_commit);
+
+/// Indexes into LMDB what `wal` held when it was opened (appends acknowledged before the node
+/// stopped), then empties it; the error, or "" when done. message_store_wal does it too.
+std::string message_store_recover(lmdb::env& env, message_wal& wal);
+
+/// Group commit through the write-ahead log `wal` (opened by the caller; its records are
+/// indexed into LMDB before the first append is taken). `background`: index on a thread of
+/// its own; false indexes inline, for CAF's deterministic scheduler in tests.
+message_store_actor::behavior_type
+message_store_wal(message_store_actor::stateful_pointer<message_store_state> self,
+                  std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, bool background);
 
 } // namespace alephd

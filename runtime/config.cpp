@@ -153,6 +153,7 @@ const std::vector<option>& table() {
     {"ccn.max-message-size", "largest message accepted by POST /api/v0/messages, in bytes (default 1048576)", "", integer(&settings::max_message_size, 1024, int64_t{1} << 30)},
     {"ccn.replicas", "copies of each stored file kept on linked CRNs when its STORE does not say (content.replicas); 0 = none (default 2)", "", integer(&settings::replicas, 0, 16)},
     {"ccn.group-commit", "share one LMDB commit between concurrent messages (default true)", "", boolean(&settings::group_commit)},
+    {"ccn.wal", "commit message groups to a write-ahead log (one small fsync each) and index them into LMDB behind (default true; needs group-commit)", "", boolean(&settings::message_wal)},
     {"crn.ccn", "CCNs to link to, host:port of their node ports, in order of preference", "ccn", endpoints(&settings::ccn),
      [](settings& s) { s.ccn.clear(); }},
     {"crn.vcpus", "vCPUs offered (default: the host's cores)", "", integer(&settings::vcpus, 0, 4096)},

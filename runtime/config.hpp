@@ -37,6 +37,7 @@ struct settings {
   uint64_t max_file_size = 100ull << 20;
   uint64_t max_message_size = 1ull << 20;
   bool group_commit = true;
+  bool message_wal = true; ///< group commits go to a write-ahead log, indexed into LMDB behind
   uint32_t replicas = 2; ///< copies of each stored file kept on CRNs
   // [crn]
   std::vector<std::string> ccn;

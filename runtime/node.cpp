@@ -38,6 +38,7 @@
 #include "runtime/execution_records.hpp"
 #include "runtime/execution_table.hpp"
 #include "runtime/ledger.hpp"
+#include "runtime/message_wal.hpp"
 #include "runtime/sandbox.hpp"
 #include "runtime/sandbox_pool.hpp"
 #include "runtime/gateway.hpp"
@@ -186,7 +187,16 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   env_ = lmdb::env::open(dir + "/lmdb", err);
   if (!env_)
     return err;
-  messages_ = sys.spawn(message_store, env_, s.group_commit);
+  if (s.group_commit && s.message_wal) {
+    std::shared_ptr<message_wal> wal = message_wal::open(dir + "/wal", err);
+    if (!wal)
+      return err;
+    if (err = message_store_recover(*env_, *wal); !err.empty())
+      return err;
+    messages_ = sys.spawn(message_store_wal, env_, std::move(wal), true);
+  } else {
+    messages_ = sys.spawn(message_store, env_, s.group_commit);
+  }
   content_store_config cc;
   cc.root = dir + "/blobs";
   cc.blobs = std::make_shared<blob_store>(cc.root);

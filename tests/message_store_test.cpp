@@ -1,5 +1,11 @@
 #include "actors/message_store.hpp"
 
+#include <chrono>
+#include <thread>
+
+#include "messages/codec.hpp"
+#include "runtime/message_wal.hpp"
+
 #include "tests/caf_fixture.hpp"
 
 using namespace alephd;
@@ -30,17 +36,28 @@ recorder(message_listener_actor::stateful_pointer<recorder_state> self) {
   return {[=](atom::published, const stored_message& m) { self->state.seen.push_back(m); }};
 }
 
-struct message_store_test : caf_fixture {
+// Every test runs twice: group commits straight into LMDB, and through the write-ahead log
+// (small segments, so that a 1 MiB message takes the LMDB path; indexed inline).
+struct message_store_test : caf_fixture, ::testing::WithParamInterface<bool> {
   temp_dir dir;
   std::shared_ptr<lmdb::env> env = open_env();
 
   std::shared_ptr<lmdb::env> open_env() {
     return open_test_env(dir);
   }
+
+  message_store_actor open_store(bool group_commit = true) {
+    if (!GetParam() || !group_commit)
+      return spawn(message_store, env, group_commit);
+    std::string err;
+    std::shared_ptr<message_wal> wal = message_wal::open((dir.path / "wal").string(), err, 64 << 10);
+    EXPECT_TRUE(wal) << err;
+    return spawn(message_store_wal, env, wal, false);
+  }
 };
 
-TEST_F(message_store_test, append_then_get_returns_the_message) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, append_then_get_returns_the_message) {
+  auto store = open_store();
   auto r = ask<append_result>(store, atom::append_v, msg("h1"));
   ASSERT_TRUE(r.value) << describe(r.error);
   EXPECT_EQ(r.value->item_hash, "h1");
@@ -50,15 +67,15 @@ TEST_F(message_store_test, append_then_get_returns_the_message) {
   EXPECT_EQ(*g.value, msg("h1"));
 }
 
-TEST_F(message_store_test, unknown_hash_is_not_found) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, unknown_hash_is_not_found) {
+  auto store = open_store();
   auto g = ask<stored_message>(store, atom::get_v, std::string{"nope"});
   EXPECT_FALSE(g.value);
   EXPECT_TRUE(is(g.error, ec::not_found));
 }
 
-TEST_F(message_store_test, concurrent_appends_share_one_commit) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, concurrent_appends_share_one_commit) {
+  auto store = open_store();
   std::vector<std::shared_ptr<reply<append_result>>> replies;
   for (int i = 0; i < 8; ++i)
     replies.push_back(ask_later<append_result>(store, atom::append_v, msg("g" + std::to_string(i))));
@@ -68,8 +85,8 @@ TEST_F(message_store_test, concurrent_appends_share_one_commit) {
   EXPECT_EQ(state_of<message_store_state>(store).commits, 1u);
 }
 
-TEST_F(message_store_test, after_a_busy_commit_the_next_waits_briefly_for_company) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, after_a_busy_commit_the_next_waits_briefly_for_company) {
+  auto store = open_store();
   std::vector<std::shared_ptr<reply<append_result>>> first;
   for (int i = 0; i < 4; ++i)
     first.push_back(ask_later<append_result>(store, atom::append_v, msg("b" + std::to_string(i))));
@@ -100,8 +117,8 @@ TEST_F(message_store_test, after_a_busy_commit_the_next_waits_briefly_for_compan
 
 // Eight writers that settled into two halves committing in turn (each half's appends arrive
 // while the other half's commit runs) are brought back into one commit of eight.
-TEST_F(message_store_test, writers_split_into_halves_are_merged_into_one_commit) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, writers_split_into_halves_are_merged_into_one_commit) {
+  auto store = open_store();
   auto& st = state_of<message_store_state>(store);
   // One request from a fresh actor, which the test runs itself (the store does not run).
   auto send_one = [&](const std::string& hash) {
@@ -156,8 +173,8 @@ TEST_F(message_store_test, writers_split_into_halves_are_merged_into_one_commit)
   EXPECT_EQ(st.target, 1u);
 }
 
-TEST_F(message_store_test, a_lone_writer_never_waits) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, a_lone_writer_never_waits) {
+  auto store = open_store();
   for (int i = 0; i < 3; ++i) {
     auto r = ask<append_result>(store, atom::append_v, msg("w" + std::to_string(i)));
     EXPECT_TRUE(r.done) << "append " << i << " waited without concurrency";
@@ -165,8 +182,8 @@ TEST_F(message_store_test, a_lone_writer_never_waits) {
   EXPECT_EQ(state_of<message_store_state>(store).commits, 3u);
 }
 
-TEST_F(message_store_test, without_group_commit_every_append_commits) {
-  auto store = spawn(message_store, env, false);
+TEST_P(message_store_test, without_group_commit_every_append_commits) {
+  auto store = open_store(false);
   std::vector<std::shared_ptr<reply<append_result>>> replies;
   for (int i = 0; i < 5; ++i)
     replies.push_back(ask_later<append_result>(store, atom::append_v, msg("s" + std::to_string(i))));
@@ -176,8 +193,8 @@ TEST_F(message_store_test, without_group_commit_every_append_commits) {
   EXPECT_EQ(state_of<message_store_state>(store).commits, 5u);
 }
 
-TEST_F(message_store_test, duplicate_is_acknowledged_and_not_published_twice) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, duplicate_is_acknowledged_and_not_published_twice) {
+  auto store = open_store();
   auto rec = spawn(recorder);
   caf::anon_send(store, atom::subscribe_v, caf::actor_cast<message_listener_actor>(rec));
   sched.run();
@@ -188,8 +205,8 @@ TEST_F(message_store_test, duplicate_is_acknowledged_and_not_published_twice) {
   EXPECT_EQ(state_of<recorder_state>(rec).seen.size(), 1u);
 }
 
-TEST_F(message_store_test, a_duplicate_of_a_pending_append_waits_for_its_commit) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, a_duplicate_of_a_pending_append_waits_for_its_commit) {
+  auto store = open_store();
   auto first = ask_later<append_result>(store, atom::append_v, msg("same"));
   auto second = ask_later<append_result>(store, atom::append_v, msg("same"));
   sched.run();
@@ -201,8 +218,8 @@ TEST_F(message_store_test, a_duplicate_of_a_pending_append_waits_for_its_commit)
   EXPECT_EQ(page.value->total, 1u) << "a duplicate must not get a second sequence entry";
 }
 
-TEST_F(message_store_test, pending_appends_are_committed_when_the_store_stops) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, pending_appends_are_committed_when_the_store_stops) {
+  auto store = open_store();
   for (int i = 0; i < 4; ++i)
     ask_later<append_result>(store, atom::append_v, msg("warm" + std::to_string(i)));
   sched.run();
@@ -215,12 +232,12 @@ TEST_F(message_store_test, pending_appends_are_committed_when_the_store_stops) {
   ASSERT_TRUE(lone->done);
   EXPECT_TRUE(lone->value) << describe(lone->error);
   owned.clear();
-  auto reopened = spawn(message_store, env, true);
+  auto reopened = open_store();
   EXPECT_TRUE(ask<stored_message>(reopened, atom::get_v, std::string{"at-exit"}).value);
 }
 
-TEST_F(message_store_test, list_filters_by_type_and_sender_newest_first_with_pages) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, list_filters_by_type_and_sender_newest_first_with_pages) {
+  auto store = open_store();
   for (int i = 0; i < 5; ++i)
     ask<append_result>(store, atom::append_v, msg("p" + std::to_string(i), "PROGRAM", "0xA"));
   ask<append_result>(store, atom::append_v, msg("x", "POST", "0xB"));
@@ -257,9 +274,9 @@ TEST_F(message_store_test, list_filters_by_type_and_sender_newest_first_with_pag
   EXPECT_EQ(b.value->messages[0].item_hash, "x");
 }
 
-TEST_F(message_store_test, messages_survive_reopening_the_store) {
+TEST_P(message_store_test, messages_survive_reopening_the_store) {
   {
-    auto store = spawn(message_store, env, true);
+    auto store = open_store();
     ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("keep1")).value);
     ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("keep2")).value);
     caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
@@ -268,7 +285,7 @@ TEST_F(message_store_test, messages_survive_reopening_the_store) {
   owned.clear();
   env.reset();
   env = open_env();
-  auto store = spawn(message_store, env, true);
+  auto store = open_store();
   EXPECT_TRUE(ask<stored_message>(store, atom::get_v, std::string{"keep1"}).value);
   ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("keep3")).value);
   auto page = ask<message_page>(store, atom::list_v, message_query{});
@@ -280,8 +297,8 @@ TEST_F(message_store_test, messages_survive_reopening_the_store) {
 
 // A full disk: appends are refused with no_space (HTTP 507), nothing half-stored is visible,
 // reads go on, and appends work again once there is room.
-TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recovers) {
-  auto store = spawn(message_store, env, true);
+TEST_P(message_store_test, a_full_store_refuses_appends_with_no_space_and_recovers) {
+  auto store = open_store();
   ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("before")).value);
   // The map shrunk to what is used (LMDB keeps at least that): new pages cannot be had.
   ASSERT_EQ(mdb_env_set_mapsize(env->get(), 1), 0);
@@ -310,6 +327,123 @@ TEST_F(message_store_test, a_full_store_refuses_appends_with_no_space_and_recove
   ASSERT_TRUE(again.value) << describe(again.error);
   EXPECT_FALSE(again.value->duplicate);
   EXPECT_EQ(ask<stored_message>(store, atom::get_v, std::string{"too-big"}).value->json.size(), std::size_t{1} << 20);
+}
+
+INSTANTIATE_TEST_SUITE_P(modes, message_store_test, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "wal" : "lmdb"; });
+
+// The write-ahead log's own behaviour in the store.
+struct message_store_wal_test : caf_fixture {
+  temp_dir dir;
+  std::shared_ptr<lmdb::env> env = open_test_env(dir);
+
+  std::shared_ptr<message_wal> open_wal(uint64_t segment_bytes = 64 << 10) {
+    std::string err;
+    std::shared_ptr<message_wal> wal = message_wal::open((dir.path / "wal").string(), err, segment_bytes);
+    EXPECT_TRUE(wal) << err;
+    return wal;
+  }
+};
+
+// A node killed after answering appends from the log, before indexing them: they are in
+// LMDB after the next start, in their order, and the log is empty again.
+TEST_F(message_store_wal_test, appends_left_in_the_log_are_indexed_at_start) {
+  {
+    auto wal = open_wal();
+    std::vector<wal_entry> entries;
+    for (uint64_t i = 1; i <= 3; ++i)
+      entries.push_back(wal_entry{i, "left" + std::to_string(i), codec::encode(msg("left" + std::to_string(i)))});
+    std::vector<const wal_entry*> ptrs;
+    for (auto& e : entries)
+      ptrs.push_back(&e);
+    std::string err;
+    ASSERT_TRUE(wal->append(ptrs, err)) << err;
+  }
+  auto store = spawn(message_store_wal, env, open_wal(), false);
+  auto g = ask<stored_message>(store, atom::get_v, std::string{"left2"});
+  ASSERT_TRUE(g.value) << describe(g.error);
+  EXPECT_EQ(*g.value, msg("left2"));
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("after")).value);
+  auto page = ask<message_page>(store, atom::list_v, message_query{});
+  ASSERT_TRUE(page.value) << describe(page.error);
+  ASSERT_EQ(page.value->messages.size(), 4u);
+  EXPECT_EQ(page.value->messages[0].item_hash, "after"); // numbered after what the log held
+  EXPECT_EQ(page.value->messages[3].item_hash, "left1");
+  caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+  sched.run();
+  owned.clear();
+  auto left = open_wal()->take_recovered();
+  ASSERT_EQ(left.size(), 1u) << "what was there at start was emptied after indexing";
+  EXPECT_EQ(left[0].hash, "after");
+}
+
+// Indexing on a thread of its own (as in a node): a list answered after appends shows them all.
+TEST_F(message_store_wal_test, a_list_shows_every_append_acknowledged_before_it) {
+  auto store = spawn(message_store_wal, env, open_wal(), true);
+  std::vector<std::shared_ptr<reply<append_result>>> acks;
+  for (int i = 0; i < 40; ++i)
+    acks.push_back(ask_later<append_result>(store, atom::append_v, msg("t" + std::to_string(i))));
+  sched.run();
+  for (auto& a : acks)
+    ASSERT_TRUE(a->done && a->value) << describe(a->error);
+  auto page = ask_later<message_page>(store, atom::list_v, message_query{});
+  // The writer's reports arrive from its thread: run until the list is answered (bounded).
+  for (int i = 0; i < 5000 && !page->done; ++i) {
+    sched.run();
+    if (!page->done)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(page->done && page->value) << describe(page->error);
+  EXPECT_EQ(page->value->total, 40u);
+  EXPECT_EQ(page->value->messages[0].item_hash, "t39");
+}
+
+// LMDB cannot take the index (its map is full): appends are still acknowledged from the log
+// and readable; a list fails with a clear error instead of waiting; once there is room the
+// writer catches up on its own.
+TEST_F(message_store_wal_test, a_failing_index_keeps_appends_readable_and_catches_up) {
+  auto store = spawn(message_store_wal, env, open_wal(), false);
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("first")).value);
+  ASSERT_EQ(mdb_env_set_mapsize(env->get(), 1), 0); // no new pages
+  auto logged = msg("logged");
+  logged.json = std::string(40 << 10, 'x'); // fits a segment; needs new LMDB pages
+  auto r = ask<append_result>(store, atom::append_v, logged);
+  ASSERT_TRUE(r.value) << describe(r.error);
+  EXPECT_FALSE(r.value->duplicate);
+  EXPECT_TRUE(ask<stored_message>(store, atom::get_v, std::string{"logged"}).value);
+  auto page = ask<message_page>(store, atom::list_v, message_query{});
+  ASSERT_TRUE(page.done) << "a list must not wait for an index that fails";
+  EXPECT_TRUE(is(page.error, ec::no_space)) << describe(page.error);
+  EXPECT_NE(describe(page.error).find("cannot index"), std::string::npos) << describe(page.error);
+  auto again = ask<append_result>(store, atom::append_v, logged);
+  ASSERT_TRUE(again.value);
+  EXPECT_TRUE(again.value->duplicate) << "known from the log, though not indexed";
+  ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
+  advance(std::chrono::seconds(1)); // the retry
+  auto after = ask<message_page>(store, atom::list_v, message_query{});
+  ASSERT_TRUE(after.value) << describe(after.error);
+  EXPECT_EQ(after.value->total, 2u);
+  EXPECT_EQ(after.value->messages[0].item_hash, "logged");
+}
+
+// Many appends through small segments: the log turns over from one segment to the other, and
+// everything is there after a restart.
+TEST_F(message_store_wal_test, the_log_turns_over_between_its_segments) {
+  {
+    auto store = spawn(message_store_wal, env, open_wal(16 << 10), false);
+    for (int i = 0; i < 200; ++i)
+      ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("r" + std::to_string(i))).value);
+    EXPECT_EQ(state_of<message_store_state>(store).commits, 200u);
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+  owned.clear();
+  auto store = spawn(message_store_wal, env, open_wal(16 << 10), false);
+  auto page = ask<message_page>(store, atom::list_v, message_query{});
+  ASSERT_TRUE(page.value);
+  EXPECT_EQ(page.value->total, 200u);
+  for (int i : {0, 57, 199})
+    EXPECT_TRUE(ask<stored_message>(store, atom::get_v, "r" + std::to_string(i)).value) << i;
 }
 
 } // namespace
