@@ -35,26 +35,57 @@ enum flush_kind : uint64_t {
   flush_count = 2,  // behind every append that arrived during the last commit
   flush_indexed = 3, // the index writer finished its batch; the round carries LMDB's code
   flush_retry = 4,   // index again after a failure
+  flush_release = 5, // index_mode::held: index the batch handed over now (tests)
 };
 
 // Writes appends from the log into LMDB in one transaction: the record under its hash (kept
-// when the hash is known already) and the hash under its sequence number. 0 or LMDB's code.
-int index_entries(lmdb::env& env, MDB_dbi by_hash, MDB_dbi by_seq, const std::vector<wal_entry>& entries) {
+// when the hash is known already) and the hash under its sequence number. A sequence number
+// taken already by another message (a log left behind while the node ran without it) gets the
+// next free one instead. 0 or LMDB's code.
+int index_entries(lmdb::env& env, MDB_dbi by_hash, MDB_dbi by_seq, const wal_entry* begin,
+                  const wal_entry* end) {
   lmdb::txn t{env, true};
   int rc = t.status();
-  for (size_t i = 0; i < entries.size() && rc == 0; ++i) {
-    auto& e = entries[i];
-    rc = t.put(by_hash, e.hash, e.record, MDB_NOOVERWRITE);
+  for (auto* e = begin; e != end && rc == 0; ++e) {
+    rc = t.put(by_hash, e->hash, e->record, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST) {
       rc = 0;
       continue;
     }
-    if (rc == 0)
-      rc = t.put(by_seq, lmdb::be64(e.seq), e.hash);
+    if (rc != 0)
+      break;
+    rc = t.put(by_seq, lmdb::be64(e->seq), e->hash, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+      uint64_t last = 0;
+      t.for_each(by_seq, true, [&](std::string_view k, std::string_view) {
+        last = lmdb::from_be64(k);
+        return false;
+      });
+      spdlog::warn("message_store: sequence number {} of {} is taken; indexed as {}", e->seq, e->hash, last + 1);
+      rc = t.put(by_seq, lmdb::be64(last + 1), e->hash);
+    }
   }
   if (rc == 0)
     rc = t.commit();
   return rc;
+}
+
+// Batches handed to the index writer, and the transactions of a recovery, hold at most this
+// many entries: LMDB's write lock, which other actors share, is held for a bounded time.
+constexpr size_t max_index_batch = 2048;
+
+// Indexes `entries` in transactions of at most max_index_batch; 0 or the first failure's code.
+int index_all(lmdb::env& env, MDB_dbi by_hash, MDB_dbi by_seq, const std::vector<wal_entry>& entries) {
+  for (size_t i = 0; i < entries.size(); i += max_index_batch) {
+    auto n = std::min(max_index_batch, entries.size() - i);
+    if (int rc = index_entries(env, by_hash, by_seq, entries.data() + i, entries.data() + i + n); rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+bool full_disk(int rc) {
+  return rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT;
 }
 
 uint64_t code_to_round(int rc) {
@@ -68,15 +99,16 @@ int round_to_code(uint64_t round) {
 } // namespace
 
 // Indexes batches from the log into LMDB, one at a time, on a thread of its own (or inline, for
-// the deterministic scheduler), and tells the store with (flush, LMDB code, flush_indexed).
+// the deterministic scheduler; or when the store is told to, for tests of an index that lags),
+// and tells the store with (flush, LMDB code, flush_indexed).
 class index_writer {
 public:
   using batch_ptr = std::shared_ptr<const std::vector<wal_entry>>;
 
   index_writer(std::shared_ptr<lmdb::env> env, MDB_dbi by_hash, MDB_dbi by_seq,
-               message_store_actor store, bool background)
-    : env_(std::move(env)), by_hash_(by_hash), by_seq_(by_seq), store_(std::move(store)) {
-    if (background)
+               caf::actor_control_block* store, index_mode mode)
+    : env_(std::move(env)), by_hash_(by_hash), by_seq_(by_seq), store_(store), mode_(mode) {
+    if (mode == index_mode::thread)
       thread_ = std::thread{[this] { run(); }};
   }
 
@@ -96,8 +128,12 @@ public:
 
   /// The store hands over one batch at a time and waits for its report.
   void submit(batch_ptr batch) {
+    if (mode_ == index_mode::held) {
+      held_ = std::move(batch);
+      return;
+    }
     if (!thread_.joinable()) {
-      report(index_entries(*env_, by_hash_, by_seq_, *batch));
+      report(index(*batch));
       return;
     }
     {
@@ -107,7 +143,17 @@ public:
     cv_.notify_one();
   }
 
+  /// index_mode::held: indexes the batch handed over (if any) now.
+  void release() {
+    if (auto batch = std::move(held_))
+      report(index(*batch));
+  }
+
 private:
+  int index(const std::vector<wal_entry>& batch) {
+    return index_entries(*env_, by_hash_, by_seq_, batch.data(), batch.data() + batch.size());
+  }
+
   void run() {
     for (;;) {
       batch_ptr batch;
@@ -118,18 +164,23 @@ private:
           return;
         batch = std::move(job_);
       }
-      report(index_entries(*env_, by_hash_, by_seq_, *batch));
+      report(index(*batch));
     }
   }
 
   void report(int rc) {
-    caf::anon_send(store_, atom::flush_v, code_to_round(rc), uint64_t{flush_indexed});
+    // A weak handle: the store owns this writer, and must not be kept alive by it.
+    if (auto strong = store_.lock())
+      caf::anon_send(caf::actor_cast<message_store_actor>(strong), atom::flush_v, code_to_round(rc),
+                     uint64_t{flush_indexed});
   }
 
   std::shared_ptr<lmdb::env> env_;
   MDB_dbi by_hash_;
   MDB_dbi by_seq_;
-  message_store_actor store_;
+  caf::weak_actor_ptr store_;
+  index_mode mode_;
+  batch_ptr held_;
   std::mutex mtx_;
   std::condition_variable cv_;
   batch_ptr job_;
@@ -193,8 +244,15 @@ void start_indexing(message_store_pointer self) {
   auto& w = *self->state.wal;
   if (w.in_flight || w.queued.empty() || w.retry_armed)
     return;
-  w.in_flight = std::make_shared<const std::vector<wal_entry>>(std::move(w.queued));
-  w.queued.clear();
+  if (w.queued.size() <= max_index_batch) {
+    w.in_flight = std::make_shared<const std::vector<wal_entry>>(std::move(w.queued));
+    w.queued.clear();
+  } else {
+    auto cut = w.queued.begin() + static_cast<std::ptrdiff_t>(max_index_batch);
+    w.in_flight = std::make_shared<const std::vector<wal_entry>>(std::make_move_iterator(w.queued.begin()),
+                                                                 std::make_move_iterator(cut));
+    w.queued.erase(w.queued.begin(), cut);
+  }
   w.writer->submit(w.in_flight);
 }
 
@@ -265,11 +323,12 @@ bool log_commit(message_store_pointer self, std::vector<pending_append>& batch,
     ptrs.reserve(entries.size());
     for (auto& e : entries)
       ptrs.push_back(&e);
+    // Taken even if the append fails: its records may be on disk, and come back at the next start.
+    st.next_seq = seq;
     if (!w.log->append(ptrs, err)) {
       spdlog::error("message_store: {}; committing straight to LMDB from now on", err);
       return false;
     }
-    st.next_seq = seq;
   }
   ++st.commits;
   st.last_commit = self->clock().now() - started;
@@ -318,7 +377,7 @@ void on_indexed(message_store_pointer self, int rc) {
   }
   // Kept in memory (and in the log) and tried again in a second: an operator may free space.
   w.index_error = "cannot index messages into LMDB: " + lmdb::error_text(rc);
-  w.index_code = rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT ? ec::no_space : ec::storage_failure;
+  w.index_code = full_disk(rc) ? ec::no_space : ec::storage_failure;
   spdlog::error("message_store: {} ({} waiting); trying again in 1 s", w.index_error, w.overlay.size());
   w.queued.insert(w.queued.begin(), batch->begin(), batch->end());
   answer_reads(self);
@@ -494,7 +553,7 @@ caf::result<T> when_indexed(message_store_pointer self, F run) {
 
 message_store_actor::behavior_type
 make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool group_commit,
-           std::shared_ptr<message_wal> log, bool background) {
+           std::shared_ptr<message_wal> log, index_mode mode) {
   auto& st = self->state;
   st.env = std::move(env);
   st.group_commit = group_commit;
@@ -512,8 +571,29 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
     }
     st.wal = std::make_shared<message_wal_state>();
     st.wal->log = std::move(log);
-    st.wal->writer = std::make_unique<index_writer>(st.env, st.by_hash, st.by_seq,
-                                                    caf::actor_cast<message_store_actor>(self), background);
+    st.wal->writer = std::make_unique<index_writer>(st.env, st.by_hash, st.by_seq, self->ctrl(), mode);
+    if (!st.wal->log->recovered().empty()) {
+      // LMDB is full: the log's messages are served from memory and indexed once there is room;
+      // the log keeps them (it is not written again before the next start).
+      auto& w = *st.wal;
+      auto entries = w.log->take_recovered();
+      w.log->retire();
+      spdlog::error("message_store: LMDB is full; {} messages from the write-ahead log are served "
+                    "from memory until they can be indexed", entries.size());
+      for (auto& e : entries) {
+        stored_message m;
+        if (!codec::decode(e.record, m)) {
+          spdlog::error("message_store: the write-ahead log's record of {} is unreadable", e.hash);
+          continue;
+        }
+        if (!w.overlay.emplace(e.hash, message_wal_state::held{std::move(m), e.seq, 0}).second)
+          continue;
+        w.order.push_back(e.hash);
+        ++w.unindexed[0];
+        w.queued.push_back(std::move(e));
+      }
+      start_indexing(self);
+    }
   }
   // Appends already answered "pending" must not be dropped at shutdown: commit them first.
   self->set_exit_handler([=](caf::exit_msg& em) {
@@ -552,6 +632,11 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
       auto& st = self->state;
       if (kind == flush_indexed) {
         on_indexed(self, round_to_code(round));
+        return;
+      }
+      if (kind == flush_release) {
+        if (st.wal)
+          st.wal->writer->release();
         return;
       }
       if (kind == flush_retry) {
@@ -608,15 +693,20 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
 } // namespace
 
 std::string message_store_recover(lmdb::env& env, message_wal& wal) {
-  auto entries = wal.take_recovered();
   std::string err;
-  if (!entries.empty()) {
+  if (auto& entries = wal.recovered(); !entries.empty()) {
     MDB_dbi by_hash = 0, by_seq = 0;
     if (!env.open_db("messages", by_hash, err) || !env.open_db("messages_seq", by_seq, err))
       return err;
-    if (int rc = index_entries(env, by_hash, by_seq, entries); rc != 0)
+    int rc = index_all(env, by_hash, by_seq, entries);
+    if (full_disk(rc)) {
+      spdlog::error("message_store: cannot index the write-ahead log into LMDB: {}", lmdb::error_text(rc));
+      return ""; // kept in the log; message_store_wal serves them from memory
+    }
+    if (rc != 0)
       return "cannot index the write-ahead log into LMDB: " + lmdb::error_text(rc);
     spdlog::info("message_store: indexed {} messages from the write-ahead log", entries.size());
+    wal.take_recovered();
   }
   wal.reset(err);
   return err;
@@ -625,13 +715,13 @@ std::string message_store_recover(lmdb::env& env, message_wal& wal) {
 message_store_actor::behavior_type
 message_store(message_store_actor::stateful_pointer<message_store_state> self,
               std::shared_ptr<lmdb::env> env, bool group_commit) {
-  return make_store(self, std::move(env), group_commit, nullptr, false);
+  return make_store(self, std::move(env), group_commit, nullptr, index_mode::now);
 }
 
 message_store_actor::behavior_type
 message_store_wal(message_store_actor::stateful_pointer<message_store_state> self,
-                  std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, bool background) {
-  return make_store(self, std::move(env), true, std::move(wal), background);
+                  std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, index_mode mode) {
+  return make_store(self, std::move(env), true, std::move(wal), mode);
 }
 
 } // namespace alephd

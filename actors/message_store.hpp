@@ -27,7 +27,14 @@
 namespace alephd {
 
 class message_wal;
-struct message_wal_state; // the log, its writer into LMDB, and the appends not yet indexed
+struct message_wal_state;
+
+/// How message_store_wal indexes what it logged into LMDB.
+enum class index_mode {
+  thread, ///< on a thread of its own (nodes)
+  now,    ///< inline, at once (CAF's deterministic scheduler in tests)
+  held,   ///< only when the store gets (flush, 0, 5): tests of an index that lags behind
+}; // the log, its writer into LMDB, and the appends not yet indexed
 
 struct message_store_state {
   static inline const char* name = "message_store";
@@ -57,14 +64,15 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
               std::shared_ptr<lmdb::env> env, bool group_commit);
 
 /// Indexes into LMDB what `wal` held when it was opened (appends acknowledged before the node
-/// stopped), then empties it; the error, or "" when done. message_store_wal does it too.
+/// stopped), then empties it; the error, or "" when done. When LMDB is full the records stay
+/// in `wal.recovered()` (and "" is returned): message_store_wal serves them from memory and
+/// indexes them once there is room. message_store_wal calls it too.
 std::string message_store_recover(lmdb::env& env, message_wal& wal);
 
 /// Group commit through the write-ahead log `wal` (opened by the caller; its records are
-/// indexed into LMDB before the first append is taken). `background`: index on a thread of
-/// its own; false indexes inline, for CAF's deterministic scheduler in tests.
+/// indexed into LMDB before the first append is taken).
 message_store_actor::behavior_type
 message_store_wal(message_store_actor::stateful_pointer<message_store_state> self,
-                  std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, bool background);
+                  std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, index_mode mode);
 
 } // namespace alephd

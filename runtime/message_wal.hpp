@@ -45,6 +45,7 @@ public:
 
   /// The records found at open, in sequence order; the caller makes them durable elsewhere,
   /// then calls reset().
+  const std::vector<wal_entry>& recovered() const { return recovered_; }
   std::vector<wal_entry> take_recovered();
   /// Empties both segments (durably) and starts a new generation in segment 0.
   bool reset(std::string& err);
@@ -68,6 +69,8 @@ public:
   /// A write or sync failed: after a failed fdatasync the kernel may have dropped the pages,
   /// so the log is not written again.
   bool failed() const { return failed_; }
+  /// Stops writing to the log (what it holds stays, for the next start).
+  void retire() { failed_ = true; }
 
 private:
   message_wal() = default;

@@ -187,16 +187,23 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   env_ = lmdb::env::open(dir + "/lmdb", err);
   if (!env_)
     return err;
-  if (s.group_commit && s.message_wal) {
-    std::shared_ptr<message_wal> wal = message_wal::open(dir + "/wal", err);
+  // A log left by an earlier run is indexed even when this run does not use one.
+  const bool use_wal = s.group_commit && s.message_wal;
+  std::shared_ptr<message_wal> wal;
+  if (use_wal || std::filesystem::exists(dir + "/wal")) {
+    wal = message_wal::open(dir + "/wal", err);
     if (!wal)
       return err;
     if (err = message_store_recover(*env_, *wal); !err.empty())
       return err;
-    messages_ = sys.spawn(message_store_wal, env_, std::move(wal), true);
-  } else {
-    messages_ = sys.spawn(message_store, env_, s.group_commit);
+    if (!use_wal && !wal->recovered().empty())
+      return "the write-ahead log in " + dir + "/wal holds messages that LMDB (full) cannot take: "
+             "free space, or start with --ccn.wal=true to serve them from memory meanwhile";
   }
+  if (use_wal)
+    messages_ = sys.spawn(message_store_wal, env_, std::move(wal), index_mode::thread);
+  else
+    messages_ = sys.spawn(message_store, env_, s.group_commit);
   content_store_config cc;
   cc.root = dir + "/blobs";
   cc.blobs = std::make_shared<blob_store>(cc.root);

@@ -1,5 +1,6 @@
 #include "actors/message_store.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -52,7 +53,7 @@ struct message_store_test : caf_fixture, ::testing::WithParamInterface<bool> {
     std::string err;
     std::shared_ptr<message_wal> wal = message_wal::open((dir.path / "wal").string(), err, 64 << 10);
     EXPECT_TRUE(wal) << err;
-    return spawn(message_store_wal, env, wal, false);
+    return spawn(message_store_wal, env, wal, index_mode::now);
   }
 };
 
@@ -343,6 +344,30 @@ struct message_store_wal_test : caf_fixture {
     EXPECT_TRUE(wal) << err;
     return wal;
   }
+
+  // Writes entries into the log as a store would have, before a crash.
+  void log_entries(message_wal& wal, const std::vector<std::pair<uint64_t, stored_message>>& msgs) {
+    std::vector<wal_entry> entries;
+    for (auto& [seq, m] : msgs)
+      entries.push_back(wal_entry{seq, m.item_hash, codec::encode(m)});
+    std::vector<const wal_entry*> ptrs;
+    for (auto& e : entries)
+      ptrs.push_back(&e);
+    std::string err;
+    ASSERT_TRUE(wal.append(ptrs, err)) << err;
+  }
+
+  std::vector<std::string> listed(const message_store_actor& store) {
+    message_query q;
+    q.per_page = 500;
+    auto page = ask<message_page>(store, atom::list_v, q);
+    EXPECT_TRUE(page.value) << describe(page.error);
+    std::vector<std::string> out;
+    if (page.value)
+      for (auto& m : page.value->messages)
+        out.push_back(m.item_hash);
+    return out;
+  }
 };
 
 // A node killed after answering appends from the log, before indexing them: they are in
@@ -359,7 +384,7 @@ TEST_F(message_store_wal_test, appends_left_in_the_log_are_indexed_at_start) {
     std::string err;
     ASSERT_TRUE(wal->append(ptrs, err)) << err;
   }
-  auto store = spawn(message_store_wal, env, open_wal(), false);
+  auto store = spawn(message_store_wal, env, open_wal(), index_mode::now);
   auto g = ask<stored_message>(store, atom::get_v, std::string{"left2"});
   ASSERT_TRUE(g.value) << describe(g.error);
   EXPECT_EQ(*g.value, msg("left2"));
@@ -377,32 +402,11 @@ TEST_F(message_store_wal_test, appends_left_in_the_log_are_indexed_at_start) {
   EXPECT_EQ(left[0].hash, "after");
 }
 
-// Indexing on a thread of its own (as in a node): a list answered after appends shows them all.
-TEST_F(message_store_wal_test, a_list_shows_every_append_acknowledged_before_it) {
-  auto store = spawn(message_store_wal, env, open_wal(), true);
-  std::vector<std::shared_ptr<reply<append_result>>> acks;
-  for (int i = 0; i < 40; ++i)
-    acks.push_back(ask_later<append_result>(store, atom::append_v, msg("t" + std::to_string(i))));
-  sched.run();
-  for (auto& a : acks)
-    ASSERT_TRUE(a->done && a->value) << describe(a->error);
-  auto page = ask_later<message_page>(store, atom::list_v, message_query{});
-  // The writer's reports arrive from its thread: run until the list is answered (bounded).
-  for (int i = 0; i < 5000 && !page->done; ++i) {
-    sched.run();
-    if (!page->done)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  ASSERT_TRUE(page->done && page->value) << describe(page->error);
-  EXPECT_EQ(page->value->total, 40u);
-  EXPECT_EQ(page->value->messages[0].item_hash, "t39");
-}
-
 // LMDB cannot take the index (its map is full): appends are still acknowledged from the log
 // and readable; a list fails with a clear error instead of waiting; once there is room the
 // writer catches up on its own.
 TEST_F(message_store_wal_test, a_failing_index_keeps_appends_readable_and_catches_up) {
-  auto store = spawn(message_store_wal, env, open_wal(), false);
+  auto store = spawn(message_store_wal, env, open_wal(), index_mode::now);
   ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("first")).value);
   ASSERT_EQ(mdb_env_set_mapsize(env->get(), 1), 0); // no new pages
   auto logged = msg("logged");
@@ -426,11 +430,100 @@ TEST_F(message_store_wal_test, a_failing_index_keeps_appends_readable_and_catche
   EXPECT_EQ(after.value->messages[0].item_hash, "logged");
 }
 
+// The index lags (held): the log turns over to its second segment, and when that is full too
+// while the first is not indexed, groups commit straight into LMDB. A store killed then (no
+// exit handler) loses nothing: at the next start the log's messages are indexed, in order.
+TEST_F(message_store_wal_test, a_lagging_index_falls_back_to_lmdb_and_a_kill_loses_nothing) {
+  std::vector<std::string> hashes;
+  {
+    auto store = spawn(message_store_wal, env, open_wal(16 << 10), index_mode::held);
+    auto& st = state_of<message_store_state>(store);
+    for (int i = 0; i < 300; ++i) {
+      hashes.push_back("k" + std::to_string(i));
+      auto r = ask<append_result>(store, atom::append_v, msg(hashes.back()));
+      ASSERT_TRUE(r.value) << i << ": " << describe(r.error);
+    }
+    EXPECT_EQ(st.indexed, 0u) << "nothing was released to the index";
+    // ~120 bytes a record, 12 KiB a segment: two segments hold ~200, the rest went to LMDB.
+    lmdb::txn t{*env, false};
+    MDB_dbi by_hash = 0;
+    ASSERT_EQ(mdb_dbi_open(t.get(), "messages", 0, &by_hash), 0);
+    EXPECT_FALSE(t.get(by_hash, "k0")) << "k0 is only in the log";
+    EXPECT_TRUE(t.get(by_hash, "k299")) << "k299 was committed straight into LMDB";
+    EXPECT_TRUE(ask<stored_message>(store, atom::get_v, std::string{"k0"}).value);
+    caf::anon_send_exit(store, caf::exit_reason::kill);
+    sched.run();
+  }
+  owned.clear();
+  auto store = spawn(message_store_wal, env, open_wal(16 << 10), index_mode::now);
+  auto got = listed(store);
+  ASSERT_EQ(got.size(), hashes.size());
+  std::reverse(got.begin(), got.end()); // newest first
+  EXPECT_EQ(got, hashes) << "every acknowledged message, in the order of its acknowledgement";
+}
+
+// A log left behind by a run that was killed, then a run without the log that numbered new
+// messages from LMDB: recovery keeps both, giving the log's messages free sequence numbers.
+TEST_F(message_store_wal_test, sequence_numbers_taken_meanwhile_are_not_overwritten) {
+  {
+    auto wal = open_wal();
+    std::string err;
+    ASSERT_TRUE(wal->reset(err)) << err;
+    log_entries(*wal, {{1, msg("logged1")}, {2, msg("logged2")}});
+  }
+  {
+    auto plain = spawn(message_store, env, true);
+    ASSERT_TRUE(ask<append_result>(plain, atom::append_v, msg("direct1")).value);
+    ASSERT_TRUE(ask<append_result>(plain, atom::append_v, msg("direct2")).value);
+    caf::anon_send_exit(plain, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+  owned.clear();
+  auto store = spawn(message_store_wal, env, open_wal(), index_mode::now);
+  EXPECT_EQ(listed(store), (std::vector<std::string>{"logged2", "logged1", "direct2", "direct1"}));
+}
+
+// LMDB is full when the node starts with messages in the log: it starts anyway, serves them
+// from memory (a list says why it cannot answer), and indexes them once there is room.
+TEST_F(message_store_wal_test, a_full_lmdb_at_start_serves_the_log_from_memory) {
+  {
+    auto plain = spawn(message_store, env, true);
+    ASSERT_TRUE(ask<append_result>(plain, atom::append_v, msg("old")).value);
+    caf::anon_send_exit(plain, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+  owned.clear();
+  auto big = msg("big");
+  big.json = std::string(40 << 10, 'x');
+  {
+    auto wal = open_wal();
+    std::string err;
+    ASSERT_TRUE(wal->reset(err)) << err;
+    log_entries(*wal, {{2, big}});
+  }
+  ASSERT_EQ(mdb_env_set_mapsize(env->get(), 1), 0);
+  std::string err;
+  {
+    auto wal = open_wal();
+    EXPECT_EQ(message_store_recover(*env, *wal), "");
+    EXPECT_EQ(wal->recovered().size(), 1u) << "kept for the store";
+  }
+  auto store = spawn(message_store_wal, env, open_wal(), index_mode::now);
+  auto g = ask<stored_message>(store, atom::get_v, std::string{"big"});
+  ASSERT_TRUE(g.value) << describe(g.error);
+  EXPECT_EQ(*g.value, big);
+  auto page = ask<message_page>(store, atom::list_v, message_query{});
+  EXPECT_TRUE(is(page.error, ec::no_space)) << describe(page.error);
+  ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
+  advance(std::chrono::seconds(1));
+  EXPECT_EQ(listed(store), (std::vector<std::string>{"big", "old"}));
+}
+
 // Many appends through small segments: the log turns over from one segment to the other, and
 // everything is there after a restart.
 TEST_F(message_store_wal_test, the_log_turns_over_between_its_segments) {
   {
-    auto store = spawn(message_store_wal, env, open_wal(16 << 10), false);
+    auto store = spawn(message_store_wal, env, open_wal(16 << 10), index_mode::now);
     for (int i = 0; i < 200; ++i)
       ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("r" + std::to_string(i))).value);
     EXPECT_EQ(state_of<message_store_state>(store).commits, 200u);
@@ -438,12 +531,47 @@ TEST_F(message_store_wal_test, the_log_turns_over_between_its_segments) {
     sched.run();
   }
   owned.clear();
-  auto store = spawn(message_store_wal, env, open_wal(16 << 10), false);
+  auto store = spawn(message_store_wal, env, open_wal(16 << 10), index_mode::now);
   auto page = ask<message_page>(store, atom::list_v, message_query{});
   ASSERT_TRUE(page.value);
   EXPECT_EQ(page.value->total, 200u);
   for (int i : {0, 57, 199})
     EXPECT_TRUE(ask<stored_message>(store, atom::get_v, "r" + std::to_string(i)).value) << i;
+}
+
+// Indexing on a thread of its own, as in a node (a real scheduler: the deterministic one is
+// not for other threads): a list answered after appends shows them all.
+TEST(message_store_wal_thread, a_list_shows_every_append_acknowledged_before_it) {
+  caf::actor_system_config cfg;
+  add_message_types(cfg);
+  cfg.set("scheduler.max-threads", 2);
+  caf::actor_system sys{cfg};
+  temp_dir dir;
+  auto env = open_test_env(dir);
+  std::string err;
+  std::shared_ptr<message_wal> wal = message_wal::open((dir.path / "wal").string(), err);
+  ASSERT_TRUE(wal) << err;
+  auto store = sys.spawn(message_store_wal, env, wal, index_mode::thread);
+  caf::scoped_actor self{sys};
+  for (int i = 0; i < 200; ++i)
+    self->send(store, atom::append_v, msg("t" + std::to_string(i)));
+  int acked = 0;
+  for (int i = 0; i < 200; ++i)
+    self->receive([&](const append_result& r) { acked += r.duplicate ? 0 : 1; },
+                  [&](const caf::error& e) { ADD_FAILURE() << describe(e); },
+                  caf::after(std::chrono::seconds(10)) >> [&] { ADD_FAILURE() << "no answer"; });
+  EXPECT_EQ(acked, 200);
+  message_query q;
+  q.per_page = 1;
+  self->request(store, std::chrono::seconds(10), atom::list_v, q)
+    .receive(
+      [&](const message_page& p) {
+        EXPECT_EQ(p.total, 200u);
+        ASSERT_EQ(p.messages.size(), 1u);
+        EXPECT_EQ(p.messages[0].item_hash, "t199");
+      },
+      [&](const caf::error& e) { ADD_FAILURE() << describe(e); });
+  self->send_exit(store, caf::exit_reason::user_shutdown);
 }
 
 } // namespace
