@@ -209,6 +209,7 @@ struct message_wal_state {
   index_writer::batch_ptr in_flight;             ///< handed to the writer, not yet reported
   size_t unindexed[2] = {0, 0};                  ///< overlay entries in each log segment
   std::vector<deferred_read> reads;
+  bool paused = false; ///< the log holds what LMDB (full at start) could not take: not written until indexed
   std::string index_error; ///< why the writer's last batch failed ("" when it did not)
   ec index_code = ec::storage_failure; ///< ... as an error code (no_space for a full disk)
   bool retry_armed = false;
@@ -283,7 +284,7 @@ bool log_commit(message_store_pointer self, std::vector<pending_append>& batch,
                 caf::actor_clock::time_point started) {
   auto& st = self->state;
   auto& w = *st.wal;
-  if (w.log->failed())
+  if (w.log->failed() || w.paused)
     return false;
   enum kind : char { fresh, known, repeated };
   std::vector<kind> kinds(batch.size(), fresh);
@@ -371,6 +372,17 @@ void on_indexed(message_store_pointer self, int rc) {
       w.order.pop_front(); // batches are indexed in the order they were logged
     }
     w.index_error.clear();
+    if (w.paused && w.overlay.empty()) {
+      // What the log held at start is in LMDB now: the log can start over.
+      std::string err;
+      if (w.log->reset(err)) {
+        w.paused = false;
+        w.unindexed[0] = w.unindexed[1] = 0;
+        spdlog::info("message_store: the write-ahead log is indexed; using it again");
+      } else {
+        spdlog::error("message_store: {}; committing straight to LMDB from now on", err);
+      }
+    }
     start_indexing(self);
     answer_reads(self);
     return;
@@ -422,7 +434,16 @@ void commit_pending(message_store_pointer self) {
     }
     in_batch.insert(msg.item_hash);
     if (rc == 0)
-      rc = t.put(st.by_seq, lmdb::be64(seq++), msg.item_hash);
+      rc = t.put(st.by_seq, lmdb::be64(seq), msg.item_hash, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) { // never expected: numbers are handed out here only
+      t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
+        seq = lmdb::from_be64(k) + 1;
+        return false;
+      });
+      spdlog::warn("message_store: sequence number taken; {} gets {}", msg.item_hash, seq);
+      rc = t.put(st.by_seq, lmdb::be64(seq), msg.item_hash);
+    }
+    ++seq;
   }
   if (rc == 0)
     rc = t.commit();
@@ -572,28 +593,38 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
     st.wal = std::make_shared<message_wal_state>();
     st.wal->log = std::move(log);
     st.wal->writer = std::make_unique<index_writer>(st.env, st.by_hash, st.by_seq, self->ctrl(), mode);
-    if (!st.wal->log->recovered().empty()) {
-      // LMDB is full: the log's messages are served from memory and indexed once there is room;
-      // the log keeps them (it is not written again before the next start).
-      auto& w = *st.wal;
-      auto entries = w.log->take_recovered();
-      w.log->retire();
-      spdlog::error("message_store: LMDB is full; {} messages from the write-ahead log are served "
-                    "from memory until they can be indexed", entries.size());
-      for (auto& e : entries) {
-        stored_message m;
-        if (!codec::decode(e.record, m)) {
-          spdlog::error("message_store: the write-ahead log's record of {} is unreadable", e.hash);
-          continue;
-        }
-        if (!w.overlay.emplace(e.hash, message_wal_state::held{std::move(m), e.seq, 0}).second)
-          continue;
-        w.order.push_back(e.hash);
-        ++w.unindexed[0];
-        w.queued.push_back(std::move(e));
+  }
+  {
+    lmdb::txn t{*st.env, false};
+    t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
+      st.next_seq = lmdb::from_be64(k) + 1;
+      return false;
+    });
+  }
+  if (st.wal && !st.wal->log->recovered().empty()) {
+    // LMDB is full: the log's messages are served from memory and indexed once there is room.
+    // They are numbered after everything in LMDB (their logged numbers may be taken), and the
+    // log is not written until they are indexed.
+    auto& w = *st.wal;
+    auto entries = w.log->take_recovered();
+    w.paused = true;
+    spdlog::error("message_store: LMDB is full; {} messages from the write-ahead log are served "
+                  "from memory until they can be indexed", entries.size());
+    for (auto& e : entries) {
+      stored_message m;
+      if (!codec::decode(e.record, m)) {
+        spdlog::error("message_store: the write-ahead log's record of {} is unreadable", e.hash);
+        continue;
       }
-      start_indexing(self);
+      e.seq = st.next_seq;
+      if (!w.overlay.emplace(e.hash, message_wal_state::held{std::move(m), e.seq, 0}).second)
+        continue;
+      ++st.next_seq;
+      w.order.push_back(e.hash);
+      ++w.unindexed[0];
+      w.queued.push_back(std::move(e));
     }
+    start_indexing(self);
   }
   // Appends already answered "pending" must not be dropped at shutdown: commit them first.
   self->set_exit_handler([=](caf::exit_msg& em) {
@@ -606,13 +637,6 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
     }
     self->quit(em.reason);
   });
-  {
-    lmdb::txn t{*st.env, false};
-    t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
-      st.next_seq = lmdb::from_be64(k) + 1;
-      return false;
-    });
-  }
   return {
     [=](atom::append, stored_message& msg) -> caf::result<append_result> {
       auto& st = self->state;

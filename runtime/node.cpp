@@ -198,7 +198,8 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
       return err;
     if (!use_wal && !wal->recovered().empty())
       return "the write-ahead log in " + dir + "/wal holds messages that LMDB (full) cannot take: "
-             "free space, or start with --ccn.wal=true to serve them from memory meanwhile";
+             "free space, or start with --ccn.group-commit=true --ccn.wal=true to serve them from "
+             "memory meanwhile";
   }
   if (use_wal)
     messages_ = sys.spawn(message_store_wal, env_, std::move(wal), index_mode::thread);

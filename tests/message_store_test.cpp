@@ -514,9 +514,39 @@ TEST_F(message_store_wal_test, a_full_lmdb_at_start_serves_the_log_from_memory) 
   EXPECT_EQ(*g.value, big);
   auto page = ask<message_page>(store, atom::list_v, message_query{});
   EXPECT_TRUE(is(page.error, ec::no_space)) << describe(page.error);
+  auto meanwhile = ask<append_result>(store, atom::append_v, big);
+  ASSERT_TRUE(meanwhile.value) << describe(meanwhile.error);
+  EXPECT_TRUE(meanwhile.value->duplicate) << "known from the log";
   ASSERT_EQ(mdb_env_set_mapsize(env->get(), uint64_t{1} << 30), 0);
+  // Room again: new messages commit straight into LMDB (the log waits for its backlog) ...
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("new1")).value);
+  auto& st = state_of<message_store_state>(store);
+  EXPECT_EQ(st.indexed, 0u) << "the retry is still a second away";
   advance(std::chrono::seconds(1));
-  EXPECT_EQ(listed(store), (std::vector<std::string>{"big", "old"}));
+  EXPECT_EQ(st.indexed, 1u);
+  // ... and once the backlog is indexed the log is used again.
+  ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("new2")).value);
+  EXPECT_EQ(st.indexed, 2u) << "new2 went through the log";
+  EXPECT_EQ(listed(store), (std::vector<std::string>{"new2", "new1", "big", "old"}))
+    << "numbered after LMDB's messages, none hiding another";
+}
+
+// A list waits for the index to catch up with every append acknowledged before it.
+TEST_F(message_store_wal_test, a_list_waits_until_the_index_has_caught_up) {
+  auto store = spawn(message_store_wal, env, open_wal(), index_mode::held);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(ask<append_result>(store, atom::append_v, msg("w" + std::to_string(i))).value);
+  auto page = ask_later<message_page>(store, atom::list_v, message_query{});
+  sched.run();
+  EXPECT_FALSE(page->done) << "two appends are not indexed yet";
+  caf::anon_send(store, atom::flush_v, uint64_t{0}, uint64_t{5}); // release the first batch (w0)
+  sched.run();
+  EXPECT_FALSE(page->done) << "w1 and w2 still wait";
+  caf::anon_send(store, atom::flush_v, uint64_t{0}, uint64_t{5}); // the rest
+  sched.run();
+  ASSERT_TRUE(page->done && page->value) << describe(page->error);
+  EXPECT_EQ(page->value->total, 3u);
+  EXPECT_EQ(page->value->messages[0].item_hash, "w2");
 }
 
 // Many appends through small segments: the log turns over from one segment to the other, and
@@ -542,11 +572,11 @@ TEST_F(message_store_wal_test, the_log_turns_over_between_its_segments) {
 // Indexing on a thread of its own, as in a node (a real scheduler: the deterministic one is
 // not for other threads): a list answered after appends shows them all.
 TEST(message_store_wal_thread, a_list_shows_every_append_acknowledged_before_it) {
+  temp_dir dir; // outlives the actor system, and the store's writer with it
   caf::actor_system_config cfg;
   add_message_types(cfg);
   cfg.set("scheduler.max-threads", 2);
   caf::actor_system sys{cfg};
-  temp_dir dir;
   auto env = open_test_env(dir);
   std::string err;
   std::shared_ptr<message_wal> wal = message_wal::open((dir.path / "wal").string(), err);
