@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include <caf/actor_system.hpp>
+#include <caf/detail/type_traits.hpp>
 #include <caf/event_based_actor.hpp>
 #include <nlohmann/json.hpp>
 
@@ -42,6 +43,22 @@ http::response usage_page(const std::vector<usage_entry>& entries);
 /// A stored file as the answer (octet-stream, ranges honoured): GET /api/v0/storage/raw.
 http::response file_response(const file_info& f);
 
+namespace detail {
+
+// `on_ok` with the same parameter types (CAF reads a handler's types from its signature), but
+// first removing the monitor on `dst`: a monitor outlives the actor that set it, and holds its
+// memory until `dst` ends.
+template <class OnOk, class... Args>
+auto demonitor_then(caf::event_based_actor* self, caf::actor_addr dst, OnOk on_ok,
+                    caf::detail::type_list<Args...>) {
+  return [self, dst, on_ok](Args... xs) mutable {
+    self->demonitor(dst);
+    on_ok(std::forward<Args>(xs)...);
+  };
+}
+
+} // namespace detail
+
 /// Asks `dst` with `xs...` and calls `on_ok` (a lambda with the reply's types) with the reply;
 /// an error or a timeout answers through `respond` as error_response(), and so does `dst`
 /// ending before it replied (503 at once, so that a shutdown never waits for the timeout).
@@ -51,15 +68,21 @@ void ask(caf::actor_system& sys, const Handle& dst, std::chrono::milliseconds ti
          const http::responder& respond, OnOk on_ok, Ts&&... xs) {
   auto args = std::make_shared<std::tuple<std::decay_t<Ts>...>>(std::forward<Ts>(xs)...);
   sys.spawn([=](caf::event_based_actor* self) {
+    auto addr = dst.address();
     self->monitor(dst);
     self->set_down_handler([=](caf::down_msg&) {
       respond(http::json_error(503, "the node is shutting down"));
       self->quit();
     });
+    using arg_types = typename caf::detail::get_callable_trait<OnOk>::arg_types;
     std::apply(
       [&](auto&... ys) {
         self->request(dst, timeout, std::move(ys)...)
-          .then(on_ok, [respond](caf::error& err) { respond(error_response(err)); });
+          .then(detail::demonitor_then(self, addr, on_ok, arg_types{}),
+                [self, addr, respond](caf::error& err) {
+                  self->demonitor(addr);
+                  respond(error_response(err));
+                });
       },
       *args);
   });
