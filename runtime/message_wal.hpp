@@ -69,8 +69,6 @@ public:
   /// A write or sync failed: after a failed fdatasync the kernel may have dropped the pages,
   /// so the log is not written again.
   bool failed() const { return failed_; }
-  /// Stops writing to the log (what it holds stays, for the next start).
-  void retire() { failed_ = true; }
 
 private:
   message_wal() = default;
