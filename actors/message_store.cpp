@@ -38,6 +38,16 @@ enum flush_kind : uint64_t {
   flush_release = 5, // index_mode::held: index the batch handed over now (tests)
 };
 
+// The highest sequence number in `by_seq` (0 when there is none).
+uint64_t last_seq(const lmdb::txn& t, MDB_dbi by_seq) {
+  uint64_t last = 0;
+  t.for_each(by_seq, true, [&](std::string_view k, std::string_view) {
+    last = lmdb::from_be64(k);
+    return false;
+  });
+  return last;
+}
+
 // Writes appends from the log into LMDB in one transaction: the record under its hash (kept
 // when the hash is known already) and the hash under its sequence number. A sequence number
 // taken already by another message (a log left behind while the node ran without it) gets the
@@ -56,13 +66,9 @@ int index_entries(lmdb::env& env, MDB_dbi by_hash, MDB_dbi by_seq, const wal_ent
       break;
     rc = t.put(by_seq, lmdb::be64(e->seq), e->hash, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST) {
-      uint64_t last = 0;
-      t.for_each(by_seq, true, [&](std::string_view k, std::string_view) {
-        last = lmdb::from_be64(k);
-        return false;
-      });
-      spdlog::warn("message_store: sequence number {} of {} is taken; indexed as {}", e->seq, e->hash, last + 1);
-      rc = t.put(by_seq, lmdb::be64(last + 1), e->hash);
+      auto next = last_seq(t, by_seq) + 1;
+      spdlog::warn("message_store: sequence number {} of {} is taken; indexed as {}", e->seq, e->hash, next);
+      rc = t.put(by_seq, lmdb::be64(next), e->hash);
     }
   }
   if (rc == 0)
@@ -320,13 +326,9 @@ bool log_commit(message_store_pointer self, std::vector<pending_append>& batch,
         return false;
       }
     }
-    std::vector<const wal_entry*> ptrs;
-    ptrs.reserve(entries.size());
-    for (auto& e : entries)
-      ptrs.push_back(&e);
     // Taken even if the append fails: its records may be on disk, and come back at the next start.
     st.next_seq = seq;
-    if (!w.log->append(ptrs, err)) {
+    if (!w.log->append(entries, err)) {
       spdlog::error("message_store: {}; committing straight to LMDB from now on", err);
       return false;
     }
@@ -436,10 +438,7 @@ void commit_pending(message_store_pointer self) {
     if (rc == 0)
       rc = t.put(st.by_seq, lmdb::be64(seq), msg.item_hash, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST) { // never expected: numbers are handed out here only
-      t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
-        seq = lmdb::from_be64(k) + 1;
-        return false;
-      });
+      seq = last_seq(t, st.by_seq) + 1;
       spdlog::warn("message_store: sequence number taken; {} gets {}", msg.item_hash, seq);
       rc = t.put(st.by_seq, lmdb::be64(seq), msg.item_hash);
     }
@@ -596,10 +595,7 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
   }
   {
     lmdb::txn t{*st.env, false};
-    t.for_each(st.by_seq, true, [&](std::string_view k, std::string_view) {
-      st.next_seq = lmdb::from_be64(k) + 1;
-      return false;
-    });
+    st.next_seq = last_seq(t, st.by_seq) + 1;
   }
   if (st.wal && !st.wal->log->recovered().empty()) {
     // LMDB is full: the log's messages are served from memory and indexed once there is room.

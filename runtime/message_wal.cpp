@@ -239,24 +239,24 @@ bool message_wal::rotate(std::string& err) {
   return true;
 }
 
-bool message_wal::append(const std::vector<const wal_entry*>& entries, std::string& err) {
+bool message_wal::append(const std::vector<wal_entry>& entries, std::string& err) {
   if (failed_) {
     err = "the write-ahead log failed earlier";
     return false;
   }
   buffer_.clear();
   auto gen = generation_[active_];
-  for (auto* e : entries) {
-    auto hash_len = static_cast<uint32_t>(e->hash.size());
-    auto record_len = static_cast<uint32_t>(e->record.size());
+  for (auto& e : entries) {
+    auto hash_len = static_cast<uint32_t>(e.hash.size());
+    auto record_len = static_cast<uint32_t>(e.record.size());
     put<uint32_t>(buffer_, record_magic);
     put<uint32_t>(buffer_, hash_len);
     put<uint32_t>(buffer_, record_len);
-    put<uint32_t>(buffer_, record_crc(hash_len, record_len, gen, e->seq, e->hash.data(), e->record.data()));
+    put<uint32_t>(buffer_, record_crc(hash_len, record_len, gen, e.seq, e.hash.data(), e.record.data()));
     put<uint64_t>(buffer_, gen);
-    put<uint64_t>(buffer_, e->seq);
-    buffer_ += e->hash;
-    buffer_ += e->record;
+    put<uint64_t>(buffer_, e.seq);
+    buffer_ += e.hash;
+    buffer_ += e.record;
   }
   if (!fits(buffer_.size())) {
     err = "the write-ahead log segment is full";

@@ -65,7 +65,7 @@ public:
   bool rotate(std::string& err);
   /// Writes `entries` at the end of the active segment and syncs them; false and `err` when
   /// they may not be durable (the log is then unusable: see failed()).
-  bool append(const std::vector<const wal_entry*>& entries, std::string& err);
+  bool append(const std::vector<wal_entry>& entries, std::string& err);
   /// A write or sync failed: after a failed fdatasync the kernel may have dropped the pages,
   /// so the log is not written again.
   bool failed() const { return failed_; }

@@ -350,11 +350,8 @@ struct message_store_wal_test : caf_fixture {
     std::vector<wal_entry> entries;
     for (auto& [seq, m] : msgs)
       entries.push_back(wal_entry{seq, m.item_hash, codec::encode(m)});
-    std::vector<const wal_entry*> ptrs;
-    for (auto& e : entries)
-      ptrs.push_back(&e);
     std::string err;
-    ASSERT_TRUE(wal.append(ptrs, err)) << err;
+    ASSERT_TRUE(wal.append(entries, err)) << err;
   }
 
   std::vector<std::string> listed(const message_store_actor& store) {
@@ -378,11 +375,8 @@ TEST_F(message_store_wal_test, appends_left_in_the_log_are_indexed_at_start) {
     std::vector<wal_entry> entries;
     for (uint64_t i = 1; i <= 3; ++i)
       entries.push_back(wal_entry{i, "left" + std::to_string(i), codec::encode(msg("left" + std::to_string(i)))});
-    std::vector<const wal_entry*> ptrs;
-    for (auto& e : entries)
-      ptrs.push_back(&e);
     std::string err;
-    ASSERT_TRUE(wal->append(ptrs, err)) << err;
+    ASSERT_TRUE(wal->append(entries, err)) << err;
   }
   auto store = spawn(message_store_wal, env, open_wal(), index_mode::now);
   auto g = ask<stored_message>(store, atom::get_v, std::string{"left2"});

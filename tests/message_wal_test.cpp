@@ -33,12 +33,9 @@ struct message_wal_test : ::testing::Test {
     return wal_entry{seq, "hash" + std::to_string(seq), std::string(size, static_cast<char>('a' + seq % 26))};
   }
 
-  static void append(message_wal& w, std::vector<wal_entry> entries) {
-    std::vector<const wal_entry*> ptrs;
-    for (auto& e : entries)
-      ptrs.push_back(&e);
+  static void append(message_wal& w, const std::vector<wal_entry>& entries) {
     std::string err;
-    ASSERT_TRUE(w.append(ptrs, err)) << err;
+    ASSERT_TRUE(w.append(entries, err)) << err;
   }
 
   static std::vector<uint64_t> seqs(const std::vector<wal_entry>& es) {
@@ -131,9 +128,7 @@ TEST_F(message_wal_test, an_entry_larger_than_the_room_left_is_refused) {
   auto w = open(16 << 10);
   std::string err;
   ASSERT_TRUE(w->reset(err)) << err;
-  auto big = entry(1, 13 << 10);
-  std::vector<const wal_entry*> ptrs{&big};
-  EXPECT_FALSE(w->append(ptrs, err));
+  EXPECT_FALSE(w->append({entry(1, 13 << 10)}, err));
   EXPECT_NE(err.find("full"), std::string::npos) << err;
   EXPECT_FALSE(w->failed()) << "nothing was written: the log stays usable";
   append(*w, {entry(2)});
