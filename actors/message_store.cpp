@@ -234,12 +234,12 @@ void count_arrivals(message_store_pointer self) {
   self->send(self, atom::flush_v, st.round, uint64_t{flush_count});
 }
 
-void publish(message_store_pointer self, const stored_message& msg) {
+void publish(message_store_pointer self, stored_message msg) {
   auto& st = self->state;
   if (st.listeners.empty())
     return;
   // One message shared by every listener's mailbox (they only read it).
-  auto m = caf::make_message(atom::published_v, msg);
+  auto m = caf::make_message(atom::published_v, std::move(msg));
   for (auto& l : st.listeners)
     caf::anon_send(caf::actor_cast<caf::actor>(l), m);
 }
@@ -471,7 +471,7 @@ void commit_pending(message_store_pointer self) {
     auto& [msg, rp] = batch[i];
     rp.deliver(append_result{msg.item_hash, "processed", duplicate[i]});
     if (!duplicate[i])
-      publish(self, msg);
+      publish(self, std::move(msg)); // not needed here any more
   }
 }
 
