@@ -1,0 +1,214 @@
+// transfer::download against a bare HTTP server on a loopback port the OS chooses: small and
+// large files of sizes that do not fall on the disk's blocks (a large file is written with
+// O_DIRECT, its tail buffered), progress, a connection lost half-way, cancellation and a full
+// disk. Every failure leaves no file behind.
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "runtime/blob_store.hpp"
+#include "runtime/transfer.hpp"
+
+namespace fs = std::filesystem;
+using alephd::transfer::download;
+using alephd::transfer::options;
+
+namespace {
+
+std::string bytes_of(size_t n, uint64_t seed) {
+  std::mt19937_64 rng{seed};
+  std::string s(n, '\0');
+  for (auto& c : s)
+    c = static_cast<char>(rng());
+  return s;
+}
+
+std::string sha256_of(const std::string& s) {
+  alephd::sha256_stream sha;
+  sha.update(s.data(), s.size());
+  return sha.hex();
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in{p, std::ios::binary};
+  return std::string{std::istreambuf_iterator<char>{in}, {}};
+}
+
+// Serves one GET: a Content-Length of body.size(), then the first `send` bytes of body (all by
+// default), then closes. The test owns the thread's end through the destructor.
+class one_shot_server {
+public:
+  explicit one_shot_server(std::string body, size_t send = std::string::npos)
+    : body_{std::move(body)}, send_{std::min(send, body_.size())} {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+        || ::listen(fd_, 4) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error{std::string{"cannot listen: "} + std::strerror(errno)};
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread{[this] { serve(); }};
+  }
+  ~one_shot_server() {
+    ::shutdown(fd_, SHUT_RDWR); // wakes an accept that never got its client
+    thread_.join();
+    ::close(fd_);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+private:
+  void serve() {
+    int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0)
+      return;
+    std::string req;
+    char b[4096];
+    while (req.find("\r\n\r\n") == std::string::npos) {
+      auto n = ::recv(c, b, sizeof b, 0);
+      if (n <= 0)
+        break;
+      req.append(b, static_cast<size_t>(n));
+    }
+    auto head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: "
+                + std::to_string(body_.size()) + "\r\n\r\n";
+    // Head and the body's start in one write, as a server would: the client finds part of the
+    // body already read behind the header.
+    auto first = head + body_.substr(0, std::min<size_t>(send_, 1000));
+    bool ok = ::send(c, first.data(), first.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(first.size());
+    for (size_t at = std::min<size_t>(send_, 1000); ok && at < send_;) {
+      auto n = ::send(c, body_.data() + at, std::min<size_t>(send_ - at, 1 << 20), MSG_NOSIGNAL);
+      ok = n > 0;
+      at += ok ? static_cast<size_t>(n) : 0;
+    }
+    ::close(c);
+  }
+
+  std::string body_;
+  size_t send_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+struct transfer : ::testing::Test {
+  fs::path dir;
+  void SetUp() override {
+    dir = fs::temp_directory_path()
+          / ("alephd-transfer-" + std::to_string(::getpid()) + "-"
+             + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  void TearDown() override { fs::remove_all(dir); }
+};
+
+TEST_F(transfer, a_small_file_arrives_whole_and_hashed) {
+  auto body = bytes_of(100'000 + 7, 1);
+  one_shot_server server{body};
+  auto dest = dir / "small";
+  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_EQ(r.size, body.size());
+  EXPECT_EQ(r.sha256, sha256_of(body));
+  EXPECT_TRUE(slurp(dest) == body);
+}
+
+TEST_F(transfer, a_large_file_with_an_unaligned_tail_arrives_whole_and_hashed) {
+  // Five 4 MiB pieces written direct, then a tail of 12,345 bytes written buffered.
+  auto body = bytes_of((20 << 20) + 12'345, 2);
+  one_shot_server server{body};
+  auto dest = dir / "large";
+  options o;
+  std::vector<std::pair<uint64_t, uint64_t>> seen;
+  o.progress = [&](uint64_t done, uint64_t total) { seen.emplace_back(done, total); };
+  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, o);
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(r.size, body.size());
+  EXPECT_EQ(r.sha256, sha256_of(body));
+  EXPECT_EQ(fs::file_size(dest), body.size());
+  EXPECT_TRUE(slurp(dest) == body) << "the bytes on disk differ from the bytes sent";
+  ASSERT_GE(seen.size(), 2u);
+  for (size_t i = 1; i < seen.size(); ++i)
+    EXPECT_LE(seen[i - 1].first, seen[i].first) << "progress went backwards";
+  EXPECT_EQ(seen.back(), std::make_pair(uint64_t{body.size()}, uint64_t{body.size()}));
+}
+
+TEST_F(transfer, a_large_file_of_whole_blocks_arrives_whole) {
+  auto body = bytes_of(24 << 20, 3);
+  one_shot_server server{body};
+  auto dest = dir / "blocks";
+  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(r.sha256, sha256_of(body));
+  EXPECT_TRUE(slurp(dest) == body);
+}
+
+TEST_F(transfer, a_connection_lost_half_way_fails_and_leaves_no_file) {
+  for (size_t size : {size_t{300'000}, size_t{(20 << 20) + 5}}) {
+    auto body = bytes_of(size, 4);
+    one_shot_server server{body, size / 2};
+    auto dest = dir / ("cut-" + std::to_string(size));
+    auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+    EXPECT_NE(r.error.find("download interrupted"), std::string::npos) << r.error;
+    EXPECT_NE(r.error.find("the connection closed"), std::string::npos) << r.error;
+    EXPECT_FALSE(r.no_space);
+    EXPECT_FALSE(fs::exists(dest)) << "a partial file was left";
+  }
+}
+
+TEST_F(transfer, a_cancelled_large_download_stops_and_leaves_no_file) {
+  auto body = bytes_of(32 << 20, 5);
+  one_shot_server server{body};
+  auto dest = dir / "cancelled";
+  std::atomic<bool> cancel{false};
+  options o;
+  o.cancel = &cancel;
+  uint64_t last = 0;
+  o.progress = [&](uint64_t done, uint64_t) {
+    last = done;
+    if (done >= (6 << 20))
+      cancel = true;
+  };
+  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, o);
+  EXPECT_EQ(r.error, "cancelled");
+  EXPECT_LT(last, body.size()) << "it stopped before the end";
+  EXPECT_FALSE(fs::exists(dest));
+}
+
+TEST_F(transfer, a_full_disk_fails_with_no_space_and_leaves_no_file) {
+  if (::geteuid() != 0)
+    GTEST_SKIP() << "mounting a small tmpfs needs root";
+  auto small = dir / "small-disk";
+  fs::create_directories(small);
+  ASSERT_EQ(::mount("tmpfs", small.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=8m"), 0)
+    << std::strerror(errno);
+  struct unmount_at_end {
+    fs::path p;
+    ~unmount_at_end() { ::umount2(p.c_str(), MNT_DETACH); }
+  } guard{small};
+  auto body = bytes_of((24 << 20) + 99, 6);
+  one_shot_server server{body};
+  auto dest = small / "full";
+  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+  EXPECT_TRUE(r.no_space) << r.error;
+  EXPECT_NE(r.error.find("cannot write"), std::string::npos) << r.error;
+  EXPECT_FALSE(fs::exists(dest));
+}
+
+} // namespace
