@@ -38,17 +38,22 @@ using error_code = boost::system::error_code;
 
 constexpr std::size_t chunk = 1 << 20;
 constexpr uint64_t progress_step = 64 << 10;
+// A download of at least `large_min` bytes (with a Content-Length) goes through receive_large:
+// pieces of `large_piece` in `large_slots` buffers, written with O_DIRECT in `direct_align` units.
+constexpr uint64_t large_min = 4 << 20;
+constexpr std::size_t large_piece = 4 << 20, large_slots = 4, direct_align = 4096;
 
 // One step of a large download (hashing, writing) run over its pieces in order on a thread of
 // its own, while the next piece is read from the socket. A piece's bytes must stay untouched
 // until wait_for(its number) returns. The step answers 0 or an errno; after a failure it is not
-// run on later pieces (they still count as done) and error() gives the first errno.
+// run on later pieces (they still count as done) and error() gives the first errno. Pieces
+// still queued when the stage is destroyed are dropped (the download failed or was cancelled).
 class background_stage {
 public:
   using step_fn = std::function<int(const char*, std::size_t, uint64_t)>;
 
   explicit background_stage(step_fn step) : step_{std::move(step)}, thread_{[this] { run(); }} {}
-  /// Runs the step over what was submitted, then ends the thread.
+  /// Lets a step under way finish, drops the pieces still queued and ends the thread.
   ~background_stage() {
     {
       std::lock_guard lock{mu_};
@@ -93,7 +98,7 @@ private:
     std::unique_lock lock{mu_};
     for (;;) {
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty())
+      if (stopping_)
         return;
       auto next = queue_.front();
       bool failed = error_ != 0;
@@ -176,16 +181,13 @@ std::string connect(asio::io_context& ioc, beast::tcp_stream& stream, const std:
   return {};
 }
 
-// A large download (a Content-Length of at least `large_min`) is read in pieces into aligned
-// buffers taken in turn; each piece is hashed on one thread and written on another while the
-// next is read. The file is written with O_DIRECT where its file system takes it: on this
-// project's machines a direct write of 256 MiB plus fsync ran at 1.5-1.7 GB/s where a buffered
-// one ran at 220-480 MiB/s, and the download neither copies into the page cache nor fills it.
-// Where O_DIRECT is refused (some file systems do), and for the unaligned tail, the writes are buffered and
-// handed to the disk behind (write_behind). The caller's fsync makes the file durable either way.
-constexpr uint64_t large_min = 16 << 20;
-constexpr std::size_t large_piece = 4 << 20, large_slots = 4, direct_align = 4096;
-
+// A large download is read in pieces into page-aligned buffers taken in turn; each piece is
+// hashed on one thread and written on another while the next is read. The file is written with
+// O_DIRECT where its file system takes it: the bytes go from the buffer to the disk, with no
+// copy into the page cache and no dirty pages for the final fsync to wait for (README, Storage
+// and Benchmarks, has this machine's figures). Where O_DIRECT is refused, and for the last
+// partial block, the writes are buffered and handed to the disk behind (write_behind). The
+// caller's fsync makes the file durable either way.
 // The buffers of one large download: a mapping of their own (page-aligned, as O_DIRECT wants),
 // returned to the system whole when the download ends rather than kept in the heap.
 class piece_buffers {
@@ -208,33 +210,45 @@ private:
   char* base_ = nullptr;
 };
 
+// The error of a read(2) from the body that gave `n` (0 or less) after `at` bytes.
+std::string read_failure(ssize_t n, uint64_t at) {
+  return "download interrupted after " + std::to_string(at) + " bytes: "
+         + (n == 0 ? std::string{"the connection closed"}
+                   : errno == EAGAIN ? std::string{"timed out"} : std::strerror(errno));
+}
+
 // Reads `left` bytes of body, the first `pending_n` of which are already at `pending`, into
-// `fd` and `sha`; sets r.size. Empty or the error (r.no_space when the disk is full). When no
-// thread can be had it returns empty with `no_threads` set, having read nothing.
+// `fd` and `sha`; sets r.size. Empty or the error (r.no_space when the disk is full). When it
+// cannot have its buffers or threads it returns empty with `not_taken` set, having read
+// nothing and left `fd` as it was: the caller then reads the body itself.
 std::string receive_large(int sock, const char* pending, std::size_t pending_n, uint64_t left,
                           int fd, const std::string& dest, sha256_stream& sha, result& r,
-                          const options& o, uint64_t total, bool& no_threads) {
+                          const options& o, uint64_t total, bool& not_taken) {
   piece_buffers bufs;
-  if (!bufs)
-    return std::string{"no memory for the download's buffers: "} + std::strerror(errno);
+  if (!bufs) {
+    not_taken = true;
+    return {};
+  }
   int flags = ::fcntl(fd, F_GETFL);
-  bool direct = flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_DIRECT) == 0;
+  bool direct = false;
   write_behind behind{fd};
+  // From `off` on, buffered writes (an errno if the file cannot be switched back).
   auto buffered_from = [&](uint64_t off) {
-    ::fcntl(fd, F_SETFL, flags);
+    if (::fcntl(fd, F_SETFL, flags) != 0)
+      return errno;
     direct = false;
     behind.started = off - off % writeback_step;
+    return 0;
   };
-  // Runs on the writer thread only (after it starts, nothing else touches `direct` or `behind`).
-  auto write_piece = [&](const char* p, std::size_t n, uint64_t off) -> int {
-    if (direct && n % direct_align != 0)
-      buffered_from(off); // the file's tail
+  auto write_all = [&](const char* p, std::size_t n, uint64_t off) {
     while (n > 0) {
       auto w = ::pwrite(fd, p, n, static_cast<off_t>(off));
       if (w < 0 && errno == EINTR)
         continue;
       if (w < 0 && errno == EINVAL && direct) {
-        buffered_from(off); // an alignment this file system wants and we did not meet
+        // An alignment this file system wants and the piece does not meet.
+        if (int e = buffered_from(off))
+          return e;
         continue;
       }
       if (w < 0)
@@ -243,8 +257,24 @@ std::string receive_large(int sock, const char* pending, std::size_t pending_n, 
       n -= static_cast<std::size_t>(w);
       off += static_cast<uint64_t>(w);
     }
+    return 0;
+  };
+  // Runs on the writer thread only: once pieces flow, nothing else touches `direct` or `behind`.
+  auto write_piece = [&](const char* p, std::size_t n, uint64_t off) {
+    if (direct && n % direct_align != 0) { // the last piece: its whole blocks direct, then the rest
+      auto whole = n - n % direct_align;
+      if (int e = write_all(p, whole, off))
+        return e;
+      p += whole;
+      n -= whole;
+      off += whole;
+      if (int e = buffered_from(off))
+        return e;
+    }
+    if (int e = write_all(p, n, off))
+      return e;
     if (!direct)
-      behind.wrote(off);
+      behind.wrote(off + n);
     return 0;
   };
   std::optional<background_stage> hasher, writer;
@@ -254,13 +284,21 @@ std::string receive_large(int sock, const char* pending, std::size_t pending_n, 
       return 0;
     });
     writer.emplace(write_piece);
-  } catch (const std::system_error&) {
-    no_threads = true;
+  } catch (const std::exception&) { // no thread to be had (or no memory for its state)
+    not_taken = true;
     return {};
   }
+  // Set before the first piece is submitted, which hands it to the writer thread.
+  direct = flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_DIRECT) == 0;
   auto write_error = [&](int e) {
     r.no_space = e == ENOSPC || e == EDQUOT;
     return std::string{"cannot write "} + dest + ": " + std::strerror(e);
+  };
+  // A failed write explains a later failure better than a read or a cancel does.
+  auto failure = [&](std::string why) {
+    if (int e = writer->error())
+      return write_error(e);
+    return why;
   };
   std::array<uint64_t, large_slots> hashed{}, written{}; // the piece each buffer holds
   uint64_t offset = 0, reported = 0;
@@ -280,17 +318,15 @@ std::string receive_large(int sock, const char* pending, std::size_t pending_n, 
     }
     while (have < want) {
       if (cancelled(o))
-        return "cancelled";
+        return failure("cancelled");
       auto n = ::read(sock, into + have, want - have);
       if (n < 0 && errno == EINTR)
         continue;
       if (n <= 0)
-        return "download interrupted after " + std::to_string(offset + have) + " bytes: "
-               + (n == 0 ? std::string{"the connection closed"}
-                         : errno == EAGAIN ? std::string{"timed out"} : std::strerror(errno));
+        return failure(read_failure(n, offset + have));
       have += static_cast<std::size_t>(n);
       if (o.progress && offset + have - reported >= progress_step) {
-        reported = offset + have;
+        reported = offset + have; // received; the last report comes after the fsync
         o.progress(reported, total);
       }
     }
@@ -444,12 +480,12 @@ result download(const std::string& base_url, const std::string& target, const st
     ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     bool done = false;
     if (left >= large_min) {
-      bool no_threads = false;
+      bool not_taken = false;
       auto e = receive_large(sock.native_handle(), static_cast<const char*>(pending.data()), first,
-                             left, fd, dest, sha, r, o, total, no_threads);
+                             left, fd, dest, sha, r, o, total, not_taken);
       if (!e.empty())
         return fail(e);
-      done = !no_threads;
+      done = !not_taken;
     }
     if (!done) {
       if (first > 0 && !take(static_cast<const char*>(pending.data()), first))
@@ -463,9 +499,7 @@ result download(const std::string& base_url, const std::string& target, const st
       if (n < 0 && errno == EINTR)
         continue;
       if (n <= 0)
-        return fail("download interrupted after " + std::to_string(r.size) + " bytes: "
-                    + (n == 0 ? std::string{"the connection closed"}
-                              : errno == EAGAIN ? std::string{"timed out"} : std::strerror(errno)));
+        return fail(read_failure(n, r.size));
       if (!take(data.data(), static_cast<std::size_t>(n)))
         return fail(r.error);
       left -= static_cast<uint64_t>(n);

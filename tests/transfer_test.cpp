@@ -1,8 +1,9 @@
 // transfer::download against a bare HTTP server on a loopback port the OS chooses: small and
 // large files of sizes that do not fall on the disk's blocks (a large file is written with
-// O_DIRECT, its tail buffered), progress, a connection lost half-way, cancellation and a full
-// disk. Every failure leaves no file behind.
+// O_DIRECT, its last partial block buffered), a file system that refuses O_DIRECT, progress,
+// a connection lost half-way, cancellation and a full disk. Every failure leaves no file behind.
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -46,6 +49,52 @@ std::string slurp(const fs::path& p) {
   std::ifstream in{p, std::ios::binary};
   return std::string{std::istreambuf_iterator<char>{in}, {}};
 }
+
+// Pages of [0, bytes) of the file at `p` that sit in the page cache.
+size_t cached_pages(const fs::path& p, size_t bytes) {
+  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return SIZE_MAX;
+  void* m = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (m == MAP_FAILED)
+    return SIZE_MAX;
+  auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> in((bytes + page - 1) / page);
+  size_t n = SIZE_MAX;
+  if (::mincore(m, bytes, in.data()) == 0) {
+    n = 0;
+    for (auto v : in)
+      n += v & 1;
+  }
+  ::munmap(m, bytes);
+  return n;
+}
+
+// Whether files in `dir` can be opened with O_DIRECT.
+bool takes_o_direct(const fs::path& dir) {
+  auto probe = dir / "o_direct.probe";
+  int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_DIRECT, 0600);
+  if (fd >= 0)
+    ::close(fd);
+  fs::remove(probe);
+  return fd >= 0;
+}
+
+// Mounts a file system of `type` at `at` for the test's length; false (with the test skipped)
+// where mounting is not allowed.
+struct scoped_mount {
+  fs::path at;
+  bool ok = false;
+  scoped_mount(fs::path p, const char* type, const char* opts) : at{std::move(p)} {
+    fs::create_directories(at);
+    ok = ::mount(type, at.c_str(), type, MS_NOSUID | MS_NODEV, opts) == 0;
+  }
+  ~scoped_mount() {
+    if (ok)
+      ::umount2(at.c_str(), MNT_DETACH);
+  }
+};
 
 // Serves one GET: a Content-Length of body.size(), then the first `send` bytes of body (all by
 // default), then closes. The test owns the thread's end through the destructor.
@@ -130,7 +179,7 @@ TEST_F(transfer, a_small_file_arrives_whole_and_hashed) {
 }
 
 TEST_F(transfer, a_large_file_with_an_unaligned_tail_arrives_whole_and_hashed) {
-  // Five 4 MiB pieces written direct, then a tail of 12,345 bytes written buffered.
+  // Five 4 MiB pieces, then a tail of 12,345 bytes: three whole blocks and a partial one.
   auto body = bytes_of((20 << 20) + 12'345, 2);
   one_shot_server server{body};
   auto dest = dir / "large";
@@ -142,11 +191,48 @@ TEST_F(transfer, a_large_file_with_an_unaligned_tail_arrives_whole_and_hashed) {
   EXPECT_EQ(r.size, body.size());
   EXPECT_EQ(r.sha256, sha256_of(body));
   EXPECT_EQ(fs::file_size(dest), body.size());
+  if (takes_o_direct(dir)) {
+    // Written direct: none of the whole pieces went through the page cache.
+    EXPECT_EQ(cached_pages(dest, 20 << 20), 0u) << "the large file was not written with O_DIRECT";
+  }
   EXPECT_TRUE(slurp(dest) == body) << "the bytes on disk differ from the bytes sent";
-  ASSERT_GE(seen.size(), 2u);
+  ASSERT_GE(seen.size(), 3u);
   for (size_t i = 1; i < seen.size(); ++i)
     EXPECT_LE(seen[i - 1].first, seen[i].first) << "progress went backwards";
+  EXPECT_GT(seen[seen.size() - 2].first, 0u);
+  EXPECT_LT(seen[seen.size() - 2].first, body.size()) << "progress came only at the end";
+  EXPECT_EQ(seen[seen.size() - 2].second, body.size());
   EXPECT_EQ(seen.back(), std::make_pair(uint64_t{body.size()}, uint64_t{body.size()}));
+}
+
+TEST_F(transfer, sizes_around_the_large_download_threshold_arrive_whole) {
+  for (size_t size : {size_t{(4 << 20) - 1}, size_t{4 << 20}, size_t{(4 << 20) + 1},
+                      size_t{(8 << 20) + 4096}}) {
+    auto body = bytes_of(size, size);
+    one_shot_server server{body};
+    auto dest = dir / ("size-" + std::to_string(size));
+    auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+    ASSERT_TRUE(r.error.empty()) << size << ": " << r.error;
+    EXPECT_EQ(r.size, size);
+    EXPECT_EQ(r.sha256, sha256_of(body)) << size;
+    EXPECT_TRUE(slurp(dest) == body) << size;
+  }
+}
+
+TEST_F(transfer, a_file_system_that_refuses_o_direct_gets_buffered_writes) {
+  if (::geteuid() != 0)
+    GTEST_SKIP() << "mounting a ramfs needs root";
+  scoped_mount ramfs{dir / "ramfs", "ramfs", ""};
+  if (!ramfs.ok)
+    GTEST_SKIP() << "cannot mount a ramfs here: " << std::strerror(errno);
+  ASSERT_FALSE(takes_o_direct(ramfs.at)) << "ramfs was expected to refuse O_DIRECT";
+  auto body = bytes_of((12 << 20) + 777, 7);
+  one_shot_server server{body};
+  auto dest = ramfs.at / "buffered";
+  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  EXPECT_EQ(r.sha256, sha256_of(body));
+  EXPECT_TRUE(slurp(dest) == body);
 }
 
 TEST_F(transfer, a_large_file_of_whole_blocks_arrives_whole) {
@@ -194,21 +280,18 @@ TEST_F(transfer, a_cancelled_large_download_stops_and_leaves_no_file) {
 TEST_F(transfer, a_full_disk_fails_with_no_space_and_leaves_no_file) {
   if (::geteuid() != 0)
     GTEST_SKIP() << "mounting a small tmpfs needs root";
-  auto small = dir / "small-disk";
-  fs::create_directories(small);
-  ASSERT_EQ(::mount("tmpfs", small.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=8m"), 0)
-    << std::strerror(errno);
-  struct unmount_at_end {
-    fs::path p;
-    ~unmount_at_end() { ::umount2(p.c_str(), MNT_DETACH); }
-  } guard{small};
-  auto body = bytes_of((24 << 20) + 99, 6);
-  one_shot_server server{body};
-  auto dest = small / "full";
-  auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
-  EXPECT_TRUE(r.no_space) << r.error;
-  EXPECT_NE(r.error.find("cannot write"), std::string::npos) << r.error;
-  EXPECT_FALSE(fs::exists(dest));
+  scoped_mount small{dir / "small-disk", "tmpfs", "size=8m"};
+  if (!small.ok)
+    GTEST_SKIP() << "cannot mount a tmpfs here: " << std::strerror(errno);
+  for (size_t size : {size_t{(24 << 20) + 99}, size_t{12 << 20}}) {
+    auto body = bytes_of(size, 6);
+    one_shot_server server{body};
+    auto dest = small.at / "full";
+    auto r = download(server.url(), "/f", dest, uint64_t{1} << 30, options{});
+    EXPECT_TRUE(r.no_space) << size << ": " << r.error;
+    EXPECT_NE(r.error.find("cannot write"), std::string::npos) << r.error;
+    EXPECT_FALSE(fs::exists(dest));
+  }
 }
 
 } // namespace
