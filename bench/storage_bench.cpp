@@ -34,6 +34,7 @@
 #include "runtime/blob_store.hpp"
 #include "runtime/lmdb.hpp"
 #include "runtime/transfer.hpp"
+#include "tests/bare_http.hpp"
 #include "tests/process.hpp"
 
 using namespace std::chrono;
@@ -111,15 +112,9 @@ uint64_t http_read(uint16_t port, const std::string& target) {
 class bare_sendfile_server {
 public:
   bare_sendfile_server(std::string path, int count) : path_{std::move(path)} {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
-        || ::listen(fd_, 4) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    fd_ = alephd::test::listen_loopback(port_);
+    if (fd_ < 0)
       return;
-    port_ = ntohs(a.sin_port);
     thread_ = std::thread{[this, count] {
       for (int i = 0; i < count; ++i)
         serve_one();
@@ -140,14 +135,7 @@ private:
     int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0)
       return;
-    std::string req;
-    char buf[4096];
-    while (req.find("\r\n\r\n") == std::string::npos) {
-      auto n = ::read(c, buf, sizeof buf);
-      if (n <= 0)
-        break;
-      req.append(buf, static_cast<size_t>(n));
-    }
+    alephd::test::read_request_head(c);
     int f = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat st {};
     if (f >= 0 && ::fstat(f, &st) == 0) {

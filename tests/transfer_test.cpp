@@ -12,8 +12,6 @@
 #include <thread>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -24,6 +22,7 @@
 
 #include "runtime/blob_store.hpp"
 #include "runtime/transfer.hpp"
+#include "tests/bare_http.hpp"
 
 namespace fs = std::filesystem;
 using alephd::transfer::download;
@@ -102,15 +101,9 @@ class one_shot_server {
 public:
   explicit one_shot_server(std::string body, size_t send = std::string::npos)
     : body_{std::move(body)}, send_{std::min(send, body_.size())} {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
-        || ::listen(fd_, 4) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    fd_ = alephd::test::listen_loopback(port_);
+    if (fd_ < 0)
       throw std::runtime_error{std::string{"cannot listen: "} + std::strerror(errno)};
-    port_ = ntohs(a.sin_port);
     thread_ = std::thread{[this] { serve(); }};
   }
   ~one_shot_server() {
@@ -125,14 +118,7 @@ private:
     int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0)
       return;
-    std::string req;
-    char b[4096];
-    while (req.find("\r\n\r\n") == std::string::npos) {
-      auto n = ::recv(c, b, sizeof b, 0);
-      if (n <= 0)
-        break;
-      req.append(b, static_cast<size_t>(n));
-    }
+    alephd::test::read_request_head(c);
     auto head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: "
                 + std::to_string(body_.size()) + "\r\n\r\n";
     // Head and the body's start in one write, as a server would: the client finds part of the
