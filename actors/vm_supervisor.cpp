@@ -590,15 +590,6 @@ void resolve_file(vm_supervisor_pointer self, const std::string& what, const std
       });
 }
 
-// What an instance runs inside its microVM: its disk is mounted at /mnt/rootfs by the
-// initramfs; a small web server answers on port 8080 so that /vm/{ref} reaches it.
-constexpr const char* instance_script = R"sh(#!/bin/sh
-mkdir -p /tmp/www
-echo "instance $(hostname)" > /tmp/www/index.html
-[ -d /mnt/rootfs ] && ls /mnt/rootfs > /tmp/www/rootfs.txt
-exec /bin/busybox httpd -f -p 8080 -h /tmp/www
-)sh";
-
 void prepare_instance(vm_supervisor_pointer self, const aleph::instance_content& ic) {
   auto& st = self->state;
   st.internet = ic.environment.internet;
@@ -611,7 +602,7 @@ void prepare_instance(vm_supervisor_pointer self, const aleph::instance_content&
     auto& file_hash = file.hash;
     auto& st = self->state;
     guest::configure cfg;
-    cfg.code = instance_script;
+    cfg.code = instance_program;
     cfg.encoding = "plain";
     cfg.entrypoint = "instance";
     cfg.interface = "binary";

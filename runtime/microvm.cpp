@@ -745,4 +745,76 @@ bool microvm::kvm() const {
   return impl_->with_kvm;
 }
 
+// The initramfs has mounted the instance's disk at /mnt/rootfs. A disk with an init of its own
+// (every OS image has one) is booted in a container of the VM: its init runs as PID 1 of new
+// PID, mount and IPC namespaces rooted at the disk, and shares the VM's network and hostname,
+// so its services (sshd, a web server) answer on the VM's addresses, port 8080 also through
+// /vm/{ref}. The guest agent stays the VM's PID 1 and keeps the link to the CRN. Before the
+// boot, the VM's hostname goes to the disk's /etc/hostname and /etc/hosts and the owner's SSH
+// keys to its /root/.ssh/authorized_keys (what cloud-init does elsewhere). The init runs in a
+// session of its own, out of reach of the agent's signals to this script's process group; a
+// stop (SIGTERM here) is passed on as a power-off request: SIGRTMIN+3 (systemd) and SIGUSR2
+// (busybox init), and this script waits for the init to finish, then syncs the disk. What
+// the init and its services print goes to the execution's logs. A disk without an init is
+// served as a listing on port 8080 (index.html names the VM, rootfs.txt lists the disk).
+const char* const instance_program = R"sh(#!/bin/sh
+r=/mnt/rootfs
+init=
+for c in /sbin/init /lib/systemd/systemd /usr/lib/systemd/systemd /init; do
+  # -L too: an image's /sbin/init is often an absolute link, which only resolves inside it.
+  if [ -L "$r$c" ] || [ -x "$r$c" ]; then
+    init=$c
+    break
+  fi
+done
+if [ -z "$init" ]; then
+  mkdir -p /tmp/www
+  echo "instance $(hostname)" >/tmp/www/index.html
+  [ -d "$r" ] && ls "$r" >/tmp/www/rootfs.txt
+  exec /bin/busybox httpd -f -p 8080 -h /tmp/www
+fi
+name=$(hostname)
+mkdir -p "$r/etc" && echo "$name" >"$r/etc/hostname"
+grep -qs "[[:space:]]$name\$" "$r/etc/hosts" || echo "127.0.1.1 $name" >>"$r/etc/hosts"
+if [ -s /root/.ssh/authorized_keys ]; then
+  mkdir -p "$r/root/.ssh" && chmod 700 "$r/root/.ssh"
+  cp /root/.ssh/authorized_keys "$r/root/.ssh/authorized_keys"
+  chmod 600 "$r/root/.ssh/authorized_keys"
+fi
+for d in dev proc sys run tmp; do
+  mkdir -p "$r/$d"
+done
+mount --rbind /dev "$r/dev"
+mount -t sysfs sysfs "$r/sys"
+echo "instance: booting $init from its disk"
+# PID 1 of the new namespaces mounts their /proc on the disk, then becomes the disk's init.
+setsid unshare --pid --ipc --mount --fork /bin/busybox sh -c \
+  'mount -t proc proc "$0/proc" && exec chroot "$0" "$1"' "$r" "$init" &
+launcher=$!
+init_pid=
+tries=0
+while [ -z "$init_pid" ] && [ $tries -lt 500 ] && kill -0 "$launcher" 2>/dev/null; do
+  read -r init_pid _ <"/proc/$launcher/task/$launcher/children" 2>/dev/null
+  [ -n "$init_pid" ] || usleep 10000
+  tries=$((tries + 1))
+done
+power_off() {
+  echo "instance: asking $init to power off"
+  if [ -n "$init_pid" ]; then
+    kill -37 "$init_pid" 2>/dev/null
+    kill -USR2 "$init_pid" 2>/dev/null
+  fi
+}
+trap power_off TERM INT
+while :; do
+  wait "$launcher"
+  status=$?
+  kill -0 "$launcher" 2>/dev/null || break
+done
+echo "instance: $init ended ($status)"
+umount -l "$r/sys" "$r/dev" 2>/dev/null
+sync
+exit "$status"
+)sh";
+
 } // namespace alephd

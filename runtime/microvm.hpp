@@ -153,4 +153,10 @@ private:
   std::unique_ptr<impl> impl_;
 };
 
+/// What an instance's microVM runs (its `configure` code, a shell script for the initramfs):
+/// it boots the init of the instance's disk (mounted at /mnt/rootfs) with the VM's hostname
+/// and the owner's SSH keys written into the disk first, or serves a listing of a disk that has
+/// no init on port 8080. See microvm.cpp.
+extern const char* const instance_program;
+
 } // namespace alephd

@@ -2,7 +2,8 @@
 // scripts/build-microvm-assets (built once per suite into
 // $ALEPHD_MICROVM_ASSETS, default $TMPDIR/alephd-microvm-assets, and reused
 // while the guest binary and the script are unchanged). The guest program is
-// a shell script running busybox httpd with CGI scripts. Skipped only when
+// a shell script running busybox httpd with CGI scripts; an instance's disk
+// with busybox's init is booted by alephd::instance_program. Skipped only when
 // QEMU is not installed; TCG unless KVM is usable, so every test fits a
 // 2-core machine without KVM.
 
@@ -452,6 +453,79 @@ TEST_F(microvm, an_instance_overlay_boots_keeps_its_writes_and_spares_the_base) 
   ASSERT_EQ(again.start(config()), "");
   auto resp = again.request(get(2, "/cgi-bin/disk"), 10s);
   EXPECT_EQ(resp.body, "from the base image\nwritten by the guest\n");
+}
+
+TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_keys) {
+  for (const char* tool : {"/sbin/mkfs.ext4", "/sbin/debugfs", "/usr/bin/qemu-img"})
+    if (::access(tool, X_OK) != 0)
+      GTEST_SKIP() << tool << " is not installed (Debian: e2fsprogs, qemu-utils)";
+  // A disk with busybox's init: its inittab starts a web server whose CGI says who PID 1 is
+  // and what the disk holds, and its shutdown action leaves a mark on the disk.
+  auto content = fs::path{dir_} / "content";
+  for (auto d : {"bin", "sbin", "etc", "www/cgi-bin", "proc", "sys", "dev"})
+    fs::create_directories(content / d);
+  fs::copy_file(assets_ / "busybox", content / "bin/busybox");
+  fs::permissions(content / "bin/busybox", fs::perms(0755));
+  fs::create_symlink("/bin/busybox", content / "sbin/init"); // absolute, as in real images
+  for (auto applet : {"sh", "cat", "hostname", "printf", "echo", "sync"})
+    fs::create_symlink("busybox", content / "bin" / applet);
+  std::ofstream{content / "etc/inittab"}
+    << "::sysinit:/bin/echo rootfs-init-started\n"
+       "::respawn:/bin/busybox httpd -f -p 8080 -h /www\n"
+       "::shutdown:/bin/sh -c 'echo clean >/shutdown-ran; sync'\n";
+  std::ofstream{content / "www/cgi-bin/who"}
+    << "#!/bin/sh\n"
+       "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+       "printf '%s|%s|%s|%s' \"$(cat /proc/1/comm)\" \"$(cat /etc/hostname)\" \"$(hostname)\" "
+       "\"$(cat /root/.ssh/authorized_keys)\"\n";
+  fs::permissions(content / "www/cgi-bin/who", fs::perms(0755));
+  auto base = dir_ + "/base.raw";
+  auto mkfs = "/sbin/mkfs.ext4 -q -F -d '" + content.string() + "' '" + base + "' 16M >/dev/null 2>&1";
+  ASSERT_EQ(std::system(mkfs.c_str()), 0);
+
+  auto o = options("instance");
+  o.rootfs = base;
+  o.rootfs_format = "raw";
+  o.overlay_size = "32M";
+  auto cfg = config();
+  cfg.code = alephd::instance_program;
+  cfg.entrypoint = "instance";
+  alephd::microvm vm{o};
+  ASSERT_EQ(vm.start(cfg), "");
+  // Served by the disk's own web server, started by the disk's own init as PID 1.
+  gp::http_response who;
+  for (auto t0 = clock_type::now();;) { // the disk's init starts its server in its own time
+    who = vm.request(get(1, "/cgi-bin/who"), 10s);
+    if (who.status == 200 || seconds_since(t0) > 20)
+      break;
+    std::this_thread::sleep_for(100ms);
+  }
+  auto logs = [&] {
+    std::string all;
+    for (const auto& l : vm.logs())
+      all += l.stream + ": " + l.line + "\n";
+    return all;
+  };
+  ASSERT_EQ(who.status, 200) << who.error << " " << who.body << "\n" << logs();
+  EXPECT_EQ(who.body, "init|microvm-test|microvm-test|"
+                      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test@alephd");
+  bool booted = false, started = false;
+  for (const auto& l : vm.logs()) {
+    booted |= l.line == "instance: booting /sbin/init from its disk";
+    started |= l.line.find("rootfs-init-started") != std::string::npos;
+  }
+  EXPECT_TRUE(booted);
+  EXPECT_TRUE(started) << "the disk's inittab did not run";
+  // A stop powers the disk's init off: its shutdown action ran and reached the disk.
+  vm.stop(16s);
+  EXPECT_FALSE(alive(vm.pid()));
+  auto flat = dir_ + "/flat.raw";
+  auto convert = "/usr/bin/qemu-img convert -O raw '" + o.run_dir + "/rootfs.qcow2' '" + flat + "'";
+  ASSERT_EQ(std::system(convert.c_str()), 0);
+  auto out = dir_ + "/debugfs.out";
+  auto cat = "/sbin/debugfs -R 'cat /shutdown-ran' '" + flat + "' >'" + out + "' 2>/dev/null";
+  ASSERT_EQ(std::system(cat.c_str()), 0);
+  EXPECT_EQ(read_file(out), "clean\n") << "the disk's init did not shut down cleanly";
 }
 
 TEST_F(microvm, a_detached_vm_is_adopted_by_a_new_owner_without_a_reboot) {
