@@ -214,7 +214,8 @@ void release_executor(vm_supervisor_pointer self, std::function<void()> then) {
   }
   // Unlinked first: a host that ends (even as unreachable) must not take us along.
   self->unlink_from(host);
-  self->request(host, caf::infinite, atom::stop_v, int64_t{st.env->stop_grace.count()})
+  auto grace = st.info.kind == "instance" ? st.env->instance_stop_grace : st.env->stop_grace;
+  self->request(host, caf::infinite, atom::stop_v, int64_t{grace.count()})
     .then(
       [=](int32_t) {
         // Stopped: its last output has arrived.
@@ -509,6 +510,7 @@ void boot(vm_supervisor_pointer self) {
       o.overlay_size = std::to_string(st.overlay_mib) + "M";
     o.ready_timeout = std::chrono::seconds(60); // TCG boots take seconds
     o.adopt_window = st.env->adopt_window;
+    o.halt_grace = st.env->instance_halt_grace;
     st.adoptable = o.adopt_window.count() > 0;
     exec = std::make_shared<microvm>(std::move(o));
   } else {

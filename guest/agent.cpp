@@ -73,7 +73,8 @@ constexpr auto pool_stall = 50ms;
 // A reused connection closed unanswered is the program's idle close racing the request only
 // when it comes this soon after the request went out; later it is the program failing.
 constexpr auto idle_close_race = 1s;
-constexpr auto halt_grace = 5s;
+// How long `halt` waits for the program after SIGTERM before SIGKILL (--halt-grace).
+std::chrono::seconds halt_grace = 5s;
 // Room left in a frame for the status, headers and msgpack overhead.
 constexpr std::size_t max_body = gp::max_frame_size - 2 * ag::max_head_size;
 
@@ -137,6 +138,13 @@ void send_frame(const gp::frame& f) {
     say("write to host failed: " + std::string{std::strerror(errno)});
 }
 
+// As a VM's PID 1, our exit ends the VM at once (a kernel panic): what its disks hold in the
+// page cache is written first.
+void sync_if_init() {
+  if (::getpid() == 1)
+    ::sync();
+}
+
 void kill_program(int sig) {
   {
     // Once reaped, the pid may belong to someone else.
@@ -157,6 +165,7 @@ void kill_program(int sig) {
     std::this_thread::sleep_for(1s);
   say(why);
   kill_program(SIGKILL);
+  sync_if_init();
   ::_exit(code);
 }
 
@@ -226,6 +235,7 @@ void wait_program(pid_t pid) {
                          : "program exited with code " + std::to_string(code);
     send_frame(gp::log{"system", what});
   }
+  sync_if_init();
   send_frame(gp::halted{code});
   ::_exit(0);
 }
@@ -978,6 +988,7 @@ void do_halt() {
   if (st.halting.exchange(true))
     return;
   if (st.child.load() <= 0) {
+    sync_if_init();
     send_frame(gp::halted{0});
     ::_exit(0);
   }
@@ -991,6 +1002,7 @@ void do_halt() {
   std::this_thread::sleep_for(5s);
   while (st.finishing)
     std::this_thread::sleep_for(1s);
+  sync_if_init();
   send_frame(gp::halted{128 + SIGKILL});
   ::_exit(0);
 }
@@ -1049,7 +1061,8 @@ void dispatch(gp::frame f) {
 
 int usage() {
   say("usage: alephd-guest (--socket PATH | --device PATH) [--reconnect-window SECONDS] "
-      "[--work-dir DIR] [--authorized-keys FILE] [--run-as UID:GID] [--seccomp]");
+      "[--halt-grace SECONDS] [--work-dir DIR] [--authorized-keys FILE] [--run-as UID:GID] "
+      "[--seccomp]");
   return 64;
 }
 
@@ -1142,7 +1155,13 @@ int main(int argc, char** argv) {
       socket_path = argv[++i];
     else if (a == "--reconnect-window" && i + 1 < argc)
       reconnect_window = std::chrono::seconds{std::strtoul(argv[++i], nullptr, 10)};
-    else if (a == "--device" && i + 1 < argc)
+    else if (a == "--halt-grace" && i + 1 < argc) {
+      char* end = nullptr;
+      auto v = std::strtoul(argv[++i], &end, 10);
+      if (end == argv[i] || *end != '\0' || v == 0 || v > 3600)
+        return usage();
+      halt_grace = std::chrono::seconds{v};
+    } else if (a == "--device" && i + 1 < argc)
       device_path = argv[++i];
     else if (a == "--work-dir" && i + 1 < argc)
       st.work_dir = argv[++i];

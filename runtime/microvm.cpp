@@ -390,6 +390,8 @@ struct microvm::impl {
         + opts.hostname;
     if (opts.adopt_window.count() > 0)
       append += " alephd.reconnect=" + std::to_string(opts.adopt_window.count());
+    if (opts.halt_grace.count() > 0)
+      append += " alephd.halt_grace=" + std::to_string(opts.halt_grace.count());
     if (!with_kvm)
       if (auto khz = host_tsc_khz(); khz > 0)
         append += " tsc_early_khz=" + std::to_string(khz) + " tsc=reliable";
@@ -747,22 +749,37 @@ bool microvm::kvm() const {
 
 // The initramfs has mounted the instance's disk at /mnt/rootfs. A disk with an init of its own
 // (every OS image has one) is booted in a container of the VM: its init runs as PID 1 of new
-// PID, mount and IPC namespaces rooted at the disk, and shares the VM's network and hostname,
-// so its services (sshd, a web server) answer on the VM's addresses, port 8080 also through
-// /vm/{ref}. The guest agent stays the VM's PID 1 and keeps the link to the CRN. Before the
-// boot, the VM's hostname goes to the disk's /etc/hostname and /etc/hosts and the owner's SSH
-// keys to its /root/.ssh/authorized_keys (what cloud-init does elsewhere). The init runs in a
-// session of its own, out of reach of the agent's signals to this script's process group; a
-// stop (SIGTERM here) is passed on as a power-off request: SIGRTMIN+3 (systemd) and SIGUSR2
-// (busybox init), and this script waits for the init to finish, then syncs the disk. What
-// the init and its services print goes to the execution's logs. A disk without an init is
+// PID, mount and IPC namespaces rooted at the disk, with a clean environment that says
+// `container=alephd` (so systemd behaves as in a container) and a read-only /sys, and shares the
+// VM's network and hostname: its services (sshd, a web server) answer on the VM's addresses,
+// port 8080 also through /vm/{ref}. The guest agent stays the VM's PID 1 and keeps the link to
+// the CRN. This is not isolation (the VM is the boundary; its only tenant is the owner).
+// Before the boot, the VM's hostname goes to the disk's /etc/hostname and /etc/hosts, and the
+// owner's SSH keys are added to its /root/.ssh/authorized_keys (what cloud-init does
+// elsewhere). The init runs in a session of its own, out of reach of the agent's signals to
+// this script's process group; a stop (SIGTERM or SIGINT here, or the ACPI power button, whose
+// handler signals the pid in /run/alephd-instance.pid) becomes a power-off request to the init,
+// repeated every second until it ends (an init drops a request that comes before it has set its
+// handlers): SIGRTMIN+4 for systemd, SIGUSR2 for others (busybox init). Then the disk is
+// unmounted from the container, remounted read-only and synced. A disk without an init is
 // served as a listing on port 8080 (index.html names the VM, rootfs.txt lists the disk).
 const char* const instance_program = R"sh(#!/bin/sh
 r=/mnt/rootfs
+# The first of these that is an executable file once its links are followed (an absolute link
+# is read inside the disk, as the booted system would).
 init=
 for c in /sbin/init /lib/systemd/systemd /usr/lib/systemd/systemd /init; do
-  # -L too: an image's /sbin/init is often an absolute link, which only resolves inside it.
-  if [ -L "$r$c" ] || [ -x "$r$c" ]; then
+  p=$r$c
+  n=0
+  while [ -L "$p" ] && [ $n -lt 8 ]; do
+    t=$(readlink "$p")
+    case $t in
+      /*) p=$r$t ;;
+      *) p=${p%/*}/$t ;;
+    esac
+    n=$((n + 1))
+  done
+  if [ -f "$p" ] && [ -x "$p" ]; then
     init=$c
     break
   fi
@@ -773,47 +790,88 @@ if [ -z "$init" ]; then
   [ -d "$r" ] && ls "$r" >/tmp/www/rootfs.txt
   exec /bin/busybox httpd -f -p 8080 -h /tmp/www
 fi
+# Whether a line ends the file (else a line appended would join its last one).
+ends_line() { [ ! -s "$1" ] || [ -z "$(tail -c 1 "$1")" ]; }
 name=$(hostname)
 mkdir -p "$r/etc" && echo "$name" >"$r/etc/hostname"
-grep -qs "[[:space:]]$name\$" "$r/etc/hosts" || echo "127.0.1.1 $name" >>"$r/etc/hosts"
+if ! grep -qs "[[:space:]]$name\$" "$r/etc/hosts"; then
+  ends_line "$r/etc/hosts" || echo >>"$r/etc/hosts"
+  echo "127.0.1.1 $name" >>"$r/etc/hosts"
+fi
 if [ -s /root/.ssh/authorized_keys ]; then
+  keys=$r/root/.ssh/authorized_keys
   mkdir -p "$r/root/.ssh" && chmod 700 "$r/root/.ssh"
-  cp /root/.ssh/authorized_keys "$r/root/.ssh/authorized_keys"
-  chmod 600 "$r/root/.ssh/authorized_keys"
+  ends_line "$keys" || echo >>"$keys"
+  while IFS= read -r key; do
+    [ -z "$key" ] || grep -qsxF "$key" "$keys" || echo "$key" >>"$keys"
+  done </root/.ssh/authorized_keys
+  chmod 600 "$keys"
 fi
 for d in dev proc sys run tmp; do
   mkdir -p "$r/$d"
 done
 mount --rbind /dev "$r/dev"
-mount -t sysfs sysfs "$r/sys"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
+# Not ended (a zombie has).
+alive() {
+  local state
+  read -r _ _ state _ 2>/dev/null <"/proc/$1/stat" || return 1
+  [ "$state" != Z ]
+}
+init_pid=
+stop=
+power_off() {
+  [ -n "$init_pid" ] || return 0
+  case $(readlink "/proc/$init_pid/exe" 2>/dev/null) in
+    *systemd*) kill -38 "$init_pid" 2>/dev/null ;; # SIGRTMIN+4 (glibc's 34 + 4): poweroff
+    *) kill -USR2 "$init_pid" 2>/dev/null ;;        # busybox init: poweroff
+  esac
+}
+trap 'stop=1; power_off' TERM INT
+echo $$ >/run/alephd-instance.pid
 echo "instance: booting $init from its disk"
 # PID 1 of the new namespaces mounts their /proc on the disk, then becomes the disk's init.
 setsid unshare --pid --ipc --mount --fork /bin/busybox sh -c \
-  'mount -t proc proc "$0/proc" && exec chroot "$0" "$1"' "$r" "$init" &
+  'mount -t proc proc "$0/proc" && exec env -i container=alephd PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$0" "$1"' \
+  "$r" "$init" </dev/null &
 launcher=$!
-init_pid=
 tries=0
-while [ -z "$init_pid" ] && [ $tries -lt 500 ] && kill -0 "$launcher" 2>/dev/null; do
-  read -r init_pid _ <"/proc/$launcher/task/$launcher/children" 2>/dev/null
+while [ -z "$init_pid" ] && [ $tries -lt 500 ] && alive "$launcher"; do
+  read -r init_pid _ 2>/dev/null <"/proc/$launcher/task/$launcher/children"
   [ -n "$init_pid" ] || usleep 10000
   tries=$((tries + 1))
 done
-power_off() {
-  echo "instance: asking $init to power off"
-  if [ -n "$init_pid" ]; then
-    kill -37 "$init_pid" 2>/dev/null
-    kill -USR2 "$init_pid" 2>/dev/null
-  fi
-}
-trap power_off TERM INT
+[ -z "$stop" ] || power_off
+# Until both the launcher and the init have ended (the init outlives a launcher killed by the
+# power button's SIGTERM to everything).
+status=
+ticks=0
 while :; do
-  wait "$launcher"
-  status=$?
-  kill -0 "$launcher" 2>/dev/null || break
+  if [ -z "$status" ] && ! alive "$launcher"; then
+    wait "$launcher"
+    status=$?
+  fi
+  if [ -n "$status" ] && { [ -z "$init_pid" ] || ! alive "$init_pid"; }; then
+    break
+  fi
+  if [ -n "$stop" ] || [ -n "$status" ]; then
+    if [ -n "$stop" ] && [ $((ticks % 10)) -eq 9 ]; then
+      power_off
+    fi
+    ticks=$((ticks + 1))
+    usleep 100000
+  else
+    wait "$launcher" # until it ends, or a signal comes
+    code=$?
+    alive "$launcher" || status=$code
+  fi
 done
 echo "instance: $init ended ($status)"
-umount -l "$r/sys" "$r/dev" 2>/dev/null
+umount -l "$r/sys" 2>/dev/null
+umount -l "$r/dev" 2>/dev/null
+mount -o remount,ro "$r" 2>/dev/null
 sync
+rm -f /run/alephd-instance.pid
 exit "$status"
 )sh";
 

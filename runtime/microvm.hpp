@@ -61,6 +61,9 @@ struct microvm_options {
   /// the guest agent waits this long for a restarted CRN to adopt the VM
   /// (see adopt()) before it stops the program and the VM ends.
   std::chrono::seconds adopt_window{0};
+  /// How long the guest agent lets the program end after SIGTERM on stop() before SIGKILL
+  /// (0: the agent's 5 s). stop() gives this step half its grace.
+  std::chrono::seconds halt_grace{0};
 };
 
 /// What identifies a running microVM across CRN processes.

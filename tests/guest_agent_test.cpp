@@ -67,6 +67,9 @@ std::string read_file(const char* path) {
 
 class guest_agent : public ::testing::Test {
 protected:
+  /// Arguments for the agent after --socket and --work-dir.
+  virtual std::vector<std::string> agent_extra_args() const { return {}; }
+
   void SetUp() override {
     char tmpl[] = "/tmp/guest_agent_test_XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
@@ -84,12 +87,18 @@ protected:
     ASSERT_NE(app_port_, 0);
 
     auto work = dir_ + "/work";
+    std::vector<std::string> args{ALEPHD_GUEST_BINARY, "--socket", sock, "--work-dir", work};
+    for (auto& a : agent_extra_args())
+      args.push_back(a);
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
     agent_ = ::fork();
     ASSERT_GE(agent_, 0);
     if (agent_ == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::execl(ALEPHD_GUEST_BINARY, ALEPHD_GUEST_BINARY, "--socket",
-              sock.c_str(), "--work-dir", work.c_str(), nullptr);
+      ::execv(ALEPHD_GUEST_BINARY, argv.data());
       ::_exit(127);
     }
     pollfd pfd{listen_fd_, POLLIN, 0};
@@ -520,6 +529,36 @@ TEST_F(guest_agent, halt_kills_a_program_that_ignores_sigterm) {
   ASSERT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
   EXPECT_LE(clock_type::now() - t0, 6000ms);
+}
+
+// `--halt-grace` (what a microVM's kernel command line passes on): the agent waits that long.
+class guest_agent_halt_grace : public guest_agent {
+protected:
+  std::vector<std::string> agent_extra_args() const override { return {"--halt-grace", "1"}; }
+};
+
+TEST_F(guest_agent_halt_grace, halt_kills_a_program_that_ignores_sigterm_after_the_given_grace) {
+  auto cfg = app_config();
+  cfg.variables["IGNORE_SIGTERM"] = "1";
+  start_app(cfg);
+  ASSERT_TRUE(wait_log("stdout", "listening on"));
+  auto t0 = clock_type::now();
+  send(gp::halt{});
+  auto halted = next_as<gp::halted>(6000ms);
+  ASSERT_TRUE(halted);
+  EXPECT_EQ(halted->exit_code, 128 + SIGKILL);
+  EXPECT_GE(clock_type::now() - t0, 900ms);  // the grace period was given
+  EXPECT_LT(clock_type::now() - t0, 3500ms); // and it was the one asked for, not the default 5 s
+}
+
+TEST(guest_agent_args, a_bad_halt_grace_is_a_usage_error) {
+  for (const char* v : {"0", "x", "-1", "3601", "2s"}) {
+    auto cmd = std::string{ALEPHD_GUEST_BINARY} + " --socket /nonexistent/s --halt-grace '" + v
+               + "' 2>/dev/null";
+    auto rc = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFEXITED(rc)) << v;
+    EXPECT_EQ(WEXITSTATUS(rc), 64) << v;
+  }
 }
 
 TEST_F(guest_agent, program_that_never_listens_gives_503) {

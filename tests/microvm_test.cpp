@@ -456,18 +456,21 @@ TEST_F(microvm, an_instance_overlay_boots_keeps_its_writes_and_spares_the_base) 
 }
 
 TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_keys) {
-  for (const char* tool : {"/sbin/mkfs.ext4", "/sbin/debugfs", "/usr/bin/qemu-img"})
+  for (const char* tool : {"/sbin/mkfs.ext4", "/sbin/debugfs", "/sbin/dumpe2fs", "/usr/bin/qemu-img"})
     if (::access(tool, X_OK) != 0)
       GTEST_SKIP() << tool << " is not installed (Debian: e2fsprogs, qemu-utils)";
   // A disk with busybox's init: its inittab starts a web server whose CGI says who PID 1 is
   // and what the disk holds, and its shutdown action leaves a mark on the disk.
   auto content = fs::path{dir_} / "content";
-  for (auto d : {"bin", "sbin", "etc", "www/cgi-bin", "proc", "sys", "dev"})
+  for (auto d : {"bin", "sbin", "etc", "www/cgi-bin", "proc", "sys", "dev", "root/.ssh"})
     fs::create_directories(content / d);
+  // A key and a hosts file already on the disk, neither ending its last line: both are kept.
+  std::ofstream{content / "root/.ssh/authorized_keys"} << "ssh-rsa AAAAB3Nza existing@disk";
+  std::ofstream{content / "etc/hosts"} << "127.0.0.1 localhost";
   fs::copy_file(assets_ / "busybox", content / "bin/busybox");
   fs::permissions(content / "bin/busybox", fs::perms(0755));
   fs::create_symlink("/bin/busybox", content / "sbin/init"); // absolute, as in real images
-  for (auto applet : {"sh", "cat", "hostname", "printf", "echo", "sync"})
+  for (auto applet : {"sh", "cat", "hostname", "printf", "echo", "sync", "tr", "grep"})
     fs::create_symlink("busybox", content / "bin" / applet);
   std::ofstream{content / "etc/inittab"}
     << "::sysinit:/bin/echo rootfs-init-started\n"
@@ -476,8 +479,9 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   std::ofstream{content / "www/cgi-bin/who"}
     << "#!/bin/sh\n"
        "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
-       "printf '%s|%s|%s|%s' \"$(cat /proc/1/comm)\" \"$(cat /etc/hostname)\" \"$(hostname)\" "
-       "\"$(cat /root/.ssh/authorized_keys)\"\n";
+       "printf '%s|%s|%s|%s|%s|%s' \"$(cat /proc/1/comm)\" \"$(cat /etc/hostname)\" "
+       "\"$(hostname)\" \"$(cat /root/.ssh/authorized_keys)\" \"$(cat /etc/hosts)\" "
+       "\"$(tr '\\0' '\\n' </proc/1/environ | grep -c .)/$(tr '\\0' '\\n' </proc/1/environ | grep ^container=)\"\n";
   fs::permissions(content / "www/cgi-bin/who", fs::perms(0755));
   auto base = dir_ + "/base.raw";
   auto mkfs = "/sbin/mkfs.ext4 -q -F -d '" + content.string() + "' '" + base + "' 16M >/dev/null 2>&1";
@@ -487,6 +491,7 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   o.rootfs = base;
   o.rootfs_format = "raw";
   o.overlay_size = "32M";
+  o.halt_grace = 20s; // as a CRN boots an instance (execution_env::instance_halt_grace)
   auto cfg = config();
   cfg.code = alephd::instance_program;
   cfg.entrypoint = "instance";
@@ -507,8 +512,12 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
     return all;
   };
   ASSERT_EQ(who.status, 200) << who.error << " " << who.body << "\n" << logs();
+  // PID 1 is the disk's init, with a clean environment that names the container.
   EXPECT_EQ(who.body, "init|microvm-test|microvm-test|"
-                      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test@alephd");
+                      "ssh-rsa AAAAB3Nza existing@disk\n"
+                      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest test@alephd|"
+                      "127.0.0.1 localhost\n127.0.1.1 microvm-test|"
+                      "2/container=alephd") << logs();
   bool booted = false, started = false;
   for (const auto& l : vm.logs()) {
     booted |= l.line == "instance: booting /sbin/init from its disk";
@@ -517,7 +526,9 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   EXPECT_TRUE(booted);
   EXPECT_TRUE(started) << "the disk's inittab did not run";
   // A stop powers the disk's init off: its shutdown action ran and reached the disk.
-  vm.stop(16s);
+  auto stop_started = clock_type::now();
+  vm.stop(45s); // execution_env::instance_stop_grace
+  EXPECT_LT(seconds_since(stop_started), 20.0) << "the stop waited for a grace to run out";
   EXPECT_FALSE(alive(vm.pid()));
   auto flat = dir_ + "/flat.raw";
   auto convert = "/usr/bin/qemu-img convert -O raw '" + o.run_dir + "/rootfs.qcow2' '" + flat + "'";
@@ -526,6 +537,14 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   auto cat = "/sbin/debugfs -R 'cat /shutdown-ran' '" + flat + "' >'" + out + "' 2>/dev/null";
   ASSERT_EQ(std::system(cat.c_str()), 0);
   EXPECT_EQ(read_file(out), "clean\n") << "the disk's init did not shut down cleanly";
+  // And the disk was left clean: remounted read-only, its journal has nothing to replay.
+  auto features = dir_ + "/features.out";
+  auto dump = "/sbin/dumpe2fs -h '" + flat + "' 2>/dev/null | grep '^Filesystem features:' >'"
+              + features + "'";
+  ASSERT_EQ(std::system(dump.c_str()), 0);
+  EXPECT_NE(read_file(features).find("has_journal"), std::string::npos) << read_file(features);
+  EXPECT_EQ(read_file(features).find("needs_recovery"), std::string::npos)
+    << "the instance disk was left needing a journal replay";
 }
 
 TEST_F(microvm, a_detached_vm_is_adopted_by_a_new_owner_without_a_reboot) {
