@@ -52,8 +52,9 @@ struct execution_env {
   std::chrono::milliseconds stop_grace{6000};
   /// An instance booting its disk's init gets longer to power off: its guest agent waits up to
   /// `instance_halt_grace` for it, within half of this (see microvm::stop).
+  /// (The agent's step also waits up to 1 s for the last output and syncs: 18 s of 22.5.)
   std::chrono::milliseconds instance_stop_grace{45000};
-  std::chrono::seconds instance_halt_grace{20};
+  std::chrono::seconds instance_halt_grace{18};
   std::chrono::milliseconds fetch_timeout{60000};
   /// The CRN's file cache (code, volumes, rootfs images).
   content_store_actor files;

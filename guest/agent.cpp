@@ -138,10 +138,13 @@ void send_frame(const gp::frame& f) {
     say("write to host failed: " + std::string{std::strerror(errno)});
 }
 
-// As a VM's PID 1, our exit ends the VM at once (a kernel panic): what its disks hold in the
-// page cache is written first.
+// Whether we are a microVM's PID 1 (set in main): then our exit ends the VM at once (a kernel
+// panic), and what its disks hold in the page cache is written first. Not in a sandbox, where
+// we are PID 1 of a namespace only and sync(2) would flush the whole host.
+bool vm_init = false;
+
 void sync_if_init() {
-  if (::getpid() == 1)
+  if (vm_init)
     ::sync();
 }
 
@@ -1188,6 +1191,7 @@ int main(int argc, char** argv) {
   }
   if (socket_path.empty() == device_path.empty())
     return usage();
+  vm_init = !device_path.empty() && ::getpid() == 1;
   if (!socket_path.empty())
     st.host_dir = std::filesystem::path{socket_path}.parent_path().string();
   // As init we may start without stdin/stdout/stderr; keep 0-2 taken so that

@@ -803,7 +803,7 @@ if [ -s /root/.ssh/authorized_keys ]; then
   mkdir -p "$r/root/.ssh" && chmod 700 "$r/root/.ssh"
   ends_line "$keys" || echo >>"$keys"
   while IFS= read -r key; do
-    [ -z "$key" ] || grep -qsxF "$key" "$keys" || echo "$key" >>"$keys"
+    [ -z "$key" ] || grep -qsxF -e "$key" "$keys" || printf '%s\n' "$key" >>"$keys"
   done </root/.ssh/authorized_keys
   chmod 600 "$keys"
 fi
@@ -843,7 +843,8 @@ while [ -z "$init_pid" ] && [ $tries -lt 500 ] && alive "$launcher"; do
 done
 [ -z "$stop" ] || power_off
 # Until both the launcher and the init have ended (the init outlives a launcher killed by the
-# power button's SIGTERM to everything).
+# power button's SIGTERM to everything), looking every 100 ms: a blocking `wait` could sleep
+# through the repeats of a power-off request whose trap ran just before it.
 status=
 ticks=0
 while :; do
@@ -854,17 +855,11 @@ while :; do
   if [ -n "$status" ] && { [ -z "$init_pid" ] || ! alive "$init_pid"; }; then
     break
   fi
-  if [ -n "$stop" ] || [ -n "$status" ]; then
-    if [ -n "$stop" ] && [ $((ticks % 10)) -eq 9 ]; then
-      power_off
-    fi
-    ticks=$((ticks + 1))
-    usleep 100000
-  else
-    wait "$launcher" # until it ends, or a signal comes
-    code=$?
-    alive "$launcher" || status=$code
+  ticks=$((ticks + 1))
+  if [ -n "$stop" ] && [ $((ticks % 10)) -eq 0 ]; then
+    power_off
   fi
+  usleep 100000
 done
 echo "instance: $init ended ($status)"
 umount -l "$r/sys" 2>/dev/null

@@ -25,6 +25,7 @@
 #include <iterator>
 #include <optional>
 #include <set>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -553,8 +554,8 @@ TEST_F(guest_agent_halt_grace, halt_kills_a_program_that_ignores_sigterm_after_t
 
 TEST(guest_agent_args, a_bad_halt_grace_is_a_usage_error) {
   for (const char* v : {"0", "x", "-1", "3601", "2s"}) {
-    auto cmd = std::string{ALEPHD_GUEST_BINARY} + " --socket /nonexistent/s --halt-grace '" + v
-               + "' 2>/dev/null";
+    auto cmd = "'" + std::string{ALEPHD_GUEST_BINARY} + "' --socket /nonexistent/s --halt-grace '"
+               + v + "' 2>/dev/null";
     auto rc = std::system(cmd.c_str());
     ASSERT_TRUE(WIFEXITED(rc)) << v;
     EXPECT_EQ(WEXITSTATUS(rc), 64) << v;

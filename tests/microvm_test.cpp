@@ -470,12 +470,13 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   fs::copy_file(assets_ / "busybox", content / "bin/busybox");
   fs::permissions(content / "bin/busybox", fs::perms(0755));
   fs::create_symlink("/bin/busybox", content / "sbin/init"); // absolute, as in real images
-  for (auto applet : {"sh", "cat", "hostname", "printf", "echo", "sync", "tr", "grep"})
+  for (auto applet : {"sh", "cat", "hostname", "printf", "echo", "sync", "tr", "grep", "sleep"})
     fs::create_symlink("busybox", content / "bin" / applet);
   std::ofstream{content / "etc/inittab"}
     << "::sysinit:/bin/echo rootfs-init-started\n"
        "::respawn:/bin/busybox httpd -f -p 8080 -h /www\n"
-       "::shutdown:/bin/sh -c 'echo clean >/shutdown-ran; sync'\n";
+       // Slower than the agent's default grace of 5 s: the instance's grace is what lets it end.
+       "::shutdown:/bin/sh -c 'sleep 7; echo clean >/shutdown-ran; sync'\n";
   std::ofstream{content / "www/cgi-bin/who"}
     << "#!/bin/sh\n"
        "printf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
@@ -491,7 +492,7 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   o.rootfs = base;
   o.rootfs_format = "raw";
   o.overlay_size = "32M";
-  o.halt_grace = 20s; // as a CRN boots an instance (execution_env::instance_halt_grace)
+  o.halt_grace = 18s; // as a CRN boots an instance (execution_env::instance_halt_grace)
   auto cfg = config();
   cfg.code = alephd::instance_program;
   cfg.entrypoint = "instance";
@@ -528,7 +529,9 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   // A stop powers the disk's init off: its shutdown action ran and reached the disk.
   auto stop_started = clock_type::now();
   vm.stop(45s); // execution_env::instance_stop_grace
-  EXPECT_LT(seconds_since(stop_started), 20.0) << "the stop waited for a grace to run out";
+  auto stop_took = seconds_since(stop_started);
+  EXPECT_GT(stop_took, 6.0) << "the disk's shutdown action was cut short";
+  EXPECT_LT(stop_took, 18.0) << "the stop waited for a grace to run out";
   EXPECT_FALSE(alive(vm.pid()));
   auto flat = dir_ + "/flat.raw";
   auto convert = "/usr/bin/qemu-img convert -O raw '" + o.run_dir + "/rootfs.qcow2' '" + flat + "'";
