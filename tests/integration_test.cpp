@@ -219,6 +219,36 @@ TEST_F(cluster, requests_answered_by_actors_leave_no_memory_behind) {
                                           << " bytes over 20,000 requests";
 }
 
+// A CRN's usage answer gathers every cache shard's figures: those inner requests must not
+// hold memory once answered either (CAF 0.17 keeps a request's timeout until it fires; with
+// 60 s timeouts a CRN grew 7.5 MiB per 10,000 calls).
+TEST_F(cluster, a_crn_answering_usage_under_load_keeps_no_memory_behind) {
+  auto& ccn = start_ccn("ccn");
+  auto& crn = start_crn("crn", node_endpoint(ccn));
+  alephd::sim::http_connection conn{localhost, crn.port("http")};
+  auto rss = [&] {
+    std::ifstream in{"/proc/" + std::to_string(crn.pid()) + "/status"};
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("VmRSS:", 0) == 0)
+        return std::stoull(line.substr(6)) * 1024;
+    return 0ull;
+  };
+  auto burst = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      auto usage = conn.request("GET", "/about/usage/system");
+      ASSERT_EQ(usage.status, 200) << usage.body;
+    }
+  };
+  burst(500); // warm-up
+  auto before = rss();
+  ASSERT_GT(before, 0u);
+  burst(10000);
+  auto after = rss();
+  EXPECT_LT(after, before + (3ull << 20)) << "RSS went from " << before << " to " << after
+                                          << " bytes over 10,000 usage requests";
+}
+
 TEST_F(cluster, sigterm_under_load_stops_promptly_and_keeps_what_was_acknowledged) {
   auto* ccn = &start_ccn("ccn");
   auto http = ccn->port("http");
