@@ -1133,6 +1133,93 @@ TEST_F(execution, an_instance_boots_as_a_microvm_survives_a_crn_restart_and_stop
   EXPECT_TRUE(cached == read_file(image)) << "the base image in the cache changed";
 }
 
+// An instance whose disk has an init of its own (busybox's, from the project's microVM assets):
+// the CRN boots it with the owner's keys and the VM's hostname written into the disk, serves
+// its web server through /vm/{ref}, and a stop through the CRN gives its shutdown more than
+// the agent's default 5 s (the instance's own grace reaches the VM).
+TEST_F(execution, an_instance_disk_with_an_init_boots_it_and_a_stop_lets_it_shut_down) {
+  for (const char* tool : {"/usr/bin/qemu-system-x86_64", "/sbin/mkfs.ext4", "/sbin/debugfs",
+                           "/usr/bin/qemu-img"})
+    if (::access(tool, X_OK) != 0)
+      GTEST_SKIP() << "needs " << tool << " (scripts/install-deps installs it)";
+  auto busybox = std::filesystem::path{ALEPHD_BINARY}.parent_path() / "microvm" / "busybox";
+  ASSERT_TRUE(std::filesystem::exists(busybox)) << busybox << " (made by build-microvm-assets)";
+  start_ccn();
+  auto& crn = start_crn();
+  auto http = crn.port("http");
+  auto content = dir / "init-disk";
+  for (auto d : {"bin", "sbin", "etc", "www/cgi-bin"})
+    std::filesystem::create_directories(content / d);
+  std::filesystem::copy_file(busybox, content / "bin/busybox");
+  std::filesystem::permissions(content / "bin/busybox", std::filesystem::perms(0755));
+  std::filesystem::create_symlink("/bin/busybox", content / "sbin/init");
+  for (auto applet : {"sh", "cat", "hostname", "printf", "sleep", "sync"})
+    std::filesystem::create_symlink("busybox", content / "bin" / applet);
+  std::ofstream{content / "etc/inittab"}
+    << "::respawn:/bin/busybox httpd -f -p 8080 -h /www\n"
+       "::shutdown:/bin/sh -c 'sleep 6; echo clean >/shutdown-ran; sync'\n";
+  std::ofstream{content / "www/cgi-bin/who"}
+    << "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+       "printf '%s|%s|%s' \"$(cat /proc/1/comm)\" \"$(hostname)\" \"$(cat /root/.ssh/authorized_keys)\"\n";
+  std::filesystem::permissions(content / "www/cgi-bin/who", std::filesystem::perms(0755));
+  auto image = (dir / "init-disk.ext4").string();
+  auto mkfs = "truncate -s 16M '" + image + "' && /sbin/mkfs.ext4 -q -F -d '" + content.string()
+              + "' '" + image + "' >/dev/null 2>&1";
+  ASSERT_EQ(std::system(mkfs.c_str()), 0);
+  auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", read_file(image),
+                         {}, 20s);
+  ASSERT_EQ(up.status, 200) << up.body;
+  auto file = json::parse(up.body).value("hash", "");
+  auto store = post_message(
+    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+     {"time", 1700000000.0},
+     {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
+                  {"item_hash", file}}}});
+  const std::string key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGULT6A41Msmw2KEu0R9MvUjhuWNAsbdeZ0DOwYbt4Qt owner@alephd";
+  auto hash = post_message(
+    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "INSTANCE"}, {"item_type", "inline"},
+     {"time", 1700000001.0},
+     {"content",
+      {{"address", "0xabc"}, {"time", 1700000001.0}, {"allow_amend", false},
+       {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                        {"shared_cache", false}}},
+       {"resources", {{"vcpus", 1}, {"memory", 256}, {"seconds", 30}}},
+       {"authorized_keys", {key}},
+       {"rootfs", {{"parent", {{"ref", store}, {"use_latest", false}}}, {"persistence", "host"},
+                   {"size_mib", 64}}},
+       {"volumes", json::array()}}}});
+  ASSERT_TRUE(eventually([&] {
+    auto p = phase_of(http, hash);
+    return p == "running" || p == "failed";
+  }, 90s)) << executions(http).dump();
+  ASSERT_EQ(phase_of(http, hash), "running") << executions(http).dump();
+  alephd::sim::http_result who;
+  EXPECT_TRUE(eventually([&] {
+    who = http_request(localhost, http, "GET", "/vm/" + hash + "/cgi-bin/who", {}, {}, 30s);
+    return who.status == 200;
+  }, 30s)) << who.status << " " << who.body;
+  EXPECT_EQ(who.body, "init|vm-" + hash.substr(0, 12) + "|" + key);
+  auto runs = dir / "crn" / "executions" / hash;
+  auto t0 = std::chrono::steady_clock::now();
+  auto stop = http_request(localhost, http, "POST", "/control/machine/" + hash + "/stop", {},
+                           {{"X-Auth-Token", token("crn")}}, 70s);
+  EXPECT_EQ(stop.status, 200) << stop.body;
+  EXPECT_TRUE(eventually([&] { return processes_with(runs.string()).empty(); }, 60s));
+  EXPECT_GT(std::chrono::steady_clock::now() - t0, 5s) << "the disk's 6 s shutdown was cut short";
+  // The disk's shutdown action ran to its end and reached the overlay.
+  std::string overlay;
+  for (auto& e : std::filesystem::recursive_directory_iterator{runs})
+    if (e.path().filename() == "rootfs.qcow2")
+      overlay = e.path().string();
+  ASSERT_FALSE(overlay.empty()) << "no overlay under " << runs;
+  auto flat = (dir / "init-disk-after.raw").string();
+  ASSERT_EQ(std::system(("/usr/bin/qemu-img convert -O raw '" + overlay + "' '" + flat + "'").c_str()), 0);
+  auto out = (dir / "shutdown-ran").string();
+  ASSERT_EQ(std::system(("/sbin/debugfs -R 'cat /shutdown-ran' '" + flat + "' >'" + out
+                         + "' 2>/dev/null").c_str()), 0);
+  EXPECT_EQ(read_file(out), "clean\n") << "the disk's init did not shut down cleanly";
+}
+
 } // namespace
 
 // Metering: a persistent program's calls and bytes are sampled into the CRN's hash-chained
