@@ -7,6 +7,7 @@
 #include <boost/beast/http.hpp>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -42,6 +43,11 @@ constexpr uint64_t progress_step = 64 << 10;
 // pieces of `large_piece` in `large_slots` buffers, written with O_DIRECT in `direct_align` units.
 constexpr uint64_t large_min = 4 << 20;
 constexpr std::size_t large_piece = 4 << 20, large_slots = 4, direct_align = 4096;
+// At most this many large downloads of a process use their 16 MiB of buffers at once (64 MiB in
+// all); more at the same time take the plain path (1 MiB), so that memory stays bounded however
+// many files a node fetches.
+constexpr int max_large_downloads = 4;
+std::atomic<int> large_downloads{0};
 
 // One step of a large download (hashing, writing) run over its pieces in order on a thread of
 // its own, while the next piece is read from the socket. A piece's bytes must stay untouched
@@ -224,6 +230,14 @@ std::string read_failure(ssize_t n, uint64_t at) {
 std::string receive_large(int sock, const char* pending, std::size_t pending_n, uint64_t left,
                           int fd, const std::string& dest, sha256_stream& sha, result& r,
                           const options& o, uint64_t total, bool& not_taken) {
+  if (large_downloads.fetch_add(1) >= max_large_downloads) {
+    large_downloads.fetch_sub(1);
+    not_taken = true;
+    return {};
+  }
+  struct slot_release {
+    ~slot_release() { large_downloads.fetch_sub(1); }
+  } release;
   piece_buffers bufs;
   if (!bufs) {
     not_taken = true;

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <future>
 #include <random>
 #include <string>
 #include <thread>
@@ -25,6 +27,7 @@
 #include "tests/bare_http.hpp"
 
 namespace fs = std::filesystem;
+using namespace std::chrono_literals;
 using alephd::transfer::download;
 using alephd::transfer::options;
 
@@ -99,8 +102,10 @@ struct scoped_mount {
 // default), then closes. The test owns the thread's end through the destructor.
 class one_shot_server {
 public:
-  explicit one_shot_server(std::string body, size_t send = std::string::npos)
-    : body_{std::move(body)}, send_{std::min(send, body_.size())} {
+  /// With `gate`: the rest of the body after its first 1,000 bytes waits until it is ready.
+  explicit one_shot_server(std::string body, size_t send = std::string::npos,
+                           std::shared_future<void> gate = {})
+    : body_{std::move(body)}, send_{std::min(send, body_.size())}, gate_{std::move(gate)} {
     fd_ = alephd::test::listen_loopback(port_);
     if (fd_ < 0)
       throw std::runtime_error{std::string{"cannot listen: "} + std::strerror(errno)};
@@ -125,6 +130,8 @@ private:
     // body already read behind the header.
     auto first = head + body_.substr(0, std::min<size_t>(send_, 1000));
     bool ok = ::send(c, first.data(), first.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(first.size());
+    if (gate_.valid())
+      gate_.wait();
     for (size_t at = std::min<size_t>(send_, 1000); ok && at < send_;) {
       auto n = ::send(c, body_.data() + at, std::min<size_t>(send_ - at, 1 << 20), MSG_NOSIGNAL);
       ok = n > 0;
@@ -135,6 +142,7 @@ private:
 
   std::string body_;
   size_t send_;
+  std::shared_future<void> gate_;
   int fd_ = -1;
   uint16_t port_ = 0;
   std::thread thread_;
@@ -229,6 +237,39 @@ TEST_F(transfer, a_large_file_of_whole_blocks_arrives_whole) {
   ASSERT_TRUE(r.error.empty()) << r.error;
   EXPECT_EQ(r.sha256, sha256_of(body));
   EXPECT_TRUE(slurp(dest) == body);
+}
+
+TEST_F(transfer, many_large_downloads_at_once_all_arrive_and_only_four_hold_big_buffers) {
+  if (!takes_o_direct(dir))
+    GTEST_SKIP() << dir << " refuses O_DIRECT: which downloads used their buffers is not visible";
+  constexpr size_t n = 6, size = (8 << 20) + 100;
+  std::promise<void> go;
+  std::shared_future<void> gate = go.get_future().share();
+  std::vector<std::string> bodies;
+  std::vector<std::unique_ptr<one_shot_server>> servers;
+  for (size_t i = 0; i < n; ++i) {
+    bodies.push_back(bytes_of(size, 100 + i));
+    servers.push_back(std::make_unique<one_shot_server>(bodies.back(), std::string::npos, gate));
+  }
+  std::vector<alephd::transfer::result> results(n);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < n; ++i)
+    clients.emplace_back([&, i] {
+      results[i] = download(servers[i]->url(), "/f", dir / ("many-" + std::to_string(i)),
+                            uint64_t{1} << 30, options{});
+    });
+  // Every download has its head and is waiting for the body when the servers go on.
+  std::this_thread::sleep_for(1s);
+  go.set_value();
+  for (auto& c : clients)
+    c.join();
+  size_t direct = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(results[i].error.empty()) << i << ": " << results[i].error;
+    EXPECT_EQ(results[i].sha256, sha256_of(bodies[i])) << i;
+    direct += cached_pages(dir / ("many-" + std::to_string(i)), 8 << 20) == 0 ? 1 : 0;
+  }
+  EXPECT_EQ(direct, 4u) << "downloads that used the 16 MiB pipeline (O_DIRECT) at once";
 }
 
 TEST_F(transfer, a_connection_lost_half_way_fails_and_leaves_no_file) {
