@@ -195,6 +195,48 @@ struct execution : ::testing::Test {
     return t.substr(0, t.find('\n'));
   }
 
+  struct published_instance {
+    std::string hash; ///< the INSTANCE's; "" when it could not be published (a failure says why)
+    std::string file; ///< the rootfs image's
+  };
+
+  // Makes a 16 MiB ext4 image of `content` at `image`, stores it at the CCN and posts an
+  // INSTANCE (1 vCPU, 256 MiB) on it with `key`.
+  published_instance publish_instance(const std::string& content, const std::string& image,
+                                      const std::string& key, double time) {
+    auto mkfs = "truncate -s 16M '" + image + "' && /sbin/mkfs.ext4 -q -F -d '" + content + "' '"
+                + image + "' >/dev/null 2>&1";
+    if (std::system(mkfs.c_str()) != 0) {
+      ADD_FAILURE() << "mkfs.ext4 failed for " << content;
+      return {};
+    }
+    auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file",
+                           read_file(image), {}, 20s);
+    if (up.status != 200) {
+      ADD_FAILURE() << "add_file: " << up.status << " " << up.body;
+      return {};
+    }
+    auto file = json::parse(up.body).value("hash", "");
+    auto store = post_message(
+      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
+       {"time", time},
+       {"content", {{"address", "0xabc"}, {"time", time}, {"item_type", "storage"},
+                    {"item_hash", file}}}});
+    auto hash = post_message(
+      {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "INSTANCE"}, {"item_type", "inline"},
+       {"time", time},
+       {"content",
+        {{"address", "0xabc"}, {"time", time}, {"allow_amend", false},
+         {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
+                          {"shared_cache", false}}},
+         {"resources", {{"vcpus", 1}, {"memory", 256}, {"seconds", 30}}},
+         {"authorized_keys", {key}},
+         {"rootfs", {{"parent", {{"ref", store}, {"use_latest", false}}}, {"persistence", "host"},
+                     {"size_mib", 64}}},
+         {"volumes", json::array()}}}});
+    return {hash, file};
+  }
+
   std::string post_message(const json& m) {
     auto r = http_request(localhost, ccn_http, "POST", "/api/v0/messages", m.dump(),
                           {{"Content-Type", "application/json"}});
@@ -1054,30 +1096,12 @@ TEST_F(execution, an_instance_boots_as_a_microvm_survives_a_crn_restart_and_stop
   auto content = (dir / "rootfs-content").string();
   std::filesystem::create_directories(content + "/etc");
   std::ofstream{content + "/etc/motd"} << "hello from the rootfs\n";
-  auto mkfs = "truncate -s 16M '" + image + "' && /sbin/mkfs.ext4 -q -F -d '" + content + "' '"
-              + image + "' >/dev/null 2>&1";
-  ASSERT_EQ(std::system(mkfs.c_str()), 0);
-  auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", read_file(image),
-                         {}, 20s);
-  ASSERT_EQ(up.status, 200) << up.body;
-  auto file = json::parse(up.body).value("hash", "");
-  auto store = post_message(
-    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
-     {"time", 1700000000.0},
-     {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
-                  {"item_hash", file}}}});
-  auto hash = post_message(
-    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "INSTANCE"}, {"item_type", "inline"},
-     {"time", 1700000000.0},
-     {"content",
-      {{"address", "0xabc"}, {"time", 1700000000.0}, {"allow_amend", false},
-       {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
-                        {"shared_cache", false}}},
-       {"resources", {{"vcpus", 1}, {"memory", 256}, {"seconds", 30}}},
-       {"authorized_keys", {"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGULT6A41Msmw2KEu0R9MvUjhuWNAsbdeZ0DOwYbt4Qt test@alephd"}},
-       {"rootfs", {{"parent", {{"ref", store}, {"use_latest", false}}}, {"persistence", "host"},
-                   {"size_mib", 64}}},
-       {"volumes", json::array()}}}});
+  auto published = publish_instance(
+    content, image,
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGULT6A41Msmw2KEu0R9MvUjhuWNAsbdeZ0DOwYbt4Qt test@alephd",
+    1700000000.0);
+  auto hash = published.hash, file = published.file;
+  ASSERT_FALSE(hash.empty());
   ASSERT_TRUE(eventually([&] {
     auto p = phase_of(http, hash);
     return p == "running" || p == "failed";
@@ -1162,32 +1186,10 @@ TEST_F(execution, an_instance_disk_with_an_init_boots_it_and_a_stop_lets_it_shut
     << "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
        "printf '%s|%s|%s' \"$(cat /proc/1/comm)\" \"$(hostname)\" \"$(cat /root/.ssh/authorized_keys)\"\n";
   std::filesystem::permissions(content / "www/cgi-bin/who", std::filesystem::perms(0755));
-  auto image = (dir / "init-disk.ext4").string();
-  auto mkfs = "truncate -s 16M '" + image + "' && /sbin/mkfs.ext4 -q -F -d '" + content.string()
-              + "' '" + image + "' >/dev/null 2>&1";
-  ASSERT_EQ(std::system(mkfs.c_str()), 0);
-  auto up = http_request(localhost, ccn_http, "POST", "/api/v0/storage/add_file", read_file(image),
-                         {}, 20s);
-  ASSERT_EQ(up.status, 200) << up.body;
-  auto file = json::parse(up.body).value("hash", "");
-  auto store = post_message(
-    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "STORE"}, {"item_type", "inline"},
-     {"time", 1700000000.0},
-     {"content", {{"address", "0xabc"}, {"time", 1700000000.0}, {"item_type", "storage"},
-                  {"item_hash", file}}}});
   const std::string key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGULT6A41Msmw2KEu0R9MvUjhuWNAsbdeZ0DOwYbt4Qt owner@alephd";
-  auto hash = post_message(
-    {{"chain", "ETH"}, {"sender", "0xabc"}, {"type", "INSTANCE"}, {"item_type", "inline"},
-     {"time", 1700000001.0},
-     {"content",
-      {{"address", "0xabc"}, {"time", 1700000001.0}, {"allow_amend", false},
-       {"environment", {{"reproducible", false}, {"internet", false}, {"aleph_api", false},
-                        {"shared_cache", false}}},
-       {"resources", {{"vcpus", 1}, {"memory", 256}, {"seconds", 30}}},
-       {"authorized_keys", {key}},
-       {"rootfs", {{"parent", {{"ref", store}, {"use_latest", false}}}, {"persistence", "host"},
-                   {"size_mib", 64}}},
-       {"volumes", json::array()}}}});
+  auto hash = publish_instance(content.string(), (dir / "init-disk.ext4").string(), key,
+                               1700000001.0).hash;
+  ASSERT_FALSE(hash.empty());
   ASSERT_TRUE(eventually([&] {
     auto p = phase_of(http, hash);
     return p == "running" || p == "failed";

@@ -240,6 +240,23 @@ protected:
     ASSERT_TRUE(res->success) << res->error;
   }
 
+  // Starts a program that ignores SIGTERM and halts it; when the halt was sent. The agent must
+  // answer `halted` with SIGKILL's code within 6 s.
+  clock_type::time_point halt_a_program_that_ignores_sigterm() {
+    auto cfg = app_config();
+    cfg.variables["IGNORE_SIGTERM"] = "1";
+    start_app(cfg);
+    EXPECT_TRUE(wait_log("stdout", "listening on"));
+    auto t0 = clock_type::now();
+    send(gp::halt{});
+    auto halted = next_as<gp::halted>(6000ms);
+    EXPECT_TRUE(halted);
+    if (halted) {
+      EXPECT_EQ(halted->exit_code, 128 + SIGKILL);
+    }
+    return t0;
+  }
+
   void start_app() {
     start_app(app_config());
   }
@@ -515,15 +532,7 @@ TEST_F(guest_agent, halt_stops_the_program_and_the_agent) {
 }
 
 TEST_F(guest_agent, halt_kills_a_program_that_ignores_sigterm) {
-  auto cfg = app_config();
-  cfg.variables["IGNORE_SIGTERM"] = "1";
-  start_app(cfg);
-  ASSERT_TRUE(wait_log("stdout", "listening on"));
-  auto t0 = clock_type::now();
-  send(gp::halt{});
-  auto halted = next_as<gp::halted>(6000ms);
-  ASSERT_TRUE(halted);
-  EXPECT_EQ(halted->exit_code, 128 + SIGKILL);
+  auto t0 = halt_a_program_that_ignores_sigterm();
   EXPECT_GE(clock_type::now() - t0, 4900ms); // the grace period was given
   auto status = wait_exit(1000ms);
   ASSERT_TRUE(status);
@@ -539,15 +548,7 @@ protected:
 };
 
 TEST_F(guest_agent_halt_grace, halt_kills_a_program_that_ignores_sigterm_after_the_given_grace) {
-  auto cfg = app_config();
-  cfg.variables["IGNORE_SIGTERM"] = "1";
-  start_app(cfg);
-  ASSERT_TRUE(wait_log("stdout", "listening on"));
-  auto t0 = clock_type::now();
-  send(gp::halt{});
-  auto halted = next_as<gp::halted>(6000ms);
-  ASSERT_TRUE(halted);
-  EXPECT_EQ(halted->exit_code, 128 + SIGKILL);
+  auto t0 = halt_a_program_that_ignores_sigterm();
   EXPECT_GE(clock_type::now() - t0, 900ms);  // the grace period was given
   EXPECT_LT(clock_type::now() - t0, 3500ms); // and it was the one asked for, not the default 5 s
 }

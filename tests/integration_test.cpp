@@ -186,20 +186,23 @@ TEST_F(cluster, messages_acknowledged_before_a_kill9_survive_it) {
   EXPECT_TRUE(raw.body == blob) << "file content changed across kill -9";
 }
 
+// The resident set of a process (VmRSS), in bytes; 0 when it cannot be read.
+uint64_t resident_bytes(int pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0)
+      return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
 // Each request that an actor answers (through a short-lived actor of the HTTP gateway) used to
 // leave a monitor on the answering actor, and with it ~1–2 KiB of the requester: 20,000
 // requests grew a CCN by 22–44 MB. Now the CCN's memory stays flat.
 TEST_F(cluster, requests_answered_by_actors_leave_no_memory_behind) {
   auto& ccn = start_ccn("ccn");
   alephd::sim::http_connection conn{localhost, ccn.port("http")};
-  auto rss = [&] {
-    std::ifstream in{"/proc/" + std::to_string(ccn.pid()) + "/status"};
-    std::string line;
-    while (std::getline(in, line))
-      if (line.rfind("VmRSS:", 0) == 0)
-        return std::stoull(line.substr(6)) * 1024;
-    return 0ull;
-  };
+  auto rss = [&] { return resident_bytes(ccn.pid()); };
   auto burst = [&](int n) {
     for (int i = 0; i < n; ++i) {
       auto nodes = conn.request("GET", "/api/v0/nodes");
@@ -226,14 +229,7 @@ TEST_F(cluster, a_crn_answering_usage_under_load_keeps_no_memory_behind) {
   auto& ccn = start_ccn("ccn");
   auto& crn = start_crn("crn", node_endpoint(ccn));
   alephd::sim::http_connection conn{localhost, crn.port("http")};
-  auto rss = [&] {
-    std::ifstream in{"/proc/" + std::to_string(crn.pid()) + "/status"};
-    std::string line;
-    while (std::getline(in, line))
-      if (line.rfind("VmRSS:", 0) == 0)
-        return std::stoull(line.substr(6)) * 1024;
-    return 0ull;
-  };
+  auto rss = [&] { return resident_bytes(crn.pid()); };
   auto burst = [&](int n) {
     for (int i = 0; i < n; ++i) {
       auto usage = conn.request("GET", "/about/usage/system");
