@@ -826,6 +826,17 @@ private:
     auto state = std::make_shared<responder_state>(shared_from_this());
     state->spool_file = req.body_file;
     responder respond = [state](response r) { state->answer(std::move(r)); };
+    if (auto limit = opts().answer_timeout; limit.count() > 0) {
+      answer_timer_.expires_after(limit);
+      answer_timer_.async_wait([weak = std::weak_ptr<responder_state>(state), limit](error_code ec) {
+        if (ec)
+          return; // answered (or the connection is gone)
+        if (auto st = weak.lock())
+          st->answer(json_error(504, "the node did not answer within "
+                                       + (limit.count() % 1000 == 0 ? std::to_string(limit.count() / 1000) + " s"
+                                                                   : std::to_string(limit.count()) + " ms")));
+      });
+    }
     try {
       core_->on_request(std::move(req), respond);
     } catch (...) {
@@ -867,6 +878,7 @@ private:
     if (!waiting_)
       return;
     waiting_ = false;
+    answer_timer_.cancel();
     if (r.websocket_open) {
       if (!upgrade_) {
         auto err = json_error(426, "this route needs a websocket upgrade");
@@ -1145,6 +1157,7 @@ private:
   std::shared_ptr<core> core_; // declared first: the stream needs its io_context
   beast::tcp_stream stream_;
   asio::steady_timer send_timer_{stream_.get_executor()};
+  asio::steady_timer answer_timer_{stream_.get_executor()}; // options::answer_timeout
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<spool_body>> parser_;
   std::shared_ptr<bhttp::request<bhttp::empty_body>> upgrade_; // the last request's, if any

@@ -107,6 +107,9 @@ struct server_options {
   /// A request header must arrive within this time; body and response
   /// transfers may idle at most this long and must average 1 KB/s after it.
   std::chrono::milliseconds read_timeout{30000};
+  /// A request its handler has not answered within this time gets 504 {"error": …}, and the
+  /// handler's answer, if it comes later, is dropped (0: wait as long as the handler takes).
+  std::chrono::milliseconds answer_timeout{0};
   /// Number of io threads (0 counts as 1).
   unsigned threads = 1;
   /// The value of the Server header.

@@ -108,8 +108,10 @@ http::handler gated(std::shared_ptr<std::atomic<bool>> ready, http::handler h) {
 }
 
 std::unique_ptr<http::server> start_http(const settings& s, uint16_t port, http::handler h,
-                                         std::string& err, std::string spool_dir = {}) {
+                                         std::string& err, std::string spool_dir = {},
+                                         std::chrono::milliseconds answer_timeout = {}) {
   http::server_options o;
+  o.answer_timeout = answer_timeout;
   o.spool_dir = std::move(spool_dir); // large uploads go to disk, next to the blobs
   o.host = s.http_host;
   o.port = port;
@@ -333,8 +335,10 @@ std::string ccn_node_runtime::start(caf::actor_system& sys, const settings& s, b
   ctx->started = unix_seconds();
   auto port = s.http_port < 0 ? 4024 : s.http_port;
   auto ready = std::make_shared<std::atomic<bool>>(false);
+  // Every CCN handler asks its actors with a 30 s timeout; this is the net under them all (an
+  // append is answered by the message store itself, with no ask).
   http_ = start_http(s, static_cast<uint16_t>(port), gated(ready, ccn_routes(ctx)), err,
-                     cc.root + "/tmp");
+                     cc.root + "/tmp", std::chrono::seconds(35));
   if (!http_) {
     stop();
     return err;

@@ -302,6 +302,46 @@ TEST_F(http_server, dropped_or_repeated_responder_is_handled) {
   EXPECT_EQ(again.body, R"("first")");
 }
 
+// A handler that never answers (its responder kept, not dropped) gets 504 after the answer
+// timeout; its late answer is dropped, and the connection serves the next request.
+TEST_F(http_server, an_unanswered_request_gets_504_after_the_answer_timeout) {
+  auto kept = std::make_shared<std::vector<responder>>();
+  auto mtx = std::make_shared<std::mutex>();
+  server_options opts;
+  opts.answer_timeout = 300ms;
+  ASSERT_NO_FATAL_FAILURE(start(
+    [kept, mtx](request&& req, responder respond) {
+      if (req.path == "/quick")
+        return respond(alephd::http::json(200, R"("quick")"));
+      std::lock_guard lock{*mtx};
+      kept->push_back(std::move(respond)); // held, never answered in time
+    },
+    opts));
+  http_connection conn{localhost, port_, 5s};
+  for (int i = 0; i < 3; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = conn.request("GET", "/stuck");
+    ASSERT_EQ(r.error, "");
+    EXPECT_EQ(r.status, 504);
+    EXPECT_EQ(parse(r)["error"], "the node did not answer within 300 ms");
+    EXPECT_GE(seconds_since(t0), 0.29);
+    {
+      std::lock_guard lock{*mtx};
+      ASSERT_FALSE(kept->empty());
+      kept->back()(alephd::http::json(200, R"("late")")); // dropped
+    }
+    auto q = conn.request("GET", "/quick");
+    EXPECT_EQ(q.status, 200);
+    EXPECT_EQ(q.body, R"("quick")") << "the late answer must not stand in for the next one";
+  }
+  // Answers within the limit are unaffected.
+  for (int i = 0; i < 20; ++i)
+    EXPECT_EQ(conn.request("GET", "/quick").status, 200);
+  std::this_thread::sleep_for(400ms);
+  EXPECT_EQ(conn.request("GET", "/quick").body, R"("quick")");
+  EXPECT_EQ(conn.connects(), 1u);
+}
+
 TEST_F(http_server, body_over_limit_is_413_and_closes) {
   server_options opts;
   opts.max_body_bytes = 1024;
