@@ -29,6 +29,40 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<job_broker_actor>("alephd::job_broker_actor");
 }
 
+struct append_reply::state {
+  function fn;
+  bool answered = false;
+  explicit state(function f) : fn(std::move(f)) {}
+  state(const state&) = delete;
+  state& operator=(const state&) = delete;
+  ~state() {
+    if (answered || !fn)
+      return;
+    try {
+      auto err = make_error(ec::unavailable, "the message store is not running");
+      fn(nullptr, &err);
+    } catch (...) {
+      // Nothing sensible is left to do with a failure while unwinding.
+    }
+  }
+};
+
+append_reply::append_reply(function f) : state_(std::make_shared<state>(std::move(f))) {}
+
+void append_reply::deliver(const append_result& r) const {
+  if (state_ && state_->fn && !state_->answered) {
+    state_->answered = true;
+    state_->fn(&r, nullptr);
+  }
+}
+
+void append_reply::deliver(const caf::error& e) const {
+  if (state_ && state_->fn && !state_->answered) {
+    state_->answered = true;
+    state_->fn(nullptr, &e);
+  }
+}
+
 bool is(const caf::error& err, ec code) {
   if (!err)
     return false;

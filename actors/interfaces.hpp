@@ -1,10 +1,13 @@
 // Every typed actor interface of alephd: the whole protocol on one screen.
 #pragma once
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/typed_actor.hpp>
 #include <caf/replies_to.hpp>
 
@@ -25,10 +28,32 @@ using file_listener_actor = caf::typed_actor<
   /// A file was uploaded to this node (not one replicated from a peer).
   reacts_to<atom::stored, file_info>>;
 
+/// How the message store answers an append sent without a request: an HTTP handler has no
+/// actor to take the answer, and one spawned per message costs more than the commit. The
+/// function is called once with the result or the error, by the store (on its thread); when
+/// the append is dropped unanswered (the store is gone) it gets ec::unavailable, on whichever
+/// thread drops it last. It must not throw.
+class append_reply {
+public:
+  using function = std::function<void(const append_result*, const caf::error*)>;
+  append_reply() = default;
+  explicit append_reply(function f);
+  /// Whether this carries a function (a default-made one does not).
+  explicit operator bool() const { return static_cast<bool>(state_); }
+  void deliver(const append_result& r) const;
+  void deliver(const caf::error& e) const;
+
+private:
+  struct state;
+  std::shared_ptr<state> state_;
+};
+
 /// CCN: the durable message log (LMDB, group commit).
 using message_store_actor = caf::typed_actor<
   /// Appends a message; answers once it is durable. A known hash is a duplicate, not an error.
   replies_to<atom::append, stored_message>::with<append_result>,
+  /// The same, answered through the reply's function instead of a response.
+  reacts_to<atom::append, stored_message, append_reply>,
   /// One message by item_hash; ec::not_found when unknown.
   replies_to<atom::get, std::string>::with<stored_message>,
   /// A page of messages, newest first, filtered by type and senders.
@@ -40,6 +65,12 @@ using message_store_actor = caf::typed_actor<
   /// Internal: commit the pending appends as one transaction (if the round still matches), or
   /// count the writers after a commit; the second value says which (see message_store.cpp).
   reacts_to<atom::flush, uint64_t, uint64_t>>;
+
+} // namespace alephd
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(alephd::append_reply)
+
+namespace alephd {
 
 /// CRN: its link to a CCN, as the CCN sees it.
 using ccn_link_actor = caf::typed_actor<

@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
@@ -36,6 +37,9 @@ enum flush_kind : uint64_t {
   flush_indexed = 3, // the index writer finished its batch; the round carries LMDB's code
   flush_retry = 4,   // index again after a failure
   flush_release = 5, // index_mode::held: index the batch handed over now (tests)
+  flush_logged = 6,  // the log writer finished its group
+  flush_index = 7,   // the index's wait for a bigger batch is over
+  flush_stall = 8,   // time to see whether the log writer's group takes too long
 };
 
 // The highest sequence number in `by_seq` (0 when there is none).
@@ -79,6 +83,11 @@ int index_entries(lmdb::env& env, MDB_dbi by_hash, MDB_dbi by_seq, const wal_ent
 // Batches handed to the index writer, and the transactions of a recovery, hold at most this
 // many entries: LMDB's write lock, which other actors share, is held for a bounded time.
 constexpr size_t max_index_batch = 2048;
+
+// In a node, a batch for the index writer waits until it has this many entries, or for
+// index_linger (see start_indexing).
+constexpr size_t index_batch_target = 512;
+constexpr auto index_linger = std::chrono::milliseconds{10};
 
 // Indexes `entries` in transactions of at most max_index_batch; 0 or the first failure's code.
 int index_all(lmdb::env& env, MDB_dbi by_hash, MDB_dbi by_seq, const std::vector<wal_entry>& entries) {
@@ -194,6 +203,103 @@ private:
   std::thread thread_;
 };
 
+// Writes and syncs groups of appends to the log on a thread of its own (index_mode::thread),
+// so that the store takes the next appends meanwhile; tells the store with (flush, 0,
+// flush_logged). One group at a time: the store touches the log only while none is under way.
+class log_writer {
+public:
+  struct outcome {
+    std::vector<wal_entry> entries;
+    bool ok = false;
+    std::string err;
+  };
+
+  log_writer(std::shared_ptr<message_wal> log, caf::actor_control_block* store)
+    : shared_(std::make_shared<shared>()) {
+    shared_->log = std::move(log);
+    shared_->store = store;
+    thread_ = std::thread{[s = shared_] { run(*s); }};
+  }
+
+  ~log_writer() {
+    bool hung = false;
+    {
+      std::lock_guard<std::mutex> guard{shared_->mtx};
+      shared_->stop = true;
+      hung = shared_->busy; // only left so by a store that gave up waiting (see wait_until)
+    }
+    shared_->cv.notify_all();
+    if (hung)
+      thread_.detach(); // it owns what it uses, and ends if the write ever does
+    else
+      thread_.join();
+  }
+
+  log_writer(const log_writer&) = delete;
+  log_writer& operator=(const log_writer&) = delete;
+
+  void submit(std::vector<wal_entry> entries) {
+    {
+      std::lock_guard<std::mutex> guard{shared_->mtx};
+      shared_->job.entries = std::move(entries);
+      shared_->job.ok = false;
+      shared_->job.err.clear();
+      shared_->busy = true;
+    }
+    shared_->cv.notify_all();
+  }
+
+  /// The outcome of the group submitted last, once it is written (at once after flush_logged),
+  /// or nothing if it is still under way at `deadline` (only a stopping store waits).
+  std::optional<outcome> wait_until(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock{shared_->mtx};
+    if (!shared_->done_cv.wait_until(lock, deadline, [this] { return !shared_->busy; }))
+      return std::nullopt;
+    return std::move(shared_->job);
+  }
+
+private:
+  struct shared {
+    std::shared_ptr<message_wal> log;
+    caf::weak_actor_ptr store; // weak: the store owns this writer
+    std::mutex mtx;
+    std::condition_variable cv;
+    std::condition_variable done_cv;
+    outcome job;
+    bool busy = false;    // a group was submitted and is not written yet
+    bool written = false; // ... and the thread took it
+    bool stop = false;
+  };
+
+  static void run(shared& s) {
+    std::unique_lock<std::mutex> lock{s.mtx};
+    for (;;) {
+      s.cv.wait(lock, [&] { return s.stop || (s.busy && !s.written); });
+      if (s.stop)
+        return;
+      s.written = true;
+      lock.unlock();
+      // s.job is this thread's until busy is cleared below.
+      std::string err;
+      bool ok = s.log->append(s.job.entries, err);
+      lock.lock();
+      s.job.ok = ok;
+      s.job.err = std::move(err);
+      s.busy = false;
+      s.written = false;
+      s.done_cv.notify_all();
+      lock.unlock();
+      if (auto strong = s.store.lock())
+        caf::anon_send(caf::actor_cast<message_store_actor>(strong), atom::flush_v, uint64_t{0},
+                       uint64_t{flush_logged});
+      lock.lock();
+    }
+  }
+
+  std::shared_ptr<shared> shared_;
+  std::thread thread_;
+};
+
 struct message_wal_state {
   struct held {
     stored_message msg;
@@ -209,6 +315,20 @@ struct message_wal_state {
 
   std::shared_ptr<message_wal> log;
   std::unique_ptr<index_writer> writer;
+  /// The group being written (index_mode::thread): its appends, what each is, and when its
+  /// commit started.
+  struct group {
+    std::vector<pending_append> batch;
+    std::vector<char> kinds;
+    caf::actor_clock::time_point started;
+  };
+  std::unique_ptr<log_writer> logger; ///< null: the log is written inline
+  bool logging = false;               ///< a group is with the logger
+  caf::actor_clock::time_point logging_since; ///< ... since then
+  bool stall_check_armed = false;     ///< a flush_stall is on the clock
+  bool stalled = false; ///< the group took too long: appends are refused until it is done
+  bool stopping = false;              ///< the store is stopping: wait for the logger
+  group writing;
   std::unordered_map<std::string, held> overlay; ///< logged, not yet indexed
   std::deque<std::string> order;                 ///< the overlay's hashes, oldest first
   std::vector<wal_entry> queued;                 ///< logged, not yet handed to the writer
@@ -219,6 +339,7 @@ struct message_wal_state {
   std::string index_error; ///< why the writer's last batch failed ("" when it did not)
   ec index_code = ec::storage_failure; ///< ... as an error code (no_space for a full disk)
   bool retry_armed = false;
+  bool index_linger_armed = false; ///< a flush_index is on the clock
 };
 
 namespace {
@@ -244,13 +365,21 @@ void publish(message_store_pointer self, stored_message msg) {
     caf::anon_send(caf::actor_cast<caf::actor>(l), m);
 }
 
-using pending_append = std::pair<stored_message, caf::typed_response_promise<append_result>>;
-
-// Hands what the log holds beyond the index to the writer, unless it is busy (or failing).
-void start_indexing(message_store_pointer self) {
+// Hands what the log holds beyond the index to the writer, unless it is busy (or failing). In a
+// node (with the log writer) a small batch waits up to index_linger for more, unless a read
+// waits for it: an LMDB commit costs two syncs whatever its size, and they compete with the
+// log's, which acknowledged writers wait for.
+void start_indexing(message_store_pointer self, bool now = false) {
   auto& w = *self->state.wal;
   if (w.in_flight || w.queued.empty() || w.retry_armed)
     return;
+  if (w.logger && !now && w.queued.size() < index_batch_target && w.reads.empty() && !w.paused) {
+    if (!w.index_linger_armed) {
+      w.index_linger_armed = true;
+      self->delayed_send(self, index_linger, atom::flush_v, uint64_t{0}, uint64_t{flush_index});
+    }
+    return;
+  }
   if (w.queued.size() <= max_index_batch) {
     w.in_flight = std::make_shared<const std::vector<wal_entry>>(std::move(w.queued));
     w.queued.clear();
@@ -283,27 +412,64 @@ void answer_reads(message_store_pointer self) {
   }
 }
 
-// Group commit through the log: true when the batch is answered (durable in the log, or all
-// duplicates); false leaves it to a commit straight into LMDB (too big for a segment, both
-// segments holding unindexed appends, or a failed log).
-bool log_commit(message_store_pointer self, std::vector<pending_append>& batch,
-                caf::actor_clock::time_point started) {
+enum entry_kind : char { fresh, known, repeated };
+
+// A group made durable in the log: answers it, publishes its new messages, and keeps them in
+// memory until the index writer has them in LMDB.
+void logged(message_store_pointer self, std::vector<pending_append>& batch,
+            const std::vector<char>& kinds, std::vector<wal_entry>& entries,
+            caf::actor_clock::time_point started) {
+  auto& st = self->state;
+  auto& w = *st.wal;
+  ++st.commits;
+  st.last_commit = self->clock().now() - started;
+  if (!w.logger)
+    count_arrivals(self);
+  int segment = w.log->active();
+  size_t k = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    auto& p = batch[i];
+    if (kinds[i] != fresh) {
+      p.deliver(append_result{p.msg.item_hash, "processed", true});
+      continue;
+    }
+    auto& e = entries[k++];
+    p.deliver(append_result{p.msg.item_hash, "processed", false});
+    publish(self, p.msg);
+    w.order.push_back(e.hash);
+    ++w.unindexed[segment];
+    w.overlay.emplace(e.hash, message_wal_state::held{std::move(p.msg), e.seq, segment});
+  }
+  w.queued.insert(w.queued.end(), std::make_move_iterator(entries.begin()),
+                  std::make_move_iterator(entries.end()));
+  start_indexing(self);
+}
+
+enum class log_outcome {
+  answered,  // durable in the log (or all duplicates), and answered
+  writing,   // with the log writer: finish_logging() answers it
+  fallback,  // to be committed straight into LMDB
+};
+
+// Group commit through the log. Falls back to LMDB for a group too big for a segment, when both
+// segments hold unindexed appends, or when the log failed.
+log_outcome log_commit(message_store_pointer self, std::vector<pending_append>& batch,
+                       caf::actor_clock::time_point started) {
   auto& st = self->state;
   auto& w = *st.wal;
   if (w.log->failed() || w.paused)
-    return false;
-  enum kind : char { fresh, known, repeated };
-  std::vector<kind> kinds(batch.size(), fresh);
+    return log_outcome::fallback;
+  std::vector<char> kinds(batch.size(), fresh);
   std::vector<wal_entry> entries;
   uint64_t bytes = 0;
   auto seq = st.next_seq;
   {
     lmdb::txn t{*st.env, false};
     if (t.status() != 0)
-      return false;
+      return log_outcome::fallback;
     std::unordered_set<std::string_view> in_batch;
     for (size_t i = 0; i < batch.size(); ++i) {
-      auto& msg = batch[i].first;
+      auto& msg = batch[i].msg;
       if (w.overlay.count(msg.item_hash) != 0 || t.get(st.by_hash, msg.item_hash))
         kinds[i] = known;
       else if (!in_batch.insert(msg.item_hash).second)
@@ -316,45 +482,36 @@ bool log_commit(message_store_pointer self, std::vector<pending_append>& batch,
   }
   if (!entries.empty()) {
     if (bytes > w.log->capacity())
-      return false;
+      return log_outcome::fallback;
     std::string err;
     if (!w.log->fits(bytes)) {
       if (w.unindexed[1 - w.log->active()] != 0)
-        return false; // the index is a whole segment behind
+        return log_outcome::fallback; // the index is a whole segment behind
       if (!w.log->rotate(err)) {
         spdlog::error("message_store: {}; committing straight to LMDB from now on", err);
-        return false;
+        return log_outcome::fallback;
       }
     }
     // Taken even if the append fails: its records may be on disk, and come back at the next start.
     st.next_seq = seq;
+    if (w.logger) {
+      w.writing = message_wal_state::group{std::move(batch), std::move(kinds), started};
+      w.logging = true;
+      w.logging_since = started;
+      w.logger->submit(std::move(entries));
+      if (!w.stall_check_armed) {
+        w.stall_check_armed = true;
+        self->delayed_send(self, st.log_stall_timeout, atom::flush_v, uint64_t{0}, uint64_t{flush_stall});
+      }
+      return log_outcome::writing;
+    }
     if (!w.log->append(entries, err)) {
       spdlog::error("message_store: {}; committing straight to LMDB from now on", err);
-      return false;
+      return log_outcome::fallback;
     }
   }
-  ++st.commits;
-  st.last_commit = self->clock().now() - started;
-  count_arrivals(self);
-  int segment = w.log->active();
-  size_t k = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    auto& [msg, rp] = batch[i];
-    if (kinds[i] != fresh) {
-      rp.deliver(append_result{msg.item_hash, "processed", true});
-      continue;
-    }
-    auto& e = entries[k++];
-    rp.deliver(append_result{msg.item_hash, "processed", false});
-    publish(self, msg);
-    w.order.push_back(e.hash);
-    ++w.unindexed[segment];
-    w.overlay.emplace(e.hash, message_wal_state::held{std::move(msg), e.seq, segment});
-  }
-  w.queued.insert(w.queued.end(), std::make_move_iterator(entries.begin()),
-                  std::make_move_iterator(entries.end()));
-  start_indexing(self);
-  return true;
+  logged(self, batch, kinds, entries, started);
+  return log_outcome::answered;
 }
 
 // The writer reported on its batch.
@@ -399,21 +556,10 @@ void on_indexed(message_store_pointer self, int rc) {
   self->delayed_send(self, std::chrono::seconds(1), atom::flush_v, uint64_t{0}, uint64_t{flush_retry});
 }
 
-void commit_pending(message_store_pointer self) {
+// Commits `batch` in one LMDB transaction and answers it.
+void lmdb_commit(message_store_pointer self, std::vector<pending_append>& batch,
+                 caf::actor_clock::time_point started) {
   auto& st = self->state;
-  st.flush_scheduled = false;
-  st.linger_armed = false;
-  ++st.round;
-  if (st.pending.empty())
-    return;
-  // The actor clock: steady time in a node, virtual time on the deterministic scheduler (where a
-  // commit takes no time, so the linger below does not depend on how fast this machine is).
-  auto started = self->clock().now();
-  auto batch = std::move(st.pending);
-  st.pending.clear();
-  st.last_batch = batch.size();
-  if (st.wal && log_commit(self, batch, started))
-    return;
   lmdb::txn t{*st.env, true};
   int rc = t.status();
   auto seq = st.next_seq;
@@ -422,7 +568,7 @@ void commit_pending(message_store_pointer self) {
   std::vector<bool> stored_before(batch.size(), false); // durable already, whatever this commit does
   std::unordered_set<std::string_view> in_batch;
   for (size_t i = 0; i < batch.size() && rc == 0; ++i) {
-    auto& msg = batch[i].first;
+    auto& msg = batch[i].msg;
     if (st.wal && st.wal->overlay.count(msg.item_hash) != 0) { // logged, not yet indexed
       duplicate[i] = stored_before[i] = true;
       continue;
@@ -453,13 +599,13 @@ void commit_pending(message_store_pointer self) {
     // A full disk (or LMDB map) is the operator's to fix, and the sender's to retry: 507.
     bool full = rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT;
     for (size_t i = 0; i < batch.size(); ++i) {
-      auto& [msg, rp] = batch[i];
+      auto& p = batch[i];
       if (stored_before[i])
-        rp.deliver(append_result{msg.item_hash, "processed", true}); // it was on disk before
+        p.deliver(append_result{p.msg.item_hash, "processed", true}); // it was on disk before
       else if (full)
-        rp.deliver(make_error(ec::no_space, "the node's storage is full: cannot store message: " + lmdb::error_text(rc)));
+        p.deliver(make_error(ec::no_space, "the node's storage is full: cannot store message: " + lmdb::error_text(rc)));
       else
-        rp.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
+        p.deliver(make_error(ec::storage_failure, "cannot store message: " + lmdb::error_text(rc)));
     }
     return;
   }
@@ -468,11 +614,86 @@ void commit_pending(message_store_pointer self) {
   st.last_commit = self->clock().now() - started;
   count_arrivals(self);
   for (size_t i = 0; i < batch.size(); ++i) {
-    auto& [msg, rp] = batch[i];
-    rp.deliver(append_result{msg.item_hash, "processed", duplicate[i]});
+    auto& p = batch[i];
+    p.deliver(append_result{p.msg.item_hash, "processed", duplicate[i]});
     if (!duplicate[i])
-      publish(self, std::move(msg)); // not needed here any more
+      publish(self, std::move(p.msg)); // not needed here any more
   }
+}
+
+caf::error stall_error(message_store_pointer self);
+
+// The log writer is done with its group: answers it, or commits it straight into LMDB when the
+// log failed. A stopping store waits for the group, as long as the stall timeout allows; past
+// it, the group is answered unavailable and the writer is left to end on its own.
+void finish_logging(message_store_pointer self) {
+  auto& st = self->state;
+  auto& w = *st.wal;
+  if (!w.logging)
+    return;
+  auto deadline = w.stopping ? w.logging_since + st.log_stall_timeout
+                             : std::chrono::steady_clock::time_point::max();
+  auto done = w.logger->wait_until(deadline);
+  if (!done) {
+    if (!w.stalled)
+      spdlog::error("message_store: stopping with a write to the write-ahead log under way for {} ms",
+                    std::chrono::duration_cast<std::chrono::milliseconds>(self->clock().now() - w.logging_since).count());
+    auto err = stall_error(self);
+    for (auto& p : w.writing.batch)
+      p.deliver(err);
+    w.stalled = true; // appends behind it are refused; the log is not touched again
+    return;
+  }
+  auto out = std::move(*done);
+  w.logging = false;
+  if (w.stalled) {
+    w.stalled = false;
+    spdlog::warn("message_store: the write-ahead log's write ended after {} ms; taking appends again",
+                 std::chrono::duration_cast<std::chrono::milliseconds>(self->clock().now() - w.logging_since).count());
+  }
+  auto group = std::move(w.writing);
+  w.writing = {};
+  if (!out.ok) {
+    spdlog::error("message_store: {}; committing straight to LMDB from now on", out.err);
+    lmdb_commit(self, group.batch, group.started);
+    return;
+  }
+  logged(self, group.batch, group.kinds, out.entries, group.started);
+}
+
+void commit_pending(message_store_pointer self) {
+  auto& st = self->state;
+  st.flush_scheduled = false;
+  st.linger_armed = false;
+  ++st.round;
+  if (st.pending.empty())
+    return;
+  if (st.wal && st.wal->logging) {
+    if (!st.wal->stopping)
+      return; // these make the next group, when the log writer is done
+    finish_logging(self);
+    if (st.wal->logging) { // hung: these cannot be stored either
+      auto err = stall_error(self);
+      for (auto& p : st.pending)
+        p.deliver(err);
+      st.pending.clear();
+      return;
+    }
+  }
+  // The actor clock: steady time in a node, virtual time on the deterministic scheduler (where a
+  // commit takes no time, so the linger below does not depend on how fast this machine is).
+  auto started = self->clock().now();
+  auto batch = std::move(st.pending);
+  st.pending.clear();
+  st.last_batch = batch.size();
+  if (st.wal) {
+    auto outcome = log_commit(self, batch, started);
+    if (outcome == log_outcome::writing && st.wal->stopping)
+      finish_logging(self);
+    if (outcome != log_outcome::fallback)
+      return;
+  }
+  lmdb_commit(self, batch, started);
 }
 
 // Commits at once when `target` appends pend (appends already in the mailbox land before the
@@ -481,6 +702,15 @@ void commit_pending(message_store_pointer self) {
 // checked first), and never more than 2 ms.
 void schedule_flush(message_store_pointer self) {
   auto& st = self->state;
+  if (st.wal && st.wal->logger) {
+    // The log writer's sync is the wait: a group goes as soon as it is free (appends already
+    // in the mailbox join it first).
+    if (!st.wal->logging && !st.flush_scheduled) {
+      st.flush_scheduled = true;
+      self->send(self, atom::flush_v, st.round, uint64_t{flush_now});
+    }
+    return;
+  }
   if (st.pending.size() >= st.target) {
     if (!st.flush_scheduled) {
       st.flush_scheduled = true;
@@ -568,7 +798,60 @@ caf::result<T> when_indexed(message_store_pointer self, F run) {
                        else
                          rp.deliver(x.error());
                      }});
+  start_indexing(self); // at once: a reader waits
   return rp;
+}
+
+caf::error stall_error(message_store_pointer self) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(self->state.log_stall_timeout).count();
+  auto limit = ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
+  return make_error(ec::unavailable, "the node's disk has not finished a write in " + limit
+                                       + "; the message may not be stored: try again later");
+}
+
+// The stall check is due: a group with the log writer for longer than log_stall_timeout gets
+// its answers now (its write may still end; what it wrote is kept), and so does everything
+// waiting behind it, until the write ends.
+void check_stall(message_store_pointer self) {
+  auto& st = self->state;
+  auto& w = *st.wal;
+  w.stall_check_armed = false;
+  if (!w.logging)
+    return;
+  auto waited = self->clock().now() - w.logging_since;
+  if (waited < st.log_stall_timeout) {
+    w.stall_check_armed = true;
+    self->delayed_send(self, st.log_stall_timeout - waited, atom::flush_v, uint64_t{0}, uint64_t{flush_stall});
+    return;
+  }
+  if (!w.stalled)
+    spdlog::error("message_store: a write to the write-ahead log has not ended in {} ms; refusing appends "
+                  "until it does",
+                  std::chrono::duration_cast<std::chrono::milliseconds>(waited).count());
+  w.stalled = true;
+  auto err = stall_error(self);
+  for (auto& p : w.writing.batch)
+    p.deliver(err);
+  for (auto& p : st.pending)
+    p.deliver(err);
+  st.pending.clear();
+}
+
+// A duplicate, even of a pending append, is answered only after the commit that makes the
+// first copy durable (MDB_NOOVERWRITE finds it within the same transaction).
+void take_append(message_store_pointer self, pending_append p) {
+  auto& st = self->state;
+  if (st.wal && st.wal->stalled) {
+    p.deliver(stall_error(self));
+    return;
+  }
+  st.pending.push_back(std::move(p));
+  if (st.counting)
+    ++st.arrived;
+  if (!st.group_commit)
+    commit_pending(self);
+  else
+    schedule_flush(self);
 }
 
 message_store_actor::behavior_type
@@ -592,6 +875,8 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
     st.wal = std::make_shared<message_wal_state>();
     st.wal->log = std::move(log);
     st.wal->writer = std::make_unique<index_writer>(st.env, st.by_hash, st.by_seq, self->ctrl(), mode);
+    if (mode == index_mode::thread)
+      st.wal->logger = std::make_unique<log_writer>(st.wal->log, self->ctrl());
   }
   {
     lmdb::txn t{*st.env, false};
@@ -624,6 +909,10 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
   }
   // Appends already answered "pending" must not be dropped at shutdown: commit them first.
   self->set_exit_handler([=](caf::exit_msg& em) {
+    if (auto& w = self->state.wal) {
+      w->stopping = true;
+      finish_logging(self);
+    }
     commit_pending(self);
     if (auto& w = self->state.wal) {
       auto stopping = make_error(ec::storage_failure, "the message store is stopping");
@@ -635,18 +924,12 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
   });
   return {
     [=](atom::append, stored_message& msg) -> caf::result<append_result> {
-      auto& st = self->state;
-      // A duplicate, even of a pending append, is answered only after the commit that makes the
-      // first copy durable (MDB_NOOVERWRITE finds it within the same transaction).
       auto rp = self->make_response_promise<append_result>();
-      st.pending.emplace_back(std::move(msg), rp);
-      if (st.counting)
-        ++st.arrived;
-      if (!st.group_commit)
-        commit_pending(self);
-      else
-        schedule_flush(self);
+      take_append(self, pending_append{std::move(msg), rp, {}});
       return rp;
+    },
+    [=](atom::append, stored_message& msg, append_reply& reply) {
+      take_append(self, pending_append{std::move(msg), {}, std::move(reply)});
     },
     [=](atom::flush, uint64_t round, uint64_t kind) {
       auto& st = self->state;
@@ -657,6 +940,25 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
       if (kind == flush_release) {
         if (st.wal)
           st.wal->writer->release();
+        return;
+      }
+      if (kind == flush_logged) {
+        if (st.wal)
+          finish_logging(self);
+        if (!st.pending.empty())
+          commit_pending(self); // what arrived during the sync
+        return;
+      }
+      if (kind == flush_stall) {
+        if (st.wal)
+          check_stall(self);
+        return;
+      }
+      if (kind == flush_index) {
+        if (st.wal) {
+          st.wal->index_linger_armed = false;
+          start_indexing(self, true);
+        }
         return;
       }
       if (kind == flush_retry) {
@@ -675,7 +977,7 @@ make_store(message_store_pointer self, std::shared_ptr<lmdb::env> env, bool grou
         return; // a commit came first
       if (kind == flush_now) {
         st.flush_scheduled = false;
-        if (st.pending.size() < st.target) { // the writers seen at work are more than these
+        if (!(st.wal && st.wal->logger) && st.pending.size() < st.target) { // the writers seen at work are more than these
           schedule_flush(self);
           return;
         }
@@ -741,6 +1043,15 @@ message_store(message_store_actor::stateful_pointer<message_store_state> self,
 message_store_actor::behavior_type
 message_store_wal(message_store_actor::stateful_pointer<message_store_state> self,
                   std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, index_mode mode) {
+  self->state.log_stall_timeout = default_log_stall_timeout;
+  return make_store(self, std::move(env), true, std::move(wal), mode);
+}
+
+message_store_actor::behavior_type
+message_store_wal_stalling_after(message_store_actor::stateful_pointer<message_store_state> self,
+                                 std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal,
+                                 index_mode mode, caf::timespan stall_timeout) {
+  self->state.log_stall_timeout = stall_timeout;
   return make_store(self, std::move(env), true, std::move(wal), mode);
 }
 

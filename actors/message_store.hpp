@@ -13,10 +13,14 @@
 // groups to a transaction. Until indexed they are kept in memory: `get` finds
 // them there, and `list` and `inventory` wait until every append answered
 // before them is indexed. At start, what the log holds is indexed first.
+// In a node the log is written and synced on a thread of its own: the store
+// keeps taking appends meanwhile, and they make the next group as soon as the
+// sync is done (no waiting for company: the sync is what they wait for).
 #pragma once
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/typed_response_promise.hpp>
@@ -31,10 +35,34 @@ struct message_wal_state;
 
 /// How message_store_wal indexes what it logged into LMDB.
 enum class index_mode {
-  thread, ///< on a thread of its own (nodes)
+  thread, ///< on a thread of its own, and the log is synced on another (nodes)
   now,    ///< inline, at once (CAF's deterministic scheduler in tests)
   held,   ///< only when the store gets (flush, 0, 5): tests of an index that lags behind
 }; // the log, its writer into LMDB, and the appends not yet indexed
+
+/// An append waiting for its commit, answered through its request's promise or its reply.
+struct pending_append {
+  stored_message msg;
+  caf::typed_response_promise<append_result> rp;
+  append_reply reply;
+  bool answered = false; ///< only the first answer counts (a stalled write is answered early)
+  void deliver(const append_result& r) {
+    if (std::exchange(answered, true))
+      return;
+    if (reply)
+      reply.deliver(r);
+    else
+      rp.deliver(r);
+  }
+  void deliver(const caf::error& e) {
+    if (std::exchange(answered, true))
+      return;
+    if (reply)
+      reply.deliver(e);
+    else
+      rp.deliver(e);
+  }
+};
 
 struct message_store_state {
   static inline const char* name = "message_store";
@@ -51,7 +79,8 @@ struct message_store_state {
   bool counting = false;        ///< appends queued during the last commit are being counted
   size_t arrived = 0;           ///< ... this many so far
   caf::timespan last_commit{0}; ///< how long the previous commit took
-  std::vector<std::pair<stored_message, caf::typed_response_promise<append_result>>> pending;
+  caf::timespan log_stall_timeout{std::chrono::seconds(30)}; ///< see default_log_stall_timeout
+  std::vector<pending_append> pending;
   std::vector<message_listener_actor> listeners;
   uint64_t commits = 0; ///< group commits made durable (for tests and metrics)
   std::shared_ptr<message_wal_state> wal; ///< null: appends commit straight to LMDB
@@ -74,5 +103,16 @@ std::string message_store_recover(lmdb::env& env, message_wal& wal);
 message_store_actor::behavior_type
 message_store_wal(message_store_actor::stateful_pointer<message_store_state> self,
                   std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal, index_mode mode);
+
+/// How long a write to the log may take (index_mode::thread) before the appends waiting for it,
+/// and those arriving until it is done, are answered ec::unavailable (a disk that hangs must
+/// not hang the clients). The write, if it ever ends, still counts: its messages are kept.
+inline constexpr caf::timespan default_log_stall_timeout = std::chrono::seconds(30);
+
+/// message_store_wal with another stall timeout (tests).
+message_store_actor::behavior_type
+message_store_wal_stalling_after(message_store_actor::stateful_pointer<message_store_state> self,
+                                 std::shared_ptr<lmdb::env> env, std::shared_ptr<message_wal> wal,
+                                 index_mode mode, caf::timespan stall_timeout);
 
 } // namespace alephd

@@ -84,15 +84,20 @@ void post_message(const std::shared_ptr<const ccn_context>& ctx, http::request& 
   sm.received = unix_seconds();
   sm.origin = ctx->id;
   sm.json = aleph::to_json(m).dump(-1, ' ', false, json::error_handler_t::replace);
-  ask(*ctx->sys, ctx->messages, ccn_ask_timeout, respond,
-      [respond](const append_result& r) {
-        respond(gateway::json(200, json{{"item_hash", r.item_hash},
-                                        {"status", r.status},
-                                        {"message_status", r.status},
-                                        {"duplicate", r.duplicate},
-                                        {"publication_status", {{"status", "success"}, {"failed", json::array()}}}}));
-      },
-      atom::append_v, std::move(sm));
+  // Answered by the store itself (no actor per request: see append_reply).
+  caf::anon_send(ctx->messages, atom::append_v, std::move(sm),
+                 append_reply{[respond](const append_result* r, const caf::error* err) {
+                   if (err != nullptr) {
+                     respond(gateway::error_response(*err));
+                     return;
+                   }
+                   respond(gateway::json(200, json{{"item_hash", r->item_hash},
+                                                   {"status", r->status},
+                                                   {"message_status", r->status},
+                                                   {"duplicate", r->duplicate},
+                                                   {"publication_status",
+                                                    {{"status", "success"}, {"failed", json::array()}}}}));
+                 }});
 }
 
 void list_messages(const std::shared_ptr<const ccn_context>& ctx, const http::request& req,

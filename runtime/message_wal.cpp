@@ -1,9 +1,12 @@
 #include "runtime/message_wal.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <thread>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -263,6 +266,14 @@ bool message_wal::append(const std::vector<wal_entry>& entries, std::string& err
     return false;
   }
   auto path = dir_ + "/segment-" + std::to_string(active_);
+  if (injected_stall_ms_ != 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::exchange(injected_stall_ms_, 0)));
+  if (injected_error_ != 0) {
+    errno = std::exchange(injected_error_, 0);
+    failed_ = true;
+    err = sys_error(path + ": cannot write");
+    return false;
+  }
   if (!write_all(fd_[active_], buffer_.data(), buffer_.size(), pos_)) {
     failed_ = true;
     err = sys_error(path + ": cannot write");

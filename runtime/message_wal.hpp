@@ -70,11 +70,18 @@ public:
   /// so the log is not written again.
   bool failed() const { return failed_; }
 
+  /// For tests: the next write fails with `error` (an errno value), as a failing disk's would.
+  void fail_next_write(int error) { injected_error_ = error; }
+  /// For tests: the next write takes `ms` milliseconds longer, as a hanging disk's would.
+  void stall_next_write(unsigned ms) { injected_stall_ms_ = ms; }
+
 private:
   message_wal() = default;
   bool write_header(int segment, uint64_t generation, std::string& err);
 
   std::string dir_;
+  int injected_error_ = 0;
+  unsigned injected_stall_ms_ = 0;
   int fd_[2] = {-1, -1};
   uint64_t segment_bytes_ = 0;
   uint64_t generation_[2] = {0, 0}; ///< generation in each segment's header (0: empty)

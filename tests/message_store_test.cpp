@@ -1,7 +1,11 @@
 #include "actors/message_store.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "messages/codec.hpp"
@@ -563,20 +567,126 @@ TEST_F(message_store_wal_test, the_log_turns_over_between_its_segments) {
     EXPECT_TRUE(ask<stored_message>(store, atom::get_v, "r" + std::to_string(i)).value) << i;
 }
 
-// Indexing on a thread of its own, as in a node (a real scheduler: the deterministic one is
-// not for other threads): a list answered after appends shows them all.
-TEST(message_store_wal_thread, a_list_shows_every_append_acknowledged_before_it) {
-  temp_dir dir; // outlives the actor system, and the store's writer with it
+// As in a node: the log synced and the index written on threads of their own, on a real
+// scheduler (the deterministic one is not for other threads).
+struct message_store_wal_thread : ::testing::Test {
+  temp_dir dir; // outlives the actor system, and the store's threads with it
   caf::actor_system_config cfg;
-  add_message_types(cfg);
-  cfg.set("scheduler.max-threads", 2);
-  caf::actor_system sys{cfg};
-  auto env = open_test_env(dir);
-  std::string err;
-  std::shared_ptr<message_wal> wal = message_wal::open((dir.path / "wal").string(), err);
-  ASSERT_TRUE(wal) << err;
-  auto store = sys.spawn(message_store_wal, env, wal, index_mode::thread);
-  caf::scoped_actor self{sys};
+  std::unique_ptr<caf::actor_system> sys;
+  std::shared_ptr<lmdb::env> env;
+  std::shared_ptr<message_wal> wal;
+  message_store_actor store;
+
+  void SetUp() override {
+    add_message_types(cfg);
+    cfg.set("scheduler.max-threads", 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    env = open_test_env(dir);
+    std::string err;
+    wal = message_wal::open((dir.path / "wal").string(), err);
+    ASSERT_TRUE(wal) << err;
+    store = sys->spawn(message_store_wal, env, wal, index_mode::thread);
+  }
+
+  void TearDown() override {
+    if (!sys)
+      return;
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    store = nullptr;
+    sys.reset(); // waits for the store
+  }
+
+  // What each append sent with an append_reply was answered: "ok", "duplicate", or the error.
+  // The answers are kept apart from the test's frame: a store may answer after a failed
+  // assertion has left it.
+  struct replies {
+    struct data {
+      std::mutex mtx;
+      std::condition_variable cv;
+      std::map<std::string, std::vector<std::string>> got;
+      size_t calls = 0;
+    };
+    std::shared_ptr<data> d = std::make_shared<data>();
+
+    append_reply make(const std::string& hash) {
+      return append_reply{[d = d, hash](const append_result* r, const caf::error* err) {
+        std::lock_guard<std::mutex> guard{d->mtx};
+        if (r != nullptr && r->item_hash != hash)
+          d->got[hash].push_back("answered for " + r->item_hash);
+        else
+          d->got[hash].push_back(r != nullptr ? (r->duplicate ? "duplicate" : "ok") : describe(*err));
+        ++d->calls;
+        d->cv.notify_all();
+      }};
+    }
+
+    size_t calls() {
+      std::lock_guard<std::mutex> guard{d->mtx};
+      return d->calls;
+    }
+
+    bool wait_for(size_t n) {
+      std::unique_lock<std::mutex> lock{d->mtx};
+      return d->cv.wait_for(lock, std::chrono::seconds(20), [&] { return d->calls >= n; });
+    }
+
+    std::string answer(const std::string& hash) {
+      std::lock_guard<std::mutex> guard{d->mtx};
+      auto i = d->got.find(hash);
+      return i == d->got.end()          ? "none"
+             : i->second.size() != 1 ? "answered " + std::to_string(i->second.size()) + " times"
+                                      : i->second[0];
+    }
+  };
+
+  // Stops the store (waiting until it is gone) and starts another on the same LMDB and log.
+  void restart_store(caf::timespan stall_timeout) {
+    caf::scoped_actor self{*sys};
+    self->monitor(store);
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    self->receive([](const caf::down_msg&) {});
+    store = sys->spawn(message_store_wal_stalling_after, env, wal, index_mode::thread, stall_timeout);
+  }
+
+  // Asks for `hash` until the store has it (false after 10 s).
+  bool eventually_found(const std::string& hash) {
+    caf::scoped_actor self{*sys};
+    for (int i = 0; i < 500; ++i) {
+      bool found = false;
+      self->request(store, std::chrono::seconds(10), atom::get_v, hash)
+        .receive([&](const stored_message&) { found = true; }, [](const caf::error&) {});
+      if (found)
+        return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+
+  void append(replies& r, const std::string& hash) {
+    caf::anon_send(store, atom::append_v, msg(hash), r.make(hash));
+  }
+
+  caf::expected<message_page> list(uint32_t per_page = 1) {
+    caf::scoped_actor self{*sys};
+    message_query q;
+    q.per_page = per_page;
+    caf::expected<message_page> out = make_error(ec::unavailable, "no answer");
+    self->request(store, std::chrono::seconds(20), atom::list_v, q)
+      .receive([&](message_page& p) { out = std::move(p); }, [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  // The item_hash as LMDB holds it now (not the store's memory).
+  bool in_lmdb(const std::string& hash) {
+    lmdb::txn t{*env, false};
+    MDB_dbi by_hash = 0;
+    return mdb_dbi_open(t.get(), "messages", 0, &by_hash) == 0 && t.get(by_hash, hash).has_value();
+  }
+};
+
+// A list answered after appends shows them all.
+TEST_F(message_store_wal_thread, a_list_shows_every_append_acknowledged_before_it) {
+  caf::scoped_actor self{*sys};
   for (int i = 0; i < 200; ++i)
     self->send(store, atom::append_v, msg("t" + std::to_string(i)));
   int acked = 0;
@@ -585,17 +695,188 @@ TEST(message_store_wal_thread, a_list_shows_every_append_acknowledged_before_it)
                   [&](const caf::error& e) { ADD_FAILURE() << describe(e); },
                   caf::after(std::chrono::seconds(10)) >> [&] { ADD_FAILURE() << "no answer"; });
   EXPECT_EQ(acked, 200);
-  message_query q;
-  q.per_page = 1;
-  self->request(store, std::chrono::seconds(10), atom::list_v, q)
-    .receive(
-      [&](const message_page& p) {
-        EXPECT_EQ(p.total, 200u);
-        ASSERT_EQ(p.messages.size(), 1u);
-        EXPECT_EQ(p.messages[0].item_hash, "t199");
-      },
-      [&](const caf::error& e) { ADD_FAILURE() << describe(e); });
-  self->send_exit(store, caf::exit_reason::user_shutdown);
+  auto p = list();
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->total, 200u);
+  ASSERT_EQ(p->messages.size(), 1u);
+  EXPECT_EQ(p->messages[0].item_hash, "t199");
+}
+
+// Appends answered through a reply (as the HTTP handler sends them), from four threads at once:
+// each is answered once, each is readable as soon as it is answered, and a second copy is a
+// duplicate.
+TEST_F(message_store_wal_thread, appends_answered_by_reply_are_readable_once_answered) {
+  replies r;
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w)
+    writers.emplace_back([&, w] {
+      for (int i = 0; i < 100; ++i)
+        append(r, "c" + std::to_string(w) + "-" + std::to_string(i));
+    });
+  for (auto& t : writers)
+    t.join();
+  ASSERT_TRUE(r.wait_for(400)) << r.calls() << " of 400 answered";
+  for (int w = 0; w < 4; ++w)
+    for (int i = 0; i < 100; ++i) {
+      auto h = "c" + std::to_string(w) + "-" + std::to_string(i);
+      ASSERT_EQ(r.answer(h), "ok") << h;
+    }
+  // One at a time: the get that follows an answer finds the message.
+  caf::scoped_actor self{*sys};
+  for (int i = 0; i < 30; ++i) {
+    auto h = "s" + std::to_string(i);
+    append(r, h);
+    ASSERT_TRUE(r.wait_for(401 + static_cast<size_t>(i)));
+    ASSERT_EQ(r.answer(h), "ok");
+    self->request(store, std::chrono::seconds(10), atom::get_v, h)
+      .receive([&](const stored_message& m) { EXPECT_EQ(m.item_hash, h); },
+               [&](const caf::error& e) { ADD_FAILURE() << h << " answered but not found: " << describe(e); });
+  }
+  replies again;
+  caf::anon_send(store, atom::append_v, msg("c2-7"), again.make("c2-7"));
+  ASSERT_TRUE(again.wait_for(1));
+  EXPECT_EQ(again.answer("c2-7"), "duplicate");
+  auto p = list();
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->total, 430u);
+  EXPECT_EQ(p->messages.at(0).item_hash, "s29");
+}
+
+// A reply nobody answers (the store is gone, or the reply was dropped) is told so, once.
+TEST_F(message_store_wal_thread, a_reply_to_a_store_that_is_gone_gets_unavailable) {
+  replies r;
+  { auto unanswered = r.make("dropped"); }
+  ASSERT_TRUE(r.wait_for(1));
+  EXPECT_NE(r.answer("dropped").find("not running"), std::string::npos) << r.answer("dropped");
+  caf::scoped_actor self{*sys};
+  self->monitor(store);
+  caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+  self->receive([](const caf::down_msg&) {});
+  append(r, "late");
+  ASSERT_TRUE(r.wait_for(2));
+  EXPECT_NE(r.answer("late").find("not running"), std::string::npos) << r.answer("late");
+}
+
+// The log fails under way (a write error): that group, and every one after it, is committed
+// straight into LMDB instead, and answered as stored.
+TEST_F(message_store_wal_thread, a_failing_log_write_falls_back_to_lmdb_and_loses_nothing) {
+  replies r;
+  append(r, "before");
+  ASSERT_TRUE(r.wait_for(1));
+  ASSERT_EQ(r.answer("before"), "ok");
+  wal->fail_next_write(EIO); // the log's thread is idle: nothing is under way
+  for (int i = 0; i < 50; ++i)
+    append(r, "after" + std::to_string(i));
+  ASSERT_TRUE(r.wait_for(51)) << r.calls();
+  for (int i = 0; i < 50; ++i) {
+    auto h = "after" + std::to_string(i);
+    ASSERT_EQ(r.answer(h), "ok") << h;
+    EXPECT_TRUE(in_lmdb(h)) << h << " was answered, so it is in LMDB";
+  }
+  EXPECT_TRUE(wal->failed());
+  auto p = list();
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->total, 51u);
+}
+
+// The disk hangs in a write to the log (here for 1.5 s, with a stall timeout of 200 ms): the
+// appends in that write, and those arriving meanwhile, are answered "unavailable" instead of
+// hanging; once the write ends the store takes appends again, and what that write held is kept.
+TEST_F(message_store_wal_thread, a_write_that_hangs_is_answered_unavailable_and_kept) {
+  restart_store(std::chrono::milliseconds(200));
+  replies r;
+  wal->stall_next_write(1500);
+  auto t0 = std::chrono::steady_clock::now();
+  append(r, "hung");
+  ASSERT_TRUE(r.wait_for(1));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1400)) << "answered before the write ended";
+  EXPECT_NE(r.answer("hung").find("has not finished a write in 200 ms"), std::string::npos) << r.answer("hung");
+  append(r, "meanwhile");
+  ASSERT_TRUE(r.wait_for(2));
+  EXPECT_NE(r.answer("meanwhile").find("has not finished a write"), std::string::npos) << r.answer("meanwhile");
+  // Once the write has ended, what it held is kept, and appends are taken again.
+  ASSERT_TRUE(eventually_found("hung")) << "the write that hung ended, and holds it";
+  append(r, "after");
+  ASSERT_TRUE(r.wait_for(3));
+  EXPECT_EQ(r.answer("after"), "ok");
+  replies again;
+  caf::anon_send(store, atom::append_v, msg("hung"), again.make("hung"));
+  ASSERT_TRUE(again.wait_for(1));
+  EXPECT_EQ(again.answer("hung"), "duplicate");
+  auto p = list(10);
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->total, 2u) << "hung and after; meanwhile was refused";
+}
+
+// A store told to stop while a write hangs stops within the stall timeout instead of waiting
+// for the disk; the append is answered unavailable, and if the write ends later it is in the log.
+TEST_F(message_store_wal_thread, a_store_stopping_during_a_hung_write_does_not_wait_for_it) {
+  restart_store(std::chrono::milliseconds(300));
+  replies r;
+  append(r, "before");
+  ASSERT_TRUE(r.wait_for(1));
+  wal->stall_next_write(2000);
+  append(r, "hung");
+  std::this_thread::sleep_for(std::chrono::milliseconds(50)); // the write is under way
+  auto t0 = std::chrono::steady_clock::now();
+  {
+    caf::scoped_actor self{*sys};
+    self->monitor(store);
+    caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+    self->receive([](const caf::down_msg&) {});
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500)) << "waited for the disk";
+  ASSERT_TRUE(r.wait_for(2));
+  EXPECT_NE(r.answer("hung").find("has not finished a write"), std::string::npos) << r.answer("hung");
+  store = nullptr;
+  sys.reset();
+  // The write ends (the thread left behind finishes it, and lets go of the log); it is read back
+  // at the next start.
+  for (int i = 0; i < 1000 && wal.use_count() > 1; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(wal.use_count(), 1) << "the writer left behind still holds the log";
+  wal.reset();
+  std::string err;
+  auto reopened = message_wal::open((dir.path / "wal").string(), err);
+  ASSERT_TRUE(reopened) << err;
+  ASSERT_EQ(message_store_recover(*env, *reopened), "");
+  EXPECT_TRUE(in_lmdb("before"));
+  EXPECT_TRUE(in_lmdb("hung")) << "its write ended after all: kept, as a retry would have found";
+}
+
+// A store told to stop while appends stream in: every append is answered once, and each one
+// answered as stored is there after a restart (from LMDB, or from the log at the next start).
+TEST_F(message_store_wal_thread, a_stopping_store_keeps_every_append_it_acknowledged) {
+  replies r;
+  for (int i = 0; i < 20; ++i)
+    append(r, "m" + std::to_string(i));
+  ASSERT_TRUE(r.wait_for(1)); // groups are under way
+  std::thread writer{[&] {
+    for (int i = 20; i < 300; ++i)
+      append(r, "m" + std::to_string(i));
+  }};
+  caf::anon_send_exit(store, caf::exit_reason::user_shutdown);
+  writer.join();
+  ASSERT_TRUE(r.wait_for(300)) << r.calls() << " of 300 answered";
+  store = nullptr;
+  sys.reset();
+  wal.reset();
+  std::string err;
+  auto reopened = message_wal::open((dir.path / "wal").string(), err);
+  ASSERT_TRUE(reopened) << err;
+  ASSERT_EQ(message_store_recover(*env, *reopened), "");
+  size_t stored = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto h = "m" + std::to_string(i);
+    auto a = r.answer(h);
+    if (a == "ok") {
+      ++stored;
+      EXPECT_TRUE(in_lmdb(h)) << h << " was acknowledged and is lost";
+    } else {
+      EXPECT_NE(a.find("not running"), std::string::npos) << h << ": " << a;
+    }
+  }
+  EXPECT_GT(stored, 0u);
 }
 
 } // namespace
