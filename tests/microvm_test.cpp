@@ -202,6 +202,20 @@ protected:
     return cfg;
   }
 
+  // An instance's disk as its VM left it (base and overlay) in one raw image; "" on failure.
+  std::string flat_instance_disk(const alephd::microvm_options& o) {
+    auto flat = dir_ + "/flat.raw";
+    auto convert = "/usr/bin/qemu-img convert -O raw '" + o.run_dir + "/rootfs.qcow2' '" + flat + "'";
+    return std::system(convert.c_str()) == 0 ? flat : "";
+  }
+
+  // What `path` holds in the ext4 image `image` (read with debugfs; "" when it cannot be read).
+  std::string file_on_disk(const std::string& image, const std::string& path) {
+    auto out = dir_ + "/debugfs.out";
+    auto cat = "/sbin/debugfs -R 'cat " + path + "' '" + image + "' >'" + out + "' 2>/dev/null";
+    return std::system(cat.c_str()) == 0 ? read_file(out) : "";
+  }
+
   static inline fs::path assets_;
   static inline std::string build_error_;
   std::string dir_;
@@ -533,13 +547,9 @@ TEST_F(microvm, an_instance_disk_with_an_init_is_booted_with_its_hostname_and_ke
   EXPECT_GT(stop_took, 6.0) << "the disk's shutdown action was cut short";
   EXPECT_LT(stop_took, 18.0) << "the stop waited for a grace to run out";
   EXPECT_FALSE(alive(vm.pid()));
-  auto flat = dir_ + "/flat.raw";
-  auto convert = "/usr/bin/qemu-img convert -O raw '" + o.run_dir + "/rootfs.qcow2' '" + flat + "'";
-  ASSERT_EQ(std::system(convert.c_str()), 0);
-  auto out = dir_ + "/debugfs.out";
-  auto cat = "/sbin/debugfs -R 'cat /shutdown-ran' '" + flat + "' >'" + out + "' 2>/dev/null";
-  ASSERT_EQ(std::system(cat.c_str()), 0);
-  EXPECT_EQ(read_file(out), "clean\n") << "the disk's init did not shut down cleanly";
+  auto flat = flat_instance_disk(o);
+  ASSERT_NE(flat, "");
+  EXPECT_EQ(file_on_disk(flat, "/shutdown-ran"), "clean\n") << "the disk's init did not shut down cleanly";
   // And the disk was left clean: remounted read-only, its journal has nothing to replay.
   auto features = dir_ + "/features.out";
   auto dump = "/sbin/dumpe2fs -h '" + flat + "' 2>/dev/null | grep '^Filesystem features:' >'"
@@ -630,13 +640,9 @@ TEST_F(microvm, an_instance_disk_with_systemd_boots_and_powers_off) {
   EXPECT_GT(stop_took, 6.0) << "the unit's stop action was cut short";
   EXPECT_LT(stop_took, 17.0) << "the stop waited for the agent's grace to run out\n" << logs();
   EXPECT_FALSE(alive(vm.pid()));
-  auto flat = dir_ + "/flat.raw";
-  auto convert = "/usr/bin/qemu-img convert -O raw '" + o.run_dir + "/rootfs.qcow2' '" + flat + "'";
-  ASSERT_EQ(std::system(convert.c_str()), 0);
-  auto out = dir_ + "/debugfs.out";
-  auto cat = "/sbin/debugfs -R 'cat /shutdown-ran' '" + flat + "' >'" + out + "' 2>/dev/null";
-  ASSERT_EQ(std::system(cat.c_str()), 0);
-  EXPECT_EQ(read_file(out), "clean\n") << "systemd did not stop the disk's units\n" << logs();
+  auto flat = flat_instance_disk(o);
+  ASSERT_NE(flat, "");
+  EXPECT_EQ(file_on_disk(flat, "/shutdown-ran"), "clean\n") << "systemd did not stop the disk's units\n" << logs();
 }
 
 TEST_F(microvm, a_detached_vm_is_adopted_by_a_new_owner_without_a_reboot) {
