@@ -3,12 +3,15 @@
 // logs are printed when the test failed.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -23,6 +26,16 @@ namespace alephd::test {
 using namespace std::chrono_literals;
 
 inline const std::string localhost = "127.0.0.1";
+
+/// A memory figure of /proc/PID/status (VmRSS, VmHWM, …) in bytes; 0 when it cannot be read.
+inline uint64_t status_bytes(int pid, std::string_view field) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.size() > field.size() && line.compare(0, field.size(), field) == 0 && line[field.size()] == ':')
+      return std::stoull(line.substr(field.size() + 1)) * 1024;
+  return 0;
+}
 
 struct cluster : ::testing::Test {
   using json = nlohmann::json;

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -186,14 +187,19 @@ TEST_F(cluster, messages_acknowledged_before_a_kill9_survive_it) {
   EXPECT_TRUE(raw.body == blob) << "file content changed across kill -9";
 }
 
-// The resident set of a process (VmRSS), in bytes; 0 when it cannot be read.
-uint64_t resident_bytes(int pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0)
-      return std::stoull(line.substr(6)) * 1024;
-  return 0;
+// The resident set of `pid` (VmRSS, bytes) before and after burst(n), once burst(warm_up) has
+// settled its allocator arenas and caches.
+struct rss_change {
+  uint64_t before = 0;
+  uint64_t after = 0;
+};
+rss_change rss_over(int pid, const std::function<void(int)>& burst, int warm_up, int n) {
+  burst(warm_up);
+  rss_change r;
+  r.before = alephd::test::status_bytes(pid, "VmRSS");
+  burst(n);
+  r.after = alephd::test::status_bytes(pid, "VmRSS");
+  return r;
 }
 
 // Each request that an actor answers (through a short-lived actor of the HTTP gateway) used to
@@ -202,7 +208,6 @@ uint64_t resident_bytes(int pid) {
 TEST_F(cluster, requests_answered_by_actors_leave_no_memory_behind) {
   auto& ccn = start_ccn("ccn");
   alephd::sim::http_connection conn{localhost, ccn.port("http")};
-  auto rss = [&] { return resident_bytes(ccn.pid()); };
   auto burst = [&](int n) {
     for (int i = 0; i < n; ++i) {
       auto nodes = conn.request("GET", "/api/v0/nodes");
@@ -213,13 +218,10 @@ TEST_F(cluster, requests_answered_by_actors_leave_no_memory_behind) {
       ASSERT_EQ(missing.status, 404) << missing.body;
     }
   };
-  burst(1000); // warm-up: allocator arenas, caches
-  auto before = rss();
-  ASSERT_GT(before, 0u);
-  burst(10000);
-  auto after = rss();
-  EXPECT_LT(after, before + (6ull << 20)) << "RSS went from " << before << " to " << after
-                                          << " bytes over 20,000 requests";
+  auto r = rss_over(ccn.pid(), burst, 1000, 10000);
+  ASSERT_GT(r.before, 0u);
+  EXPECT_LT(r.after, r.before + (6ull << 20)) << "RSS went from " << r.before << " to " << r.after
+                                              << " bytes over 20,000 requests";
 }
 
 // A CRN's usage answer gathers every cache shard's figures: those inner requests must not
@@ -229,20 +231,16 @@ TEST_F(cluster, a_crn_answering_usage_under_load_keeps_no_memory_behind) {
   auto& ccn = start_ccn("ccn");
   auto& crn = start_crn("crn", node_endpoint(ccn));
   alephd::sim::http_connection conn{localhost, crn.port("http")};
-  auto rss = [&] { return resident_bytes(crn.pid()); };
   auto burst = [&](int n) {
     for (int i = 0; i < n; ++i) {
       auto usage = conn.request("GET", "/about/usage/system");
       ASSERT_EQ(usage.status, 200) << usage.body;
     }
   };
-  burst(500); // warm-up
-  auto before = rss();
-  ASSERT_GT(before, 0u);
-  burst(10000);
-  auto after = rss();
-  EXPECT_LT(after, before + (3ull << 20)) << "RSS went from " << before << " to " << after
-                                          << " bytes over 10,000 usage requests";
+  auto r = rss_over(crn.pid(), burst, 500, 10000);
+  ASSERT_GT(r.before, 0u);
+  EXPECT_LT(r.after, r.before + (3ull << 20)) << "RSS went from " << r.before << " to " << r.after
+                                              << " bytes over 10,000 usage requests";
 }
 
 TEST_F(cluster, sigterm_under_load_stops_promptly_and_keeps_what_was_acknowledged) {

@@ -44,12 +44,7 @@ std::string make_file(const std::string& path, size_t mib) {
 
 // The peak resident set of a process (VmHWM), in bytes.
 uint64_t peak_rss(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0)
-      return std::stoull(line.substr(6)) * 1024;
-  return 0;
+  return alephd::test::status_bytes(pid, "VmHWM");
 }
 
 // Runs `alephd args...`; returns the exit code, with stdout and stderr.
